@@ -1,0 +1,57 @@
+"""Calcium classes and the reference label encoding of the public CAC data sets.
+
+Network classes (0..6):
+  0 background, 1 LAD (incl. left main), 2 LCX, 3 RCA, 4 thoracic aorta, 5 aortic valve,
+  6 mitral valve.
+Reference label values in label-map files:
+  0 background, 8 LAD and left main, 9 LCX, 10 RCA, 15 thoracic aorta (52, 54-57 are aorta
+  too), 53 aortic valve, 58 mitral valve.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+CLASS_NAMES = ("background", "LAD", "LCX", "RCA", "aorta", "aortic_valve", "mitral_valve")
+NUM_CLASSES = len(CLASS_NAMES)
+BACKGROUND, LAD, LCX, RCA, AORTA, AORTIC_VALVE, MITRAL_VALVE = range(NUM_CLASSES)
+CORONARY_CLASSES = (LAD, LCX, RCA)
+
+# reference value -> class
+REFERENCE_TO_CLASS = {0: 0, 8: 1, 9: 2, 10: 3, 15: 4, 52: 4, 54: 4, 55: 4, 56: 4, 57: 4, 53: 5, 58: 6}
+# class -> canonical reference value (used when writing)
+CLASS_TO_REFERENCE = (0, 8, 9, 10, 15, 53, 58)
+
+
+def reference_to_classes(label_map: np.ndarray) -> np.ndarray:
+  """Map a reference-encoded label map (any int shape) to classes 0..6 (int32).
+
+  Raises ValueError naming every value that is not part of the encoding.
+  """
+  label_map = np.asarray(label_map)
+  if label_map.dtype.kind == "f":
+    if not np.all(np.isfinite(label_map)) or np.any(label_map != np.round(label_map)):
+      raise ValueError("label map holds non-integer values; expected reference label codes")
+    label_map = label_map.astype(np.int64)
+  values = np.unique(label_map)
+  unknown = sorted(int(v) for v in values if int(v) not in REFERENCE_TO_CLASS)
+  if unknown:
+    raise ValueError(
+        f"label map holds unknown label values {unknown}; known values are "
+        f"{sorted(REFERENCE_TO_CLASS)} (0 bg, 8 LAD, 9 LCX, 10 RCA, 15/52/54-57 aorta, 53 aortic valve, 58 mitral valve)")
+  lut = np.zeros(int(values.max()) + 1 if values.size else 1, dtype=np.int32)
+  for ref, cls in REFERENCE_TO_CLASS.items():
+    if ref < lut.size:
+      lut[ref] = cls
+  if values.size and values.min() < 0:
+    raise ValueError(f"label map holds negative values {sorted(int(v) for v in values if v < 0)}")
+  return lut[label_map]
+
+
+def classes_to_reference(classes: np.ndarray) -> np.ndarray:
+  """Map classes 0..6 to reference label values (uint8). Raises on values outside 0..6."""
+  classes = np.asarray(classes)
+  bad = np.unique(classes[(classes < 0) | (classes >= NUM_CLASSES)])
+  if bad.size:
+    raise ValueError(f"class map holds values {bad.tolist()} outside 0..{NUM_CLASSES - 1}")
+  return np.asarray(CLASS_TO_REFERENCE, dtype=np.uint8)[classes]

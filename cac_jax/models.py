@@ -1,0 +1,173 @@
+"""Networks: feature generator G (three view towers), classifier C, deep-supervision heads,
+and the Wasserstein critic D. All are pure Flax modules: params in, arrays out.
+
+Shapes (paper configuration): a sample is three orthogonal 155x155 patches centred on one
+voxel, stacked as (3, B, 155, 155, 1) in view order (axial, coronal, sagittal). Each tower
+maps its (B, 155, 155, 1) view to (B, 25, 25, 32); G concatenates the three to
+(B, 25, 25, 96). The centre position (12, 12) is where the three views meet: the classifier
+applied there gives the voxel's 7 class logits. Intensities are normalised HU
+(see `cac_jax.preprocess.normalize_hu`).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+
+VIEWS = ("axial", "coronal", "sagittal")
+
+
+def receptive_field(dilations: Sequence[int]) -> int:
+  """Receptive field (pixels) of a tower: 3x3 convs with `dilations`, one more 3x3, a 1x1."""
+  return 1 + 2 * (sum(dilations) + 1)
+
+
+def patch_size(config: ml_collections.ConfigDict) -> int:
+  """Side (pixels) of each view patch: receptive field + output window - 1."""
+  return receptive_field(config.model.dilations) + config.data.output_size - 1
+
+
+class ViewTower(nn.Module):
+  """One view: VALID 3x3 convs with `dilations`, a 3x3, then a 1x1 to `features`; ELU after each.
+
+  (B, H, W, 1) -> (B, H - RF + 1, W - RF + 1, features), RF = `receptive_field(dilations)`.
+  """
+
+  width: int = 32
+  features: int = 32
+  dilations: Sequence[int] = (1, 1, 2, 4, 8, 16, 32)
+
+  @property
+  def receptive_field(self) -> int:
+    return receptive_field(self.dilations)
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    for i, d in enumerate(self.dilations):
+      x = nn.elu(nn.Conv(self.width, (3, 3), kernel_dilation=d, padding="VALID", name=f"conv{i}_d{d}")(x))
+    x = nn.elu(nn.Conv(self.width, (3, 3), padding="VALID", name=f"conv{len(self.dilations)}")(x))
+    return nn.elu(nn.Conv(self.features, (1, 1), name="features")(x))
+
+
+class Generator(nn.Module):
+  """Feature generator G: three independent towers over the three orthogonal views.
+
+  (3, B, H, W, 1) -> (B, H - RF + 1, W - RF + 1, 3 * features), views concatenated on the
+  channel axis in order axial, coronal, sagittal.
+  """
+
+  width: int = 32
+  features: int = 32
+  dilations: Sequence[int] = (1, 1, 2, 4, 8, 16, 32)
+
+  def setup(self):
+    self.towers = {v: ViewTower(self.width, self.features, tuple(self.dilations), name=f"{v}_tower") for v in VIEWS}
+
+  def tower(self, view: str, x: jax.Array) -> jax.Array:
+    """Apply one view's tower to (B, H, W, 1) slices (used by dense inference)."""
+    return self.towers[view](x)
+
+  def __call__(self, views: jax.Array) -> jax.Array:
+    if views.ndim != 5 or views.shape[0] != 3:
+      raise ValueError(f"Generator expects (3, B, H, W, 1) view stacks; got {views.shape}")
+    return jnp.concatenate([self.towers[v](views[i]) for i, v in enumerate(VIEWS)], axis=-1)
+
+
+class Classifier(nn.Module):
+  """Classifier C: dropout -> 1x1 conv (dense) to `hidden` + ELU -> dropout -> 1x1 to logits.
+
+  (..., 96) features -> (..., num_classes) logits. Softmax is never applied here.
+  """
+
+  hidden: int = 128
+  num_classes: int = 7
+  dropout: float = 0.35
+
+  @nn.compact
+  def __call__(self, features: jax.Array, deterministic: bool = True) -> jax.Array:
+    x = nn.Dropout(self.dropout, deterministic=deterministic)(features)
+    x = nn.elu(nn.Dense(self.hidden, name="hidden")(x))
+    x = nn.Dropout(self.dropout, deterministic=deterministic)(x)
+    return nn.Dense(self.num_classes, name="logits")(x)
+
+
+class DeepSupervisionHeads(nn.Module):
+  """One 1x1 conv per view on that view's features (source training only).
+
+  (B, h, w, 3 * f) -> (3, B, h, w, num_classes) logits.
+  """
+
+  num_classes: int = 7
+
+  @nn.compact
+  def __call__(self, features: jax.Array) -> jax.Array:
+    per_view = jnp.split(features, 3, axis=-1)
+    return jnp.stack([nn.Dense(self.num_classes, name=f"{v}_head")(f) for v, f in zip(VIEWS, per_view)])
+
+
+class Critic(nn.Module):
+  """Wasserstein critic D on G's feature map: (B, h, w, 96) -> (B,) scores (source high).
+
+  Seven VALID 3x3 convs with `channels`; LayerNorm + ReLU after all but the last, then a
+  dense layer from the flattened map to one scalar per sample. Needs h, w >= 15.
+
+  Why LayerNorm (per sample, over h, w and channels): a Wasserstein critic must score each
+  sample on its own. BatchNorm couples the samples of a batch (the score of a target patch
+  would depend on the source patches beside it, and the critic could separate domains from
+  batch statistics alone), and its running statistics are mutable state that does not fit
+  a pure `lax.scan` of critic steps. LayerNorm has no batch coupling and no state; its
+  scale and bias are clipped to [-c, c] with all other critic params, which keeps the
+  critic Lipschitz-bounded as weight clipping intends.
+  """
+
+  channels: Sequence[int] = (128, 128, 256, 128, 64, 32, 1)
+
+  @nn.compact
+  def __call__(self, features: jax.Array) -> jax.Array:
+    x = features
+    for i, ch in enumerate(self.channels):
+      x = nn.Conv(ch, (3, 3), padding="VALID", name=f"conv{i}")(x)
+      if i < len(self.channels) - 1:
+        x = nn.relu(nn.LayerNorm(reduction_axes=(-3, -2, -1), name=f"norm{i}")(x))
+    x = x.reshape(x.shape[0], -1)
+    return nn.Dense(1, name="score")(x)[:, 0]
+
+
+def build(config: ml_collections.ConfigDict) -> tuple[Generator, Classifier, DeepSupervisionHeads, Critic]:
+  """Construct (G, C, heads, D) from a config's `model` section."""
+  m = config.model
+  g = Generator(m.tower_width, m.tower_features, tuple(m.dilations))
+  c = Classifier(m.classifier_hidden, m.num_classes, m.dropout)
+  h = DeepSupervisionHeads(m.num_classes)
+  d = Critic(tuple(m.critic_channels))
+  return g, c, h, d
+
+
+def init_params(config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
+  """Initialise {'generator', 'classifier', 'heads', 'critic'} params for one patch size."""
+  g, c, h, d = build(config)
+  p = patch_size(config)
+  k_g, k_c, k_h, k_d = jax.random.split(rng, 4)
+  views = jnp.zeros((3, 1, p, p, 1), jnp.float32)
+  g_params = g.init(k_g, views)["params"]
+  feats = jax.eval_shape(lambda: g.apply({"params": g_params}, views))
+  feats = jnp.zeros(feats.shape, feats.dtype)
+  return {
+      "generator": g_params,
+      "classifier": c.init(k_c, feats)["params"],
+      "heads": h.init(k_h, feats)["params"],
+      "critic": d.init(k_d, feats)["params"],
+  }
+
+
+def centre_logits(classifier: Classifier, c_params, features: jax.Array, *, deterministic: bool = True,
+                  rng: jax.Array | None = None) -> jax.Array:
+  """Classifier logits at the centre of a (B, h, w, F) feature map -> (B, num_classes)."""
+  h, w = features.shape[1:3]
+  centre = features[:, h // 2, w // 2, :]
+  rngs = None if rng is None else {"dropout": rng}
+  return classifier.apply({"params": c_params}, centre, deterministic=deterministic, rngs=rngs)

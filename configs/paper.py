@@ -1,0 +1,75 @@
+"""The paper's network sizes and training schedule (for a GPU)."""
+
+import ml_collections
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.seed = 0
+
+  # Networks (cac_jax.models).
+  c.model = ml_collections.ConfigDict()
+  c.model.tower_width = 32           # channels of every 3x3 conv in a view tower
+  c.model.tower_features = 32        # features out of each tower's final 1x1 conv
+  c.model.dilations = (1, 1, 2, 4, 8, 16, 32)  # then one undilated 3x3 -> RF 131
+  c.model.classifier_hidden = 128
+  c.model.num_classes = 7
+  c.model.dropout = 0.35
+  c.model.critic_channels = (128, 128, 256, 128, 64, 32, 1)
+
+  # Data geometry (cac_jax.preprocess, cac_jax.sampling).
+  c.data = ml_collections.ConfigDict()
+  c.data.working_spacing = (1.5, 0.66, 0.66)  # (z, y, x) mm
+  c.data.output_size = 25            # output window per view; patch = RF + output - 1 = 155
+  c.data.hu_clip = (-1000.0, 3000.0)
+  c.data.hu_center = 130.0
+  c.data.hu_scale = 1130.0
+  c.data.thick_slice = False         # chest NCCT: 3 mm thickness every 1.5 mm by averaging
+
+  # Batch policies (cac_jax.sampling).
+  c.sampling = ml_collections.ConfigDict()
+  c.sampling.source_threshold = 2    # patches centred on voxels >= 130 HU
+  c.sampling.source_uniform = 6      # uniformly random voxels
+  c.sampling.source_labelled = 8     # centred on labelled calcium voxels
+  c.sampling.critic_batch = 16       # per domain: half >= threshold, half uniform
+  c.sampling.prefetch = 2
+
+  # Supervised source training (cac_jax.train.source).
+  c.source = ml_collections.ConfigDict()
+  c.source.learning_rate = 5e-4
+  c.source.weight_decay = 5e-5       # L2 added to the gradient (as PyTorch Adam weight_decay)
+  c.source.deep_supervision_weight = 0.05
+  c.source.num_steps = 200_000
+  c.source.log_every = 100
+  c.source.checkpoint_every = 5_000
+
+  # Adversarial adaptation (cac_jax.train.adapt).
+  c.adapt = ml_collections.ConfigDict()
+  c.adapt.critic_lr = 5e-4
+  c.adapt.generator_lr = 5e-5
+  c.adapt.rmsprop_decay = 0.99       # PyTorch RMSprop alpha
+  c.adapt.rmsprop_eps = 1e-8
+  c.adapt.clip = 0.1                 # critic params projected to [-clip, clip]
+  c.adapt.alpha = 2.0                # weight of the source classification loss
+  c.adapt.critic_pretrain_steps = 1_000
+  c.adapt.critic_steps = 20          # critic updates per generator update
+  c.adapt.critic_steps_later = 0     # 0: no change; else critic steps after `change_at`
+  c.adapt.change_at = 0              # generator step at which critic_steps_later applies
+  c.adapt.num_generator_steps = 10_000
+  c.adapt.log_every = 10
+  c.adapt.checkpoint_every = 500
+
+  # Scoring (cac_jax.threshold, cac_jax.postprocess, cac_jax.infer).
+  c.scoring = ml_collections.ConfigDict()
+  c.scoring.ncct_threshold = 130.0
+  c.scoring.roi_size_mm = (18.0, 14.0, 14.0)  # (z, y, x) ascending-aorta lumen ROI
+  c.scoring.min_lesion_mm3 = 1.0
+  c.scoring.max_lesion_mm3 = 500.0
+  c.scoring.heart_dilation_mm = 10.0
+  c.scoring.slab_slices = 16         # slices per streamed slab in dense inference
+
+  # Phantoms (cac_jax.phantoms).
+  c.phantoms = ml_collections.ConfigDict()
+  c.phantoms.at_working_spacing = False  # True: generate directly at working spacing
+  c.phantoms.fov_scale = 1.0             # <1 shrinks the field of view (fast CI)
+  return c

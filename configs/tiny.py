@@ -1,0 +1,32 @@
+"""Narrow towers and small patches: trains in seconds on a CPU (tests, CI, demo quick mode)."""
+
+import ml_collections
+
+from configs import paper
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = paper.get_config()
+  c.model.tower_width = 8
+  c.model.tower_features = 8
+  c.model.dilations = (1, 2, 4)      # RF = 1 + 2*(1+2+4+1) = 17
+  c.model.classifier_hidden = 16
+  c.model.critic_channels = (16, 16, 16, 16, 16, 8, 1)
+  c.data.output_size = 15            # critic needs >= 15 features wide; patch = 31
+  c.data.working_spacing = (1.5, 1.0, 1.0)
+  c.sampling.source_threshold = 2
+  c.sampling.source_uniform = 2
+  c.sampling.source_labelled = 4
+  c.sampling.critic_batch = 4
+  c.source.num_steps = 50
+  c.source.log_every = 10
+  c.source.checkpoint_every = 25
+  c.adapt.critic_pretrain_steps = 5
+  c.adapt.critic_steps = 3
+  c.adapt.num_generator_steps = 5
+  c.adapt.log_every = 1
+  c.adapt.checkpoint_every = 5
+  c.scoring.slab_slices = 8
+  c.phantoms.at_working_spacing = True
+  c.phantoms.fov_scale = 0.5
+  return c
