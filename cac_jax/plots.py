@@ -1,0 +1,169 @@
+"""Figures for evaluation: Bland-Altman plots and lesion overlays (matplotlib, Agg backend).
+
+Every function writes one PNG atomically (temporary file in the target folder, then
+`os.replace`), so a reader never sees a half-written figure, and returns the path written.
+Degenerate inputs never crash a report: a Bland-Altman plot with fewer than 3 scans, and an
+overlay without lesions, still produce a figure that states why it is (nearly) empty.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Optional, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib import colors as mcolors  # noqa: E402  (after selecting the backend)
+from matplotlib import figure as mfigure  # noqa: E402
+from matplotlib import patches as mpatches  # noqa: E402
+import numpy as np  # noqa: E402
+
+from cac_jax import labels as labels_lib  # noqa: E402
+from cac_jax import metrics  # noqa: E402
+
+HU_WINDOW = (-200.0, 800.0)
+# Fixed legend colours for classes 1..6 (LAD, LCX, RCA, aorta, aortic valve, mitral valve).
+CLASS_COLOURS = {
+    labels_lib.LAD: "#e41a1c",
+    labels_lib.LCX: "#4daf4a",
+    labels_lib.RCA: "#377eb8",
+    labels_lib.AORTA: "#ffd92f",
+    labels_lib.AORTIC_VALVE: "#f781bf",
+    labels_lib.MITRAL_VALVE: "#00e5ee",
+}
+CLASS_LABELS = {
+    labels_lib.LAD: "LAD", labels_lib.LCX: "LCX", labels_lib.RCA: "RCA", labels_lib.AORTA: "aorta",
+    labels_lib.AORTIC_VALVE: "aortic valve", labels_lib.MITRAL_VALVE: "mitral valve",
+}
+
+
+def _save_atomic(fig: mfigure.Figure, path: str, dpi: int = 100) -> str:
+  path = os.fspath(path)
+  folder = os.path.dirname(os.path.abspath(path))
+  os.makedirs(folder, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(suffix=".png", prefix=".tmp_", dir=folder)
+  try:
+    with os.fdopen(fd, "wb") as f:
+      fig.savefig(f, format="png", dpi=dpi)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+  return path
+
+
+def bland_altman_plot(ref: Sequence[float], pred: Sequence[float], path: str, title: str = "",
+                      units: str = "mm³") -> str:
+  """Bland-Altman plot: mean vs difference (pred − ref), bias and heteroskedastic 95 % limits.
+
+  Args:
+    ref, pred: paired per-scan values (e.g. calcium volume in mm³), non-negative.
+    path: PNG file to write.
+    title: figure title.
+    units: unit of the values, for the axis labels.
+
+  Returns:
+    path. With fewer than 3 scans (or values `metrics.bland_altman` rejects) the figure shows the
+    points that exist and a message explaining why no limits are drawn, instead of raising.
+  """
+  ref = np.asarray(ref, dtype=np.float64).ravel()
+  pred = np.asarray(pred, dtype=np.float64).ravel()
+  if ref.shape != pred.shape:
+    raise ValueError(f"bland_altman_plot needs paired values; got {ref.size} and {pred.size}")
+  fig = mfigure.Figure(figsize=(6.4, 4.8))
+  ax = fig.add_subplot(1, 1, 1)
+  m = (ref + pred) / 2.0
+  d = pred - ref
+  try:
+    ba = metrics.bland_altman(ref, pred)
+  except ValueError as e:
+    ba = None
+    ax.scatter(m, d, s=18, color="k", alpha=0.7)
+    ax.axhline(0.0, color="0.6", lw=0.8)
+    ax.text(0.5, 0.5, f"No Bland-Altman limits:\n{e}", transform=ax.transAxes, ha="center",
+            va="center", fontsize=11, color="tab:red",
+            bbox=dict(boxstyle="round", facecolor="white", edgecolor="tab:red"))
+  if ba is not None:
+    ax.scatter(ba.mean, ba.diff, s=18, color="k", alpha=0.7, label=f"scans (n={ba.n})")
+    ax.axhline(0.0, color="0.6", lw=0.8)
+    ax.axhline(ba.bias, color="tab:blue", lw=1.5, label=f"bias {ba.bias:.3g} {units}")
+    grid = np.linspace(0.0, max(float(ba.mean.max()), 1e-9) * 1.05, 200)
+    lo, hi = ba.limits(grid)
+    ax.plot(grid, hi, color="tab:red", ls="--", lw=1.2,
+            label=f"95% limits: bias ± 1.96·√(π/2)·({ba.b:.3g} + {ba.a:.3g}·√m)")
+    ax.plot(grid, lo, color="tab:red", ls="--", lw=1.2)
+    ax.legend(loc="best", fontsize=8)
+  ax.set_xlabel(f"mean of reference and prediction ({units})")
+  ax.set_ylabel(f"prediction − reference ({units})")
+  ax.set_title(title or "Bland-Altman")
+  ax.grid(True, alpha=0.3)
+  fig.tight_layout()
+  return _save_atomic(fig, path)
+
+
+def _pick_slices(classes: np.ndarray, n_slices: int) -> list[int]:
+  """Axial slices with the most labelled voxels (at most n_slices, sorted); middle if none."""
+  counts = np.count_nonzero(classes > 0, axis=(1, 2))
+  order = [int(z) for z in np.argsort(-counts, kind="stable") if counts[z] > 0][:n_slices]
+  return sorted(order) if order else [classes.shape[0] // 2]
+
+
+def overlay_png(hu: np.ndarray, classes: np.ndarray, path: str,
+                spacing: Sequence[float] = (1.0, 1.0, 1.0), n_slices: int = 3,
+                title: Optional[str] = None) -> str:
+  """Axial slices through the lesions with calcium coloured by class.
+
+  Args:
+    hu: float (z, y, x) HU volume, shown in the window [-200, 800] HU.
+    classes: int (z, y, x) classes 0..6, same shape; classes 1..6 drawn in `CLASS_COLOURS`.
+    path: PNG file to write.
+    spacing: (z, y, x) voxel size in mm; slices are drawn in mm so the aspect is correct.
+    n_slices: number of axial slices (those with the most labelled voxels).
+    title: optional figure title.
+
+  Returns:
+    path. Without lesions the middle slice is shown with a "no lesions" note.
+  """
+  hu = np.asarray(hu, dtype=np.float32)
+  classes = np.asarray(classes)
+  if hu.ndim != 3 or hu.shape != classes.shape:
+    raise ValueError(f"hu {hu.shape} and classes {classes.shape} must be 3D (z, y, x) of the same shape")
+  if hu.size == 0:
+    raise ValueError("overlay_png needs a non-empty volume")
+  bad = np.unique(classes[(classes < 0) | (classes >= labels_lib.NUM_CLASSES)])
+  if bad.size:
+    raise ValueError(f"classes holds values {bad.tolist()} outside 0..{labels_lib.NUM_CLASSES - 1}")
+  metrics.voxel_volume_mm3(spacing)  # validates spacing
+  sz, sy, sx = (float(s) for s in spacing)
+  slices = _pick_slices(classes, max(1, int(n_slices)))
+  ny, nx = hu.shape[1:]
+  extent = (0.0, nx * sx, ny * sy, 0.0)  # x right, y down, in mm
+  cmap = mcolors.ListedColormap(["none"] + [CLASS_COLOURS[c] for c in range(1, labels_lib.NUM_CLASSES)])
+  norm = mcolors.BoundaryNorm(np.arange(-0.5, labels_lib.NUM_CLASSES), cmap.N)
+  aspect_h = (ny * sy) / max(nx * sx, 1e-9)
+  fig = mfigure.Figure(figsize=(3.6 * len(slices) + 1.8, 3.6 * aspect_h + 1.0))
+  axes = fig.subplots(1, len(slices), squeeze=False)[0]
+  any_lesion = bool(np.any(classes > 0))
+  for ax, z in zip(axes, slices):
+    ax.imshow(hu[z], cmap="gray", vmin=HU_WINDOW[0], vmax=HU_WINDOW[1], extent=extent,
+              interpolation="nearest")
+    lab = np.ma.masked_equal(classes[z].astype(np.int32), 0)
+    ax.imshow(lab, cmap=cmap, norm=norm, extent=extent, interpolation="nearest", alpha=0.85)
+    ax.set_aspect("equal")
+    ax.set_title(f"z = {z} ({z * sz:.1f} mm)", fontsize=9)
+    ax.set_xlabel("x (mm)", fontsize=8)
+    ax.set_ylabel("y (mm)", fontsize=8)
+    ax.tick_params(labelsize=7)
+    if not any_lesion:
+      ax.text(0.5, 0.5, "no lesions", transform=ax.transAxes, ha="center", va="center",
+              color="yellow", fontsize=12)
+  handles = [mpatches.Patch(color=CLASS_COLOURS[c], label=CLASS_LABELS[c])
+             for c in range(1, labels_lib.NUM_CLASSES)]
+  fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
+  if title:
+    fig.suptitle(title, fontsize=10)
+  fig.tight_layout(rect=(0, 0, 1.0 - 1.6 / fig.get_figwidth(), 1))
+  return _save_atomic(fig, path)
