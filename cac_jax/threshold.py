@@ -15,10 +15,9 @@ Ascending aorta from a mask (`source="mask"`):
      scan's spacing) so the wall and wall calcium are excluded.
   2. Cut the arch: find the highest slice below the arch where the eroded mask has two or
      more in-slice components; slices above it are removed, the rest is labelled in 3D
-     (26-connectivity) and the component with the most anterior centroid that reaches down
-     furthest... precisely: the most anterior of the components holding at least 10 % of the
-     remaining volume is the ascending aorta. A mask with a single component (e.g. an
-     ascending-aorta-only mask) is used whole.
+     (26-connectivity) and the most anterior (by centroid) of the components holding at
+     least 10 % of the remaining volume is the ascending aorta. A mask with a single
+     component (e.g. an ascending-aorta-only mask) is used whole.
   3. Level: the box's lower face sits on the lowest slice of the ascending part (the aortic
      root just above the valve), so the box covers the sinuses where the coronary arteries
      arise (the ostia are about 10-15 mm above the annulus); the box is centred in-plane on the
@@ -349,7 +348,9 @@ def ccta_threshold(scan: Scan, aorta_mask: Optional[np.ndarray] = None,
     `AortaROI` with `source` "mask" or "auto".
 
   Raises:
-    NoAortaError: when neither the mask nor automatic detection yields a lumen.
+    NoAortaError: when neither the mask nor automatic detection yields a lumen (the caller
+      turns this into a warning and an all-zero result). An empty mask (all zero) is treated
+      as no mask (automatic detection).
   """
   if aorta_mask is not None and np.any(aorta_mask):
     lumen = ascending_aorta_from_mask(scan, aorta_mask)

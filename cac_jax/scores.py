@@ -1,0 +1,178 @@
+"""Calcium scores from a class map: volume, lesion count, Agatston, mass, risk, CAC-DRS.
+
+Definitions (class maps int (z, y, x) 0..6, `cac_jax.labels`; HU (z, y, x); geometry from a
+`Scan`):
+  * Volume (mm³): number of voxels x voxel volume.
+  * Lesion count: 6-connected 3D components of the class (for "total" coronary: of the union of
+    LAD, LCX and RCA, so a lesion spanning two arteries counts once).
+  * Agatston: per axial slice, 2D lesions = 4-connected in-slice components of the class (the
+    in-plane counterpart of the 6-connected lesion used everywhere else); a 2D lesion counts
+    when its area is >= 1 mm², with weight from its peak HU: 130-199 -> 1, 200-299 -> 2,
+    300-399 -> 3, >= 400 -> 4 (< 130 -> 0). Score = sum(area x weight) x slice_increment / 3 mm,
+    slice increment = the scan's z spacing. Total coronary Agatston = LAD + LCX + RCA.
+    Agatston is defined for NCCT (3 mm slices, 120 kVp, 130 HU threshold); for CCTA it is
+    reported but flagged `agatston_standard: False` (the contrast-derived threshold and
+    the lumen blooming make it non-standard).
+  * Mass: mass = c_HA x volume x mean HU (= c_HA x sum of HU x voxel volume). `calibration` is
+    c_HA in mg/(mm³·HU) (from a calcium hydroxyapatite phantom); without it c_HA = 1 and the mass
+    is in HU·mm³ and flagged `mass_calibrated: False`.
+  * Risk category (total coronary Agatston, unrounded): "0" (= 0), "1-10" (0 < A <= 10),
+    "11-100" (<= 100), "101-400" (<= 400), ">400".
+  * CAC-DRS: A0 (= 0), A1 (0 < A < 100), A2 (100 <= A < 300), A3 (>= 300), plus N = number of
+    coronary arteries (LAD incl. left main, LCX, RCA: at most 3 here, as left main is merged
+    into the LAD class) with calcium, e.g. "A2/N2"; A0 has no N ("A0").
+  * Aorta, aortic valve and mitral valve: volume, lesion count and mass (no Agatston).
+
+`compute_scores` returns plain Python numbers and strings (JSON-serialisable).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+import numpy as np
+from scipy import ndimage
+
+from cac_jax.labels import AORTA, AORTIC_VALVE, CLASS_NAMES, CORONARY_CLASSES, MITRAL_VALVE
+from cac_jax.scan import Scan
+
+CONNECTIVITY_6 = ndimage.generate_binary_structure(3, 1)
+CONNECTIVITY_4_2D = ndimage.generate_binary_structure(2, 1)
+AGATSTON_REFERENCE_SLICE_MM = 3.0
+AGATSTON_MIN_AREA_MM2 = 1.0
+
+
+def agatston_weight(peak_hu: float) -> int:
+  """Agatston density weight of a 2D lesion from its peak HU."""
+  if peak_hu >= 400:
+    return 4
+  if peak_hu >= 300:
+    return 3
+  if peak_hu >= 200:
+    return 2
+  if peak_hu >= 130:
+    return 1
+  return 0
+
+
+def agatston(mask: np.ndarray, hu: np.ndarray, spacing, slice_increment_mm: Optional[float] = None) -> float:
+  """Agatston score of a bool (z, y, x) calcium mask (see module docstring).
+
+  Args:
+    mask: bool (z, y, x).
+    hu: HU (z, y, x).
+    spacing: (z, y, x) mm.
+    slice_increment_mm: defaults to spacing[0].
+  """
+  mask = np.asarray(mask, dtype=bool)
+  hu = np.asarray(hu)
+  inc = float(spacing[0] if slice_increment_mm is None else slice_increment_mm)
+  pixel_area = float(spacing[1]) * float(spacing[2])
+  total = 0.0
+  for z in np.flatnonzero(mask.any(axis=(1, 2))):
+    lab, n = ndimage.label(mask[z], structure=CONNECTIVITY_4_2D)
+    if n == 0:
+      continue
+    idx = np.arange(1, n + 1)
+    areas = np.bincount(lab.ravel(), minlength=n + 1)[1:] * pixel_area
+    peaks = ndimage.maximum(hu[z], lab, index=idx)
+    for area, peak in zip(areas, np.atleast_1d(peaks)):
+      if area >= AGATSTON_MIN_AREA_MM2 - 1e-9:
+        total += area * agatston_weight(float(peak))
+  return float(total * inc / AGATSTON_REFERENCE_SLICE_MM)
+
+
+def risk_category(total_agatston: float) -> str:
+  """Agatston risk category: "0", "1-10", "11-100", "101-400" or ">400"."""
+  a = float(total_agatston)
+  if a <= 0:
+    return "0"
+  if a <= 10:
+    return "1-10"
+  if a <= 100:
+    return "11-100"
+  if a <= 400:
+    return "101-400"
+  return ">400"
+
+
+def cac_drs(total_agatston: float, num_vessels: int) -> str:
+  """CAC-DRS category, e.g. "A0", "A1/N1", "A3/N3"."""
+  a = float(total_agatston)
+  if a <= 0:
+    return "A0"
+  grade = 1 if a < 100 else 2 if a < 300 else 3
+  return f"A{grade}/N{int(num_vessels)}"
+
+
+def _count_lesions(mask: np.ndarray) -> int:
+  return int(ndimage.label(mask, structure=CONNECTIVITY_6)[1]) if mask.any() else 0
+
+
+def _region_scores(mask, hu, scan: Scan, c_ha: float, with_agatston: bool) -> dict[str, Any]:
+  n = int(mask.sum())
+  vol = n * scan.voxel_volume_mm3
+  mean_hu = float(hu[mask].mean()) if n else 0.0
+  out = {
+      "volume_mm3": float(vol),
+      "lesions": _count_lesions(mask),
+      "mean_hu": mean_hu,
+      "mass": float(c_ha * vol * mean_hu),
+  }
+  if with_agatston:
+    out["agatston"] = agatston(mask, hu, scan.spacing)
+  return out
+
+
+def compute_scores(classes: np.ndarray, hu: np.ndarray, scan: Scan, domain: str,
+                   calibration: Optional[float] = None) -> dict[str, Any]:
+  """All scores for one scan.
+
+  Args:
+    classes: int (z, y, x) classes 0..6 after false-positive reduction.
+    hu: HU (z, y, x) on the same grid (usually `scan.hu`).
+    scan: geometry (spacing, voxel volume).
+    domain: "ncct" or "ccta".
+    calibration: c_HA in mg/(mm³·HU) for the mass score; None -> 1 (uncalibrated).
+
+  Returns:
+    JSON-serialisable dict: {"domain", "LAD", "LCX", "RCA", "total" (each with volume_mm3,
+    lesions, mean_hu, mass, agatston), "aorta", "aortic_valve", "mitral_valve" (volume_mm3,
+    lesions, mean_hu, mass), "risk_category", "cac_drs", "num_vessels", "agatston_standard",
+    "mass_calibrated", "mass_units", "calibration", "slice_increment_mm", "notes"}.
+  """
+  if domain not in ("ncct", "ccta"):
+    raise ValueError(f"domain must be 'ncct' or 'ccta'; got {domain!r}")
+  classes = np.asarray(classes)
+  hu = np.asarray(hu, dtype=np.float64)
+  if classes.shape != hu.shape or classes.shape != scan.shape:
+    raise ValueError(f"shapes differ: classes {classes.shape}, hu {hu.shape}, scan {scan.shape}")
+  c_ha = 1.0 if calibration is None else float(calibration)
+  result: dict[str, Any] = {"domain": domain}
+  num_vessels = 0
+  for cls in CORONARY_CLASSES:
+    r = _region_scores(classes == cls, hu, scan, c_ha, True)
+    num_vessels += int(r["volume_mm3"] > 0)
+    result[CLASS_NAMES[cls]] = r
+  total = _region_scores(np.isin(classes, CORONARY_CLASSES), hu, scan, c_ha, False)
+  total["agatston"] = float(sum(result[CLASS_NAMES[c]]["agatston"] for c in CORONARY_CLASSES))
+  result["total"] = total
+  for cls in (AORTA, AORTIC_VALVE, MITRAL_VALVE):
+    result[CLASS_NAMES[cls]] = _region_scores(classes == cls, hu, scan, c_ha, False)
+  notes = []
+  if domain == "ccta":
+    notes.append("Agatston is defined for non-contrast CT; in CCTA it is reported but not standard")
+  if calibration is None:
+    notes.append("mass is uncalibrated (c_HA = 1): HU·mm³, not mg")
+  result.update({
+      "risk_category": risk_category(total["agatston"]),
+      "cac_drs": cac_drs(total["agatston"], num_vessels),
+      "num_vessels": num_vessels,
+      "agatston_standard": domain == "ncct",
+      "mass_calibrated": calibration is not None,
+      "mass_units": "mg" if calibration is not None else "HU*mm3",
+      "calibration": c_ha,
+      "slice_increment_mm": float(scan.spacing[0]),
+      "notes": notes,
+  })
+  return result
