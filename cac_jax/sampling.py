@@ -1,0 +1,580 @@
+"""Three-view patch sampling for training (source batches, critic batches).
+
+A sample is one voxel (z, y, x) seen through three orthogonal P x P patches centred on it:
+  * axial    over (y, x) at slice z,
+  * coronal  over (z, x) at row y,
+  * sagittal over (z, y) at column x,
+stacked as (3, B, P, P, 1) float32 in that view order, with the centre voxel at pixel
+(P // 2, P // 2) of every view. Pixels outside the volume take `pad_value` (the sampler uses
+-1000 HU, i.e. normalised air). P = `cac_jax.models.patch_size(config)` (155 paper, 31 tiny).
+
+Source batches also carry, per view, the label window of the network's output
+(o = config.data.output_size) centred on the same voxel: (3, B, o, o) int32, background (0)
+outside the volume, and `labels[:, :, o // 2, o // 2]` is the centre voxel's class.
+
+Gathering copies each view window as one numpy block (3B block copies per batch, no
+per-pixel Python); only windows that cross the border are pre-filled with the pad value.
+On 16 paper-size patches this took 4 ms against 22 ms for a flat-index `np.take` gather with
+precomputed offset grids, and it reads straight from the case's HU array, so no padded copy
+of any volume is kept (a padded copy at P = 155 would cost ~2x a working-spacing volume per
+case). Normalisation (`cac_jax.preprocess.normalize_hu`, elementwise) is applied to the
+gathered HU patches; when a probe shows the in-place clip/subtract/divide gives bit-identical
+results to `normalize_hu`, that in-place form is used (about 2.5x cheaper per batch).
+
+Batch policies (`PatchSampler`, counts from config.sampling):
+  * source batch, in this order within the batch:
+      - `source_threshold` patches at voxels >= the case's calcium threshold (130 HU for NCCT,
+        see `case_threshold`), over the whole volume (bone and calcium are the hard cases);
+      - `source_uniform` patches at uniform voxels of the case's sampling region (the heart
+        mask dilated by `heart_dilation_mm` when a non-empty heart mask is present and
+        `uniform_in_heart` is set, else the whole volume);
+      - `source_labelled` patches at labelled calcium voxels (classes 1..6). Policy
+        "class_balanced" (default): a class is drawn uniformly among the classes present in
+        any labelled case, then a case uniformly among the cases holding that class, then a
+        voxel of that class uniformly; this keeps rare arteries (LCX, RCA) and valves in
+        every few batches. Policy "uniform": a case uniformly among cases with any labelled
+        calcium, then one of its labelled voxels uniformly.
+    Only cases with a label map take part in source batches.
+  * critic batch: `critic_batch // 2` patches at voxels >= the case's threshold, the rest
+    uniform in the sampling region; all cases take part.
+  Cases are drawn uniformly (except for the class-balanced draw above).
+
+Fallbacks (never raise): a case with no voxel >= its threshold gives a uniform voxel
+instead; if no labelled case holds any calcium voxel, labelled patches are uniform voxels of
+labelled cases; an empty heart mask means the whole volume. Every fallback that applies is
+recorded once, at construction, in `PatchSampler.fallbacks` (case_id -> list of reasons).
+
+Reproducibility: batch `i` of a stream is drawn from
+`np.random.default_rng([seed, stream, i])`, independent of every other batch. Direct calls
+(`source_batch()`) count i = 0, 1, ... per stream; the prefetching iterators
+(`source_batches(start=0)`) yield batches start, start + 1, ... of the same stream, so a fresh
+sampler's iterator yields exactly what its direct calls would, whatever the thread timing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import queue
+import threading
+from typing import Callable, Iterator, Optional, Sequence
+
+import ml_collections
+import numpy as np
+from scipy import ndimage
+
+from cac_jax import labels as labels_lib
+from cac_jax import models
+from cac_jax.scan import Case
+
+PAD_HU = -1000.0
+_SOURCE_STREAM = 0
+_CRITIC_STREAM = 1
+LABELLED_POLICIES = ("class_balanced", "uniform")
+
+
+# ---------------------------------------------------------------------------------------------
+# Gathering
+
+
+def _window(c: int, h: int, size: int, n: int) -> tuple[slice, slice]:
+  """Source slice along an axis of length n and destination slice in a window of `size`."""
+  lo, hi = c - h, c - h + size
+  a, b = max(lo, 0), min(hi, n)
+  if a >= b:
+    return slice(0, 0), slice(0, 0)
+  return slice(a, b), slice(a - lo, b - lo)
+
+
+def _check_centres(volume: np.ndarray, centres: np.ndarray, size: int) -> np.ndarray:
+  if volume.ndim != 3:
+    raise ValueError(f"volume must be 3D (z, y, x); got shape {volume.shape}")
+  centres = np.asarray(centres)
+  if centres.ndim != 2 or centres.shape[1] != 3:
+    raise ValueError(f"centres must be (B, 3) voxel indices (z, y, x); got shape {centres.shape}")
+  if centres.size and not np.issubdtype(centres.dtype, np.integer):
+    if np.any(centres != np.round(centres)):
+      raise ValueError("centres must be integer voxel indices")
+  if size < 1:
+    raise ValueError(f"window size must be >= 1; got {size}")
+  return centres.astype(np.int64)
+
+
+def _gather_views_into(out: np.ndarray, volume: np.ndarray, centres: np.ndarray, size: int,
+                       pad_value) -> None:
+  """Fill out (3, B, size, size[, 1]) with the three windows of `volume` around `centres`.
+
+  One block copy per view and patch (3B numpy copies, no per-pixel Python); a window that
+  crosses the border is pre-filled with `pad_value`. Measured ~5x faster than a flat-index
+  `np.take` gather with precomputed offset grids (4 vs 22 ms for 16 paper-size patches),
+  and it needs no padded copy of the volume.
+  """
+  h = size // 2
+  nz, ny, nx = volume.shape
+  for b, (z, y, x) in enumerate(centres.tolist()):
+    sz, dz = _window(z, h, size, nz)
+    sy, dy = _window(y, h, size, ny)
+    sx, dx = _window(x, h, size, nx)
+    z_in, y_in, x_in = 0 <= z < nz, 0 <= y < ny, 0 <= x < nx
+    full = (dz.stop - dz.start == size, dy.stop - dy.start == size, dx.stop - dx.start == size)
+    # per view: fixed-axis index inside?, whole window inside?, destination, source index
+    views = ((z_in, full[1] and full[2], (dy, dx), (z, sy, sx)),   # axial (y, x) at z
+             (y_in, full[0] and full[2], (dz, dx), (sz, y, sx)),   # coronal (z, x) at y
+             (x_in, full[0] and full[1], (dz, dy), (sz, sy, x)))   # sagittal (z, y) at x
+    for v, (inside, whole, dst, src) in enumerate(views):
+      o = out[v, b]
+      if o.ndim == 3:  # trailing channel axis
+        o = o[..., 0]
+      if not (inside and whole):
+        o[...] = pad_value
+      if inside:
+        o[dst] = volume[src]
+
+
+def _gather_views(volume: np.ndarray, centres: np.ndarray, size: int, pad_value,
+                  dtype) -> np.ndarray:
+  """(3, B, size, size) windows of `volume` (z, y, x) around `centres` (B, 3), padded."""
+  volume = np.asarray(volume)
+  centres = _check_centres(volume, centres, size)
+  out = np.empty((3, centres.shape[0], size, size), dtype=dtype)
+  _gather_views_into(out, volume, centres, size, pad_value)
+  return out
+
+
+def extract_views(volume: np.ndarray, centres: np.ndarray, patch: int,
+                  pad_value: float) -> np.ndarray:
+  """Three orthogonal patches centred on each voxel.
+
+  Args:
+    volume: (Z, Y, X) array (HU or normalised HU).
+    centres: (B, 3) integer voxel indices (z, y, x); may lie near or beyond the border.
+    patch: side P of every patch (pixels); the centre voxel sits at (P // 2, P // 2).
+    pad_value: value of pixels outside the volume.
+
+  Returns:
+    (3, B, P, P, 1) float32: axial (y, x) at z, coronal (z, x) at y, sagittal (z, y) at x.
+  """
+  return _gather_views(volume, centres, patch, pad_value, np.float32)[..., None]
+
+
+def extract_view_labels(labels: np.ndarray, centres: np.ndarray, out: int) -> np.ndarray:
+  """Per-view label windows of side `out` centred on each voxel.
+
+  Args:
+    labels: (Z, Y, X) int class map (0..6).
+    centres: (B, 3) integer voxel indices (z, y, x).
+    out: side o of the network's output window (config.data.output_size).
+
+  Returns:
+    (3, B, o, o) int32, same view order/orientation as `extract_views`; background (0) outside
+    the volume; [:, :, o // 2, o // 2] is the centre voxel's class.
+  """
+  return _gather_views(labels, centres, out, 0, np.int32)
+
+
+# ---------------------------------------------------------------------------------------------
+# Normalisation and thresholds
+
+
+def _normalize_fallback(hu: np.ndarray, data_config: ml_collections.ConfigDict) -> np.ndarray:
+  lo, hi = data_config.hu_clip
+  return (np.clip(hu, lo, hi) - data_config.hu_center) / data_config.hu_scale
+
+
+def _normalizer() -> Callable[[np.ndarray, ml_collections.ConfigDict], np.ndarray]:
+  """`cac_jax.preprocess.normalize_hu` when that module exists, else the same formula."""
+  try:
+    from cac_jax.preprocess import normalize_hu  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    return _normalize_fallback
+  return normalize_hu
+
+
+def _inplace_matches(normalize, data_config) -> bool:
+  """True if in-place clip, -= center, /= scale (float32) equals `normalize` bit for bit."""
+  lo, hi = (float(v) for v in data_config.hu_clip)
+  probe = np.concatenate([np.linspace(lo - 500.0, hi + 500.0, 4001, dtype=np.float32),
+                          np.asarray([lo, hi, -1000.0, 0.0, 130.0, 1e6, -1e6], np.float32),
+                          np.random.default_rng(0).normal(0.0, 800.0, 2000).astype(np.float32)])
+  want = np.asarray(normalize(probe.copy(), data_config))
+  got = probe.copy()
+  np.clip(got, np.float32(lo), np.float32(hi), out=got)
+  got -= np.float32(data_config.hu_center)
+  got /= np.float32(data_config.hu_scale)
+  return want.dtype == np.float32 and want.shape == got.shape and np.array_equal(want, got)
+
+
+def case_threshold(case: Case, config: ml_collections.ConfigDict) -> float:
+  """Calcium threshold (HU) of a case, used to pick "bright" patch centres.
+
+  Order: `case.scan.meta["calcium_threshold_hu"]` if given; 130 HU
+  (config.scoring.ncct_threshold) for NCCT; for CCTA mean + 3 SD of the HU inside the aorta
+  mask eroded by one voxel (the mask itself if erosion empties it); else 130 HU.
+  """
+  default = float(config.scoring.ncct_threshold)
+  meta_thr = case.scan.meta.get("calcium_threshold_hu") if case.scan.meta else None
+  if meta_thr is not None:
+    return float(meta_thr)
+  if case.domain != "ccta" or case.aorta_mask is None:
+    return default
+  mask = np.asarray(case.aorta_mask).astype(bool)
+  eroded = ndimage.binary_erosion(mask)
+  if eroded.any():
+    mask = eroded
+  if not mask.any():
+    return default
+  values = case.scan.hu[mask].astype(np.float64)
+  return float(values.mean() + 3.0 * values.std())
+
+
+def _index_dtype(n: int):
+  return np.int32 if n < np.iinfo(np.int32).max else np.int64
+
+
+def _dilate_box(mask: np.ndarray, spacing: Sequence[float], radius_mm: float) -> np.ndarray:
+  """Dilate a bool mask by a (z, y, x) box of half-size `radius_mm` (separable, fast)."""
+  out = mask.astype(np.uint8)
+  for axis, s in enumerate(spacing):
+    r = int(round(radius_mm / float(s)))
+    if r > 0:
+      out = ndimage.maximum_filter1d(out, size=2 * r + 1, axis=axis, mode="constant")
+  return out.astype(bool)
+
+
+@dataclasses.dataclass
+class _CaseIndex:
+  """Per-case precomputed candidate voxels (flat indices into the C-ordered volume)."""
+
+  case: Case
+  hu: np.ndarray  # C-contiguous float32 (z, y, x)
+  labels: Optional[np.ndarray]  # C-contiguous int32 or None
+  threshold: float
+  bright: np.ndarray  # flat indices with HU >= threshold (may be empty)
+  region: Optional[np.ndarray]  # flat indices of the uniform-sampling region; None = whole
+  by_class: dict  # class -> flat indices of labelled voxels of that class (classes 1..6)
+  labelled_all: np.ndarray  # flat indices of all labelled calcium voxels
+
+
+# ---------------------------------------------------------------------------------------------
+# Prefetching
+
+
+class Prefetcher(Iterator[dict]):
+  """Iterator over `make(i)` for i = start, start + 1, ..., produced by a background thread.
+
+  The order is the index order whatever the thread timing; at most `depth` batches wait in
+  the queue. `close()` (or leaving the `with` block) stops the thread; an exception raised by
+  `make` is re-raised by `next()`.
+  """
+
+  def __init__(self, make: Callable[[int], dict], start: int = 0, depth: int = 2,
+               stop: Optional[int] = None):
+    self._make = make
+    self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
+    self._stop = threading.Event()
+    self._done = False
+    self._thread = threading.Thread(target=self._run, args=(int(start), stop),
+                                    name="PatchSamplerPrefetch", daemon=True)
+    self._thread.start()
+
+  def _put(self, item) -> bool:
+    while not self._stop.is_set():
+      try:
+        self._queue.put(item, timeout=0.05)
+        return True
+      except queue.Full:
+        continue
+    return False
+
+  def _run(self, index: int, stop: Optional[int]):
+    try:
+      while not self._stop.is_set() and (stop is None or index < stop):
+        if not self._put(("batch", self._make(index))):
+          return
+        index += 1
+      self._put(("end", None))
+    except BaseException as e:  # pylint: disable=broad-except
+      self._put(("error", e))
+
+  def __iter__(self) -> "Prefetcher":
+    return self
+
+  def __next__(self) -> dict:
+    if self._done:
+      raise StopIteration
+    while True:
+      try:
+        kind, item = self._queue.get(timeout=0.1)
+        break
+      except queue.Empty:
+        if not self._thread.is_alive() and self._queue.empty():
+          self._done = True
+          raise StopIteration from None
+    if kind == "batch":
+      return item
+    self._done = True
+    self.close()
+    if kind == "error":
+      raise item
+    raise StopIteration
+
+  def close(self):
+    """Stop the background thread and drop queued batches. Idempotent."""
+    self._done = True
+    self._stop.set()
+    while True:
+      try:
+        self._queue.get_nowait()
+      except queue.Empty:
+        break
+    if self._thread.is_alive() and threading.current_thread() is not self._thread:
+      self._thread.join(timeout=5.0)
+
+  @property
+  def alive(self) -> bool:
+    return self._thread.is_alive()
+
+  def __enter__(self) -> "Prefetcher":
+    return self
+
+  def __exit__(self, *exc):
+    self.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# The sampler
+
+
+class PatchSampler:
+  """Draws source and critic batches of three-view patches from a list of cases.
+
+  Args:
+    cases: `Case`s at working spacing (HU float32). Cases with labels feed source batches; all
+      cases feed critic batches (build one sampler per domain for adaptation).
+    config: full config (uses model, data, sampling, scoring sections).
+    seed: base seed; batch i of a stream comes from default_rng([seed, stream, i]).
+    labelled_policy: "class_balanced" (default) or "uniform" (see module docstring).
+    uniform_in_heart: uniform centres inside the heart mask dilated by `heart_dilation_mm`
+      when the case has a non-empty heart mask (else the whole volume).
+    heart_dilation_mm: box dilation of the heart mask; default config.scoring.heart_dilation_mm.
+
+  Batches: source `{"views": (3, B, P, P, 1) f32, "labels": (3, B, o, o) i32}` with
+  B = source_threshold + source_uniform + source_labelled; critic `{"views": ...}` with
+  B = critic_batch. `with_info=True` adds "case_index" (B,) and "centres" (B, 3) int arrays.
+  """
+
+  def __init__(self, cases: Sequence[Case], config: ml_collections.ConfigDict, seed: int,
+               *, labelled_policy: str = "class_balanced", uniform_in_heart: bool = True,
+               heart_dilation_mm: Optional[float] = None):
+    if not cases:
+      raise ValueError("PatchSampler needs at least one case")
+    if labelled_policy not in LABELLED_POLICIES:
+      raise ValueError(f"labelled_policy must be one of {LABELLED_POLICIES}; got {labelled_policy!r}")
+    self.config = config
+    self.seed = int(seed)
+    self.labelled_policy = labelled_policy
+    self.uniform_in_heart = bool(uniform_in_heart)
+    self.heart_dilation_mm = float(config.scoring.heart_dilation_mm if heart_dilation_mm is None
+                                   else heart_dilation_mm)
+    self.patch = int(models.patch_size(config))
+    self.out = int(config.data.output_size)
+    s = config.sampling
+    self.n_threshold, self.n_uniform, self.n_labelled = (
+        int(s.source_threshold), int(s.source_uniform), int(s.source_labelled))
+    self.n_critic = int(s.critic_batch)
+    self.prefetch = int(s.prefetch)
+    self._normalize = _normalizer()
+    self._inplace_normalize = _inplace_matches(self._normalize, config.data)
+    self.fallbacks: dict[str, list[str]] = {}
+    self._cases = [self._index_case(c) for c in cases]
+    self.thresholds = [ci.threshold for ci in self._cases]
+    self._labelled_cases = [i for i, ci in enumerate(self._cases) if ci.labels is not None]
+    self._calcium_cases = [i for i in self._labelled_cases if self._cases[i].labelled_all.size]
+    self._class_cases = {
+        c: [i for i in self._labelled_cases if c in self._cases[i].by_class]
+        for c in range(1, labels_lib.NUM_CLASSES)}
+    self._class_cases = {c: v for c, v in self._class_cases.items() if v}
+    if self._labelled_cases and not self._calcium_cases and self.n_labelled:
+      for i in self._labelled_cases:
+        self._note(i, "no labelled calcium in any case: labelled patches are uniform voxels")
+    self._counters = {_SOURCE_STREAM: 0, _CRITIC_STREAM: 0}
+    self._prefetchers: list[Prefetcher] = []
+
+  # -- construction ---------------------------------------------------------------------------
+
+  def _note(self, i_or_case, reason: str):
+    cid = i_or_case.case_id if isinstance(i_or_case, Case) else self._cases[i_or_case].case.case_id
+    self.fallbacks.setdefault(cid, []).append(reason)
+
+  def _index_case(self, case: Case) -> _CaseIndex:
+    hu = np.ascontiguousarray(case.scan.hu, dtype=np.float32)
+    n = hu.size
+    idt = _index_dtype(n)
+    thr = case_threshold(case, self.config)
+    bright = np.flatnonzero(hu.reshape(-1) >= thr).astype(idt)
+    if not bright.size:
+      self._note(case, f"no voxel >= {thr:.1f} HU: threshold patches are uniform voxels")
+    region = None
+    if self.uniform_in_heart and case.heart_mask is not None:
+      heart = np.asarray(case.heart_mask).astype(bool)
+      if heart.shape != hu.shape:
+        raise ValueError(f"case {case.case_id}: heart mask shape {heart.shape} != scan {hu.shape}")
+      if heart.any():
+        region = np.flatnonzero(_dilate_box(heart, case.scan.spacing, self.heart_dilation_mm).reshape(-1)).astype(idt)
+      else:
+        self._note(case, "empty heart mask: uniform patches over the whole volume")
+    labels = None
+    by_class: dict = {}
+    labelled_all = np.zeros(0, idt)
+    if case.labels is not None:
+      labels = np.ascontiguousarray(case.labels, dtype=np.int32)
+      if labels.shape != hu.shape:
+        raise ValueError(f"case {case.case_id}: labels shape {labels.shape} != scan {hu.shape}")
+      flat = labels.reshape(-1)
+      labelled_all = np.flatnonzero(flat > 0).astype(idt)
+      cls = flat[labelled_all]
+      order = np.argsort(cls, kind="stable")
+      cls_sorted = cls[order]
+      for c in np.unique(cls_sorted):
+        lo, hi = np.searchsorted(cls_sorted, [c, c + 1])
+        by_class[int(c)] = labelled_all[order[lo:hi]]
+    return _CaseIndex(case, hu, labels, thr, bright, region, by_class, labelled_all)
+
+  # -- centre draws ---------------------------------------------------------------------------
+
+  def _uniform(self, rng: np.random.Generator, i: int) -> int:
+    ci = self._cases[i]
+    if ci.region is not None:
+      return int(ci.region[rng.integers(ci.region.size)])
+    return int(rng.integers(ci.hu.size))
+
+  def _bright(self, rng: np.random.Generator, i: int) -> int:
+    ci = self._cases[i]
+    if ci.bright.size:
+      return int(ci.bright[rng.integers(ci.bright.size)])
+    return self._uniform(rng, i)
+
+  def _labelled(self, rng: np.random.Generator, pool: Sequence[int]) -> tuple[int, int]:
+    if not self._calcium_cases:
+      i = pool[rng.integers(len(pool))]
+      return i, self._uniform(rng, i)
+    if self.labelled_policy == "class_balanced":
+      classes = sorted(self._class_cases)
+      c = classes[rng.integers(len(classes))]
+      cands = self._class_cases[c]
+      i = cands[rng.integers(len(cands))]
+      vox = self._cases[i].by_class[c]
+    else:
+      i = self._calcium_cases[rng.integers(len(self._calcium_cases))]
+      vox = self._cases[i].labelled_all
+    return i, int(vox[rng.integers(vox.size)])
+
+  def _draw(self, rng: np.random.Generator, pool: Sequence[int], n_bright: int, n_uniform: int,
+            n_labelled: int) -> tuple[np.ndarray, np.ndarray]:
+    case_idx, flat_idx = [], []
+    for _ in range(n_bright):
+      i = pool[rng.integers(len(pool))]
+      case_idx.append(i)
+      flat_idx.append(self._bright(rng, i))
+    for _ in range(n_uniform):
+      i = pool[rng.integers(len(pool))]
+      case_idx.append(i)
+      flat_idx.append(self._uniform(rng, i))
+    for _ in range(n_labelled):
+      i, f = self._labelled(rng, pool)
+      case_idx.append(i)
+      flat_idx.append(f)
+    case_idx = np.asarray(case_idx, dtype=np.int64)
+    centres = np.zeros((len(flat_idx), 3), dtype=np.int64)
+    for k, (i, f) in enumerate(zip(case_idx, flat_idx)):
+      centres[k] = np.unravel_index(f, self._cases[i].hu.shape)
+    return case_idx, centres
+
+  # -- batches --------------------------------------------------------------------------------
+
+  def _views(self, case_idx: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    views = np.empty((3, len(case_idx), self.patch, self.patch, 1), np.float32)
+    for b, i in enumerate(case_idx.tolist()):
+      _gather_views_into(views[:, b:b + 1], self._cases[i].hu, centres[b:b + 1], self.patch, PAD_HU)
+    if self._inplace_normalize:
+      d = self.config.data
+      np.clip(views, np.float32(d.hu_clip[0]), np.float32(d.hu_clip[1]), out=views)
+      views -= np.float32(d.hu_center)
+      views /= np.float32(d.hu_scale)
+      return views
+    return np.asarray(self._normalize(views, self.config.data), dtype=np.float32)
+
+  def _labels(self, case_idx: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    out = np.empty((3, len(case_idx), self.out, self.out), np.int32)
+    for b, i in enumerate(case_idx.tolist()):
+      _gather_views_into(out[:, b:b + 1], self._cases[i].labels, centres[b:b + 1], self.out, 0)
+    return out
+
+  def _rng(self, stream: int, index: int) -> np.random.Generator:
+    return np.random.default_rng([self.seed, stream, int(index)])
+
+  def _next_index(self, stream: int, index: Optional[int]) -> int:
+    if index is None:
+      index = self._counters[stream]
+      self._counters[stream] += 1
+    return int(index)
+
+  def make_source_batch(self, index: int, with_info: bool = False) -> dict:
+    """Source batch number `index` (pure function of seed and index)."""
+    if not self._labelled_cases:
+      raise ValueError("source batches need cases with labels; none of the cases has a label map")
+    rng = self._rng(_SOURCE_STREAM, index)
+    case_idx, centres = self._draw(rng, self._labelled_cases, self.n_threshold, self.n_uniform,
+                                   self.n_labelled)
+    batch = {"views": self._views(case_idx, centres), "labels": self._labels(case_idx, centres)}
+    if with_info:
+      batch.update(case_index=case_idx, centres=centres)
+    return batch
+
+  def make_critic_batch(self, index: int, with_info: bool = False) -> dict:
+    """Critic batch number `index` (pure function of seed and index)."""
+    rng = self._rng(_CRITIC_STREAM, index)
+    n_bright = self.n_critic // 2
+    case_idx, centres = self._draw(rng, range(len(self._cases)), n_bright,
+                                   self.n_critic - n_bright, 0)
+    batch = {"views": self._views(case_idx, centres)}
+    if with_info:
+      batch.update(case_index=case_idx, centres=centres)
+    return batch
+
+  def source_batch(self, index: Optional[int] = None, *, with_info: bool = False) -> dict:
+    """The next source batch (or batch `index`): {"views", "labels"}."""
+    return self.make_source_batch(self._next_index(_SOURCE_STREAM, index), with_info)
+
+  def critic_batch(self, index: Optional[int] = None, *, with_info: bool = False) -> dict:
+    """The next critic batch (or batch `index`): {"views"}."""
+    return self.make_critic_batch(self._next_index(_CRITIC_STREAM, index), with_info)
+
+  def _prefetcher(self, make, start: int, stop: Optional[int]) -> Prefetcher:
+    self._prefetchers = [p for p in self._prefetchers if p.alive]
+    p = Prefetcher(make, start=start, depth=self.prefetch, stop=stop)
+    self._prefetchers.append(p)
+    return p
+
+  def source_batches(self, start: int = 0, stop: Optional[int] = None) -> Prefetcher:
+    """Prefetching iterator over source batches start, start + 1, ... (endless if stop=None)."""
+    return self._prefetcher(self.make_source_batch, start, stop)
+
+  def critic_batches(self, start: int = 0, stop: Optional[int] = None) -> Prefetcher:
+    """Prefetching iterator over critic batches start, start + 1, ... (endless if stop=None)."""
+    return self._prefetcher(self.make_critic_batch, start, stop)
+
+  @property
+  def case_ids(self) -> list[str]:
+    return [ci.case.case_id for ci in self._cases]
+
+  def close(self):
+    """Stop every prefetching thread started by this sampler."""
+    for p in self._prefetchers:
+      p.close()
+    self._prefetchers = []
+
+  def __enter__(self) -> "PatchSampler":
+    return self
+
+  def __exit__(self, *exc):
+    self.close()

@@ -1,0 +1,344 @@
+"""Tests for cac_jax.sampling: view geometry, label windows, policies, seeds, prefetching."""
+
+import dataclasses
+import threading
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from cac_jax import models
+from cac_jax import sampling
+from cac_jax.scan import Case, Scan
+from configs import paper, tiny
+
+
+def _normalize(hu, data_config):
+  """The contract of cac_jax.preprocess.normalize_hu, from the config values."""
+  lo, hi = data_config.hu_clip
+  return (np.clip(hu, lo, hi) - data_config.hu_center) / data_config.hu_scale
+
+
+def _reference_views(vol, centre, p, pad):
+  """Hand-indexed (3, P, P) views: axial (y, x) at z, coronal (z, x) at y, sagittal (z, y) at x."""
+  z, y, x = centre
+  h = p // 2
+  out = np.full((3, p, p), pad, dtype=np.float64)
+
+  def get(k, j, i):
+    if 0 <= k < vol.shape[0] and 0 <= j < vol.shape[1] and 0 <= i < vol.shape[2]:
+      return vol[k, j, i]
+    return pad
+
+  for r in range(p):
+    for c in range(p):
+      out[0, r, c] = get(z, y + r - h, x + c - h)
+      out[1, r, c] = get(z + r - h, y, x + c - h)
+      out[2, r, c] = get(z + r - h, y + c - h, x)
+  return out
+
+
+def _coded_volume(shape=(9, 11, 13)):
+  z, y, x = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+  return (z * 10000 + y * 100 + x + 1).astype(np.float32)
+
+
+@pytest.mark.parametrize("p", [1, 5, 7, 8])
+def test_extract_views_matches_hand_indexing_including_borders(p):
+  vol = _coded_volume()
+  centres = np.array([[4, 5, 6], [0, 0, 0], [8, 10, 12], [0, 10, 3], [8, 1, 12], [2, 5, 0]])
+  got = sampling.extract_views(vol, centres, p, -7.0)
+  assert got.shape == (3, len(centres), p, p, 1) and got.dtype == np.float32
+  for b, c in enumerate(centres):
+    np.testing.assert_array_equal(got[:, b, :, :, 0], _reference_views(vol, c, p, -7.0))
+    # the centre pixel of every view is the centre voxel
+    np.testing.assert_array_equal(got[:, b, p // 2, p // 2, 0], vol[tuple(c)])
+
+
+def test_extract_views_orientation_explicit():
+  vol = _coded_volume()
+  got = sampling.extract_views(vol, np.array([[4, 5, 6]]), 3, -1.0)[:, 0, :, :, 0]
+  # axial: row +1 moves y, col +1 moves x
+  assert got[0, 2, 1] == vol[4, 6, 6] and got[0, 1, 2] == vol[4, 5, 7]
+  # coronal: row +1 moves z, col +1 moves x
+  assert got[1, 2, 1] == vol[5, 5, 6] and got[1, 1, 2] == vol[4, 5, 7]
+  # sagittal: row +1 moves z, col +1 moves y
+  assert got[2, 2, 1] == vol[5, 5, 6] and got[2, 1, 2] == vol[4, 6, 6]
+
+
+def test_extract_views_padding_far_outside():
+  vol = _coded_volume()
+  got = sampling.extract_views(vol, np.array([[0, 0, 0]]), 31, -1.0)[:, 0, :, :, 0]
+  h = 15
+  assert np.all(got[:, :h, :] == -1.0)  # rows before the volume start
+  assert np.all(got[0, h:, :h] == -1.0)
+  assert got[0, h, h] == vol[0, 0, 0]
+  # rows beyond the last slice (z) are padding in coronal/sagittal
+  assert np.all(got[1, h + vol.shape[0]:, :] == -1.0)
+
+
+def test_extract_view_labels_contract():
+  rng = np.random.default_rng(0)
+  lab = rng.integers(0, 7, size=(9, 11, 13)).astype(np.int32)
+  centres = np.array([[4, 5, 6], [0, 0, 0], [8, 10, 12], [1, 9, 2]])
+  o = 5
+  got = sampling.extract_view_labels(lab, centres, o)
+  assert got.shape == (3, 4, o, o) and got.dtype == np.int32
+  for b, c in enumerate(centres):
+    np.testing.assert_array_equal(got[:, b], _reference_views(lab, c, o, 0).astype(np.int32))
+    assert np.all(got[:, b, o // 2, o // 2] == lab[tuple(c)])
+
+
+def _make_case(case_id, shape=(16, 40, 40), seed=0, domain="ncct", labelled=True, bright=True,
+               heart=True, calcium=True, meta=None):
+  rng = np.random.default_rng(seed)
+  hu = rng.normal(40.0, 20.0, size=shape).astype(np.float32)
+  labels = np.zeros(shape, np.int32) if labelled else None
+  if bright:
+    hu[2:4, 5:8, 30:33] = 700.0  # "bone" (bright, unlabelled)
+  if calcium:
+    for cls, (z, y, x) in zip((1, 2, 3, 6), ((5, 12, 12), (8, 20, 22), (10, 25, 15), (12, 30, 30))):
+      hu[z:z + 2, y:y + 2, x:x + 2] = 400.0 + 50 * cls
+      if labelled:
+        labels[z:z + 2, y:y + 2, x:x + 2] = cls
+    if labelled:
+      labels[5, 12, 12] = 1
+  heart_mask = None
+  if heart:
+    heart_mask = np.zeros(shape, bool)
+    heart_mask[4:13, 10:32, 10:32] = True
+  scan = Scan(hu=hu, spacing=(1.5, 1.0, 1.0), meta=dict(meta or {}))
+  return Case(case_id, scan, domain, labels=labels, heart_mask=heart_mask)
+
+
+@pytest.fixture(scope="module")
+def cfg():
+  return tiny.get_config()
+
+
+@pytest.fixture(scope="module")
+def cases():
+  return [_make_case("a", seed=1), _make_case("b", seed=2, shape=(12, 36, 44)),
+          _make_case("c", seed=3, calcium=False)]
+
+
+def test_source_batch_shapes_tiny(cfg, cases):
+  s = sampling.PatchSampler(cases, cfg, seed=0)
+  p, o = models.patch_size(cfg), cfg.data.output_size
+  assert p == 31
+  b = s.source_batch()
+  n = cfg.sampling.source_threshold + cfg.sampling.source_uniform + cfg.sampling.source_labelled
+  assert set(b) == {"views", "labels"}
+  assert b["views"].shape == (3, n, p, p, 1) and b["views"].dtype == np.float32
+  assert b["labels"].shape == (3, n, o, o) and b["labels"].dtype == np.int32
+  c = s.critic_batch()
+  assert set(c) == {"views"}
+  assert c["views"].shape == (3, cfg.sampling.critic_batch, p, p, 1)
+
+
+def test_shapes_paper(cases):
+  cfg = paper.get_config()
+  s = sampling.PatchSampler(cases, cfg, seed=0)
+  p, o = models.patch_size(cfg), cfg.data.output_size
+  assert p == 155
+  b = s.source_batch()
+  n = cfg.sampling.source_threshold + cfg.sampling.source_uniform + cfg.sampling.source_labelled
+  assert b["views"].shape == (3, n, p, p, 1)
+  assert b["labels"].shape == (3, n, o, o)
+  assert s.critic_batch()["views"].shape == (3, cfg.sampling.critic_batch, p, p, 1)
+
+
+def test_views_are_normalised_hu_and_labels_match(cfg, cases):
+  s = sampling.PatchSampler(cases, cfg, seed=3)
+  p, o = models.patch_size(cfg), cfg.data.output_size
+  b = s.source_batch(with_info=True)
+  for k, (i, c) in enumerate(zip(b["case_index"], b["centres"])):
+    case = cases[i]
+    ref = _normalize(_reference_views(case.scan.hu, c, p, -1000.0), cfg.data)
+    np.testing.assert_allclose(b["views"][:, k, :, :, 0], ref, rtol=1e-6, atol=1e-6)
+    np.testing.assert_array_equal(b["labels"][:, k], _reference_views(case.labels, c, o, 0))
+    assert np.all(b["labels"][:, k, o // 2, o // 2] == case.labels[tuple(c)])
+  # padding is normalised -1000 HU
+  assert np.isclose(_normalize(-1000.0, cfg.data), -1.0)
+
+
+def test_policy_counts(cfg, cases):
+  s = sampling.PatchSampler(cases, cfg, seed=0)
+  nt, nu, nl = cfg.sampling.source_threshold, cfg.sampling.source_uniform, cfg.sampling.source_labelled
+  seen_classes = set()
+  for _ in range(20):
+    b = s.source_batch(with_info=True)
+    ci, cz = b["case_index"], b["centres"]
+    for k in range(nt):
+      assert cases[ci[k]].scan.hu[tuple(cz[k])] >= s.thresholds[ci[k]]
+    for k in range(nt, nt + nu):  # uniform: inside the (dilated) heart region
+      c = cases[ci[k]]
+      region = sampling._dilate_box(c.heart_mask, c.scan.spacing, cfg.scoring.heart_dilation_mm)  # pylint: disable=protected-access
+      assert region[tuple(cz[k])]
+    for k in range(nt + nu, nt + nu + nl):
+      cls = cases[ci[k]].labels[tuple(cz[k])]
+      assert 1 <= cls <= 6
+      seen_classes.add(int(cls))
+      assert ci[k] != 2  # case "c" has no calcium
+  assert seen_classes == {1, 2, 3, 6}  # class-balanced draw reaches every present class
+  nc = cfg.sampling.critic_batch
+  for _ in range(10):
+    b = s.critic_batch(with_info=True)
+    for k in range(nc // 2):
+      assert cases[b["case_index"][k]].scan.hu[tuple(b["centres"][k])] >= s.thresholds[b["case_index"][k]]
+
+
+def test_class_balanced_vs_uniform_policy(cfg):
+  # class 1 has many voxels, class 3 a single one: class-balanced hits 3 about half the time.
+  case = _make_case("x", calcium=False)
+  case.labels[4:8, 10:20, 10:20] = 1
+  case.labels[9, 20, 20] = 3
+  n = 200
+  bal = sampling.PatchSampler([case], cfg, seed=0, labelled_policy="class_balanced")
+  uni = sampling.PatchSampler([case], cfg, seed=0, labelled_policy="uniform")
+
+  def frac3(s):
+    hits = total = 0
+    for _ in range(n // cfg.sampling.source_labelled):
+      b = s.source_batch(with_info=True)
+      for c in b["centres"][-cfg.sampling.source_labelled:]:
+        hits += case.labels[tuple(c)] == 3
+        total += 1
+    return hits / total
+
+  assert 0.3 < frac3(bal) < 0.7
+  assert frac3(uni) < 0.05
+
+
+def test_uniform_restricted_to_dilated_heart(cfg):
+  case = _make_case("h", shape=(20, 60, 60), calcium=False, bright=False)
+  s = sampling.PatchSampler([case], cfg, seed=0, heart_dilation_mm=3.0)
+  hm = case.heart_mask
+  for _ in range(20):
+    b = s.critic_batch(with_info=True)
+    for z, y, x in b["centres"][cfg.sampling.critic_batch // 2:]:  # the uniform half
+      # heart box [4:13, 10:32, 10:32]; dilation 3 mm = 2 slices at 1.5 mm, 3 px in-plane
+      assert 2 <= z < 15 and 7 <= y < 35 and 7 <= x < 35
+  assert hm.any()
+  free = sampling.PatchSampler([case], cfg, seed=0, uniform_in_heart=False)
+  zs = np.concatenate([free.critic_batch(with_info=True)["centres"][cfg.sampling.critic_batch // 2:]
+                       for _ in range(50)])
+  assert (zs[:, 1] < 7).any() or (zs[:, 1] >= 35).any()
+
+
+def test_reproducible_by_seed(cfg, cases):
+  a = sampling.PatchSampler(cases, cfg, seed=5)
+  b = sampling.PatchSampler(cases, cfg, seed=5)
+  c = sampling.PatchSampler(cases, cfg, seed=6)
+  for _ in range(3):
+    xa, xb, xc = a.source_batch(), b.source_batch(), c.source_batch()
+    np.testing.assert_array_equal(xa["views"], xb["views"])
+    np.testing.assert_array_equal(xa["labels"], xb["labels"])
+    assert not np.array_equal(xa["views"], xc["views"])
+    np.testing.assert_array_equal(a.critic_batch()["views"], b.critic_batch()["views"])
+  # successive batches differ; explicit index reproduces
+  assert not np.array_equal(a.source_batch(0)["views"], a.source_batch(1)["views"])
+  np.testing.assert_array_equal(a.source_batch(7)["views"], b.source_batch(7)["views"])
+
+
+def test_empty_candidates_do_not_crash(cfg):
+  # No voxel >= threshold, no labels > 0, empty heart mask.
+  case = _make_case("empty", bright=False, calcium=False)
+  case.heart_mask[:] = False
+  s = sampling.PatchSampler([case], cfg, seed=0)
+  b = s.source_batch()
+  assert b["views"].shape[1] == (cfg.sampling.source_threshold + cfg.sampling.source_uniform
+                                 + cfg.sampling.source_labelled)
+  assert np.all(b["labels"] == 0)
+  assert s.critic_batch()["views"].shape[1] == cfg.sampling.critic_batch
+  reasons = " ".join(s.fallbacks["empty"])
+  assert "threshold" in reasons and "heart" in reasons and "labelled" in reasons
+
+
+def test_unlabelled_cases(cfg):
+  tgt = [_make_case("t", domain="ccta", labelled=False, meta={"calcium_threshold_hu": 500.0})]
+  s = sampling.PatchSampler(tgt, cfg, seed=0)
+  assert s.thresholds == [500.0]
+  b = s.critic_batch(with_info=True)
+  for k in range(cfg.sampling.critic_batch // 2):
+    assert tgt[0].scan.hu[tuple(b["centres"][k])] >= 500.0
+  with pytest.raises(ValueError, match="labels"):
+    s.source_batch()
+
+
+def test_case_threshold(cfg):
+  ncct = _make_case("n")
+  assert sampling.case_threshold(ncct, cfg) == 130.0
+  ccta = _make_case("c", domain="ccta")
+  assert sampling.case_threshold(ccta, cfg) == 130.0  # no aorta mask, no meta
+  aorta = np.zeros(ccta.scan.shape, bool)
+  aorta[2:10, 2:10, 2:10] = True
+  ccta.scan.hu[aorta] = np.random.default_rng(0).normal(400, 30, size=aorta.sum())
+  ccta = dataclasses.replace(ccta, aorta_mask=aorta)
+  er = ndimage.binary_erosion(aorta)
+  v = ccta.scan.hu[er].astype(np.float64)
+  assert np.isclose(sampling.case_threshold(ccta, cfg), v.mean() + 3 * v.std())
+  meta = _make_case("m", domain="ccta", meta={"calcium_threshold_hu": 321})
+  assert sampling.case_threshold(meta, cfg) == 321.0
+
+
+def test_prefetch_matches_direct_calls(cfg, cases):
+  direct = sampling.PatchSampler(cases, cfg, seed=11)
+  pre = sampling.PatchSampler(cases, cfg, seed=11)
+  want_s = [direct.source_batch() for _ in range(5)]
+  want_c = [direct.critic_batch() for _ in range(5)]
+  with pre:
+    it_s, it_c = pre.source_batches(), pre.critic_batches()
+    got_s = [next(it_s) for _ in range(5)]
+    got_c = [next(it_c) for _ in range(5)]
+  for w, g in zip(want_s, got_s):
+    np.testing.assert_array_equal(w["views"], g["views"])
+    np.testing.assert_array_equal(w["labels"], g["labels"])
+  for w, g in zip(want_c, got_c):
+    np.testing.assert_array_equal(w["views"], g["views"])
+  assert not it_s.alive and not it_c.alive  # context manager closed them
+
+
+def test_prefetch_bounded_stop_and_close(cfg, cases):
+  s = sampling.PatchSampler(cases, cfg, seed=0)
+  before = threading.active_count()
+  with s.source_batches(start=3, stop=6) as it:
+    got = list(it)
+  assert len(got) == 3
+  np.testing.assert_array_equal(got[0]["views"], s.source_batch(3)["views"])
+  it = s.critic_batches()
+  next(it)
+  it.close()
+  assert not it.alive
+  with pytest.raises(StopIteration):
+    next(it)
+  s.close()
+  assert threading.active_count() <= before
+
+
+def test_prefetch_propagates_errors(cfg):
+  s = sampling.PatchSampler([_make_case("t", labelled=False)], cfg, seed=0)
+  it = s.source_batches()
+  with pytest.raises(ValueError, match="labels"):
+    next(it)
+  assert not it.alive
+
+
+def test_inplace_normalisation_equals_generic_path(cfg, cases):
+  fast = sampling.PatchSampler(cases, cfg, seed=2)
+  slow = sampling.PatchSampler(cases, cfg, seed=2)
+  slow._inplace_normalize = False  # pylint: disable=protected-access
+  np.testing.assert_array_equal(fast.source_batch()["views"], slow.source_batch()["views"])
+  np.testing.assert_array_equal(fast.critic_batch()["views"], slow.critic_batch()["views"])
+  # a normaliser that differs from the in-place formula is detected and used as is
+  odd = lambda hu, d: _normalize(hu, d).astype(np.float32) * np.float32(2.0)
+  assert not sampling._inplace_matches(odd, cfg.data)  # pylint: disable=protected-access
+
+
+def test_normaliser_fallback_without_preprocess(cfg, monkeypatch):
+  import sys  # pylint: disable=g-import-not-at-top
+  monkeypatch.setitem(sys.modules, "cac_jax.preprocess", None)  # import now raises ImportError
+  norm = sampling._normalizer()  # pylint: disable=protected-access
+  hu = np.array([-2000.0, -1000.0, 130.0, 1260.0, 5000.0], np.float32)
+  np.testing.assert_allclose(norm(hu, cfg.data), _normalize(hu, cfg.data), rtol=1e-6)
+  np.testing.assert_allclose(norm(hu, cfg.data), [-1.0, -1.0, 0.0, 1.0, 2870.0 / 1130.0], rtol=1e-6)
