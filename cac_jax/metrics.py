@@ -303,6 +303,12 @@ class BlandAltman:
     """(lower, upper) limits at mean value(s) m."""
     return self.lower(m), self.upper(m)
 
+  def formula(self, digits: int = 3) -> str:
+    """The limits as text, e.g. "-0.25 ± 1.96·√(π/2)·(1 + 0.5·√m)"."""
+    sign = "-" if self.a < 0 else "+"
+    return (f"{self.bias:.{digits}g} ± 1.96·√(π/2)·({self.b:.{digits}g} {sign} "
+            f"{abs(self.a):.{digits}g}·√m)")
+
 
 def bland_altman(ref: Sequence[float], pred: Sequence[float]) -> BlandAltman:
   """Bland-Altman analysis of paired non-negative values (volumes in mm³, scores).

@@ -93,7 +93,7 @@ def bland_altman_plot(ref: Sequence[float], pred: Sequence[float], path: str, ti
     grid = np.linspace(0.0, max(float(ba.mean.max()), 1e-9) * 1.05, 200)
     lo, hi = ba.limits(grid)
     ax.plot(grid, hi, color="tab:red", ls="--", lw=1.2,
-            label=f"95% limits: bias ± 1.96·√(π/2)·({ba.b:.3g} + {ba.a:.3g}·√m)")
+            label=f"95% limits: {ba.formula()}")
     ax.plot(grid, lo, color="tab:red", ls="--", lw=1.2)
     ax.legend(loc="best", fontsize=8)
   ax.set_xlabel(f"mean of reference and prediction ({units})")

@@ -220,3 +220,10 @@ def test_agatston_kappa_five_categories():
   # Σ|i-j| r_i c_j = |0-2| + |0-4| + |1-0| + |1-2| + |1-4| + |4-0| + |4-2| = 2+4+1+1+3+4+2 = 17
   # (plus zeros on the diagonal), p_e = 1 - 17 / (4·9) = 19/36; κ = (11/12 - 19/36) / (17/36) = 14/17.
   assert k.kappa == pytest.approx(14 / 17)
+
+
+def test_bland_altman_formula_text():
+  ba = metrics.bland_altman([0.25, 5.0, 7.75, 17.5], [1.75, 3.0, 10.25, 14.5])
+  assert ba.formula() == "-0.25 ± 1.96·√(π/2)·(1 + 0.5·√m)"
+  neg = metrics.BlandAltman(bias=0.0, a=-2.0, b=5.0, mean=np.zeros(3), diff=np.zeros(3))
+  assert neg.formula() == "0 ± 1.96·√(π/2)·(5 - 2·√m)"

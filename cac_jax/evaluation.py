@@ -1,0 +1,311 @@
+"""Data-set evaluation: predictions against manifest reference labels, and the written report.
+
+`evaluate_dataset(predictions_dir, manifest_csv, split=None)` reads, for every labelled manifest
+row (optionally of one split), the reference label map (manifest `label` column, reference
+encoding 8/9/10/15/53/58, paths relative to the manifest) and the prediction
+`predictions_dir/<id>/calcium_labels.nii.gz` (same encoding, on the input image's grid), and
+computes `cac_jax.metrics` per scan and aggregated. Rows without a label are skipped and listed.
+A missing prediction raises ValueError naming every missing case, unless `allow_missing=True`
+(then the cases are skipped and listed in the report).
+
+Images are read with SimpleITK and reoriented to LPS (`DICOMOrient`), so the z axis is axial;
+reference, prediction and image must lie on the same voxel grid (checked; no resampling here).
+Agatston scores (for the risk-category kappa) use `cac_jax.scores.agatston` on the manifest's
+image when that module is available; otherwise the kappa is reported as not computed.
+
+`write_report(results, output_dir)` writes results.md (markdown tables), results.csv (one row per
+scan; undefined values written as "nan") and bland_altman.png (total coronary volume, mm³), and
+returns the markdown text.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import tempfile
+from typing import Optional, Sequence
+
+import numpy as np
+import SimpleITK as sitk
+
+from cac_jax import labels as labels_lib
+from cac_jax import metrics
+from cac_jax import plots
+
+PREDICTION_FILE = "calcium_labels.nii.gz"
+_REQUIRED_COLUMNS = ("id", "image", "label", "split")
+_CSV_FIELDS = tuple(f.name for f in dataclasses.fields(metrics.StructureMetrics))
+
+
+@dataclasses.dataclass(frozen=True)
+class CaseResult:
+  """Per-scan result: metrics per structure, spacing (z, y, x) mm, Agatston (None if unavailable)."""
+
+  case_id: str
+  spacing: tuple[float, float, float]
+  metrics: dict[str, metrics.StructureMetrics]
+  agatston_ref: Optional[float] = None
+  agatston_pred: Optional[float] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvaluationResults:
+  """Everything `write_report` needs.
+
+  summary: per structure aggregate (`metrics.aggregate`).
+  spearman: {"<structure> volume" | "<structure> lesions" | "total Agatston": SpearmanResult}.
+  bland_altman: total coronary volume (mm³), or None with `bland_altman_note` (< 3 scans).
+  kappa: Agatston risk-category kappa, or None with `kappa_note`.
+  missing: case ids without prediction (only with allow_missing); unlabelled: ids skipped.
+  """
+
+  cases: list[CaseResult]
+  summary: dict[str, metrics.StructureSummary]
+  spearman: dict[str, metrics.SpearmanResult]
+  bland_altman: Optional[metrics.BlandAltman]
+  bland_altman_note: str
+  kappa: Optional[metrics.KappaResult]
+  kappa_note: str
+  split: Optional[str] = None
+  missing: list[str] = dataclasses.field(default_factory=list)
+  unlabelled: list[str] = dataclasses.field(default_factory=list)
+
+
+def _read_manifest_rows(manifest_csv: str) -> list[dict[str, str]]:
+  """Rows of the manifest CSV with `image`/`label` resolved relative to the manifest folder."""
+  folder = os.path.dirname(os.path.abspath(manifest_csv))
+  with open(manifest_csv, newline="") as f:
+    reader = csv.DictReader(f)
+    columns = [c.strip() for c in (reader.fieldnames or [])]
+    missing_cols = [c for c in _REQUIRED_COLUMNS if c not in columns]
+    if missing_cols:
+      raise ValueError(f"{manifest_csv}: missing column(s) {missing_cols}; expected "
+                       "id,image,label,heart_mask,aorta_mask,domain,split")
+    rows = []
+    for raw in reader:
+      row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
+      for key in ("image", "label"):
+        if row.get(key):
+          row[key] = os.path.normpath(os.path.join(folder, row[key]))
+      rows.append(row)
+  ids = [r["id"] for r in rows]
+  dupes = sorted({i for i in ids if ids.count(i) > 1})
+  if dupes or any(not i for i in ids):
+    raise ValueError(f"{manifest_csv}: duplicate or empty case ids {dupes}")
+  return rows
+
+
+def _read_lps(path: str) -> sitk.Image:
+  if not os.path.isfile(path):
+    raise FileNotFoundError(f"no such file: {path}")
+  img = sitk.ReadImage(path)
+  if img.GetDimension() != 3:
+    raise ValueError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
+  return sitk.DICOMOrient(img, "LPS")
+
+
+def _check_same_grid(a: sitk.Image, b: sitk.Image, what: str, tol: float = 1e-3) -> None:
+  ok = (a.GetSize() == b.GetSize()
+        and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=tol, atol=0)
+        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * max(a.GetSpacing()))
+        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
+  if not ok:
+    raise ValueError(f"{what}: not on the same voxel grid (size {a.GetSize()} vs {b.GetSize()}, "
+                     f"spacing {a.GetSpacing()} vs {b.GetSpacing()}, origin {a.GetOrigin()} vs "
+                     f"{b.GetOrigin()})")
+
+
+def _agatston_fn():
+  try:
+    from cac_jax import scores  # pylint: disable=import-outside-toplevel
+    return scores.agatston
+  except (ImportError, AttributeError):
+    return None
+
+
+def _evaluate_case(case_id: str, ref_path: str, pred_path: str, image_path: str,
+                   agatston_fn) -> CaseResult:
+  ref_img = _read_lps(ref_path)
+  pred_img = _read_lps(pred_path)
+  _check_same_grid(ref_img, pred_img, f"case {case_id!r}: reference {ref_path} and prediction {pred_path}")
+  try:
+    ref = labels_lib.reference_to_classes(sitk.GetArrayFromImage(ref_img))
+  except ValueError as e:
+    raise ValueError(f"case {case_id!r}: reference {ref_path}: {e}") from None
+  try:
+    pred = labels_lib.reference_to_classes(sitk.GetArrayFromImage(pred_img))
+  except ValueError as e:
+    raise ValueError(f"case {case_id!r}: prediction {pred_path}: {e}") from None
+  spacing = tuple(float(s) for s in ref_img.GetSpacing()[::-1])
+  result = metrics.scan_metrics(ref, pred, spacing)
+  ag_ref = ag_pred = None
+  if agatston_fn is not None and image_path:
+    img = _read_lps(image_path)
+    _check_same_grid(img, ref_img, f"case {case_id!r}: image {image_path} and reference {ref_path}")
+    hu = sitk.GetArrayFromImage(img).astype(np.float32)
+    coronary = np.asarray(labels_lib.CORONARY_CLASSES)
+    ag_ref = float(agatston_fn(np.isin(ref, coronary), hu, spacing))
+    ag_pred = float(agatston_fn(np.isin(pred, coronary), hu, spacing))
+  return CaseResult(case_id, spacing, result, ag_ref, ag_pred)
+
+
+def evaluate_dataset(predictions_dir: str, manifest_csv: str, split: Optional[str] = None,
+                     allow_missing: bool = False) -> EvaluationResults:
+  """Evaluate predictions of every labelled manifest case (of `split`, if given).
+
+  Raises:
+    ValueError: a prediction is missing (all missing ids named) and not `allow_missing`, no case
+      is left to evaluate, or files are inconsistent (named).
+  """
+  rows = _read_manifest_rows(manifest_csv)
+  if split is not None:
+    rows = [r for r in rows if r.get("split") == split]
+  unlabelled = [r["id"] for r in rows if not r.get("label")]
+  rows = [r for r in rows if r.get("label")]
+  pred_paths = {r["id"]: os.path.join(predictions_dir, r["id"], PREDICTION_FILE) for r in rows}
+  missing = [i for i, p in pred_paths.items() if not os.path.isfile(p)]
+  if missing and not allow_missing:
+    raise ValueError(f"missing prediction(s) for {len(missing)} case(s): {', '.join(missing)} "
+                     f"(expected {os.path.join(predictions_dir, '<id>', PREDICTION_FILE)}; "
+                     "pass allow_missing to skip them)")
+  rows = [r for r in rows if r["id"] not in missing]
+  if not rows:
+    raise ValueError(f"no labelled case with a prediction to evaluate in {manifest_csv}"
+                     + (f" (split {split!r})" if split else ""))
+  agatston_fn = _agatston_fn()
+  cases = [_evaluate_case(r["id"], r["label"], pred_paths[r["id"]], r.get("image", ""), agatston_fn)
+           for r in rows]
+  return _summarise(cases, split, missing, unlabelled, agatston_fn is not None)
+
+
+def _summarise(cases: Sequence[CaseResult], split, missing, unlabelled, have_agatston) -> EvaluationResults:
+  per_scan = [c.metrics for c in cases]
+  summary = metrics.aggregate(per_scan)
+  corr = {}
+  for name in metrics.STRUCTURES:
+    corr[f"{name} volume"] = metrics.spearman([m[name].ref_mm3 for m in per_scan],
+                                              [m[name].pred_mm3 for m in per_scan])
+    corr[f"{name} lesions"] = metrics.spearman([m[name].ref_lesions for m in per_scan],
+                                               [m[name].pred_lesions for m in per_scan])
+  ref_vol = [m["total"].ref_mm3 for m in per_scan]
+  pred_vol = [m["total"].pred_mm3 for m in per_scan]
+  try:
+    ba, ba_note = metrics.bland_altman(ref_vol, pred_vol), ""
+  except ValueError as e:
+    ba, ba_note = None, str(e)
+  kappa, kappa_note = None, ""
+  if have_agatston and all(c.agatston_ref is not None for c in cases):
+    ag_ref = [c.agatston_ref for c in cases]
+    ag_pred = [c.agatston_pred for c in cases]
+    corr["total Agatston"] = metrics.spearman(ag_ref, ag_pred)
+    kappa = metrics.agatston_kappa(ag_ref, ag_pred)
+    kappa_note = kappa.note
+  else:
+    kappa_note = ("not computed: Agatston scoring (cac_jax.scores.agatston) unavailable or a case "
+                  "has no image")
+  return EvaluationResults(list(cases), summary, corr, ba, ba_note, kappa, kappa_note, split,
+                           list(missing), list(unlabelled))
+
+
+def _fmt(x: float, digits: int = 3) -> str:
+  return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
+
+
+def results_markdown(results: EvaluationResults) -> str:
+  """The report as markdown (the main table: mean (SD) per structure, then details)."""
+  n = len(results.cases)
+  title = "# CAC evaluation" + (f" (split {results.split})" if results.split else "")
+  lines = [title, "", f"{n} scans evaluated. Cells are mean (SD) over scans; sensitivity only over "
+           "scans with reference calcium of the structure (n ref), F1 over scans where it is defined "
+           "(n given when fewer than all scans).", "",
+           "| structure | n ref | volume sensitivity | FP volume (mm³) | F1 | lesion sensitivity | "
+           "FP lesions/scan | lesion F1 |",
+           "|---|---|---|---|---|---|---|---|"]
+  for name in metrics.STRUCTURES:
+    s = results.summary[name]
+    cells = []
+    for field in ("sensitivity", "fp_mm3", "f1", "lesion_sensitivity", "fp_lesions", "lesion_f1"):
+      summ = s.per_scan[field]
+      text = summ.format()
+      if summ.n < s.n_scans and summ.n > 0:
+        text += f" n={summ.n}"
+      cells.append(text)
+    lines.append(f"| {name} | {s.n_with_reference} | " + " | ".join(cells) + " |")
+  lines += ["", "## Pooled over scans", "",
+            "| structure | volume sensitivity | F1 | lesion sensitivity | lesion F1 | FP lesions (sum) |",
+            "|---|---|---|---|---|---|"]
+  for name in metrics.STRUCTURES:
+    s = results.summary[name]
+    lines.append(f"| {name} | {_fmt(s.pooled_sensitivity)} | {_fmt(s.pooled_f1)} | "
+                 f"{_fmt(s.pooled_lesion_sensitivity)} | {_fmt(s.pooled_lesion_f1)} | {s.fp_lesions_total} |")
+  lines += ["", "## Spearman correlation (reference vs prediction)", "", "| quantity | rho | p | n | note |",
+            "|---|---|---|---|---|"]
+  for key, r in results.spearman.items():
+    lines.append(f"| {key} | {_fmt(r.rho)} | {_fmt(r.pvalue)} | {r.n} | {r.note} |")
+  lines += ["", "## Bland-Altman, total coronary calcium volume (mm³)", ""]
+  ba = results.bland_altman
+  if ba is None:
+    lines.append(f"Not computed: {results.bland_altman_note}")
+  else:
+    lines.append(f"bias {_fmt(ba.bias)} mm³; 95% limits = {ba.formula()} (m = mean volume in mm³, "
+                 f"n={ba.n}); see bland_altman.png")
+  lines += ["", "## Agatston risk categories (linearly weighted kappa)", ""]
+  k = results.kappa
+  if k is None:
+    lines.append(results.kappa_note)
+  else:
+    lines.append(f"kappa {_fmt(k.kappa)}" + (f" ({k.note})" if k.note else ""))
+    lines += ["", "| reference \\ prediction | " + " | ".join(metrics.AGATSTON_CATEGORY_NAMES) + " |",
+              "|---" * (len(metrics.AGATSTON_CATEGORY_NAMES) + 1) + "|"]
+    for name, row in zip(metrics.AGATSTON_CATEGORY_NAMES, k.confusion):
+      lines.append(f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |")
+  if results.missing:
+    lines += ["", f"Missing predictions (skipped): {', '.join(results.missing)}"]
+  if results.unlabelled:
+    lines += ["", f"Unlabelled cases (skipped): {', '.join(results.unlabelled)}"]
+  return "\n".join(lines) + "\n"
+
+
+def _atomic_text(path: str, text: str) -> None:
+  fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=os.path.dirname(os.path.abspath(path)))
+  try:
+    with os.fdopen(fd, "w", newline="") as f:
+      f.write(text)
+    os.replace(tmp, path)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+def results_csv_text(results: EvaluationResults) -> str:
+  """Per-scan CSV: case_id, spacing, <structure>_<metric> columns, Agatston; NaN as "nan"."""
+  import io as _io  # pylint: disable=import-outside-toplevel
+  buf = _io.StringIO()
+  header = ["case_id", "spacing_z", "spacing_y", "spacing_x"]
+  header += [f"{s}_{f}" for s in metrics.STRUCTURES for f in _CSV_FIELDS]
+  header += ["agatston_ref", "agatston_pred"]
+  w = csv.writer(buf, lineterminator="\n")
+  w.writerow(header)
+  for c in results.cases:
+    row = [c.case_id, *c.spacing]
+    row += [getattr(c.metrics[s], f) for s in metrics.STRUCTURES for f in _CSV_FIELDS]
+    row += ["" if c.agatston_ref is None else c.agatston_ref,
+            "" if c.agatston_pred is None else c.agatston_pred]
+    w.writerow(["nan" if isinstance(v, float) and math.isnan(v) else v for v in row])
+  return buf.getvalue()
+
+
+def write_report(results: EvaluationResults, output_dir: str) -> str:
+  """Write results.md, results.csv, bland_altman.png into output_dir; return the markdown."""
+  os.makedirs(output_dir, exist_ok=True)
+  text = results_markdown(results)
+  _atomic_text(os.path.join(output_dir, "results.md"), text)
+  _atomic_text(os.path.join(output_dir, "results.csv"), results_csv_text(results))
+  plots.bland_altman_plot([c.metrics["total"].ref_mm3 for c in results.cases],
+                          [c.metrics["total"].pred_mm3 for c in results.cases],
+                          os.path.join(output_dir, "bland_altman.png"),
+                          "Total coronary calcium volume")
+  return text

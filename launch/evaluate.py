@@ -1,0 +1,36 @@
+"""Evaluate calcium predictions against the manifest's reference labels.
+
+  python -m launch.evaluate --predictions DIR --manifest CSV --output_dir DIR [--split test]
+
+DIR/<id>/calcium_labels.nii.gz per case (reference encoding, input grid). Writes results.md,
+results.csv and bland_altman.png into --output_dir and prints the results table
+(see `cac_jax.evaluation`).
+"""
+
+from absl import app
+from absl import flags
+
+from cac_jax import evaluation
+
+_PREDICTIONS = flags.DEFINE_string("predictions", None, "Folder with one subfolder per case id.")
+_MANIFEST = flags.DEFINE_string("manifest", None, "Manifest CSV (id,image,label,...,split).")
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Folder for results.md/.csv/bland_altman.png.")
+_SPLIT = flags.DEFINE_string("split", None, "Only evaluate manifest rows of this split (e.g. test).")
+_ALLOW_MISSING = flags.DEFINE_bool("allow_missing", False,
+                                   "Skip (and list) cases without a prediction instead of failing.")
+flags.mark_flags_as_required(["predictions", "manifest", "output_dir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  try:
+    results = evaluation.evaluate_dataset(_PREDICTIONS.value, _MANIFEST.value, split=_SPLIT.value,
+                                          allow_missing=_ALLOW_MISSING.value)
+  except (ValueError, FileNotFoundError) as e:
+    raise SystemExit(f"evaluate: error: {e}") from None
+  print(evaluation.write_report(results, _OUTPUT_DIR.value), end="")
+
+
+if __name__ == "__main__":
+  app.run(main)

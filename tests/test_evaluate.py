@@ -1,0 +1,127 @@
+"""End-to-end: launch.evaluate on 3 tiny synthetic cases written with SimpleITK."""
+
+import csv
+import math
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from cac_jax import evaluation
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SPACING_XYZ = (0.8, 0.8, 2.0)  # voxel volume 1.28 mm³
+VOX = 0.8 * 0.8 * 2.0
+SHAPE = (4, 16, 16)  # (z, y, x)
+
+
+def _write(array, path, direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  img = sitk.GetImageFromArray(array)
+  img.SetSpacing(SPACING_XYZ)
+  img.SetOrigin((-10.0, 5.0, 20.0))
+  img.SetDirection(direction)
+  sitk.WriteImage(img, str(path))
+
+
+def _make_dataset(root):
+  """Cases a (perfect), b (RCA partly found + LCX FP, RAS-oriented file), c (no reference, FP)."""
+  cases = {}
+  ref, pred = np.zeros(SHAPE, np.uint8), np.zeros(SHAPE, np.uint8)
+  ref[1, 4:6, 4:6] = 8  # LAD, 4 voxels
+  pred[1, 4:6, 4:6] = 8
+  ref[2, 10, 10:13] = 15  # aorta: ignored by the coronary metrics
+  pred[2, 10, 10:13] = 15
+  cases["a"] = (ref, pred, (1, 0, 0, 0, 1, 0, 0, 0, 1))
+  ref, pred = np.zeros(SHAPE, np.uint8), np.zeros(SHAPE, np.uint8)
+  ref[2, 8, 3:6] = 10  # RCA, 3 voxels
+  pred[2, 8, 3:5] = 10  # 2 TP, 1 FN
+  pred[0, 1, 1] = 9  # LCX FP voxel
+  cases["b"] = (ref, pred, (-1, 0, 0, 0, -1, 0, 0, 0, 1))
+  ref, pred = np.zeros(SHAPE, np.uint8), np.zeros(SHAPE, np.uint8)
+  pred[3, 2, 2:4] = 8  # 2 FP voxels, no reference calcium
+  cases["c"] = (ref, pred, (1, 0, 0, 0, 1, 0, 0, 0, 1))
+  rows = []
+  for cid, (ref, pred, direction) in cases.items():
+    hu = np.full(SHAPE, 40, np.int16)
+    hu[(ref > 0) | (pred > 0)] = 450
+    _write(hu, root / "data" / "images" / f"{cid}.nii.gz", direction)
+    _write(ref, root / "data" / "labels" / f"{cid}.nii.gz", direction)
+    _write(pred, root / "preds" / cid / "calcium_labels.nii.gz", direction)
+    rows.append([cid, f"images/{cid}.nii.gz", f"labels/{cid}.nii.gz", "", "", "ccta", "test"])
+  # an unlabelled test case and a train case: skipped / filtered out
+  _write(np.zeros(SHAPE, np.int16), root / "data" / "images" / "u.nii.gz")
+  rows.append(["u", "images/u.nii.gz", "", "", "", "ccta", "test"])
+  rows.append(["t", "images/t.nii.gz", "labels/t.nii.gz", "", "", "ncct", "train"])
+  manifest = root / "data" / "manifest.csv"
+  with open(manifest, "w", newline="") as f:
+    w = csv.writer(f)
+    w.writerow(["id", "image", "label", "heart_mask", "aorta_mask", "domain", "split"])
+    w.writerows(rows)
+  return manifest, root / "preds"
+
+
+def _run(*args):
+  return subprocess.run([sys.executable, "-m", "launch.evaluate", *args], cwd=REPO,
+                        capture_output=True, text=True, timeout=120)
+
+
+def test_evaluate_dataset_library(tmp_path):
+  manifest, preds = _make_dataset(tmp_path)
+  res = evaluation.evaluate_dataset(str(preds), str(manifest), split="test")
+  assert [c.case_id for c in res.cases] == ["a", "b", "c"] and res.unlabelled == ["u"]
+  total = res.summary["total"]
+  # sensitivity: a = 1, b = 2/3, c undefined -> mean 5/6 over n = 2 scans with reference calcium.
+  assert total.n_with_reference == 2
+  assert total.per_scan["sensitivity"].mean == pytest.approx(5 / 6)
+  assert total.per_scan["sensitivity"].n == 2
+  # FP volume: 0, 1 voxel, 2 voxels -> mean 1 voxel = 1.28 mm³.
+  assert total.per_scan["fp_mm3"].mean == pytest.approx(VOX)
+  # F1: a 1, b 2·2/(2·2 + 1 + 1) = 2/3, c 0 (FP only) -> mean 5/9.
+  assert total.per_scan["f1"].mean == pytest.approx(5 / 9)
+  b = res.cases[1].metrics
+  assert b["RCA"].tp_mm3 == pytest.approx(2 * VOX) and b["LCX"].fp_lesions == 1
+  assert math.isnan(res.cases[2].metrics["total"].sensitivity)
+  assert res.bland_altman is not None and res.bland_altman.n == 3
+
+
+def test_cli_end_to_end(tmp_path):
+  manifest, preds = _make_dataset(tmp_path)
+  out = tmp_path / "report"
+  proc = _run("--predictions", str(preds), "--manifest", str(manifest), "--output_dir", str(out),
+              "--split", "test")
+  assert proc.returncode == 0, proc.stderr
+  assert "| total | 2 |" in proc.stdout and "| LAD |" in proc.stdout
+  md = (out / "results.md").read_text()
+  assert md == proc.stdout
+  for name in ("total", "LAD", "LCX", "RCA"):
+    assert f"| {name} |" in md
+  with open(out / "results.csv", newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["case_id"] for r in rows] == ["a", "b", "c"]
+  assert float(rows[1]["total_fp_mm3"]) == pytest.approx(VOX)
+  assert rows[2]["total_sensitivity"] == "nan"
+  from matplotlib import image as mimage  # pylint: disable=import-outside-toplevel
+  img = mimage.imread(out / "bland_altman.png")
+  assert img.shape[0] > 50 and float(img[..., :3].std()) > 0.01
+
+
+def test_cli_missing_prediction(tmp_path):
+  manifest, preds = _make_dataset(tmp_path)
+  os.remove(preds / "b" / "calcium_labels.nii.gz")
+  out = tmp_path / "report"
+  proc = _run("--predictions", str(preds), "--manifest", str(manifest), "--output_dir", str(out),
+              "--split", "test")
+  assert proc.returncode != 0
+  assert "missing prediction" in proc.stderr and "b" in proc.stderr
+  assert not (out / "results.md").exists()
+  proc = _run("--predictions", str(preds), "--manifest", str(manifest), "--output_dir", str(out),
+              "--split", "test", "--allow_missing")
+  assert proc.returncode == 0, proc.stderr
+  assert "Missing predictions (skipped): b" in (out / "results.md").read_text()
+  # 2 scans: Bland-Altman needs 3 -> noted in the report, figure still written.
+  assert "Not computed: Bland-Altman analysis needs at least 3 scans" in proc.stdout
+  assert (out / "bland_altman.png").is_file()
