@@ -227,10 +227,9 @@ def read_scan(path: PathLike, allow_2d: bool = False) -> Scan:
   img, meta = _read_image(path, "image")
   img = _check_geometry(img, path, allow_2d)
   source = _source_geometry(img, path)
-  if img.GetPixelID() != sitk.sitkFloat32:
-    img = sitk.Cast(img, sitk.sitkFloat32)
-  img = _canonical(img)
-  hu = sitk.GetArrayFromImage(img)  # (z, y, x) float32, a copy
+  if source.orientation != CANONICAL:
+    img = _canonical(img)  # on the stored pixel type (int16 for most CT: half the memory)
+  hu = sitk.GetArrayViewFromImage(img).astype(np.float32)  # (z, y, x), a copy
   if not np.all(np.isfinite(hu)):
     n_bad = int(np.size(hu) - np.count_nonzero(np.isfinite(hu)))
     raise ScanReadError(f"{path}: {n_bad} voxels hold NaN or infinite values")
@@ -266,9 +265,10 @@ def read_mask(path: PathLike, like: Scan) -> np.ndarray:
     if not np.all(np.isfinite(values)) or np.any(values != np.round(values)):
       raise ScanReadError(f"{path}: mask/label map holds non-integer values")
     img = sitk.Cast(img, sitk.sitkInt32)
-  canon = _canonical(img)
+  code = sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(img.GetDirection())
+  canon = img if code == CANONICAL else _canonical(img)
   if _same_grid(canon, like):
-    out = sitk.GetArrayFromImage(canon)
+    out = sitk.GetArrayViewFromImage(canon).astype(np.int32)
   else:
     out = sitk.GetArrayFromImage(
         sitk.Resample(img, _reference_image(like), sitk.Transform(), sitk.sitkNearestNeighbor,

@@ -68,8 +68,9 @@ def resample(scan: Scan, spacing_zyx: Sequence[float], order: int = 1) -> Scan:
   spacing_zyx = tuple(float(s) for s in spacing_zyx)
   if len(spacing_zyx) != 3 or any(not np.isfinite(s) or s <= 0 for s in spacing_zyx):
     raise ValueError(f"spacing must be three positive numbers (z, y, x) in mm; got {spacing_zyx}")
-  if _same_spacing(spacing_zyx, scan.spacing):
-    return scan
+  if _same_spacing(spacing_zyx, scan.spacing):  # (float32 round-off in file headers)
+    return scan if tuple(scan.spacing) == spacing_zyx else dataclasses.replace(
+        scan, spacing=spacing_zyx)
   shape = resampled_shape(scan.shape, scan.spacing, spacing_zyx)
   img = _to_image(np.asarray(scan.hu, dtype=np.float32), scan)
   ref = _reference(shape, spacing_zyx, scan.origin, scan.direction, sitk.sitkFloat32)
@@ -121,6 +122,8 @@ def resample_case(case: Case, spacing_zyx: Sequence[float], order: int = 1) -> C
   scan = resample(case.scan, spacing_zyx, order=order)
   if scan is case.scan:
     return case
+  if scan.hu is case.scan.hu:  # spacing equal up to round-off: nothing resampled
+    return dataclasses.replace(case, scan=scan)
 
   def _labels(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
     return None if a is None else resample_labels(a, case.scan, scan, extrapolate=True)
