@@ -283,3 +283,17 @@ def test_real_dicom_slice(realdata):
   assert s.hu.min() == -1024.0  # ... clipped to air
   np.testing.assert_array_equal(s.hu[raw > -1024], raw[raw > -1024])
   assert set(s.meta) <= {"format", "modality", "kvp"}
+
+
+def test_real_write_like_overlays_input(realdata, tmp_path):
+  ct_path = realdata / "contrast_chest_ct_1.nii.gz"
+  scan = io.read_scan(ct_path)
+  heart = io.read_mask(realdata / "contrast_chest_ct_1_heart.nii.gz", scan).astype(np.uint8)
+  io.write_like(heart, scan, tmp_path / "heart_on_ct.nii.gz")
+  w = sitk.ReadImage(str(tmp_path / "heart_on_ct.nii.gz"))
+  r = sitk.ImageFileReader()
+  r.SetFileName(str(ct_path))
+  r.ReadImageInformation()
+  assert (w.GetSize(), w.GetSpacing(), w.GetOrigin(), w.GetDirection()) == (
+      r.GetSize(), r.GetSpacing(), r.GetOrigin(), r.GetDirection())
+  np.testing.assert_array_equal(io.read_mask(tmp_path / "heart_on_ct.nii.gz", scan), heart)
