@@ -1,0 +1,165 @@
+"""Training checkpoints (Orbax `CheckpointManager`) and exported inference checkpoints.
+
+Training: `manager(dir)` keeps the last few full states; `save(mgr, step, state)` and
+`restore_latest(mgr, like)` round-trip any state pytree (arrays, PRNG key, optimizer state)
+bit for bit.
+
+Inference export layout (`export_inference`):
+  DIR/cac_jax_inference.json   marker: {"format": "cac_jax.inference", "version": 1}
+  DIR/config.json              the full ml_collections config as JSON
+  DIR/params/                  Orbax checkpoint of {"generator", "classifier"} params
+
+Every failure to read a checkpoint raises `CheckpointError` naming the path and the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from cac_jax import models
+
+MARKER = "cac_jax_inference.json"
+FORMAT = "cac_jax.inference"
+VERSION = 1
+INFERENCE_KEYS = ("generator", "classifier")
+
+
+def _brief(e: Exception, limit: int = 400) -> str:
+  text = f"{type(e).__name__}: {e}"
+  return text if len(text) <= limit else text[:limit] + " ..."
+
+
+class CheckpointError(Exception):
+  """A checkpoint directory is missing, truncated, corrupt or not one of ours."""
+
+  def __init__(self, path: str | os.PathLike, problem: str):
+    self.path = os.fspath(path)
+    self.problem = problem
+    super().__init__(f"checkpoint {self.path!r}: {problem}")
+
+
+# ---------------------------------------------------------------------------------------
+# Training checkpoints.
+
+
+def manager(directory: str | os.PathLike, max_to_keep: int = 3) -> ocp.CheckpointManager:
+  """A synchronous Orbax CheckpointManager in `directory` (created if needed).
+
+  Saves are synchronous: train steps donate the state's buffers, so a save must finish
+  reading them before the next step runs.
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True)
+  return ocp.CheckpointManager(directory, options=opts)
+
+
+def save(mgr: ocp.CheckpointManager, step: int, state: Any) -> None:
+  """Save the full `state` pytree as checkpoint `step` (overwrites nothing: steps are unique)."""
+  mgr.save(int(step), args=ocp.args.StandardSave(state), force=True)
+  mgr.wait_until_finished()
+
+
+def _abstract(like: Any, sharding: jax.sharding.Sharding | None) -> Any:
+  def one(x):
+    return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or getattr(x, "sharding", None))
+  return jax.tree.map(one, like)
+
+
+def restore_latest(mgr: ocp.CheckpointManager, like: Any, sharding: jax.sharding.Sharding | None = None) -> Any | None:
+  """Restore the latest checkpoint into the structure of `like`; None if there is none.
+
+  Args:
+    mgr: from `manager`.
+    like: a state with the right structure, shapes and dtypes (e.g. a fresh init).
+    sharding: where to place every restored array (default: like's shardings).
+  """
+  step = mgr.latest_step()
+  if step is None:
+    return None
+  path = os.path.join(os.fspath(mgr.directory), str(step))
+  try:
+    return mgr.restore(step, args=ocp.args.StandardRestore(_abstract(like, sharding)))
+  except Exception as e:  # orbax/tensorstore raise many types; name the path instead.
+    raise CheckpointError(path, f"cannot restore training state ({_brief(e)})") from e
+
+
+# ---------------------------------------------------------------------------------------
+# Inference export.
+
+
+def export_inference(directory: str | os.PathLike, params: dict, config: ml_collections.ConfigDict) -> str:
+  """Write {"generator", "classifier"} params and `config` to `directory` (replaced if present).
+
+  Call from every process of a multi-host run (Orbax coordinates the write). Returns the
+  absolute directory path.
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  missing = [k for k in INFERENCE_KEYS if k not in params]
+  if missing:
+    raise ValueError(f"export_inference needs params {INFERENCE_KEYS}; missing {missing}")
+  params = {k: jax.device_get(params[k]) for k in INFERENCE_KEYS}
+  primary = jax.process_index() == 0  # multi-host: every process calls, one writes files
+  if primary:
+    if os.path.exists(directory):
+      shutil.rmtree(directory)
+    os.makedirs(directory)
+  with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:  # synchronous
+    ckptr.save(os.path.join(directory, "params"), args=ocp.args.StandardSave(params))
+  if primary:
+    with open(os.path.join(directory, "config.json"), "w") as f:
+      f.write(config.to_json_best_effort(indent=2))
+    with open(os.path.join(directory, MARKER), "w") as f:  # written last: marks completion
+      json.dump({"format": FORMAT, "version": VERSION, "keys": list(INFERENCE_KEYS)}, f)
+  return directory
+
+
+def _read_json(path: str, directory: str, what: str) -> Any:
+  if not os.path.isfile(path):
+    raise CheckpointError(directory, f"missing {what} file {os.path.basename(path)!r} "
+                          "(not an exported cac_jax inference checkpoint, or truncated)")
+  try:
+    with open(path) as f:
+      return json.load(f)
+  except (OSError, ValueError) as e:
+    raise CheckpointError(directory, f"{what} file {os.path.basename(path)!r} is not valid JSON ({e})") from e
+
+
+def load_inference(directory: str | os.PathLike) -> tuple[dict, ml_collections.ConfigDict]:
+  """Read an `export_inference` directory -> ({"generator", "classifier"} params, config).
+
+  Raises:
+    CheckpointError: the directory is missing, not ours, truncated or does not match its
+      own config (shapes are checked against the networks the config builds).
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  if not os.path.exists(directory):
+    raise CheckpointError(directory, "does not exist")
+  if not os.path.isdir(directory):
+    raise CheckpointError(directory, "is not a directory")
+  marker = _read_json(os.path.join(directory, MARKER), directory, "marker")
+  if not isinstance(marker, dict) or marker.get("format") != FORMAT:
+    raise CheckpointError(directory, f"marker {MARKER!r} does not describe a {FORMAT} checkpoint: {marker!r}")
+  if marker.get("version") != VERSION:
+    raise CheckpointError(directory, f"unsupported version {marker.get('version')!r} (expected {VERSION})")
+  config = ml_collections.ConfigDict(_read_json(os.path.join(directory, "config.json"), directory, "config"))
+  params_dir = os.path.join(directory, "params")
+  if not os.path.isdir(params_dir):
+    raise CheckpointError(directory, "missing the 'params' directory")
+  try:
+    shapes = jax.eval_shape(lambda: models.init_params(config, jax.random.PRNGKey(0)))
+  except Exception as e:
+    raise CheckpointError(directory, f"config.json does not describe the networks ({_brief(e)})") from e
+  like = {k: shapes[k] for k in INFERENCE_KEYS}
+  try:
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
+      params = ckptr.restore(params_dir, args=ocp.args.StandardRestore(like))
+  except Exception as e:
+    raise CheckpointError(params_dir, f"cannot restore params ({_brief(e)})") from e
+  return params, config
