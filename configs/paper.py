@@ -71,5 +71,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Phantoms (cac_jax.phantoms).
   c.phantoms = ml_collections.ConfigDict()
   c.phantoms.at_working_spacing = False  # True: generate directly at working spacing
-  c.phantoms.fov_scale = 1.0             # <1 shrinks the field of view (fast CI)
+  c.phantoms.fov_scale = 1.0             # <1 shrinks the field of view towards the heart (fast CI)
+  c.phantoms.paired_patients = False     # True: same seed -> same patient/calcium in every domain
+  # The phantom experiment (cac_jax.experiment): cases per data role.
+  c.experiment = ml_collections.ConfigDict()
+  c.experiment.n_source_train = 40
+  c.experiment.n_adapt_source = 20
+  c.experiment.n_adapt_target = 20
+  c.experiment.n_ccta_test = 20
+  c.experiment.n_ncct_test = 10
   return c

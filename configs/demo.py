@@ -1,0 +1,37 @@
+"""The CPU demo of the phantom experiment (README's first command): < 15 min on 2 cores.
+
+Small towers with dilations (1, 1, 2, 4, 8) (receptive field 35 px = 35 mm at 1 mm in-plane),
+phantoms generated at working spacing with a reduced field of view.
+"""
+
+import ml_collections
+
+from configs import tiny
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = tiny.get_config()
+  c.model.tower_width = 16
+  c.model.tower_features = 16
+  c.model.dilations = (1, 1, 2, 4, 8)
+  c.model.classifier_hidden = 32
+  c.model.critic_channels = (32, 32, 32, 32, 16, 8, 1)
+  c.data.output_size = 15
+  c.sampling.source_threshold = 4
+  c.sampling.source_uniform = 4
+  c.sampling.source_labelled = 8
+  c.sampling.critic_batch = 8
+  c.source.num_steps = 600
+  c.source.log_every = 50
+  c.source.checkpoint_every = 300
+  c.adapt.critic_pretrain_steps = 100
+  c.adapt.critic_steps = 5
+  c.adapt.num_generator_steps = 100
+  c.adapt.log_every = 10
+  c.adapt.checkpoint_every = 50
+  c.experiment.n_source_train = 16
+  c.experiment.n_adapt_source = 8
+  c.experiment.n_adapt_target = 8
+  c.experiment.n_ccta_test = 8
+  c.experiment.n_ncct_test = 6
+  return c

@@ -1,0 +1,51 @@
+r"""Score coronary calcium in one scan or in every scan of a manifest.
+
+One scan:
+  python -m launch.score --image scan.nii.gz [--heart_mask heart.nii.gz] \
+      [--aorta_mask aorta.nii.gz] --checkpoint WORKDIR/export --output_dir OUT [--domain auto]
+Many scans (one sub-folder per case id, plus scores.csv):
+  python -m launch.score --manifest data/manifest.csv [--split test] --checkpoint ... --output_dir OUT
+"""
+
+from absl import app, flags, logging
+
+from cac_jax import scoring_cli
+
+FLAGS = flags.FLAGS
+flags.DEFINE_string("image", None, "Scan: NIfTI/MHA/NRRD file or DICOM series folder.")
+flags.DEFINE_string("heart_mask", None, "Heart mask (any grid; resampled by physical coordinates).")
+flags.DEFINE_string("aorta_mask", None, "Aorta mask, used for the CCTA threshold ROI.")
+flags.DEFINE_string("manifest", None, "Data-set CSV (id,image,label,heart_mask,aorta_mask,domain,split).")
+flags.DEFINE_string("split", None, "Only score manifest rows of this split.")
+flags.DEFINE_string("checkpoint", None, "Exported inference checkpoint folder.", required=True)
+flags.DEFINE_string("output_dir", None, "Where outputs go.", required=True)
+flags.DEFINE_enum("domain", "auto", ["auto", "ncct", "ccta"], "Scan domain; auto decides from the aorta's HU.")
+flags.DEFINE_bool("overwrite", False, "Replace existing outputs.")
+flags.DEFINE_float("calibration", None, "Mass-score calibration factor (mg HA/cm³ per HU).")
+flags.DEFINE_bool("region_growing", True, "FP reduction: grow detections to 6-connected lesions.")
+flags.DEFINE_bool("size_limits", True, "FP reduction: drop lesions <1 mm³ or >500 mm³.")
+flags.DEFINE_bool("heart_filter", True, "FP reduction: drop lesions outside the dilated heart mask.")
+
+
+def main(argv):
+  del argv
+  if bool(FLAGS.image) == bool(FLAGS.manifest):
+    raise app.UsageError("give exactly one of --image or --manifest")
+  fp = dict(region_growing=FLAGS.region_growing, size_limits=FLAGS.size_limits, heart_filter=FLAGS.heart_filter)
+  if FLAGS.image:
+    report = scoring_cli.score_file(FLAGS.image, FLAGS.checkpoint, FLAGS.output_dir, heart_mask=FLAGS.heart_mask,
+                                    aorta_mask=FLAGS.aorta_mask, domain=FLAGS.domain, overwrite=FLAGS.overwrite,
+                                    calibration=FLAGS.calibration, fp=fp)
+    for line in report["warnings"]:
+      logging.warning(line)
+    print(scoring_cli.summary_line(FLAGS.image, report))
+    print(f"outputs in {FLAGS.output_dir}")
+  else:
+    csv_path = scoring_cli.score_manifest(FLAGS.manifest, FLAGS.checkpoint, FLAGS.output_dir, split=FLAGS.split,
+                                          domain=FLAGS.domain, overwrite=FLAGS.overwrite,
+                                          calibration=FLAGS.calibration, fp=fp, progress=True)
+    print(f"scores of every scan: {csv_path}")
+
+
+if __name__ == "__main__":
+  app.run(main)
