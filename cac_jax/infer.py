@@ -1,0 +1,467 @@
+"""Fast whole-scan inference: dense view towers over candidate ROIs, classifier at candidates.
+
+The network is fully convolutional per view: a voxel's axial features are the axial tower's
+output at (y, x) of the axial slice z padded by RF//2 (RF = receptive field) with the pad
+value (normalised -1000 HU); likewise coronal (z, x) at fixed y and sagittal (z, y) at fixed
+x. The classifier C is a per-voxel MLP on the 96 concatenated features. So instead of one
+(3, P, P) patch stack per voxel we:
+
+  1. for each orientation, take only the slices that contain candidates, and in each such
+     slice only the bounding box of its candidates plus the RF//2 margin;
+  2. pad each box to a bucketed size (multiples of `bucket`) so jit compiles a bounded number
+     of shapes, and batch slices of equal bucket into one call (batch sizes are powers of two,
+     capped by `slab` slices and by a pixel budget so memory stays bounded);
+  3. gather each view's features at the candidate voxels only -> an (N, 96) array;
+  4. run C on the (N, 96) candidate features in fixed-size chunks.
+
+Nothing volume-sized with feature channels is ever held: memory is the HU volume, one batch of
+feature maps and the (N, 96) candidate features. With several local devices, each batch of
+slices is sharded over a 1-D mesh (params replicated).
+
+`predict_naive` is the straightforward reference (all slices of all orientations, a float16
+(z, y, x, 96) feature volume, C on every voxel, masked to candidates) for tests and the
+benchmark (`launch/benchmark_infer.py`).
+
+Shapes: volumes are (z, y, x) numpy arrays in HU; `candidates` is a bool (z, y, x) mask.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from cac_jax import models
+
+PAD_HU = -1000.0
+# View order as in `models.VIEWS`: axes permutation bringing (slice, row, col) to the front.
+# axial: slices z, rows y, cols x; coronal: slices y, (z, x); sagittal: slices x, (z, y).
+_PERMS = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
+CONV_IMPLS = ("xla", "im2col", "shift3")
+
+# Number of times each jitted function was traced (== compiled shapes); read by tests.
+TRACE_COUNTS: dict[str, int] = {"tower": 0, "classifier": 0}
+
+
+# ----------------------------------------------------------------------------- helpers
+def _normalize(hu: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
+  """HU -> network input: clip to `hu_clip`, then (HU - hu_center) / hu_scale; float32."""
+  try:
+    from cac_jax.preprocess import normalize_hu  # pylint: disable=g-import-not-at-top
+  except ImportError:
+    normalize_hu = None
+  if normalize_hu is not None:
+    return np.asarray(normalize_hu(hu, config.data), dtype=np.float32)
+  d = config.data
+  lo, hi = d.hu_clip
+  return ((np.clip(np.asarray(hu, np.float32), lo, hi) - d.hu_center) / d.hu_scale).astype(np.float32)
+
+
+def pad_value(config: ml_collections.ConfigDict) -> float:
+  """Normalised value of -1000 HU (air), used to pad outside the volume."""
+  return float(_normalize(np.array([PAD_HU], np.float32), config)[0])
+
+
+def _round_up(n: int, q: int) -> int:
+  return int(-(-n // q) * q)
+
+
+def _tower_layers(config: ml_collections.ConfigDict) -> list[tuple[str, int]]:
+  dil = tuple(config.model.dilations)
+  return [(f"conv{i}_d{d}", d) for i, d in enumerate(dil)] + [(f"conv{len(dil)}", 1)]
+
+
+def _tower_apply(config: ml_collections.ConfigDict, impl: str, tp, x: jax.Array) -> jax.Array:
+  """One view tower on (B, H, W, 1) -> (B, H - RF + 1, W - RF + 1, F), same maths as ViewTower."""
+  if impl == "xla":
+    tower = models.ViewTower(config.model.tower_width, config.model.tower_features,
+                             tuple(config.model.dilations))
+    return tower.apply({"params": tp}, x)
+  for name, d in _tower_layers(config):
+    k, b = tp[name]["kernel"], tp[name]["bias"]  # (3, 3, Cin, Cout), (Cout,)
+    _, h, w, c = x.shape
+    ho, wo = h - 2 * d, w - 2 * d
+    if impl == "im2col" or c == 1:
+      cols = jnp.concatenate([x[:, i * d:i * d + ho, j * d:j * d + wo, :] for i in range(3) for j in range(3)], -1)
+      y = cols @ k.reshape(9 * c, -1)
+    elif impl == "shift3":
+      cols = jnp.concatenate([x[:, :, j * d:j * d + wo, :] for j in range(3)], -1)  # (B, H, wo, 3C)
+      y = sum(cols[:, i * d:i * d + ho] @ k[i].reshape(3 * c, -1) for i in range(3))
+    else:
+      raise ValueError(f"unknown conv impl {impl!r}; expected one of {CONV_IMPLS}")
+    x = jax.nn.elu(y + b)
+  k, b = tp["features"]["kernel"], tp["features"]["bias"]
+  return jax.nn.elu(x @ k[0, 0] + b)
+
+
+_JIT_CACHE: dict = {}
+
+
+def _mesh(devices: Optional[Sequence[jax.Device]]):
+  if devices is None or len(devices) <= 1:
+    return None
+  return jax.sharding.Mesh(np.asarray(list(devices)), ("batch",))
+
+
+def _tower_fn(config: ml_collections.ConfigDict, impl: str, devices: Optional[Sequence[jax.Device]]):
+  """Jitted (tower params, (B, H, W, 1)) -> features; batch sharded over `devices` if several."""
+  key = ("tower", tuple(config.model.dilations), config.model.tower_width, config.model.tower_features, impl,
+         None if devices is None else tuple(devices))
+  if key not in _JIT_CACHE:
+    def fn(tp, x):
+      TRACE_COUNTS["tower"] += 1
+      return _tower_apply(config, impl, tp, x)
+
+    mesh = _mesh(devices)
+    if mesh is None:
+      _JIT_CACHE[key] = jax.jit(fn)
+    else:
+      from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+      batch = NamedSharding(mesh, P("batch"))
+      _JIT_CACHE[key] = jax.jit(fn, in_shardings=(NamedSharding(mesh, P()), batch), out_shardings=batch)
+  return _JIT_CACHE[key]
+
+
+def _classifier_fn(config: ml_collections.ConfigDict):
+  m = config.model
+  key = ("classifier", m.classifier_hidden, m.num_classes)
+  if key not in _JIT_CACHE:
+    clf = models.Classifier(m.classifier_hidden, m.num_classes, m.dropout)
+
+    def fn(cp, feats):
+      TRACE_COUNTS["classifier"] += 1
+      return clf.apply({"params": cp}, feats.astype(jnp.float32), deterministic=True)
+
+    _JIT_CACHE[key] = jax.jit(fn)
+  return _JIT_CACHE[key]
+
+
+def _classify(params, config, feats: np.ndarray, chunk: int) -> np.ndarray:
+  """C on (N, 96) features in chunks padded to a power-of-two size -> (N, num_classes) f32."""
+  n = feats.shape[0]
+  out = np.zeros((n, config.model.num_classes), np.float32)
+  if n == 0:
+    return out
+  fn = _classifier_fn(config)
+  for s in range(0, n, chunk):
+    part = feats[s:s + chunk]
+    size = max(256, 1 << (part.shape[0] - 1).bit_length()) if part.shape[0] < chunk else chunk
+    if size != part.shape[0]:
+      part = np.concatenate([part, np.zeros((size - part.shape[0],) + part.shape[1:], part.dtype)])
+    out[s:s + chunk] = np.asarray(fn(params["classifier"], part))[:min(chunk, n - s)]
+  return out
+
+
+def _crop(vol_t: np.ndarray, s: int, r0: int, c0: int, h: int, w: int, pad: float) -> np.ndarray:
+  """Slice `s` of a (S, R, C) view, rows r0..r0+h-1, cols c0..c0+w-1; pad outside -> (h, w)."""
+  out = np.full((h, w), pad, np.float32)
+  _, nr, nc = vol_t.shape
+  ra, rb = max(r0, 0), min(r0 + h, nr)
+  ca, cb = max(c0, 0), min(c0 + w, nc)
+  if ra < rb and ca < cb:
+    out[ra - r0:rb - r0, ca - c0:cb - c0] = vol_t[s, ra:rb, ca:cb]
+  return out
+
+
+def _batch_sizes(n: int, max_batch: int, multiple: int) -> list[int]:
+  """Split n slices into calls of size multiple * 2^k <= max_batch (last one padded)."""
+  allowed = []
+  b = multiple
+  while b <= max(max_batch, multiple):
+    allowed.append(b)
+    b *= 2
+  sizes = []
+  while n > 0:
+    fit = [a for a in allowed if a <= n]
+    b = fit[-1] if fit else allowed[0]
+    sizes.append(b)
+    n -= b
+  return sizes
+
+
+def bucket_ladder(limit: int, bucket: int = 16, ratio: float = 1.25) -> np.ndarray:
+  """Allowed ROI sizes: multiples of `bucket` growing by >= `ratio`, up to >= `limit`."""
+  out = [bucket]
+  while out[-1] < limit:
+    out.append(max(out[-1] + bucket, _round_up(int(math.ceil(out[-1] * ratio)), bucket)))
+  return np.asarray(out)
+
+
+def choose_shapes(needs: np.ndarray, margin: int, *, bucket: int = 16, max_shapes: int = 4,
+                  min_gain: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+  """Pick at most `max_shapes` ROI output shapes covering every (h, w) in `needs` (M, 2).
+
+  Sizes come from `bucket_ladder`; the first shape covers all needs, then shapes are added
+  greedily while one saves >= `min_gain` of the total padded input pixels
+  sum((H + margin) * (W + margin)). Returns (shapes (K, 2), assignment (M,) into shapes).
+  """
+  needs = np.asarray(needs, int).reshape(-1, 2)
+  if len(needs) == 0:
+    return np.zeros((0, 2), int), np.zeros((0,), int)
+  ladder = bucket_ladder(int(needs.max()), bucket)
+  snapped = ladder[np.searchsorted(ladder, needs)]  # (M, 2) smallest ladder size >= need
+  options = np.unique(snapped, axis=0)  # (O, 2)
+  cost = (options[:, 0] + margin) * (options[:, 1] + margin)  # (O,)
+  covers = (options[None, :, 0] >= needs[:, None, 0]) & (options[None, :, 1] >= needs[:, None, 1])  # (M, O)
+  chosen = [int(np.argmax((options[:, 0] >= snapped[:, 0].max()) & (options[:, 1] >= snapped[:, 1].max())))]
+  if not covers[:, chosen[0]].all():  # the max of each axis came from different slices
+    options = np.vstack([options, snapped.max(axis=0)])
+    cost = np.append(cost, (options[-1, 0] + margin) * (options[-1, 1] + margin))
+    covers = np.hstack([covers, np.ones((len(needs), 1), bool)])
+    chosen = [len(options) - 1]
+  per = np.where(covers, cost[None, :], np.inf)  # (M, O) cost of each need under each option
+  current = per[:, chosen[0]].copy()
+  while len(chosen) < max_shapes:
+    gains = np.maximum(current[:, None] - per, 0).sum(axis=0)  # (O,)
+    best = int(np.argmax(gains))
+    if gains[best] < min_gain * current.sum() or gains[best] <= 0:
+      break
+    chosen.append(best)
+    current = np.minimum(current, per[:, best])
+  sub = per[:, chosen]
+  return options[chosen], np.argmin(sub, axis=1)
+
+
+# ----------------------------------------------------------------------------- ROI inference
+@dataclasses.dataclass(frozen=True)
+class CandidatePredictions:
+  """Network outputs at candidate voxels.
+
+  Attributes:
+    coords: int (N, 3) candidate voxel indices (z, y, x), in `np.argwhere` (C) order.
+    logits: float32 (N, num_classes).
+    shape: (z, y, x) of the scan.
+    stats: timings (s) and work counters of the run.
+  """
+
+  coords: np.ndarray
+  logits: np.ndarray
+  shape: tuple[int, int, int]
+  stats: dict = dataclasses.field(default_factory=dict)
+
+  @property
+  def classes(self) -> np.ndarray:
+    """int32 (N,) argmax classes."""
+    return np.argmax(self.logits, axis=-1).astype(np.int32) if len(self.logits) else np.zeros((0,), np.int32)
+
+  @property
+  def probabilities(self) -> np.ndarray:
+    """float32 (N, num_classes) softmax."""
+    z = self.logits - self.logits.max(axis=-1, keepdims=True) if len(self.logits) else self.logits
+    e = np.exp(z)
+    return (e / e.sum(axis=-1, keepdims=True)).astype(np.float32) if len(e) else e
+
+  def class_volume(self) -> np.ndarray:
+    """int32 (z, y, x): classes at candidates, 0 elsewhere."""
+    out = np.zeros(self.shape, np.int32)
+    if len(self.coords):
+      out[tuple(self.coords.T)] = self.classes
+    return out
+
+  def probability_volume(self, dtype=np.float16) -> np.ndarray:
+    """(z, y, x, num_classes) probabilities at candidates, 0 elsewhere (class 0 prob 1 off-candidate)."""
+    k = self.logits.shape[-1]
+    out = np.zeros(self.shape + (k,), dtype)
+    out[..., 0] = 1
+    if len(self.coords):
+      out[tuple(self.coords.T)] = self.probabilities.astype(dtype)
+    return out
+
+
+def _check_inputs(hu: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+  hu = np.asarray(hu)
+  candidates = np.asarray(candidates).astype(bool)
+  if hu.ndim != 3:
+    raise ValueError(f"hu must be a (z, y, x) volume; got shape {hu.shape}")
+  if candidates.shape != hu.shape:
+    raise ValueError(f"candidates shape {candidates.shape} differs from hu shape {hu.shape}")
+  return hu, candidates
+
+
+def predict_candidates(params: dict, config: ml_collections.ConfigDict, hu: np.ndarray, candidates: np.ndarray, *,
+                       slab: Optional[int] = None, devices: Optional[Sequence[jax.Device]] = None,
+                       bucket: int = 16, max_shapes: int = 4, min_gain: float = 0.05,
+                       max_pixels: int = 1 << 20, conv_impl: str = "shift3",
+                       classifier_chunk: int = 16384) -> CandidatePredictions:
+  """Logits at candidate voxels, computing tower features only in candidate ROIs.
+
+  Args:
+    params: {"generator": ..., "classifier": ...} (as `models.init_params`; extra keys ignored).
+    config: the model's config (model and data sections).
+    hu: (z, y, x) HU volume at the working spacing.
+    candidates: bool (z, y, x) voxels to classify.
+    slab: max slices per device call. Default: one per device on CPU (batching slices does
+      not speed up XLA's CPU convs and multiplies compiled shapes), else
+      `config.scoring.slab_slices`.
+    devices: jax devices to shard each batch of slices over (1-D mesh; params replicated).
+      None or one device: default placement.
+    bucket: ROI sizes are rounded up to a ladder of multiples of this (`bucket_ladder`).
+    max_shapes: at most this many ROI shapes (= tower compiles per batch size) per scan,
+      chosen by `choose_shapes` to minimise padded pixels.
+    min_gain: a further shape is added only if it saves this fraction of the tower pixels.
+    max_pixels: cap on padded input pixels per call (bounds activation memory); a single
+      larger slice still runs alone.
+    conv_impl: "xla" (lax conv, as models.ViewTower), "im2col" or "shift3" (convs as matmuls).
+    classifier_chunk: candidates per classifier call.
+
+  Returns:
+    CandidatePredictions with (N, 3) coords and (N, num_classes) logits.
+  """
+  hu, candidates = _check_inputs(hu, candidates)
+  t_start = time.perf_counter()
+  devices = list(devices) if devices is not None else None
+  ndev = len(devices) if devices else 1
+  if slab is None:
+    platform = (devices or jax.devices())[0].platform
+    slab = ndev if platform == "cpu" else int(config.scoring.get("slab_slices", 16))
+  half = models.receptive_field(config.model.dilations) // 2
+  nf = config.model.tower_features
+  coords = np.argwhere(candidates)
+  n = coords.shape[0]
+  stats = {"candidates": int(n), "tower_calls": 0, "tower_pixels": 0, "slices": {}}
+  if n == 0:
+    return CandidatePredictions(coords, np.zeros((0, config.model.num_classes), np.float32), hu.shape, stats)
+
+  vol = _normalize(hu, config)
+  pad = pad_value(config)
+  feats = np.zeros((n, 3 * nf), np.float32)
+  tower = _tower_fn(config, conv_impl, devices)
+  gparams = params["generator"]
+  if devices and ndev > 1:
+    from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+    rep = NamedSharding(_mesh(devices), P())
+    gparams = jax.device_put(gparams, rep)
+
+  # Per orientation and slice: the bounding box of that slice's candidates.
+  rois = []  # (view index, slice, row0, col0, candidate indices, h, w)
+  for v_i, view in enumerate(models.VIEWS):
+    c = coords[:, _PERMS[view]]  # (N, 3): slice, row, col
+    order = np.argsort(c[:, 0], kind="stable")
+    sl, starts = np.unique(c[order, 0], return_index=True)
+    ends = np.append(starts[1:], n)
+    for s, a, e in zip(sl, starts, ends):
+      idx = order[a:e]
+      r0, c0 = int(c[idx, 1].min()), int(c[idx, 2].min())
+      rois.append((v_i, int(s), r0, c0, idx, int(c[idx, 1].max()) - r0 + 1, int(c[idx, 2].max()) - c0 + 1))
+    stats["slices"][view] = len(sl)
+  needs = np.array([(r[5], r[6]) for r in rois])
+  shapes, assign = choose_shapes(needs, 2 * half, bucket=bucket, max_shapes=max_shapes, min_gain=min_gain)
+  stats["shapes"] = [tuple(int(v) for v in sh) for sh in shapes]
+
+  pending = None  # (device result, rois) of the call in flight; gathered after the next dispatch
+
+  def gather(p):
+    out, items = p
+    out = np.asarray(out)
+    for k, (v_i, _, r0, c0, idx, _, _) in enumerate(items):
+      c = coords[idx][:, _PERMS[models.VIEWS[v_i]]]
+      feats[idx, v_i * nf:(v_i + 1) * nf] = out[k, c[:, 1] - r0, c[:, 2] - c0]
+
+  vols_t = [np.transpose(vol, _PERMS[v]) for v in models.VIEWS]
+  for sh_i, (hb, wb) in enumerate(shapes):
+    hin, win = int(hb) + 2 * half, int(wb) + 2 * half
+    max_batch = max(ndev, min(slab, max_pixels // (hin * win)))
+    for v_i, view in enumerate(models.VIEWS):  # one call holds slices of one view (its tower's params)
+      items = [r for r, a in zip(rois, assign) if a == sh_i and r[0] == v_i]
+      pos = 0
+      for b in _batch_sizes(len(items), max_batch, ndev):
+        chunk = items[pos:pos + b]
+        pos += b
+        x = np.full((b, hin, win, 1), pad, np.float32)
+        for k, (_, s, r0, c0, _, _, _) in enumerate(chunk):
+          x[k, :, :, 0] = _crop(vols_t[v_i], s, r0 - half, c0 - half, hin, win, pad)
+        out = tower(gparams[f"{view}_tower"], x)
+        stats["tower_calls"] += 1
+        stats["tower_pixels"] += b * hin * win
+        if pending is not None:
+          gather(pending)
+        pending = (out, chunk)
+  if pending is not None:
+    gather(pending)
+  t_towers = time.perf_counter()
+  logits = _classify(params, config, feats, classifier_chunk)
+  t_end = time.perf_counter()
+  stats.update(towers_s=t_towers - t_start, classifier_s=t_end - t_towers, total_s=t_end - t_start)
+  return CandidatePredictions(coords, logits, hu.shape, stats)
+
+
+def predict_classes(params: dict, config: ml_collections.ConfigDict, hu: np.ndarray, candidates: np.ndarray, *,
+                    slab: Optional[int] = None, devices: Optional[Sequence[jax.Device]] = None,
+                    **kwargs) -> np.ndarray:
+  """int32 (z, y, x) classes 0..6 at candidate voxels (argmax of logits), 0 elsewhere.
+
+  See `predict_candidates` for the arguments; `kwargs` are passed on to it.
+  """
+  return predict_candidates(params, config, hu, candidates, slab=slab, devices=devices, **kwargs).class_volume()
+
+
+def predict_probabilities(params: dict, config: ml_collections.ConfigDict, hu: np.ndarray, candidates: np.ndarray,
+                          **kwargs) -> tuple[np.ndarray, np.ndarray]:
+  """((N, 3) candidate coords (z, y, x), (N, num_classes) float32 softmax probabilities)."""
+  pred = predict_candidates(params, config, hu, candidates, **kwargs)
+  return pred.coords, pred.probabilities
+
+
+# ----------------------------------------------------------------------------- naive reference
+def predict_naive(params: dict, config: ml_collections.ConfigDict, hu: np.ndarray, candidates: np.ndarray, *,
+                  slab: Optional[int] = None, slices: Optional[dict] = None,
+                  classifier_chunk: int = 1 << 16, return_stats: bool = False):
+  """Naive full-volume reference: every slice of every orientation, padded whole, through its
+  tower (lax conv, as `models.ViewTower`); features stored in a float16 (z, y, x, 96) volume;
+  C on every voxel; classes masked to candidates.
+
+  Args:
+    slab: slices per tower call (default `config.scoring.slab_slices`).
+    slices: optional {view: sequence of slice indices} restricting the tower work to those
+      slices (for timing extrapolation in the benchmark; classes are only meaningful at
+      voxels whose three slices were all computed). Default: all slices.
+    return_stats: also return a dict of timings and slice counts.
+
+  Returns:
+    int32 (z, y, x) classes at candidates, 0 elsewhere (and stats if `return_stats`).
+  """
+  hu, candidates = _check_inputs(hu, candidates)
+  t0 = time.perf_counter()
+  slab = int(slab or config.scoring.get("slab_slices", 16))
+  half = models.receptive_field(config.model.dilations) // 2
+  nf = config.model.tower_features
+  vol = _normalize(hu, config)
+  padded = np.pad(vol, half, mode="constant", constant_values=pad_value(config))
+  feat = np.zeros(hu.shape + (3 * nf,), np.float16)
+  tower = _tower_fn(config, "xla", None)
+  stats = {"slices_computed": {}, "slices_total": {}}
+  for v_i, view in enumerate(models.VIEWS):
+    perm = _PERMS[view]
+    pv = np.transpose(padded, perm)
+    fv = np.transpose(feat, perm + (3,))
+    todo = np.arange(fv.shape[0]) if slices is None or view not in slices else np.asarray(slices[view], int)
+    stats["slices_computed"][view] = len(todo)
+    stats["slices_total"][view] = fv.shape[0]
+    tp = params["generator"][f"{view}_tower"]
+    for s in range(0, len(todo), slab):
+      idx = todo[s:s + slab]
+      x = np.ascontiguousarray(pv[idx + half])[..., None]
+      out = np.asarray(tower(tp, x))
+      fv[idx, :, :, v_i * nf:(v_i + 1) * nf] = out.astype(np.float16)
+  t1 = time.perf_counter()
+  flat = feat.reshape(-1, 3 * nf)
+  classes = np.zeros(flat.shape[0], np.int32)
+  fn = _classifier_fn(config)
+  for s in range(0, flat.shape[0], classifier_chunk):
+    part = flat[s:s + classifier_chunk]
+    m = part.shape[0]
+    if m < classifier_chunk:
+      part = np.concatenate([part, np.zeros((classifier_chunk - m, part.shape[1]), part.dtype)])
+    classes[s:s + m] = np.asarray(jnp.argmax(fn(params["classifier"], part), axis=-1))[:m]
+  classes = np.where(candidates, classes.reshape(hu.shape), 0).astype(np.int32)
+  t2 = time.perf_counter()
+  if return_stats:
+    stats.update(towers_s=t1 - t0, classifier_s=t2 - t1, total_s=t2 - t0)
+    return classes, stats
+  return classes

@@ -1,0 +1,140 @@
+"""Tests for cac_jax.infer: dense ROI inference equals the patch-wise network and the naive reference."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cac_jax import infer, models
+from configs import tiny
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def setup():
+  config = tiny.get_config()
+  params = models.init_params(config, jax.random.PRNGKey(0))
+  rng = np.random.RandomState(0)
+  hu = rng.normal(100.0, 400.0, (24, 40, 40)).astype(np.float32)
+  hu[8:14, 15:25, 12:30] += 600.0  # a bright blob
+  return config, params, hu
+
+
+def _patchwise_logits(config, params, hu, coords):
+  """Logits of the patch-wise network (Generator + centre_logits) at (K, 3) voxels."""
+  p = models.patch_size(config)
+  r = p // 2
+  vol = infer._normalize(hu, config)
+  padded = np.pad(vol, r, constant_values=infer.pad_value(config))
+  views = []
+  for z, y, x in coords:  # padded index of voxel v is v + r
+    views.append(np.stack([padded[z + r, y:y + p, x:x + p], padded[z:z + p, y + r, x:x + p],
+                           padded[z:z + p, y:y + p, x + r]]))
+  views = np.stack(views, axis=1)[..., None]  # (3, K, P, P, 1)
+  g, c, _, _ = models.build(config)
+  feats = g.apply({"params": params["generator"]}, jnp.asarray(views))
+  return np.asarray(models.centre_logits(c, params["classifier"], feats))
+
+
+@pytest.mark.parametrize("conv_impl", ["xla", "shift3"])
+def test_dense_equals_patchwise_including_border(setup, conv_impl):
+  config, params, hu = setup
+  rng = np.random.RandomState(1)
+  coords = np.stack([rng.randint(0, s, 20) for s in hu.shape], axis=1)
+  border = np.array([[0, 0, 0], [23, 39, 39], [0, 39, 17], [23, 0, 5], [11, 0, 39], [5, 20, 0]])
+  coords = np.unique(np.vstack([coords, border]), axis=0)
+  cand = np.zeros(hu.shape, bool)
+  cand[tuple(coords.T)] = True
+  pred = infer.predict_candidates(params, config, hu, cand, conv_impl=conv_impl)
+  np.testing.assert_array_equal(pred.coords, coords)  # argwhere order == np.unique order
+  want = _patchwise_logits(config, params, hu, coords)
+  np.testing.assert_allclose(pred.logits, want, rtol=1e-4, atol=1e-5 * np.abs(want).max())
+  np.testing.assert_allclose(pred.probabilities.sum(-1), 1.0, rtol=1e-5)
+  vol = pred.class_volume()
+  np.testing.assert_array_equal(vol[cand], np.argmax(want, -1))
+  assert (vol[~cand] == 0).all()
+
+
+def test_classes_equal_naive(setup):
+  config, params, hu = setup
+  rng = np.random.RandomState(2)
+  cand = (rng.rand(*hu.shape) < 0.01) | (hu > 900)
+  got = infer.predict_classes(params, config, hu, cand)
+  want = infer.predict_naive(params, config, hu, cand)
+  assert got.dtype == np.int32 and got.shape == hu.shape
+  np.testing.assert_array_equal(got, want)
+  assert (got[~cand] == 0).all()
+  assert len(np.unique(got[cand])) > 1  # not a degenerate all-one-class comparison
+
+
+def test_no_candidates(setup):
+  config, params, hu = setup
+  cand = np.zeros(hu.shape, bool)
+  out = infer.predict_classes(params, config, hu, cand)
+  assert out.shape == hu.shape and out.dtype == np.int32 and not out.any()
+  coords, probs = infer.predict_probabilities(params, config, hu, cand)
+  assert coords.shape == (0, 3) and probs.shape == (0, config.model.num_classes)
+
+
+def test_bad_inputs(setup):
+  config, params, hu = setup
+  with pytest.raises(ValueError):
+    infer.predict_classes(params, config, hu, np.zeros((2, 2, 2), bool))
+
+
+def test_choose_shapes_cover_and_bound():
+  rng = np.random.RandomState(0)
+  needs = rng.randint(1, 200, (300, 2))
+  shapes, assign = infer.choose_shapes(needs, 130, bucket=16, max_shapes=4)
+  assert 1 <= len(shapes) <= 4
+  assert (shapes[assign] >= needs).all()
+  assert (shapes % 16 == 0).all()
+
+
+def test_compile_count_bounded_for_varied_volumes(setup):
+  config, params, _ = setup
+  rng = np.random.RandomState(3)
+  infer._JIT_CACHE.clear()
+  start = infer.TRACE_COUNTS["tower"]
+  max_shapes = 3
+  for shape in [(20, 36, 44), (28, 40, 32), (16, 48, 40), (24, 40, 40)]:
+    hu = rng.normal(0, 300, shape).astype(np.float32)
+    cand = rng.rand(*shape) < 0.005
+    before = infer.TRACE_COUNTS["tower"]
+    infer.predict_classes(params, config, hu, cand, slab=1, max_shapes=max_shapes)
+    assert infer.TRACE_COUNTS["tower"] - before <= max_shapes
+    again = infer.TRACE_COUNTS["tower"]
+    infer.predict_classes(params, config, hu, cand, slab=1, max_shapes=max_shapes)
+    assert infer.TRACE_COUNTS["tower"] == again  # same scan: everything cached
+  assert infer.TRACE_COUNTS["tower"] - start <= 4 * max_shapes
+
+
+def test_multi_device_equals_single_device():
+  script = textwrap.dedent("""
+      import jax, numpy as np
+      from cac_jax import infer, models
+      from configs import tiny
+      assert len(jax.devices()) == 4, jax.devices()
+      config = tiny.get_config()
+      params = models.init_params(config, jax.random.PRNGKey(0))
+      rng = np.random.RandomState(0)
+      hu = rng.normal(100.0, 400.0, (24, 40, 40)).astype(np.float32)
+      cand = rng.rand(*hu.shape) < 0.01
+      one = infer.predict_candidates(params, config, hu, cand, devices=jax.devices()[:1])
+      four = infer.predict_candidates(params, config, hu, cand, devices=jax.devices())
+      np.testing.assert_allclose(four.logits, one.logits, rtol=1e-5, atol=1e-6)
+      np.testing.assert_array_equal(four.class_volume(), one.class_volume())
+      assert four.stats["tower_calls"] < one.stats["tower_calls"]  # batches of 4 slices
+      print("OK")
+  """)
+  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
+             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  res = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+                       timeout=600)
+  assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
