@@ -77,6 +77,32 @@ def jit_step(step_fn: Callable, mesh: jax.sharding.Mesh, batch_axis: int = 1) ->
                  out_shardings=(rep, rep), donate_argnums=0)
 
 
+_COMPILED: dict = {}
+# Config fields that only steer the loops, never the math of a step.
+_LOOP_FIELDS = ("num_steps", "log_every", "checkpoint_every", "num_generator_steps", "critic_pretrain_steps",
+                "critic_steps", "critic_steps_later", "change_at")
+
+
+def _step_key(config: ml_collections.ConfigDict) -> str:
+  c = config.to_dict()
+  for section in ("source", "adapt"):
+    for f in _LOOP_FIELDS:
+      c.get(section, {}).pop(f, None)
+  return ml_collections.ConfigDict(c).to_json()
+
+
+def cached_step(name: str, make: Callable, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
+                batch_axis: int = 1) -> Callable:
+  """`jit_step(make(config), mesh, batch_axis)`, reused for equal (name, config, mesh, axis).
+
+  Repeated `train_source`/`adapt` calls in one process (tests, resume) compile only once.
+  """
+  key = (name, _step_key(config), mesh, batch_axis)
+  if key not in _COMPILED:
+    _COMPILED[key] = jit_step(make(config), mesh, batch_axis)
+  return _COMPILED[key]
+
+
 class _Rate:
   """Steps per second between log lines."""
 
@@ -125,7 +151,7 @@ def train_source(config: ml_collections.ConfigDict, workdir: str, data: Any = No
                        "pass resume=True (--resume) or use a fresh workdir")
     state = checkpoints.restore_latest(mgr, state, sharding.replicated(mesh))
     logging.info("resumed source training at step %d", int(state.step))
-  step_fn = jit_step(make_source_step(config), mesh)
+  step_fn = cached_step("source", make_source_step, config, mesh)
   writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
   start = int(state.step)
   rate, history = _Rate(start), []

@@ -9,9 +9,12 @@ description of a run: restoring it and the data step resumes the run exactly.
 
 from __future__ import annotations
 
+import zlib
+
 import jax
 import jax.numpy as jnp
 import ml_collections
+import numpy as np
 import optax
 from flax import struct
 
@@ -82,17 +85,55 @@ def clip_critic(params, clip: float):
   return jax.tree.map(lambda p: jnp.clip(p, -clip, clip), params)
 
 
-def init_source_state(config: ml_collections.ConfigDict, seed: int | None = None) -> SourceState:
-  """Fresh source state from `config.seed` (or `seed`)."""
+def host_init_params(config: ml_collections.ConfigDict, seed: int) -> dict:
+  """Params of `models.init_params`' structure, drawn with numpy from Flax's default laws.
+
+  Kernels: LeCun normal (truncated at 2 std, variance 1/fan_in, fan_in = all axes but the
+  last); biases 0; LayerNorm scales 1. Same distributions as `models.init_params`, not the
+  same numbers: XLA:CPU spends tens of seconds compiling the PRNG graph of a Flax init,
+  this takes milliseconds. Each leaf is seeded from (seed, its path).
+  """
+  shapes = jax.eval_shape(lambda: models.init_params(config, jax.random.PRNGKey(0)))
+
+  def init(path, leaf):
+    name = jax.tree_util.keystr(path)
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
+    kind = path[-1].key
+    if kind == "bias":
+      return jnp.zeros(leaf.shape, leaf.dtype)
+    if kind == "scale":
+      return jnp.ones(leaf.shape, leaf.dtype)
+    if kind != "kernel":
+      raise ValueError(f"no host initialiser for param {name}")
+    fan_in = int(np.prod(leaf.shape[:-1]))
+    std = np.sqrt(1.0 / fan_in) / 0.87962566103423978  # std of N(0,1) truncated to [-2, 2]
+    x = rng.standard_normal(leaf.shape)
+    while (bad := np.abs(x) > 2).any():
+      x[bad] = rng.standard_normal(int(bad.sum()))
+    return jnp.asarray(x * std, leaf.dtype)
+
+  return jax.tree_util.tree_map_with_path(init, shapes)
+
+
+def init_params(config: ml_collections.ConfigDict, seed: int, host: bool = True) -> dict:
+  """{'generator', 'classifier', 'heads', 'critic'} from `seed`: host draw or Flax init."""
+  if host:
+    return host_init_params(config, seed)
+  return models.init_params(config, jax.random.PRNGKey(seed))
+
+
+def init_source_state(config: ml_collections.ConfigDict, seed: int | None = None, host_init: bool = True) -> SourceState:
+  """Fresh source state from `config.seed` (or `seed`); see `init_params` for `host_init`."""
   seed = config.seed if seed is None else seed
-  k_init, k_run = jax.random.split(jax.random.PRNGKey(seed))
-  p = models.init_params(config, k_init)
+  k_run = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
+  p = init_params(config, seed, host_init)
   params = {"generator": p["generator"], "classifier": p["classifier"], "heads": p["heads"]}
   return SourceState(step=jnp.zeros((), jnp.int32), params=params,
                      opt_state=source_optimizer(config).init(params), rng=k_run)
 
 
-def init_adapt_state(config: ml_collections.ConfigDict, source_params: dict, seed: int | None = None) -> AdaptState:
+def init_adapt_state(config: ml_collections.ConfigDict, source_params: dict, seed: int | None = None,
+                     host_init: bool = True) -> AdaptState:
   """Adaptation state: G and C from `source_params`, a fresh (clipped) critic D.
 
   Args:
@@ -101,8 +142,8 @@ def init_adapt_state(config: ml_collections.ConfigDict, source_params: dict, see
     seed: defaults to `config.seed`.
   """
   seed = config.seed if seed is None else seed
-  k_init, k_run = jax.random.split(jax.random.fold_in(jax.random.PRNGKey(seed), 1))
-  critic = clip_critic(models.init_params(config, k_init)["critic"], config.adapt.clip)
+  k_run = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
+  critic = clip_critic(init_params(config, seed + 1, host_init)["critic"], config.adapt.clip)
   g = jax.tree.map(jnp.asarray, source_params["generator"])
   c = jax.tree.map(jnp.asarray, source_params["classifier"])
   return AdaptState(step=jnp.zeros((), jnp.int32), critic_step=jnp.zeros((), jnp.int32),

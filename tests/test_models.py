@@ -1,0 +1,85 @@
+"""Shapes and receptive fields of the networks (paper shapes via eval_shape: nothing runs)."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cac_jax import models
+from cac_jax.train import state as state_lib
+from configs import paper, tiny
+
+
+@pytest.mark.parametrize("get_config, rf, patch", [(paper.get_config, 131, 155), (tiny.get_config, 17, 31)])
+def test_receptive_field_and_patch_size(get_config, rf, patch):
+  c = get_config()
+  assert models.receptive_field(c.model.dilations) == rf
+  assert models.ViewTower(dilations=tuple(c.model.dilations)).receptive_field == rf
+  assert models.patch_size(c) == patch
+
+
+@pytest.mark.parametrize("get_config", [paper.get_config, tiny.get_config])
+def test_shapes(get_config):
+  c = get_config()
+  g, cl, h, d = models.build(c)
+  p, o, b = models.patch_size(c), c.data.output_size, 2
+  params = jax.eval_shape(lambda: models.init_params(c, jax.random.PRNGKey(0)))
+  assert set(params) == {"generator", "classifier", "heads", "critic"}
+  views = jax.ShapeDtypeStruct((3, b, p, p, 1), jnp.float32)
+  feats = jax.eval_shape(lambda pr, v: g.apply({"params": pr}, v), params["generator"], views)
+  assert feats.shape == (b, o, o, 3 * c.model.tower_features)
+  heads = jax.eval_shape(lambda pr, f: h.apply({"params": pr}, f), params["heads"], feats)
+  assert heads.shape == (3, b, o, o, c.model.num_classes)
+  logits = jax.eval_shape(lambda pr, f: models.centre_logits(cl, pr, f), params["classifier"], feats)
+  assert logits.shape == (b, c.model.num_classes)
+  scores = jax.eval_shape(lambda pr, f: d.apply({"params": pr}, f), params["critic"], feats)
+  assert scores.shape == (b,)
+
+
+def test_generator_rejects_bad_layout():
+  c = tiny.get_config()
+  g = models.build(c)[0]
+  params = state_lib.init_params(c, 0)["generator"]
+  with pytest.raises(ValueError, match="view stacks"):
+    g.apply({"params": params}, jnp.zeros((1, 31, 31, 1)))
+
+
+def test_tiny_receptive_field_is_what_the_centre_output_sees():
+  """The gradient of the centre feature covers exactly a 17x17 window in each view."""
+  c = tiny.get_config()
+  g = models.build(c)[0]
+  params = state_lib.init_params(c, 0)["generator"]
+  p, rf = models.patch_size(c), 17
+
+  def centre(views):
+    f = g.apply({"params": params}, views)
+    return f[0, f.shape[1] // 2, f.shape[2] // 2].sum()
+
+  views = jax.random.normal(jax.random.PRNGKey(1), (3, 1, p, p, 1))
+  grad = np.asarray(jax.grad(centre)(views))[:, 0, :, :, 0]
+  for v in range(3):
+    ys, xs = np.nonzero(grad[v])
+    assert (ys.max() - ys.min() + 1, xs.max() - xs.min() + 1) == (rf, rf)
+    assert (ys.min() + ys.max()) / 2 == (xs.min() + xs.max()) / 2 == p // 2
+
+
+def test_classifier_dropout_only_when_asked():
+  c = tiny.get_config()
+  _, cl, _, _ = models.build(c)
+  params = state_lib.init_params(c, 0)["classifier"]
+  feats = jnp.ones((4, 3, 3, 3 * c.model.tower_features))
+  a = models.centre_logits(cl, params, feats)
+  np.testing.assert_array_equal(a, models.centre_logits(cl, params, feats))
+  b = models.centre_logits(cl, params, feats, deterministic=False, rng=jax.random.PRNGKey(2))
+  assert not np.allclose(a, b)
+
+
+def test_host_init_matches_flax_structure_and_scale():
+  c = tiny.get_config()
+  host = state_lib.init_params(c, 0)
+  flax_shapes = jax.eval_shape(lambda: models.init_params(c, jax.random.PRNGKey(0)))
+  assert jax.tree.structure(host) == jax.tree.structure(flax_shapes)
+  for h, f in zip(jax.tree.leaves(host), jax.tree.leaves(flax_shapes)):
+    assert h.shape == f.shape and h.dtype == f.dtype
+  k = np.asarray(host["critic"]["conv2"]["kernel"])  # (3, 3, 16, 16): fan_in 144
+  assert abs(k.std() - 1 / 12) < 0.01 and np.abs(k).max() <= 2 / 12 / 0.8796 + 1e-6
