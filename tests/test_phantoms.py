@@ -1,0 +1,231 @@
+"""Phantom generator: measured tissue HU, domain shift, lesion statistics, labels, files."""
+
+import csv
+import os
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from scipy import ndimage
+
+from cac_jax import labels as L
+from cac_jax import phantoms
+from cac_jax.phantoms import acquisition, anatomy, generate
+from configs import tiny
+
+DOMAINS = phantoms.DOMAINS
+NOISE_RANGE = {"chest_ncct": (30, 60), "cardiac_ncct": (15, 30), "ccta": (20, 45)}
+
+
+@pytest.fixture(scope="module")
+def config():
+  return tiny.get_config()
+
+
+@pytest.fixture(scope="module")
+def sims(config):
+  """Two tiny cases per domain with tissue maps."""
+  return {d: [generate.simulate(d, s, config, track_tissue=True) for s in (0, 1)] for d in DOMAINS}
+
+
+def _tissue_values(sim, name, erode=2):
+  m = sim.tissue == anatomy.TISSUE[name]
+  if erode:
+    m = ndimage.binary_erosion(m, iterations=erode)
+  return sim.case.scan.hu[m]
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_tissue_hu_mean_and_noise(sims, domain):
+  for sim in sims[domain]:
+    sd = sim.case.scan.meta["noise_sd_hu"]
+    lo, hi = NOISE_RANGE[domain]
+    assert lo <= sd <= hi
+    lung, fat = _tissue_values(sim, "lung"), _tissue_values(sim, "fat")
+    assert -890 < lung.mean() < -800 and abs(lung.std() / sd - 1) < 0.2
+    assert -135 < fat.mean() < -75 and abs(fat.std() / sd - 1) < 0.2
+    blood = _tissue_values(sim, "blood_left")
+    if domain == "ccta":
+      assert 250 <= blood.mean() <= 600, blood.mean()
+      kvp = sim.case.scan.meta["kvp"]
+      assert 70 <= kvp <= 120
+    else:
+      assert 25 < blood.mean() < 55 and abs(blood.std() / sd - 1) < 0.2
+    trab = _tissue_values(sim, "trabecular_bone", erode=1)
+    assert 120 < trab.mean() < 450
+    cort = _tissue_values(sim, "cortical_bone", erode=0)
+    assert np.percentile(cort, 99) > 600  # thin cortex blurred, but its peak stays bright
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_lumen_above_130_only_in_ccta(sims, domain):
+  for sim in sims[domain]:
+    lumen = _tissue_values(sim, "coronary_lumen", erode=0)
+    aorta = _tissue_values(sim, "aorta_lumen")
+    frac = (np.concatenate([lumen, aorta]) >= 130).mean()
+    if domain == "ccta":
+      assert frac > 0.9, frac
+      assert (lumen >= 130).mean() > 0.9
+    else:
+      assert frac < 0.05, frac
+
+
+def test_ccta_threshold_from_aorta_roi(sims, config):
+  for sim in sims["ccta"]:
+    meta = sim.case.scan.meta
+    thr = meta["calcium_threshold_hu"]
+    assert thr == pytest.approx(meta["aorta_roi_mean_hu"] + 3 * meta["aorta_roi_sd_hu"])
+    assert abs(meta["aorta_roi_mean_hu"] - sim.materials["blood_left"]) < 25
+    assert thr > 250
+  for d in ("chest_ncct", "cardiac_ncct"):
+    for sim in sims[d]:
+      assert sim.case.scan.meta["calcium_threshold_hu"] == 130.0
+
+
+def test_kvp_scales_iodine_and_calcium():
+  assert 1.3 <= acquisition.calcium_factor(70) / acquisition.calcium_factor(120) <= 1.5
+  assert acquisition.iodine_factor(70) > acquisition.calcium_factor(70)
+  rng = np.random.default_rng(0)
+  lo = [acquisition.sample_protocol("ccta", rng) for _ in range(400)]
+  io = {k: np.mean([p.iodine_hu for p in lo if p.kvp == k]) for k in (70, 120)}
+  assert io[70] > 1.5 * io[120]
+  assert all(250 <= p.iodine_hu <= 600 for p in lo)
+  assert {p.kvp for p in lo} == set(acquisition.CCTA_KVP)
+
+
+def test_domain_resolution(config):
+  rng = np.random.default_rng(1)
+  for _ in range(20):
+    c = acquisition.sample_protocol("chest_ncct", rng)
+    assert 0.6 <= c.pixel_mm <= 0.8 and (c.thickness_mm, c.increment_mm) == (3.0, 1.5)
+    k = acquisition.sample_protocol("cardiac_ncct", rng)
+    assert 0.3 <= k.pixel_mm <= 0.5 and (k.thickness_mm, k.increment_mm) == (3.0, 1.5)
+    a = acquisition.sample_protocol("ccta", rng)
+    assert 0.3 <= a.pixel_mm <= 0.5 and (a.thickness_mm, a.increment_mm) == (0.6, 0.4)
+
+
+def test_lesion_volume_distribution():
+  v = phantoms.sample_lesion_volumes(np.random.default_rng(0), 200_000)
+  q25, q50, q75, q95 = np.percentile(v, [25, 50, 75, 95])
+  assert 6.3 < q50 < 7.7, q50
+  assert 1.3 < q25 < 2.2, q25
+  assert 23 < q75 < 35, q75
+  assert 160 < q95 < 240, q95
+  assert v.max() <= 700 and v.min() > 0
+  assert np.mean(v > 500) > 1e-3  # a few very large lesions
+
+
+def test_fraction_without_coronary_calcium(config):
+  counts = []
+  for seed in range(3000):
+    plans = generate.plan_case_calcium("cardiac_ncct", seed, config)
+    counts.append(sum(p.cls in L.CORONARY_CLASSES for p in plans))
+  counts = np.array(counts)
+  assert 0.29 < np.mean(counts == 0) < 0.38
+  assert np.mean(counts[counts > 0]) > 3  # calcified patients carry several lesions
+  plans = [p for s in range(300) for p in generate.plan_case_calcium("ccta", s, config)]
+  sites = {p.site for p in plans}
+  assert {"lad", "lcx", "rca", "lm", "aorta", "aortic_valve", "mitral_valve"} <= sites
+
+
+def test_labelled_lesions_sane(config):
+  """A handful of NCCT cases: visible lesions labelled, volumes and peaks in range."""
+  vols, peaks, cor_cases = [], [], 0
+  for seed in range(6):
+    sim = generate.simulate("cardiac_ncct", seed, config)
+    lab = sim.case.labels
+    vols += [v for v in sim.lesion_volumes_mm3 if v > 0]
+    peaks += [p for p in sim.lesion_peaks_hu if np.isfinite(p)]
+    planned = any(p.cls in L.CORONARY_CLASSES for p in sim.plans)
+    if planned and np.isin(lab, L.CORONARY_CLASSES).any():
+      cor_cases += 1
+    assert np.all(sim.case.scan.hu[lab > 0] >= 130)
+  assert cor_cases >= 2
+  assert len(vols) >= 5 and max(vols) < 3000 and min(vols) > 0
+  assert min(peaks) >= 130 and max(peaks) < 1500 + 4 * 30
+
+
+def test_determinism(config):
+  a = phantoms.generate_case("ccta", 7, config)
+  b = phantoms.generate_case("ccta", 7, config)
+  c = phantoms.generate_case("ccta", 8, config)
+  np.testing.assert_array_equal(a.scan.hu, b.scan.hu)
+  np.testing.assert_array_equal(a.labels, b.labels)
+  np.testing.assert_array_equal(a.heart_mask, b.heart_mask)
+  assert a.scan.meta == b.scan.meta
+  assert a.scan.shape != c.scan.shape or not np.array_equal(a.scan.hu, c.scan.hu)
+
+
+@pytest.mark.parametrize("domain", DOMAINS)
+def test_label_and_mask_geometry(sims, domain):
+  for sim in sims[domain]:
+    case = sim.case
+    assert case.labels.dtype == np.int32 and case.labels.shape == case.scan.shape
+    assert set(np.unique(case.labels)) <= set(range(L.NUM_CLASSES))
+    assert case.heart_mask.dtype == bool and case.aorta_mask.dtype == bool
+    assert case.heart_mask.sum() * case.scan.voxel_volume_mm3 > 2e5  # > 200 ml whole heart
+    assert case.aorta_mask.any()
+    assert case.domain == ("ccta" if domain == "ccta" else "ncct")
+    assert case.scan.meta["phantom_domain"] == domain
+    heart10 = ndimage.distance_transform_edt(~case.heart_mask, sampling=case.scan.spacing) <= 10.0
+    cor = np.isin(case.labels, L.CORONARY_CLASSES)
+    assert np.all(heart10[cor]), "coronary calcium outside the heart mask + 10 mm"
+    # Every labelled component touches a lesion core; voxels stay near it (blur halo, noise).
+    core = sim.tissue == anatomy.TISSUE["calcium"]
+    comp, n = ndimage.label(case.labels > 0, np.ones((3, 3, 3), bool))
+    assert set(np.unique(comp[core & (comp > 0)])) == set(range(1, n + 1))
+    near = ndimage.distance_transform_edt(~core, sampling=case.scan.spacing) <= 8.0
+    assert np.all(near[case.labels > 0])
+    assert np.all(case.scan.hu[case.labels > 0] >= case.scan.meta["calcium_threshold_hu"])
+    aortic = case.labels == L.AORTA
+    if aortic.any():
+      dist = ndimage.distance_transform_edt(~case.aorta_mask, sampling=case.scan.spacing)
+      assert np.all(dist[aortic] <= 5.0)
+
+
+def test_coronary_labels_by_territory(config):
+  """LAD / LCX / RCA lesions sit in distinct territories around the heart."""
+  seen = {}
+  for seed in range(40):
+    p = anatomy.sample_patient(np.random.default_rng(seed))
+    c, a1 = p.heart.centre, p.heart.frame[:, 0]
+    for name, cls in (("lad", L.LAD), ("lcx", L.LCX), ("rca", L.RCA)):
+      mid = p.coronaries[name].at(0.5)[0] - c
+      seen.setdefault(cls, []).append(mid)
+  lad, lcx, rca = (np.mean(seen[k], axis=0) for k in (L.LAD, L.LCX, L.RCA))
+  assert lad[1] < -20      # anterior
+  assert lcx[0] > 5 and lcx[1] > 10  # left-posterior (left AV groove)
+  assert rca[0] < -20      # right
+  assert np.linalg.norm(lad - lcx) > 30 and np.linalg.norm(lad - rca) > 30
+
+
+def test_write_dataset_layout(tmp_path, config):
+  out = str(tmp_path / "ds")
+  phantoms.write_dataset(out, "cardiac_ncct", 1, 3, config, split="train")
+  path = phantoms.write_dataset(out, "ccta", 1, 3, config, split="test")
+  assert path == os.path.join(out, "manifest.csv")
+  with open(path, newline="") as f:
+    rows = list(csv.DictReader(f))
+  assert [r["id"] for r in rows] == ["cardiac_ncct_000003", "ccta_000003"]
+  assert list(rows[0].keys()) == ["id", "image", "label", "heart_mask", "aorta_mask", "domain", "split"]
+  assert [(r["domain"], r["split"]) for r in rows] == [("ncct", "train"), ("ccta", "test")]
+  case = phantoms.generate_case("ccta", 3, config)
+  row = rows[1]
+  img = sitk.ReadImage(os.path.join(out, row["image"]))
+  assert img.GetPixelID() == sitk.sitkInt16
+  assert np.allclose(img.GetSpacing(), case.scan.spacing[::-1])
+  assert np.allclose(img.GetOrigin(), case.scan.origin)
+  arr = sitk.GetArrayFromImage(img)
+  assert arr.shape == case.scan.shape
+  assert np.abs(arr - np.clip(case.scan.hu, -1024, 3071)).max() <= 0.5 + 1e-3
+  lab = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, row["label"])))
+  assert set(np.unique(lab)) <= {0, 8, 9, 10, 15, 53, 58}
+  np.testing.assert_array_equal(L.reference_to_classes(lab), case.labels)
+  for col, mask in (("heart_mask", case.heart_mask), ("aorta_mask", case.aorta_mask)):
+    m = sitk.GetArrayFromImage(sitk.ReadImage(os.path.join(out, row[col])))
+    np.testing.assert_array_equal(m.astype(bool), mask)
+  # Re-writing a case replaces its row instead of duplicating it.
+  phantoms.write_dataset(out, "ccta", 1, 3, config, split="test")
+  with open(path, newline="") as f:
+    assert len(list(csv.DictReader(f))) == 2
+  assert not [n for n in os.listdir(os.path.join(out, "images")) if n.startswith(".tmp")]
