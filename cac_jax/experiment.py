@@ -53,7 +53,7 @@ def make_data(config: ml_collections.ConfigDict, data_dir: str, seed: int, log: 
 
   Case seeds are disjoint across roles and experiment seeds. Existing complete data is reused.
   """
-  from cac_jax.phantoms import generate
+  from cac_jax import phantoms
   manifest_csv = os.path.join(data_dir, "manifest.csv")
   done_marker = os.path.join(data_dir, ".complete.json")
   wanted = {role: int(config.experiment[field]) for role, (_, _, field, _) in ROLES.items()}
@@ -63,7 +63,7 @@ def make_data(config: ml_collections.ConfigDict, data_dir: str, seed: int, log: 
         return manifest_csv
   for role, (domain, _, field, offset) in ROLES.items():
     log(f"phantoms: {wanted[role]} {domain} cases for {role}")
-    generate.write_dataset(data_dir, domain, wanted[role], seed * 100_000 + offset, config, split=role)
+    phantoms.write_dataset(data_dir, domain, wanted[role], seed * 100_000 + offset, config, split=role)
   with open(done_marker, "w") as f:
     json.dump({"seed": seed, "counts": wanted}, f)
   return manifest_csv
