@@ -97,9 +97,11 @@ def make_generator_step(config: ml_collections.ConfigDict) -> Callable[[AdaptSta
   The classifier C runs without dropout unless `config.adapt.classifier_dropout` is True.
   """
   tx = state_lib.generator_optimizer(config)
+  dropout = bool(config.adapt.get("classifier_dropout", False))
 
   def generator_step(state: AdaptState, batch: dict):
-    rng, step_rng = jax.random.split(state.rng)
+    # The key only advances when C uses dropout (no PRNG work otherwise).
+    rng, step_rng = jax.random.split(state.rng) if dropout else (state.rng, state.rng)
     grads, metrics = jax.grad(generator_loss, has_aux=True)(state.generator, state, batch, step_rng, config)
     updates, opt_state = tx.update(grads, state.generator_opt, state.generator)
     return state.replace(step=state.step + 1, generator=optax.apply_updates(state.generator, updates),

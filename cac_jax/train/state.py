@@ -144,8 +144,9 @@ def init_adapt_state(config: ml_collections.ConfigDict, source_params: dict, see
   seed = config.seed if seed is None else seed
   k_run = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
   critic = clip_critic(init_params(config, seed + 1, host_init)["critic"], config.adapt.clip)
-  g = jax.tree.map(jnp.asarray, source_params["generator"])
-  c = jax.tree.map(jnp.asarray, source_params["classifier"])
+  # Copies: train steps donate the state, which must not free the caller's arrays.
+  g = jax.tree.map(jnp.array, source_params["generator"])
+  c = jax.tree.map(jnp.array, source_params["classifier"])
   return AdaptState(step=jnp.zeros((), jnp.int32), critic_step=jnp.zeros((), jnp.int32),
                     generator=g, critic=critic, classifier=c,
                     generator_opt=generator_optimizer(config).init(g),

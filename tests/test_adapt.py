@@ -1,0 +1,181 @@
+"""Adversarial adaptation: which params each step changes, clipping, scan == single steps,
+sign convention, generator direction, the loop, exact resume."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from cac_jax import checkpoints
+from cac_jax import synthetic
+from cac_jax.train import adversarial
+from cac_jax.train import sharding
+from cac_jax.train import source
+from cac_jax.train import state as state_lib
+from configs import tiny
+
+
+@pytest.fixture(scope="module")
+def config():
+  c = tiny.get_config()
+  c.adapt.critic_pretrain_steps = 3  # = critic_steps: the loop reuses one compiled scan
+  c.adapt.num_generator_steps = 2
+  c.adapt.checkpoint_every = 1
+  return c
+
+
+@pytest.fixture(scope="module")
+def mesh():
+  return sharding.data_mesh()
+
+
+@pytest.fixture(scope="module")
+def data(config):
+  return synthetic.SyntheticData(config, seed=1)
+
+
+@pytest.fixture(scope="module")
+def steps(config, mesh):
+  """The jitted steps `adapt` itself runs (shared compile cache)."""
+  critic = source.cached_step("critic", adversarial.make_critic_steps, config, mesh, batch_axis=2)
+  generator = source.cached_step("generator", adversarial.make_generator_step, config, mesh)
+  return critic, generator
+
+
+def fresh_state(config, mesh):
+  return sharding.replicate(state_lib.init_adapt_state(config, state_lib.init_params(config, 0)), mesh)
+
+
+def critic_batches(data, mesh, first, n):
+  b = {"source_views": np.stack([data.source_critic(first + i)["views"] for i in range(n)]),
+       "target_views": np.stack([data.target_critic(first + i)["views"] for i in range(n)])}
+  return sharding.shard_batch(b, mesh, batch_axis=2)
+
+
+def generator_batch(data, mesh, step):
+  s = data.source(step)
+  b = {"source_views": s["views"], "source_labels": s["labels"], "target_views": data.target_generator(step)["views"]}
+  return sharding.shard_batch(b, mesh)
+
+
+def host(tree):
+  return jax.tree.map(np.asarray, jax.device_get(tree))
+
+
+def same(a, b):
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def within_clip(params, clip):
+  return all(np.abs(x).max() <= clip for x in jax.tree.leaves(params))
+
+
+def test_critic_steps_change_only_the_critic_and_clip(config, mesh, data, steps):
+  critic_fn, _ = steps
+  state = fresh_state(config, mesh)
+  before = host(state)
+  assert within_clip(before.critic, config.adapt.clip)
+  state, m = critic_fn(state, critic_batches(data, mesh, 0, 3))
+  after = host(state)
+  assert same(after.generator, before.generator) and same(after.classifier, before.classifier)
+  assert same(after.generator_opt, before.generator_opt)
+  assert not same(after.critic, before.critic)
+  assert within_clip(after.critic, config.adapt.clip)
+  # LayerNorm scales start at 1 and must be clipped too.
+  assert np.abs(after.critic["norm0"]["scale"]).max() <= config.adapt.clip
+  assert int(after.critic_step) == 3 and int(after.step) == 0
+  assert set(m) >= {"critic_loss", "wasserstein"}
+  np.testing.assert_allclose(m["wasserstein"], -m["critic_loss"])
+
+
+def test_scan_of_n_equals_n_single_steps(config, mesh, data, steps):
+  critic_fn, _ = steps
+  single = source.jit_step(adversarial.make_critic_steps(config), mesh, batch_axis=2)
+  a = fresh_state(config, mesh)
+  b = fresh_state(config, mesh)
+  a, _ = critic_fn(a, critic_batches(data, mesh, 0, 3))
+  for i in range(3):
+    b, _ = single(b, critic_batches(data, mesh, i, 1))
+  ha, hb = host(a), host(b)
+  assert int(ha.critic_step) == int(hb.critic_step) == 3
+  for x, y in zip(jax.tree.leaves((ha.critic, ha.critic_opt)), jax.tree.leaves((hb.critic, hb.critic_opt))):
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+
+
+def test_critic_loss_sign_convention(config):
+  """L_D = mean D(target) - mean D(source): a critic that scores source high has L_D < 0."""
+  d = state_lib.init_params(config, 0)["critic"]
+  feats = jnp.ones((2, 15, 15, 24))
+  d_model = __import__("cac_jax.models", fromlist=["build"]).build(config)[3]
+  score = lambda f: d_model.apply({"params": d}, f)
+  src, tgt = feats, -feats
+  loss, m = adversarial.critic_loss(d, src, tgt, config)
+  np.testing.assert_allclose(loss, score(tgt).mean() - score(src).mean(), rtol=1e-6)
+  np.testing.assert_allclose(m["wasserstein"], score(src).mean() - score(tgt).mean(), rtol=1e-6)
+
+
+def test_critic_learns_to_score_source_high_and_generator_raises_target_score(config, mesh, data, steps):
+  critic_fn, generator_fn = steps
+  g_model, _, _, d_model = __import__("cac_jax.models", fromlist=["build"]).build(config)
+  state = fresh_state(config, mesh)
+  for r in range(4):
+    state, m = critic_fn(state, critic_batches(data, mesh, 3 * r, 3))
+  h = host(state)
+  held_out = critic_batches(data, mesh, 1000, 1)
+  score = lambda gp, views: float(d_model.apply({"params": h.critic}, g_model.apply({"params": gp}, views)).mean())
+  assert float(m["wasserstein"]) > 0  # critic separates the domains with source high
+  assert score(h.generator, held_out["source_views"][0]) > score(h.generator, held_out["target_views"][0])
+  batch = generator_batch(data, mesh, 0)
+  target_views = np.asarray(jax.device_get(batch["target_views"]))
+  before = score(h.generator, target_views)
+  # The full generator step (alpha = 2) changes only G.
+  state, gm = generator_fn(state, batch)
+  after_state = host(state)
+  assert same(after_state.critic, h.critic) and same(after_state.classifier, h.classifier)
+  assert same(after_state.critic_opt, h.critic_opt)
+  assert not same(after_state.generator, h.generator)
+  assert int(after_state.step) == 1
+  assert set(gm) >= {"generator_adversarial_loss", "source_ce", "source_accuracy"}
+  assert generator_fn._cache_size() == 1 and critic_fn._cache_size() == 1  # traced once per shape
+  # Adversarial direction (alpha = 0 isolates it: C is untrained here, so its CE would
+  # dominate): generator steps against this FIXED critic raise its score on target features.
+  adversarial_only = config.copy_and_resolve_references()
+  adversarial_only.adapt.alpha = 0.0
+  step = source.jit_step(adversarial.make_generator_step(adversarial_only), mesh)
+  state = sharding.replicate(h, mesh)
+  for _ in range(3):
+    state, _ = step(state, batch)
+  assert same(host(state).critic, h.critic)
+  assert score(host(state).generator, target_views) > before
+
+
+def test_schedule(config):
+  c = config.copy_and_resolve_references()
+  c.adapt.critic_steps, c.adapt.critic_steps_later, c.adapt.change_at = 20, 5, 10
+  assert [adversarial.critic_steps_at(c, j) for j in (0, 9, 10, 50)] == [20, 20, 5, 5]
+  c.adapt.critic_steps_later = 0
+  assert adversarial.critic_steps_at(c, 50) == 20
+
+
+def test_adapt_loop_resumes_exactly_and_exports(config, tmp_path):
+  source_params = state_lib.init_params(config, 0)
+  one = config.copy_and_resolve_references()
+  one.adapt.num_generator_steps = 1
+  interrupted = str(tmp_path / "interrupted")
+  adversarial.adapt(one, interrupted, source_params)
+  resumed = adversarial.adapt(config, interrupted, source_params, resume=True)
+  straight = adversarial.adapt(config, str(tmp_path / "straight"), source_params)
+  assert int(resumed.step) == int(straight.step) == 2
+  assert int(straight.critic_step) == 3 + 2 * 3
+  assert same(host(resumed), host(straight))
+  params, cfg = checkpoints.load_inference(str(tmp_path / "straight" / "export"))
+  assert same(params["generator"], host(straight.generator))
+  lines = [json.loads(l) for l in open(tmp_path / "straight" / "metrics.jsonl")]
+  train_lines = [l for l in lines if "wasserstein" in l]
+  assert [l["step"] for l in train_lines] == [1, 2]
+  assert {"critic_loss", "generator_adversarial_loss", "source_ce", "source_accuracy"} <= set(train_lines[0])
+  assert any("pretrain/wasserstein" in l for l in lines)
+  assert sorted(os.listdir(tmp_path / "straight" / "checkpoints")) == ["0", "1", "2"]
