@@ -97,6 +97,24 @@ def test_choose_shapes_cover_and_bound():
   assert (shapes % 16 == 0).all()
 
 
+def test_split_boxes():
+  rows = np.array([0, 1, 2, 200, 201, 5])
+  cols = np.array([0, 2, 1, 250, 251, 3])
+  boxes = infer.split_boxes(rows, cols, 130)
+  assert sorted(np.concatenate(boxes).tolist()) == list(range(6))
+  assert len(boxes) == 2  # two clusters far apart (> margin): separate boxes are cheaper
+  assert len(infer.split_boxes(rows, cols, 1000)) == 1  # huge margin: one bounding box
+
+
+def test_single_bounding_box_mode_matches(setup):
+  config, params, hu = setup
+  rng = np.random.RandomState(4)
+  cand = rng.rand(*hu.shape) < 0.01
+  a = infer.predict_candidates(params, config, hu, cand, split=False)
+  b = infer.predict_candidates(params, config, hu, cand, split=True)
+  np.testing.assert_allclose(a.logits, b.logits, rtol=1e-4, atol=1e-5)
+
+
 def test_compile_count_bounded_for_varied_volumes(setup):
   config, params, _ = setup
   rng = np.random.RandomState(3)

@@ -1,0 +1,196 @@
+r"""Benchmark whole-scan inference: ROI-restricted dense (cac_jax.infer) vs the naive reference.
+
+A synthetic CCTA-like volume at working spacing (body, lungs, heart with contrast-filled
+chambers, a bright aorta, spine, a few coronary calcifications; Gaussian noise), candidates =
+voxels >= aorta mean + 3 SD inside the heart mask dilated by 10 mm. For each config, each
+method runs in a fresh subprocess (clean peak RSS) on the same random weights; prints seconds
+per scan, peak RSS and whether the labels at candidates are identical.
+
+  python -m launch.benchmark_infer --configs=tiny,paper --naive_slices=12
+
+--naive_slices=N (N > 0) runs the naive method's towers on only N slices per orientation
+(the slices through N random candidates, so labels there can still be compared) and
+extrapolates its tower time linearly to all slices (the classifier still runs on every
+voxel, and the full float16 feature volume is still allocated, so its memory is real).
+"""
+
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app
+from absl import flags
+
+_CONFIGS = flags.DEFINE_list("configs", ["tiny", "paper"], "Configs to benchmark (configs/<name>.py).")
+_SHAPE = flags.DEFINE_list("shape", ["80", "310", "310"], "Volume (z, y, x) at working spacing.")
+_SEED = flags.DEFINE_integer("seed", 0, "Seed for the volume and the random weights.")
+_NAIVE_SLICES = flags.DEFINE_integer("naive_slices", 0, "0: full naive run; N: N slices per view, extrapolated.")
+_CACHE = flags.DEFINE_string("compilation_cache", "", "If set: also time a ROI run in a fresh process with this "
+                             "persistent compilation cache already filled (infer.enable_compilation_cache).")
+_CONV_IMPL = flags.DEFINE_string("conv_impl", "auto", "cac_jax.infer conv formulation for the ROI method.")
+_SLAB = flags.DEFINE_integer("slab", 0, "Slices per device call for the ROI method (0: library default).")
+_WORKER = flags.DEFINE_string("worker", "", "Internal: run one method ('roi' or 'naive') and print JSON.")
+_CONFIG = flags.DEFINE_string("config", "tiny", "Internal: config of the worker.")
+_OUT = flags.DEFINE_string("out", "", "Internal: .npy path for the worker's labels at candidates.")
+
+
+def _ccta_volume(shape, seed, spacing=(1.5, 0.66, 0.66)):
+  """Synthetic CCTA-like (z, y, x) HU volume and its candidate mask (benchmark input only).
+
+  Body ellipse (40 HU) with lungs (-850), spine (700), heart ellipsoid (myocardium 60 HU,
+  left chambers 380, right chambers 250), ascending/descending aorta (420 HU), eight coronary
+  calcifications (600-1000 HU, 1-3 voxels radius) along the atrioventricular groove; noise
+  SD 30 HU. Candidates: HU >= aorta mean + 3 SD inside the heart dilated by 10 mm.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  rng = np.random.RandomState(seed)
+  nz, ny, nx = shape
+  z, y, x = np.ogrid[:nz, :ny, :nx]
+  mm = lambda a, b, c: (z * spacing[0] - a, y * spacing[1] - b, x * spacing[2] - c)  # noqa: E731
+  cz, cy, cx = nz * spacing[0] / 2, ny * spacing[1] / 2, nx * spacing[2] / 2
+  hu = np.full(shape, -1000.0, np.float32)
+  dz, dy, dx = mm(cz, cy, cx)
+  hu[np.broadcast_to((dy / (0.42 * ny * spacing[1])) ** 2 + (dx / (0.48 * nx * spacing[2])) ** 2 <= 1, shape)] = 40
+  for side in (-1, 1):
+    dz, dy, dx = mm(cz, cy - 10, cx + side * 0.24 * nx * spacing[2])
+    hu[np.broadcast_to((dy / 55) ** 2 + (dx / 40) ** 2 <= 1, shape)] = -850
+  dz, dy, dx = mm(cz, cy + 0.33 * ny * spacing[1], cx)
+  hu[np.broadcast_to(dy ** 2 + dx ** 2 <= 14 ** 2, shape)] = 700  # vertebra
+  hz, hy, hx = cz + 10, cy - 12, cx - 8
+  dz, dy, dx = mm(hz, hy, hx)
+  rad = (55.0, 50.0, 62.0)
+  r2 = (dz / rad[0]) ** 2 + (dy / rad[1]) ** 2 + (dx / rad[2]) ** 2
+  heart = r2 <= 1
+  hu[heart] = 60
+  dz, dy, dx = mm(hz, hy + 8, hx + 15)
+  hu[heart & ((dz / 40) ** 2 + (dy / 30) ** 2 + (dx / 30) ** 2 <= 1)] = 380  # left chambers
+  dz, dy, dx = mm(hz, hy - 15, hx - 25)
+  hu[heart & ((dz / 40) ** 2 + (dy / 25) ** 2 + (dx / 25) ** 2 <= 1)] = 250  # right chambers
+  aorta = np.zeros(shape, bool)
+  for (ay, ax), zmax in (((cy - 10, cx + 5), cz + 5), ((cy + 0.22 * ny * spacing[1], cx + 18), nz * spacing[0])):
+    dz, dy, dx = mm(0, ay, ax)
+    aorta |= np.broadcast_to((dy ** 2 + dx ** 2 <= 14 ** 2) & (dz <= zmax), shape)
+  hu[aorta] = 420
+  for _ in range(8):  # calcifications on the AV groove (an ellipse around the heart's waist)
+    t = rng.uniform(0, 2 * np.pi)
+    p = (hz + rng.uniform(-20, 20), hy + 0.85 * rad[1] * np.sin(t), hx + 0.85 * rad[2] * np.cos(t))
+    dz, dy, dx = mm(*p)
+    hu[(dz ** 2 + dy ** 2 + dx ** 2) <= rng.uniform(0.7, 2.0) ** 2] = rng.uniform(600, 1000)
+  hu += rng.normal(0, 30, shape).astype(np.float32)
+  vals = hu[aorta]
+  threshold = vals.mean() + 3 * vals.std()
+  dil = r2 <= ((1 + 10 / min(rad)) ** 2)  # ~10 mm dilation of the ellipsoid
+  return hu, (hu >= threshold) & dil
+
+
+def _worker():
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from cac_jax import infer, models  # pylint: disable=g-import-not-at-top
+  import importlib  # pylint: disable=g-import-not-at-top
+  config = importlib.import_module(f"configs.{_CONFIG.value}").get_config()
+  shape = tuple(int(s) for s in _SHAPE.value)
+  hu, cand = _ccta_volume(shape, seed=_SEED.value)
+  params = models.init_params(config, jax.random.PRNGKey(_SEED.value))
+  params = {"generator": params["generator"], "classifier": params["classifier"]}
+  rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  res = {"candidates": int(cand.sum()), "shape": shape, "rss_before_mb": rss0}
+  coords = np.argwhere(cand)
+  if _WORKER.value == "roi":
+    if _CACHE.value:
+      infer.enable_compilation_cache(_CACHE.value)
+    kw = {"conv_impl": _CONV_IMPL.value}
+    if _SLAB.value:
+      kw["slab"] = _SLAB.value
+    t = time.perf_counter()
+    pred = infer.predict_candidates(params, config, hu, cand, **kw)
+    res["cold_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    pred = infer.predict_candidates(params, config, hu, cand, **kw)
+    res["warm_s"] = time.perf_counter() - t
+    res["stats"] = {k: v for k, v in pred.stats.items()}
+    res["compiles"] = dict(infer.TRACE_COUNTS)
+    labels = pred.classes
+    valid = np.ones(len(coords), bool)
+  else:
+    slices = None
+    if _NAIVE_SLICES.value > 0:
+      rng = np.random.RandomState(_SEED.value)
+      pick = coords[rng.choice(len(coords), min(len(coords), _NAIVE_SLICES.value), replace=False)]
+      slices = {v: np.unique(pick[:, a]) for a, v in enumerate(models.VIEWS)}
+    t = time.perf_counter()
+    vol, st = infer.predict_naive(params, config, hu, cand, slices=slices, return_stats=True)
+    res["measured_s"] = time.perf_counter() - t
+    towers_full = sum(st["view_s"][v] * st["slices_total"][v] / max(1, st["slices_computed"][v])
+                      for v in models.VIEWS)
+    res["extrapolated_s"] = res["measured_s"] - st["towers_s"] + towers_full
+    res["stats"] = st
+    labels = vol[tuple(coords.T)]
+    if slices is None:
+      valid = np.ones(len(coords), bool)
+    else:
+      valid = np.all([np.isin(coords[:, a], slices[v]) for a, v in enumerate(models.VIEWS)], axis=0)
+  np.save(_OUT.value, np.where(valid, labels, -1).astype(np.int32))
+  res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  print("RESULT " + json.dumps(res, default=str))
+
+
+def _run(method, config, out):
+  args = [sys.executable, "-m", "launch.benchmark_infer", f"--worker={method}", f"--config={config}", f"--out={out}",
+          f"--shape={','.join(_SHAPE.value)}", f"--seed={_SEED.value}", f"--naive_slices={_NAIVE_SLICES.value}",
+          f"--conv_impl={_CONV_IMPL.value}", f"--slab={_SLAB.value}"]
+  if method == "roi-cached":
+    args[3] = "--worker=roi"
+    args.append(f"--compilation_cache={_CACHE.value}")
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  proc = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True)
+  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
+  if proc.returncode != 0 or not lines:
+    raise RuntimeError(f"{method}/{config} failed:\n{proc.stderr[-3000:]}")
+  return json.loads(lines[-1][len("RESULT "):])
+
+
+def main(argv):
+  del argv
+  if _WORKER.value:
+    _worker()
+    return
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  with tempfile.TemporaryDirectory() as tmp:
+    for config in _CONFIGS.value:
+      roi = _run("roi", config, os.path.join(tmp, "roi.npy"))
+      cached = None
+      if _CACHE.value:
+        _run("roi-cached", config, os.path.join(tmp, "roi.npy"))  # fills the cache
+        cached = _run("roi-cached", config, os.path.join(tmp, "roi.npy"))
+      naive = _run("naive", config, os.path.join(tmp, "naive.npy"))
+      a, b = np.load(os.path.join(tmp, "roi.npy")), np.load(os.path.join(tmp, "naive.npy"))
+      checked = b >= 0
+      same = int((a[checked] == b[checked]).sum())
+      naive_s = naive["extrapolated_s"]
+      st = roi["stats"]
+      print(f"== config {config}: volume {tuple(roi['shape'])}, {roi['candidates']} candidates")
+      print(f"  ROI   : {roi['warm_s']:.2f} s/scan warm ({roi['cold_s']:.2f} s cold incl. "
+            f"{roi['compiles']['tower']} tower compiles), peak RSS {roi['peak_rss_mb']:.0f} MB "
+            f"(after setup {roi['rss_before_mb']:.0f} MB); slices/view {st['slices']}, shapes {st['shapes']}, "
+            f"tower calls {st['tower_calls']}, tower px {st['tower_pixels']/1e6:.1f} M")
+      if cached:
+        print(f"  ROI with a filled persistent compilation cache, fresh process: {cached['cold_s']:.2f} s first call")
+      kind = ("measured" if _NAIVE_SLICES.value <= 0 else
+              f"EXTRAPOLATED from {naive['stats']['slices_computed']} of {naive['stats']['slices_total']} slices "
+              f"(measured {naive['measured_s']:.1f} s)")
+      print(f"  naive : {naive_s:.1f} s/scan ({kind}), peak RSS {naive['peak_rss_mb']:.0f} MB")
+      print(f"  speed-up (naive / ROI warm): {naive_s / roi['warm_s']:.1f}x, (naive / ROI cold): "
+            f"{naive_s / roi['cold_s']:.1f}x")
+      print(f"  labels identical at {same}/{int(checked.sum())} compared candidates "
+            f"({'all' if checked.all() else 'those whose 3 slices the naive run computed'})")
+      sys.stdout.flush()
+
+
+if __name__ == "__main__":
+  app.run(main)
