@@ -12,10 +12,10 @@ state resumes from, so a stream that is a pure function of (seed, step) — like
   target_critic   target batches {"views"} for the critic
   target_generator target batches {"views"} for the generator step
 
-Iterators (e.g. `PatchSampler.source_batches()`) and objects with argument-free methods
-(`PatchSampler.source_batch`) are adapted by `as_stream`; such streams ignore the step, so
-a resumed run is reproducible (the sampler is re-seeded from (seed, start step)) but not
-identical to the uninterrupted one.
+`sampler_streams` builds them over `cac_jax.sampling.PatchSampler` (batch i of a sampler
+stream is a pure function of (seed, i), so resuming is exact there too). Plain iterators and
+argument-free callables are adapted by `as_stream`; those ignore the step, so a run resumed
+on them sees other batches than the uninterrupted one.
 """
 
 from __future__ import annotations
@@ -61,29 +61,42 @@ def as_streams(data: Any) -> Streams:
   return Streams(**{f: as_stream(getattr(data, f)) if getattr(data, f, None) is not None else None for f in fields})
 
 
-class ReseedingSampler:
-  """Step-stream over a sampler that only offers "next batch": re-created at the first step.
+class IndexedStream:
+  """`stream(step)` over an indexed batch source, prefetching while steps run in order.
 
   Args:
-    make: `make(seed) -> sampler` (e.g. `lambda s: PatchSampler(cases, config, s)`).
-    method: name of the sampler's argument-free batch method ("source_batch", ...).
-    seed: base seed; the sampler is built with seed + 1_000_003 * first_step, so a run
-      resumed at step k is reproducible.
+    batches: `batches(start) -> iterator` over batches start, start + 1, ... (e.g.
+      `PatchSampler.source_batches`); a fresh iterator is started whenever the requested step
+      is not the next one (first call, resume), the old one is closed.
+    offset: index of step 0 (lets two streams share one sampler without sharing batches).
+  Batch `step` is batch `offset + step` of the source: resuming is exact.
   """
 
-  def __init__(self, make: Callable[[int], Any], method: str, seed: int):
-    self._make, self._method, self._seed = make, method, seed
-    self._sampler, self._next = None, None
+  def __init__(self, batches: Callable[[int], Iterator[Batch]], offset: int = 0):
+    self._batches, self._offset = batches, int(offset)
+    self._it, self._next = None, None
 
   def __call__(self, step: int) -> Batch:
-    if self._sampler is None or step != self._next:
-      self._sampler = self._make(self._seed + 1_000_003 * int(step))
+    if self._it is None or step != self._next:
+      self.close()
+      self._it = self._batches(self._offset + int(step))
     self._next = int(step) + 1
-    return getattr(self._sampler, self._method)()
+    return next(self._it)
+
+  def close(self):
+    if self._it is not None and hasattr(self._it, "close"):
+      self._it.close()
+    self._it = None
+
+
+TARGET_GENERATOR_OFFSET = 1 << 40  # generator steps read target batches far from the critic's
 
 
 def sampler_streams(source_cases, target_cases, config, seed: int) -> Streams:
   """Streams over `cac_jax.sampling.PatchSampler`s (imported lazily) for real data.
+
+  Source batch j, source critic batch i and target critic batch i are batches j / i of
+  their sampler streams; the generator's target batch j is target critic batch 2**40 + j.
 
   Args:
     source_cases: labelled source-domain cases (`cac_jax.manifest.load_cases`).
@@ -91,14 +104,38 @@ def sampler_streams(source_cases, target_cases, config, seed: int) -> Streams:
   """
   from cac_jax import sampling  # pylint: disable=g-import-not-at-top
 
-  def make(cases):
-    return lambda s: sampling.PatchSampler(cases, config, s)
-
-  src = make(source_cases)
-  streams = dict(source=ReseedingSampler(src, "source_batch", seed),
-                 source_critic=ReseedingSampler(src, "critic_batch", seed + 1))
+  src = sampling.PatchSampler(source_cases, config, seed)
+  streams = dict(source=IndexedStream(lambda i: src.source_batches(start=i)),
+                 source_critic=IndexedStream(lambda i: src.critic_batches(start=i)))
   if target_cases is not None:
-    tgt = make(target_cases)
-    streams.update(target_critic=ReseedingSampler(tgt, "critic_batch", seed + 2),
-                   target_generator=ReseedingSampler(tgt, "critic_batch", seed + 3))
+    tgt = sampling.PatchSampler(target_cases, config, seed + 1)
+    streams.update(target_critic=IndexedStream(lambda i: tgt.critic_batches(start=i)),
+                   target_generator=IndexedStream(lambda i: tgt.critic_batches(start=i),
+                                                  offset=TARGET_GENERATOR_OFFSET))
   return Streams(**streams)
+
+
+def manifest_streams(config, source_manifest: str, target_manifest: str | None = None, *, split: str | None = "train",
+                     source_domain: str | None = "ncct", target_domain: str | None = "ccta",
+                     seed: int | None = None) -> Streams:
+  """`sampler_streams` over the cases of data-set manifests (`cac_jax.manifest.load_cases`).
+
+  Args:
+    config: full config.
+    source_manifest: CSV of the labelled source domain.
+    target_manifest: CSV of the target domain (adaptation only).
+    split: keep rows of this split (None: all).
+    source_domain, target_domain: keep rows of this domain (None: all).
+    seed: default `config.seed`.
+  """
+  from cac_jax import manifest  # pylint: disable=g-import-not-at-top
+
+  source_cases = manifest.load_cases(source_manifest, config, split=split, domain=source_domain)
+  if not source_cases:
+    raise ValueError(f"{source_manifest}: no cases with split={split!r}, domain={source_domain!r}")
+  target_cases = None
+  if target_manifest is not None:
+    target_cases = manifest.load_cases(target_manifest, config, split=split, domain=target_domain)
+    if not target_cases:
+      raise ValueError(f"{target_manifest}: no cases with split={split!r}, domain={target_domain!r}")
+  return sampler_streams(source_cases, target_cases, config, config.seed if seed is None else seed)

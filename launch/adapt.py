@@ -1,0 +1,49 @@
+r"""Unsupervised adaptation of the source model to the target domain (WGAN critic).
+
+  python -m launch.adapt --config configs/tiny.py --workdir /tmp/adapt \
+      --source_checkpoint /tmp/src/export [--source_manifest A.csv --target_manifest B.csv] [--resume]
+
+Without manifests it adapts on `cac_jax.synthetic` patches. The network sizes of --config
+must match the source checkpoint's. Writes checkpoints, metrics.jsonl, TensorBoard events
+and the adapted inference export (WORKDIR/export).
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from cac_jax import checkpoints
+from cac_jax import train
+from cac_jax.train import data as data_lib
+from launch import train_flags as common
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/paper.py, configs/tiny.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the export go here.")
+_SOURCE_CHECKPOINT = flags.DEFINE_string("source_checkpoint", None, "Exported source model (train_source's WORKDIR/export).")
+_RESUME = flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir.")
+_SOURCE_MANIFEST = flags.DEFINE_string("source_manifest", None, "Labelled source manifest CSV (default: synthetic).")
+_TARGET_MANIFEST = flags.DEFINE_string("target_manifest", None, "Target-domain manifest CSV (default: synthetic).")
+flags.mark_flags_as_required(["config", "workdir", "source_checkpoint"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  common.init_runtime()
+  config = _CONFIG.value
+  params, source_config = checkpoints.load_inference(_SOURCE_CHECKPOINT.value)
+  if source_config.model.to_json() != config.model.to_json():
+    raise app.UsageError(f"--config model section differs from the source checkpoint's "
+                         f"({_SOURCE_CHECKPOINT.value}/config.json)")
+  if bool(_SOURCE_MANIFEST.value) != bool(_TARGET_MANIFEST.value):
+    raise app.UsageError("give both --source_manifest and --target_manifest, or neither (synthetic data)")
+  data = None
+  if _SOURCE_MANIFEST.value:
+    data = data_lib.manifest_streams(config, _SOURCE_MANIFEST.value, _TARGET_MANIFEST.value, split=common.split())
+  state = train.adapt(config, _WORKDIR.value, params, data, resume=_RESUME.value)
+  logging.info("adaptation done at generator step %d; export in %s/export", int(state.step), _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

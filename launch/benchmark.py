@@ -1,0 +1,144 @@
+r"""Throughput of the training steps on this machine, and FLOPs per patch.
+
+  python -m launch.benchmark [--configs=tiny,paper] [--iters=3] [--critic_n=2]
+
+For each config: patches/s of the source step (B source patches), the critic scan (n
+updates of Bc source + Bc target patches each) and the generator step (B source + Bc
+target patches), timed over --iters calls after one warm-up call (block_until_ready).
+FLOPs: XLA's compiled cost_analysis of each step, and an analytic count of the network
+forward pass per patch (multiply-add = 2 FLOPs), for comparison with the machine's peak.
+"""
+
+import time
+
+import jax
+import numpy as np
+from absl import app
+from absl import flags
+
+from cac_jax import models
+from cac_jax import synthetic
+from cac_jax.train import adversarial
+from cac_jax.train import sharding
+from cac_jax.train import source
+from cac_jax.train import state as state_lib
+from configs import paper, tiny
+
+_CONFIGS = flags.DEFINE_list("configs", ["tiny", "paper"], "Configs to benchmark.")
+_ITERS = flags.DEFINE_integer("iters", 3, "Timed calls per step after one warm-up call.")
+_CRITIC_N = flags.DEFINE_integer("critic_n", 2, "Critic updates per timed critic scan.")
+_PEAK = flags.DEFINE_float("peak_gflops", 182.0, "Machine's fp32 matmul peak (GFLOP/s) for the ratio.")
+
+
+def _conv_flops(h: int, w: int, k: int, cin: int, cout: int, dilation: int = 1) -> tuple[int, int, int]:
+  """(FLOPs, out_h, out_w) of a VALID k x k conv."""
+  span = dilation * (k - 1)
+  oh, ow = h - span, w - span
+  return 2 * k * k * cin * cout * oh * ow, oh, ow
+
+
+def analytic_flops(config) -> dict[str, float]:
+  """Forward FLOPs per patch: G (three towers), C at the centre, heads, critic D."""
+  m = config.model
+  p = models.patch_size(config)
+  tower, h, cin = 0, p, 1
+  for d in m.dilations:
+    f, h, _ = _conv_flops(h, h, 3, cin, m.tower_width, d)
+    tower, cin = tower + f, m.tower_width
+  f, h, _ = _conv_flops(h, h, 3, cin, m.tower_width)
+  tower += f
+  f, h, _ = _conv_flops(h, h, 1, m.tower_width, m.tower_features)
+  tower += f
+  feats = 3 * m.tower_features
+  classifier = 2 * (feats * m.classifier_hidden + m.classifier_hidden * m.num_classes)
+  heads = 2 * h * h * feats * m.num_classes
+  critic, ch, cin = 0, h, feats
+  for c in m.critic_channels:
+    f, ch, _ = _conv_flops(ch, ch, 3, cin, c)
+    critic, cin = critic + f, c
+  critic += 2 * ch * ch * cin
+  return {"generator": 3 * tower, "classifier": classifier, "heads": heads, "critic": critic}
+
+
+def _compile(jitted, *args):
+  """-> (compiled step, XLA's FLOPs per call, compile seconds)."""
+  t0 = time.perf_counter()
+  compiled = jitted.lower(*args).compile()
+  seconds = time.perf_counter() - t0
+  try:
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    flops = float(cost.get("flops", float("nan")))
+  except Exception:  # pylint: disable=broad-except
+    flops = float("nan")
+  return compiled, flops, seconds
+
+
+def _time(fn, state, batch, iters: int):
+  state, m = fn(state, batch)  # warm-up
+  jax.block_until_ready((state, m))
+  t0 = time.perf_counter()
+  for _ in range(iters):
+    state, m = fn(state, batch)
+  jax.block_until_ready((state, m))
+  return state, (time.perf_counter() - t0) / iters
+
+
+def bench(name: str, config, iters: int, critic_n: int) -> None:
+  mesh = sharding.data_mesh()
+  data = synthetic.SyntheticData(config, 0)
+  b = config.sampling.source_threshold + config.sampling.source_uniform + config.sampling.source_labelled
+  bc = config.sampling.critic_batch
+  fl = analytic_flops(config)
+  print(f"\n== {name}: patch {models.patch_size(config)}, output {config.data.output_size}, "
+        f"source batch {b}, critic batch {bc} per domain, devices {mesh.size} ({jax.devices()[0].platform})")
+  print("analytic forward GFLOP/patch: " + ", ".join(f"{k} {v / 1e9:.4f}" for k, v in fl.items()))
+
+  rows = []
+  state = sharding.replicate(state_lib.init_source_state(config), mesh)
+  batch = sharding.shard_batch(data.source(0), mesh)
+  fn = source.jit_step(source.make_source_step(config), mesh)
+  fn, flops, comp = _compile(fn, state, batch)
+  state, dt = _time(fn, state, batch, iters)
+  rows.append(("source step", b, dt, flops, comp))
+  # Analytic training FLOPs/patch ~ 3 x forward (backward = 2 x forward) of G + heads + C.
+  analytic_train = {"source step": 3 * (fl["generator"] + fl["heads"]) + 3 * fl["classifier"]}
+
+  a = sharding.replicate(state_lib.init_adapt_state(config, state_lib.init_params(config, 0)), mesh)
+  cb = {"source_views": np.stack([data.source_critic(i)["views"] for i in range(critic_n)]),
+        "target_views": np.stack([data.target_critic(i)["views"] for i in range(critic_n)])}
+  cb = sharding.shard_batch(cb, mesh, batch_axis=2)
+  fn = source.jit_step(adversarial.make_critic_steps(config), mesh, batch_axis=2)
+  fn, flops, comp = _compile(fn, a, cb)
+  a, dt = _time(fn, a, cb, iters)
+  rows.append((f"critic scan (n={critic_n})", critic_n * 2 * bc, dt, flops, comp))
+  analytic_train[rows[-1][0]] = fl["generator"] + 3 * fl["critic"]
+
+  s = data.source(0)
+  gb = sharding.shard_batch({"source_views": s["views"], "source_labels": s["labels"],
+                             "target_views": data.target_generator(0)["views"]}, mesh)
+  fn = source.jit_step(adversarial.make_generator_step(config), mesh)
+  fn, flops, comp = _compile(fn, a, gb)
+  a, dt = _time(fn, a, gb, iters)
+  rows.append(("generator step", b + bc, dt, flops, comp))
+  analytic_train["generator step"] = ((b * 3 * (fl["generator"] + fl["classifier"]) + bc * 3 * (fl["generator"] + fl["critic"]))
+                                      / (b + bc))
+
+  print(f"{'step':24s} {'patches':>7s} {'s/call':>8s} {'patches/s':>10s} {'XLA GFLOP/patch':>16s} "
+        f"{'analytic GFLOP/patch':>21s} {'GFLOP/s (XLA)':>14s} {'% peak':>7s} {'compile s':>9s}")
+  for (label, n, dt, flops, comp) in rows:
+    per_patch = flops / n
+    rate = flops / dt / 1e9
+    print(f"{label:24s} {n:7d} {dt:8.3f} {n / dt:10.1f} {per_patch / 1e9:16.4f} "
+          f"{analytic_train[label] / 1e9:21.4f} {rate:14.1f} {100 * rate / _PEAK.value:6.1f}% {comp:9.1f}")
+
+
+def main(argv):
+  del argv
+  configs = {"tiny": tiny.get_config, "paper": paper.get_config}
+  for name in _CONFIGS.value:
+    bench(name, configs[name](), _ITERS.value, _CRITIC_N.value)
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -1,0 +1,39 @@
+r"""Supervised source training of G, C and the deep-supervision heads.
+
+  python -m launch.train_source --config configs/tiny.py --workdir /tmp/src \
+      [--config.source.num_steps=100] [--source_manifest DIR/manifest.csv] [--resume]
+
+Without --source_manifest it trains on `cac_jax.synthetic` patches. Writes checkpoints,
+metrics.jsonl, TensorBoard events and the inference export (WORKDIR/export).
+"""
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from cac_jax import train
+from cac_jax.train import data as data_lib
+from launch import train_flags as common
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/paper.py, configs/tiny.py).")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the export go here.")
+_RESUME = flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir.")
+_SOURCE_MANIFEST = flags.DEFINE_string("source_manifest", None, "Labelled source manifest CSV (default: synthetic).")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments {argv[1:]}")
+  common.init_runtime()
+  config = _CONFIG.value
+  data = None
+  if _SOURCE_MANIFEST.value:
+    data = data_lib.manifest_streams(config, _SOURCE_MANIFEST.value, split=common.split())
+  state = train.train_source(config, _WORKDIR.value, data, resume=_RESUME.value)
+  logging.info("source training done at step %d; export in %s/export", int(state.step), _WORKDIR.value)
+
+
+if __name__ == "__main__":
+  app.run(main)
