@@ -10,7 +10,6 @@ and the adapted inference export (WORKDIR/export).
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from cac_jax import checkpoints
@@ -42,7 +41,7 @@ def main(argv):
   if _SOURCE_MANIFEST.value:
     data = data_lib.manifest_streams(config, _SOURCE_MANIFEST.value, _TARGET_MANIFEST.value, split=common.split())
   state = train.adapt(config, _WORKDIR.value, params, data, resume=_RESUME.value)
-  logging.info("adaptation done at generator step %d; export in %s/export", int(state.step), _WORKDIR.value)
+  print(f"adaptation done at generator step {int(state.step)}; export in {_WORKDIR.value}/export")
 
 
 if __name__ == "__main__":

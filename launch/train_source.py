@@ -9,7 +9,6 @@ metrics.jsonl, TensorBoard events and the inference export (WORKDIR/export).
 
 from absl import app
 from absl import flags
-from absl import logging
 from ml_collections import config_flags
 
 from cac_jax import train
@@ -32,7 +31,7 @@ def main(argv):
   if _SOURCE_MANIFEST.value:
     data = data_lib.manifest_streams(config, _SOURCE_MANIFEST.value, split=common.split())
   state = train.train_source(config, _WORKDIR.value, data, resume=_RESUME.value)
-  logging.info("source training done at step %d; export in %s/export", int(state.step), _WORKDIR.value)
+  print(f"source training done at step {int(state.step)}; export in {_WORKDIR.value}/export")
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ critic updates, then per generator step `critic_steps` critic updates (or
 
 from __future__ import annotations
 
-import logging
+import logging as std_logging
 import os
 from typing import Any, Callable
 
@@ -31,6 +31,7 @@ from cac_jax.train import state as state_lib
 from cac_jax.train import writers
 
 AdaptState = state_lib.AdaptState
+logging = std_logging.getLogger(__name__)
 
 
 def critic_loss(critic_params, source_feats: jax.Array, target_feats: jax.Array, config: ml_collections.ConfigDict):

@@ -7,7 +7,7 @@ Optimiser: Adam with L2 weight decay added to the gradient (`state.source_optimi
 
 from __future__ import annotations
 
-import logging
+import logging as std_logging
 import os
 import time
 from typing import Any, Callable
@@ -25,6 +25,7 @@ from cac_jax.train import state as state_lib
 from cac_jax.train import writers
 
 SourceState = state_lib.SourceState
+logging = std_logging.getLogger(__name__)
 
 
 def centre_labels(labels: jax.Array) -> jax.Array:
