@@ -138,7 +138,8 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
   mesh = mesh or sharding.data_mesh()
   if data is None:
     from cac_jax import synthetic  # pylint: disable=g-import-not-at-top
-    data = synthetic.SyntheticData(config, config.seed)
+    data = data_lib.prefetched(data_lib.as_streams(synthetic.SyntheticData(config, config.seed)),
+                               config.sampling.prefetch)
   streams = data_lib.as_streams(data)
   missing = [k for k, v in vars(streams).items() if v is None]
   if missing:
@@ -195,6 +196,9 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
       checkpoints.save(mgr, done, state)
   writer.close()
   mgr.close()
+  for stream in vars(streams).values():
+    if hasattr(stream, "close"):
+      stream.close()
   checkpoints.export_inference(os.path.join(workdir, "export"),
                                jax.device_get({"generator": state.generator, "classifier": state.classifier}),
                                config)

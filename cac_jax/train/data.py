@@ -20,6 +20,7 @@ on them sees other batches than the uninterrupted one.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import inspect
 from typing import Any, Callable, Iterator
@@ -36,6 +37,10 @@ class Streams:
   source_critic: Stream | None = None
   target_critic: Stream | None = None
   target_generator: Stream | None = None
+
+
+def _members(streams: Streams) -> list:
+  return [getattr(streams, f.name) for f in dataclasses.fields(Streams)]  # no deep copy
 
 
 def as_stream(x: Any) -> Stream:
@@ -56,7 +61,7 @@ def as_stream(x: Any) -> Stream:
 def as_streams(data: Any) -> Streams:
   """`Streams` from a Streams, or an object with source/source_critic/... attributes."""
   if isinstance(data, Streams):
-    return Streams(*(None if s is None else as_stream(s) for s in dataclasses.astuple(data)))
+    return Streams(*(None if s is None else as_stream(s) for s in _members(data)))
   fields = [f.name for f in dataclasses.fields(Streams)]
   return Streams(**{f: as_stream(getattr(data, f)) if getattr(data, f, None) is not None else None for f in fields})
 
@@ -87,6 +92,41 @@ class IndexedStream:
     if self._it is not None and hasattr(self._it, "close"):
       self._it.close()
     self._it = None
+
+
+class Prefetched:
+  """Compute `stream(step + 1 .. step + depth)` in a background thread while step runs.
+
+  For host-side streams that are pure functions of the step (e.g. synthetic data); the
+  batches are the same as without prefetching.
+  """
+
+  def __init__(self, stream: Stream, depth: int = 2):
+    self._stream, self._depth = stream, max(int(depth), 1)
+    self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cac_jax_prefetch")
+    self._futures: dict[int, concurrent.futures.Future] = {}
+
+  def __call__(self, step: int) -> Batch:
+    step = int(step)
+    future = self._futures.pop(step, None)
+    for s in list(self._futures):
+      if not step < s <= step + self._depth:
+        self._futures.pop(s).cancel()
+    for s in range(step + 1, step + 1 + self._depth):
+      if s not in self._futures:
+        self._futures[s] = self._pool.submit(self._stream, s)
+    return future.result() if future is not None else self._stream(step)
+
+  def close(self):
+    for f in self._futures.values():
+      f.cancel()
+    self._futures = {}
+    self._pool.shutdown(wait=False)
+
+
+def prefetched(streams: Streams, depth: int) -> Streams:
+  """Every stream of `streams` wrapped in `Prefetched`."""
+  return Streams(*(None if s is None else Prefetched(s, depth) for s in _members(streams)))
 
 
 TARGET_GENERATOR_OFFSET = 1 << 40  # generator steps read target batches far from the critic's

@@ -141,8 +141,11 @@ def train_source(config: ml_collections.ConfigDict, workdir: str, data: Any = No
   mesh = mesh or sharding.data_mesh()
   if data is None:
     from cac_jax import synthetic  # pylint: disable=g-import-not-at-top
-    data = synthetic.SyntheticData(config, config.seed)
+    data = data_lib.prefetched(data_lib.as_streams(synthetic.SyntheticData(config, config.seed)),
+                               config.sampling.prefetch)
   stream = data_lib.as_streams(data).source if hasattr(data, "source") else data_lib.as_stream(data)
+  if stream is None:
+    raise ValueError("train_source needs a labelled source stream (data.source)")
   cfg = config.source
   mgr = checkpoints.manager(os.path.join(workdir, "checkpoints"))
   state = sharding.replicate(state_lib.init_source_state(config), mesh)
@@ -171,5 +174,7 @@ def train_source(config: ml_collections.ConfigDict, workdir: str, data: Any = No
       checkpoints.save(mgr, done, state)
   writer.close()
   mgr.close()
+  if hasattr(stream, "close"):
+    stream.close()
   checkpoints.export_inference(os.path.join(workdir, "export"), jax.device_get(state.params), config)
   return state
