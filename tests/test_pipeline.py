@@ -1,0 +1,165 @@
+"""Scoring pipeline and the `launch.score` CLI on phantoms (random tiny weights) and real data."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+import warnings
+
+import jax
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from cac_jax import checkpoints, io, labels, models, phantoms, pipeline, postprocess
+from configs import tiny
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def config():
+  return tiny.get_config()
+
+
+@pytest.fixture(scope="module")
+def params(config):
+  p = models.init_params(config, jax.random.key(0))
+  return {"generator": p["generator"], "classifier": p["classifier"]}
+
+
+@pytest.fixture(scope="module")
+def export_dir(tmp_path_factory, params, config):
+  return checkpoints.export_inference(tmp_path_factory.mktemp("ckpt") / "export", params, config)
+
+
+@pytest.fixture(scope="module")
+def ccta_case(config):
+  return phantoms.generate_case("ccta", 3, config)
+
+
+def test_score_scan_ccta_detects_only_candidates(ccta_case, params, config):
+  c = ccta_case
+  res = pipeline.score_scan(c.scan, params, config, domain="ccta", heart_mask=c.heart_mask, aorta_mask=c.aorta_mask,
+                            fp_settings=postprocess.FPReductionSettings(False, False, False))
+  thr = res.report["threshold"]["threshold_hu"]
+  # The ROI comes from the eroded aorta mask: its mean is the iodine lumen, not wall calcium.
+  assert 200 < res.report["threshold"]["mean_hu"] < 700 and thr > res.report["threshold"]["mean_hu"]
+  detected = res.classes > 0
+  assert np.all(c.scan.hu[detected] >= thr)
+  region = postprocess.heart_region(c.heart_mask, c.scan.spacing, config.scoring.heart_dilation_mm)
+  assert not np.any(detected & ~region)
+  assert res.report["num_candidates"] == int(((c.scan.hu >= thr) & region).sum())
+  assert res.report["domain"] == "ccta"
+  json.dumps(res.report)  # serialisable
+
+
+def test_fp_reduction_only_removes_or_grows_within_threshold(ccta_case, params, config):
+  c = ccta_case
+  res = pipeline.score_scan(c.scan, params, config, domain="ccta", heart_mask=c.heart_mask, aorta_mask=c.aorta_mask)
+  thr = res.report["threshold"]["threshold_hu"]
+  assert np.all(c.scan.hu[res.classes > 0] >= thr)
+  # Size limits: no surviving lesion is larger than 500 mm^3.
+  from scipy import ndimage
+  lab, n = ndimage.label(res.classes > 0, structure=postprocess.CONNECTIVITY_6)
+  if n:
+    vols = np.bincount(lab.ravel())[1:] * c.scan.voxel_volume_mm3
+    assert vols.max() <= 500 + 1e-6 and vols.min() >= 1 - 1e-6
+
+
+def test_empty_cases_give_zero_results_with_warnings(ccta_case, params, config):
+  c = ccta_case
+  res = pipeline.score_scan(c.scan, params, config, domain="ccta", heart_mask=np.zeros_like(c.heart_mask),
+                            aorta_mask=c.aorta_mask)
+  assert not res.classes.any() and any("heart" in w for w in res.report["warnings"])
+  flat = c.scan.with_array(np.full(c.scan.shape, 40.0, np.float32))
+  res = pipeline.score_scan(flat, params, config, domain="ncct", heart_mask=c.heart_mask)
+  assert not res.classes.any() and any("no candidate" in w for w in res.report["warnings"])
+  assert res.report["scores"]["total"]["volume_mm3"] == 0
+  res = pipeline.score_scan(flat, params, config, domain="ccta")
+  assert not res.classes.any() and any("aorta" in w for w in res.report["warnings"])
+
+
+def test_working_spacing_resampling_returns_native_grid(params, config):
+  case = phantoms.generate_case("cardiac_ncct", 5, config)
+  # Upsample in-plane by 2: inference runs at working spacing, labels come back on this grid.
+  img = sitk.GetImageFromArray(case.scan.hu)
+  img.SetSpacing(tuple(float(s) for s in case.scan.spacing[::-1]))
+  from cac_jax import preprocess
+  fine = preprocess.resample(case.scan, (case.scan.spacing[0], case.scan.spacing[1] / 2, case.scan.spacing[2] / 2))
+  heart = preprocess.resample_labels(case.heart_mask.astype(np.uint8), case.scan, fine) > 0
+  res = pipeline.score_scan(fine, params, config, domain="ncct", heart_mask=heart)
+  assert res.classes.shape == fine.shape
+  assert np.all(fine.hu[res.raw_classes > 0] >= 130)
+
+
+def _write_case(tmp_path, config):
+  manifest = phantoms.write_dataset(str(tmp_path / "data"), "ccta", 2, 7, config, split="test")
+  from cac_jax import manifest as manifest_lib
+  return manifest, manifest_lib.read_manifest(manifest)
+
+
+def _run(args):
+  return subprocess.run([sys.executable, "-m", "launch.score", *args], cwd=ROOT, capture_output=True, text=True,
+                        timeout=600)
+
+
+def test_score_cli_single_and_manifest(tmp_path, export_dir, config):
+  manifest, rows = _write_case(tmp_path, config)
+  row = rows[0]
+  out = tmp_path / "out"
+  r = _run(["--image", row.image, "--heart_mask", row.heart_mask, "--aorta_mask", row.aorta_mask,
+            "--checkpoint", export_dir, "--output_dir", str(out), "--domain", "auto"])
+  assert r.returncode == 0, r.stderr[-3000:]
+  assert "domain ccta" in r.stdout
+  for f in pipeline.OUTPUT_FILES:
+    assert (out / f).exists(), f
+  report = json.loads((out / "scores.json").read_text())
+  assert report["domain"] == "ccta" and "auto-detected" in " ".join(report["warnings"])
+  assert set(report["threshold"]) >= {"mean_hu", "sd_hu", "threshold_hu", "roi_centre_zyx"}
+  # Labels overlay the input exactly: same geometry, reference encoding only.
+  src, lab = sitk.ReadImage(row.image), sitk.ReadImage(str(out / "calcium_labels.nii.gz"))
+  assert lab.GetSize() == src.GetSize() and np.allclose(lab.GetOrigin(), src.GetOrigin())
+  assert np.allclose(lab.GetDirection(), src.GetDirection()) and np.allclose(lab.GetSpacing(), src.GetSpacing())
+  assert set(np.unique(sitk.GetArrayFromImage(lab))) <= set(labels.CLASS_TO_REFERENCE)
+  # Refuses to overwrite; nothing is changed.
+  before = (out / "scores.json").read_bytes()
+  r = _run(["--image", row.image, "--checkpoint", export_dir, "--output_dir", str(out)])
+  assert r.returncode != 0 and "--overwrite" in r.stderr
+  assert (out / "scores.json").read_bytes() == before
+  # Manifest mode.
+  out2 = tmp_path / "out2"
+  r = _run(["--manifest", manifest, "--checkpoint", export_dir, "--output_dir", str(out2)])
+  assert r.returncode == 0, r.stderr[-3000:]
+  with open(out2 / "scores.csv") as f:
+    got = list(csv.DictReader(f))
+  assert [g["id"] for g in got] == [r.id for r in rows]
+  assert all((out2 / r.id / "calcium_labels.nii.gz").exists() for r in rows)
+
+
+def test_score_cli_bad_inputs(tmp_path, export_dir):
+  r = _run(["--image", str(tmp_path / "missing.nii.gz"), "--checkpoint", export_dir, "--output_dir", str(tmp_path / "o")])
+  assert r.returncode != 0 and "missing.nii.gz" in r.stderr
+  bad = tmp_path / "bad_ckpt"
+  bad.mkdir()
+  (bad / "junk").write_text("x")
+  img = tmp_path / "img.nii.gz"
+  sitk.WriteImage(sitk.GetImageFromArray(np.full((8, 16, 16), 40, np.int16)), str(img))
+  r = _run(["--image", str(img), "--checkpoint", str(bad), "--output_dir", str(tmp_path / "o")])
+  assert r.returncode != 0 and "bad_ckpt" in r.stderr
+  assert not (tmp_path / "o" / "scores.json").exists()
+
+
+def test_real_contrast_ct_scores_in_aortic_lumen(realdata, params, config):
+  scan = io.read_scan(realdata / "contrast_chest_ct_1.nii.gz")
+  heart = io.read_mask(realdata / "contrast_chest_ct_1_heart.nii.gz", scan) > 0
+  pa = io.read_mask(realdata / "contrast_chest_ct_1_pulmonary_artery.nii.gz", scan) > 0
+  res = pipeline.score_scan(scan, params, config, domain="auto", heart_mask=heart)
+  assert res.report["domain"] == "ccta"
+  t = res.report["threshold"]
+  assert 200 < t["mean_hu"] < 700 and t["threshold_hu"] > t["mean_hu"]
+  z, y, x = t["roi_centre_zyx"]
+  assert not pa[z, y, x]
+  assert res.classes.shape == scan.shape
+  assert np.all(scan.hu[res.classes > 0] >= t["threshold_hu"])
