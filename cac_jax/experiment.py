@@ -117,17 +117,28 @@ def train_models(config, manifest_csv: str, workdir: str, log: Callable[[str], N
   return exports
 
 
-def evaluate_model(params, config, cases, fp_reduction: bool) -> list[dict]:
-  """Score each labelled case in memory; returns per-scan `metrics.scan_metrics` dicts."""
-  settings = postprocess.FPReductionSettings.from_config(config.scoring) if fp_reduction else _NO_FP
+def predict_raw(params, config, cases) -> list[tuple[np.ndarray, float]]:
+  """Network classes at candidates (no FP reduction) and the threshold (HU) for each case."""
   out = []
   for case in cases:
     res = pipeline.score_scan(case.scan, params, config, domain=case.domain, heart_mask=case.heart_mask,
-                              aorta_mask=case.aorta_mask, fp_settings=settings)
-    out.append({"id": case.case_id, "metrics": metrics.scan_metrics(case.labels, res.classes, case.scan.spacing),
-                "ref_mm3": float(np.isin(case.labels, labels_lib.CORONARY_CLASSES).sum() * case.scan.voxel_volume_mm3),
-                "pred_mm3": float(np.isin(res.classes, labels_lib.CORONARY_CLASSES).sum() * case.scan.voxel_volume_mm3),
-                "classes": res.classes})
+                              aorta_mask=case.aorta_mask, fp_settings=_NO_FP)
+    out.append((res.classes, float(res.report.get("threshold", {}).get("threshold_hu", np.inf))))
+  return out
+
+
+def evaluate_predictions(config, cases, raw: list[tuple[np.ndarray, float]], fp_reduction: bool) -> list[dict]:
+  """Per-scan metrics of raw predictions, optionally after false-positive reduction."""
+  settings = postprocess.FPReductionSettings.from_config(config.scoring)
+  out = []
+  for case, (classes, thr) in zip(cases, raw):
+    if fp_reduction and np.isfinite(thr):
+      classes = postprocess.reduce_false_positives(classes, case.scan.hu, thr, case.scan.spacing, case.heart_mask, settings)
+    vox = case.scan.voxel_volume_mm3
+    out.append({"id": case.case_id, "metrics": metrics.scan_metrics(case.labels, classes, case.scan.spacing),
+                "ref_mm3": float(np.isin(case.labels, labels_lib.CORONARY_CLASSES).sum() * vox),
+                "pred_mm3": float(np.isin(classes, labels_lib.CORONARY_CLASSES).sum() * vox),
+                "classes": classes})
   return out
 
 
@@ -146,10 +157,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, seed: Optional[int] = N
   exports = train_models(config, manifest_csv, workdir, log)
   tests = {role: _load(manifest_csv, config, role) for role in ("ccta_test", "ncct_test")}
   params = {m: checkpoints.load_inference(d)[0] for m, d in exports.items()}
-  table, per_scan = {}, {}
+  table, per_scan, raw = {}, {}, {}
   log("scoring the test sets")
   for name, role, model, fp in COLUMNS:
-    scans = evaluate_model(params[model], config, tests[role], fp)
+    if (model, role) not in raw:
+      raw[(model, role)] = predict_raw(params[model], config, tests[role])
+    scans = evaluate_predictions(config, tests[role], raw[(model, role)], fp)
     agg = metrics.aggregate([s["metrics"] for s in scans])
     table[name] = {r: {m: _cell(agg[r].per_scan[m]) for m, _ in MEASURES} for r in ROWS}
     per_scan[name] = scans
