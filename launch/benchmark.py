@@ -85,6 +85,20 @@ def _time(fn, state, batch, iters: int):
   return state, (time.perf_counter() - t0) / iters
 
 
+class _Rows(list):
+  """Rows printed as soon as they are appended; analytic counts filled in by the caller."""
+
+  analytic: dict = {}
+
+  def append(self, row):
+    super().append(row)
+    label, n, dt, flops, comp = row
+    rate = flops / dt / 1e9
+    print(f"{label:24s} {n:7d} {dt:8.3f} {n / dt:10.1f} {flops / n / 1e9:16.4f} "
+          f"{self.analytic.get(label, float('nan')) / 1e9:21.4f} {rate:14.1f} {100 * rate / _PEAK.value:6.1f}% "
+          f"{comp:9.1f}", flush=True)
+
+
 def bench(name: str, config, iters: int, critic_n: int) -> None:
   mesh = sharding.data_mesh()
   data = synthetic.SyntheticData(config, 0)
@@ -95,15 +109,22 @@ def bench(name: str, config, iters: int, critic_n: int) -> None:
         f"source batch {b}, critic batch {bc} per domain, devices {mesh.size} ({jax.devices()[0].platform})")
   print("analytic forward GFLOP/patch: " + ", ".join(f"{k} {v / 1e9:.4f}" for k, v in fl.items()))
 
-  rows = []
+  print(f"{'step':24s} {'patches':>7s} {'s/call':>8s} {'patches/s':>10s} {'XLA GFLOP/patch':>16s} "
+        f"{'analytic GFLOP/patch':>21s} {'GFLOP/s (XLA)':>14s} {'% peak':>7s} {'compile s':>9s}", flush=True)
+  rows = _Rows()
+  # Analytic training FLOPs/patch ~ 3 x forward (backward = 2 x forward); the critic scan
+  # runs G forward only; the generator step backpropagates through D into G.
+  rows.analytic = {
+      "source step": 3 * (fl["generator"] + fl["heads"] + fl["classifier"]),
+      f"critic scan (n={critic_n})": fl["generator"] + 3 * fl["critic"],
+      "generator step": (b * 3 * (fl["generator"] + fl["classifier"]) + bc * 3 * (fl["generator"] + fl["critic"])) / (b + bc),
+  }
   state = sharding.replicate(state_lib.init_source_state(config), mesh)
   batch = sharding.shard_batch(data.source(0), mesh)
   fn = source.jit_step(source.make_source_step(config), mesh)
   fn, flops, comp = _compile(fn, state, batch)
   state, dt = _time(fn, state, batch, iters)
   rows.append(("source step", b, dt, flops, comp))
-  # Analytic training FLOPs/patch ~ 3 x forward (backward = 2 x forward) of G + heads + C.
-  analytic_train = {"source step": 3 * (fl["generator"] + fl["heads"]) + 3 * fl["classifier"]}
 
   a = sharding.replicate(state_lib.init_adapt_state(config, state_lib.init_params(config, 0)), mesh)
   cb = {"source_views": np.stack([data.source_critic(i)["views"] for i in range(critic_n)]),
@@ -114,7 +135,6 @@ def bench(name: str, config, iters: int, critic_n: int) -> None:
   flops *= critic_n  # XLA's cost analysis counts a scan (while loop) body once
   a, dt = _time(fn, a, cb, iters)
   rows.append((f"critic scan (n={critic_n})", critic_n * 2 * bc, dt, flops, comp))
-  analytic_train[rows[-1][0]] = fl["generator"] + 3 * fl["critic"]
 
   s = data.source(0)
   gb = sharding.shard_batch({"source_views": s["views"], "source_labels": s["labels"],
@@ -123,17 +143,6 @@ def bench(name: str, config, iters: int, critic_n: int) -> None:
   fn, flops, comp = _compile(fn, a, gb)
   a, dt = _time(fn, a, gb, iters)
   rows.append(("generator step", b + bc, dt, flops, comp))
-  analytic_train["generator step"] = ((b * 3 * (fl["generator"] + fl["classifier"]) + bc * 3 * (fl["generator"] + fl["critic"]))
-                                      / (b + bc))
-
-  print(f"{'step':24s} {'patches':>7s} {'s/call':>8s} {'patches/s':>10s} {'XLA GFLOP/patch':>16s} "
-        f"{'analytic GFLOP/patch':>21s} {'GFLOP/s (XLA)':>14s} {'% peak':>7s} {'compile s':>9s}")
-  for (label, n, dt, flops, comp) in rows:
-    per_patch = flops / n
-    rate = flops / dt / 1e9
-    print(f"{label:24s} {n:7d} {dt:8.3f} {n / dt:10.1f} {per_patch / 1e9:16.4f} "
-          f"{analytic_train[label] / 1e9:21.4f} {rate:14.1f} {100 * rate / _PEAK.value:6.1f}% {comp:9.1f}")
-
 
 def main(argv):
   del argv
