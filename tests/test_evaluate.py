@@ -66,7 +66,7 @@ def _make_dataset(root):
 
 def _run(*args):
   return subprocess.run([sys.executable, "-m", "launch.evaluate", *args], cwd=REPO,
-                        capture_output=True, text=True, timeout=120)
+                        capture_output=True, text=True, encoding="utf-8", timeout=120)
 
 
 def test_evaluate_dataset_library(tmp_path):

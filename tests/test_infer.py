@@ -153,6 +153,6 @@ def test_multi_device_equals_single_device():
   """)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
              PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  res = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True,
+  res = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, encoding="utf-8",
                        timeout=600)
   assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]

@@ -101,7 +101,7 @@ def _write_case(tmp_path, config):
 
 
 def _run(args):
-  return subprocess.run([sys.executable, "-m", "launch.score", *args], cwd=ROOT, capture_output=True, text=True,
+  return subprocess.run([sys.executable, "-m", "launch.score", *args], cwd=ROOT, capture_output=True, text=True, encoding="utf-8",
                         timeout=600)
 
 
