@@ -8,6 +8,9 @@ Public API:
   plan_case_calcium(domain, seed, config)          cheap: the calcifications a case will carry
   sample_lesion_volumes(rng, n)                    the per-lesion volume distribution (mm^3)
   DOMAINS = ("chest_ncct", "cardiac_ncct", "ccta")
+
+CCTA cases also carry contrast heterogeneity (cac_jax.phantoms.contrast): dense SVC / right-atrial
+inflow, inhomogeneous left-heart and coronary enhancement, streak artefacts; all label 0.
 """
 
 from cac_jax.phantoms.acquisition import DOMAINS

@@ -19,7 +19,7 @@ from cac_jax.phantoms.raster import Ellipsoid, Tube, ZCylinder, frame_from, unit
 # Tissue ids of the optional tissue map (tests measure HU per tissue with it).
 TISSUES = ("air", "fat", "muscle", "lung", "cortical_bone", "trabecular_bone", "soft_tissue",
            "myocardium", "blood_left", "blood_right", "aorta_lumen", "vessel_wall", "coronary_lumen",
-           "calcium", "cartilage")
+           "calcium", "cartilage", "venous_contrast")
 TISSUE = {name: i for i, name in enumerate(TISSUES)}
 
 
@@ -263,8 +263,11 @@ def paint_anatomy(canvas: raster.Canvas, p: Patient, hu: dict) -> None:
   canvas.fill_tube(p.aorta, hu["blood_left"], T["aorta_lumen"], mask="aorta")
 
 
-def paint_coronaries(canvas: raster.Canvas, p: Patient, hu: dict, wall_mm: float = 0.5) -> None:
-  """Anti-aliased coronary walls then lumens (walls of all vessels first, so joins stay open)."""
+def paint_coronaries(canvas: raster.Canvas, p: Patient, hu: dict, wall_mm: float = 0.5) -> dict:
+  """Anti-aliased coronary walls then lumens (walls of all vessels first, so joins stay open).
+
+  Returns {vessel name: (flat voxel indices, lumen fraction)} of the painted lumens.
+  """
   h = canvas.grid.h
   sparse = []
   for v in p.coronaries.values():
@@ -273,5 +276,9 @@ def paint_coronaries(canvas: raster.Canvas, p: Patient, hu: dict, wall_mm: float
   for idx, sd in sparse:
     canvas.blend_sparse(idx, np.clip(0.5 - (sd - wall_mm) / h, 0.0, 1.0), hu["vessel_wall"],
                         TISSUE["vessel_wall"])
-  for idx, sd in sparse:
-    canvas.blend_sparse(idx, np.clip(0.5 - sd / h, 0.0, 1.0), hu["coronary_lumen"], TISSUE["coronary_lumen"])
+  lumens = {}
+  for name, (idx, sd) in zip(p.coronaries, sparse):
+    frac = np.clip(0.5 - sd / h, 0.0, 1.0)
+    canvas.blend_sparse(idx, frac, hu["coronary_lumen"], TISSUE["coronary_lumen"])
+    lumens[name] = (idx, frac)
+  return lumens

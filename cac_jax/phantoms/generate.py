@@ -2,7 +2,9 @@
 
 Randomness: the patient (anatomy, calcium) comes from `default_rng([0xCAC, k, seed, domain])`
 streams (without the domain when `config.phantoms.paired_patients`, so the same seed gives the
-same patient in every domain); the acquisition from `default_rng([0xCAC, 3, seed, domain])`.
+same patient in every domain); the acquisition from `default_rng([0xCAC, 3, seed, domain])`;
+CCTA contrast heterogeneity (venous inflow, inhomogeneous enhancement, streaks; see `contrast`)
+from `default_rng([0xCAC, 4, seed, domain])`, so NCCT cases do not depend on it.
 Labels are drawn like an annotator would: the connected voxels of the simulated image at or above
 the scan's calcium threshold (130 HU for NCCT; mean + 3 SD of an ascending-aorta ROI at the
 left-coronary origin level for CCTA) that touch the lesion's core, within 2.5 mm of the lesion's bounding box.
@@ -17,7 +19,7 @@ import numpy as np
 from scipy import ndimage
 
 from cac_jax import labels as L
-from cac_jax.phantoms import acquisition, anatomy, lesions, raster
+from cac_jax.phantoms import acquisition, anatomy, contrast, lesions, raster
 from cac_jax.scan import Case, Scan
 
 _STRUCT = np.ones((3, 3, 3), dtype=bool)
@@ -34,6 +36,8 @@ class Simulation:
   lesion_peaks_hu: np.ndarray     # max HU inside each labelled lesion (nan if none)
   tissue: Optional[np.ndarray]    # uint8 (z, y, x) tissue ids (anatomy.TISSUES) or None
   materials: dict
+  contrast: Optional[contrast.ContrastFeatures] = None  # CCTA only
+  streak_hu: Optional[np.ndarray] = None  # CCTA with track_tissue: the streak field added (pre-blur)
 
 
 def _domain_key(domain: str) -> int:
@@ -67,7 +71,15 @@ def simulate(domain: str, seed: int, config, track_tissue: bool = False) -> Simu
 
   canvas = raster.Canvas(grid, mat["air"], track_tissue=track_tissue)
   anatomy.paint_anatomy(canvas, patient, mat)
-  anatomy.paint_coronaries(canvas, patient, mat)
+  feats = None
+  if protocol.iodine_hu > 0:
+    feats = contrast.sample_features(np.random.default_rng([0xCAC, 4, int(seed), _domain_key(domain)]),
+                                     patient, protocol, plans, mat)
+    contrast.paint_venous(canvas, feats, mat, anatomy.TISSUE["venous_contrast"])
+    contrast.enhance_ventricles(canvas, feats, mat)
+  lumens = anatomy.paint_coronaries(canvas, patient, mat)
+  if feats is not None:
+    contrast.enhance_coronaries(canvas, feats, lumens, mat)
   # Calcium: anti-aliased, mass-conserving (sum of occupancy x voxel volume = analytic volume).
   cores = []
   for plan in plans:
@@ -91,6 +103,10 @@ def simulate(domain: str, seed: int, config, track_tissue: bool = False) -> Simu
         np.copyto(canvas.tissue[bb], np.uint8(anatomy.TISSUE["calcium"]), where=core[-1][1])
     cores.append(core)
 
+  streak = None
+  if feats is not None:
+    streak = np.zeros(grid.shape, np.float32) if track_tissue else None
+    contrast.add_streaks(canvas, feats, record=streak)
   hu = acquisition.blur_and_noise(canvas.hu, protocol, grid, rng)
   if protocol.iodine_hu > 0:
     c = patient.root_centre.copy()
@@ -137,7 +153,8 @@ def simulate(domain: str, seed: int, config, track_tissue: bool = False) -> Simu
   case = Case(case_id=case_id(domain, seed), scan=scan, domain=acquisition.CASE_DOMAIN[domain],
               labels=labels, heart_mask=heart, aorta_mask=canvas.masks["aorta"])
   return Simulation(case=case, patient=patient, protocol=protocol, plans=plans,
-                    lesion_volumes_mm3=vols, lesion_peaks_hu=peaks, tissue=canvas.tissue, materials=mat)
+                    lesion_volumes_mm3=vols, lesion_peaks_hu=peaks, tissue=canvas.tissue, materials=mat,
+                    contrast=feats, streak_hu=streak)
 
 
 def generate_case(domain: str, seed: int, config) -> Case:

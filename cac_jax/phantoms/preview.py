@@ -15,8 +15,29 @@ CLASS_COLOURS = ((0, 0, 0), (1.0, 0.15, 0.15), (0.1, 0.9, 0.1), (0.2, 0.5, 1.0),
 WINDOW = (-200.0, 800.0)
 
 
+def _venous_contrast_y(case: Case, lab: np.ndarray):
+  """Coronal index through dense venous contrast (>= 800 HU, unlabelled) beside the ascending aorta."""
+  from scipy import ndimage
+  aorta = case.aorta_mask
+  if aorta is None or not aorta.any():
+    return None
+  ys = np.nonzero(aorta)[1]
+  asc = aorta.copy()
+  asc[:, int(np.median(ys)):, :] = False  # the anterior half: ascending aorta, not the descending
+  if not asc.any():
+    return None
+  near = ndimage.distance_transform_edt(~asc, sampling=case.scan.spacing) <= 15.0
+  dense = (case.scan.hu >= 800.0) & (lab == 0) & near & ~aorta
+  if dense.sum() < 20:
+    return None
+  return int(np.argmax(dense.sum(axis=(0, 2))))
+
+
 def _pick_slices(case: Case) -> tuple[int, int]:
-  """(axial z index, coronal y index): through the most coronary label, else the heart centre."""
+  """(axial z index, coronal y index): through the most coronary label, else the heart centre.
+
+  CCTA: the coronal slice goes through dense venous (SVC) contrast where there is some.
+  """
   lab = case.labels if case.labels is not None else np.zeros(case.scan.shape, np.int32)
   cor = (lab >= 1) & (lab <= 3)
   src = cor if cor.any() else (lab > 0 if lab.any() else case.heart_mask)
@@ -24,6 +45,10 @@ def _pick_slices(case: Case) -> tuple[int, int]:
     return case.scan.shape[0] // 2, case.scan.shape[1] // 2
   z = int(np.argmax(src.sum(axis=(1, 2))))
   y = int(np.argmax(src.sum(axis=(0, 2))))
+  if case.domain == "ccta":
+    yv = _venous_contrast_y(case, lab)
+    if yv is not None:
+      y = yv
   return z, y
 
 
