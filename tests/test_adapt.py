@@ -102,7 +102,10 @@ def test_scan_of_n_equals_n_single_steps(config, mesh, data, steps):
   ha, hb = host(a), host(b)
   assert int(ha.critic_step) == int(hb.critic_step) == 3
   for x, y in zip(jax.tree.leaves((ha.critic, ha.critic_opt)), jax.tree.leaves((hb.critic, hb.critic_opt))):
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-7)
+    # The unrolled scan fuses differently from single steps; RMSProp's normalisation turns
+    # float reassociation (~1e-7) into ~2e-6 differences on a few of 3456 weights after 3
+    # updates, while one update moves weights by ~1e-3: atol 1e-5 still catches a wrong step.
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
 
 
 def test_critic_loss_sign_convention(config):

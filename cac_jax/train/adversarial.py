@@ -68,7 +68,10 @@ def make_critic_steps(config: ml_collections.ConfigDict) -> Callable[[AdaptState
       return (params, opt_state), metrics
 
     n = batches["source_views"].shape[0]
-    (params, opt_state), metrics = jax.lax.scan(body, (state.critic, state.critic_opt), batches)
+    # Fully unrolled by default: on XLA:CPU the convolutions inside a rolled while loop ran
+    # ~4x slower (0.245 vs 0.056 s per critic step, demo config, 2 cores).
+    (params, opt_state), metrics = jax.lax.scan(body, (state.critic, state.critic_opt), batches,
+                                                unroll=bool(config.adapt.get("unroll_critic_scan", True)))
     metrics = jax.tree.map(jnp.mean, metrics)
     return state.replace(critic=params, critic_opt=opt_state, critic_step=state.critic_step + n), metrics
 
