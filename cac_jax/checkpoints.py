@@ -106,18 +106,34 @@ def export_inference(directory: str | os.PathLike, params: dict, config: ml_coll
     raise ValueError(f"export_inference needs params {INFERENCE_KEYS}; missing {missing}")
   params = {k: jax.device_get(params[k]) for k in INFERENCE_KEYS}
   primary = jax.process_index() == 0  # multi-host: every process calls, one writes files
+  # Written complete into a sibling folder, then swapped in: an existing export is never left
+  # half-replaced, and a crash leaves at most a stale `.partial` folder.
+  partial = directory + ".partial"
   if primary:
-    if os.path.exists(directory):
-      shutil.rmtree(directory)
-    os.makedirs(directory)
+    if os.path.exists(partial):
+      shutil.rmtree(partial)
+    os.makedirs(partial)
   with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:  # synchronous
-    ckptr.save(os.path.join(directory, "params"), args=ocp.args.StandardSave(params))
+    ckptr.save(os.path.join(partial, "params"), args=ocp.args.StandardSave(params))
   if primary:
-    with open(os.path.join(directory, "config.json"), "w") as f:
+    with open(os.path.join(partial, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
-    with open(os.path.join(directory, MARKER), "w") as f:  # written last: marks completion
+    with open(os.path.join(partial, MARKER), "w") as f:  # written last: marks completion
       json.dump({"format": FORMAT, "version": VERSION, "keys": list(INFERENCE_KEYS)}, f)
+    old = directory + ".old"
+    if os.path.exists(directory):
+      if os.path.exists(old):
+        shutil.rmtree(old)
+      os.rename(directory, old)
+    os.rename(partial, directory)
+    if os.path.exists(old):
+      shutil.rmtree(old)
   return directory
+
+
+def is_exported(directory: str | os.PathLike) -> bool:
+  """True when `directory` holds a complete inference export (its marker exists)."""
+  return os.path.isfile(os.path.join(os.fspath(directory), MARKER))
 
 
 def _read_json(path: str, directory: str, what: str) -> Any:

@@ -99,7 +99,7 @@ def train_models(config, manifest_csv: str, workdir: str, log: Callable[[str], N
   exports = {}
   src_dir = os.path.join(workdir, "source")
   exports["no_adaptation"] = os.path.join(src_dir, "export")
-  if not os.path.exists(os.path.join(exports["no_adaptation"], "config.json")):
+  if not checkpoints.is_exported(exports["no_adaptation"]):
     log("training the source network on labelled chest NCCT")
     source.train_source(config, src_dir, _sampler_streams(_load(manifest_csv, config, "source_train"), None, config, config.seed))
   source_params, _ = checkpoints.load_inference(exports["no_adaptation"])
@@ -108,7 +108,7 @@ def train_models(config, manifest_csv: str, workdir: str, log: Callable[[str], N
   for name, alpha in (("adv_cls", float(config.adapt.alpha)), ("adv_only", 0.0)):
     d = os.path.join(workdir, name)
     exports[name] = os.path.join(d, "export")
-    if os.path.exists(os.path.join(exports[name], "config.json")):
+    if checkpoints.is_exported(exports[name]):
       continue
     log(f"adapting to CCTA ({name}: alpha = {alpha})")
     cfg = ml_collections.ConfigDict(config.to_dict())

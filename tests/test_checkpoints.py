@@ -128,3 +128,17 @@ def test_corrupt_training_checkpoint(config, params, tmp_path):
   with pytest.raises(checkpoints.CheckpointError, match="cannot restore training state") as e:
     checkpoints.restore_latest(mgr, state)
   assert str(tmp_path / "ckpts" / "1") in str(e.value)
+
+
+def test_export_replaces_atomically(config, params, tmp_path):
+  d = tmp_path / "export"
+  checkpoints.export_inference(d, params, config)
+  assert checkpoints.is_exported(d)
+  # A stale partial folder from a crashed export does not disturb the next one.
+  (tmp_path / "export.partial").mkdir()
+  (tmp_path / "export.partial" / "junk").write_text("x")
+  other = jax.tree.map(lambda a: a + 1, params)
+  checkpoints.export_inference(d, other, config)
+  restored, _ = checkpoints.load_inference(d)
+  assert _equal(restored, {k: other[k] for k in checkpoints.INFERENCE_KEYS})
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
