@@ -24,12 +24,12 @@ import csv
 import dataclasses
 import math
 import os
-import tempfile
 from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
 
+from cac_jax import atomic
 from cac_jax import labels as labels_lib
 from cac_jax import metrics
 from cac_jax import plots
@@ -268,18 +268,6 @@ def results_markdown(results: EvaluationResults) -> str:
   return "\n".join(lines) + "\n"
 
 
-def _atomic_text(path: str, text: str) -> None:
-  fd, tmp = tempfile.mkstemp(prefix=".tmp_", dir=os.path.dirname(os.path.abspath(path)))
-  try:
-    with os.fdopen(fd, "w", newline="") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def results_csv_text(results: EvaluationResults) -> str:
   """Per-scan CSV: case_id, spacing, <structure>_<metric> columns, Agatston; NaN as "nan"."""
   import io as _io  # pylint: disable=import-outside-toplevel
@@ -302,8 +290,8 @@ def write_report(results: EvaluationResults, output_dir: str) -> str:
   """Write results.md, results.csv, bland_altman.png into output_dir; return the markdown."""
   os.makedirs(output_dir, exist_ok=True)
   text = results_markdown(results)
-  _atomic_text(os.path.join(output_dir, "results.md"), text)
-  _atomic_text(os.path.join(output_dir, "results.csv"), results_csv_text(results))
+  atomic.write_text(os.path.join(output_dir, "results.md"), text)
+  atomic.write_text(os.path.join(output_dir, "results.csv"), results_csv_text(results))
   plots.bland_altman_plot([c.metrics["total"].ref_mm3 for c in results.cases],
                           [c.metrics["total"].pred_mm3 for c in results.cases],
                           os.path.join(output_dir, "bland_altman.png"),

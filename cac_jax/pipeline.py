@@ -11,7 +11,6 @@ import dataclasses
 import json
 import os
 import platform
-import tempfile
 import warnings
 from typing import Any, Optional
 
@@ -19,6 +18,7 @@ import ml_collections
 import numpy as np
 
 import cac_jax
+from cac_jax import atomic
 from cac_jax import labels as labels_lib
 from cac_jax import postprocess, scores, threshold
 from cac_jax.scan import Scan
@@ -176,19 +176,6 @@ def score_scan(scan: Scan, params, config: ml_collections.ConfigDict, *, domain:
   return ScoringResult(final.astype(np.int32), raw, report)
 
 
-def _atomic_write_text(path: str, text: str) -> None:
-  d = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(dir=d, prefix=".tmp_", suffix=os.path.basename(path))
-  try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
-
-
 def check_outputs_free(output_dir: str, overwrite: bool) -> None:
   """Raise OutputExistsError if any output file exists in output_dir and not `overwrite`."""
   existing = [f for f in OUTPUT_FILES if os.path.exists(os.path.join(output_dir, f))]
@@ -205,7 +192,7 @@ def write_outputs(result: ScoringResult, scan: Scan, output_dir: str, *, overwri
   check_outputs_free(output_dir, overwrite)
   paths = {name: os.path.join(output_dir, name) for name in OUTPUT_FILES}
   io.write_like(labels_lib.classes_to_reference(result.classes), scan, paths["calcium_labels.nii.gz"])
-  _atomic_write_text(paths["scores.json"], json.dumps(result.report, indent=2, default=_json_default))
+  atomic.write_text(paths["scores.json"], json.dumps(result.report, indent=2, default=_json_default))
   plots.overlay_png(scan.hu, result.classes, paths["overlay.png"], scan.spacing)
   return paths
 

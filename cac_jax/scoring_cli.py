@@ -10,7 +10,7 @@ import io as _io
 import os
 from typing import Any, Optional
 
-from cac_jax import checkpoints, io, manifest, pipeline, postprocess
+from cac_jax import atomic, checkpoints, io, manifest, pipeline, postprocess
 
 CSV_FIELDS = ("id", "domain", "threshold_hu", "num_candidates", "LAD_mm3", "LCX_mm3", "RCA_mm3", "total_mm3",
               "total_agatston", "risk_category", "cac_drs", "aorta_mm3", "aortic_valve_mm3", "mitral_valve_mm3",
@@ -91,5 +91,5 @@ def score_manifest(manifest_csv: str, checkpoint: str, output_dir: str, *, split
   w.writeheader()
   w.writerows(out_rows)
   os.makedirs(output_dir, exist_ok=True)
-  pipeline._atomic_write_text(csv_path, buf.getvalue())
+  atomic.write_text(csv_path, buf.getvalue())
   return csv_path

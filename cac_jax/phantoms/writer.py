@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import csv
 import os
-import tempfile
+import io
 
 import numpy as np
 import SimpleITK as sitk
 
+from cac_jax import atomic
 from cac_jax import labels as L
 from cac_jax.phantoms import generate
 from cac_jax.scan import Case
@@ -22,17 +23,7 @@ def _write_array(array_zyx: np.ndarray, case: Case, path: str) -> None:
   img.SetSpacing(tuple(float(s) for s in case.scan.spacing[::-1]))
   img.SetOrigin(tuple(float(v) for v in case.scan.origin))
   img.SetDirection(tuple(float(v) for v in case.scan.direction))
-  d = os.path.dirname(path)
-  fd, tmp = tempfile.mkstemp(suffix=".nii.gz", prefix=".tmp_", dir=d)
-  os.close(fd)
-  try:
-    sitk.WriteImage(img, tmp, True)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  atomic.write_with(path, lambda tmp: sitk.WriteImage(img, tmp, True), suffix=".nii.gz")
 
 
 def write_case(case: Case, output_dir: str) -> dict:
@@ -57,15 +48,12 @@ def merge_manifest(path: str, rows: list[dict]) -> str:
       existing = list(csv.DictReader(f))
   new_ids = {r["id"] for r in rows}
   merged = [r for r in existing if r.get("id") not in new_ids] + list(rows)
-  d = os.path.dirname(os.path.abspath(path))
-  fd, tmp = tempfile.mkstemp(suffix=".csv", prefix=".tmp_", dir=d)
-  with os.fdopen(fd, "w", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
-    w.writeheader()
-    for r in merged:
-      w.writerow({k: r.get(k, "") for k in MANIFEST_COLUMNS})
-  os.chmod(tmp, 0o644)
-  os.replace(tmp, path)
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=MANIFEST_COLUMNS, extrasaction="ignore")
+  w.writeheader()
+  for r in merged:
+    w.writerow({k: r.get(k, "") for k in MANIFEST_COLUMNS})
+  atomic.write_text(path, buf.getvalue())
   return path
 
 
