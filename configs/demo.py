@@ -17,21 +17,21 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.classifier_hidden = 32
   c.model.critic_channels = (32, 32, 32, 32, 16, 8, 1)
   c.data.output_size = 15
-  c.sampling.source_threshold = 4
-  c.sampling.source_uniform = 4
+  c.sampling.source_threshold = 6   # noise/bone negatives >= 130 HU: low-dose chest noise is the NCCT FP source
+  c.sampling.source_uniform = 2
   c.sampling.source_labelled = 8
   c.sampling.critic_batch = 8
-  c.source.num_steps = 600
+  c.source.num_steps = 1500
   c.source.log_every = 50
-  c.source.checkpoint_every = 300
+  c.source.checkpoint_every = 500
   c.adapt.critic_pretrain_steps = 100
   c.adapt.critic_steps = 5
-  c.adapt.num_generator_steps = 100
+  c.adapt.num_generator_steps = 200
   c.adapt.log_every = 10
   c.adapt.checkpoint_every = 50
   c.experiment.n_source_train = 16
   c.experiment.n_adapt_source = 8
   c.experiment.n_adapt_target = 8
-  c.experiment.n_ccta_test = 8
-  c.experiment.n_ncct_test = 6
+  c.experiment.n_ccta_test = 16
+  c.experiment.n_ncct_test = 8
   return c
