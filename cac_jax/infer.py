@@ -489,10 +489,13 @@ def predict_probabilities(params: dict, config: ml_collections.ConfigDict, hu: n
 # ----------------------------------------------------------------------------- naive reference
 def predict_naive(params: dict, config: ml_collections.ConfigDict, hu: np.ndarray, candidates: np.ndarray, *,
                   slab: Optional[int] = None, slices: Optional[dict] = None,
-                  classifier_chunk: int = 1 << 16, return_stats: bool = False):
+                  classifier_chunk: int = 1 << 16, return_stats: bool = False,
+                  feature_dtype=np.float16):
   """Naive full-volume reference: every slice of every orientation, padded whole, through its
-  tower (lax conv, as `models.ViewTower`); features stored in a float16 (z, y, x, 96) volume;
-  C on every voxel; classes masked to candidates.
+  tower (lax conv, as `models.ViewTower`); features stored in a `feature_dtype` (z, y, x, 96)
+  volume (float16 as the reference implementation; float32 gives labels that match
+  `predict_classes` exactly, float16 can flip near-tied argmaxes); C on every voxel; classes
+  masked to candidates.
 
   Args:
     slab: slices per tower call (default `config.scoring.slab_slices`).
@@ -511,7 +514,7 @@ def predict_naive(params: dict, config: ml_collections.ConfigDict, hu: np.ndarra
   nf = config.model.tower_features
   vol = _normalize(hu, config)
   padded = np.pad(vol, half, mode="constant", constant_values=pad_value(config))
-  feat = np.zeros(hu.shape + (3 * nf,), np.float16)
+  feat = np.zeros(hu.shape + (3 * nf,), feature_dtype)
   tower = _tower_fn(config, "xla", None)
   stats = {"slices_computed": {}, "slices_total": {}, "view_s": {}}
   for v_i, view in enumerate(models.VIEWS):
@@ -527,7 +530,7 @@ def predict_naive(params: dict, config: ml_collections.ConfigDict, hu: np.ndarra
       idx = todo[s:s + slab]
       x = np.ascontiguousarray(pv[idx + half])[..., None]
       out = np.asarray(tower(tp, x))
-      fv[idx, :, :, v_i * nf:(v_i + 1) * nf] = out.astype(np.float16)
+      fv[idx, :, :, v_i * nf:(v_i + 1) * nf] = out.astype(feature_dtype)
     stats["view_s"][view] = time.perf_counter() - tv
   t1 = time.perf_counter()
   flat = feat.reshape(-1, 3 * nf)

@@ -36,6 +36,31 @@ _SLAB = flags.DEFINE_integer("slab", 0, "Slices per device call for the ROI meth
 _WORKER = flags.DEFINE_string("worker", "", "Internal: run one method ('roi' or 'naive') and print JSON.")
 _CONFIG = flags.DEFINE_string("config", "tiny", "Internal: config of the worker.")
 _OUT = flags.DEFINE_string("out", "", "Internal: .npy path for the worker's labels at candidates.")
+_PHANTOM = flags.DEFINE_bool("phantom", True, "Input: a full-resolution CCTA phantom (cac_jax.phantoms, ~512x512x336 "
+                             "at 0.3-0.5 mm) resampled to the paper's working spacing; False: the synthetic --shape volume.")
+
+
+_NAIVE_DTYPE = flags.DEFINE_enum("naive_feature_dtype", "float32", ["float16", "float32"],
+                                  "Feature volume dtype of the naive method (float16: the reference "
+                                  "implementation's memory; float32: labels comparable exactly).")
+_VOLUME = flags.DEFINE_string("volume", "", "Internal: .npz with the worker's input volume.")
+
+
+def _phantom_volume(seed, spacing=(1.5, 0.66, 0.66)):
+  """Full-resolution CCTA phantom resampled to working spacing and its candidate mask.
+
+  Candidates: HU >= the scan's aorta-ROI threshold (mean + 3 SD, from its aorta mask) inside
+  the heart mask dilated by 10 mm, as `cac_jax.pipeline` computes them.
+  """
+  from cac_jax import phantoms, postprocess, preprocess, threshold  # pylint: disable=g-import-not-at-top
+  from configs import paper  # pylint: disable=g-import-not-at-top
+  cfg = paper.get_config()
+  case = phantoms.generate_case("ccta", seed, cfg)
+  scan = preprocess.resample(case.scan, spacing, order=1)
+  heart = preprocess.resample_labels(case.heart_mask.astype("uint8"), case.scan, scan) > 0
+  aorta = preprocess.resample_labels(case.aorta_mask.astype("uint8"), case.scan, scan) > 0
+  thr = threshold.ccta_threshold(scan, aorta).threshold_hu
+  return scan.hu, (scan.hu >= thr) & postprocess.heart_region(heart, scan.spacing, 10.0), case.scan.shape
 
 
 def _ccta_volume(shape, seed, spacing=(1.5, 0.66, 0.66)):
@@ -93,12 +118,18 @@ def _worker():
   from cac_jax import infer, models  # pylint: disable=g-import-not-at-top
   import importlib  # pylint: disable=g-import-not-at-top
   config = importlib.import_module(f"configs.{_CONFIG.value}").get_config()
-  shape = tuple(int(s) for s in _SHAPE.value)
-  hu, cand = _ccta_volume(shape, seed=_SEED.value)
+  if _VOLUME.value:  # made once by the parent, so the phantom's own memory is not in the peak
+    with np.load(_VOLUME.value) as f:
+      hu, cand, full_shape = f["hu"], f["cand"], tuple(int(v) for v in f["full_shape"])
+    shape = hu.shape
+  else:
+    shape = tuple(int(s) for s in _SHAPE.value)
+    hu, cand = _ccta_volume(shape, seed=_SEED.value)
+    full_shape = None
   params = models.init_params(config, jax.random.PRNGKey(_SEED.value))
   params = {"generator": params["generator"], "classifier": params["classifier"]}
   rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  res = {"candidates": int(cand.sum()), "shape": shape, "rss_before_mb": rss0}
+  res = {"candidates": int(cand.sum()), "shape": shape, "full_resolution_shape": full_shape, "rss_before_mb": rss0}
   coords = np.argwhere(cand)
   if _WORKER.value == "roi":
     if _CACHE.value:
@@ -123,7 +154,8 @@ def _worker():
       pick = coords[rng.choice(len(coords), min(len(coords), _NAIVE_SLICES.value), replace=False)]
       slices = {v: np.unique(pick[:, a]) for a, v in enumerate(models.VIEWS)}
     t = time.perf_counter()
-    vol, st = infer.predict_naive(params, config, hu, cand, slices=slices, return_stats=True)
+    vol, st = infer.predict_naive(params, config, hu, cand, slices=slices, return_stats=True,
+                                  feature_dtype=np.dtype(_NAIVE_DTYPE.value))
     res["measured_s"] = time.perf_counter() - t
     towers_full = sum(st["view_s"][v] * st["slices_total"][v] / max(1, st["slices_computed"][v])
                       for v in models.VIEWS)
@@ -139,10 +171,14 @@ def _worker():
   print("RESULT " + json.dumps(res, default=str))
 
 
+_VOLUME_PATH = None
+
+
 def _run(method, config, out):
   args = [sys.executable, "-m", "launch.benchmark_infer", f"--worker={method}", f"--config={config}", f"--out={out}",
-          f"--shape={','.join(_SHAPE.value)}", f"--seed={_SEED.value}", f"--naive_slices={_NAIVE_SLICES.value}",
-          f"--conv_impl={_CONV_IMPL.value}", f"--slab={_SLAB.value}"]
+          f"--shape={','.join(_SHAPE.value)}", f"--seed={_SEED.value}", f"--volume={_VOLUME_PATH or ''}", f"--naive_slices={_NAIVE_SLICES.value}",
+          f"--conv_impl={_CONV_IMPL.value}", f"--slab={_SLAB.value}",
+          f"--naive_feature_dtype={_NAIVE_DTYPE.value}"]
   if method == "roi-cached":
     args[3] = "--worker=roi"
     args.append(f"--compilation_cache={_CACHE.value}")
@@ -161,7 +197,15 @@ def main(argv):
     _worker()
     return
   import numpy as np  # pylint: disable=g-import-not-at-top
+  global _VOLUME_PATH
   with tempfile.TemporaryDirectory() as tmp:
+    if _PHANTOM.value:
+      t = time.perf_counter()
+      hu, cand, full_shape = _phantom_volume(_SEED.value)
+      _VOLUME_PATH = os.path.join(tmp, "volume.npz")
+      np.savez(_VOLUME_PATH, hu=hu, cand=cand, full_shape=np.asarray(full_shape))
+      print(f"CCTA phantom {full_shape} at full resolution -> {hu.shape} at 1.5x0.66x0.66 mm "
+            f"({time.perf_counter() - t:.1f} s to generate and resample)")
     for config in _CONFIGS.value:
       roi = _run("roi", config, os.path.join(tmp, "roi.npy"))
       cached = None
