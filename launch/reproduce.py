@@ -6,12 +6,14 @@ r"""The paper's Table 2 on phantoms: make data, train source, adapt, score, eval
 """
 
 import json
+import logging
 import os
 
-from absl import app, flags, logging
+from absl import app, flags
 from ml_collections import config_flags
 
 from cac_jax import experiment
+from launch import train_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config.")
@@ -21,11 +23,13 @@ flags.DEFINE_list("seeds", None, "Experiment seeds (default: config.seed); sever
 
 def main(argv):
   del argv
+  train_flags.init_runtime()
+  log = logging.getLogger("cac_jax.reproduce")
   seeds = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else [FLAGS.config.seed]
   results = []
   for seed in seeds:
     wd = FLAGS.workdir if len(seeds) == 1 else os.path.join(FLAGS.workdir, f"seed{seed}")
-    results.append(experiment.run(FLAGS.config, wd, seed, log=lambda s: logging.info("[seed %d] %s", seed, s)))
+    results.append(experiment.run(FLAGS.config, wd, seed, log=lambda s, seed=seed: log.info("[seed %d] %s", seed, s)))
   out = os.path.join(FLAGS.workdir, "results")
   figures = experiment.write_figures(results[0], FLAGS.config, out)
   if len(seeds) == 1:
