@@ -44,7 +44,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cac_jax import models
+from cac_jax import models, preprocess
 
 PAD_HU = -1000.0
 # View order as in `models.VIEWS`: axes permutation bringing (slice, row, col) to the front.
@@ -58,16 +58,8 @@ TRACE_COUNTS: dict[str, int] = {"tower": 0, "classifier": 0}
 
 # ----------------------------------------------------------------------------- helpers
 def _normalize(hu: np.ndarray, config: ml_collections.ConfigDict) -> np.ndarray:
-  """HU -> network input: clip to `hu_clip`, then (HU - hu_center) / hu_scale; float32."""
-  try:
-    from cac_jax.preprocess import normalize_hu  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    normalize_hu = None
-  if normalize_hu is not None:
-    return np.asarray(normalize_hu(hu, config.data), dtype=np.float32)
-  d = config.data
-  lo, hi = d.hu_clip
-  return ((np.clip(np.asarray(hu, np.float32), lo, hi) - d.hu_center) / d.hu_scale).astype(np.float32)
+  """HU -> network input via `preprocess.normalize_hu` (the one place for it); float32."""
+  return np.asarray(preprocess.normalize_hu(hu, config.data), dtype=np.float32)
 
 
 def pad_value(config: ml_collections.ConfigDict) -> float:
