@@ -157,9 +157,11 @@ def score_scan(scan: Scan, params, config: ml_collections.ConfigDict, *, domain:
   if heart_mask is not None:
     if not heart_mask.any():
       return _empty_result(scan, domain, report, notes, "heart mask is empty (no heart in view); result is all zero")
-    # Inference only inside the dilated heart (the region of interest); the FP-reduction heart
-    # filter later also drops grown lesions that reach outside it.
-    region = postprocess.heart_region(heart_mask, scan.spacing, float(config.scoring.heart_dilation_mm))
+    if settings.heart_filter:
+      # Inference only inside the dilated heart: a shortcut for the FP-reduction heart filter,
+      # which later also drops grown lesions that reach outside it. With the heart filter off
+      # (the ablation without FP reduction) the network sees every candidate, as in the paper.
+      region = postprocess.heart_region(heart_mask, scan.spacing, settings.dilation_mm)
   else:
     notes.append("no heart mask given: candidates are not restricted to the heart region")
   report["num_candidates"] = int(candidate_mask(scan.hu, thr, region).sum())
