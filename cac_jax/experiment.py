@@ -82,12 +82,13 @@ def _sampler_streams(source_cases, target_cases, config, seed: int):
   """Step-indexed streams over PatchSamplers (batch i is a pure function of (seed, i))."""
   from cac_jax import sampling
   from cac_jax.train import data as data_lib
-  src = sampling.PatchSampler(source_cases, config, seed)
+  bright = data_lib.adapt_bright_in_heart(config, target_cases)
+  src = sampling.PatchSampler(source_cases, config, seed, bright_in_heart=bright)
   streams = dict(source=lambda i: src.source_batch(index=i),
                  source_critic=lambda i: src.critic_batch(index=i))
   if target_cases is not None:
-    tgt = sampling.PatchSampler(target_cases, config, seed + 1)
-    tgt2 = sampling.PatchSampler(target_cases, config, seed + 2)
+    tgt = sampling.PatchSampler(target_cases, config, seed + 1, bright_in_heart=bright)
+    tgt2 = sampling.PatchSampler(target_cases, config, seed + 2, bright_in_heart=bright)
     streams.update(target_critic=lambda i: tgt.critic_batch(index=i),
                    target_generator=lambda i: tgt2.critic_batch(index=i))
   return data_lib.Streams(**streams)

@@ -24,7 +24,8 @@ results to `normalize_hu`, that in-place form is used (about 2.5x cheaper per ba
 Batch policies (`PatchSampler`, counts from config.sampling):
   * source batch, in this order within the batch:
       - `source_threshold` patches at voxels >= the case's calcium threshold (130 HU for NCCT,
-        see `case_threshold`), over the whole volume (bone and calcium are the hard cases);
+        see `case_threshold`), over the whole volume (bone and calcium are the hard cases), or
+        only inside the dilated heart with `bright_in_heart` (where scoring classifies);
       - `source_uniform` patches at uniform voxels of the case's sampling region (the heart
         mask dilated by `heart_dilation_mm` when a non-empty heart mask is present and
         `uniform_in_heart` is set, else the whole volume);
@@ -35,7 +36,8 @@ Batch policies (`PatchSampler`, counts from config.sampling):
         every few batches. Policy "uniform": a case uniformly among cases with any labelled
         calcium, then one of its labelled voxels uniformly.
     Only cases with a label map take part in source batches.
-  * critic batch: `critic_batch // 2` patches at voxels >= the case's threshold, the rest
+  * critic batch: `critic_batch // 2` patches at voxels >= the case's threshold (same region
+    rule as above), the rest
     uniform in the sampling region; all cases take part.
   Cases are drawn uniformly (except for the class-balanced draw above).
 
@@ -250,6 +252,7 @@ class _CaseIndex:
   threshold: float
   bright: np.ndarray  # flat indices with HU >= threshold (may be empty)
   region: Optional[np.ndarray]  # flat indices of the uniform-sampling region; None = whole
+  bright_in_region: np.ndarray  # bright voxels inside the region (== bright when region is None)
   by_class: dict  # class -> flat indices of labelled voxels of that class (classes 1..6)
   labelled_all: np.ndarray  # flat indices of all labelled calcium voxels
 
@@ -356,6 +359,8 @@ class PatchSampler:
     uniform_in_heart: uniform centres inside the heart mask dilated by `heart_dilation_mm`
       when the case has a non-empty heart mask (else the whole volume).
     heart_dilation_mm: box dilation of the heart mask; default config.scoring.heart_dilation_mm.
+    bright_in_heart: draw the ">= threshold" patches (source and critic batches) only inside
+      that dilated heart when the case has one (default config.sampling.bright_in_heart, False).
 
   Batches: source `{"views": (3, B, P, P, 1) f32, "labels": (3, B, o, o) i32}` with
   B = source_threshold + source_uniform + source_labelled; critic `{"views": ...}` with
@@ -364,7 +369,7 @@ class PatchSampler:
 
   def __init__(self, cases: Sequence[Case], config: ml_collections.ConfigDict, seed: int,
                *, labelled_policy: str = "class_balanced", uniform_in_heart: bool = True,
-               heart_dilation_mm: Optional[float] = None):
+               heart_dilation_mm: Optional[float] = None, bright_in_heart: Optional[bool] = None):
     if not cases:
       raise ValueError("PatchSampler needs at least one case")
     if labelled_policy not in LABELLED_POLICIES:
@@ -381,6 +386,7 @@ class PatchSampler:
     self.n_threshold, self.n_uniform, self.n_labelled = (
         int(s.source_threshold), int(s.source_uniform), int(s.source_labelled))
     self.n_critic = int(s.critic_batch)
+    self.bright_in_heart = bool(s.get("bright_in_heart", False) if bright_in_heart is None else bright_in_heart)
     self.prefetch = int(s.prefetch)
     self._normalize = _normalizer()
     self._inplace_normalize = _inplace_matches(self._normalize, config.data)
@@ -437,7 +443,9 @@ class PatchSampler:
       for c in np.unique(cls_sorted):
         lo, hi = np.searchsorted(cls_sorted, [c, c + 1])
         by_class[int(c)] = labelled_all[order[lo:hi]]
-    return _CaseIndex(case, hu, labels, thr, bright, region, by_class, labelled_all)
+    in_region = bright if region is None else np.intersect1d(bright, region, assume_unique=True)
+    return _CaseIndex(case=case, hu=hu, labels=labels, threshold=thr, bright=bright, region=region,
+                      bright_in_region=in_region, by_class=by_class, labelled_all=labelled_all)
 
   # -- centre draws ---------------------------------------------------------------------------
 
@@ -449,8 +457,9 @@ class PatchSampler:
 
   def _bright(self, rng: np.random.Generator, i: int) -> int:
     ci = self._cases[i]
-    if ci.bright.size:
-      return int(ci.bright[rng.integers(ci.bright.size)])
+    pool = ci.bright_in_region if self.bright_in_heart and ci.bright_in_region.size else ci.bright
+    if pool.size:
+      return int(pool[rng.integers(pool.size)])
     return self._uniform(rng, i)
 
   def _labelled(self, rng: np.random.Generator, pool: Sequence[int]) -> tuple[int, int]:

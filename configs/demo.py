@@ -27,6 +27,14 @@ def get_config() -> ml_collections.ConfigDict:
   c.adapt.critic_pretrain_steps = 100
   c.adapt.critic_steps = 5
   c.adapt.num_generator_steps = 200
+  # 200 generator steps (the paper: many thousands): 4x the paper's generator lr so G moves far
+  # enough in the CPU budget (seed 0: CCTA sensitivity after FP reduction 0.52 -> 0.79 with 2e-4,
+  # 0.52 -> 0.52 with 5e-5).
+  c.adapt.generator_lr = 2e-4
+  # Adaptation draws its bright (>= threshold) patches inside the dilated heart, where scoring
+  # classifies candidates: the critic compares CCTA lumen/contrast with NCCT calcium and noise
+  # instead of mostly bone with bone.
+  c.adapt.bright_in_heart = True
   c.adapt.log_every = 10
   c.adapt.checkpoint_every = 50
   c.experiment.n_source_train = 16

@@ -33,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling.source_labelled = 8     # centred on labelled calcium voxels
   c.sampling.critic_batch = 16       # per domain: half >= threshold, half uniform
   c.sampling.prefetch = 2
+  c.sampling.bright_in_heart = False   # source training: ">= threshold" patches only in the dilated heart
 
   # Supervised source training (cac_jax.train.source).
   c.source = ml_collections.ConfigDict()
@@ -56,6 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.adapt.critic_steps_later = 0     # 0: no change; else critic steps after `change_at`
   c.adapt.change_at = 0              # generator step at which critic_steps_later applies
   c.adapt.num_generator_steps = 10_000
+  c.adapt.bright_in_heart = False    # adaptation: ">= threshold" patches only in the dilated heart
   c.adapt.unroll_critic_scan = True  # unroll the lax.scan of critic steps (faster on XLA:CPU)
   c.adapt.log_every = 10
   c.adapt.checkpoint_every = 500

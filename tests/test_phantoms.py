@@ -268,7 +268,7 @@ def _noncalcium_candidates(sim, config):
 
 def test_ccta_noncalcium_candidates(config):
   """Venous inflow, inhomogeneous enhancement and streaks put calcium-like non-calcium
-  candidates near the heart (mean per scan on these seeds: SVC/RA 262, other lumen 125 mm^3);
+  candidates near the heart (mean per scan on these seeds: SVC/RA 267, other lumen 302 mm^3);
   they are label 0 and the threshold ROI stays inside the aortic lumen."""
   per = []
   n_blobs = 0
@@ -288,8 +288,8 @@ def test_ccta_noncalcium_candidates(config):
     cats, sizes = _noncalcium_candidates(sim, config)
     n_blobs += int(((sizes >= 1) & (sizes <= 500)).sum())
     per.append(cats)
-    if sim.contrast.phase != "flushed":
-      assert cats["svc_ra"] > 0, (seed, cats)
+    if sim.contrast.phase != "flushed":  # undiluted venous contrast reaches the threshold
+      assert np.any(venous & (case.scan.hu >= meta["calcium_threshold_hu"])), (seed, cats)
   svc = np.mean([p["svc_ra"] for p in per])
   lumen = np.mean([p["lumen"] for p in per])
   print("non-calcium candidates mm^3/scan:", {k: round(float(np.mean([p[k] for p in per])), 1) for k in per[0]})
@@ -298,8 +298,8 @@ def test_ccta_noncalcium_candidates(config):
   assert LUMEN_MM3 * 0.85 <= lumen <= LUMEN_MM3 * 1.15, lumen
 
 
-SVC_RA_MM3 = 262.2   # measured; +-15 % allowed
-LUMEN_MM3 = 124.5
+SVC_RA_MM3 = 266.5   # measured; +-15 % allowed
+LUMEN_MM3 = 301.5   # 1-3 brighter segments per artery at +15..45 % (was 124.5 with 0-2 at +5..25 %)
 
 
 def test_ncct_unchanged_by_ccta_contrast(config):

@@ -3,6 +3,7 @@
 import dataclasses
 import threading
 
+import ml_collections
 import numpy as np
 import pytest
 from scipy import ndimage
@@ -224,6 +225,28 @@ def test_uniform_restricted_to_dilated_heart(cfg):
   zs = np.concatenate([free.critic_batch(with_info=True)["centres"][cfg.sampling.critic_batch // 2:]
                        for _ in range(50)])
   assert (zs[:, 1] < 7).any() or (zs[:, 1] >= 35).any()
+
+
+def test_bright_in_heart(cfg):
+  # Bright voxels: the "bone" block at [2:4, 5:8, 30:33] reaches outside the dilated heart box
+  # (y < 7), the calcium blocks lie inside it.
+  case = _make_case("h", shape=(20, 60, 60))
+  half = cfg.sampling.critic_batch // 2
+
+  def bright_centres(**kw):
+    s = sampling.PatchSampler([case], cfg, seed=0, heart_dilation_mm=3.0, **kw)
+    critic = [s.critic_batch(with_info=True)["centres"][:half] for _ in range(60)]
+    src = [s.source_batch(with_info=True)["centres"][:cfg.sampling.source_threshold] for _ in range(60)]
+    return np.concatenate(critic + src)
+
+  assert (bright_centres()[:, 1] < 7).any()  # default: bright voxels over the whole volume
+  zyx = bright_centres(bright_in_heart=True)
+  assert np.all(case.scan.hu[tuple(zyx.T)] >= 130.0)
+  assert np.all((zyx[:, 0] >= 2) & (zyx[:, 0] < 15) & (zyx[:, 1] >= 7) & (zyx[:, 1] < 35))
+  c2 = ml_collections.ConfigDict(cfg.to_dict())
+  c2.sampling.bright_in_heart = True  # the config default
+  s2 = sampling.PatchSampler([case], c2, seed=0, heart_dilation_mm=3.0)
+  assert s2.bright_in_heart and not sampling.PatchSampler([case], c2, seed=0, bright_in_heart=False).bright_in_heart
 
 
 def test_reproducible_by_seed(cfg, cases):

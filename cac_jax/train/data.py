@@ -132,6 +132,14 @@ def prefetched(streams: Streams, depth: int) -> Streams:
 TARGET_GENERATOR_OFFSET = 1 << 40  # generator steps read target batches far from the critic's
 
 
+def adapt_bright_in_heart(config, target_cases) -> bool | None:
+  """Where adaptation streams (target cases given) draw bright patches: `config.adapt.bright_in_heart`;
+  None (the sampler's `config.sampling` default) for source-only streams."""
+  if target_cases is None:
+    return None
+  return bool(config.adapt.get("bright_in_heart", False))
+
+
 def sampler_streams(source_cases, target_cases, config, seed: int) -> Streams:
   """Streams over `cac_jax.sampling.PatchSampler`s (imported lazily) for real data.
 
@@ -144,11 +152,11 @@ def sampler_streams(source_cases, target_cases, config, seed: int) -> Streams:
   """
   from cac_jax import sampling  # pylint: disable=g-import-not-at-top
 
-  src = sampling.PatchSampler(source_cases, config, seed)
+  src = sampling.PatchSampler(source_cases, config, seed, bright_in_heart=adapt_bright_in_heart(config, target_cases))
   streams = dict(source=IndexedStream(lambda i: src.source_batches(start=i)),
                  source_critic=IndexedStream(lambda i: src.critic_batches(start=i)))
   if target_cases is not None:
-    tgt = sampling.PatchSampler(target_cases, config, seed + 1)
+    tgt = sampling.PatchSampler(target_cases, config, seed + 1, bright_in_heart=adapt_bright_in_heart(config, target_cases))
     streams.update(target_critic=IndexedStream(lambda i: tgt.critic_batches(start=i)),
                    target_generator=IndexedStream(lambda i: tgt.critic_batches(start=i),
                                                   offset=TARGET_GENERATOR_OFFSET))
