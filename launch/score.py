@@ -24,7 +24,7 @@ flags.DEFINE_bool("overwrite", False, "Replace existing outputs.")
 flags.DEFINE_float("calibration", None, "Mass-score calibration factor (mg HA/cm³ per HU).")
 flags.DEFINE_bool("region_growing", True, "FP reduction: grow detections to 6-connected lesions.")
 flags.DEFINE_bool("size_limits", True, "FP reduction: drop lesions <1 mm³ or >500 mm³.")
-flags.DEFINE_bool("heart_filter", True, "FP reduction: drop lesions outside the dilated heart mask.")
+flags.DEFINE_bool("heart_filter", True, "FP reduction: drop lesions outside the dilated heart mask (inference then runs only there; --noheart_filter classifies every candidate).")
 
 
 def main(argv):
