@@ -124,8 +124,9 @@ def predict_raw(params, config, cases, heart_only: bool = False) -> list[tuple[n
 
   Every candidate voxel of the scan is classified (the paper's pipeline: the FP-reduction heart
   filter is what removes detections outside the heart). `heart_only=True` classifies only the
-  candidates inside the heart dilated by `config.scoring.heart_dilation_mm`: a shortcut that is
-  exact for results evaluated after FP reduction (the heart filter drops the rest anyway).
+  candidates inside the heart dilated by `config.scoring.heart_dilation_mm`: a shortcut for results
+  evaluated after FP reduction (the heart filter drops the rest; only a lesion that reaches into
+  the region while all its detected voxels lie outside can differ).
   """
   fp_settings = _HEART_ONLY if heart_only else _NO_FP
   out = []

@@ -37,8 +37,7 @@ Batch policies (`PatchSampler`, counts from config.sampling):
         calcium, then one of its labelled voxels uniformly.
     Only cases with a label map take part in source batches.
   * critic batch: `critic_batch // 2` patches at voxels >= the case's threshold (same region
-    rule as above), the rest
-    uniform in the sampling region; all cases take part.
+    rule as above), the rest uniform in the sampling region; all cases take part.
   Cases are drawn uniformly (except for the class-balanced draw above).
 
 Fallbacks (never raise): a case with no voxel >= its threshold gives a uniform voxel

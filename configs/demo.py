@@ -29,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.adapt.num_generator_steps = 200
   # 200 generator steps (the paper: many thousands): 4x the paper's generator lr so G moves far
   # enough in the CPU budget (seed 0: CCTA sensitivity after FP reduction 0.52 -> 0.79 with 2e-4,
-  # 0.52 -> 0.52 with 5e-5).
+  # 0.52 -> 0.52 with 5e-5; over 3 seeds the gain is within the seed spread, see the README).
   c.adapt.generator_lr = 2e-4
   # Adaptation draws its bright (>= threshold) patches inside the dilated heart, where scoring
   # classifies candidates: the critic compares CCTA lumen/contrast with NCCT calcium and noise

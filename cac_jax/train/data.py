@@ -152,11 +152,12 @@ def sampler_streams(source_cases, target_cases, config, seed: int) -> Streams:
   """
   from cac_jax import sampling  # pylint: disable=g-import-not-at-top
 
-  src = sampling.PatchSampler(source_cases, config, seed, bright_in_heart=adapt_bright_in_heart(config, target_cases))
+  bright = adapt_bright_in_heart(config, target_cases)
+  src = sampling.PatchSampler(source_cases, config, seed, bright_in_heart=bright)
   streams = dict(source=IndexedStream(lambda i: src.source_batches(start=i)),
                  source_critic=IndexedStream(lambda i: src.critic_batches(start=i)))
   if target_cases is not None:
-    tgt = sampling.PatchSampler(target_cases, config, seed + 1, bright_in_heart=adapt_bright_in_heart(config, target_cases))
+    tgt = sampling.PatchSampler(target_cases, config, seed + 1, bright_in_heart=bright)
     streams.update(target_critic=IndexedStream(lambda i: tgt.critic_batches(start=i)),
                    target_generator=IndexedStream(lambda i: tgt.critic_batches(start=i),
                                                   offset=TARGET_GENERATOR_OFFSET))
