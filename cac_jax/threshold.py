@@ -156,11 +156,20 @@ def _roi_from_lumen(scan: Scan, lumen: np.ndarray, roi_size_mm, source: str) -> 
 
 
 def _erode_mm(mask: np.ndarray, spacing, mm: float) -> np.ndarray:
+  """Voxels of `mask` farther than `mm` (mm) from its outside (the volume border counts as outside).
+
+  The distance transform runs on the mask's bounding box padded by one background voxel: exact,
+  since the nearest background voxel of an inside voxel is never farther than that padding.
+  """
   if mm <= 0:
     return mask.copy()
-  padded = np.pad(mask, 1)
-  dist = ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1]
-  return dist > mm
+  out = np.zeros(mask.shape, dtype=bool)
+  bb = ndimage.find_objects(mask.astype(np.uint8))
+  if not bb or bb[0] is None:
+    return out
+  padded = np.pad(mask[bb[0]], 1)
+  out[bb[0]] = ndimage.distance_transform_edt(padded, sampling=spacing)[1:-1, 1:-1, 1:-1] > mm
+  return out
 
 
 def ascending_aorta_from_mask(scan: Scan, aorta_mask: np.ndarray,

@@ -136,3 +136,18 @@ def test_automatic_roi_on_real_contrast_ct_lands_in_aortic_lumen():
   assert heart.any()
   assert not np.any(roi.voxels & heart)
   assert threshold.decide_domain(scan)[0] == "ccta"
+
+
+@pytest.mark.parametrize("touch_border", [False, True])
+def test_erode_mm_on_bounding_box_equals_whole_volume(touch_border):
+  from scipy import ndimage
+  rng = np.random.default_rng(3)
+  mask = ndimage.binary_dilation(rng.random((20, 30, 40)) > 0.995, iterations=3)
+  mask[:3] = False
+  if touch_border:
+    mask[:, :6, 10:20] = True
+  spacing = (1.5, 0.7, 0.7)
+  whole = ndimage.distance_transform_edt(np.pad(mask, 1), sampling=spacing)[1:-1, 1:-1, 1:-1] > 1.4
+  got = threshold._erode_mm(mask, spacing, 1.4)
+  assert got.any() and np.array_equal(got, whole)
+  assert not threshold._erode_mm(np.zeros_like(mask), spacing, 1.4).any()
