@@ -45,8 +45,6 @@ COLUMNS = (
 ROWS = ("total", "LAD", "LCX", "RCA")
 MEASURES = (("sensitivity", "sensitivity"), ("fp_mm3", "FP volume (mm³)"), ("f1", "F1"))
 
-_NO_FP = postprocess.FPReductionSettings(region_growing=False, size_limits=False, heart_filter=False)
-_HEART_ONLY = postprocess.FPReductionSettings(region_growing=False, size_limits=False, heart_filter=True)
 
 
 def make_data(config: ml_collections.ConfigDict, data_dir: str, seed: int, log: Callable[[str], None] = lambda s: None) -> str:
@@ -119,21 +117,34 @@ def train_models(config, manifest_csv: str, workdir: str, log: Callable[[str], N
   return exports
 
 
-def predict_raw(params, config, cases, heart_only: bool = False) -> list[tuple[np.ndarray, float]]:
-  """Network classes at candidates (no FP reduction) and the threshold (HU) for each case.
+def predict_raw(params_by_model: dict[str, Any], config, cases, heart_only: bool = False) -> dict[str, list[tuple[np.ndarray, float]]]:
+  """Network classes at candidates (no FP reduction) and the threshold (HU), per model and case.
 
   Every candidate voxel of the scan is classified (the paper's pipeline: the FP-reduction heart
   filter is what removes detections outside the heart). `heart_only=True` classifies only the
   candidates inside the heart dilated by `config.scoring.heart_dilation_mm`: a shortcut for results
   evaluated after FP reduction (the heart filter drops the rest; only a lesion that reaches into
-  the region while all its detected voxels lie outside can differ).
+  the region while all its detected voxels lie outside can differ). The threshold and region of a
+  case are computed once for all models.
+
+  Returns {model: [(int32 (z, y, x) classes, threshold HU) per case]}; a CCTA case without an
+  aorta (no threshold) or with an empty heart mask gives all-zero classes and threshold inf.
   """
-  fp_settings = _HEART_ONLY if heart_only else _NO_FP
-  out = []
+  from cac_jax import threshold
+  out = {m: [] for m in params_by_model}
   for case in cases:
-    res = pipeline.score_scan(case.scan, params, config, domain=case.domain, heart_mask=case.heart_mask,
-                              aorta_mask=case.aorta_mask, fp_settings=fp_settings)
-    out.append((res.raw_classes, float(res.report.get("threshold", {}).get("threshold_hu", np.inf))))
+    try:
+      _, thr, _, _ = pipeline.choose_threshold(case.scan, case.domain, case.aorta_mask, config)
+    except threshold.NoAortaError:
+      thr = None
+    region = None
+    if case.heart_mask is not None and heart_only:
+      region = postprocess.heart_region(case.heart_mask, case.scan.spacing, float(config.scoring.heart_dilation_mm))
+    for m, params in params_by_model.items():
+      if thr is None or (case.heart_mask is not None and not case.heart_mask.any()):
+        out[m].append((np.zeros(case.scan.shape, np.int32), float("inf")))
+      else:
+        out[m].append((pipeline.detect(case.scan, params, config, thr, region), float(thr)))
   return out
 
 
@@ -169,10 +180,15 @@ def run(config: ml_collections.ConfigDict, workdir: str, seed: Optional[int] = N
   params = {m: checkpoints.load_inference(d)[0] for m, d in exports.items()}
   table, per_scan, raw = {}, {}, {}
   log("scoring the test sets")
+  # Whole-scan inference only for (model, test set) pairs with a raw (no FP reduction) column.
+  heart_only = {(m, r): all(f for _, r2, m2, f in COLUMNS if (m2, r2) == (m, r)) for _, r, m, _ in COLUMNS}
+  for role in tests:
+    for ho in (False, True):
+      names = sorted(m for (m, r), h in heart_only.items() if r == role and h == ho)
+      if names:
+        got = predict_raw({m: params[m] for m in names}, config, tests[role], heart_only=ho)
+        raw.update({(m, role): v for m, v in got.items()})
   for name, role, model, fp in COLUMNS:
-    if (model, role) not in raw:  # whole-scan inference only where a column shows raw output
-      heart_only = all(f for _, r, m, f in COLUMNS if (m, r) == (model, role))
-      raw[(model, role)] = predict_raw(params[model], config, tests[role], heart_only=heart_only)
     scans = evaluate_predictions(config, tests[role], raw[(model, role)], fp)
     agg = metrics.aggregate([s["metrics"] for s in scans])
     table[name] = {r: {m: _cell(agg[r].per_scan[m]) for m, _ in MEASURES} for r in ROWS}

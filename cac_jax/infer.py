@@ -35,6 +35,7 @@ Shapes: volumes are (z, y, x) numpy arrays in HU; `candidates` is a bool (z, y, 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import math
 import time
 from typing import Optional, Sequence
@@ -347,6 +348,45 @@ def _check_inputs(hu: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, n
   return hu, candidates
 
 
+_PLAN_CACHE: dict = {}  # the last plan: scoring one scan with several models plans it once
+
+
+def plan_rois(coords: np.ndarray, half: int, *, split: bool = True, bucket: int = 16, max_shapes: int = 4,
+              min_gain: float = 0.05) -> tuple[list, np.ndarray, np.ndarray, dict]:
+  """Tower ROIs for candidate voxels `coords` (N, 3) (z, y, x) with receptive-field half-width `half`.
+
+  Per orientation and slice: boxes around that slice's candidates (one bounding box, or several
+  where separate clusters are cheaper with their own margins), then at most `max_shapes` padded
+  ROI shapes (`choose_shapes`). Returns (rois [(view index, slice, row0, col0, candidate indices,
+  h, w)], shapes (K, 2), shape index per ROI, {view: slices with candidates}). The last plan is
+  cached (keyed by the candidates and arguments).
+  """
+  coords = np.ascontiguousarray(coords)
+  key = (hashlib.sha1(coords.tobytes()).hexdigest(), coords.shape, half, split, bucket, max_shapes, min_gain)
+  if _PLAN_CACHE.get("key") == key:
+    return _PLAN_CACHE["plan"]
+  n = coords.shape[0]
+  rois, n_slices = [], {}
+  for v_i, view in enumerate(models.VIEWS):
+    c = coords[:, _PERMS[view]]  # (N, 3): slice, row, col
+    order = np.argsort(c[:, 0], kind="stable")
+    sl, starts = np.unique(c[order, 0], return_index=True)
+    ends = np.append(starts[1:], n)
+    for s, a, e in zip(sl, starts, ends):
+      idx = order[a:e]
+      boxes = split_boxes(c[idx, 1], c[idx, 2], 2 * half) if split else [np.arange(len(idx))]
+      for members in boxes:
+        sub = idx[members]
+        r0, c0 = int(c[sub, 1].min()), int(c[sub, 2].min())
+        rois.append((v_i, int(s), r0, c0, sub, int(c[sub, 1].max()) - r0 + 1, int(c[sub, 2].max()) - c0 + 1))
+    n_slices[view] = len(sl)
+  needs = np.array([(r[5], r[6]) for r in rois])
+  shapes, assign = choose_shapes(needs, 2 * half, bucket=bucket, max_shapes=max_shapes, min_gain=min_gain)
+  plan = (rois, shapes, assign, n_slices)
+  _PLAN_CACHE.update(key=key, plan=plan)
+  return plan
+
+
 def predict_candidates(params: dict, config: ml_collections.ConfigDict, hu: np.ndarray, candidates: np.ndarray, *,
                        slab: Optional[int] = None, devices: Optional[Sequence[jax.Device]] = None,
                        bucket: int = 16, max_shapes: int = 4, min_gain: float = 0.05,
@@ -403,25 +443,10 @@ def predict_candidates(params: dict, config: ml_collections.ConfigDict, hu: np.n
   else:
     gparams = jax.device_put(params["generator"], devices[0] if devices else None)  # once, not per call
 
-  # Per orientation and slice: boxes around that slice's candidates (one bounding box, or
-  # several where separate clusters are cheaper with their own margins).
-  rois = []  # (view index, slice, row0, col0, candidate indices, h, w)
-  for v_i, view in enumerate(models.VIEWS):
-    c = coords[:, _PERMS[view]]  # (N, 3): slice, row, col
-    order = np.argsort(c[:, 0], kind="stable")
-    sl, starts = np.unique(c[order, 0], return_index=True)
-    ends = np.append(starts[1:], n)
-    for s, a, e in zip(sl, starts, ends):
-      idx = order[a:e]
-      boxes = split_boxes(c[idx, 1], c[idx, 2], 2 * half) if split else [np.arange(len(idx))]
-      for members in boxes:
-        sub = idx[members]
-        r0, c0 = int(c[sub, 1].min()), int(c[sub, 2].min())
-        rois.append((v_i, int(s), r0, c0, sub, int(c[sub, 1].max()) - r0 + 1, int(c[sub, 2].max()) - c0 + 1))
-    stats["slices"][view] = len(sl)
+  rois, shapes, assign, n_slices = plan_rois(coords, half, split=split, bucket=bucket, max_shapes=max_shapes,
+                                             min_gain=min_gain)
+  stats["slices"] = dict(n_slices)
   stats["rois"] = len(rois)
-  needs = np.array([(r[5], r[6]) for r in rois])
-  shapes, assign = choose_shapes(needs, 2 * half, bucket=bucket, max_shapes=max_shapes, min_gain=min_gain)
   stats["shapes"] = [tuple(int(v) for v in sh) for sh in shapes]
 
   pending = None  # (device result, rois) of the call in flight; gathered after the next dispatch
