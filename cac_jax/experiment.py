@@ -46,7 +46,6 @@ ROWS = ("total", "LAD", "LCX", "RCA")
 MEASURES = (("sensitivity", "sensitivity"), ("fp_mm3", "FP volume (mm³)"), ("f1", "F1"))
 
 
-
 def make_data(config: ml_collections.ConfigDict, data_dir: str, seed: int, log: Callable[[str], None] = lambda s: None) -> str:
   """Write every role's phantoms into data_dir (one manifest, split = role). Returns the manifest.
 
@@ -137,14 +136,15 @@ def predict_raw(params_by_model: dict[str, Any], config, cases, heart_only: bool
       _, thr, _, _ = pipeline.choose_threshold(case.scan, case.domain, case.aorta_mask, config)
     except threshold.NoAortaError:
       thr = None
+    if thr is None or (case.heart_mask is not None and not case.heart_mask.any()):
+      for m in params_by_model:
+        out[m].append((np.zeros(case.scan.shape, np.int32), float("inf")))
+      continue
     region = None
     if case.heart_mask is not None and heart_only:
       region = postprocess.heart_region(case.heart_mask, case.scan.spacing, float(config.scoring.heart_dilation_mm))
     for m, params in params_by_model.items():
-      if thr is None or (case.heart_mask is not None and not case.heart_mask.any()):
-        out[m].append((np.zeros(case.scan.shape, np.int32), float("inf")))
-      else:
-        out[m].append((pipeline.detect(case.scan, params, config, thr, region), float(thr)))
+      out[m].append((pipeline.detect(case.scan, params, config, thr, region), float(thr)))
   return out
 
 

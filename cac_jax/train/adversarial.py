@@ -105,8 +105,12 @@ def generator_loss(generator_params, state: AdaptState, batch: dict, rng: jax.Ar
   -> (loss, metrics)."""
   adversarial = adversarial_term(generator_params, state, batch["target_views"], config)
   ce, metrics = classification_term(generator_params, state, batch, rng, config)
-  loss = adversarial + config.adapt.alpha * ce
-  return loss, {"generator_loss": loss, "generator_adversarial_loss": adversarial, **metrics}
+  return _combine(adversarial, ce, metrics, config.adapt.alpha)
+
+
+def _combine(adversarial: jax.Array, ce: jax.Array, cls_metrics: dict, alpha: float) -> tuple[jax.Array, dict]:
+  loss = adversarial + alpha * ce
+  return loss, {"generator_loss": loss, "generator_adversarial_loss": adversarial, **cls_metrics}
 
 
 def make_generator_step(config: ml_collections.ConfigDict) -> Callable[[AdaptState, dict], tuple[AdaptState, dict]]:
@@ -132,9 +136,8 @@ def make_generator_step(config: ml_collections.ConfigDict) -> Callable[[AdaptSta
     g_cls = jax.tree.map(lambda x: alpha * x, g_cls)
     grads = jax.tree.map(jnp.add, g_adv, g_cls)
     updates, opt_state = tx.update(grads, state.generator_opt, state.generator)
-    metrics = {"generator_loss": adversarial + alpha * ce, "generator_adversarial_loss": adversarial, **metrics,
-               "grad_norm_adversarial": optax.tree.norm(g_adv),
-               "grad_norm_classification": optax.tree.norm(g_cls)}
+    _, metrics = _combine(adversarial, ce, metrics, alpha)
+    metrics.update(grad_norm_adversarial=optax.tree.norm(g_adv), grad_norm_classification=optax.tree.norm(g_cls))
     return state.replace(step=state.step + 1, generator=optax.apply_updates(state.generator, updates),
                          generator_opt=opt_state, rng=rng), metrics
 
