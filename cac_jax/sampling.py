@@ -251,7 +251,7 @@ class _CaseIndex:
   threshold: float
   bright: np.ndarray  # flat indices with HU >= threshold (may be empty)
   region: Optional[np.ndarray]  # flat indices of the uniform-sampling region; None = whole
-  bright_in_region: np.ndarray  # bright voxels inside the region (== bright when region is None)
+  bright_in_region: np.ndarray  # bright voxels inside the region (== bright when region is None or unused)
   by_class: dict  # class -> flat indices of labelled voxels of that class (classes 1..6)
   labelled_all: np.ndarray  # flat indices of all labelled calcium voxels
 
@@ -442,7 +442,9 @@ class PatchSampler:
       for c in np.unique(cls_sorted):
         lo, hi = np.searchsorted(cls_sorted, [c, c + 1])
         by_class[int(c)] = labelled_all[order[lo:hi]]
-    in_region = bright if region is None else np.intersect1d(bright, region, assume_unique=True)
+    # Only needed when bright patches are restricted to the region (intersect1d sorts every bright voxel).
+    in_region = (np.intersect1d(bright, region, assume_unique=True)
+                 if self.bright_in_heart and region is not None else bright)
     return _CaseIndex(case=case, hu=hu, labels=labels, threshold=thr, bright=bright, region=region,
                       bright_in_region=in_region, by_class=by_class, labelled_all=labelled_all)
 
