@@ -46,6 +46,12 @@ ROWS = ("total", "LAD", "LCX", "RCA")
 MEASURES = (("sensitivity", "sensitivity"), ("fp_mm3", "FP volume (mm³)"), ("f1", "F1"))
 
 
+def first_case_seed(role: str, seed: int) -> int:
+  """Phantom seed of the first case of `role` (a key of ROLES) in the experiment with `seed`;
+  case k has seed first + k."""
+  return seed * 100_000 + ROLES[role][3]
+
+
 def make_data(config: ml_collections.ConfigDict, data_dir: str, seed: int, log: Callable[[str], None] = lambda s: None) -> str:
   """Write every role's phantoms into data_dir (one manifest, split = role). Returns the manifest.
 
@@ -59,9 +65,9 @@ def make_data(config: ml_collections.ConfigDict, data_dir: str, seed: int, log: 
     with open(done_marker) as f:
       if json.load(f) == {"seed": seed, "counts": wanted}:
         return manifest_csv
-  for role, (domain, _, field, offset) in ROLES.items():
+  for role, (domain, _, _, _) in ROLES.items():
     log(f"phantoms: {wanted[role]} {domain} cases for {role}")
-    phantoms.write_dataset(data_dir, domain, wanted[role], seed * 100_000 + offset, config, split=role)
+    phantoms.write_dataset(data_dir, domain, wanted[role], first_case_seed(role, seed), config, split=role)
   with open(done_marker, "w") as f:
     json.dump({"seed": seed, "counts": wanted}, f)
   return manifest_csv

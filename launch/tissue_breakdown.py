@@ -1,0 +1,69 @@
+r"""Where each network's calcium calls land on phantoms: predicted-class volume by true tissue.
+
+  python -m launch.tissue_breakdown --checkpoints no_adaptation=runs/demo/source/export,\
+      adv_cls=runs/demo/adv_cls/export --role ccta_test --experiment_seed 0 --num_cases 8 \
+      [--fp_reduction] [--output_dir DIR]
+
+Re-simulates the experiment's phantoms of --role (the same seeds `launch.reproduce` used, so the
+cases are those of its tables) with tissue bookkeeping, scores them with every checkpoint and
+prints one table per checkpoint (mm³ per scan; see `cac_jax.tissue_breakdown`). With
+--output_dir, also writes <name>.md and <name>.csv there. Phantom settings come from the first
+checkpoint's config.
+"""
+
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+
+from cac_jax import atomic, checkpoints, experiment, postprocess
+from cac_jax import tissue_breakdown as tb
+
+_CHECKPOINTS = flags.DEFINE_list("checkpoints", None, "name=export_dir pairs (or bare export dirs).")
+_ROLE = flags.DEFINE_enum("role", "ccta_test", list(experiment.ROLES), "Experiment data role to re-simulate.")
+_SEED = flags.DEFINE_integer("experiment_seed", 0, "The experiment's --seed (launch.reproduce).")
+_NUM = flags.DEFINE_integer("num_cases", 8, "Number of cases of the role (from its first).")
+_FP = flags.DEFINE_bool("fp_reduction", False, "Apply the config's FP reduction (default: raw calls inside the "
+                        "dilated heart, no region growing or size limits).")
+_OUT = flags.DEFINE_string("output_dir", None, "Also write <name>.md and <name>.csv here.")
+flags.mark_flags_as_required(["checkpoints"])
+
+
+def _named(entries):
+  out = []
+  for e in entries:
+    name, _, path = e.partition("=") if "=" in e else (os.path.basename(os.path.dirname(e.rstrip("/"))) or e, "", e)
+    out.append((name, path))
+  return out
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if _NUM.value < 1:
+    raise app.UsageError("--num_cases must be >= 1")
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+  try:
+    models = [(name, *checkpoints.load_inference(path)) for name, path in _named(_CHECKPOINTS.value)]
+  except checkpoints.CheckpointError as e:
+    raise SystemExit(f"tissue_breakdown: error: {e}") from None
+  config = models[0][2]
+  domain = experiment.ROLES[_ROLE.value][0]
+  first = experiment.first_case_seed(_ROLE.value, _SEED.value)
+  seeds = range(first, first + _NUM.value)
+  if _OUT.value:
+    os.makedirs(_OUT.value, exist_ok=True)
+  for name, params, cfg in models:
+    fp = postprocess.FPReductionSettings.from_config(cfg.scoring) if _FP.value else None
+    b = tb.phantom_breakdown(params, cfg, domain, seeds, fp)
+    text = tb.markdown(b, f"{name}: {_ROLE.value} ({domain}) phantoms {first}..{first + _NUM.value - 1}, "
+                          f"{'after FP reduction' if _FP.value else 'raw calls in the dilated heart'}")
+    print(text)
+    if _OUT.value:
+      atomic.write_text(os.path.join(_OUT.value, f"{name}.md"), text)
+      tb.write_csv(b, os.path.join(_OUT.value, f"{name}.csv"))
+
+
+if __name__ == "__main__":
+  app.run(main)
