@@ -92,7 +92,7 @@ def test_cli_writes_one_table_per_checkpoint(tmp_path):
   out = tmp_path / "out"
   r = subprocess.run([sys.executable, "-m", "launch.tissue_breakdown", f"--checkpoints=a={export},b={export}",
                       "--role=ccta_test", "--num_cases=1", f"--output_dir={out}"],
-                     cwd=ROOT, capture_output=True, text=True, timeout=600)
+                     cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=600)
   assert r.returncode == 0, r.stderr[-2000:]
   first = experiment.first_case_seed("ccta_test", 0)
   assert f"a: ccta_test (ccta) phantoms {first}..{first}" in r.stdout
@@ -100,5 +100,5 @@ def test_cli_writes_one_table_per_checkpoint(tmp_path):
   a, b = ((out / f"{n}.md").read_text().split("\n", 1) for n in "ab")
   assert a[1] == b[1] and "| true tissue |" in a[1]  # same checkpoint, same table
   bad = subprocess.run([sys.executable, "-m", "launch.tissue_breakdown", f"--checkpoints={tmp_path / 'nope'}"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+                       cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=300)
   assert bad.returncode != 0 and "tissue_breakdown: error" in bad.stderr
