@@ -65,6 +65,7 @@ from scipy import ndimage
 
 from cac_jax import labels as labels_lib
 from cac_jax import models
+from cac_jax import threshold
 from cac_jax.scan import Case
 
 PAD_HU = -1000.0
@@ -205,26 +206,30 @@ def _inplace_matches(normalize, data_config) -> bool:
 
 
 def case_threshold(case: Case, config: ml_collections.ConfigDict) -> float:
-  """Calcium threshold (HU) of a case, used to pick "bright" patch centres.
+  """Calcium threshold (HU) of a case, used to pick "bright" patch centres (see `threshold_and_note`)."""
+  return threshold_and_note(case, config)[0]
+
+
+def threshold_and_note(case: Case, config: ml_collections.ConfigDict) -> tuple[float, Optional[str]]:
+  """(calcium threshold in HU, fallback note or None) of a case.
 
   Order: `case.scan.meta["calcium_threshold_hu"]` if given; 130 HU
-  (config.scoring.ncct_threshold) for NCCT; for CCTA mean + 3 SD of the HU inside the aorta
-  mask eroded by one voxel (the mask itself if erosion empties it); else 130 HU.
+  (config.scoring.ncct_threshold) for NCCT; for CCTA the threshold scoring uses
+  (`cac_jax.threshold.ccta_threshold`: mean + 3 SD in the ascending-aorta ROI, from the aorta
+  mask or found automatically), so the bright patches of training are the candidates that
+  scoring classifies; 130 HU with a note when no aorta is found.
   """
   default = float(config.scoring.ncct_threshold)
   meta_thr = case.scan.meta.get("calcium_threshold_hu") if case.scan.meta else None
   if meta_thr is not None:
-    return float(meta_thr)
-  if case.domain != "ccta" or case.aorta_mask is None:
-    return default
-  mask = np.asarray(case.aorta_mask).astype(bool)
-  eroded = ndimage.binary_erosion(mask)
-  if eroded.any():
-    mask = eroded
-  if not mask.any():
-    return default
-  values = case.scan.hu[mask].astype(np.float64)
-  return float(values.mean() + 3.0 * values.std())
+    return float(meta_thr), None
+  if case.domain != "ccta":
+    return default, None
+  try:
+    roi = threshold.ccta_threshold(case.scan, case.aorta_mask, tuple(config.scoring.roi_size_mm))
+  except threshold.NoAortaError as e:
+    return default, f"CCTA without an aorta ROI ({e}): bright patches at {default:.0f} HU"
+  return float(roi.threshold_hu), None
 
 
 def _index_dtype(n: int):
@@ -414,7 +419,9 @@ class PatchSampler:
     hu = np.ascontiguousarray(case.scan.hu, dtype=np.float32)
     n = hu.size
     idt = _index_dtype(n)
-    thr = case_threshold(case, self.config)
+    thr, note = threshold_and_note(case, self.config)
+    if note:
+      self._note(case, note)
     bright = np.flatnonzero(hu.reshape(-1) >= thr).astype(idt)
     if not bright.size:
       self._note(case, f"no voxel >= {thr:.1f} HU: threshold patches are uniform voxels")

@@ -292,17 +292,25 @@ def test_unlabelled_cases(cfg):
 def test_case_threshold(cfg):
   ncct = _make_case("n")
   assert sampling.case_threshold(ncct, cfg) == 130.0
-  ccta = _make_case("c", domain="ccta")
-  assert sampling.case_threshold(ccta, cfg) == 130.0  # no aorta mask, no meta
-  aorta = np.zeros(ccta.scan.shape, bool)
-  aorta[2:10, 2:10, 2:10] = True
-  ccta.scan.hu[aorta] = np.random.default_rng(0).normal(400, 30, size=aorta.sum())
-  ccta = dataclasses.replace(ccta, aorta_mask=aorta)
-  er = ndimage.binary_erosion(aorta)
-  v = ccta.scan.hu[er].astype(np.float64)
-  assert np.isclose(sampling.case_threshold(ccta, cfg), v.mean() + 3 * v.std())
+  ccta = _make_case("c", domain="ccta")  # no aorta mask, nothing aorta-like: 130 HU and a note
+  assert sampling.threshold_and_note(ccta, cfg)[0] == 130.0
+  assert "without an aorta ROI" in sampling.threshold_and_note(ccta, cfg)[1]
+  s = sampling.PatchSampler([ccta], cfg, seed=0)
+  assert any("without an aorta ROI" in n for n in s.fallbacks["c"])
   meta = _make_case("m", domain="ccta", meta={"calcium_threshold_hu": 321})
   assert sampling.case_threshold(meta, cfg) == 321.0
+
+
+def test_ccta_bright_patches_use_the_scoring_threshold(cfg):
+  """Training's bright CCTA patches are drawn at the threshold scoring uses (aorta ROI), not
+  at a statistic of the whole aorta mask (which includes the wall and arch: far higher)."""
+  from cac_jax import phantoms, pipeline
+  case = phantoms.generate_case("ccta", 3, cfg)
+  case = dataclasses.replace(case, scan=dataclasses.replace(case.scan, meta={}))  # as read from files
+  _, want, _, _ = pipeline.choose_threshold(case.scan, "ccta", case.aorta_mask, cfg)
+  assert sampling.threshold_and_note(case, cfg) == (want, None)
+  whole = case.scan.hu[ndimage.binary_erosion(case.aorta_mask)]
+  assert want < whole.mean() + 3 * whole.std()
 
 
 def test_prefetch_matches_direct_calls(cfg, cases):
