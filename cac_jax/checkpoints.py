@@ -116,7 +116,7 @@ def export_inference(directory: str | os.PathLike, params: dict, config: ml_coll
   with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:  # synchronous
     ckptr.save(os.path.join(partial, "params"), args=ocp.args.StandardSave(params))
   if primary:
-    with open(os.path.join(partial, "config.json"), "w") as f:
+    with open(os.path.join(partial, "config.json"), "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2))
     with open(os.path.join(partial, MARKER), "w") as f:  # written last: marks completion
       json.dump({"format": FORMAT, "version": VERSION, "keys": list(INFERENCE_KEYS)}, f)
@@ -141,7 +141,7 @@ def _read_json(path: str, directory: str, what: str) -> Any:
     raise CheckpointError(directory, f"missing {what} file {os.path.basename(path)!r} "
                           "(not an exported cac_jax inference checkpoint, or truncated)")
   try:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
       return json.load(f)
   except (OSError, ValueError) as e:
     raise CheckpointError(directory, f"{what} file {os.path.basename(path)!r} is not valid JSON ({e})") from e

@@ -76,7 +76,7 @@ class EvaluationResults:
 def _read_manifest_rows(manifest_csv: str) -> list[dict[str, str]]:
   """Rows of the manifest CSV with `image`/`label` resolved relative to the manifest folder."""
   folder = os.path.dirname(os.path.abspath(manifest_csv))
-  with open(manifest_csv, newline="") as f:
+  with open(manifest_csv, newline="", encoding="utf-8") as f:
     reader = csv.DictReader(f)
     columns = [c.strip() for c in (reader.fieldnames or [])]
     missing_cols = [c for c in _REQUIRED_COLUMNS if c not in columns]

@@ -62,13 +62,13 @@ def make_data(config: ml_collections.ConfigDict, data_dir: str, seed: int, log: 
   done_marker = os.path.join(data_dir, ".complete.json")
   wanted = {role: int(config.experiment[field]) for role, (_, _, field, _) in ROLES.items()}
   if os.path.exists(done_marker):
-    with open(done_marker) as f:
+    with open(done_marker, encoding="utf-8") as f:
       if json.load(f) == {"seed": seed, "counts": wanted}:
         return manifest_csv
   for role, (domain, _, _, _) in ROLES.items():
     log(f"phantoms: {wanted[role]} {domain} cases for {role}")
     phantoms.write_dataset(data_dir, domain, wanted[role], first_case_seed(role, seed), config, split=role)
-  with open(done_marker, "w") as f:
+  with open(done_marker, "w", encoding="utf-8") as f:
     json.dump({"seed": seed, "counts": wanted}, f)
   return manifest_csv
 

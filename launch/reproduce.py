@@ -36,9 +36,9 @@ def main(argv):
     md = experiment.table_markdown(results[0]["table"])
   else:
     md = experiment.table_markdown(experiment.combine_seeds(results), over=f"seeds {seeds} (per-seed means)")
-  with open(os.path.join(out, "table2.md"), "w") as f:
+  with open(os.path.join(out, "table2.md"), "w", encoding="utf-8") as f:
     f.write(md + "\n")
-  with open(os.path.join(out, "table2.json"), "w") as f:
+  with open(os.path.join(out, "table2.json"), "w", encoding="utf-8") as f:
     json.dump({"seeds": seeds, "tables": [r["table"] for r in results]}, f, indent=1)
   print("\nTable 2 on phantoms (CCTA test set never used in training):\n")
   print(md)

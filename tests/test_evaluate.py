@@ -95,11 +95,11 @@ def test_cli_end_to_end(tmp_path):
               "--split", "test")
   assert proc.returncode == 0, proc.stderr
   assert "| total | 2 |" in proc.stdout and "| LAD |" in proc.stdout
-  md = (out / "results.md").read_text()
+  md = (out / "results.md").read_text(encoding="utf-8")
   assert md == proc.stdout
   for name in ("total", "LAD", "LCX", "RCA"):
     assert f"| {name} |" in md
-  with open(out / "results.csv", newline="") as f:
+  with open(out / "results.csv", newline="", encoding="utf-8") as f:
     rows = list(csv.DictReader(f))
   assert [r["case_id"] for r in rows] == ["a", "b", "c"]
   assert float(rows[1]["total_fp_mm3"]) == pytest.approx(VOX)
@@ -121,7 +121,7 @@ def test_cli_missing_prediction(tmp_path):
   proc = _run("--predictions", str(preds), "--manifest", str(manifest), "--output_dir", str(out),
               "--split", "test", "--allow_missing")
   assert proc.returncode == 0, proc.stderr
-  assert "Missing predictions (skipped): b" in (out / "results.md").read_text()
+  assert "Missing predictions (skipped): b" in (out / "results.md").read_text(encoding="utf-8")
   # 2 scans: Bland-Altman needs 3 -> noted in the report, figure still written.
   assert "Not computed: Bland-Altman analysis needs at least 3 scans" in proc.stdout
   assert (out / "bland_altman.png").is_file()

@@ -1,5 +1,6 @@
 """Tests for cac_jax.io: reading/validating scans, masks by physical coordinates, write-back."""
 
+import locale
 import os
 
 import numpy as np
@@ -60,7 +61,16 @@ def test_read_scan_canonicalises_ras(tmp_path):
   np.testing.assert_allclose(s.index_to_physical(np.asarray(zyx_new)), p_file, atol=1e-4)
 
 
-def test_read_scan_dicom_series_folder(tmp_path):
+@pytest.fixture
+def keep_locale():
+  """GDCM's DICOM writer leaves the process's LC_CTYPE at "C" (ASCII default text encoding for
+  every later test in the session); restore it."""
+  saved = locale.setlocale(locale.LC_CTYPE)
+  yield
+  locale.setlocale(locale.LC_CTYPE, saved)
+
+
+def test_read_scan_dicom_series_folder(tmp_path, keep_locale):
   a = _ct_like(shape=(5, 16, 16)).astype(np.int16)
   folder = tmp_path / "dicom"
   folder.mkdir()

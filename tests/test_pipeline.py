@@ -142,7 +142,7 @@ def test_score_cli_single_and_manifest(tmp_path, export_dir, config):
   out2 = tmp_path / "out2"
   r = _run(["--manifest", manifest, "--checkpoint", export_dir, "--output_dir", str(out2)])
   assert r.returncode == 0, r.stderr[-3000:]
-  with open(out2 / "scores.csv") as f:
+  with open(out2 / "scores.csv", encoding="utf-8") as f:
     got = list(csv.DictReader(f))
   assert [g["id"] for g in got] == [r.id for r in rows]
   assert all((out2 / r.id / "calcium_labels.nii.gz").exists() for r in rows)

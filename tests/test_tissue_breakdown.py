@@ -54,7 +54,7 @@ def test_breakdown_accumulates_means_and_writes(tmp_path):
   assert text.rstrip().splitlines()[-2:] == ["| lumen | 0.0 | 0.0 | 0.0 | 5.0 | 0.0 | 0.0 | 0.0 | 5.0 |",
                                              "| fat | 1.0 | 3.0 | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 | 3.0 |"]
   tb.write_csv(b, str(tmp_path / "b.csv"))
-  with open(tmp_path / "b.csv") as f:
+  with open(tmp_path / "b.csv", encoding="utf-8") as f:
     got = {r["row"]: float(r["LAD"]) for r in csv.DictReader(f)}
   assert got == {"fat": 3.0, "lumen": 0.0}
 
@@ -97,7 +97,7 @@ def test_cli_writes_one_table_per_checkpoint(tmp_path):
   first = experiment.first_case_seed("ccta_test", 0)
   assert f"a: ccta_test (ccta) phantoms {first}..{first}" in r.stdout
   assert sorted(os.listdir(out)) == ["a.csv", "a.md", "b.csv", "b.md"]
-  a, b = ((out / f"{n}.md").read_text().split("\n", 1) for n in "ab")
+  a, b = ((out / f"{n}.md").read_text(encoding="utf-8").split("\n", 1) for n in "ab")
   assert a[1] == b[1] and "| true tissue |" in a[1]  # same checkpoint, same table
   bad = subprocess.run([sys.executable, "-m", "launch.tissue_breakdown", f"--checkpoints={tmp_path / 'nope'}"],
                        cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=300)

@@ -44,7 +44,7 @@ def merge_manifest(path: str, rows: list[dict]) -> str:
   """Adds/replaces rows (by id) in manifest.csv, keeping existing rows; atomic."""
   existing = []
   if os.path.exists(path):
-    with open(path, newline="") as f:
+    with open(path, newline="", encoding="utf-8") as f:
       existing = list(csv.DictReader(f))
   new_ids = {r["id"] for r in rows}
   merged = [r for r in existing if r.get("id") not in new_ids] + list(rows)

@@ -117,7 +117,7 @@ class MetricWriter:
         workdir, f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}")
     if enabled:
       os.makedirs(workdir, exist_ok=True)
-      self._jsonl = open(self.jsonl_path, "a")
+      self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
       self._events = open(self.events_path, "ab")
       self._events.write(tfrecord(version_event()))
       self._events.flush()
