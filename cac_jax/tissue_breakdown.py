@@ -108,34 +108,34 @@ def write_csv(b: Breakdown, path: str) -> None:
   atomic.write_text(path, buf.getvalue())
 
 
-def phantom_breakdown(params, config, domain: str, seeds: Sequence[int], fp_settings=None) -> Breakdown:
-  """Simulate phantoms `seeds` of `domain`, score them with `params`, attribute every counted voxel.
+def phantom_breakdown(params_by_model: dict, config, domain: str, seeds: Sequence[int],
+                      fp_settings=None) -> dict[str, Breakdown]:
+  """Simulate phantoms `seeds` of `domain` once, score them with every model, attribute counted voxels.
 
   Args:
-    params: {"generator", "classifier"} inference params.
+    params_by_model: {name: {"generator", "classifier"} inference params}.
     config: the config the params and phantoms belong to.
     domain: phantom domain ("ccta", "cardiac_ncct", "chest_ncct").
-    seeds: phantom case seeds (an experiment's role r uses seed * 100000 + offset + k, see
-      `cac_jax.experiment.ROLES`).
-    fp_settings: `postprocess.FPReductionSettings`; default: raw calls inside the dilated heart
-      (heart filter on, no region growing, no size limits).
+    seeds: phantom case seeds (an experiment's role r uses `experiment.first_case_seed(r, seed)` + k).
+    fp_settings: `postprocess.FPReductionSettings` to apply; None: raw calls inside the dilated
+      heart (`experiment.predict_raw(..., heart_only=True)`: threshold and region once per case).
+  Returns:
+    {name: Breakdown}.
   """
-  from cac_jax import pipeline, postprocess  # pylint: disable=import-outside-toplevel
+  from cac_jax import experiment, pipeline, postprocess  # pylint: disable=import-outside-toplevel
   from cac_jax.phantoms import anatomy, generate  # pylint: disable=import-outside-toplevel
-  settings = fp_settings or postprocess.FPReductionSettings(region_growing=False, size_limits=False,
-                                                            heart_filter=True)
-  out = Breakdown()
+  out = {m: Breakdown() for m in params_by_model}
   for seed in seeds:
     sim = generate.simulate(domain, int(seed), config, track_tissue=True)
     c = sim.case
-    res = pipeline.score_scan(c.scan, params, config, domain=c.domain, heart_mask=c.heart_mask,
-                              aorta_mask=c.aorta_mask, fp_settings=settings)
-    thr = res.report.get("threshold", {}).get("threshold_hu")
-    region = (postprocess.heart_region(c.heart_mask, c.scan.spacing, settings.dilation_mm)
-              if settings.heart_filter and c.heart_mask is not None else None)
-    counted = res.classes > 0
-    if thr is not None:
-      counted |= pipeline.candidate_mask(c.scan.hu, thr, region)
+    raw = experiment.predict_raw(params_by_model, config, [c], heart_only=True)
+    region = (postprocess.heart_region(c.heart_mask, c.scan.spacing, float(config.scoring.heart_dilation_mm))
+              if c.heart_mask is not None else None)
     reference = c.labels if c.labels is not None else np.zeros(c.scan.shape, np.int32)
-    out.add(breakdown(sim.tissue, reference, res.classes, counted, c.scan.spacing, anatomy.TISSUES))
+    for m, [(classes, thr)] in raw.items():
+      if fp_settings is not None and np.isfinite(thr):
+        classes = postprocess.reduce_false_positives(classes, c.scan.hu, thr, c.scan.spacing, c.heart_mask,
+                                                     fp_settings)
+      counted = (classes > 0) | pipeline.candidate_mask(c.scan.hu, thr, region)
+      out[m].add(breakdown(sim.tissue, reference, classes, counted, c.scan.spacing, anatomy.TISSUES))
   return out

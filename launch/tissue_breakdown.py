@@ -8,7 +8,7 @@ Re-simulates the experiment's phantoms of --role (the same seeds `launch.reprodu
 cases are those of its tables) with tissue bookkeeping, scores them with every checkpoint and
 prints one table per checkpoint (mm³ per scan; see `cac_jax.tissue_breakdown`). With
 --output_dir, also writes <name>.md and <name>.csv there. Phantom settings come from the first
-checkpoint's config.
+checkpoint's config; every checkpoint must share its model and data sections.
 """
 
 import os
@@ -49,14 +49,17 @@ def main(argv):
   except checkpoints.CheckpointError as e:
     raise SystemExit(f"tissue_breakdown: error: {e}") from None
   config = models[0][2]
+  for name, _, cfg in models[1:]:
+    if (cfg.model.to_dict(), cfg.data.to_dict()) != (config.model.to_dict(), config.data.to_dict()):
+      raise app.UsageError(f"checkpoint {name}: model/data config differs from {models[0][0]}'s")
   domain = experiment.ROLES[_ROLE.value][0]
   first = experiment.first_case_seed(_ROLE.value, _SEED.value)
   seeds = range(first, first + _NUM.value)
   if _OUT.value:
     os.makedirs(_OUT.value, exist_ok=True)
-  for name, params, cfg in models:
-    fp = postprocess.FPReductionSettings.from_config(cfg.scoring) if _FP.value else None
-    b = tb.phantom_breakdown(params, cfg, domain, seeds, fp)
+  fp = postprocess.FPReductionSettings.from_config(config.scoring) if _FP.value else None
+  tables = tb.phantom_breakdown({name: params for name, params, _ in models}, config, domain, seeds, fp)
+  for name, b in tables.items():
     text = tb.markdown(b, f"{name}: {_ROLE.value} ({domain}) phantoms {first}..{first + _NUM.value - 1}, "
                           f"{'after FP reduction' if _FP.value else 'raw calls in the dilated heart'}")
     print(text)

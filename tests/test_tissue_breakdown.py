@@ -63,14 +63,13 @@ def test_phantom_breakdown_of_a_perfect_detector(monkeypatch):
   """A detector returning the reference: reference rows are diagonal, tissue rows background."""
   config = tiny.get_config()
 
-  def perfect(scan, params, config, *, domain, heart_mask, aorta_mask, fp_settings):
+  def perfect(scan, params, config, threshold_hu, region):
     case = generate.generate_case("ccta", 5, config)
     assert np.array_equal(case.scan.hu, scan.hu)
-    return pipeline.ScoringResult(case.labels.astype(np.int32), case.labels.astype(np.int32),
-                                  {"threshold": {"threshold_hu": 300.0}})
+    return case.labels.astype(np.int32)
 
-  monkeypatch.setattr(pipeline, "score_scan", perfect)
-  b = tb.phantom_breakdown(None, config, "ccta", [5])
+  monkeypatch.setattr(pipeline, "detect", perfect)
+  b = tb.phantom_breakdown({"perfect": None}, config, "ccta", [5])["perfect"]
   case = generate.generate_case("ccta", 5, config)
   vox = float(np.prod(case.scan.spacing))
   rows = b.per_scan()
