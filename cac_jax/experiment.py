@@ -86,7 +86,7 @@ def _sampler_streams(source_cases, target_cases, config, seed: int):
   from cac_jax import sampling
   from cac_jax.train import data as data_lib
   bright = data_lib.adapt_bright_in_heart(config, target_cases)
-  src = sampling.PatchSampler(source_cases, config, seed, bright_in_heart=bright)
+  src = sampling.PatchSampler(source_cases, config, seed, critic_bright_in_heart=bright)
   streams = dict(source=lambda i: src.source_batch(index=i),
                  source_critic=lambda i: src.critic_batch(index=i))
   if target_cases is not None:

@@ -36,8 +36,9 @@ Batch policies (`PatchSampler`, counts from config.sampling):
         every few batches. Policy "uniform": a case uniformly among cases with any labelled
         calcium, then one of its labelled voxels uniformly.
     Only cases with a label map take part in source batches.
-  * critic batch: `critic_batch // 2` patches at voxels >= the case's threshold (same region
-    rule as above), the rest uniform in the sampling region; all cases take part.
+  * critic batch: `critic_batch // 2` patches at voxels >= the case's threshold (over the whole
+    volume, or inside the dilated heart with `critic_bright_in_heart`, which defaults to
+    `bright_in_heart`), the rest uniform in the sampling region; all cases take part.
   Cases are drawn uniformly (except for the class-balanced draw above).
 
 Fallbacks (never raise): a case with no voxel >= its threshold gives a uniform voxel
@@ -363,8 +364,12 @@ class PatchSampler:
     uniform_in_heart: uniform centres inside the heart mask dilated by `heart_dilation_mm`
       when the case has a non-empty heart mask (else the whole volume).
     heart_dilation_mm: box dilation of the heart mask; default config.scoring.heart_dilation_mm.
-    bright_in_heart: draw the ">= threshold" patches (source and critic batches) only inside
-      that dilated heart when the case has one (default config.sampling.bright_in_heart, False).
+    bright_in_heart: draw the source batches' ">= threshold" patches only inside that dilated
+      heart when the case has one (default config.sampling.bright_in_heart, False).
+    critic_bright_in_heart: the same for critic batches (default: `bright_in_heart`).
+      Adaptation keeps its labelled source batches like source training (bright negatives
+      over the whole volume, so the network keeps seeing bone as background) while the
+      critic compares bright patches where scoring classifies.
 
   Batches: source `{"views": (3, B, P, P, 1) f32, "labels": (3, B, o, o) i32}` with
   B = source_threshold + source_uniform + source_labelled; critic `{"views": ...}` with
@@ -373,7 +378,8 @@ class PatchSampler:
 
   def __init__(self, cases: Sequence[Case], config: ml_collections.ConfigDict, seed: int,
                *, labelled_policy: str = "class_balanced", uniform_in_heart: bool = True,
-               heart_dilation_mm: Optional[float] = None, bright_in_heart: Optional[bool] = None):
+               heart_dilation_mm: Optional[float] = None, bright_in_heart: Optional[bool] = None,
+               critic_bright_in_heart: Optional[bool] = None):
     if not cases:
       raise ValueError("PatchSampler needs at least one case")
     if labelled_policy not in LABELLED_POLICIES:
@@ -391,6 +397,7 @@ class PatchSampler:
         int(s.source_threshold), int(s.source_uniform), int(s.source_labelled))
     self.n_critic = int(s.critic_batch)
     self.bright_in_heart = bool(s.get("bright_in_heart", False) if bright_in_heart is None else bright_in_heart)
+    self.critic_bright_in_heart = self.bright_in_heart if critic_bright_in_heart is None else bool(critic_bright_in_heart)
     self.prefetch = int(s.prefetch)
     self._normalize = _normalizer()
     self._inplace_normalize = _inplace_matches(self._normalize, config.data)
@@ -451,7 +458,7 @@ class PatchSampler:
         by_class[int(c)] = labelled_all[order[lo:hi]]
     # Only needed when bright patches are restricted to the region (intersect1d sorts every bright voxel).
     in_region = (np.intersect1d(bright, region, assume_unique=True)
-                 if self.bright_in_heart and region is not None else bright)
+                 if (self.bright_in_heart or self.critic_bright_in_heart) and region is not None else bright)
     return _CaseIndex(case=case, hu=hu, labels=labels, threshold=thr, bright=bright, region=region,
                       bright_in_region=in_region, by_class=by_class, labelled_all=labelled_all)
 
@@ -463,9 +470,9 @@ class PatchSampler:
       return int(ci.region[rng.integers(ci.region.size)])
     return int(rng.integers(ci.hu.size))
 
-  def _bright(self, rng: np.random.Generator, i: int) -> int:
+  def _bright(self, rng: np.random.Generator, i: int, in_heart: bool) -> int:
     ci = self._cases[i]
-    pool = ci.bright_in_region if self.bright_in_heart and ci.bright_in_region.size else ci.bright
+    pool = ci.bright_in_region if in_heart and ci.bright_in_region.size else ci.bright
     if pool.size:
       return int(pool[rng.integers(pool.size)])
     return self._uniform(rng, i)
@@ -486,12 +493,12 @@ class PatchSampler:
     return i, int(vox[rng.integers(vox.size)])
 
   def _draw(self, rng: np.random.Generator, pool: Sequence[int], n_bright: int, n_uniform: int,
-            n_labelled: int) -> tuple[np.ndarray, np.ndarray]:
+            n_labelled: int, bright_in_heart: bool) -> tuple[np.ndarray, np.ndarray]:
     case_idx, flat_idx = [], []
     for _ in range(n_bright):
       i = pool[rng.integers(len(pool))]
       case_idx.append(i)
-      flat_idx.append(self._bright(rng, i))
+      flat_idx.append(self._bright(rng, i, bright_in_heart))
     for _ in range(n_uniform):
       i = pool[rng.integers(len(pool))]
       case_idx.append(i)
@@ -541,7 +548,7 @@ class PatchSampler:
       raise ValueError("source batches need cases with labels; none of the cases has a label map")
     rng = self._rng(_SOURCE_STREAM, index)
     case_idx, centres = self._draw(rng, self._labelled_cases, self.n_threshold, self.n_uniform,
-                                   self.n_labelled)
+                                   self.n_labelled, self.bright_in_heart)
     batch = {"views": self._views(case_idx, centres), "labels": self._labels(case_idx, centres)}
     if with_info:
       batch.update(case_index=case_idx, centres=centres)
@@ -552,7 +559,7 @@ class PatchSampler:
     rng = self._rng(_CRITIC_STREAM, index)
     n_bright = self.n_critic // 2
     case_idx, centres = self._draw(rng, range(len(self._cases)), n_bright,
-                                   self.n_critic - n_bright, 0)
+                                   self.n_critic - n_bright, 0, self.critic_bright_in_heart)
     batch = {"views": self._views(case_idx, centres)}
     if with_info:
       batch.update(case_index=case_idx, centres=centres)

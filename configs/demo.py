@@ -31,9 +31,10 @@ def get_config() -> ml_collections.ConfigDict:
   # enough in the CPU budget (seed 0: CCTA sensitivity after FP reduction 0.52 -> 0.79 with 2e-4,
   # 0.52 -> 0.52 with 5e-5; over 3 seeds the gain is within the seed spread, see the README).
   c.adapt.generator_lr = 2e-4
-  # Adaptation draws its bright (>= threshold) patches inside the dilated heart, where scoring
+  # The critic's bright (>= threshold) patches are drawn inside the dilated heart, where scoring
   # classifies candidates: the critic compares CCTA lumen/contrast with NCCT calcium and noise
-  # instead of mostly bone with bone.
+  # instead of mostly bone with bone. (The labelled source batches keep config.sampling's
+  # whole-volume bright negatives, so adaptation does not forget that bone is background.)
   c.adapt.bright_in_heart = True
   c.adapt.log_every = 10
   c.adapt.checkpoint_every = 50

@@ -57,7 +57,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.adapt.critic_steps_later = 0     # 0: no change; else critic steps after `change_at`
   c.adapt.change_at = 0              # generator step at which critic_steps_later applies
   c.adapt.num_generator_steps = 10_000
-  c.adapt.bright_in_heart = False    # adaptation: ">= threshold" patches only in the dilated heart
+  c.adapt.bright_in_heart = False    # adaptation: critic ">= threshold" patches only in the dilated heart
   c.adapt.unroll_critic_scan = True  # unroll the lax.scan of critic steps (faster on XLA:CPU)
   c.adapt.log_every = 10
   c.adapt.checkpoint_every = 500

@@ -249,6 +249,45 @@ def test_bright_in_heart(cfg):
   assert s2.bright_in_heart and not sampling.PatchSampler([case], c2, seed=0, bright_in_heart=False).bright_in_heart
 
 
+
+def test_critic_bright_in_heart_leaves_source_batches_whole_volume(cfg):
+  """Adaptation's setting: critic bright patches in the dilated heart, labelled source batches'
+  bright negatives over the whole volume (bone included), as in source training."""
+  case = _make_case("h", shape=(20, 60, 60))
+  half = cfg.sampling.critic_batch // 2
+  s = sampling.PatchSampler([case], cfg, seed=0, heart_dilation_mm=3.0, bright_in_heart=False,
+                            critic_bright_in_heart=True)
+  critic = np.concatenate([s.critic_batch(with_info=True)["centres"][:half] for _ in range(60)])
+  src = np.concatenate([s.source_batch(with_info=True)["centres"][:cfg.sampling.source_threshold]
+                        for _ in range(60)])
+  assert np.all((critic[:, 1] >= 7) & (critic[:, 1] < 35))
+  assert (src[:, 1] < 7).any()
+  assert np.all(case.scan.hu[tuple(src.T)] >= 130.0)
+  assert sampling.PatchSampler([case], cfg, seed=0, bright_in_heart=True).critic_bright_in_heart
+
+
+def test_adaptation_streams_restrict_only_critic_bright_patches(cfg):
+  from cac_jax.train import data as data_lib
+  case = _make_case("h", shape=(20, 60, 60))
+  c2 = ml_collections.ConfigDict(cfg.to_dict())
+  c2.adapt.bright_in_heart = True
+  c2.sampling.bright_in_heart = False
+  made = []
+  orig = sampling.PatchSampler.__init__
+
+  def spy(self, *a, **kw):
+    orig(self, *a, **kw)
+    made.append(self)
+
+  sampling.PatchSampler.__init__ = spy
+  try:
+    data_lib.sampler_streams([case], [case], c2, seed=0)
+  finally:
+    sampling.PatchSampler.__init__ = orig
+  src, tgt = made[0], made[1]
+  assert not src.bright_in_heart and src.critic_bright_in_heart
+  assert tgt.critic_bright_in_heart
+
 def test_reproducible_by_seed(cfg, cases):
   a = sampling.PatchSampler(cases, cfg, seed=5)
   b = sampling.PatchSampler(cases, cfg, seed=5)

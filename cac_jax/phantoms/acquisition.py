@@ -27,6 +27,7 @@ MATRIX = 512
 TRUNCATE = 3.0  # Gaussian kernels cut at 3 sigma
 CCTA_KVP = (70, 80, 90, 100, 110, 120)
 CCTA_KVP_P = (0.1, 0.2, 0.15, 0.3, 0.1, 0.15)
+CORONARY_LUMEN = (0.88, 1.0)  # CCTA coronary lumen HU / aortic lumen HU (uniform draw per case)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,7 +88,7 @@ def materials(protocol: Protocol, rng: np.random.Generator) -> dict:
   if protocol.iodine_hu > 0:
     io = protocol.iodine_hu
     m["blood_left"] = io
-    m["coronary_lumen"] = io * rng.uniform(0.88, 1.0)
+    m["coronary_lumen"] = io * rng.uniform(*CORONARY_LUMEN)
     m["blood_right"] = blood + protocol.right_heart_fraction * (io - blood)
     m["myocardium"] = m["myocardium"] + rng.uniform(0.12, 0.2) * (io - blood)
     m["vessel_wall"] = m["vessel_wall"] + rng.uniform(10.0, 30.0)

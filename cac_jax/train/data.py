@@ -133,8 +133,10 @@ TARGET_GENERATOR_OFFSET = 1 << 40  # generator steps read target batches far fro
 
 
 def adapt_bright_in_heart(config, target_cases) -> bool | None:
-  """Where adaptation streams (target cases given) draw bright patches: `config.adapt.bright_in_heart`;
-  None (the sampler's `config.sampling` default) for source-only streams."""
+  """Where adaptation streams (target cases given) draw the critic's bright patches:
+  `config.adapt.bright_in_heart`; None (the sampler's `config.sampling` default) for source-only
+  streams. The labelled source batches of adaptation always follow `config.sampling` (as in
+  source training), so the network keeps seeing bone as background."""
   if target_cases is None:
     return None
   return bool(config.adapt.get("bright_in_heart", False))
@@ -153,7 +155,7 @@ def sampler_streams(source_cases, target_cases, config, seed: int) -> Streams:
   from cac_jax import sampling  # pylint: disable=g-import-not-at-top
 
   bright = adapt_bright_in_heart(config, target_cases)
-  src = sampling.PatchSampler(source_cases, config, seed, bright_in_heart=bright)
+  src = sampling.PatchSampler(source_cases, config, seed, critic_bright_in_heart=bright)
   streams = dict(source=IndexedStream(lambda i: src.source_batches(start=i)),
                  source_critic=IndexedStream(lambda i: src.critic_batches(start=i)))
   if target_cases is not None:
