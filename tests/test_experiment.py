@@ -66,3 +66,24 @@ def test_figures_are_written(toy, tmp_path):
   c, _, res = toy
   paths = experiment.write_figures(res, c, str(tmp_path))
   assert paths and all(os.path.getsize(p) > 1000 for p in paths.values())
+
+
+def test_target_supervised_reference(toy, tmp_path):
+  """launch.target_supervised trains on the labelled adapt_target phantoms and scores ccta_test
+  with the same numbers as scoring the source network directly."""
+  from launch import target_supervised
+  c, wd, res = toy
+  out = str(tmp_path / "ts")
+  text = target_supervised.run(wd, negatives_in_heart=True, output_dir=out)
+  with open(os.path.join(out, "target_supervised.md"), encoding="utf-8") as f:
+    assert f.read() == text
+  rows = [line for line in text.splitlines() if line.startswith("| ") and "network" not in line]
+  assert len(rows) == 2 and "trained on 1 labelled CCTA (negatives in the dilated heart)" in rows[1]
+  cases = experiment._load(res["manifest"], c, "ccta_test")
+  from cac_jax import checkpoints
+  src = target_supervised.score(c, checkpoints.load_inference(res["exports"]["no_adaptation"])[0], cases)
+  assert rows[0] == (f"| source (NCCT), no adaptation | {src['sensitivity']:.2f} | {src['fp_mm3']:.1f} | "
+                     f"{src['f1']:.2f} |")
+  assert os.path.exists(os.path.join(out, "export", "cac_jax_inference.json"))
+  with pytest.raises(FileNotFoundError, match="launch.reproduce workdir"):
+    target_supervised.run(str(tmp_path / "nowhere"), False, str(tmp_path / "o2"))
