@@ -154,9 +154,11 @@ def predict_raw(params_by_model: dict[str, Any], config, cases, heart_only: bool
   return out
 
 
-def evaluate_predictions(config, cases, raw: list[tuple[np.ndarray, float]], fp_reduction: bool) -> list[dict]:
-  """Per-scan metrics of raw predictions, optionally after false-positive reduction."""
-  settings = postprocess.FPReductionSettings.from_config(config.scoring)
+def evaluate_predictions(config, cases, raw: list[tuple[np.ndarray, float]], fp_reduction: bool,
+                         settings: Optional[postprocess.FPReductionSettings] = None) -> list[dict]:
+  """Per-scan metrics of raw predictions, optionally after false-positive reduction
+  (`settings`, default from config.scoring)."""
+  settings = settings or postprocess.FPReductionSettings.from_config(config.scoring)
   out = []
   for case, (classes, thr) in zip(cases, raw):
     if fp_reduction and np.isfinite(thr):

@@ -13,14 +13,12 @@ this network can be expected to either. Writes target_supervised.md (atomically)
 --output_dir (default: WORKDIR/target_supervised or target_supervised_heart).
 """
 
-import dataclasses
 import os
 
 from absl import app
 from absl import flags
 from absl import logging
 import ml_collections
-import numpy as np
 
 from cac_jax import atomic, checkpoints, experiment, manifest, metrics, postprocess
 
@@ -34,13 +32,8 @@ flags.mark_flags_as_required(["workdir"])
 def score(config: ml_collections.ConfigDict, params: dict, cases) -> dict[str, float]:
   """Mean total-coronary sensitivity, FP volume (mm³/scan) and F1 over `cases` (labelled)."""
   raw = experiment.predict_raw({"m": params}, config, cases, heart_only=True)["m"]
-  settings = dataclasses.replace(postprocess.FPReductionSettings.from_config(config.scoring), region_growing=False)
-  per_scan = []
-  for case, (classes, thr) in zip(cases, raw):
-    if np.isfinite(thr):
-      classes = postprocess.reduce_false_positives(classes, case.scan.hu, thr, case.scan.spacing,
-                                                   case.heart_mask, settings)
-    per_scan.append(metrics.scan_metrics(case.labels, classes, case.scan.spacing))
+  settings = postprocess.FPReductionSettings.from_config(config.scoring, region_growing=False)
+  per_scan = [s["metrics"] for s in experiment.evaluate_predictions(config, cases, raw, True, settings)]
   agg = metrics.aggregate(per_scan)["total"].per_scan
   return {k: float(agg[k].mean) for k in ("sensitivity", "fp_mm3", "f1")}
 
