@@ -82,16 +82,14 @@ def _load(manifest_csv: str, config, role: str):
 
 
 def _sampler_streams(source_cases, target_cases, config, seed: int):
-  """Step-indexed streams over PatchSamplers (batch i is a pure function of (seed, i))."""
-  from cac_jax import sampling
+  """Step-indexed streams over PatchSamplers (batch i is a pure function of (seed, i)); the
+  generator's target batches come from a second target sampler (seed + 2)."""
   from cac_jax.train import data as data_lib
-  bright = data_lib.adapt_bright_in_heart(config, target_cases)
-  src = sampling.PatchSampler(source_cases, config, seed, critic_bright_in_heart=bright)
+  src, targets = data_lib.adaptation_samplers(source_cases, target_cases, config, seed, n_target=2)
   streams = dict(source=lambda i: src.source_batch(index=i),
                  source_critic=lambda i: src.critic_batch(index=i))
-  if target_cases is not None:
-    tgt = sampling.PatchSampler(target_cases, config, seed + 1, bright_in_heart=bright)
-    tgt2 = sampling.PatchSampler(target_cases, config, seed + 2, bright_in_heart=bright)
+  if targets:
+    tgt, tgt2 = targets
     streams.update(target_critic=lambda i: tgt.critic_batch(index=i),
                    target_generator=lambda i: tgt2.critic_batch(index=i))
   return data_lib.Streams(**streams)

@@ -266,8 +266,11 @@ def test_critic_bright_in_heart_leaves_source_batches_whole_volume(cfg):
   assert sampling.PatchSampler([case], cfg, seed=0, bright_in_heart=True).critic_bright_in_heart
 
 
-def test_adaptation_streams_restrict_only_critic_bright_patches(cfg):
+@pytest.mark.parametrize("builder", ["train.data", "experiment"])
+def test_adaptation_streams_restrict_only_critic_bright_patches(cfg, builder):
+  from cac_jax import experiment
   from cac_jax.train import data as data_lib
+  build = data_lib.sampler_streams if builder == "train.data" else experiment._sampler_streams  # pylint: disable=protected-access
   case = _make_case("h", shape=(20, 60, 60))
   c2 = ml_collections.ConfigDict(cfg.to_dict())
   c2.adapt.bright_in_heart = True
@@ -281,12 +284,13 @@ def test_adaptation_streams_restrict_only_critic_bright_patches(cfg):
 
   sampling.PatchSampler.__init__ = spy
   try:
-    data_lib.sampler_streams([case], [case], c2, seed=0)
+    build([case], [case], c2, seed=0)
   finally:
     sampling.PatchSampler.__init__ = orig
-  src, tgt = made[0], made[1]
+  src, targets = made[0], made[1:]
   assert not src.bright_in_heart and src.critic_bright_in_heart
-  assert tgt.critic_bright_in_heart
+  assert targets and all(t.bright_in_heart and t.critic_bright_in_heart for t in targets)
+  assert [s.seed for s in made] == list(range(len(made)))  # source seed, then seed + 1, seed + 2, ...
 
 def test_reproducible_by_seed(cfg, cases):
   a = sampling.PatchSampler(cases, cfg, seed=5)

@@ -142,6 +142,24 @@ def adapt_bright_in_heart(config, target_cases) -> bool | None:
   return bool(config.adapt.get("bright_in_heart", False))
 
 
+def adaptation_samplers(source_cases, target_cases, config, seed: int, n_target: int = 1):
+  """(source sampler, [target samplers]) of `cac_jax.sampling.PatchSampler` (imported lazily).
+
+  The source sampler has seed `seed`; target sampler k has seed `seed + 1 + k` (k < n_target;
+  none when `target_cases` is None). Bright-patch placement follows `adapt_bright_in_heart`:
+  the target samplers and the source sampler's critic batches use it, the source sampler's
+  labelled batches keep `config.sampling`'s.
+  """
+  from cac_jax import sampling  # pylint: disable=g-import-not-at-top
+
+  bright = adapt_bright_in_heart(config, target_cases)
+  src = sampling.PatchSampler(source_cases, config, seed, critic_bright_in_heart=bright)
+  if target_cases is None:
+    return src, []
+  return src, [sampling.PatchSampler(target_cases, config, seed + 1 + k, bright_in_heart=bright)
+               for k in range(n_target)]
+
+
 def sampler_streams(source_cases, target_cases, config, seed: int) -> Streams:
   """Streams over `cac_jax.sampling.PatchSampler`s (imported lazily) for real data.
 
@@ -152,14 +170,11 @@ def sampler_streams(source_cases, target_cases, config, seed: int) -> Streams:
     source_cases: labelled source-domain cases (`cac_jax.manifest.load_cases`).
     target_cases: target-domain cases, or None for source training only.
   """
-  from cac_jax import sampling  # pylint: disable=g-import-not-at-top
-
-  bright = adapt_bright_in_heart(config, target_cases)
-  src = sampling.PatchSampler(source_cases, config, seed, critic_bright_in_heart=bright)
+  src, targets = adaptation_samplers(source_cases, target_cases, config, seed)
   streams = dict(source=IndexedStream(lambda i: src.source_batches(start=i)),
                  source_critic=IndexedStream(lambda i: src.critic_batches(start=i)))
-  if target_cases is not None:
-    tgt = sampling.PatchSampler(target_cases, config, seed + 1, bright_in_heart=bright)
+  if targets:
+    tgt = targets[0]
     streams.update(target_critic=IndexedStream(lambda i: tgt.critic_batches(start=i)),
                    target_generator=IndexedStream(lambda i: tgt.critic_batches(start=i),
                                                   offset=TARGET_GENERATOR_OFFSET))
