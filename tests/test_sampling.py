@@ -292,6 +292,7 @@ def test_adaptation_streams_restrict_only_critic_bright_patches(cfg, builder):
   assert targets and all(t.bright_in_heart and t.critic_bright_in_heart for t in targets)
   assert [s.seed for s in made] == list(range(len(made)))  # source seed, then seed + 1, seed + 2, ...
 
+
 def test_reproducible_by_seed(cfg, cases):
   a = sampling.PatchSampler(cases, cfg, seed=5)
   b = sampling.PatchSampler(cases, cfg, seed=5)
