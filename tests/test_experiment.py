@@ -69,9 +69,9 @@ def test_figures_are_written(toy, tmp_path):
 
 
 def test_target_supervised_reference(toy, tmp_path):
-  """launch.target_supervised trains on the labelled adapt_target phantoms and scores ccta_test
+  """cac_jax.target_supervised trains on the labelled adapt_target phantoms and scores ccta_test
   with the same numbers as scoring the source network directly."""
-  from launch import target_supervised
+  from cac_jax import target_supervised
   c, wd, res = toy
   out = str(tmp_path / "ts")
   text = target_supervised.run(wd, negatives_in_heart=True, output_dir=out)
