@@ -1,15 +1,20 @@
-"""The paper's experiment on phantoms (Table 2), end to end.
+"""The paper's experiment on phantoms (Table 2, the benchmark gates, the gap share), end to end.
 
 Data roles mirror the paper:
   source_train  labelled chest NCCT      -> supervised source training
   adapt_source  labelled cardiac NCCT    -> source side of adaptation (critic + L_cls)
-  adapt_target  unlabelled CCTA          -> target side of adaptation (labels never read)
-  ccta_test     labelled CCTA            -> test only, never used in training
+  adapt_target  unlabelled CCTA          -> target side of adaptation (labels never read by
+                                            adaptation; the oracle is trained with them)
+  ccta_val      labelled CCTA            -> only to pick an adaptation snapshot (optional:
+                                            model selection with target labels, as the reference)
+  ccta_test     labelled CCTA            -> test only, never used in training or selection
   ncct_test     labelled chest NCCT      -> held-out source-domain test
 
 Models: "no adaptation" (source network), "Ladv" (adapted with alpha = 0), "Ladv+Lcls"
-(adapted with the configured alpha). Each is scored with or without false-positive reduction.
-All volumes in mm³, per scan.
+(adapted with the configured alpha), the "oracle" (source architecture and schedule trained
+on the labelled adapt_target CCTA: the ceiling the gates need) and, with a validation split,
+the adapted snapshots that validation picks ("val-selected": these used target labels). Each
+is scored with or without false-positive reduction. All volumes in mm³, per scan.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from typing import Any, Callable, Optional
 import ml_collections
 import numpy as np
 
+from cac_jax import gates as gates_lib
 from cac_jax import labels as labels_lib
 from cac_jax import metrics, pipeline, postprocess
 
@@ -31,19 +37,57 @@ ROLES = {  # role: (phantom domain, split, config count field, seed offset)
     "adapt_target": ("ccta", "adapt", "n_adapt_target", 20_000),
     "ccta_test": ("ccta", "test", "n_ccta_test", 30_000),
     "ncct_test": ("chest_ncct", "test", "n_ncct_test", 40_000),
+    "ccta_val": ("ccta", "val", "n_ccta_val", 50_000),
 }
 
-# Table 2 columns: (name, test set, model, FP reduction on?)
+
+@dataclasses.dataclass(frozen=True)
+class Column:
+  """A Table 2 column: `name`, test `role`, `model`, FP reduction on?, and its `table`
+  ("main": the paper's columns and the oracle; "selected": validation-selected snapshots)."""
+
+  name: str
+  role: str
+  model: str
+  fp_reduction: bool
+  table: str = "main"
+
+
 COLUMNS = (
-    ("NCCT test", "ncct_test", "no_adaptation", True),
-    ("CCTA Ladv+Lcls+FP red.", "ccta_test", "adv_cls", True),
-    ("CCTA Ladv+Lcls", "ccta_test", "adv_cls", False),
-    ("CCTA Ladv", "ccta_test", "adv_only", False),
-    ("CCTA no adaptation", "ccta_test", "no_adaptation", False),
-    ("CCTA no adaptation+FP red.", "ccta_test", "no_adaptation", True),
+    Column("NCCT test", "ncct_test", "no_adaptation", True),
+    Column("CCTA Ladv+Lcls+FP red.", "ccta_test", "adv_cls", True),
+    Column("CCTA Ladv+Lcls", "ccta_test", "adv_cls", False),
+    Column("CCTA Ladv", "ccta_test", "adv_only", False),
+    Column("CCTA no adaptation", "ccta_test", "no_adaptation", False),
+    Column("CCTA no adaptation+FP red.", "ccta_test", "no_adaptation", True),
+    Column("CCTA oracle+FP red.", "ccta_test", "oracle", True),
+    Column("CCTA oracle", "ccta_test", "oracle", False),
+    Column("CCTA Ladv+Lcls+FP red., val-selected", "ccta_test", "adv_cls_val", True, "selected"),
+    Column("CCTA Ladv+Lcls, val-selected", "ccta_test", "adv_cls_val", False, "selected"),
+    Column("CCTA Ladv, val-selected", "ccta_test", "adv_only_val", False, "selected"),
 )
 ROWS = ("total", "LAD", "LCX", "RCA")
 MEASURES = (("sensitivity", "sensitivity"), ("fp_mm3", "FP volume (mm³)"), ("f1", "F1"))
+# Gap shares: (label, adapted column, source column, oracle column); like is compared with like.
+GAP_SHARES = (
+    ("Ladv", "CCTA Ladv", "CCTA no adaptation", "CCTA oracle"),
+    ("Ladv+Lcls", "CCTA Ladv+Lcls", "CCTA no adaptation", "CCTA oracle"),
+    ("Ladv+Lcls+FP red.", "CCTA Ladv+Lcls+FP red.", "CCTA no adaptation+FP red.", "CCTA oracle+FP red."),
+    ("Ladv, val-selected", "CCTA Ladv, val-selected", "CCTA no adaptation", "CCTA oracle"),
+    ("Ladv+Lcls, val-selected", "CCTA Ladv+Lcls, val-selected", "CCTA no adaptation", "CCTA oracle"),
+    ("Ladv+Lcls+FP red., val-selected", "CCTA Ladv+Lcls+FP red., val-selected", "CCTA no adaptation+FP red.",
+     "CCTA oracle+FP red."),
+)
+
+
+def columns(config: ml_collections.ConfigDict) -> tuple[Column, ...]:
+  """The columns this config produces: the oracle's with `experiment.oracle`, the
+  validation-selected ones with `experiment.n_ccta_val` > 0 and adaptation snapshots."""
+  e = config.experiment
+  oracle = bool(e.get("oracle", False))
+  selected = int(e.get("n_ccta_val", 0)) > 0 and int(config.adapt.get("snapshot_every", 0)) > 0
+  return tuple(c for c in COLUMNS
+               if (oracle or c.model != "oracle") and (selected or not c.model.endswith("_val")))
 
 
 def first_case_seed(role: str, seed: int) -> int:
@@ -60,12 +104,14 @@ def make_data(config: ml_collections.ConfigDict, data_dir: str, seed: int, log: 
   from cac_jax import phantoms
   manifest_csv = os.path.join(data_dir, "manifest.csv")
   done_marker = os.path.join(data_dir, ".complete.json")
-  wanted = {role: int(config.experiment[field]) for role, (_, _, field, _) in ROLES.items()}
+  wanted = {role: int(config.experiment.get(field, 0)) for role, (_, _, field, _) in ROLES.items()}
   if os.path.exists(done_marker):
     with open(done_marker, encoding="utf-8") as f:
       if json.load(f) == {"seed": seed, "counts": wanted}:
         return manifest_csv
   for role, (domain, _, _, _) in ROLES.items():
+    if not wanted[role]:
+      continue
     log(f"phantoms: {wanted[role]} {domain} cases for {role}")
     phantoms.write_dataset(data_dir, domain, wanted[role], first_case_seed(role, seed), config, split=role)
   with open(done_marker, "w", encoding="utf-8") as f:
@@ -73,10 +119,12 @@ def make_data(config: ml_collections.ConfigDict, data_dir: str, seed: int, log: 
   return manifest_csv
 
 
-def _load(manifest_csv: str, config, role: str):
+def _load(manifest_csv: str, config, role: str, labels: bool = False):
+  """Cases of `role` at working spacing. adapt_target is unlabelled by design (its labels are
+  dropped so adaptation cannot read them) unless `labels` (the oracle trains with them)."""
   from cac_jax import manifest
   cases = manifest.load_cases(manifest_csv, config, split=role)
-  if role == "adapt_target":  # unlabelled by design: drop labels so nothing can read them
+  if role == "adapt_target" and not labels:
     cases = [dataclasses.replace(c, labels=None) for c in cases]
   return cases
 
@@ -95,8 +143,50 @@ def _sampler_streams(source_cases, target_cases, config, seed: int):
   return data_lib.Streams(**streams)
 
 
+def mean_f1(config, params_by_model: dict[str, Any], cases) -> dict[str, float]:
+  """Mean total-coronary F1 over `cases` (labelled) after FP reduction, per model (heart-region
+  inference: the FP-reduction shortcut of `predict_raw`)."""
+  raw = predict_raw(params_by_model, config, cases, heart_only=True)
+  out = {}
+  for m, preds in raw.items():
+    per_scan = [s["metrics"] for s in evaluate_predictions(config, cases, preds, True)]
+    out[m] = float(metrics.aggregate(per_scan)["total"].per_scan["f1"].mean)
+  return out
+
+
+def select_snapshot(config, adapt_dir: str, val_cases, log: Callable[[str], None] = lambda s: None) -> dict:
+  """Pick the adaptation snapshot with the best validation F1 (labelled CCTA: uses target labels).
+
+  Every snapshot of `adapt_dir` (`cac_jax.train.adversarial.snapshots`) is scored on `val_cases`
+  (mean total-coronary F1 after FP reduction); ties go to the earliest. The choice is stored
+  in `adapt_dir/selection.json` and reused. Returns {"step", "export", "f1_by_step"}.
+  """
+  from cac_jax import atomic, checkpoints
+  from cac_jax.train import adversarial
+  path = os.path.join(adapt_dir, "selection.json")
+  snaps = adversarial.snapshots(adapt_dir)
+  if not snaps:
+    raise ValueError(f"{adapt_dir}: no adaptation snapshots to select from (config.adapt.snapshot_every)")
+  ids = [c.case_id for c in val_cases]
+  if os.path.exists(path):
+    with open(path, encoding="utf-8") as f:
+      done = json.load(f)
+    if done.get("val_cases") == ids and sorted(int(k) for k in done["f1_by_step"]) == sorted(snaps):
+      return done
+  log(f"selecting an adaptation snapshot of {os.path.basename(adapt_dir)} on {len(val_cases)} labelled CCTA "
+      f"validation scans ({len(snaps)} snapshots)")
+  f1 = mean_f1(config, {str(k): checkpoints.load_inference(v)[0] for k, v in snaps.items()}, val_cases)
+  f1_by_step = {int(k): v for k, v in f1.items()}
+  best = min(snaps, key=lambda k: (-np.nan_to_num(f1_by_step[k], nan=-1.0), k))
+  out = {"step": best, "export": snaps[best], "f1_by_step": {str(k): v for k, v in sorted(f1_by_step.items())},
+         "val_cases": ids, "note": "model selection with target (CCTA) labels: not unsupervised"}
+  atomic.write_text(path, json.dumps(out, indent=1) + "\n")
+  return out
+
+
 def train_models(config, manifest_csv: str, workdir: str, log: Callable[[str], None] = lambda s: None) -> dict[str, str]:
-  """Train the source network and the two adapted variants. Returns {model: export dir}."""
+  """Train the source network, the two adapted variants and, as configured, the oracle and
+  the validation-selected snapshots. Returns {model: export dir}."""
   from cac_jax import checkpoints
   from cac_jax.train import adversarial, source
   exports = {}
@@ -105,18 +195,27 @@ def train_models(config, manifest_csv: str, workdir: str, log: Callable[[str], N
   if not checkpoints.is_exported(exports["no_adaptation"]):
     log("training the source network on labelled chest NCCT")
     source.train_source(config, src_dir, _sampler_streams(_load(manifest_csv, config, "source_train"), None, config, config.seed))
+  models_wanted = {c.model for c in columns(config)}
+  if "oracle" in models_wanted:
+    exports["oracle"] = os.path.join(workdir, "oracle", "export")
+    if not checkpoints.is_exported(exports["oracle"]):
+      log("training the oracle on labelled CCTA (adapt_target labels; adaptation never reads them)")
+      labelled = _load(manifest_csv, config, "adapt_target", labels=True)
+      source.train_source(config, os.path.join(workdir, "oracle"), _sampler_streams(labelled, None, config, config.seed))
   source_params, _ = checkpoints.load_inference(exports["no_adaptation"])
   adapt_data = _sampler_streams(_load(manifest_csv, config, "adapt_source"), _load(manifest_csv, config, "adapt_target"),
                                 config, config.seed + 100)
   for name, alpha in (("adv_cls", float(config.adapt.alpha)), ("adv_only", 0.0)):
     d = os.path.join(workdir, name)
     exports[name] = os.path.join(d, "export")
-    if checkpoints.is_exported(exports[name]):
-      continue
-    log(f"adapting to CCTA ({name}: alpha = {alpha})")
-    cfg = ml_collections.ConfigDict(config.to_dict())
-    cfg.adapt.alpha = alpha
-    adversarial.adapt(cfg, d, source_params, adapt_data)
+    if not checkpoints.is_exported(exports[name]):
+      log(f"adapting to CCTA ({name}: alpha = {alpha})")
+      cfg = ml_collections.ConfigDict(config.to_dict())
+      cfg.adapt.alpha = alpha
+      adversarial.adapt(cfg, d, source_params, adapt_data)
+    if f"{name}_val" in models_wanted:
+      chosen = select_snapshot(config, d, _load(manifest_csv, config, "ccta_val"), log)
+      exports[f"{name}_val"] = chosen["export"]
   return exports
 
 
@@ -171,9 +270,10 @@ def evaluate_predictions(config, cases, raw: list[tuple[np.ndarray, float]], fp_
 
 def run(config: ml_collections.ConfigDict, workdir: str, seed: Optional[int] = None,
         log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
-  """Data, training, adaptation and evaluation for one experiment seed.
+  """Data, training, adaptation, selection and evaluation for one experiment seed.
 
-  Returns {"table": {column: {row: {measure: (mean, sd, n)}}}, "per_scan": ..., "exports": ...}.
+  Returns {"table": {column: {row: {measure: (mean, sd, n)}}}, "per_scan", "exports",
+  "columns", "gates", "selection"}.
   """
   from cac_jax import checkpoints
   seed = int(config.seed if seed is None else seed)
@@ -182,24 +282,73 @@ def run(config: ml_collections.ConfigDict, workdir: str, seed: Optional[int] = N
   os.makedirs(workdir, exist_ok=True)
   manifest_csv = make_data(config, os.path.join(workdir, "data"), seed, log)
   exports = train_models(config, manifest_csv, workdir, log)
-  tests = {role: _load(manifest_csv, config, role) for role in ("ccta_test", "ncct_test")}
-  params = {m: checkpoints.load_inference(d)[0] for m, d in exports.items()}
+  cols = columns(config)
+  tests = {role: _load(manifest_csv, config, role) for role in {c.role for c in cols}}
+  # A validation-selected snapshot that is the final generator reuses its predictions.
+  alias = {m: m[:-4] for m in exports if m.endswith("_val")
+           and _same_params(exports[m], exports[m[:-4]])}
+  params = {m: checkpoints.load_inference(d)[0] for m, d in exports.items() if m not in alias}
   table, per_scan, raw = {}, {}, {}
   log("scoring the test sets")
   # Whole-scan inference only for (model, test set) pairs with a raw (no FP reduction) column.
-  heart_only = {(m, r): all(f for _, r2, m2, f in COLUMNS if (m2, r2) == (m, r)) for _, r, m, _ in COLUMNS}
+  pairs = {(alias.get(c.model, c.model), c.role) for c in cols}
+  heart_only = {p: all(c.fp_reduction for c in cols if (alias.get(c.model, c.model), c.role) == p) for p in pairs}
   for role in tests:
     for ho in (False, True):
       names = sorted(m for (m, r), h in heart_only.items() if r == role and h == ho)
       if names:
         got = predict_raw({m: params[m] for m in names}, config, tests[role], heart_only=ho)
         raw.update({(m, role): v for m, v in got.items()})
-  for name, role, model, fp in COLUMNS:
-    scans = evaluate_predictions(config, tests[role], raw[(model, role)], fp)
+  for c in cols:
+    scans = evaluate_predictions(config, tests[c.role], raw[(alias.get(c.model, c.model), c.role)], c.fp_reduction)
     agg = metrics.aggregate([s["metrics"] for s in scans])
-    table[name] = {r: {m: _cell(agg[r].per_scan[m]) for m, _ in MEASURES} for r in ROWS}
-    per_scan[name] = scans
-  return {"seed": seed, "table": table, "per_scan": per_scan, "exports": exports, "manifest": manifest_csv}
+    table[c.name] = {r: {m: _cell(agg[r].per_scan[m]) for m, _ in MEASURES} for r in ROWS}
+    per_scan[c.name] = scans
+  selection = {}
+  for m in ("adv_cls", "adv_only"):
+    p = os.path.join(workdir, m, "selection.json")
+    if f"{m}_val" in exports and os.path.exists(p):
+      with open(p, encoding="utf-8") as f:
+        selection[m] = json.load(f)
+  return {"seed": seed, "table": table, "per_scan": per_scan, "exports": exports, "manifest": manifest_csv,
+          "columns": [c.name for c in cols], "gates": benchmark_gates(table), "selection": selection}
+
+
+def _same_params(export_a: str, export_b: str) -> bool:
+  from cac_jax import checkpoints
+  import jax  # pylint: disable=g-import-not-at-top
+  a, b = checkpoints.load_inference(export_a)[0], checkpoints.load_inference(export_b)[0]
+  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+
+
+def benchmark_gates(table: dict) -> list[gates_lib.Gate]:
+  """G1-G3 (`cac_jax.gates`) from one seed's table (total coronary, FP reduction on)."""
+  def cell(col, m):
+    return table[col]["total"][m][0] if col in table else float("nan")
+  return gates_lib.evaluate_gates(cell("NCCT test", "f1"), cell("NCCT test", "fp_mm3"),
+                                  cell("CCTA no adaptation+FP red.", "f1"), cell("CCTA oracle+FP red.", "f1"))
+
+
+def gap_shares(results: list[dict], n_resamples: int = 2000) -> dict[str, gates_lib.GapShare]:
+  """Share of the oracle gap closed by each adapted model (`GAP_SHARES`), mean over the seeds
+  of `results` with a 95 % bootstrap interval over test scans. Only rows whose columns exist."""
+  out = {}
+  for label, adapted, src, oracle in GAP_SHARES:
+    if not all(c in results[0]["per_scan"] for c in (adapted, src, oracle)):
+      continue
+    f1 = {c: [gates_lib.per_scan_f1([s["metrics"] for s in r["per_scan"][c]]) for r in results]
+          for c in (adapted, src, oracle)}
+    out[label] = gates_lib.bootstrap_gap_share(f1[adapted], f1[src], f1[oracle], n_resamples=n_resamples)
+  return out
+
+
+def gap_shares_markdown(shares: dict[str, gates_lib.GapShare], over: str) -> str:
+  lines = ["| adapted network | share of the oracle gap closed [95 % CI] |", "|---|---|"]
+  lines += [f"| {label} | {s.format()} |" for label, s in shares.items()]
+  lines.append(f"\n(F1_adapted - F1_source) / (F1_oracle - F1_source), total coronary F1 per scan; mean over "
+               f"{over}; interval: bootstrap over test scans. val-selected = snapshot picked with labelled CCTA "
+               "(uses target labels).")
+  return "\n".join(lines)
 
 
 def _cell(s: metrics.Summary) -> tuple[float, float, int]:
@@ -209,7 +358,7 @@ def _cell(s: metrics.Summary) -> tuple[float, float, int]:
 def combine_seeds(results: list[dict]) -> dict:
   """Mean and SD over seeds of each cell's per-seed mean: {column: {row: {measure: (mean, sd, n_seeds)}}}."""
   out = {}
-  for name, *_ in COLUMNS:
+  for name in results[0]["table"]:
     out[name] = {}
     for r in ROWS:
       out[name][r] = {}
@@ -221,9 +370,15 @@ def combine_seeds(results: list[dict]) -> dict:
   return out
 
 
-def table_markdown(table: dict, over: str = "scans") -> str:
-  """The paper's Table 2 layout: rows artery x measure, columns test set / method; mean (SD)."""
-  names = [c[0] for c in COLUMNS]
+def table_markdown(table: dict, over: str = "scans", which: str = "main") -> str:
+  """The paper's Table 2 layout: rows artery x measure, columns test set / method; mean (SD).
+
+  `which`: "main" (the paper's columns and the oracle) or "selected" (validation-selected
+  snapshots); only the columns present in `table`. Empty string when there are none.
+  """
+  names = [c.name for c in COLUMNS if c.table == which and c.name in table]
+  if not names:
+    return ""
   lines = ["| artery | measure | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
   for r in ROWS:
     for m, label in MEASURES:
@@ -236,6 +391,31 @@ def table_markdown(table: dict, over: str = "scans") -> str:
       lines.append(f"| {r} | {label} | " + " | ".join(cells) + " |")
   lines.append(f"\nmean (SD) over {over}; sensitivity and F1 over scans with reference calcium of that artery.")
   return "\n".join(lines)
+
+
+def report_markdown(results: list[dict]) -> str:
+  """Everything `launch.reproduce` prints: the gates per seed, Table 2 (+ oracle), the
+  validation-selected columns with the chosen steps, and the gap shares."""
+  seeds = [r["seed"] for r in results]
+  if len(results) == 1:
+    table, over = results[0]["table"], "scans"
+  else:
+    table, over = combine_seeds(results), f"seeds {seeds} (per-seed means)"
+  parts = ["## Benchmark gates (total coronary calcium, FP reduction on, mean over test scans)"]
+  for r in results:
+    parts += [f"\nseed {r['seed']}:\n", gates_lib.gates_markdown(r["gates"])]
+  parts += ["\n## Table 2 on phantoms (CCTA test set never used in training or selection)\n",
+            table_markdown(table, over)]
+  selected = table_markdown(table, over, which="selected")
+  if selected:
+    steps = "; ".join(f"seed {r['seed']}: " + ", ".join(f"{m} step {v['step']} (val F1 {v['f1_by_step'][str(v['step'])]:.2f})"
+                                                      for m, v in r["selection"].items()) for r in results)
+    parts += ["\n## Snapshots picked with labelled CCTA validation scans (model selection with target labels)\n",
+              f"chosen: {steps}\n", selected]
+  shares = gap_shares(results)
+  if shares:
+    parts += ["\n## Share of the oracle gap that adaptation closes\n", gap_shares_markdown(shares, over)]
+  return "\n".join(parts)
 
 
 def write_figures(result: dict, config, out_dir: str) -> dict[str, str]:

@@ -109,30 +109,79 @@ class DeepSupervisionHeads(nn.Module):
     return jnp.stack([nn.Dense(self.num_classes, name=f"{v}_head")(f) for v, f in zip(VIEWS, per_view)])
 
 
+class BatchStatsNorm(nn.Module):
+  """Per-channel normalisation with the statistics of the batch it is called on, no state.
+
+  (B, h, w, C) -> same shape: each channel is normalised over (B, h, w) with its mean and
+  biased variance (PyTorch `BatchNorm2d` in training mode, eps 1e-5), then scaled and shifted
+  by learnable (C,) `scale` (init 1) and `bias` (init 0). Running averages are never kept
+  because the reference critic never leaves training mode, so they are never read; without
+  them the module is stateless and fits a pure `lax.scan` of critic steps.
+  """
+
+  epsilon: float = 1e-5
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    c = x.shape[-1]
+    axes = tuple(range(x.ndim - 1))
+    mean = x.mean(axis=axes)
+    var = jnp.square(x - mean).mean(axis=axes)
+    scale = self.param("scale", nn.initializers.ones, (c,), x.dtype)
+    bias = self.param("bias", nn.initializers.zeros, (c,), x.dtype)
+    return (x - mean) * jax.lax.rsqrt(var + self.epsilon) * scale + bias
+
+
+CRITIC_NORMS = ("batch", "layer")
+
+
 class Critic(nn.Module):
   """Wasserstein critic D on G's feature map: (B, h, w, 96) -> (B,) scores (source high).
 
-  Seven VALID 3x3 convs with `channels`; LayerNorm + ReLU after all but the last, then a
-  dense layer from the flattened map to one scalar per sample. Needs h, w >= 15.
+  Seven VALID 3x3 convs with `channels`, then a dense layer from the flattened map to one
+  scalar per sample. Needs h, w >= 15 (>= 17 with "batch"). `norm` chooses what follows each conv:
 
-  Why LayerNorm (per sample, over h, w and channels): a Wasserstein critic must score each
-  sample on its own. BatchNorm couples the samples of a batch (the score of a target patch
-  would depend on the source patches beside it, and the critic could separate domains from
-  batch statistics alone), and its running statistics are mutable state that does not fit
-  a pure `lax.scan` of critic steps. LayerNorm has no batch coupling and no state; its
-  scale and bias are clipped to [-c, c] with all other critic params, which keeps the
-  critic Lipschitz-bounded as weight clipping intends.
+  * "batch" (the reference, default): per-channel batch statistics + ReLU after *all seven*
+    convs, the last (one channel) included, as in the authors' `networks/Gan.py:141-167`
+    (`Discriminator`: Conv2d, BatchNorm2d, ReLU seven times, then Flatten and Linear). Their
+    training script never calls `modelD.eval()` and scores the NCCT and CCTA batches in
+    separate forward calls (`trainGAN_adv_cls_MMD.py:168-169`, `:217-218`, and only the CCTA
+    batch at `:242`), so each call normalises one domain's batch with its own statistics: a
+    shift of a feature channel, or a common scale of all features, applied to a whole domain
+    is invisible to the critic, and L_adv cannot make G chase it. The score of one sample
+    depends on the batch it is scored with, so always score one domain per call.
+  * "layer": per-sample LayerNorm over (h, w, channels) + ReLU after all but the last conv
+    (this project's earlier critic). It scores each sample on its own, and so it sees a
+    per-channel shift of a whole domain's features.
+
+  Every scale and bias is clipped to [-c, c] with the other critic params (the reference
+  clamps all of `modelD.parameters()`, BatchNorm weights included).
   """
 
   channels: Sequence[int] = (128, 128, 256, 128, 64, 32, 1)
+  norm: str = "batch"
 
   @nn.compact
   def __call__(self, features: jax.Array) -> jax.Array:
+    if self.norm not in CRITIC_NORMS:
+      raise ValueError(f"critic norm must be one of {CRITIC_NORMS}; got {self.norm!r}")
     x = features
+    last = len(self.channels) - 1
     for i, ch in enumerate(self.channels):
-      x = nn.Conv(ch, (3, 3), padding="VALID", name=f"conv{i}")(x)
-      if i < len(self.channels) - 1:
+      # A bias before batch statistics is subtracted again with the channel mean: it cannot
+      # change any score (the reference's Conv2d has one, inert), only collect float-noise
+      # gradients that RMSProp would blow up to full-size updates. So none here.
+      x = nn.Conv(ch, (3, 3), padding="VALID", use_bias=self.norm != "batch", name=f"conv{i}")(x)
+      if self.norm == "batch":
+        x = nn.relu(BatchStatsNorm(name=f"norm{i}")(x))
+      elif i < last:
         x = nn.relu(nn.LayerNorm(reduction_axes=(-3, -2, -1), name=f"norm{i}")(x))
+    if self.norm == "batch" and x.shape[1] * x.shape[2] < 2:
+      # Batch statistics over a 1x1 one-channel map standardise the batch's scores: their
+      # batch mean is then the same for every batch, and the critic can tell domains apart
+      # only by the shape of the score distribution (the reference's map is 11x11).
+      raise ValueError(f"a batch-statistics critic needs a final map larger than 1x1; got {x.shape[1:3]} "
+                       "from features of side " f"{features.shape[1]} (config.data.output_size >= 17)")
     x = x.reshape(x.shape[0], -1)
     return nn.Dense(1, name="score")(x)[:, 0]
 
@@ -143,7 +192,7 @@ def build(config: ml_collections.ConfigDict) -> tuple[Generator, Classifier, Dee
   g = Generator(m.tower_width, m.tower_features, tuple(m.dilations))
   c = Classifier(m.classifier_hidden, m.num_classes, m.dropout)
   h = DeepSupervisionHeads(m.num_classes)
-  d = Critic(tuple(m.critic_channels))
+  d = Critic(tuple(m.critic_channels), m.get("critic_norm", "batch"))
   return g, c, h, d
 
 

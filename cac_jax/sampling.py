@@ -36,10 +36,21 @@ Batch policies (`PatchSampler`, counts from config.sampling):
         every few batches. Policy "uniform": a case uniformly among cases with any labelled
         calcium, then one of its labelled voxels uniformly.
     Only cases with a label map take part in source batches.
-  * critic batch: `critic_batch // 2` patches at voxels >= the case's threshold (over the whole
-    volume, or inside the dilated heart with `critic_bright_in_heart`, which defaults to
-    `bright_in_heart`), the rest uniform in the sampling region; all cases take part.
-  Cases are drawn uniformly (except for the class-balanced draw above).
+  * critic batch (also the target batch of the generator step), policy `critic_policy`:
+      - "reference" (default; the authors' `get_a_batch_of_cropped_slices_iterator`,
+        `dataset/CalciumDataset.py:335-387`, called with T=130 for both domains in
+        `trainGAN_adv_cls_MMD.py:161-162`, `:210-211`, `:239`): every patch first draws an
+        axial slice uniformly from all slices of all cases, then the first `critic_batch // 2`
+        patches a voxel >= 130 HU (config.scoring.ncct_threshold) of that slice, the rest a
+        uniform voxel of that slice (air included). The same fixed 130 HU in CCTA, so bright
+        CCTA patches are mostly contrast lumen, blood pool and bone. A slice without a voxel
+        >= 130 HU gives a uniform voxel of that slice (the reference would fail there).
+      - "scan_threshold" (this project's earlier policy): `critic_batch // 2` patches at
+        voxels >= the case's scoring threshold (the aortic-ROI threshold in CCTA), over the
+        whole volume or inside the dilated heart with `critic_bright_in_heart` (default
+        `bright_in_heart`), the rest uniform in the sampling region; cases drawn uniformly.
+  Cases are drawn uniformly (except for the class-balanced draw above and the slice draw of
+  the reference critic policy).
 
 Fallbacks (never raise): a case with no voxel >= its threshold gives a uniform voxel
 instead; if no labelled case holds any calcium voxel, labelled patches are uniform voxels of
@@ -73,6 +84,7 @@ PAD_HU = -1000.0
 _SOURCE_STREAM = 0
 _CRITIC_STREAM = 1
 LABELLED_POLICIES = ("class_balanced", "uniform")
+CRITIC_POLICIES = ("reference", "scan_threshold")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -258,6 +270,7 @@ class _CaseIndex:
   bright: np.ndarray  # flat indices with HU >= threshold (may be empty)
   region: Optional[np.ndarray]  # flat indices of the uniform-sampling region; None = whole
   bright_in_region: np.ndarray  # bright voxels inside the region (== bright when region is None or unused)
+  bright_fixed: np.ndarray  # flat indices with HU >= the fixed reference threshold (sorted, so by slice)
   by_class: dict  # class -> flat indices of labelled voxels of that class (classes 1..6)
   labelled_all: np.ndarray  # flat indices of all labelled calcium voxels
 
@@ -366,10 +379,12 @@ class PatchSampler:
     heart_dilation_mm: box dilation of the heart mask; default config.scoring.heart_dilation_mm.
     bright_in_heart: draw the source batches' ">= threshold" patches only inside that dilated
       heart when the case has one (default config.sampling.bright_in_heart, False).
-    critic_bright_in_heart: the same for critic batches (default: `bright_in_heart`).
-      Adaptation keeps its labelled source batches like source training (bright negatives
-      over the whole volume, so the network keeps seeing bone as background) while the
-      critic compares bright patches where scoring classifies.
+    critic_bright_in_heart: the same for critic batches of the "scan_threshold" policy
+      (default: `bright_in_heart`). Adaptation keeps its labelled source batches like source
+      training (bright negatives over the whole volume, so the network keeps seeing bone as
+      background).
+    critic_policy: "reference" or "scan_threshold" (module docstring); default
+      `config.adapt.critic_patches` ("reference" when absent).
 
   Batches: source `{"views": (3, B, P, P, 1) f32, "labels": (3, B, o, o) i32}` with
   B = source_threshold + source_uniform + source_labelled; critic `{"views": ...}` with
@@ -379,11 +394,17 @@ class PatchSampler:
   def __init__(self, cases: Sequence[Case], config: ml_collections.ConfigDict, seed: int,
                *, labelled_policy: str = "class_balanced", uniform_in_heart: bool = True,
                heart_dilation_mm: Optional[float] = None, bright_in_heart: Optional[bool] = None,
-               critic_bright_in_heart: Optional[bool] = None):
+               critic_bright_in_heart: Optional[bool] = None, critic_policy: Optional[str] = None):
     if not cases:
       raise ValueError("PatchSampler needs at least one case")
     if labelled_policy not in LABELLED_POLICIES:
       raise ValueError(f"labelled_policy must be one of {LABELLED_POLICIES}; got {labelled_policy!r}")
+    if critic_policy is None:
+      critic_policy = config.adapt.get("critic_patches", "reference") if "adapt" in config else "reference"
+    if critic_policy not in CRITIC_POLICIES:
+      raise ValueError(f"critic_policy must be one of {CRITIC_POLICIES}; got {critic_policy!r}")
+    self.critic_policy = critic_policy
+    self.reference_threshold = float(config.scoring.ncct_threshold)
     self.config = config
     self.seed = int(seed)
     self.labelled_policy = labelled_policy
@@ -413,6 +434,8 @@ class PatchSampler:
     if self._labelled_cases and not self._calcium_cases and self.n_labelled:
       for i in self._labelled_cases:
         self._note(i, "no labelled calcium in any case: labelled patches are uniform voxels")
+    # First pooled slice index of each case (the reference critic policy draws slices).
+    self._slice_starts = np.cumsum([0] + [ci.hu.shape[0] for ci in self._cases])
     self._counters = {_SOURCE_STREAM: 0, _CRITIC_STREAM: 0}
     self._prefetchers: list[Prefetcher] = []
 
@@ -459,8 +482,14 @@ class PatchSampler:
     # Only needed when bright patches are restricted to the region (intersect1d sorts every bright voxel).
     in_region = (np.intersect1d(bright, region, assume_unique=True)
                  if (self.bright_in_heart or self.critic_bright_in_heart) and region is not None else bright)
+    bright_fixed = bright
+    if self.critic_policy == "reference" and thr != self.reference_threshold:
+      bright_fixed = np.flatnonzero(hu.reshape(-1) >= self.reference_threshold).astype(idt)
+    if self.critic_policy == "reference" and not bright_fixed.size:
+      self._note(case, f"no voxel >= {self.reference_threshold:.0f} HU: bright critic patches are uniform in their slice")
     return _CaseIndex(case=case, hu=hu, labels=labels, threshold=thr, bright=bright, region=region,
-                      bright_in_region=in_region, by_class=by_class, labelled_all=labelled_all)
+                      bright_in_region=in_region, bright_fixed=bright_fixed, by_class=by_class,
+                      labelled_all=labelled_all)
 
   # -- centre draws ---------------------------------------------------------------------------
 
@@ -513,6 +542,26 @@ class PatchSampler:
       centres[k] = np.unravel_index(f, self._cases[i].hu.shape)
     return case_idx, centres
 
+  def _draw_reference(self, rng: np.random.Generator, n_bright: int, n_uniform: int) -> tuple[np.ndarray, np.ndarray]:
+    """The reference critic draw: per patch a slice uniformly from all cases' slices, then a
+    voxel >= the fixed threshold of that slice (first `n_bright`) or a uniform one."""
+    case_idx = np.zeros(n_bright + n_uniform, np.int64)
+    centres = np.zeros((n_bright + n_uniform, 3), np.int64)
+    for k in range(n_bright + n_uniform):
+      pooled = int(rng.integers(self._slice_starts[-1]))
+      i = int(np.searchsorted(self._slice_starts, pooled, side="right")) - 1
+      ci = self._cases[i]
+      z = pooled - int(self._slice_starts[i])
+      _, ny, nx = ci.hu.shape
+      lo, hi = np.searchsorted(ci.bright_fixed, [z * ny * nx, (z + 1) * ny * nx])
+      if k < n_bright and hi > lo:
+        f = int(ci.bright_fixed[lo + rng.integers(hi - lo)])
+      else:
+        f = z * ny * nx + int(rng.integers(ny * nx))
+      case_idx[k] = i
+      centres[k] = np.unravel_index(f, ci.hu.shape)
+    return case_idx, centres
+
   # -- batches --------------------------------------------------------------------------------
 
   def _views(self, case_idx: np.ndarray, centres: np.ndarray) -> np.ndarray:
@@ -558,8 +607,11 @@ class PatchSampler:
     """Critic batch number `index` (pure function of seed and index)."""
     rng = self._rng(_CRITIC_STREAM, index)
     n_bright = self.n_critic // 2
-    case_idx, centres = self._draw(rng, range(len(self._cases)), n_bright,
-                                   self.n_critic - n_bright, 0, self.critic_bright_in_heart)
+    if self.critic_policy == "reference":
+      case_idx, centres = self._draw_reference(rng, n_bright, self.n_critic - n_bright)
+    else:
+      case_idx, centres = self._draw(rng, range(len(self._cases)), n_bright,
+                                     self.n_critic - n_bright, 0, self.critic_bright_in_heart)
     batch = {"views": self._views(case_idx, centres)}
     if with_info:
       batch.update(case_index=case_idx, centres=centres)

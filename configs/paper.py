@@ -16,6 +16,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.num_classes = 7
   c.model.dropout = 0.35
   c.model.critic_channels = (128, 128, 256, 128, 64, 32, 1)
+  # "batch": per-call batch statistics + ReLU after all seven critic convs, as the reference
+  # (networks/Gan.py:141-167, never in eval mode); "layer": per-sample LayerNorm (see models.Critic).
+  c.model.critic_norm = "batch"
 
   # Data geometry (cac_jax.preprocess, cac_jax.sampling).
   c.data = ml_collections.ConfigDict()
@@ -44,23 +47,35 @@ def get_config() -> ml_collections.ConfigDict:
   c.source.log_every = 100
   c.source.checkpoint_every = 5_000
 
-  # Adversarial adaptation (cac_jax.train.adapt).
+  # Adversarial adaptation (cac_jax.train.adversarial). Every value below is the reference's
+  # (qurAI-amsterdam/CACscoringUsingDomainAdaptation, trainGAN_adv_cls_MMD.py and run_bash.sh).
   c.adapt = ml_collections.ConfigDict()
-  c.adapt.critic_lr = 5e-4
-  c.adapt.generator_lr = 5e-5
-  c.adapt.rmsprop_decay = 0.99       # PyTorch RMSprop alpha
+  c.adapt.critic_lr = 5e-4           # lr (:38, :105)
+  c.adapt.generator_lr = 5e-5        # 0.1 * lr (:105)
+  c.adapt.weight_decay = 5e-4        # both RMSprop optimisers (:107-108)
+  c.adapt.rmsprop_decay = 0.99       # PyTorch RMSprop alpha (default)
   c.adapt.rmsprop_eps = 1e-8
-  c.adapt.clip = 0.1                 # critic params projected to [-clip, clip]
-  c.adapt.alpha = 2.0                # weight of the source classification loss
-  c.adapt.critic_pretrain_steps = 1_000
-  c.adapt.critic_steps = 20          # critic updates per generator update
-  c.adapt.critic_steps_later = 0     # 0: no change; else critic steps after `change_at`
-  c.adapt.change_at = 0              # generator step at which critic_steps_later applies
-  c.adapt.num_generator_steps = 10_000
-  c.adapt.bright_in_heart = False    # adaptation: critic ">= threshold" patches only in the dilated heart
+  c.adapt.clip = 0.1                 # critic params clamped to [-clip, clip] after each update (:66, :231)
+  c.adapt.alpha = 2.0                # weight of the source classification loss (run_bash.sh --w_cls 2)
+  # Critic pre-training: N_Diters (10; 20 in run_bash.sh:5) x 100 x batch_size (10) critic updates (:145-180).
+  c.adapt.critic_pretrain_steps = 10_000
+  # Then per epoch 5 x (d_iters x 10 critic updates, 10 generator updates) (:203-261): 20 critic
+  # updates per generator update, 5 from epoch 100 (:196-199), i.e. from generator step 99 * 50.
+  c.adapt.critic_steps = 20
+  c.adapt.critic_steps_later = 5     # 0: no change; else critic steps from generator step `change_at`
+  c.adapt.change_at = 4_950
+  c.adapt.num_generator_steps = 10_000  # 200 epochs x 50 generator updates
+  # Critic and generator-target patches: "reference" = half >= 130 HU, half uniform, in a random
+  # slice of either domain (dataset/CalciumDataset.py:335-387); "scan_threshold" = this project's
+  # earlier policy (CCTA bright patches at the aortic-ROI threshold). See cac_jax.sampling.
+  c.adapt.critic_patches = "reference"
+  c.adapt.bright_in_heart = False    # "scan_threshold" only: critic bright patches only in the dilated heart
   c.adapt.unroll_critic_scan = True  # unroll the lax.scan of critic steps (faster on XLA:CPU)
   c.adapt.log_every = 10
   c.adapt.checkpoint_every = 500
+  # Inference snapshots of G every N generator steps (0: none) for checkpoint selection; the
+  # reference saves G every 5 epochs = 250 steps (:285-287) and tests G_15 (TestNet_transf.py:89).
+  c.adapt.snapshot_every = 250
 
   # Scoring (cac_jax.threshold, cac_jax.postprocess, cac_jax.infer).
   c.scoring = ml_collections.ConfigDict()
@@ -83,4 +98,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.experiment.n_adapt_target = 20
   c.experiment.n_ccta_test = 20
   c.experiment.n_ncct_test = 10
+  # Labelled CCTA used only to pick an adaptation snapshot (the reference validates every epoch
+  # on labelled CCTA, utils/GAN_validation.py:19-47 via trainGAN_adv_cls_MMD.py:283): model
+  # selection with target labels, reported as such. 0: no selection.
+  c.experiment.n_ccta_val = 5
+  # The oracle: the source architecture and schedule trained on the labelled adapt_target CCTA.
+  c.experiment.oracle = True
   return c

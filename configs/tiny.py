@@ -12,7 +12,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dilations = (1, 2, 4)      # RF = 1 + 2*(1+2+4+1) = 17
   c.model.classifier_hidden = 16
   c.model.critic_channels = (16, 16, 16, 16, 16, 8, 1)
-  c.data.output_size = 15            # critic needs >= 15 features wide; patch = 31
+  # The batch-statistics critic needs a final map > 1x1: 25 gives 11x11, as the paper; patch = 41.
+  c.data.output_size = 25
   c.data.working_spacing = (1.5, 1.0, 1.0)
   c.sampling.source_threshold = 2
   c.sampling.source_uniform = 2

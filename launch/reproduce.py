@@ -5,6 +5,7 @@ r"""The paper's Table 2 on phantoms: make data, train source, adapt, score, eval
   python -m launch.reproduce --config configs/paper.py --workdir runs/paper   # a GPU
 """
 
+import dataclasses
 import json
 import logging
 import os
@@ -12,7 +13,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from cac_jax import experiment
+from cac_jax import atomic, experiment
 from launch import train_flags
 
 FLAGS = flags.FLAGS
@@ -32,20 +33,18 @@ def main(argv):
     results.append(experiment.run(FLAGS.config, wd, seed, log=lambda s, seed=seed: log.info("[seed %d] %s", seed, s)))
   out = os.path.join(FLAGS.workdir, "results")
   figures = experiment.write_figures(results[0], FLAGS.config, out)
-  if len(seeds) == 1:
-    md = experiment.table_markdown(results[0]["table"])
-  else:
-    md = experiment.table_markdown(experiment.combine_seeds(results), over=f"seeds {seeds} (per-seed means)")
-  with open(os.path.join(out, "table2.md"), "w", encoding="utf-8") as f:
-    f.write(md + "\n")
-  with open(os.path.join(out, "table2.json"), "w", encoding="utf-8") as f:
-    json.dump({"seeds": seeds, "tables": [r["table"] for r in results]}, f, indent=1)
-  print("\nTable 2 on phantoms (CCTA test set never used in training):\n")
+  md = experiment.report_markdown(results)
+  atomic.write_text(os.path.join(out, "table2.md"), md + "\n")
+  atomic.write_text(os.path.join(out, "table2.json"), json.dumps(
+      {"seeds": seeds, "tables": [r["table"] for r in results],
+       "gates": [[dataclasses.asdict(g) for g in r["gates"]] for r in results],
+       "selection": [r["selection"] for r in results]}, indent=1) + "\n")
+  print()
   print(md)
   print("\nfigures:")
   for name, path in figures.items():
     print(f"  {name}: {path}")
-  print(f"  table: {os.path.join(out, 'table2.md')}")
+  print(f"  report: {os.path.join(out, 'table2.md')}")
 
 
 if __name__ == "__main__":

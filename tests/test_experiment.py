@@ -1,7 +1,11 @@
 """The phantom Table-2 experiment end to end at toy size: structure, reuse, figures."""
 
+import json
 import math
 import os
+
+import jax
+import numpy as np
 
 import pytest
 
@@ -17,6 +21,7 @@ def toy(tmp_path_factory):
   c.experiment.n_adapt_target = 1
   c.experiment.n_ccta_test = 3
   c.experiment.n_ncct_test = 1
+  c.experiment.n_ccta_val = 1
   c.source.num_steps = 6
   c.adapt.critic_pretrain_steps = 2
   c.adapt.num_generator_steps = 2
@@ -26,7 +31,8 @@ def toy(tmp_path_factory):
 
 def test_table_has_every_column_row_and_measure(toy):
   _, _, res = toy
-  assert list(res["table"]) == [c[0] for c in experiment.COLUMNS]
+  c, _, _ = toy
+  assert list(res["table"]) == [col.name for col in experiment.columns(c)] == [col.name for col in experiment.COLUMNS]
   for col in res["table"].values():
     assert list(col) == list(experiment.ROWS)
     for row in col.values():
@@ -34,7 +40,12 @@ def test_table_has_every_column_row_and_measure(toy):
       fp_mean, _, n = row["fp_mm3"]
       assert fp_mean >= 0 and n >= 1  # FP volume is defined for every scan
   md = experiment.table_markdown(res["table"])
-  assert all(c[0] in md for c in experiment.COLUMNS) and md.count("\n| ") == 12
+  selected = experiment.table_markdown(res["table"], which="selected")
+  for col in experiment.COLUMNS:
+    header = f"| {col.name} |"
+    assert (header in md.splitlines()[0] + " |") == (col.table == "main")
+    assert (header in selected.splitlines()[0] + " |") == (col.table == "selected")
+  assert md.count("\n| ") == 12 and selected.count("\n| ") == 12
 
 
 def test_adapt_target_labels_are_never_loaded(toy):
@@ -68,22 +79,41 @@ def test_figures_are_written(toy, tmp_path):
   assert paths and all(os.path.getsize(p) > 1000 for p in paths.values())
 
 
-def test_target_supervised_reference(toy, tmp_path):
-  """cac_jax.target_supervised trains on the labelled adapt_target phantoms and scores ccta_test
-  with the same numbers as scoring the source network directly."""
-  from cac_jax import target_supervised
-  c, wd, res = toy
-  out = str(tmp_path / "ts")
-  text = target_supervised.run(wd, negatives_in_heart=True, output_dir=out)
-  with open(os.path.join(out, "target_supervised.md"), encoding="utf-8") as f:
-    assert f.read() == text
-  rows = [line for line in text.splitlines() if line.startswith("| ") and "network" not in line]
-  assert len(rows) == 2 and "trained on 1 labelled CCTA (negatives in the dilated heart)" in rows[1]
-  cases = experiment._load(res["manifest"], c, "ccta_test")
+def test_oracle_is_trained_on_the_labelled_target_and_scored(toy):
+  """The oracle column scores a network trained from the adapt_target labels (the same
+  schedule as the source network), on the same CCTA test scans as the source network."""
   from cac_jax import checkpoints
-  src = target_supervised.score(c, checkpoints.load_inference(res["exports"]["no_adaptation"])[0], cases)
-  assert rows[0] == (f"| source (NCCT), no adaptation | {src['sensitivity']:.2f} | {src['fp_mm3']:.1f} | "
-                     f"{src['f1']:.2f} |")
-  assert os.path.exists(os.path.join(out, "export", "cac_jax_inference.json"))
-  with pytest.raises(FileNotFoundError, match="launch.reproduce workdir"):
-    target_supervised.run(str(tmp_path / "nowhere"), False, str(tmp_path / "o2"))
+  c, _, res = toy
+  oracle, _ = checkpoints.load_inference(res["exports"]["oracle"])
+  source_params, _ = checkpoints.load_inference(res["exports"]["no_adaptation"])
+  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(oracle), jax.tree.leaves(source_params)))
+  with open(os.path.join(os.path.dirname(res["exports"]["oracle"]), "metrics.jsonl"), encoding="utf-8") as f:
+    steps = [json.loads(line)["step"] for line in f]
+  assert max(steps) == c.source.num_steps
+  a, b = res["per_scan"]["CCTA oracle"], res["per_scan"]["CCTA no adaptation"]
+  assert [s["id"] for s in a] == [s["id"] for s in b]
+  cases = experiment._load(res["manifest"], c, "adapt_target", labels=True)
+  assert cases and all(case.labels is not None for case in cases)
+
+
+def test_validation_selection_is_recorded_and_scored(toy):
+  c, wd, res = toy
+  for m in ("adv_cls", "adv_only"):
+    sel = res["selection"][m]
+    # tiny: snapshot_every > num_generator_steps, so the final step is the only snapshot.
+    assert sel["step"] == c.adapt.num_generator_steps and list(sel["f1_by_step"]) == [str(sel["step"])]
+    assert "target (CCTA) labels" in sel["note"]
+    assert os.path.exists(os.path.join(wd, m, "selection.json"))
+  # The final generator was picked: its val-selected columns equal the final ones.
+  assert res["table"]["CCTA Ladv+Lcls, val-selected"] == res["table"]["CCTA Ladv+Lcls"]
+
+
+def test_report_prints_gates_table_and_gap_shares(toy):
+  _, _, res = toy
+  md = experiment.report_markdown([res])
+  print(md)
+  for g in ("| G1 |", "| G2 |", "| G3 |", "Table 2", "val-selected", "oracle gap"):
+    assert g in md
+  assert [g.name for g in res["gates"]] == ["G1", "G2", "G3"]
+  ncct = res["table"]["NCCT test"]["total"]
+  assert res["gates"][0].passed == (ncct["f1"][0] >= 0.6 and ncct["fp_mm3"][0] <= 100)

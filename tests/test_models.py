@@ -10,7 +10,7 @@ from cac_jax.train import state as state_lib
 from configs import paper, tiny
 
 
-@pytest.mark.parametrize("get_config, rf, patch", [(paper.get_config, 131, 155), (tiny.get_config, 17, 31)])
+@pytest.mark.parametrize("get_config, rf, patch", [(paper.get_config, 131, 155), (tiny.get_config, 17, 41)])
 def test_receptive_field_and_patch_size(get_config, rf, patch):
   c = get_config()
   assert models.receptive_field(c.model.dilations) == rf
@@ -83,3 +83,50 @@ def test_host_init_matches_flax_structure_and_scale():
     assert h.shape == f.shape and h.dtype == f.dtype
   k = np.asarray(host["critic"]["conv2"]["kernel"])  # (3, 3, 16, 16): fan_in 144
   assert abs(k.std() - 1 / 12) < 0.01 and np.abs(k).max() <= 2 / 12 / 0.8796 + 1e-6
+
+
+def _critic_and_feats(norm, seed=0):
+  c = tiny.get_config()
+  c.model.critic_norm = norm
+  d = models.build(c)[3]
+  side = c.data.output_size
+  f = 3 * c.model.tower_features
+  feats = jax.random.normal(jax.random.PRNGKey(seed), (6, side, side, f))
+  params = d.init(jax.random.PRNGKey(1), feats)["params"]
+  # Non-trivial norm scales/biases (init is 1 / 0), within the clip range.
+  params = jax.tree_util.tree_map_with_path(
+      lambda p, x: x * 0.07 + 0.03 if p[-1].key in ("scale", "bias") and p[0].key.startswith("norm") else x, params)
+  return d, params, feats, f
+
+
+def test_batch_critic_ignores_a_whole_domain_channel_shift_and_common_scale():
+  """Per-call batch statistics: shifting every feature channel of a whole batch (by its own
+  amount) and scaling all features by one factor leaves every score unchanged; the
+  per-sample LayerNorm critic sees the channel shift."""
+  shift = jnp.linspace(-2.0, 3.0, 3 * tiny.get_config().model.tower_features)
+  d, params, feats, _ = _critic_and_feats("batch")
+  score = lambda x: np.asarray(d.apply({"params": params}, x))
+  np.testing.assert_allclose(score(1.7 * feats + shift), score(feats), rtol=2e-4, atol=2e-4)
+  # Not invariant to a shift of one sample alone (it is not a constant map).
+  moved = feats.at[0].add(shift)
+  assert np.abs(score(moved) - score(feats)).max() > 1e-3
+  d, params, feats, _ = _critic_and_feats("layer")
+  score = lambda x: np.asarray(d.apply({"params": params}, x))
+  assert np.abs(score(feats + shift) - score(feats)).max() > 1e-3
+
+
+def test_batch_critic_normalises_after_all_seven_convs_without_conv_bias():
+  c = tiny.get_config()
+  params = jax.eval_shape(lambda: models.init_params(c, jax.random.PRNGKey(0)))["critic"]
+  assert sorted(k for k in params if k.startswith("norm")) == [f"norm{i}" for i in range(7)]
+  assert all(set(params[f"conv{i}"]) == {"kernel"} for i in range(7))
+  c.model.critic_norm = "layer"
+  params = jax.eval_shape(lambda: models.init_params(c, jax.random.PRNGKey(0)))["critic"]
+  assert sorted(k for k in params if k.startswith("norm")) == [f"norm{i}" for i in range(6)]
+
+
+def test_batch_critic_refuses_a_one_pixel_final_map():
+  c = tiny.get_config()
+  d = models.build(c)[3]
+  with pytest.raises(ValueError, match="larger than 1x1"):
+    d.init(jax.random.PRNGKey(0), jnp.zeros((2, 15, 15, 24)))

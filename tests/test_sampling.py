@@ -114,7 +114,11 @@ def _make_case(case_id, shape=(16, 40, 40), seed=0, domain="ncct", labelled=True
 
 @pytest.fixture(scope="module")
 def cfg():
-  return tiny.get_config()
+  """tiny with the "scan_threshold" critic policy, whose bright/uniform/heart rules most tests
+  below check; the reference policy (the default) has tests of its own."""
+  c = tiny.get_config()
+  c.adapt.critic_patches = "scan_threshold"
+  return c
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +130,7 @@ def cases():
 def test_source_batch_shapes_tiny(cfg, cases):
   s = sampling.PatchSampler(cases, cfg, seed=0)
   p, o = models.patch_size(cfg), cfg.data.output_size
-  assert p == 31
+  assert p == 41
   b = s.source_batch()
   n = cfg.sampling.source_threshold + cfg.sampling.source_uniform + cfg.sampling.source_labelled
   assert set(b) == {"views", "labels"}
@@ -417,3 +421,47 @@ def test_normaliser_fallback_without_preprocess(cfg, monkeypatch):
   hu = np.array([-2000.0, -1000.0, 130.0, 1260.0, 5000.0], np.float32)
   np.testing.assert_allclose(norm(hu, cfg.data), _normalize(hu, cfg.data), rtol=1e-6)
   np.testing.assert_allclose(norm(hu, cfg.data), [-1.0, -1.0, 0.0, 1.0, 2870.0 / 1130.0], rtol=1e-6)
+
+
+def test_reference_critic_policy_is_the_default_and_draws_like_the_authors():
+  """Default critic policy: half the patches at voxels >= 130 HU of a random slice, also in
+  CCTA (whose scoring threshold is higher), half uniform over that slice, air included; the
+  heart mask plays no part."""
+  c = tiny.get_config()
+  assert c.adapt.critic_patches == "reference"
+  ccta = _make_case("t", domain="ccta", labelled=False, shape=(20, 60, 60), meta={"calcium_threshold_hu": 600.0})
+  ccta.scan.hu[:, :, :5] = -1000.0  # air at the side: only the uniform half can land there
+  s = sampling.PatchSampler([ccta], c, seed=0)
+  assert s.critic_policy == "reference" and s.thresholds == [600.0]
+  half = c.sampling.critic_batch // 2
+  bright, uniform = [], []
+  for _ in range(150):
+    b = s.critic_batch(with_info=True)
+    bright.append(b["centres"][:half])
+    uniform.append(b["centres"][half:])
+  bright, uniform = np.concatenate(bright), np.concatenate(uniform)
+  hu = ccta.scan.hu
+  has_bright = (hu >= 130).any(axis=(1, 2))
+  in_bright_slice = has_bright[bright[:, 0]]
+  assert in_bright_slice.any() and not in_bright_slice.all()
+  assert np.all(hu[tuple(bright[in_bright_slice].T)] >= 130.0)
+  b_hu = hu[tuple(bright[in_bright_slice].T)]
+  assert (b_hu < 600.0).mean() > 0.2  # below the scan threshold: the fixed 130 HU, as the reference
+  # Slices without a voxel >= 130 HU give uniform voxels of that slice (the bright blocks sit
+  # in slices 2-3 and 5-13 of 20).
+  assert not np.all(hu[tuple(uniform.T)] >= 130.0)
+  assert (uniform[:, 2] < 5).any() and (uniform[:, 1] < 7).any()  # air and outside the heart
+  assert set(np.unique(uniform[:, 0])) == set(range(20))
+  # Slice-first draw: slices are uniform whatever they hold (a voxel-first draw would put every
+  # bright patch in the bright slices).
+  assert set(np.unique(bright[:, 0])) == set(range(20))
+
+
+def test_reference_policy_draws_slices_over_all_cases_and_rejects_unknown_policies():
+  c = tiny.get_config()
+  small, large = _make_case("s", shape=(14, 40, 40)), _make_case("l", shape=(126, 40, 40))
+  s = sampling.PatchSampler([small, large], c, seed=1)
+  idx = np.concatenate([s.critic_batch(with_info=True)["case_index"] for _ in range(200)])
+  assert 0.05 < (idx == 0).mean() < 0.2  # 14 of 140 slices, not half
+  with pytest.raises(ValueError, match="critic_policy"):
+    sampling.PatchSampler([small], c, seed=0, critic_policy="aorta")

@@ -152,13 +152,39 @@ def critic_steps_at(config: ml_collections.ConfigDict, generator_step: int) -> i
   return a.critic_steps
 
 
+def snapshot_due(config: ml_collections.ConfigDict, generator_steps_done: int) -> bool:
+  """Whether G is exported as a snapshot after this many generator steps: every
+  `adapt.snapshot_every` steps (0: never) and after the last one."""
+  every = int(config.adapt.get("snapshot_every", 0))
+  n = int(config.adapt.num_generator_steps)
+  return every > 0 and (generator_steps_done % every == 0 or generator_steps_done == n)
+
+
+def snapshot_dir(workdir: str, generator_steps_done: int) -> str:
+  """`workdir/snapshots/step_NNNNNN`: an inference export of G (and the frozen C) after that step."""
+  return os.path.join(workdir, "snapshots", f"step_{int(generator_steps_done):06d}")
+
+
+def snapshots(workdir: str) -> dict[int, str]:
+  """{generator steps done: export dir} of the complete snapshots in `workdir`, by step."""
+  root = os.path.join(workdir, "snapshots")
+  if not os.path.isdir(root):
+    return {}
+  out = {}
+  for name in sorted(os.listdir(root)):
+    if name.startswith("step_") and name[5:].isdigit() and checkpoints.is_exported(os.path.join(root, name)):
+      out[int(name[5:])] = os.path.join(root, name)
+  return out
+
+
 def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, data: Any = None,
           resume: bool = False, mesh: jax.sharding.Mesh | None = None) -> AdaptState:
   """Adapt G to the target domain; export {"generator", "classifier"} to `workdir/export`.
 
   Args:
     config: full config (section adapt for the schedule).
-    workdir: checkpoints, metrics.jsonl, TensorBoard events and the export.
+    workdir: checkpoints, metrics.jsonl, TensorBoard events, the export and, with
+      `adapt.snapshot_every`, inference snapshots of G (`snapshots`) for checkpoint selection.
     source_params: {"generator", "classifier"} of the source model (`load_inference`).
     data: `Streams` (or an object with source, source_critic, target_critic and
       target_generator streams); default `cac_jax.synthetic.SyntheticData(config, seed)`.
@@ -231,6 +257,10 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
                    m["generator_steps_per_second"])
     if done % a.checkpoint_every == 0 or done == a.num_generator_steps:
       checkpoints.save(mgr, done, state)
+    if snapshot_due(config, done):
+      checkpoints.export_inference(snapshot_dir(workdir, done),
+                                   jax.device_get({"generator": state.generator, "classifier": state.classifier}),
+                                   config)
   writer.close()
   mgr.close()
   if grad_ratio and float(np.median(grad_ratio)) < WEAK_ADVERSARIAL_RATIO:

@@ -81,7 +81,8 @@ def jit_step(step_fn: Callable, mesh: jax.sharding.Mesh, batch_axis: int = 1) ->
 _COMPILED: dict = {}
 # Config fields that only steer the loops, never the math of a step.
 _LOOP_FIELDS = ("num_steps", "log_every", "checkpoint_every", "num_generator_steps", "critic_pretrain_steps",
-                "critic_steps", "critic_steps_later", "change_at")
+                "critic_steps", "critic_steps_later", "change_at", "snapshot_every", "critic_patches",
+                "bright_in_heart")
 
 
 def _step_key(config: ml_collections.ConfigDict) -> str:

@@ -67,9 +67,17 @@ def source_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
 
 
 def rmsprop(config: ml_collections.ConfigDict, learning_rate: float) -> optax.GradientTransformation:
-  """RMSProp as PyTorch's (alpha=decay, eps added outside the square root, no momentum)."""
+  """PyTorch's `RMSprop(lr, alpha=decay, eps, weight_decay)` without momentum.
+
+  eps is added outside the square root (`eps_in_sqrt=False`), and weight decay adds
+  `weight_decay * param` to the gradient before the squared average, as PyTorch does. The
+  reference uses weight decay 5e-4 in both players' optimisers
+  (`trainGAN_adv_cls_MMD.py:107-108`).
+  """
   a = config.adapt
-  return optax.rmsprop(learning_rate, decay=a.rmsprop_decay, eps=a.rmsprop_eps, eps_in_sqrt=False)
+  rms = optax.rmsprop(learning_rate, decay=a.rmsprop_decay, eps=a.rmsprop_eps, eps_in_sqrt=False)
+  wd = float(a.get("weight_decay", 0.0))
+  return optax.chain(optax.add_decayed_weights(wd), rms) if wd else rms
 
 
 def critic_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransformation:
@@ -81,7 +89,7 @@ def generator_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTran
 
 
 def clip_critic(params, clip: float):
-  """Project every critic leaf (kernels, biases, LayerNorm scale/bias) to [-clip, clip]."""
+  """Project every critic leaf (kernels, biases, norm scales/biases) to [-clip, clip]."""
   return jax.tree.map(lambda p: jnp.clip(p, -clip, clip), params)
 
 

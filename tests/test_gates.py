@@ -1,0 +1,67 @@
+"""Benchmark gates and the share of the oracle gap, on hand-computed cases."""
+
+import math
+
+import numpy as np
+import pytest
+
+from cac_jax import gates
+
+
+def test_gates_pass_and_fail_on_their_thresholds():
+  # The paper's own numbers: G1 passes (0.66, 73.6); G2 0.16 <= 0.41; G3 needs >= 0.41.
+  g = gates.evaluate_gates(0.66, 73.6, 0.16, 0.45)
+  assert [x.passed for x in g] == [True, True, True]
+  g = gates.evaluate_gates(0.66, 73.6, 0.16, 0.40)
+  assert [x.passed for x in g] == [True, True, False] and "0.41" in g[2].rule
+  # This project's demo today: G1 fails on FP volume and on F1.
+  g = gates.evaluate_gates(0.21, 1014.6, 0.14, 0.10)
+  assert [x.passed for x in g] == [False, False, False]
+  assert not gates.evaluate_gates(0.7, 100.1, 0.1, 0.9)[0].passed  # FP just above 100 mm³
+  assert gates.evaluate_gates(0.6, 100.0, 0.35, 0.6)[1].passed  # exactly 0.60 - 0.25
+  # A missing oracle never passes.
+  g = gates.evaluate_gates(0.66, 73.6, 0.16, math.nan)
+  assert not g[2].passed and "n/a" in g[2].value
+  md = gates.gates_markdown(g)
+  assert md.count("\n") == 4 and "FAIL" in md and "| G1 |" in md
+
+
+def test_gap_share_hand_computed_and_undefined_when_the_oracle_is_no_better():
+  assert gates.gap_share(0.5, 0.2, 0.8) == pytest.approx(0.5)
+  assert gates.gap_share(0.1, 0.2, 0.8) == pytest.approx(-1 / 6)
+  assert math.isnan(gates.gap_share(0.5, 0.2, 0.2))    # oracle = source
+  assert math.isnan(gates.gap_share(0.5, 0.2, 0.24))   # gap below 0.05
+  assert math.isnan(gates.gap_share(0.5, 0.3, 0.2))    # oracle worse
+  assert math.isnan(gates.gap_share(math.nan, 0.2, 0.8))
+
+
+def test_bootstrap_gap_share_point_interval_and_groups():
+  # Per-scan F1 of 4 test scans; means: adapted 0.5, source 0.2, oracle 0.8 -> share 0.5.
+  a, s, o = [0.4, 0.6, 0.5, 0.5], [0.1, 0.3, 0.2, 0.2], [0.7, 0.9, 0.8, 0.8]
+  r = gates.bootstrap_gap_share([a], [s], [o], n_resamples=500)
+  assert r.share == pytest.approx(0.5) and r.n_scans == 4
+  assert r.low <= 0.5 <= r.high and r.low > 0
+  # Identical per-scan differences: every resample gives exactly 0.5.
+  assert r.high - r.low == pytest.approx(0.0, abs=1e-9)
+  # NaN scans (no reference calcium) are skipped as in the table's means.
+  r2 = gates.bootstrap_gap_share([a + [math.nan]], [s + [math.nan]], [o + [math.nan]], n_resamples=200)
+  assert r2.share == pytest.approx(0.5)
+  # Two seeds: the mean of the per-seed shares (0.5 and 0.0).
+  r3 = gates.bootstrap_gap_share([a, s], [s, s], [o, o], n_resamples=200)
+  assert r3.share == pytest.approx(0.25)
+  with pytest.raises(ValueError):
+    gates.bootstrap_gap_share([a], [s[:3]], [o])
+
+
+def test_bootstrap_gap_share_undefined_is_reported_not_divided():
+  a, s = [0.4, 0.6, 0.5, 0.5], [0.1, 0.3, 0.2, 0.2]
+  r = gates.bootstrap_gap_share([a], [s], [s], n_resamples=100)
+  assert math.isnan(r.share) and math.isnan(r.low) and "oracle F1 - source F1 = 0.00" in r.note
+  assert r.format().startswith("undefined")
+  # A noisy gap: the point is defined, but many resamples are not -> no interval.
+  rng = np.random.default_rng(0)
+  src = rng.uniform(0, 1, 8)
+  orc = src + np.where(np.arange(8) % 2 == 0, 0.5, -0.38)
+  r = gates.bootstrap_gap_share([src + 0.01], [src], [orc], n_resamples=300)
+  assert np.isfinite(r.share) and math.isnan(r.low) and "resamples" in r.note
+  assert "interval undefined" in r.format()
