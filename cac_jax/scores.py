@@ -10,9 +10,12 @@ Definitions (class maps int (z, y, x) 0..6, `cac_jax.labels`; HU (z, y, x); geom
     when its area is >= 1 mm², with weight from its peak HU: 130-199 -> 1, 200-299 -> 2,
     300-399 -> 3, >= 400 -> 4 (< 130 -> 0). Score = sum(area x weight) x slice_increment / 3 mm,
     slice increment = the scan's z spacing. Total coronary Agatston = LAD + LCX + RCA.
-    Agatston is defined for NCCT (3 mm slices, 120 kVp, 130 HU threshold); for CCTA it is
-    reported but flagged `agatston_standard: False` (the contrast-derived threshold and
-    the lumen blooming make it non-standard).
+    Agatston is defined for NCCT with 3 mm slices at 120 kVp (130 HU threshold):
+    `agatston_standard` is True only for that protocol (domain NCCT, slice increment within
+    `AGATSTON_SLICE_TOLERANCE_MM` of 3 mm, kVp 120 as read from DICOM), and False otherwise,
+    with the reasons in `agatston_protocol_notes` (kVp unknown for NIfTI input, 1.5 mm slices,
+    CCTA: the contrast-derived threshold and lumen blooming make it non-standard). The
+    aortic valve gets an Agatston score too (valve calcium is scored the same way).
   * Mass: mass = c_HA x volume x mean HU (= c_HA x sum of HU x voxel volume). `calibration` is
     c_HA in mg/(mm³·HU) (from a calcium hydroxyapatite phantom); without it c_HA = 1 and the mass
     is in HU·mm³ and flagged `mass_calibrated: False`.
@@ -21,7 +24,9 @@ Definitions (class maps int (z, y, x) 0..6, `cac_jax.labels`; HU (z, y, x); geom
   * CAC-DRS: A0 (= 0), A1 (0 < A < 100), A2 (100 <= A < 300), A3 (>= 300), plus N = number of
     coronary arteries (LAD incl. left main, LCX, RCA: at most 3 here, as left main is merged
     into the LAD class) with calcium, e.g. "A2/N2"; A0 has no N ("A0").
-  * Aorta, aortic valve and mitral valve: volume, lesion count and mass (no Agatston).
+  * Aorta, aortic valve and mitral valve: volume, lesion count and mass; Agatston for the
+    aortic valve only.
+  * `mean_hu` of a class with no voxel is None (null in JSON), and so is its mass.
 
 `compute_scores` returns plain Python numbers and strings (JSON-serialisable).
 """
@@ -40,6 +45,8 @@ CONNECTIVITY_6 = ndimage.generate_binary_structure(3, 1)
 CONNECTIVITY_4_2D = ndimage.generate_binary_structure(2, 1)
 AGATSTON_REFERENCE_SLICE_MM = 3.0
 AGATSTON_MIN_AREA_MM2 = 1.0
+AGATSTON_SLICE_TOLERANCE_MM = 0.25
+AGATSTON_KVP = 120.0
 
 
 def agatston_weight(peak_hu: float) -> int:
@@ -105,6 +112,27 @@ def cac_drs(total_agatston: float, num_vessels: int) -> str:
   return f"A{grade}/N{int(num_vessels)}"
 
 
+def agatston_protocol_notes(scan: Scan, domain: str) -> list[str]:
+  """Why this scan's Agatston score is not standard (empty list: it is).
+
+  Standard = NCCT, slice increment 3 mm (+- `AGATSTON_SLICE_TOLERANCE_MM`), 120 kVp
+  (`scan.meta["kvp"]`, read from DICOM; unknown for NIfTI and other formats).
+  """
+  notes = []
+  if domain != "ncct":
+    notes.append("Agatston is defined for non-contrast CT; in CCTA it is reported but not standard")
+  inc = float(scan.spacing[0])
+  if abs(inc - AGATSTON_REFERENCE_SLICE_MM) > AGATSTON_SLICE_TOLERANCE_MM:
+    notes.append(f"Agatston is defined for {AGATSTON_REFERENCE_SLICE_MM:g} mm slices; this scan has "
+                 f"{inc:g} mm (the score is rescaled by the increment, but not standard)")
+  kvp = scan.meta.get("kvp")
+  if kvp is None:
+    notes.append(f"tube voltage unknown (no DICOM kVp): Agatston is defined at {AGATSTON_KVP:g} kVp")
+  elif abs(float(kvp) - AGATSTON_KVP) > 0.5:
+    notes.append(f"Agatston is defined at {AGATSTON_KVP:g} kVp; this scan was acquired at {float(kvp):g} kVp")
+  return notes
+
+
 def _count_lesions(mask: np.ndarray) -> int:
   return int(ndimage.label(mask, structure=CONNECTIVITY_6)[1]) if mask.any() else 0
 
@@ -112,12 +140,12 @@ def _count_lesions(mask: np.ndarray) -> int:
 def _region_scores(mask, hu, scan: Scan, c_ha: float, with_agatston: bool) -> dict[str, Any]:
   n = int(mask.sum())
   vol = n * scan.voxel_volume_mm3
-  mean_hu = float(hu[mask].mean()) if n else 0.0
+  mean_hu = float(hu[mask].mean()) if n else None
   out = {
       "volume_mm3": float(vol),
       "lesions": _count_lesions(mask),
       "mean_hu": mean_hu,
-      "mass": float(c_ha * vol * mean_hu),
+      "mass": float(c_ha * vol * mean_hu) if n else 0.0,
   }
   if with_agatston:
     out["agatston"] = agatston(mask, hu, scan.spacing)
@@ -137,9 +165,10 @@ def compute_scores(classes: np.ndarray, hu: np.ndarray, scan: Scan, domain: str,
 
   Returns:
     JSON-serialisable dict: {"domain", "LAD", "LCX", "RCA", "total" (each with volume_mm3,
-    lesions, mean_hu, mass, agatston), "aorta", "aortic_valve", "mitral_valve" (volume_mm3,
-    lesions, mean_hu, mass), "risk_category", "cac_drs", "num_vessels", "agatston_standard",
-    "mass_calibrated", "mass_units", "calibration", "slice_increment_mm", "notes"}.
+    lesions, mean_hu, mass, agatston), "aorta", "aortic_valve" (with agatston),
+    "mitral_valve" (volume_mm3, lesions, mean_hu, mass), "risk_category", "cac_drs",
+    "num_vessels", "agatston_standard", "agatston_protocol_notes", "mass_calibrated",
+    "mass_units", "calibration", "slice_increment_mm", "notes"}.
   """
   if domain not in ("ncct", "ccta"):
     raise ValueError(f"domain must be 'ncct' or 'ccta'; got {domain!r}")
@@ -158,17 +187,17 @@ def compute_scores(classes: np.ndarray, hu: np.ndarray, scan: Scan, domain: str,
   total["agatston"] = float(sum(result[CLASS_NAMES[c]]["agatston"] for c in CORONARY_CLASSES))
   result["total"] = total
   for cls in (AORTA, AORTIC_VALVE, MITRAL_VALVE):
-    result[CLASS_NAMES[cls]] = _region_scores(classes == cls, hu, scan, c_ha, False)
-  notes = []
-  if domain == "ccta":
-    notes.append("Agatston is defined for non-contrast CT; in CCTA it is reported but not standard")
+    result[CLASS_NAMES[cls]] = _region_scores(classes == cls, hu, scan, c_ha, cls == AORTIC_VALVE)
+  protocol_notes = agatston_protocol_notes(scan, domain)
+  notes = list(protocol_notes)
   if calibration is None:
     notes.append("mass is uncalibrated (c_HA = 1): HU·mm³, not mg")
   result.update({
       "risk_category": risk_category(total["agatston"]),
       "cac_drs": cac_drs(total["agatston"], num_vessels),
       "num_vessels": num_vessels,
-      "agatston_standard": domain == "ncct",
+      "agatston_standard": not protocol_notes,
+      "agatston_protocol_notes": protocol_notes,
       "mass_calibrated": calibration is not None,
       "mass_units": "mg" if calibration is not None else "HU*mm3",
       "calibration": c_ha,

@@ -10,13 +10,13 @@ from cac_jax.labels import AORTA, AORTIC_VALVE, LAD, LCX, MITRAL_VALVE, RCA
 from cac_jax.scan import Scan
 
 
-def _scan(shape, spacing):
-  return Scan(np.zeros(shape, np.float32), spacing)
+def _scan(shape, spacing, **meta):
+  return Scan(np.zeros(shape, np.float32), spacing, meta=meta)
 
 
 def test_agatston_reference_lesion():
   # 2x2 mm² lesion at 350 HU across 2 slices at 3 mm: area 4 x weight 3 x 2 slices x 3/3 = 24
-  scan = _scan((6, 10, 10), (3.0, 1.0, 1.0))
+  scan = _scan((6, 10, 10), (3.0, 1.0, 1.0), kvp=120.0)
   hu = scan.hu.copy()
   cls = np.zeros(scan.shape, np.int32)
   cls[2:4, 3:5, 3:5] = LAD
@@ -99,7 +99,9 @@ def test_multi_vessel_categories_and_non_coronary():
   assert r["aorta"]["volume_mm3"] == pytest.approx(27.0)
   assert r["aortic_valve"]["volume_mm3"] == pytest.approx(6.0)
   assert r["mitral_valve"]["volume_mm3"] == pytest.approx(3.0)
-  assert "agatston" not in r["aorta"]
+  assert "agatston" not in r["aorta"] and "agatston" not in r["mitral_valve"]
+  # aortic valve: 2 mm² at 300 HU (weight 3) on one 3 mm slice = 6
+  assert r["aortic_valve"]["agatston"] == pytest.approx(6.0)
   json.dumps(r)
 
 
@@ -126,3 +128,29 @@ def test_category_boundaries(a, risk, drs):
 def test_weights():
   assert [scores.agatston_weight(h) for h in (129, 130, 199, 200, 299, 300, 399, 400, 2000)] == \
       [0, 1, 1, 2, 2, 3, 3, 4, 4]
+
+
+def test_agatston_standard_only_for_the_defined_protocol():
+  cls = np.zeros((4, 6, 6), np.int32)
+  cls[1:3, 2:4, 2:4] = LAD
+  hu = np.where(cls > 0, 300.0, 0.0)
+  standard = scores.compute_scores(cls, hu, _scan(cls.shape, (3.0, 1.0, 1.0), kvp=120.0), "ncct")
+  assert standard["agatston_standard"] is True and standard["agatston_protocol_notes"] == []
+  for spacing, meta, why in (((1.5, 1.0, 1.0), {"kvp": 120.0}, "1.5 mm"),
+                             ((3.0, 1.0, 1.0), {"kvp": 100.0}, "100 kVp"),
+                             ((3.0, 1.0, 1.0), {}, "unknown")):
+    r = scores.compute_scores(cls, hu, _scan(cls.shape, spacing, **meta), "ncct")
+    assert r["agatston_standard"] is False
+    assert any(why in n for n in r["agatston_protocol_notes"]), r["agatston_protocol_notes"]
+
+
+def test_empty_class_mean_hu_is_null_and_valve_agatston():
+  scan = _scan((3, 8, 8), (3.0, 1.0, 1.0), kvp=120.0)
+  cls = np.zeros(scan.shape, np.int32)
+  cls[1, 2:5, 2:5] = AORTIC_VALVE                # 9 mm² at 450 HU, 1 slice: 9 x 4 x 3/3 = 36
+  hu = np.where(cls > 0, 450.0, 0.0)
+  r = scores.compute_scores(cls, hu, scan, "ncct")
+  assert r["aortic_valve"]["agatston"] == pytest.approx(36.0)
+  assert r["total"]["agatston"] == 0.0           # valve calcium is not coronary
+  assert r["LAD"]["mean_hu"] is None and r["LAD"]["mass"] == 0.0
+  assert json.loads(json.dumps(r))["RCA"]["mean_hu"] is None
