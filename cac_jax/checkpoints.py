@@ -8,16 +8,19 @@ Inference export layout (`export_inference`):
   DIR/cac_jax_inference.json   marker: {"format": "cac_jax.inference", "version": 1}
   DIR/config.json              the full ml_collections config as JSON
   DIR/params/                  Orbax checkpoint of {"generator", "classifier"} params
+  DIR/provenance.json          optional: how the params were made (stage, steps, training data
+                               with "phantoms_only"), read back by `provenance`
 
 Every failure to read a checkpoint raises `CheckpointError` naming the path and the problem.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
-from typing import Any
+from typing import Any, Optional
 
 import jax
 import ml_collections
@@ -29,6 +32,7 @@ MARKER = "cac_jax_inference.json"
 FORMAT = "cac_jax.inference"
 VERSION = 1
 INFERENCE_KEYS = ("generator", "classifier")
+PROVENANCE = "provenance.json"
 
 
 def _brief(e: Exception, limit: int = 400) -> str:
@@ -94,9 +98,12 @@ def restore_latest(mgr: ocp.CheckpointManager, like: Any, sharding: jax.sharding
 # Inference export.
 
 
-def export_inference(directory: str | os.PathLike, params: dict, config: ml_collections.ConfigDict) -> str:
+def export_inference(directory: str | os.PathLike, params: dict, config: ml_collections.ConfigDict,
+                     metadata: Optional[dict] = None) -> str:
   """Write {"generator", "classifier"} params and `config` to `directory` (replaced if present).
 
+  `metadata` (JSON-serialisable, e.g. {"stage", "steps", "training_data"}) goes to
+  provenance.json, so a scan's scores can say which model, trained on what, produced them.
   Call from every process of a multi-host run (Orbax coordinates the write). Returns the
   absolute directory path.
   """
@@ -118,6 +125,9 @@ def export_inference(directory: str | os.PathLike, params: dict, config: ml_coll
   if primary:
     with open(os.path.join(partial, "config.json"), "w", encoding="utf-8") as f:
       f.write(config.to_json_best_effort(indent=2))
+    if metadata is not None:
+      with open(os.path.join(partial, PROVENANCE), "w", encoding="utf-8") as f:
+        json.dump(metadata, f, indent=2)
     with open(os.path.join(partial, MARKER), "w") as f:  # written last: marks completion
       json.dump({"format": FORMAT, "version": VERSION, "keys": list(INFERENCE_KEYS)}, f)
     old = directory + ".old"
@@ -179,3 +189,45 @@ def load_inference(directory: str | os.PathLike) -> tuple[dict, ml_collections.C
   except Exception as e:
     raise CheckpointError(params_dir, f"cannot restore params ({_brief(e)})") from e
   return params, config
+
+
+def content_hash(directory: str | os.PathLike) -> str:
+  """SHA-256 over the relative paths and bytes of every file under `directory` (sorted), hex.
+
+  Two exports with the same hash hold the same params, config and provenance.
+  """
+  directory = os.fspath(directory)
+  h = hashlib.sha256()
+  for root, dirs, files in os.walk(directory):
+    dirs.sort()
+    for name in sorted(files):
+      path = os.path.join(root, name)
+      h.update(os.path.relpath(path, directory).encode("utf-8") + b"\0")
+      with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          h.update(chunk)
+  return h.hexdigest()
+
+
+def provenance(directory: str | os.PathLike, config: Optional[ml_collections.ConfigDict] = None) -> dict:
+  """Where an export came from, for a scan report.
+
+  Returns {"checkpoint": absolute path, "checkpoint_sha256", "config_name" (config.name, or
+  None when the config has none), "config_sha256" (of config.json), plus the export's
+  provenance.json fields ("stage", "steps", "training_data", ...) when present;
+  "training_data" is {"description": "not recorded"} for exports written without it.
+  """
+  directory = os.path.abspath(os.fspath(directory))
+  out: dict[str, Any] = {"checkpoint": directory, "checkpoint_sha256": content_hash(directory)}
+  out["config_name"] = config.get("name") if config is not None else None
+  cfg_path = os.path.join(directory, "config.json")
+  if os.path.isfile(cfg_path):
+    with open(cfg_path, "rb") as f:
+      out["config_sha256"] = hashlib.sha256(f.read()).hexdigest()
+  meta_path = os.path.join(directory, PROVENANCE)
+  meta: dict = {}
+  if os.path.isfile(meta_path):
+    meta = _read_json(meta_path, directory, "provenance")
+  out.update(meta if isinstance(meta, dict) else {})
+  out.setdefault("training_data", {"description": "not recorded", "phantoms_only": None})
+  return out

@@ -195,6 +195,7 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
   """
   a = config.adapt
   mesh = mesh or sharding.data_mesh()
+  training_data = data_lib.describe_training_data(data, config)
   if data is None:
     from cac_jax import synthetic  # pylint: disable=g-import-not-at-top
     data = data_lib.prefetched(data_lib.as_streams(synthetic.SyntheticData(config, config.seed)),
@@ -273,5 +274,5 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
       stream.close()
   checkpoints.export_inference(os.path.join(workdir, "export"),
                                jax.device_get({"generator": state.generator, "classifier": state.classifier}),
-                               config)
+                               config, {"stage": "adapted", "steps": int(state.step), "training_data": training_data})
   return state

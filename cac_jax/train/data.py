@@ -204,4 +204,28 @@ def manifest_streams(config, source_manifest: str, target_manifest: str | None =
     target_cases = manifest.load_cases(target_manifest, config, split=split, domain=target_domain)
     if not target_cases:
       raise ValueError(f"{target_manifest}: no cases with split={split!r}, domain={target_domain!r}")
-  return sampler_streams(source_cases, target_cases, config, config.seed if seed is None else seed)
+  streams = sampler_streams(source_cases, target_cases, config, config.seed if seed is None else seed)
+  manifests = [m for m in (source_manifest, target_manifest) if m is not None]
+  # Frozen dataclass: the provenance rides along as an attribute, not a stream field.
+  object.__setattr__(streams, "provenance", {
+      "description": "manifest " + ", ".join(manifests) + (f" (split {split})" if split else ""),
+      "manifest_sha256": [_file_sha256(m) for m in manifests], "phantoms_only": None})
+  return streams
+
+
+def _file_sha256(path: str) -> str:
+  import hashlib  # pylint: disable=g-import-not-at-top
+  with open(path, "rb") as f:
+    return hashlib.sha256(f.read()).hexdigest()
+
+
+def describe_training_data(data: Any, config) -> dict:
+  """What a training run learned from, for the export's provenance.json.
+
+  None (the loops' default) is `cac_jax.synthetic` phantom patches with `config.seed`;
+  `manifest_streams` tag their streams with the manifests and their SHA-256; anything else
+  is "not recorded".
+  """
+  if data is None:
+    return {"description": f"phantoms (cac_jax.synthetic), seed {int(config.seed)}", "phantoms_only": True}
+  return dict(getattr(data, "provenance", None) or {"description": "not recorded", "phantoms_only": None})

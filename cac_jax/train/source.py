@@ -140,6 +140,7 @@ def train_source(config: ml_collections.ConfigDict, workdir: str, data: Any = No
     The final state.
   """
   mesh = mesh or sharding.data_mesh()
+  training_data = data_lib.describe_training_data(data, config)
   if data is None:
     from cac_jax import synthetic  # pylint: disable=g-import-not-at-top
     data = data_lib.prefetched(data_lib.as_streams(synthetic.SyntheticData(config, config.seed)),
@@ -177,5 +178,6 @@ def train_source(config: ml_collections.ConfigDict, workdir: str, data: Any = No
   mgr.close()
   if hasattr(stream, "close"):
     stream.close()
-  checkpoints.export_inference(os.path.join(workdir, "export"), jax.device_get(state.params), config)
+  checkpoints.export_inference(os.path.join(workdir, "export"), jax.device_get(state.params), config,
+                               {"stage": "source", "steps": int(state.step), "training_data": training_data})
   return state
