@@ -35,3 +35,14 @@ def write_text(path: str | os.PathLike, text: str) -> None:
     with open(tmp, "w", encoding="utf-8", newline="") as f:
       f.write(text)
   write_with(path, _write)
+
+
+def write_csv(path: str | os.PathLike, fieldnames, rows) -> None:
+  """Write dict `rows` as CSV with a header (UTF-8, '\\n' line ends) atomically."""
+  import csv  # pylint: disable=g-import-not-at-top
+  import io  # pylint: disable=g-import-not-at-top
+  buf = io.StringIO()
+  w = csv.DictWriter(buf, fieldnames=list(fieldnames), lineterminator="\n")
+  w.writeheader()
+  w.writerows(rows)
+  write_text(path, buf.getvalue())

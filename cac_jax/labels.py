@@ -21,6 +21,11 @@ CORONARY_CLASSES = (LAD, LCX, RCA)
 REFERENCE_TO_CLASS = {0: 0, 8: 1, 9: 2, 10: 3, 15: 4, 52: 4, 54: 4, 55: 4, 56: 4, 57: 4, 53: 5, 58: 6}
 # class -> canonical reference value (used when writing)
 CLASS_TO_REFERENCE = (0, 8, 9, 10, 15, 53, 58)
+# Display colours and names of classes 1..6 (figures and viewer colour tables).
+CLASS_COLOURS = {LAD: "#e41a1c", LCX: "#4daf4a", RCA: "#377eb8", AORTA: "#ffd92f", AORTIC_VALVE: "#f781bf",
+                 MITRAL_VALVE: "#00e5ee"}
+CLASS_DISPLAY_NAMES = {LAD: "LAD", LCX: "LCX", RCA: "RCA", AORTA: "aorta", AORTIC_VALVE: "aortic valve",
+                       MITRAL_VALVE: "mitral valve"}
 
 
 def reference_to_classes(label_map: np.ndarray) -> np.ndarray:
@@ -55,3 +60,29 @@ def classes_to_reference(classes: np.ndarray) -> np.ndarray:
   if bad.size:
     raise ValueError(f"class map holds values {bad.tolist()} outside 0..{NUM_CLASSES - 1}")
   return np.asarray(CLASS_TO_REFERENCE, dtype=np.uint8)[classes]
+
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+  return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+
+
+def itksnap_label_description() -> str:
+  """ITK-SNAP label description (Segmentation > Import Label Descriptions) for the written
+  reference-encoded label maps: value, RGB, opacity, visibility and name of each class."""
+  lines = ["################################################", "# ITK-SnAP Label Description File",
+           "# Columns = Index R G B A VIS MSH LABEL", "################################################",
+           '    0     0    0    0        0  0  0    "Clear Label"']
+  for cls, name in CLASS_DISPLAY_NAMES.items():
+    r, g, b = _rgb(CLASS_COLOURS[cls])
+    lines.append(f'{CLASS_TO_REFERENCE[cls]:5d} {r:5d} {g:4d} {b:4d}        1  1  1    "{name}"')
+  return "\n".join(lines) + "\n"
+
+
+def slicer_colour_table() -> str:
+  """3D Slicer colour table (.ctbl: `value name R G B A` per line) for the same label maps;
+  load it as a colour node and pick it for the label map's display."""
+  lines = ["# cac_jax calcium classes (reference label values)", "0 background 0 0 0 0"]
+  for cls, name in CLASS_DISPLAY_NAMES.items():
+    r, g, b = _rgb(CLASS_COLOURS[cls])
+    lines.append(f"{CLASS_TO_REFERENCE[cls]} {name.replace(' ', '_')} {r} {g} {b} 255")
+  return "\n".join(lines) + "\n"

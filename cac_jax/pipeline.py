@@ -1,8 +1,12 @@
-"""Scoring one scan end to end: read -> threshold -> candidates -> dense inference ->
-false-positive reduction -> scores -> outputs on the input's own grid.
+"""Scoring one scan end to end: read -> heart region -> threshold -> candidates -> dense
+inference -> false-positive reduction -> scores -> outputs on the input's own grid.
 
 `score_scan` is pure computation on arrays (returns a `ScoringResult`);
-`write_outputs` writes calcium_labels.nii.gz, scores.json and overlay.png atomically.
+`write_outputs` writes calcium_labels.nii.gz, its viewer colour tables, lesions.csv,
+scores.json and overlay.png atomically.
+
+Every report carries `RESEARCH_NOTICE` and plausibility warnings (`plausibility_warnings`):
+the numbers come from a research model and are never silently implausible.
 """
 
 from __future__ import annotations
@@ -20,10 +24,17 @@ import numpy as np
 import cac_jax
 from cac_jax import atomic
 from cac_jax import labels as labels_lib
+from cac_jax import heart_region as heart_region_lib
 from cac_jax import postprocess, scores, threshold
 from cac_jax.scan import Scan
 
-OUTPUT_FILES = ("calcium_labels.nii.gz", "scores.json", "overlay.png")
+OUTPUT_FILES = ("calcium_labels.nii.gz", "calcium_labels.itksnap.txt", "calcium_labels.slicer.ctbl",
+                "lesions.csv", "scores.json", "overlay.png")
+RESEARCH_NOTICE = ("Research use only; not a medical device. These scores come from a research model and "
+                   "must not be used for diagnosis or treatment decisions.")
+# Plausibility limits: beyond them a result is reported with a warning (not changed).
+MAX_PLAUSIBLE_LESIONS = 100
+MAX_PLAUSIBLE_CORONARY_MM3 = 5000.0
 
 
 class OutputExistsError(FileExistsError):
@@ -127,7 +138,7 @@ def detect(scan: Scan, params, config: ml_collections.ConfigDict, threshold_hu: 
 def score_scan(scan: Scan, params, config: ml_collections.ConfigDict, *, domain: str = "auto",
                heart_mask: Optional[np.ndarray] = None, aorta_mask: Optional[np.ndarray] = None,
                fp_settings: Optional[postprocess.FPReductionSettings] = None,
-               calibration: Optional[float] = None) -> ScoringResult:
+               calibration: Optional[float] = None, auto_heart: bool = False) -> ScoringResult:
   """Score one scan.
 
   Args:
@@ -138,14 +149,34 @@ def score_scan(scan: Scan, params, config: ml_collections.ConfigDict, *, domain:
     heart_mask, aorta_mask: bool (z, y, x) on the scan's grid, optional.
     fp_settings: which false-positive reduction steps to run (default: all).
     calibration: mass-score calibration factor (mg/cm³ per HU), optional.
+    auto_heart: without a heart mask, find the heart region from the scan itself
+      (`cac_jax.heart_region`); when none is found (no heart in view) there is no coronary
+      score: all zero, `report["coronary_score"]` False and a warning.
 
-  A scan with no aorta (CCTA), an empty heart mask or no candidate voxels gives an all-zero
-  result with a warning in `report["warnings"]`, not an exception.
+  A scan with no aorta (CCTA), an empty heart mask, no heart found or no candidate voxels
+  gives an all-zero result with a warning in `report["warnings"]`, not an exception.
+  `report["heart_region"]` says where the region came from ("mask", "auto" or "none") and
+  `report["settings"]["heart_filter"]` whether the heart filter actually ran.
   """
   settings = fp_settings or postprocess.FPReductionSettings.from_config(config.scoring)
   notes: list[str] = []
-  report: dict[str, Any] = {"versions": _versions(), "settings": dataclasses.asdict(settings),
+  report: dict[str, Any] = {"notice": RESEARCH_NOTICE, "versions": _versions(),
+                            "settings": dataclasses.asdict(settings), "coronary_score": True,
                             "input": {"shape_zyx": list(scan.shape), "spacing_zyx_mm": list(scan.spacing)}}
+  report["heart_region"] = {"source": "mask" if heart_mask is not None else "auto" if auto_heart else "none"}
+  if heart_mask is None and auto_heart:
+    found = heart_region_lib.find_heart(scan, settings.dilation_mm)
+    notes += list(found.notes)
+    report["heart_region"].update(found=found.found, volume_ml=round(found.volume_ml, 1))
+    if not found.found:
+      report["settings"]["heart_filter"] = False
+      report["coronary_score"] = False
+      return _empty_result(scan, "ncct" if domain == "auto" else domain, report, notes,
+                           "no heart found in the field of view: no coronary score (all zero); "
+                           "give --heart_mask if the heart is in view")
+    heart_mask = found.mask
+    notes.append("heart region found automatically from the scan (lungs and mediastinum, "
+                 "docs/scoring.md); check it in overlay.png")
   try:
     domain, thr, info, more = choose_threshold(scan, domain, aorta_mask, config)
   except threshold.NoAortaError as e:
@@ -156,6 +187,7 @@ def score_scan(scan: Scan, params, config: ml_collections.ConfigDict, *, domain:
   region = None
   if heart_mask is not None:
     if not heart_mask.any():
+      report["coronary_score"] = False
       return _empty_result(scan, domain, report, notes, "heart mask is empty (no heart in view); result is all zero")
     if settings.heart_filter:
       # Inference only inside the dilated heart: a shortcut for the FP-reduction heart filter,
@@ -163,6 +195,7 @@ def score_scan(scan: Scan, params, config: ml_collections.ConfigDict, *, domain:
       # (the ablation without FP reduction) the network sees every candidate, as in the paper.
       region = postprocess.heart_region(heart_mask, scan.spacing, settings.dilation_mm)
   else:
+    report["settings"]["heart_filter"] = False  # no region: the filter cannot run
     notes.append("no heart mask given: candidates are not restricted to the heart region")
   report["num_candidates"] = int(candidate_mask(scan.hu, thr, region).sum())
   if report["num_candidates"] == 0:
@@ -174,8 +207,45 @@ def score_scan(scan: Scan, params, config: ml_collections.ConfigDict, *, domain:
   notes += [str(w.message) for w in caught]
   report["domain"] = domain
   report["scores"] = scores.compute_scores(final, scan.hu, scan, domain, calibration=calibration)
+  notes += plausibility_warnings(final, scan, report["scores"], heart_mask,
+                                 settings.dilation_mm if report["settings"]["heart_filter"] is False else None)
   report["warnings"] = notes
   return ScoringResult(final.astype(np.int32), raw, report)
+
+
+def plausibility_warnings(classes: np.ndarray, scan: Scan, score: dict, heart_mask: Optional[np.ndarray],
+                          outside_check_mm: Optional[float]) -> list[str]:
+  """Warnings for results no real scan should give, so a bad region or model is never silent.
+
+  Args:
+    classes: final int (z, y, x) classes.
+    scan: the scan (geometry).
+    score: `scores.compute_scores` of `classes`.
+    heart_mask: the heart mask or automatic region used (None: none was available).
+    outside_check_mm: when the heart filter did not run, the dilation (mm) of the heart region
+      to count coronary lesions outside of; without a heart mask the automatic region is used.
+  """
+  out = []
+  n = score["total"]["lesions"]
+  if n > MAX_PLAUSIBLE_LESIONS:
+    out.append(f"implausible: {n} coronary lesions (> {MAX_PLAUSIBLE_LESIONS}); bone, contrast or noise "
+               "is probably called calcium")
+  vol = score["total"]["volume_mm3"]
+  if vol > MAX_PLAUSIBLE_CORONARY_MM3:
+    out.append(f"implausible: {vol:.0f} mm³ of coronary calcium (> {MAX_PLAUSIBLE_CORONARY_MM3:.0f} mm³)")
+  if outside_check_mm is not None and n:
+    mask = heart_mask
+    if mask is None:
+      mask = heart_region_lib.find_heart(scan, outside_check_mm).mask
+    if mask.any():
+      region = postprocess.heart_region(mask, scan.spacing, outside_check_mm)
+      lab, num = postprocess.label_lesions(np.isin(classes, labels_lib.CORONARY_CLASSES))
+      inside = np.unique(lab[region & (lab > 0)])
+      outside = num - int(np.count_nonzero(inside))
+      if outside:
+        out.append(f"{outside} of {num} coronary lesions lie outside the (dilated) heart region; the heart "
+                   "filter was off, so they are counted")
+  return out
 
 
 def check_outputs_free(output_dir: str, overwrite: bool) -> None:
@@ -187,13 +257,23 @@ def check_outputs_free(output_dir: str, overwrite: bool) -> None:
 
 
 def write_outputs(result: ScoringResult, scan: Scan, output_dir: str, *, overwrite: bool = False) -> dict[str, str]:
-  """Write calcium_labels.nii.gz (reference encoding, on the input's grid), scores.json and
-  overlay.png into output_dir, each atomically. Returns {name: path}."""
+  """Write the outputs of one scan into output_dir, each atomically. Returns {name: path}.
+
+  calcium_labels.nii.gz: reference-encoded labels on the input's grid; beside it
+  calcium_labels.itksnap.txt (ITK-SNAP label descriptions) and calcium_labels.slicer.ctbl
+  (3D Slicer colour table) with the class names and colours; lesions.csv
+  (`scores.lesion_table`); scores.json (the report); overlay.png.
+  """
   from cac_jax import io, plots
   os.makedirs(output_dir, exist_ok=True)
   check_outputs_free(output_dir, overwrite)
   paths = {name: os.path.join(output_dir, name) for name in OUTPUT_FILES}
   io.write_like(labels_lib.classes_to_reference(result.classes), scan, paths["calcium_labels.nii.gz"])
+  atomic.write_text(paths["calcium_labels.itksnap.txt"], labels_lib.itksnap_label_description())
+  atomic.write_text(paths["calcium_labels.slicer.ctbl"], labels_lib.slicer_colour_table())
+  calibration = result.report["scores"].get("calibration") if result.report["scores"].get("mass_calibrated") else None
+  atomic.write_csv(paths["lesions.csv"], scores.LESION_FIELDS,
+                   scores.lesion_table(result.classes, scan.hu, scan, calibration))
   atomic.write_text(paths["scores.json"], json.dumps(result.report, indent=2, default=_json_default))
   plots.overlay_png(scan.hu, result.classes, paths["overlay.png"], scan.spacing)
   return paths

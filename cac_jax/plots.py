@@ -25,18 +25,8 @@ from cac_jax import metrics  # noqa: E402
 
 HU_WINDOW = (-200.0, 800.0)
 # Fixed legend colours for classes 1..6 (LAD, LCX, RCA, aorta, aortic valve, mitral valve).
-CLASS_COLOURS = {
-    labels_lib.LAD: "#e41a1c",
-    labels_lib.LCX: "#4daf4a",
-    labels_lib.RCA: "#377eb8",
-    labels_lib.AORTA: "#ffd92f",
-    labels_lib.AORTIC_VALVE: "#f781bf",
-    labels_lib.MITRAL_VALVE: "#00e5ee",
-}
-CLASS_LABELS = {
-    labels_lib.LAD: "LAD", labels_lib.LCX: "LCX", labels_lib.RCA: "RCA", labels_lib.AORTA: "aorta",
-    labels_lib.AORTIC_VALVE: "aortic valve", labels_lib.MITRAL_VALVE: "mitral valve",
-}
+CLASS_COLOURS = labels_lib.CLASS_COLOURS
+CLASS_LABELS = labels_lib.CLASS_DISPLAY_NAMES
 
 
 def _save_atomic(fig: mfigure.Figure, path: str, dpi: int = 100) -> str:

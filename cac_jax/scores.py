@@ -205,3 +205,44 @@ def compute_scores(classes: np.ndarray, hu: np.ndarray, scan: Scan, domain: str,
       "notes": notes,
   })
   return result
+
+
+LESION_FIELDS = ("id", "artery", "voxels", "volume_mm3", "peak_hu", "agatston", "mass", "centroid_x_mm",
+                 "centroid_y_mm", "centroid_z_mm")
+
+
+def lesion_table(classes: np.ndarray, hu: np.ndarray, scan: Scan, calibration: Optional[float] = None) -> list[dict]:
+  """One row per lesion: a 6-connected component of one class (the lesions `compute_scores`
+  counts), coronary classes first, then aorta and valves, each in array order.
+
+  Row fields (`LESION_FIELDS`): id (1..), artery (class name), voxels, volume_mm3, peak_hu,
+  agatston (coronary classes and aortic valve; None for aorta and mitral valve; per-lesion
+  values sum to the class's Agatston because an in-slice 2D lesion lies in one 3D lesion),
+  mass (c_HA x volume x mean HU, units as in `compute_scores`), centroid_{x,y,z}_mm: the
+  centroid in scanner (patient) LPS coordinates, as ITK-SNAP shows the cursor position
+  (3D Slicer shows RAS: negate x and y).
+  Values are rounded for reading (0.01 mm³, 0.1 HU, 0.01 Agatston, 0.1 mass, 0.1 mm).
+  """
+  classes = np.asarray(classes)
+  hu = np.asarray(hu, dtype=np.float64)
+  c_ha = 1.0 if calibration is None else float(calibration)
+  rows: list[dict] = []
+  for cls in CORONARY_CLASSES + (AORTA, AORTIC_VALVE, MITRAL_VALVE):
+    mask = classes == cls
+    if not mask.any():
+      continue
+    lab, n = ndimage.label(mask, structure=CONNECTIVITY_6)
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+      one = lab[sl] == i
+      vals = hu[sl][one]
+      vol = float(one.sum()) * scan.voxel_volume_mm3
+      centre = np.array([s.start for s in sl]) + np.mean(np.nonzero(one), axis=1)
+      x, y, z = scan.index_to_physical(centre)
+      score = None
+      if cls in CORONARY_CLASSES or cls == AORTIC_VALVE:
+        score = round(agatston(one, hu[sl], scan.spacing), 2)
+      rows.append({"id": len(rows) + 1, "artery": CLASS_NAMES[cls], "voxels": int(one.sum()),
+                   "volume_mm3": round(vol, 2), "peak_hu": round(float(vals.max()), 1), "agatston": score,
+                   "mass": round(c_ha * vol * float(vals.mean()), 1), "centroid_x_mm": round(float(x), 1),
+                   "centroid_y_mm": round(float(y), 1), "centroid_z_mm": round(float(z), 1)})
+  return rows

@@ -5,37 +5,86 @@ Keeps the launch script thin; everything here returns values and never prints.
 
 from __future__ import annotations
 
-import csv
-import io as _io
 import os
 from typing import Any, Optional
 
 from cac_jax import atomic, checkpoints, io, manifest, pipeline, postprocess
 
-CSV_FIELDS = ("id", "domain", "threshold_hu", "num_candidates", "LAD_mm3", "LCX_mm3", "RCA_mm3", "total_mm3",
-              "total_agatston", "risk_category", "cac_drs", "aorta_mm3", "aortic_valve_mm3", "mitral_valve_mm3",
+ARTERIES = ("LAD", "LCX", "RCA")
+CSV_FIELDS = ("id", "domain", "threshold_hu", "num_candidates", "heart_region", "coronary_score",
+              *(f"{a}_{k}" for a in ARTERIES for k in ("mm3", "agatston", "mass", "lesions")),
+              "total_mm3", "total_agatston", "total_mass", "total_lesions", "risk_category", "cac_drs",
+              "agatston_standard", "aorta_mm3", "aortic_valve_mm3", "aortic_valve_agatston", "mitral_valve_mm3",
               "warnings")
+AUTO, NONE = "auto", "none"
+# File names of a TotalSegmentator output folder (`TotalSegmentator -i ct.nii.gz -o DIR`).
+TOTALSEG_HEART, TOTALSEG_AORTA = "heart.nii.gz", "aorta.nii.gz"
 
 
 def _fp_settings(config, fp: Optional[dict]) -> postprocess.FPReductionSettings:
   return postprocess.FPReductionSettings.from_config(config.scoring, **(fp or {}))
 
 
-def score_file(image: str, checkpoint: str, output_dir: str, *, heart_mask: Optional[str] = None,
-               aorta_mask: Optional[str] = None, domain: str = "auto", overwrite: bool = False,
-               calibration: Optional[float] = None, fp: Optional[dict] = None, loaded=None) -> dict[str, Any]:
+def load_model(checkpoint: str) -> tuple[dict, Any, dict]:
+  """(params, config, provenance) of an exported checkpoint (`checkpoints.provenance`)."""
+  params, config = checkpoints.load_inference(checkpoint)
+  return params, config, checkpoints.provenance(checkpoint, config)
+
+
+def provenance_warnings(prov: dict) -> list[str]:
+  """Warnings a report must carry about the model itself (phantom-only or unknown training)."""
+  data = prov.get("training_data", {})
+  if data.get("phantoms_only"):
+    return [f"this checkpoint was trained only on phantoms ({data.get('description')}): its numbers are "
+            "not clinical"]
+  if data.get("description") == "not recorded":
+    return ["this checkpoint does not record its training data (exported without provenance.json): "
+            "treat its numbers as research output"]
+  return []
+
+
+def masks_from_dir(masks_dir: str) -> tuple[str, Optional[str]]:
+  """(heart, aorta or None) mask paths in a TotalSegmentator output folder.
+
+  Raises FileNotFoundError when the folder has no heart.nii.gz.
+  """
+  heart = os.path.join(masks_dir, TOTALSEG_HEART)
+  if not os.path.isfile(heart):
+    raise FileNotFoundError(f"{masks_dir}: no {TOTALSEG_HEART} (expected a TotalSegmentator output folder)")
+  aorta = os.path.join(masks_dir, TOTALSEG_AORTA)
+  return heart, aorta if os.path.isfile(aorta) else None
+
+
+def score_file(image: str, checkpoint: str, output_dir: str, *, heart_mask: Optional[str] = AUTO,
+               aorta_mask: Optional[str] = None, masks_dir: Optional[str] = None, domain: str = "auto",
+               overwrite: bool = False, calibration: Optional[float] = None, fp: Optional[dict] = None,
+               loaded=None) -> dict[str, Any]:
   """Score one scan file and write its outputs into output_dir; returns the report dict.
 
+  heart_mask: a mask file, "auto" (find the heart region in the scan, `cac_jax.heart_region`)
+  or "none"/None (no heart region: every candidate is classified). masks_dir: a
+  TotalSegmentator output folder whose heart.nii.gz (and aorta.nii.gz, unless `aorta_mask` is
+  given) are used instead. loaded: `load_model`'s result, to score many scans with one load.
   Outputs are checked before any work so an existing result is never half-replaced.
   """
   pipeline.check_outputs_free(output_dir, overwrite)
-  params, config = loaded or checkpoints.load_inference(checkpoint)
+  params, config, prov = loaded or load_model(checkpoint)
+  if masks_dir:
+    heart_mask, dir_aorta = masks_from_dir(masks_dir)
+    aorta_mask = aorta_mask or dir_aorta
   scan = io.read_scan(image)
-  heart = io.read_mask(heart_mask, scan) > 0 if heart_mask else None
+  heart = None
+  if heart_mask and heart_mask not in (AUTO, NONE):
+    heart = io.read_mask(heart_mask, scan) > 0
   aorta = io.read_mask(aorta_mask, scan) > 0 if aorta_mask else None
   result = pipeline.score_scan(scan, params, config, domain=domain, heart_mask=heart, aorta_mask=aorta,
-                               fp_settings=_fp_settings(config, fp), calibration=calibration)
+                               fp_settings=_fp_settings(config, fp), calibration=calibration,
+                               auto_heart=heart_mask == AUTO)
   result.report["input"]["image"] = os.path.basename(str(image))
+  if heart is not None:
+    result.report["heart_region"]["file"] = os.path.basename(str(heart_mask))
+  result.report["provenance"] = prov
+  result.report["warnings"] = provenance_warnings(prov) + result.report["warnings"]
   pipeline.write_outputs(result, scan, output_dir, overwrite=overwrite)
   return result.report
 
@@ -43,31 +92,45 @@ def score_file(image: str, checkpoint: str, output_dir: str, *, heart_mask: Opti
 def summary_line(name: str, report: dict) -> str:
   """One human-readable line: domain, threshold, volumes per artery, Agatston and category."""
   s = report["scores"]
-  vols = ", ".join(f"{a} {s[a]['volume_mm3']:.1f}" for a in ("LAD", "LCX", "RCA"))
+  if not report.get("coronary_score", True):
+    return f"{name}: no coronary score (no heart in view); see the warnings"
+  vols = ", ".join(f"{a} {s[a]['volume_mm3']:.1f}" for a in ARTERIES)
   thr = report.get("threshold", {}).get("threshold_hu")
   thr_s = f"{thr:.0f} HU" if thr is not None else "n/a"
   return (f"{name}: domain {report.get('domain')}, threshold {thr_s}, coronary calcium {s['total']['volume_mm3']:.1f} mm³ "
           f"({vols}), Agatston {s['total'].get('agatston', 0.0):.0f}, category {s.get('risk_category')}, {s.get('cac_drs')}")
 
 
+def _r(x, nd: int):
+  return None if x is None else round(float(x), nd)
+
+
 def csv_row(case_id: str, report: dict) -> dict[str, Any]:
+  """One scores.csv row: per-artery volume (mm³, 0.01), Agatston (0.01), mass (0.1), lesions."""
   s = report["scores"]
-  return {"id": case_id, "domain": report.get("domain"),
-          "threshold_hu": report.get("threshold", {}).get("threshold_hu"),
-          "num_candidates": report.get("num_candidates", 0),
-          **{f"{a}_mm3": s[a]["volume_mm3"] for a in ("LAD", "LCX", "RCA", "total")},
-          "total_agatston": s["total"].get("agatston"), "risk_category": s.get("risk_category"),
-          "cac_drs": s.get("cac_drs"),
-          **{f"{k}_mm3": s.get(k, {}).get("volume_mm3") for k in ("aorta", "aortic_valve", "mitral_valve")},
-          "warnings": " | ".join(report.get("warnings", []))}
+  scored = report.get("coronary_score", True)
+  row = {"id": case_id, "domain": report.get("domain"),
+         "threshold_hu": _r(report.get("threshold", {}).get("threshold_hu"), 1),
+         "num_candidates": report.get("num_candidates", 0),
+         "heart_region": report.get("heart_region", {}).get("source"), "coronary_score": scored}
+  for a in ARTERIES + ("total",):
+    row.update({f"{a}_mm3": _r(s[a]["volume_mm3"], 2), f"{a}_agatston": _r(s[a].get("agatston"), 2),
+                f"{a}_mass": _r(s[a]["mass"], 1), f"{a}_lesions": s[a]["lesions"]})
+  row.update({"risk_category": s.get("risk_category") if scored else None,
+              "cac_drs": s.get("cac_drs") if scored else None, "agatston_standard": s.get("agatston_standard"),
+              **{f"{k}_mm3": _r(s.get(k, {}).get("volume_mm3"), 2) for k in ("aorta", "aortic_valve", "mitral_valve")},
+              "aortic_valve_agatston": _r(s.get("aortic_valve", {}).get("agatston"), 2),
+              "warnings": " | ".join(report.get("warnings", []))})
+  return row
 
 
 def score_manifest(manifest_csv: str, checkpoint: str, output_dir: str, *, split: Optional[str] = None,
                    domain: str = "auto", overwrite: bool = False, calibration: Optional[float] = None,
-                   fp: Optional[dict] = None, progress: bool = False) -> str:
+                   fp: Optional[dict] = None, progress: bool = False, heart_default: Optional[str] = AUTO) -> str:
   """Score every (selected) row of a manifest into output_dir/<id>/; writes output_dir/scores.csv.
 
-  domain "auto" uses each row's manifest domain. Returns the CSV path.
+  domain "auto" uses each row's manifest domain; rows without a heart mask use
+  `heart_default` ("auto" or "none", as `score_file`'s heart_mask). Returns the CSV path.
   """
   rows = [r for r in manifest.read_manifest(manifest_csv) if split is None or r.split == split]
   if not rows:
@@ -75,21 +138,18 @@ def score_manifest(manifest_csv: str, checkpoint: str, output_dir: str, *, split
   csv_path = os.path.join(output_dir, "scores.csv")
   if os.path.exists(csv_path) and not overwrite:
     raise pipeline.OutputExistsError(f"{csv_path} exists (pass --overwrite to replace it)")
-  loaded = checkpoints.load_inference(checkpoint)
+  loaded = load_model(checkpoint)
   it = rows
   if progress:
     from tqdm import tqdm
     it = tqdm(rows, desc="scoring", unit="scan")
   out_rows = []
   for row in it:
-    report = score_file(row.image, checkpoint, os.path.join(output_dir, row.id), heart_mask=row.heart_mask,
-                        aorta_mask=row.aorta_mask, domain=row.domain if domain == "auto" else domain,
+    report = score_file(row.image, checkpoint, os.path.join(output_dir, row.id),
+                        heart_mask=row.heart_mask or heart_default, aorta_mask=row.aorta_mask,
+                        domain=row.domain if domain == "auto" else domain,
                         overwrite=overwrite, calibration=calibration, fp=fp, loaded=loaded)
     out_rows.append(csv_row(row.id, report))
-  buf = _io.StringIO()
-  w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)
-  w.writeheader()
-  w.writerows(out_rows)
   os.makedirs(output_dir, exist_ok=True)
-  atomic.write_text(csv_path, buf.getvalue())
+  atomic.write_csv(csv_path, CSV_FIELDS, out_rows)
   return csv_path

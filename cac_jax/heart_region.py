@@ -1,0 +1,187 @@
+"""An automatic heart region from the scan itself, for users without a heart mask.
+
+Classical image processing only (NumPy/SciPy; no trained model, nothing downloaded). The
+result stands in for a heart mask: the pipeline dilates it by `scoring.heart_dilation_mm` and
+restricts candidates and the FP-reduction heart filter to it, as with a real mask. It is made
+for recall of coronary calcium (which lies on the heart's surface), not for a tight heart
+outline.
+
+Steps, on a coarse copy of the scan (block means to about `COARSE_MM` per axis, so a 512² x
+300 clinical scan costs about as much as a phantom):
+  1. Lungs: 3D components of air-like voxels (< -400 HU) of at least `MIN_LUNG_ML` whose mean
+     HU is above -950 (lung parenchyma is about -850; air outside the body and bowel gas are
+     about -1000, so a component made of them is not a lung).
+  2. Mediastinum: per axial slice, voxels between lung voxels both along the row (x) and along
+     the column (y) that are neither lung nor air (an orthogonally convex hull of the lungs
+     minus the lungs). This holds the heart, great vessels, spine and oesophagus.
+  3. Spine cut: the spine is the most posterior bony column (> 130 HU in at least half of the
+     lung slices of a (y, x) position, area >= 300 mm²). The heart lies in front of it, so the
+     region is cut `dilation_mm` in front of the spine's anterior edge: after the pipeline's
+     dilation it reaches the spine but does not enter the vertebral bodies.
+  4. Heart: the mediastinum opened with a ball of `OPEN_RADIUS_MM` (the heart is a thick blob;
+     the upper mediastinum, the strip in front of the spine and the gaps between lung lobes
+     are thin), its largest 3D component, then filled per slice.
+  5. A blob of less than `MIN_HEART_ML` or less than `MIN_HEART_HEIGHT_MM` tall along z is
+     "no heart" (an adult heart is about 500-800 mL and 80-120 mm tall; the tissue between the
+     lung bases of an upper-abdominal scan is a blob too, but a flat one): the result is empty
+     and the pipeline reports no coronary score, with a warning.
+
+Conventions: arrays (z, y, x); `Scan` geometry in canonical LPS orientation (+y posterior),
+which is what `cac_jax.io.read_scan` returns. Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import numpy as np
+from scipy import ndimage
+
+from cac_jax.scan import Scan
+
+COARSE_MM = 3.0
+AIR_HU = -400.0
+LUNG_MIN_MEAN_HU = -950.0
+MIN_LUNG_ML = 20.0
+BONE_HU = 130.0
+SPINE_MIN_AREA_MM2 = 300.0
+SPINE_MIN_FRACTION = 0.5
+OPEN_RADIUS_MM = 25.0
+MIN_HEART_ML = 150.0
+MIN_HEART_HEIGHT_MM = 50.0
+
+
+@dataclasses.dataclass(frozen=True)
+class AutoHeart:
+  """The automatic heart region of one scan.
+
+  Attributes:
+    mask: bool (z, y, x) on the scan's grid: the heart estimate, not yet dilated (empty when
+      no heart was found).
+    found: whether a heart was found.
+    volume_ml: volume of `mask` in mL (cm³).
+    notes: what was found or why not (for the report's warnings).
+  """
+
+  mask: np.ndarray
+  found: bool
+  volume_ml: float
+  notes: tuple[str, ...]
+
+
+def _factors(spacing) -> tuple[int, int, int]:
+  return tuple(max(1, int(round(COARSE_MM / float(s)))) for s in spacing)
+
+
+def _block_mean(a: np.ndarray, f) -> np.ndarray:
+  """Mean over f[0] x f[1] x f[2] blocks (edge-padded), float32."""
+  pad = [(0, (-n) % k) for n, k in zip(a.shape, f)]
+  a = np.pad(a.astype(np.float32, copy=False), pad, mode="edge")
+  z, y, x = (n // k for n, k in zip(a.shape, f))
+  return a.reshape(z, f[0], y, f[1], x, f[2]).mean(axis=(1, 3, 5))
+
+
+def _upsample(mask: np.ndarray, f, shape) -> np.ndarray:
+  out = mask
+  for ax, k in enumerate(f):
+    out = np.repeat(out, k, axis=ax)
+  return out[:shape[0], :shape[1], :shape[2]]
+
+
+def _between(m: np.ndarray, axis: int) -> np.ndarray:
+  """True where a True of `m` lies on both sides along `axis` (inclusive)."""
+  fwd = np.maximum.accumulate(m, axis=axis)
+  bwd = np.flip(np.maximum.accumulate(np.flip(m, axis=axis), axis=axis), axis=axis)
+  return fwd & bwd
+
+
+def _ball_open(mask: np.ndarray, spacing, radius_mm: float) -> np.ndarray:
+  """Morphological opening by a Euclidean ball (via two distance transforms)."""
+  if not mask.any():
+    return mask
+  inside = ndimage.distance_transform_edt(mask, sampling=spacing) > radius_mm
+  if not inside.any():
+    return inside
+  return ndimage.distance_transform_edt(~inside, sampling=spacing) <= radius_mm
+
+
+def _lungs(hu: np.ndarray, spacing) -> np.ndarray:
+  air = hu < AIR_HU
+  lab, n = ndimage.label(air)
+  if n == 0:
+    return air
+  idx = np.arange(1, n + 1)
+  counts = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+  means = ndimage.mean(hu, lab, idx)
+  ml = counts * float(np.prod(spacing)) / 1000.0
+  keep = np.zeros(n + 1, bool)
+  keep[1:] = (ml >= MIN_LUNG_ML) & (np.asarray(means) > LUNG_MIN_MEAN_HU)
+  return keep[lab]
+
+
+def _spine_front_y(hu: np.ndarray, lungs: np.ndarray, spacing) -> Optional[int]:
+  """Coarse y index of the anterior edge of the spine (most posterior bony column), or None."""
+  slices = lungs.any(axis=(1, 2))
+  if not slices.any():
+    return None
+  bone = ndimage.binary_opening(hu[slices] > BONE_HU, structure=np.ones((1, 2, 2), bool))
+  column = bone.mean(axis=0) >= SPINE_MIN_FRACTION
+  lab, n = ndimage.label(column)
+  if n == 0:
+    return None
+  area = np.bincount(lab.ravel(), minlength=n + 1)[1:] * spacing[1] * spacing[2]
+  ys = ndimage.center_of_mass(column, lab, np.arange(1, n + 1))
+  cands = [(c[0], i + 1) for i, c in enumerate(ys) if area[i] >= SPINE_MIN_AREA_MM2]
+  if not cands:
+    return None
+  _, best = max(cands)
+  rows = np.nonzero(lab == best)[0]
+  return int(np.percentile(rows, 5))
+
+
+def find_heart(scan: Scan, dilation_mm: float = 10.0) -> AutoHeart:
+  """The automatic heart region of `scan` (see the module docstring).
+
+  Args:
+    scan: HU (z, y, x) in canonical LPS orientation, any spacing.
+    dilation_mm: the dilation the caller will apply (the spine cut leaves room for it).
+
+  Returns:
+    An `AutoHeart`; `found` False (and an empty mask) when no lungs, no mediastinum or no
+    blob of at least `MIN_HEART_ML` was found.
+  """
+  f = _factors(scan.spacing)
+  sp = tuple(float(s) * k for s, k in zip(scan.spacing, f))
+  hu = _block_mean(scan.hu, f)
+  empty = np.zeros(scan.shape, bool)
+  lungs = _lungs(hu, sp)
+  if not lungs.any():
+    return AutoHeart(empty, False, 0.0, ("automatic heart region: no lungs in the field of view, "
+                                         "so no heart region (no heart in view?)",))
+  medi = _between(lungs, 2) & ~lungs & (hu >= AIR_HU)
+  notes = []
+  y_front = _spine_front_y(hu, lungs, sp)
+  if y_front is not None:
+    cut = y_front - int(np.ceil(dilation_mm / sp[1]))
+    medi[:, max(cut, 0):, :] = False
+  else:
+    notes.append("automatic heart region: spine not found, region not cut in front of it")
+  blob = _ball_open(medi, sp, OPEN_RADIUS_MM) & medi
+  lab, n = ndimage.label(blob)
+  if n == 0:
+    return AutoHeart(empty, False, 0.0, ("automatic heart region: no mediastinal blob between the "
+                                         "lungs (no heart in view?)",))
+  sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+  heart = lab == 1 + int(np.argmax(sizes))
+  heart = np.stack([ndimage.binary_fill_holes(s) for s in heart])
+  volume_ml = float(heart.sum() * np.prod(sp) / 1000.0)
+  height_mm = float(heart.any(axis=(1, 2)).sum() * sp[0])
+  if volume_ml < MIN_HEART_ML or height_mm < MIN_HEART_HEIGHT_MM:
+    return AutoHeart(empty, False, volume_ml, (
+        f"automatic heart region: the largest mediastinal blob ({volume_ml:.0f} mL, {height_mm:.0f} mm "
+        f"tall) is smaller than a heart (>= {MIN_HEART_ML:.0f} mL, >= {MIN_HEART_HEIGHT_MM:.0f} mm): "
+        "no heart in view?",))
+  mask = _upsample(heart, f, scan.shape)
+  volume_ml = float(mask.sum() * scan.voxel_volume_mm3 / 1000.0)
+  return AutoHeart(mask, True, volume_ml, tuple(notes))
