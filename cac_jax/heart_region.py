@@ -15,7 +15,8 @@ Steps, on a coarse copy of the scan (block means to about `COARSE_MM` per axis, 
      the column (y) that are neither lung nor air (an orthogonally convex hull of the lungs
      minus the lungs). This holds the heart, great vessels, spine and oesophagus.
   3. Spine cut: the spine is the most posterior bony column (> 130 HU in at least half of the
-     lung slices of a (y, x) position, area >= 300 mm²). The heart lies in front of it, so the
+     lung slices of a (y, x) position, area >= 300 mm², behind the middle of the lungs' y
+     extent: in a field of view that cuts the spine off, the sternum is not taken for it). The heart lies in front of it, so the
      region is cut `dilation_mm` in front of the spine's anterior edge: after the pipeline's
      dilation it reaches the spine but does not enter the vertebral bodies.
   4. Heart: the mediastinum opened with a ball of `OPEN_RADIUS_MM` (the heart is a thick blob;
@@ -132,7 +133,8 @@ def _spine_front_y(hu: np.ndarray, lungs: np.ndarray, spacing) -> Optional[int]:
     return None
   area = np.bincount(lab.ravel(), minlength=n + 1)[1:] * spacing[1] * spacing[2]
   ys = ndimage.center_of_mass(column, lab, np.arange(1, n + 1))
-  cands = [(c[0], i + 1) for i, c in enumerate(ys) if area[i] >= SPINE_MIN_AREA_MM2]
+  lung_y = float(np.mean(np.nonzero(lungs.any(axis=(0, 2)))[0]))  # sternum and its cartilage are anterior
+  cands = [(c[0], i + 1) for i, c in enumerate(ys) if area[i] >= SPINE_MIN_AREA_MM2 and c[0] > lung_y]
   if not cands:
     return None
   _, best = max(cands)
@@ -185,3 +187,36 @@ def find_heart(scan: Scan, dilation_mm: float = 10.0) -> AutoHeart:
   mask = _upsample(heart, f, scan.shape)
   volume_ml = float(mask.sum() * scan.voxel_volume_mm3 / 1000.0)
   return AutoHeart(mask, True, volume_ml, tuple(notes))
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+  """Dice overlap of two bool masks (1.0 when both are empty)."""
+  a, b = np.asarray(a, bool), np.asarray(b, bool)
+  total = int(a.sum()) + int(b.sum())
+  return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
+
+
+def measure(scan: Scan, heart_mask: np.ndarray, coronary: Optional[np.ndarray] = None,
+            dilation_mm: float = 10.0) -> dict:
+  """How the automatic region of `scan` compares with a reference heart mask.
+
+  Args:
+    scan: the scan.
+    heart_mask: bool (z, y, x) reference heart mask on the scan's grid.
+    coronary: bool (z, y, x) reference coronary calcium, optional.
+    dilation_mm: the dilation scoring applies to both regions.
+
+  Returns:
+    {"found", "dice" (undilated region vs mask), "volume_ratio" (dilated automatic region /
+    dilated reference region, as scoring uses them), "coronary_voxels", "coronary_inside"
+    (reference coronary voxels inside the dilated automatic region)}.
+  """
+  from cac_jax import postprocess  # pylint: disable=g-import-not-at-top
+  found = find_heart(scan, dilation_mm)
+  region = postprocess.heart_region(found.mask, scan.spacing, dilation_mm)
+  reference = postprocess.heart_region(heart_mask, scan.spacing, dilation_mm)
+  out = {"found": found.found, "dice": dice(found.mask, heart_mask),
+         "volume_ratio": float(region.sum()) / max(int(reference.sum()), 1)}
+  if coronary is not None:
+    out.update(coronary_voxels=int(coronary.sum()), coronary_inside=int((coronary & region).sum()))
+  return out
