@@ -17,6 +17,8 @@ from cac_jax import train
 from cac_jax.train import data as data_lib
 from launch import train_flags as common
 
+flags.adopt_module_key_flags(common)  # --split, --multihost, --quiet_orbax in --help
+
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/paper.py, configs/tiny.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the export go here.")
 _SOURCE_CHECKPOINT = flags.DEFINE_string("source_checkpoint", None, "Exported source model (train_source's WORKDIR/export).")

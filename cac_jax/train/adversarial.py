@@ -225,6 +225,7 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
 
   # Critic pre-training, in chunks of `critic_steps` so the compiled scan is reused.
   if int(state.step) == 0 and int(state.critic_step) < a.critic_pretrain_steps:
+    logging.info("compiling the critic step, then %d critic pre-training steps…", a.critic_pretrain_steps)
     chunk = max(a.critic_steps, 1)
     while (done := int(state.critic_step)) < a.critic_pretrain_steps:
       state, m = critic_round(state, min(chunk, a.critic_pretrain_steps - done))
@@ -235,7 +236,9 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
 
   rate, history = source_lib._Rate(int(state.step)), []  # pylint: disable=protected-access
   grad_ratio = []  # |grad L_adv| / |alpha grad L_cls| per log interval
-  for j in range(int(state.step), a.num_generator_steps):
+  logging.info("compiling the generator step (the first step waits for XLA)…")
+  for j in writers.progress(range(int(state.step), a.num_generator_steps), "adapt", a.num_generator_steps,
+                            jax.process_index() == 0):
     n = critic_steps_at(config, j)
     metrics = {}
     if n > 0:

@@ -161,7 +161,8 @@ def train_source(config: ml_collections.ConfigDict, workdir: str, data: Any = No
   writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
   start = int(state.step)
   rate, history = _Rate(start), []
-  for step in range(start, cfg.num_steps):
+  logging.info("compiling the source training step (the first step waits for XLA)…")
+  for step in writers.progress(range(start, cfg.num_steps), "source", cfg.num_steps, jax.process_index() == 0):
     state, metrics = step_fn(state, sharding.shard_batch(stream(step), mesh))
     history.append(metrics)
     done = step + 1

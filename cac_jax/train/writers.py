@@ -141,3 +141,12 @@ class MetricWriter:
 
   def __exit__(self, *exc) -> None:
     self.close()
+
+
+def progress(steps: range, desc: str, total: int, enabled: bool = True):
+  """`steps` wrapped in a tqdm bar (count, rate, ETA) over `total` steps, shown from `steps`'
+  first step (so a resumed run shows its true position); on stderr, and only on a terminal
+  (tqdm's `disable=None`), so logs and tests are not flooded."""
+  from tqdm import tqdm  # pylint: disable=g-import-not-at-top
+  return tqdm(steps, desc=desc, total=total, initial=steps.start, unit="step", disable=None if enabled else True,
+              dynamic_ncols=True)
