@@ -381,6 +381,18 @@ def write_scan(scan: Scan, path: PathLike) -> None:
   _atomic_write(img, path)
 
 
+def dicom_series_files(path: PathLike) -> list[str]:
+  """The files of the DICOM series `read_scan` reads from folder `path` (the series with the
+  most files), in GDCM's slice order: file k is slice k of the image as read, before
+  canonical reorientation (so of a label map written back by `write_like`)."""
+  path = os.fspath(path)
+  series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(path)
+  if not series:
+    raise ScanReadError(f"{path}: folder holds no DICOM series")
+  files = {s: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, s) for s in series}
+  return list(files[max(series, key=lambda s: (len(files[s]), s))])
+
+
 def image_info(path: PathLike) -> dict:
   """Header-only geometry of a file (fast; no voxel data read).
 

@@ -250,7 +250,7 @@ def plausibility_warnings(classes: np.ndarray, scan: Scan, score: dict, heart_ma
 
 def check_outputs_free(output_dir: str, overwrite: bool) -> None:
   """Raise OutputExistsError if any output file exists in output_dir and not `overwrite`."""
-  existing = [f for f in OUTPUT_FILES if os.path.exists(os.path.join(output_dir, f))]
+  existing = [f for f in OUTPUT_FILES + ("calcium_seg.dcm",) if os.path.exists(os.path.join(output_dir, f))]
   if existing and not overwrite:
     raise OutputExistsError(f"outputs already exist in {output_dir}: {', '.join(existing)} "
                             "(pass --overwrite to replace them)")

@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from cac_jax import atomic, checkpoints, io, manifest, pipeline, postprocess
+from cac_jax import atomic, checkpoints, dicom_seg, io, labels, manifest, pipeline, postprocess
 
 ARTERIES = ("LAD", "LCX", "RCA")
 CSV_FIELDS = ("id", "domain", "threshold_hu", "num_candidates", "heart_region", "coronary_score",
@@ -85,8 +85,18 @@ def score_file(image: str, checkpoint: str, output_dir: str, *, heart_mask: Opti
     result.report["heart_region"]["file"] = os.path.basename(str(heart_mask))
   result.report["provenance"] = prov
   result.report["warnings"] = provenance_warnings(prov) + result.report["warnings"]
-  pipeline.write_outputs(result, scan, output_dir, overwrite=overwrite)
+  paths = pipeline.write_outputs(result, scan, output_dir, overwrite=overwrite)
+  if os.path.isdir(image):  # DICOM input: also a DICOM SEG referencing the source series
+    write_dicom_seg(image, paths["calcium_labels.nii.gz"], os.path.join(output_dir, dicom_seg.SEG_FILE))
   return result.report
+
+
+def write_dicom_seg(dicom_dir: str, labels_file: str, path: str) -> str:
+  """DICOM SEG of a written label map (reference-encoded, on the series' own grid, as
+  `pipeline.write_outputs` writes it) referencing the series in `dicom_dir`."""
+  import SimpleITK as sitk  # pylint: disable=g-import-not-at-top
+  ref = sitk.GetArrayFromImage(sitk.ReadImage(labels_file))  # (file, row, column)
+  return dicom_seg.write_seg(labels.reference_to_classes(ref), io.dicom_series_files(dicom_dir), path)
 
 
 def summary_line(name: str, report: dict) -> str:

@@ -1,0 +1,96 @@
+"""DICOM Segmentation of the calcium labels, for DICOM input (PACS and DICOM viewers).
+
+`write_seg` writes one binary DICOM SEG object (highdicom) with one segment per calcium class
+(LAD incl. left main, LCX, RCA, aorta, aortic valve, mitral valve), referencing the source CT
+series it was scored on. Frames are aligned with the source images by the same slice order
+SimpleITK/GDCM used to read the series, so each frame lies on its source slice.
+
+What it copies from the source: highdicom fills the patient, study and frame-of-reference
+modules from the source images, as the standard requires for a SEG to reference its series
+(patient name/ID/birth date/sex, study UID/date/time/ID, accession number, referring
+physician); nothing else (no free-text series or institution fields) is taken over.
+
+Codes: segmented property category "Morphologically Abnormal Structure" (SCT 49755003), type
+"Calcification" (SCT 18115005), with the artery/valve as anatomic region (SCT codes from
+pydicom's code dictionary).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+
+from cac_jax import atomic
+from cac_jax import labels as labels_lib
+
+SEG_FILE = "calcium_seg.dcm"
+
+
+def _segment_descriptions():
+  import highdicom as hd  # pylint: disable=g-import-not-at-top
+  from pydicom.sr.codedict import codes  # pylint: disable=g-import-not-at-top
+  from pydicom.sr.coding import Code  # pylint: disable=g-import-not-at-top
+  import cac_jax  # pylint: disable=g-import-not-at-top
+  regions = {labels_lib.LAD: codes.SCT.AnteriorDescendingBranchOfLeftCoronaryArtery,
+             labels_lib.LCX: codes.SCT.CircumflexCoronaryArtery, labels_lib.RCA: codes.SCT.RightCoronaryArtery,
+             labels_lib.AORTA: codes.SCT.Aorta, labels_lib.AORTIC_VALVE: codes.SCT.AorticValve,
+             labels_lib.MITRAL_VALVE: codes.SCT.MitralValve}
+  algorithm = hd.AlgorithmIdentificationSequence(name="cac_jax", version=cac_jax.__version__,
+                                                 family=codes.cid7162.ArtificialIntelligence)
+  return [hd.seg.SegmentDescription(
+      segment_number=cls, segment_label=f"{labels_lib.CLASS_DISPLAY_NAMES[cls]} calcium",
+      segmented_property_category=codes.cid7150.MorphologicallyAbnormalStructure,
+      segmented_property_type=Code("18115005", "SCT", "Calcification"),
+      algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
+      anatomic_regions=[regions[cls]]) for cls in sorted(regions)]
+
+
+def write_seg(classes_source: np.ndarray, source_files: Sequence[str], path: str) -> str:
+  """Write a DICOM SEG of `classes_source` referencing `source_files`; returns `path`.
+
+  Args:
+    classes_source: int (n_files, rows, columns) classes 0..6 on the source series' own grid,
+      frame k on `source_files[k]` (e.g. calcium_labels.nii.gz read back: written on the
+      input's grid, slices in the order GDCM sorted the files).
+    source_files: the series' DICOM files in that order (`cac_jax.io.dicom_series_files`).
+    path: output .dcm file (written atomically).
+  """
+  import highdicom as hd  # pylint: disable=g-import-not-at-top
+  import pydicom  # pylint: disable=g-import-not-at-top
+  import cac_jax  # pylint: disable=g-import-not-at-top
+  classes_source = np.asarray(classes_source)
+  if classes_source.shape[0] != len(source_files):
+    raise ValueError(f"{classes_source.shape[0]} label slices for {len(source_files)} DICOM files")
+  sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files]
+  rows, cols = int(sources[0].Rows), int(sources[0].Columns)
+  if classes_source.shape[1:] != (rows, cols):
+    raise ValueError(f"label slices {classes_source.shape[1:]} differ from the DICOM matrix {(rows, cols)}")
+  seg = hd.seg.Segmentation(
+      source_images=sources, pixel_array=classes_source.astype(np.uint8),
+      segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=_segment_descriptions(),
+      series_instance_uid=hd.UID(), series_number=9001, sop_instance_uid=hd.UID(), instance_number=1,
+      manufacturer="cac_jax", manufacturer_model_name="cac_jax calcium scoring", software_versions=cac_jax.__version__,
+      device_serial_number="none", series_description="CAC research segmentation (not for clinical use)")
+  atomic.write_with(path, lambda tmp: seg.save_as(tmp), suffix=".dcm")
+  return path
+
+
+def read_seg_labels(path: str, source_files: Sequence[str]) -> np.ndarray:
+  """Read a SEG written by `write_seg` back as int (n_files, rows, columns) classes 0..6, frame
+  k on `source_files[k]` (matched by SOP Instance UID, not by frame order)."""
+  import highdicom as hd  # pylint: disable=g-import-not-at-top
+  import pydicom  # pylint: disable=g-import-not-at-top
+  seg = hd.seg.segread(path)
+  uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in source_files]
+  rows, cols = int(seg.Rows), int(seg.Columns)
+  out = np.zeros((len(uids), rows, cols), np.int32)
+  present = {u for _, _, u in seg.get_source_image_uids()}
+  for k, uid in enumerate(uids):
+    if uid not in present:
+      continue
+    pix = seg.get_pixels_by_source_instance(source_sop_instance_uids=[uid], combine_segments=True,
+                                            skip_overlap_checks=True)
+    out[k] = pix[0]
+  return out
+
