@@ -243,14 +243,14 @@ def results_markdown(results: EvaluationResults) -> str:
   lines += ["", "## Spearman correlation (reference vs prediction)", "", "| quantity | rho | p | n | note |",
             "|---|---|---|---|---|"]
   for key, r in results.spearman.items():
-    lines.append(f"| {key} | {_fmt(r.rho)} | {_fmt(r.pvalue)} | {r.n} | {r.note} |")
+    lines.append(f"| {key} | {_fmt(r.rho)} | {_fmt(r.pvalue)} | {r.n} | {r.note or r.p_method + ' p'} |")
   lines += ["", "## Bland-Altman, total coronary calcium volume (mm³)", ""]
   ba = results.bland_altman
   if ba is None:
     lines.append(f"Not computed: {results.bland_altman_note}")
   else:
     lines.append(f"bias {_fmt(ba.bias)} mm³; 95% limits = {ba.formula()} (m = mean volume in mm³, "
-                 f"n={ba.n}); see bland_altman.png")
+                 f"n={ba.n}); see bland_altman.png" + (f". {ba.note[0].upper()}{ba.note[1:]}" if ba.note else ""))
   lines += ["", "## Agatston risk categories (linearly weighted kappa)", ""]
   k = results.kappa
   if k is None:

@@ -36,10 +36,15 @@ scans where the value is defined, with the n used, as reported in the paper; plu
 
 Agreement of scores between reference and prediction:
   * `spearman(a, b)`: Spearman's rank correlation (scipy.stats.spearmanr); NaN with a note for
-    constant input or fewer than 2 pairs.
+    constant input or fewer than 2 pairs. The p-value is exact for n <= `SPEARMAN_EXACT_MAX_N`
+    (all n! pairings of the ranks, ties kept: the t approximation scipy uses is poor for
+    small n) and scipy's otherwise; `SpearmanResult.p_method` says which.
   * `bland_altman(ref, pred)`: bias = mean(pred - ref) (constant bias, not regressed on the mean),
     heteroskedastic 95 % limits from an OLS fit |d| ≈ b + a·√m; limits(m) = bias ±
-    1.96·√(π/2)·(b + a·√m). Needs ≥ 3 pairs and non-negative means (volumes, scores).
+    1.96·√(π/2)·(b + a·√m). Needs ≥ 3 pairs and non-negative means (volumes, scores). With
+    fewer than `BA_MIN_HETEROSKEDASTIC_N` scans, or when the fitted spread b + a·√m is negative
+    somewhere in the observed range of m (the limits would cross: lower above upper), it falls
+    back to constant limits bias ± 1.96·SD(d) and says so in `BlandAltman.note`.
   * `weighted_kappa` / `agatston_kappa`: linearly weighted Cohen's kappa on (Agatston risk)
     categories with the confusion matrix (rows reference, columns prediction).
 """
@@ -241,18 +246,37 @@ def aggregate(per_scan: Sequence[Mapping[str, StructureMetrics]]) -> dict[str, S
 
 @dataclasses.dataclass(frozen=True)
 class SpearmanResult:
-  """Spearman's rho and two-sided p-value; NaN with `note` when undefined."""
+  """Spearman's rho and two-sided p-value; NaN with `note` when undefined.
+
+  p_method: "exact" (permutation distribution), "t approximation" (scipy) or "" (undefined).
+  """
 
   rho: float
   pvalue: float
   n: int
   note: str = ""
+  p_method: str = ""
+
+
+SPEARMAN_EXACT_MAX_N = 9
+
+
+def _exact_spearman_p(a: np.ndarray, b: np.ndarray, rho: float) -> float:
+  """Two-sided exact p: share of the n! pairings of b's ranks with a's whose |rho| >= |rho|."""
+  import itertools  # pylint: disable=g-import-not-at-top
+  ra, rb = stats.rankdata(a), stats.rankdata(b)
+  ra = (ra - ra.mean()) / np.sqrt(((ra - ra.mean()) ** 2).sum())
+  rb = (rb - rb.mean()) / np.sqrt(((rb - rb.mean()) ** 2).sum())
+  perms = np.array(list(itertools.permutations(range(a.size))), dtype=np.int8)
+  rhos = rb[perms] @ ra
+  return float(np.mean(np.abs(rhos) >= abs(rho) - 1e-12))
 
 
 def spearman(a: Sequence[float], b: Sequence[float]) -> SpearmanResult:
   """Spearman rank correlation of paired values (e.g. volumes or lesion counts per scan).
 
-  Returns NaN (with a note) instead of raising for constant input or fewer than 2 pairs.
+  Returns NaN (with a note) instead of raising for constant input or fewer than 2 pairs. The
+  p-value is exact for n <= SPEARMAN_EXACT_MAX_N (see the module docstring).
   """
   a = np.asarray(a, dtype=np.float64).ravel()
   b = np.asarray(b, dtype=np.float64).ravel()
@@ -264,19 +288,26 @@ def spearman(a: Sequence[float], b: Sequence[float]) -> SpearmanResult:
   if np.all(a == a[0]) or np.all(b == b[0]):
     return SpearmanResult(math.nan, math.nan, n, "undefined: constant input (no rank variation)")
   res = stats.spearmanr(a, b)
-  return SpearmanResult(float(res.statistic), float(res.pvalue), n)
+  rho = float(res.statistic)
+  if n <= SPEARMAN_EXACT_MAX_N:
+    return SpearmanResult(rho, _exact_spearman_p(a, b, rho), n, p_method="exact")
+  return SpearmanResult(rho, float(res.pvalue), n, p_method="t approximation")
 
 
 _LOA_FACTOR = 1.96 * math.sqrt(math.pi / 2.0)
+BA_MIN_HETEROSKEDASTIC_N = 10
 
 
 @dataclasses.dataclass(frozen=True)
 class BlandAltman:
-  """Bland-Altman analysis with heteroskedastic limits of agreement.
+  """Bland-Altman analysis with heteroskedastic (or, as a fallback, constant) limits.
 
-  d = pred - ref, m = (pred + ref) / 2 (arrays (n,)). bias = mean(d). |d| ≈ b + a·√m (OLS);
-  the SD of d at m is estimated as √(π/2)·(b + a·√m) (for normal d, E|d - 0| = SD·√(2/π)),
-  so the 95 % limits are bias ± 1.96·√(π/2)·(b + a·√m). The spread is not clipped at 0.
+  d = pred - ref, m = (pred + ref) / 2 (arrays (n,)). bias = mean(d). Heteroskedastic:
+  |d| ≈ b + a·√m (OLS); the SD of d at m is estimated as √(π/2)·(b + a·√m) (for normal d,
+  E|d - 0| = SD·√(2/π)), so the 95 % limits are bias ± 1.96·√(π/2)·(b + a·√m). Constant
+  (`heteroskedastic` False; fewer than BA_MIN_HETEROSKEDASTIC_N scans or crossing limits):
+  a = 0 and the limits are bias ± 1.96·SD(d) (ddof = 1), stored as b = SD(d)·√(2/π) so the
+  same `spread` formula applies; `note` says why.
   """
 
   bias: float
@@ -284,6 +315,8 @@ class BlandAltman:
   b: float
   mean: np.ndarray
   diff: np.ndarray
+  heteroskedastic: bool = True
+  note: str = ""
 
   @property
   def n(self) -> int:
@@ -304,17 +337,22 @@ class BlandAltman:
     return self.lower(m), self.upper(m)
 
   def formula(self, digits: int = 3) -> str:
-    """The limits as text, e.g. "-0.25 ± 1.96·√(π/2)·(1 + 0.5·√m)"."""
+    """The limits as text, e.g. "-0.25 ± 1.96·√(π/2)·(1 + 0.5·√m)" or "-0.25 ± 1.96·12 (constant)"."""
+    if not self.heteroskedastic:
+      sd = self.b * math.sqrt(math.pi / 2.0)
+      return f"{self.bias:.{digits}g} ± 1.96·{sd:.{digits}g} (constant)"
     sign = "-" if self.a < 0 else "+"
     return (f"{self.bias:.{digits}g} ± 1.96·√(π/2)·({self.b:.{digits}g} {sign} "
             f"{abs(self.a):.{digits}g}·√m)")
 
 
-def bland_altman(ref: Sequence[float], pred: Sequence[float]) -> BlandAltman:
+def bland_altman(ref: Sequence[float], pred: Sequence[float],
+                 min_heteroskedastic_n: int = BA_MIN_HETEROSKEDASTIC_N) -> BlandAltman:
   """Bland-Altman analysis of paired non-negative values (volumes in mm³, scores).
 
   Raises ValueError for fewer than 3 pairs, non-finite or negative means. If all √m are equal
-  the slope is undefined: a = 0 and b = mean(|d|).
+  the slope is undefined: a = 0 and b = mean(|d|). Falls back to constant limits (see the
+  module docstring) for fewer than `min_heteroskedastic_n` pairs or crossing limits.
   """
   ref = np.asarray(ref, dtype=np.float64).ravel()
   pred = np.asarray(pred, dtype=np.float64).ravel()
@@ -335,6 +373,15 @@ def bland_altman(ref: Sequence[float], pred: Sequence[float]) -> BlandAltman:
   else:
     design = np.stack([np.ones_like(x), x], axis=1)
     (b, a), *_ = np.linalg.lstsq(design, y, rcond=None)
+  why = ""
+  if d.size < min_heteroskedastic_n:
+    why = f"constant limits: {d.size} scans are too few to fit heteroskedastic limits (< {min_heteroskedastic_n})"
+  elif min(b + a * x.min(), b + a * x.max()) < 0:
+    why = "constant limits: the fitted heteroskedastic limits cross within the observed range"
+  if why:
+    sd = float(np.std(d, ddof=1))
+    return BlandAltman(bias=float(np.mean(d)), a=0.0, b=sd * math.sqrt(2.0 / math.pi), mean=m, diff=d,
+                       heteroskedastic=False, note=why)
   return BlandAltman(bias=float(np.mean(d)), a=float(a), b=float(b), mean=m, diff=d)
 
 

@@ -47,7 +47,8 @@ def _save_atomic(fig: mfigure.Figure, path: str, dpi: int = 100) -> str:
 
 def bland_altman_plot(ref: Sequence[float], pred: Sequence[float], path: str, title: str = "",
                       units: str = "mm³") -> str:
-  """Bland-Altman plot: mean vs difference (pred − ref), bias and heteroskedastic 95 % limits.
+  """Bland-Altman plot: mean vs difference (pred − ref), bias and 95 % limits (heteroskedastic,
+  or constant with a note when `metrics.bland_altman` falls back).
 
   Args:
     ref, pred: paired per-scan values (e.g. calcium volume in mm³), non-negative.
@@ -86,6 +87,8 @@ def bland_altman_plot(ref: Sequence[float], pred: Sequence[float], path: str, ti
             label=f"95% limits: {ba.formula()}")
     ax.plot(grid, lo, color="tab:red", ls="--", lw=1.2)
     ax.legend(loc="best", fontsize=8)
+    if ba.note:  # constant limits instead of the heteroskedastic fit: say so on the figure
+      ax.text(0.01, 0.01, ba.note, transform=ax.transAxes, fontsize=7, color="0.3", va="bottom")
   ax.set_xlabel(f"mean of reference and prediction ({units})")
   ax.set_ylabel(f"prediction − reference ({units})")
   ax.set_title(title or "Bland-Altman")

@@ -160,6 +160,11 @@ def test_spearman():
   # ranks 1,2,3,4 vs 1,3,2,4: Σd² = 2 -> rho = 1 - 6·2 / (4·(16 - 1)) = 0.8.
   r = metrics.spearman([1, 2, 3, 4], [10, 30, 20, 40])
   assert r.rho == pytest.approx(0.8) and r.n == 4 and not r.note
+  # Exact p: of the 24 pairings of 4 ranks, |rho| >= 0.8 for Σd² <= 2 (identity + 3 adjacent
+  # swaps) or >= 18 (the reversal and its 3 adjacent swaps): 8/24 (the t approximation: 0.2).
+  assert r.p_method == "exact" and r.pvalue == pytest.approx(1 / 3)
+  big = metrics.spearman(np.arange(12), np.arange(12) ** 2)
+  assert big.p_method == "t approximation" and big.rho == pytest.approx(1.0)
   c = metrics.spearman([1, 2, 3], [5, 5, 5])
   assert math.isnan(c.rho) and "constant" in c.note
   assert math.isnan(metrics.spearman([1], [2]).rho)
@@ -170,7 +175,7 @@ def test_bland_altman_exact_regression():
   m = np.array([1.0, 4.0, 9.0, 16.0])
   d = np.array([1.5, -2.0, 2.5, -3.0])
   ref, pred = m - d / 2, m + d / 2  # (0.25, 1.75), (5, 3), (7.75, 10.25), (17.5, 14.5)
-  ba = metrics.bland_altman(ref, pred)
+  ba = metrics.bland_altman(ref, pred, min_heteroskedastic_n=3)
   # bias = (1.5 - 2 + 2.5 - 3) / 4 = -0.25; OLS exact: b = 1, a = 0.5.
   assert ba.bias == pytest.approx(-0.25)
   assert ba.b == pytest.approx(1.0) and ba.a == pytest.approx(0.5)
@@ -186,7 +191,7 @@ def test_bland_altman_exact_regression():
   with pytest.raises(ValueError, match="at least 3"):
     metrics.bland_altman([1, 2], [1, 2])
   # all means equal: slope undefined -> a = 0, b = mean |d| = (1 + 1 + 1) / 3.
-  flat = metrics.bland_altman([1.5, 2.5, 1.5], [2.5, 1.5, 2.5])
+  flat = metrics.bland_altman([1.5, 2.5, 1.5], [2.5, 1.5, 2.5], min_heteroskedastic_n=3)
   assert flat.a == 0.0 and flat.b == pytest.approx(1.0) and flat.bias == pytest.approx(1 / 3)
 
 
@@ -223,7 +228,26 @@ def test_agatston_kappa_five_categories():
 
 
 def test_bland_altman_formula_text():
-  ba = metrics.bland_altman([0.25, 5.0, 7.75, 17.5], [1.75, 3.0, 10.25, 14.5])
+  ba = metrics.bland_altman([0.25, 5.0, 7.75, 17.5], [1.75, 3.0, 10.25, 14.5], min_heteroskedastic_n=3)
   assert ba.formula() == "-0.25 ± 1.96·√(π/2)·(1 + 0.5·√m)"
   neg = metrics.BlandAltman(bias=0.0, a=-2.0, b=5.0, mean=np.zeros(3), diff=np.zeros(3))
   assert neg.formula() == "0 ± 1.96·√(π/2)·(5 - 2·√m)"
+
+
+def test_bland_altman_falls_back_to_constant_limits():
+  # 3 scans: d = (1, -2, 4), bias 1, SD(d) = 3 -> limits 1 ± 5.88 everywhere, not a fit on 3 points.
+  ba = metrics.bland_altman([10.0, 20.0, 30.0], [11.0, 18.0, 34.0])
+  assert not ba.heteroskedastic and "3 scans" in ba.note
+  lo, hi = ba.limits(np.array([0.0, 100.0]))
+  np.testing.assert_allclose(lo, 1 - 1.96 * 3.0)
+  np.testing.assert_allclose(hi, 1 + 1.96 * 3.0)
+  assert ba.formula() == "1 ± 1.96·3 (constant)"
+  # 10 scans whose |d| falls steeply with m: the OLS line b + a·√m turns negative inside the
+  # observed range (lower limit above the upper one), so the fit is not used.
+  m = np.array([1.0, 4, 9, 16, 25, 36, 49, 64, 81, 100])
+  d = np.array([9.0, -8, 7, -6, 5, -4, 3, -2, 0.5, -0.1])
+  ba = metrics.bland_altman(m - d / 2, m + d / 2)
+  assert not ba.heteroskedastic and "cross" in ba.note
+  assert np.all(ba.lower(m) <= ba.upper(m))
+  a, b = np.polyfit(np.sqrt(m), np.abs(d), 1)  # the fit it rejected: negative spread at m = 100
+  assert b + a * 10.0 < 0

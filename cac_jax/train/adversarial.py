@@ -264,7 +264,7 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
     if snapshot_due(config, done):
       checkpoints.export_inference(snapshot_dir(workdir, done),
                                    jax.device_get({"generator": state.generator, "classifier": state.classifier}),
-                                   config)
+                                   config, {"stage": "adapted", "steps": done, "training_data": training_data})
   writer.close()
   mgr.close()
   if grad_ratio and float(np.median(grad_ratio)) < WEAK_ADVERSARIAL_RATIO:
