@@ -48,11 +48,13 @@ class ScoringResult:
   classes: int32 (z, y, x) classes 0..6 on the scan's (canonical) grid after FP reduction.
   raw_classes: the same before FP reduction (for the ablation).
   report: JSON-serialisable dict (scores, threshold, ROI, domain decision, settings, warnings).
+  heart: bool (z, y, x) heart mask or automatic region used (undilated), or None.
   """
 
   classes: np.ndarray
   raw_classes: np.ndarray
   report: dict[str, Any]
+  heart: Optional[np.ndarray] = None
 
 
 def candidate_mask(hu: np.ndarray, threshold_hu: float, region: Optional[np.ndarray]) -> np.ndarray:
@@ -210,7 +212,7 @@ def score_scan(scan: Scan, params, config: ml_collections.ConfigDict, *, domain:
   notes += plausibility_warnings(final, scan, report["scores"], heart_mask,
                                  settings.dilation_mm if report["settings"]["heart_filter"] is False else None)
   report["warnings"] = notes
-  return ScoringResult(final.astype(np.int32), raw, report)
+  return ScoringResult(final.astype(np.int32), raw, report, heart_mask)
 
 
 def plausibility_warnings(classes: np.ndarray, scan: Scan, score: dict, heart_mask: Optional[np.ndarray],
@@ -275,8 +277,28 @@ def write_outputs(result: ScoringResult, scan: Scan, output_dir: str, *, overwri
   atomic.write_csv(paths["lesions.csv"], scores.LESION_FIELDS,
                    scores.lesion_table(result.classes, scan.hu, scan, calibration))
   atomic.write_text(paths["scores.json"], json.dumps(result.report, indent=2, default=_json_default))
-  plots.overlay_png(scan.hu, result.classes, paths["overlay.png"], scan.spacing)
+  plots.overlay_png(scan.hu, result.classes, paths["overlay.png"], scan.spacing, title=overlay_title(result.report),
+                    z_positions_mm=_z_positions_mm(scan), region=result.heart)
   return paths
+
+
+def _z_positions_mm(scan: Scan) -> np.ndarray:
+  """Scanner (patient) z position in mm of each axial slice (the slice's first voxel)."""
+  zyx = np.zeros((scan.shape[0], 3))
+  zyx[:, 0] = np.arange(scan.shape[0])
+  return scan.index_to_physical(zyx)[:, 2]
+
+
+def overlay_title(report: dict) -> str:
+  """"<image>: total Agatston A (category), threshold T HU, window -200..800 HU"."""
+  from cac_jax import plots  # pylint: disable=g-import-not-at-top
+  s = report["scores"]
+  thr = report.get("threshold", {}).get("threshold_hu")
+  name = report.get("input", {}).get("image", "scan")
+  score = (f"total Agatston {s['total']['agatston']:.0f} ({s['risk_category']})" if report.get("coronary_score", True)
+           else "no coronary score")
+  return (f"{name}: {score}, threshold {'n/a' if thr is None else f'{thr:.0f} HU'}, "
+          f"window {plots.HU_WINDOW[0]:.0f}..{plots.HU_WINDOW[1]:.0f} HU")
 
 
 def _json_default(o):

@@ -97,25 +97,65 @@ def bland_altman_plot(ref: Sequence[float], pred: Sequence[float], path: str, ti
   return _save_atomic(fig, path)
 
 
-def _pick_slices(classes: np.ndarray, n_slices: int) -> list[int]:
-  """Axial slices with the most labelled voxels (at most n_slices, sorted); middle if none."""
-  counts = np.count_nonzero(classes > 0, axis=(1, 2))
-  order = [int(z) for z in np.argsort(-counts, kind="stable") if counts[z] > 0][:n_slices]
-  return sorted(order) if order else [classes.shape[0] // 2]
+def _pick_slices(classes: np.ndarray, n_slices: int, reference: Optional[np.ndarray] = None) -> list[int]:
+  """Axial slices through distinct lesions (at most n_slices, sorted); middle if none.
+
+  Lesions are 6-connected components of calcium (of `classes`, and of `reference` when given),
+  largest first; each contributes the slice where it has the most voxels, so the figure shows
+  several lesions rather than adjacent slices of the biggest one.
+  """
+  from scipy import ndimage  # pylint: disable=g-import-not-at-top
+  calcium = classes > 0 if reference is None else (classes > 0) | (reference > 0)
+  lab, n = ndimage.label(calcium, structure=ndimage.generate_binary_structure(3, 1))
+  if n == 0:
+    return [classes.shape[0] // 2]
+  sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
+  boxes = ndimage.find_objects(lab)
+  picked: list[int] = []
+  for i in np.argsort(-sizes, kind="stable"):
+    box = boxes[i]
+    per_slice = np.count_nonzero(lab[box] == i + 1, axis=(1, 2))
+    z = int(box[0].start + np.argmax(per_slice))
+    if z not in picked:
+      picked.append(z)
+    if len(picked) == n_slices:
+      break
+  return sorted(picked)
+
+
+def _zoom_box(mask: Optional[np.ndarray], spacing, margin_mm: float = 15.0):
+  """In-plane (x0, x1, y0, y1) in mm around `mask` (any slice) plus a margin; None if empty."""
+  if mask is None or not np.any(mask):
+    return None
+  ys = np.nonzero(np.any(mask, axis=(0, 2)))[0]
+  xs = np.nonzero(np.any(mask, axis=(0, 1)))[0]
+  sy, sx = float(spacing[1]), float(spacing[2])
+  ny, nx = mask.shape[1:]
+  return (max(0.0, xs[0] * sx - margin_mm), min(nx * sx, (xs[-1] + 1) * sx + margin_mm),
+          max(0.0, ys[0] * sy - margin_mm), min(ny * sy, (ys[-1] + 1) * sy + margin_mm))
 
 
 def overlay_png(hu: np.ndarray, classes: np.ndarray, path: str,
                 spacing: Sequence[float] = (1.0, 1.0, 1.0), n_slices: int = 3,
-                title: Optional[str] = None) -> str:
-  """Axial slices through the lesions with calcium coloured by class.
+                title: Optional[str] = None, *, reference: Optional[np.ndarray] = None,
+                z_positions_mm: Optional[Sequence[float]] = None, region: Optional[np.ndarray] = None,
+                window: tuple[float, float] = HU_WINDOW) -> str:
+  """Axial slices through distinct lesions with calcium coloured by class.
 
   Args:
-    hu: float (z, y, x) HU volume, shown in the window [-200, 800] HU.
+    hu: float (z, y, x) HU volume, shown in `window` (HU).
     classes: int (z, y, x) classes 0..6, same shape; classes 1..6 drawn in `CLASS_COLOURS`.
     path: PNG file to write.
     spacing: (z, y, x) voxel size in mm; slices are drawn in mm so the aspect is correct.
-    n_slices: number of axial slices (those with the most labelled voxels).
-    title: optional figure title.
+    n_slices: number of axial slices (one per lesion, largest lesions first).
+    title: optional figure title (e.g. case, total Agatston, threshold, window).
+    reference: optional reference classes (same shape): a second row on the same slices, and
+      the slices are chosen from the lesions of both.
+    z_positions_mm: scanner z position (mm) of each slice, for the panel titles (default:
+      slice index x spacing).
+    region: optional bool (z, y, x) heart region: its outline is drawn (dashed) and the panels
+      zoom on it (15 mm margin).
+    window: HU display window.
 
   Returns:
     path. Without lesions the middle slice is shown with a "no lesions" note.
@@ -126,35 +166,50 @@ def overlay_png(hu: np.ndarray, classes: np.ndarray, path: str,
     raise ValueError(f"hu {hu.shape} and classes {classes.shape} must be 3D (z, y, x) of the same shape")
   if hu.size == 0:
     raise ValueError("overlay_png needs a non-empty volume")
-  bad = np.unique(classes[(classes < 0) | (classes >= labels_lib.NUM_CLASSES)])
-  if bad.size:
-    raise ValueError(f"classes holds values {bad.tolist()} outside 0..{labels_lib.NUM_CLASSES - 1}")
+  rows = [("prediction", classes)] if reference is None else [("prediction", classes), ("reference", np.asarray(reference))]
+  for _, c in rows:
+    if c.shape != hu.shape:
+      raise ValueError(f"reference {c.shape} differs from hu {hu.shape}")
+    bad = np.unique(c[(c < 0) | (c >= labels_lib.NUM_CLASSES)])
+    if bad.size:
+      raise ValueError(f"classes holds values {bad.tolist()} outside 0..{labels_lib.NUM_CLASSES - 1}")
   metrics.voxel_volume_mm3(spacing)  # validates spacing
   sz, sy, sx = (float(s) for s in spacing)
-  slices = _pick_slices(classes, max(1, int(n_slices)))
+  slices = _pick_slices(classes, max(1, int(n_slices)), reference)
   ny, nx = hu.shape[1:]
   extent = (0.0, nx * sx, ny * sy, 0.0)  # x right, y down, in mm
+  box = _zoom_box(region, spacing)
+  w_mm, h_mm = (box[1] - box[0], box[3] - box[2]) if box else (nx * sx, ny * sy)
   cmap = mcolors.ListedColormap(["none"] + [CLASS_COLOURS[c] for c in range(1, labels_lib.NUM_CLASSES)])
   norm = mcolors.BoundaryNorm(np.arange(-0.5, labels_lib.NUM_CLASSES), cmap.N)
-  aspect_h = (ny * sy) / max(nx * sx, 1e-9)
-  fig = mfigure.Figure(figsize=(3.6 * len(slices) + 1.8, 3.6 * aspect_h + 1.0))
-  axes = fig.subplots(1, len(slices), squeeze=False)[0]
-  any_lesion = bool(np.any(classes > 0))
-  for ax, z in zip(axes, slices):
-    ax.imshow(hu[z], cmap="gray", vmin=HU_WINDOW[0], vmax=HU_WINDOW[1], extent=extent,
-              interpolation="nearest")
-    lab = np.ma.masked_equal(classes[z].astype(np.int32), 0)
-    ax.imshow(lab, cmap=cmap, norm=norm, extent=extent, interpolation="nearest", alpha=0.85)
-    ax.set_aspect("equal")
-    ax.set_title(f"z = {z} ({z * sz:.1f} mm)", fontsize=9)
-    ax.set_xlabel("x (mm)", fontsize=8)
-    ax.set_ylabel("y (mm)", fontsize=8)
-    ax.tick_params(labelsize=7)
-    if not any_lesion:
-      ax.text(0.5, 0.5, "no lesions", transform=ax.transAxes, ha="center", va="center",
-              color="yellow", fontsize=12)
+  aspect_h = h_mm / max(w_mm, 1e-9)
+  fig = mfigure.Figure(figsize=(3.6 * len(slices) + 1.8, (3.6 * aspect_h + 0.6) * len(rows) + 0.6))
+  axes = fig.subplots(len(rows), len(slices), squeeze=False)
+  for r, (name, cls) in enumerate(rows):
+    any_lesion = bool(np.any(cls > 0))
+    for ax, z in zip(axes[r], slices):
+      ax.imshow(hu[z], cmap="gray", vmin=window[0], vmax=window[1], extent=extent, interpolation="nearest")
+      lab = np.ma.masked_equal(cls[z].astype(np.int32), 0)
+      ax.imshow(lab, cmap=cmap, norm=norm, extent=extent, interpolation="nearest", alpha=0.85)
+      if region is not None and np.any(region[z]):
+        ax.contour((np.arange(nx) + 0.5) * sx, (np.arange(ny) + 0.5) * sy, region[z].astype(np.float32),
+                   levels=[0.5], colors="white", linewidths=0.6, linestyles="dashed")
+      if box:
+        ax.set_xlim(box[0], box[1])
+        ax.set_ylim(box[3], box[2])
+      ax.set_aspect("equal")
+      pos = z * sz if z_positions_mm is None else float(z_positions_mm[z])
+      ax.set_title(f"{name + ': ' if reference is not None else ''}z = {pos:.1f} mm (slice {z})", fontsize=9)
+      ax.set_xlabel("x (mm)", fontsize=8)
+      ax.set_ylabel("y (mm)", fontsize=8)
+      ax.tick_params(labelsize=7)
+      if not any_lesion:
+        ax.text(0.5, 0.5, "no lesions", transform=ax.transAxes, ha="center", va="center",
+                color="yellow", fontsize=12)
   handles = [mpatches.Patch(color=CLASS_COLOURS[c], label=CLASS_LABELS[c])
              for c in range(1, labels_lib.NUM_CLASSES)]
+  if region is not None:
+    handles.append(mpatches.Patch(facecolor="none", edgecolor="0.4", linestyle="dashed", label="heart region"))
   fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
   if title:
     fig.suptitle(title, fontsize=10)

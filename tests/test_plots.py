@@ -69,3 +69,35 @@ def test_overlay_png_bad_input(tmp_path):
     plots.overlay_png(np.zeros((2, 4, 4)), np.zeros((2, 4, 5), np.int32), str(tmp_path / "x.png"))
   with pytest.raises(ValueError):
     plots.overlay_png(np.zeros((2, 4, 4)), np.full((2, 4, 4), 9), str(tmp_path / "x.png"))
+
+
+def test_overlay_slices_show_distinct_lesions():
+  classes = np.zeros((8, 10, 10), np.int32)
+  classes[1:5, 2:6, 2:6] = 1          # big lesion over slices 1-4, most voxels on each: 16
+  classes[3, 2:4, 2:4] = 0            # ... fewer on slice 3
+  classes[6, 8, 8] = 3                # a one-voxel lesion on slice 6
+  # One slice per lesion (not three adjacent slices of the big one).
+  assert plots._pick_slices(classes, 3) == [1, 6]
+  reference = np.zeros_like(classes)
+  reference[0, 0, 0] = 2              # reference-only lesion: its slice is shown too
+  assert plots._pick_slices(classes, 3, reference) == [0, 1, 6]
+  assert plots._pick_slices(np.zeros_like(classes), 3) == [4]
+
+
+def test_overlay_with_reference_region_and_positions(tmp_path):
+  rng = np.random.default_rng(1)
+  hu = rng.normal(0, 50, size=(5, 60, 60)).astype(np.float32)
+  pred = np.zeros(hu.shape, np.int32)
+  pred[2, 20:24, 20:24] = 1
+  ref = np.zeros(hu.shape, np.int32)
+  ref[2, 30:33, 30:33] = 3
+  region = np.zeros(hu.shape, bool)
+  region[:, 15:40, 15:40] = True
+  full = _check_png(plots.overlay_png(hu, pred, str(tmp_path / "a.png"), (2.0, 1.0, 1.0), title="t"))
+  both = _check_png(plots.overlay_png(hu, pred, str(tmp_path / "b.png"), (2.0, 1.0, 1.0), title="t", reference=ref,
+                                      z_positions_mm=100.0 + 2.0 * np.arange(5), region=region))
+  assert both.shape[0] > 1.5 * full.shape[0]  # a second (reference) row
+  rca = np.array([0x37, 0x7E, 0xB8]) / 255.0
+  assert np.any(np.all(np.abs(both[..., :3] - rca) < 0.08, axis=-1))  # the reference RCA is drawn
+  with pytest.raises(ValueError):
+    plots.overlay_png(hu, pred, str(tmp_path / "c.png"), reference=ref[:2])
