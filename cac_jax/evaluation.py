@@ -14,8 +14,8 @@ Agatston scores (for the risk-category kappa) use `cac_jax.scores.agatston` on t
 image when that module is available; otherwise the kappa is reported as not computed.
 
 `write_report(results, output_dir)` writes results.md (markdown tables), results.csv (one row per
-scan; undefined values written as "nan") and bland_altman.png (total coronary volume, mm³), and
-returns the markdown text.
+scan; undefined values written as "nan"), bland_altman.png (total coronary volume, mm³) and
+report.html (all of it, with the cases' overlays; opens from disk), and returns the markdown text.
 """
 
 from __future__ import annotations
@@ -286,14 +286,32 @@ def results_csv_text(results: EvaluationResults) -> str:
   return buf.getvalue()
 
 
-def write_report(results: EvaluationResults, output_dir: str) -> str:
-  """Write results.md, results.csv, bland_altman.png into output_dir; return the markdown."""
+def write_report(results: EvaluationResults, output_dir: str, predictions_dir: Optional[str] = None) -> str:
+  """Write results.md, results.csv, bland_altman.png and report.html into output_dir; return
+  the markdown. report.html (`cac_jax.html_report`) holds the tables, a per-scan table, the
+  Bland-Altman plot and, when `predictions_dir` is given, each case's overlay.png from
+  `launch.score` (linked, not copied)."""
+  from cac_jax import html_report  # pylint: disable=import-outside-toplevel
   os.makedirs(output_dir, exist_ok=True)
   text = results_markdown(results)
   atomic.write_text(os.path.join(output_dir, "results.md"), text)
   atomic.write_text(os.path.join(output_dir, "results.csv"), results_csv_text(results))
-  plots.bland_altman_plot([c.metrics["total"].ref_mm3 for c in results.cases],
-                          [c.metrics["total"].pred_mm3 for c in results.cases],
-                          os.path.join(output_dir, "bland_altman.png"),
-                          "Total coronary calcium volume")
+  ba_png = plots.bland_altman_plot([c.metrics["total"].ref_mm3 for c in results.cases],
+                                   [c.metrics["total"].pred_mm3 for c in results.cases],
+                                   os.path.join(output_dir, "bland_altman.png"),
+                                   "Total coronary calcium volume")
+  html_path = os.path.join(output_dir, "report.html")
+  rows = [[c.case_id, c.metrics["total"].ref_mm3, c.metrics["total"].pred_mm3, c.metrics["total"].sensitivity,
+           c.metrics["total"].f1, c.metrics["total"].fp_lesions,
+           "" if c.agatston_ref is None else c.agatston_ref, "" if c.agatston_pred is None else c.agatston_pred]
+          for c in results.cases]
+  parts = [html_report.markdown_to_html(text), "<h2>Per scan (total coronary calcium)</h2>",
+           html_report.table_html(["scan", "reference mm³", "predicted mm³", "sensitivity", "F1", "FP lesions",
+                                   "Agatston reference", "Agatston predicted"], rows),
+           "<h2>Figures</h2>", html_report.figure_html(ba_png, html_path, "Bland-Altman, total coronary calcium volume")]
+  for c in results.cases:
+    overlay = os.path.join(predictions_dir, c.case_id, "overlay.png") if predictions_dir else None
+    if overlay and os.path.isfile(overlay):
+      parts.append(html_report.figure_html(overlay, html_path, f"{c.case_id}: prediction overlay"))
+  html_report.write_html(html_path, "Calcium scoring evaluation", parts)
   return text

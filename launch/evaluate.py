@@ -3,7 +3,7 @@
   python -m launch.evaluate --predictions DIR --manifest CSV --output_dir DIR [--split test]
 
 DIR/<id>/calcium_labels.nii.gz per case (reference encoding, input grid). Writes results.md,
-results.csv and bland_altman.png into --output_dir and prints the results table
+results.csv, bland_altman.png and report.html into --output_dir and prints the results table
 (see `cac_jax.evaluation`).
 """
 
@@ -29,7 +29,7 @@ def main(argv):
                                           allow_missing=_ALLOW_MISSING.value)
   except (ValueError, FileNotFoundError) as e:
     raise SystemExit(f"evaluate: error: {e}") from None
-  print(evaluation.write_report(results, _OUTPUT_DIR.value), end="")
+  print(evaluation.write_report(results, _OUTPUT_DIR.value, predictions_dir=_PREDICTIONS.value), end="")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ import os
 from absl import app, flags
 from ml_collections import config_flags
 
-from cac_jax import atomic, experiment
+from cac_jax import atomic, experiment, html_report
 from launch import train_flags
 
 FLAGS = flags.FLAGS
@@ -39,12 +39,14 @@ def main(argv):
       {"seeds": seeds, "tables": [r["table"] for r in results],
        "gates": [[dataclasses.asdict(g) for g in r["gates"]] for r in results],
        "selection": [r["selection"] for r in results]}, indent=1) + "\n")
+  report = html_report.reproduce_report(os.path.join(out, "report.html"), md, figures, results[0]["per_scan"],
+                                        results[0]["columns"])
   print()
   print(md)
   print("\nfigures:")
   for name, path in figures.items():
     print(f"  {name}: {path}")
-  print(f"  report: {os.path.join(out, 'table2.md')}")
+  print(f"  report: {os.path.join(out, 'table2.md')}, {report}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,137 @@
+"""Static HTML reports that open from disk: an evaluation (`evaluation.write_report`) or a
+reproduce run (`launch.reproduce`): the markdown tables (gates, Table 2, metrics), a per-scan
+table and the figures (Bland-Altman, overlays).
+
+Images are linked by paths relative to the HTML file, so the report folder can be opened,
+zipped or moved as a whole; nothing is fetched from the network. A few lines of inline script
+count images that failed to load into `<body data-broken-images="N">` (what the headless-browser
+test reads; harmless for readers). Nothing here prints.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+import re
+from typing import Optional, Sequence
+
+from cac_jax import atomic
+
+NOTICE = "Research use only; not a medical device."
+
+_CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+th:first-child,td:first-child{text-align:left}thead{background:#f0f0f0}figure{margin:1.5em 0}
+img{max-width:100%;border:1px solid #ddd}figcaption{font-size:0.9em;color:#555}
+.notice{background:#fff3cd;border:1px solid #e0c36b;padding:0.5em 1em}code{background:#f4f4f4;padding:0 3px}"""
+
+_CHECK_IMAGES = """<script>
+window.addEventListener("load", function () {
+  var broken = 0;
+  for (var i = 0; i < document.images.length; i++) {
+    var img = document.images[i];
+    if (!img.complete || img.naturalWidth === 0) { broken++; }
+  }
+  document.body.setAttribute("data-broken-images", String(broken));
+});
+</script>"""
+
+
+def _inline(text: str) -> str:
+  """Escape, then `code` and **bold**."""
+  out = html.escape(text)
+  out = re.sub(r"`([^`]+)`", r"<code>\1</code>", out)
+  return re.sub(r"\*\*([^*]+)\*\*", r"<strong>\1</strong>", out)
+
+
+def _cells(line: str) -> list[str]:
+  return [c.strip() for c in line.strip().strip("|").split("|")]
+
+
+def markdown_to_html(md: str) -> str:
+  """The markdown this project writes (headings, pipe tables, paragraphs, - lists) as HTML."""
+  out: list[str] = []
+  lines = md.splitlines()
+  i = 0
+  while i < len(lines):
+    line = lines[i]
+    if line.startswith("#"):
+      level = min(len(line) - len(line.lstrip("#")), 6)
+      out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+      i += 1
+    elif line.strip().startswith("|"):
+      block = []
+      while i < len(lines) and lines[i].strip().startswith("|"):
+        block.append(lines[i])
+        i += 1
+      rows = [_cells(b) for b in block if not re.fullmatch(r"\|?[\s:|-]+\|?", b.strip())]
+      out.append(table_html(rows[0], rows[1:], escape=False, inline=True))
+    elif line.strip().startswith("- "):
+      items = []
+      while i < len(lines) and lines[i].strip().startswith("- "):
+        items.append(f"<li>{_inline(lines[i].strip()[2:])}</li>")
+        i += 1
+      out.append("<ul>" + "".join(items) + "</ul>")
+    elif line.strip():
+      para = []
+      while i < len(lines) and lines[i].strip() and not lines[i].startswith(("#", "|", "- ")):
+        para.append(lines[i].strip())
+        i += 1
+      out.append(f"<p>{_inline(' '.join(para))}</p>")
+    else:
+      i += 1
+  return "\n".join(out)
+
+
+def table_html(header: Sequence, rows: Sequence[Sequence], escape: bool = True, inline: bool = False) -> str:
+  """An HTML table; floats as 3 significant digits."""
+  def cell(v) -> str:
+    if isinstance(v, float):
+      v = f"{v:.3g}"
+    v = str(v)
+    return _inline(v) if inline else (html.escape(v) if escape else v)
+  head = "".join(f"<th>{cell(h)}</th>" for h in header)
+  body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+  return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def figure_html(image_path: str, html_path: str, caption: str) -> str:
+  """An <img> linked relative to the report file, with a caption."""
+  rel = os.path.relpath(os.path.abspath(image_path), os.path.dirname(os.path.abspath(html_path)))
+  src = html.escape(rel.replace(os.sep, "/"), quote=True)
+  return f'<figure><img src="{src}" alt="{html.escape(caption, quote=True)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+
+
+def write_html(path: str, title: str, parts: Sequence[str]) -> str:
+  """Write a self-contained page (title, research-use notice, `parts` HTML) atomically."""
+  doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+         f"<h1>{html.escape(title)}</h1>\n<p class=\"notice\">{NOTICE}</p>\n" + "\n".join(parts) +
+         f"\n{_CHECK_IMAGES}\n</body></html>\n")
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  atomic.write_text(path, doc)
+  return path
+
+
+def image_sources(html_text: str) -> list[str]:
+  """The src of every <img> in a page (for checks that every image resolves)."""
+  return [html.unescape(s) for s in re.findall(r'<img[^>]*\ssrc="([^"]*)"', html_text)]
+
+
+def reproduce_report(path: str, markdown: str, figures: dict[str, str], per_scan: dict[str, list[dict]],
+                     columns: Optional[Sequence[str]] = None) -> str:
+  """The HTML report of a reproduce run: `markdown` (gates, Table 2, ...), a per-scan table of
+  total coronary volume (reference and each column's prediction, mm³, first seed) and the
+  figures ({name: png path})."""
+  columns = list(columns or per_scan)
+  parts = [markdown_to_html(markdown)]
+  by_role: dict[tuple, list[str]] = {}
+  for c in columns:  # columns scored on the same test scans share a table
+    by_role.setdefault(tuple(s["id"] for s in per_scan[c]), []).append(c)
+  for ids, cols in by_role.items():
+    rows = [[cid, per_scan[cols[0]][k]["ref_mm3"], *(per_scan[c][k]["pred_mm3"] for c in cols)]
+            for k, cid in enumerate(ids)]
+    parts += ["<h2>Per scan: total coronary calcium volume (mm³)</h2>",
+              table_html(["scan", "reference", *cols], rows)]
+  parts += ["<h2>Figures</h2>"] + [figure_html(p, path, name.replace("_", " ")) for name, p in figures.items()]
+  return write_html(path, "Table 2 on phantoms: reproduce run", parts)
