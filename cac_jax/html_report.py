@@ -84,15 +84,16 @@ def markdown_to_html(md: str) -> str:
 
 
 def table_html(header: Sequence, rows: Sequence[Sequence], escape: bool = True, inline: bool = False) -> str:
-  """An HTML table; floats as 3 significant digits."""
+  """An HTML table (scrolls sideways when wide); floats >= 100 with one decimal, others with 3
+  significant digits."""
   def cell(v) -> str:
     if isinstance(v, float):
-      v = f"{v:.3g}"
+      v = f"{v:.1f}" if abs(v) >= 100 else f"{v:.3g}"
     v = str(v)
     return _inline(v) if inline else (html.escape(v) if escape else v)
   head = "".join(f"<th>{cell(h)}</th>" for h in header)
   body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
-  return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+  return f'<div style="overflow-x:auto"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
 def figure_html(image_path: str, html_path: str, caption: str) -> str:
