@@ -51,6 +51,9 @@ SPINE_MIN_FRACTION = 0.5
 OPEN_RADIUS_MM = 25.0
 MIN_HEART_ML = 150.0
 MIN_HEART_HEIGHT_MM = 50.0
+# Above this the region surely holds more than the heart and its surroundings (phantoms of
+# configs/demo.py: 900-1850 mL; the shared real CT: 750 mL): found, but with a warning.
+MAX_PLAUSIBLE_ML = 2500.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +189,9 @@ def find_heart(scan: Scan, dilation_mm: float = 10.0) -> AutoHeart:
         "no heart in view?",))
   mask = _upsample(heart, f, scan.shape)
   volume_ml = float(mask.sum() * scan.voxel_volume_mm3 / 1000.0)
+  if volume_ml > MAX_PLAUSIBLE_ML:
+    notes.append(f"automatic heart region is {volume_ml:.0f} mL (> {MAX_PLAUSIBLE_ML:.0f} mL): it probably holds "
+                 "non-cardiac tissue; check overlay.png or give a heart mask")
   return AutoHeart(mask, True, volume_ml, tuple(notes))
 
 

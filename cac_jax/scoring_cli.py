@@ -107,8 +107,10 @@ def summary_line(name: str, report: dict) -> str:
   vols = ", ".join(f"{a} {s[a]['volume_mm3']:.1f}" for a in ARTERIES)
   thr = report.get("threshold", {}).get("threshold_hu")
   thr_s = f"{thr:.0f} HU" if thr is not None else "n/a"
+  n_warn = len(report.get("warnings", []))
   return (f"{name}: domain {report.get('domain')}, threshold {thr_s}, coronary calcium {s['total']['volume_mm3']:.1f} mm³ "
-          f"({vols}), Agatston {s['total'].get('agatston', 0.0):.0f}, category {s.get('risk_category')}, {s.get('cac_drs')}")
+          f"({vols}), Agatston {s['total'].get('agatston', 0.0):.0f}, category {s.get('risk_category')}, {s.get('cac_drs')}"
+          + (f" [{n_warn} warning{'s' if n_warn > 1 else ''}: see above and scores.json]" if n_warn else ""))
 
 
 def _r(x, nd: int):

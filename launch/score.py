@@ -37,7 +37,8 @@ flags.DEFINE_bool("heart_filter", True, "FP reduction: drop lesions outside the 
 
 def main(argv):
   del argv
-  std_logging.getLogger("absl").setLevel(std_logging.WARNING)  # Orbax's INFO lines on restore
+  for name in ("absl", "jax"):  # Orbax's INFO lines on restore, JAX's backend probing
+    std_logging.getLogger(name).setLevel(std_logging.WARNING)
   if bool(FLAGS.image) == bool(FLAGS.manifest):
     raise app.UsageError("give exactly one of --image or --manifest")
   fp = dict(region_growing=FLAGS.region_growing, size_limits=FLAGS.size_limits, heart_filter=FLAGS.heart_filter)

@@ -58,3 +58,15 @@ def test_real_contrast_ct_dice_against_its_heart_mask(realdata):
   assert 0.7 < m["volume_ratio"] < 1.5
   region = postprocess.heart_region(heart_region.find_heart(scan).mask, scan.spacing, 10.0)
   assert (region & heart).sum() / heart.sum() > 0.9
+
+
+def test_oversized_region_is_found_with_a_warning():
+  # Two lung slabs 240 mm apart with nothing but soft tissue (and no spine) between them: a
+  # 10-litre "mediastinum". Found (it is between lungs and thick), but flagged.
+  hu = np.full((60, 100, 120), 40.0, np.float32)
+  hu[:, 10:90, :20] = -850.0
+  hu[:, 10:90, 100:] = -850.0
+  found = heart_region.find_heart(Scan(hu, (3.0, 3.0, 3.0)))
+  assert found.found and found.volume_ml > heart_region.MAX_PLAUSIBLE_ML
+  assert any("spine not found" in n for n in found.notes)
+  assert any("probably holds non-cardiac tissue" in n for n in found.notes)
