@@ -15,3 +15,19 @@ def realdata() -> pathlib.Path:
     pytest.skip(f"real CT sample folder {_REALDATA} is absent (see its NOTICE.md); "
                 "skipping real-data test")
   return _REALDATA
+
+
+@pytest.fixture(scope="session")
+def tiny_config():
+  """configs/tiny.py (small networks, phantoms at working spacing with a reduced field of view)."""
+  from configs import tiny  # pylint: disable=g-import-not-at-top
+  return tiny.get_config()
+
+
+@pytest.fixture(scope="session")
+def tiny_params(tiny_config):
+  """Random {"generator", "classifier"} inference params of `tiny_config` (key 0)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  from cac_jax import checkpoints, models  # pylint: disable=g-import-not-at-top
+  p = models.init_params(tiny_config, jax.random.key(0))
+  return {k: p[k] for k in checkpoints.INFERENCE_KEYS}

@@ -4,7 +4,6 @@ as the NIfTI labels, frame by frame, matched by SOP Instance UID and slice posit
 import dataclasses
 import locale
 
-import jax
 import numpy as np
 import pydicom
 import pytest
@@ -12,8 +11,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from cac_jax import checkpoints, dicom_seg, io, labels, models, phantoms, scoring_cli
-from configs import tiny
+from cac_jax import checkpoints, dicom_seg, io, labels, phantoms, scoring_cli
 
 
 @pytest.fixture
@@ -58,15 +56,14 @@ def write_ct_series(scan, folder):
   return folder
 
 
-def test_dicom_input_writes_a_seg_matching_the_labels(tmp_path, keep_locale):
-  config = tiny.get_config()
+def test_dicom_input_writes_a_seg_matching_the_labels(tmp_path, keep_locale, tiny_config, tiny_params):
+  config = tiny_config
   case = phantoms.generate_case("ccta", 3, config)
   # A heart-centred crop keeps the test small (the network runs on every candidate near the heart).
   crop = dataclasses.replace(case.scan, hu=case.scan.hu[10:40].copy(), source=None,
                              origin=tuple(np.add(case.scan.origin, (0.0, 0.0, 10 * case.scan.spacing[0]))))
   folder = write_ct_series(crop, tmp_path / "dicom")
-  p = models.init_params(config, jax.random.key(0))
-  export = checkpoints.export_inference(tmp_path / "export", {k: p[k] for k in checkpoints.INFERENCE_KEYS}, config)
+  export = checkpoints.export_inference(tmp_path / "export", tiny_params, config)
   out = tmp_path / "out"
   report = scoring_cli.score_file(str(folder), export, str(out), heart_mask="none", domain="ccta")
   assert report["scores"]["total"]["volume_mm3"] + report["scores"]["aorta"]["volume_mm3"] > 0  # not vacuous

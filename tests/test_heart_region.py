@@ -2,25 +2,18 @@
 
 import dataclasses
 
-import jax
 import numpy as np
 import pytest
 
-from cac_jax import heart_region, io, models, phantoms, pipeline, postprocess
+from cac_jax import heart_region, io, phantoms, pipeline, postprocess
 from cac_jax.labels import CORONARY_CLASSES
 from cac_jax.scan import Scan
-from configs import tiny
-
-
-@pytest.fixture(scope="module")
-def config():
-  return tiny.get_config()
 
 
 @pytest.mark.parametrize("domain,seed", [("chest_ncct", 1000), ("cardiac_ncct", 1011), ("ccta", 1000)])
-def test_region_holds_the_coronary_calcium_and_is_heart_sized(config, domain, seed):
+def test_region_holds_the_coronary_calcium_and_is_heart_sized(tiny_config, domain, seed):
   # cardiac_ncct 1011: a field of view that cuts the spine off (the sternum must not be taken for it).
-  case = phantoms.generate_case(domain, seed, config)
+  case = phantoms.generate_case(domain, seed, tiny_config)
   coronary = np.isin(case.labels, CORONARY_CLASSES)
   assert coronary.sum() > 0
   m = heart_region.measure(case.scan, case.heart_mask, coronary)
@@ -29,14 +22,13 @@ def test_region_holds_the_coronary_calcium_and_is_heart_sized(config, domain, se
   assert 0.8 < m["volume_ratio"] < 3.5 and m["dice"] > 0.4
 
 
-def test_abdominal_crop_has_no_heart_and_no_coronary_score(config):
-  case = phantoms.generate_case("chest_ncct", 1000, config)
+def test_abdominal_crop_has_no_heart_and_no_coronary_score(tiny_config, tiny_params):
+  case = phantoms.generate_case("chest_ncct", 1000, tiny_config)
   first_heart_slice = int(np.nonzero(case.heart_mask.any(axis=(1, 2)))[0][0])
   crop = dataclasses.replace(case.scan, hu=case.scan.hu[:first_heart_slice].copy(), source=None)
   found = heart_region.find_heart(crop)
   assert not found.found and not found.mask.any() and "no heart" in found.notes[0]
-  params = models.init_params(config, jax.random.key(0))
-  res = pipeline.score_scan(crop, params, config, domain="ncct", auto_heart=True)
+  res = pipeline.score_scan(crop, tiny_params, tiny_config, domain="ncct", auto_heart=True)
   assert res.report["coronary_score"] is False and not res.classes.any()
   assert res.report["heart_region"] == {"source": "auto", "found": False, "volume_ml": pytest.approx(found.volume_ml, abs=0.1)}
   assert res.report["settings"]["heart_filter"] is False

@@ -7,26 +7,23 @@ import subprocess
 import sys
 import warnings
 
-import jax
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cac_jax import checkpoints, io, labels, models, phantoms, pipeline, postprocess
-from configs import tiny
+from cac_jax import checkpoints, io, labels, phantoms, pipeline, postprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def config():
-  return tiny.get_config()
+def config(tiny_config):
+  return tiny_config
 
 
 @pytest.fixture(scope="module")
-def params(config):
-  p = models.init_params(config, jax.random.key(0))
-  return {"generator": p["generator"], "classifier": p["classifier"]}
+def params(tiny_params):
+  return tiny_params
 
 
 @pytest.fixture(scope="module")

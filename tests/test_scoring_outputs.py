@@ -6,37 +6,24 @@ import json
 import os
 import shutil
 
-import jax
 import numpy as np
 import pytest
 
-from cac_jax import checkpoints, labels, models, phantoms, pipeline, scores, scoring_cli
+from cac_jax import checkpoints, labels, phantoms, pipeline, scores, scoring_cli
 from cac_jax.scan import Scan
 from cac_jax.train import data as data_lib
-from configs import tiny
 
 
 @pytest.fixture(scope="module")
-def config():
-  return tiny.get_config()
+def phantom_export(tmp_path_factory, tiny_params, tiny_config):
+  meta = {"stage": "source", "steps": 0, "training_data": data_lib.describe_training_data(None, tiny_config)}
+  return checkpoints.export_inference(tmp_path_factory.mktemp("ckpt") / "export", tiny_params, tiny_config, meta)
 
 
 @pytest.fixture(scope="module")
-def params(config):
-  p = models.init_params(config, jax.random.key(0))
-  return {k: p[k] for k in checkpoints.INFERENCE_KEYS}
-
-
-@pytest.fixture(scope="module")
-def phantom_export(tmp_path_factory, params, config):
-  meta = {"stage": "source", "steps": 0, "training_data": data_lib.describe_training_data(None, config)}
-  return checkpoints.export_inference(tmp_path_factory.mktemp("ckpt") / "export", params, config, meta)
-
-
-@pytest.fixture(scope="module")
-def case_files(tmp_path_factory, config):
+def case_files(tmp_path_factory, tiny_config):
   from cac_jax import manifest
-  path = phantoms.write_dataset(str(tmp_path_factory.mktemp("data")), "ccta", 1, 7, config, split="test")
+  path = phantoms.write_dataset(str(tmp_path_factory.mktemp("data")), "ccta", 1, 7, tiny_config, split="test")
   return manifest.read_manifest(path)[0]
 
 
@@ -73,8 +60,8 @@ def test_score_file_auto_heart_provenance_and_outputs(tmp_path, phantom_export, 
     assert sum(float(r["agatston"]) for r in mine) == pytest.approx(s["agatston"], abs=0.01 * len(mine) + 1e-9)
 
 
-def test_masks_dir_and_unrecorded_training(tmp_path, params, config, case_files):
-  bare = checkpoints.export_inference(tmp_path / "bare", params, config)  # no provenance.json
+def test_masks_dir_and_unrecorded_training(tmp_path, tiny_params, tiny_config, case_files):
+  bare = checkpoints.export_inference(tmp_path / "bare", tiny_params, tiny_config)  # no provenance.json
   seg = tmp_path / "seg"
   seg.mkdir()
   shutil.copy(case_files.heart_mask, seg / "heart.nii.gz")
@@ -89,9 +76,9 @@ def test_masks_dir_and_unrecorded_training(tmp_path, params, config, case_files)
     scoring_cli.score_file(case_files.image, bare, str(tmp_path / "o2"), masks_dir=str(seg))
 
 
-def test_no_heart_region_means_heart_filter_false(params, config):
-  case = phantoms.generate_case("cardiac_ncct", 5, config)
-  res = pipeline.score_scan(case.scan, params, config, domain="ncct")
+def test_no_heart_region_means_heart_filter_false(tiny_params, tiny_config):
+  case = phantoms.generate_case("cardiac_ncct", 5, tiny_config)
+  res = pipeline.score_scan(case.scan, tiny_params, tiny_config, domain="ncct")
   assert res.report["heart_region"] == {"source": "none"}
   assert res.report["settings"]["heart_filter"] is False
   assert any("no heart mask" in w for w in res.report["warnings"])
