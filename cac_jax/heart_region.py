@@ -11,17 +11,21 @@ Steps, on a coarse copy of the scan (block means to about `COARSE_MM` per axis, 
   1. Lungs: 3D components of air-like voxels (< -400 HU) of at least `MIN_LUNG_ML` whose mean
      HU is above -950 (lung parenchyma is about -850; air outside the body and bowel gas are
      about -1000, so a component made of them is not a lung).
-  2. Mediastinum: per axial slice, voxels between lung voxels both along the row (x) and along
-     the column (y) that are neither lung nor air (an orthogonally convex hull of the lungs
-     minus the lungs). This holds the heart, great vessels, spine and oesophagus.
+  2. Mediastinum: per axial slice, voxels that have lung on both sides along the row (x) and
+     are neither lung nor air. This holds the heart, great vessels, spine and oesophagus.
   3. Spine cut: the spine is the most posterior bony column (> 130 HU in at least half of the
      lung slices of a (y, x) position, area >= 300 mm², behind the middle of the lungs' y
-     extent: in a field of view that cuts the spine off, the sternum is not taken for it). The heart lies in front of it, so the
-     region is cut `dilation_mm` in front of the spine's anterior edge: after the pipeline's
-     dilation it reaches the spine but does not enter the vertebral bodies.
+     extent, so that the sternum is not taken for it when the field of view cuts the spine
+     off). The heart lies in front of it, so within the column's x extent (+- `dilation_mm`)
+     the region stops `dilation_mm` in front of its anterior edge: after the pipeline's
+     dilation it reaches the spine but does not enter the vertebral bodies. In CCTA a
+     contrast-filled descending aorta is a "bony" column too and may be taken with (or, in
+     a field of view without the spine, for) the spine; the cut then lies in front of it.
   4. Heart: the mediastinum opened with a ball of `OPEN_RADIUS_MM` (the heart is a thick blob;
      the upper mediastinum, the strip in front of the spine and the gaps between lung lobes
-     are thin), its largest 3D component, then filled per slice.
+     are thin), its largest 3D component, plus the mediastinum within `RECONSTRUCT_MM` of it
+     (the opening rounds off the heart's posterior corners, where the atrioventricular
+     grooves run), filled per slice.
   5. A blob of less than `MIN_HEART_ML` or less than `MIN_HEART_HEIGHT_MM` tall along z is
      "no heart" (an adult heart is about 500-800 mL and 80-120 mm tall; the tissue between the
      lung bases of an upper-abdominal scan is a blob too, but a flat one): the result is empty
@@ -49,10 +53,11 @@ BONE_HU = 130.0
 SPINE_MIN_AREA_MM2 = 300.0
 SPINE_MIN_FRACTION = 0.5
 OPEN_RADIUS_MM = 25.0
+RECONSTRUCT_MM = 10.0
 MIN_HEART_ML = 150.0
 MIN_HEART_HEIGHT_MM = 50.0
 # Above this the region surely holds more than the heart and its surroundings (phantoms of
-# configs/demo.py: 900-1850 mL; the shared real CT: 750 mL): found, but with a warning.
+# configs/demo.py: 980-2020 mL; the shared real CT: 910 mL): found, but with a warning.
 MAX_PLAUSIBLE_ML = 2500.0
 
 
@@ -124,8 +129,9 @@ def _lungs(hu: np.ndarray, spacing) -> np.ndarray:
   return keep[lab]
 
 
-def _spine_front_y(hu: np.ndarray, lungs: np.ndarray, spacing) -> Optional[int]:
-  """Coarse y index of the anterior edge of the spine (most posterior bony column), or None."""
+def _spine_column(hu: np.ndarray, lungs: np.ndarray, spacing) -> Optional[tuple[int, int, int]]:
+  """(y of the anterior edge, first x, last x), coarse indices, of the spine (most posterior bony
+  column), or None."""
   slices = lungs.any(axis=(1, 2))
   if not slices.any():
     return None
@@ -141,8 +147,8 @@ def _spine_front_y(hu: np.ndarray, lungs: np.ndarray, spacing) -> Optional[int]:
   if not cands:
     return None
   _, best = max(cands)
-  rows = np.nonzero(lab == best)[0]
-  return int(np.percentile(rows, 5))
+  rows, cols = np.nonzero(lab == best)
+  return int(np.percentile(rows, 5)), int(cols.min()), int(cols.max())
 
 
 def find_heart(scan: Scan, dilation_mm: float = 10.0) -> AutoHeart:
@@ -166,10 +172,12 @@ def find_heart(scan: Scan, dilation_mm: float = 10.0) -> AutoHeart:
                                          "so no heart region (no heart in view?)",))
   medi = _between(lungs, 2) & ~lungs & (hu >= AIR_HU)
   notes = []
-  y_front = _spine_front_y(hu, lungs, sp)
-  if y_front is not None:
+  spine = _spine_column(hu, lungs, sp)
+  if spine is not None:
+    y_front, x0, x1 = spine
     cut = y_front - int(np.ceil(dilation_mm / sp[1]))
-    medi[:, max(cut, 0):, :] = False
+    margin = int(np.ceil(dilation_mm / sp[2]))
+    medi[:, max(cut, 0):, max(x0 - margin, 0):x1 + margin + 1] = False
   else:
     notes.append("automatic heart region: spine not found, region not cut in front of it")
   blob = _ball_open(medi, sp, OPEN_RADIUS_MM) & medi
@@ -179,6 +187,8 @@ def find_heart(scan: Scan, dilation_mm: float = 10.0) -> AutoHeart:
                                          "lungs (no heart in view?)",))
   sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
   heart = lab == 1 + int(np.argmax(sizes))
+  if RECONSTRUCT_MM > 0:  # give back the mediastinum the opening rounded off near the blob
+    heart |= medi & (ndimage.distance_transform_edt(~heart, sampling=sp) <= RECONSTRUCT_MM)
   heart = np.stack([ndimage.binary_fill_holes(s) for s in heart])
   volume_ml = float(heart.sum() * np.prod(sp) / 1000.0)
   height_mm = float(heart.any(axis=(1, 2)).sum() * sp[0])
@@ -203,7 +213,7 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def measure(scan: Scan, heart_mask: np.ndarray, coronary: Optional[np.ndarray] = None,
-            dilation_mm: float = 10.0) -> dict:
+            dilation_mm: float = 10.0, bone: Optional[np.ndarray] = None) -> dict:
   """How the automatic region of `scan` compares with a reference heart mask.
 
   Args:
@@ -211,11 +221,14 @@ def measure(scan: Scan, heart_mask: np.ndarray, coronary: Optional[np.ndarray] =
     heart_mask: bool (z, y, x) reference heart mask on the scan's grid.
     coronary: bool (z, y, x) reference coronary calcium, optional.
     dilation_mm: the dilation scoring applies to both regions.
+    bone: bool (z, y, x) bone (e.g. a phantom's tissue map), optional.
 
   Returns:
     {"found", "dice" (undilated region vs mask), "volume_ratio" (dilated automatic region /
     dilated reference region, as scoring uses them), "coronary_voxels", "coronary_inside"
-    (reference coronary voxels inside the dilated automatic region)}.
+    (reference coronary voxels inside the dilated automatic region), "bone_ml",
+    "bone_ml_reference" (bone inside the dilated automatic / reference region, mL: candidates
+    the network must call background)}.
   """
   from cac_jax import postprocess  # pylint: disable=g-import-not-at-top
   found = find_heart(scan, dilation_mm)
@@ -225,4 +238,7 @@ def measure(scan: Scan, heart_mask: np.ndarray, coronary: Optional[np.ndarray] =
          "volume_ratio": float(region.sum()) / max(int(reference.sum()), 1)}
   if coronary is not None:
     out.update(coronary_voxels=int(coronary.sum()), coronary_inside=int((coronary & region).sum()))
+  if bone is not None:
+    ml = scan.voxel_volume_mm3 / 1000.0
+    out.update(bone_ml=float((bone & region).sum() * ml), bone_ml_reference=float((bone & reference).sum() * ml))
   return out
