@@ -1,4 +1,5 @@
-"""DICOM Segmentation of the calcium labels, for DICOM input (PACS and DICOM viewers).
+"""DICOM outputs for DICOM input (PACS and DICOM viewers): a Segmentation of the calcium
+labels (`write_seg`) and a Structured Report of the scores (`write_sr`).
 
 `write_seg` writes one binary DICOM SEG object (highdicom) with one segment per calcium class
 (LAD incl. left main, LCX, RCA, aorta, aortic valve, mitral valve), referencing the source CT
@@ -94,3 +95,54 @@ def read_seg_labels(path: str, source_files: Sequence[str]) -> np.ndarray:
     out[k] = pix[0]
   return out
 
+
+
+SR_FILE = "calcium_sr.dcm"
+_SR_SITES = (("LAD", labels_lib.LAD), ("LCX", labels_lib.LCX), ("RCA", labels_lib.RCA), ("total", None),
+             ("aortic_valve", labels_lib.AORTIC_VALVE))
+
+
+def write_sr(scores: dict, source_files: Sequence[str], path: str) -> str:
+  """Write the calcium scores as a DICOM Comprehensive 3D SR (TID 1500 measurement report,
+  procedure "Cardiac CT for calcium scoring") referencing `source_files`; returns `path`.
+
+  One measurement group per LAD, LCX, RCA, all coronaries and the aortic valve, each with
+  "Calcium score" (DCM 112058, Agatston scoring method, no units), "Calcium Volume" (mm3) and,
+  only when calibrated, "Calcium Mass" (mg). `scores`: `cac_jax.scores.compute_scores`'s dict.
+  The SR is marked neither complete nor verified (research output).
+  """
+  import highdicom as hd  # pylint: disable=g-import-not-at-top
+  import pydicom  # pylint: disable=g-import-not-at-top
+  from pydicom.sr.codedict import codes  # pylint: disable=g-import-not-at-top
+  from pydicom.sr.coding import Code  # pylint: disable=g-import-not-at-top
+  import cac_jax  # pylint: disable=g-import-not-at-top
+  sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files]
+  sites = {labels_lib.LAD: codes.SCT.AnteriorDescendingBranchOfLeftCoronaryArtery,
+           labels_lib.LCX: codes.SCT.CircumflexCoronaryArtery, labels_lib.RCA: codes.SCT.RightCoronaryArtery,
+           None: codes.SCT.CoronaryArtery, labels_lib.AORTIC_VALVE: codes.SCT.AorticValve}
+  groups = []
+  for key, cls in _SR_SITES:
+    s = scores[key]
+    measurements = [
+        hd.sr.Measurement(name=codes.DCM.CalciumScore, value=float(s["agatston"]), unit=Code("1", "UCUM", "no units"),
+                          method=codes.DCM.AgatstonScoringMethod),
+        hd.sr.Measurement(name=codes.DCM.CalciumVolume, value=float(s["volume_mm3"]),
+                          unit=Code("mm3", "UCUM", "cubic millimeter"))]
+    if scores.get("mass_calibrated"):
+      measurements.append(hd.sr.Measurement(name=codes.DCM.CalciumMass, value=float(s["mass"]),
+                                            unit=Code("mg", "UCUM", "milligram")))
+    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=key),
+        finding_sites=[hd.sr.FindingSite(sites[cls])], measurements=measurements))
+  device = hd.sr.ObserverContext(
+      observer_type=codes.DCM.Device,
+      observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+          uid=hd.UID(), name="cac_jax", model_name=f"cac_jax {cac_jax.__version__} (research use only)"))
+  report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=device),
+                                   procedure_reported=codes.SCT.CardiacCTForCalciumScoring,
+                                   imaging_measurements=groups)
+  sr = hd.sr.Comprehensive3DSR(evidence=sources, content=report[0], series_instance_uid=hd.UID(), series_number=9002,
+                               sop_instance_uid=hd.UID(), instance_number=1, manufacturer="cac_jax",
+                               series_description="CAC research scores (not for clinical use)")
+  atomic.write_with(path, lambda tmp: sr.save_as(tmp), suffix=".dcm")
+  return path

@@ -30,6 +30,7 @@ from cac_jax.scan import Scan
 
 OUTPUT_FILES = ("calcium_labels.nii.gz", "calcium_labels.itksnap.txt", "calcium_labels.slicer.ctbl",
                 "lesions.csv", "scores.json", "overlay.png")
+DICOM_OUTPUT_FILES = ("calcium_seg.dcm", "calcium_sr.dcm")  # DICOM input only (`cac_jax.dicom_seg`)
 RESEARCH_NOTICE = ("Research use only; not a medical device. These scores come from a research model and "
                    "must not be used for diagnosis or treatment decisions.")
 # Plausibility limits: beyond them a result is reported with a warning (not changed).
@@ -252,7 +253,7 @@ def plausibility_warnings(classes: np.ndarray, scan: Scan, score: dict, heart_ma
 
 def check_outputs_free(output_dir: str, overwrite: bool) -> None:
   """Raise OutputExistsError if any output file exists in output_dir and not `overwrite`."""
-  existing = [f for f in OUTPUT_FILES + ("calcium_seg.dcm",) if os.path.exists(os.path.join(output_dir, f))]
+  existing = [f for f in OUTPUT_FILES + DICOM_OUTPUT_FILES if os.path.exists(os.path.join(output_dir, f))]
   if existing and not overwrite:
     raise OutputExistsError(f"outputs already exist in {output_dir}: {', '.join(existing)} "
                             "(pass --overwrite to replace them)")

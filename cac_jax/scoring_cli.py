@@ -64,10 +64,13 @@ def score_file(image: str, checkpoint: str, output_dir: str, *, heart_mask: Opti
   heart_mask: a mask file, "auto" (find the heart region in the scan, `cac_jax.heart_region`)
   or "none"/None (no heart region: every candidate is classified). masks_dir: a
   TotalSegmentator output folder whose heart.nii.gz (and aorta.nii.gz, unless `aorta_mask` is
-  given) are used instead. loaded: `load_model`'s result, to score many scans with one load.
+  given) are used instead. loaded: `load_model`'s result (or `checkpoints.load_inference`'s
+  (params, config)), to score many scans with one load.
   Outputs are checked before any work so an existing result is never half-replaced.
   """
   pipeline.check_outputs_free(output_dir, overwrite)
+  if loaded is not None and len(loaded) == 2:  # (params, config) as checkpoints.load_inference returns
+    loaded = (*loaded, checkpoints.provenance(checkpoint, loaded[1]))
   params, config, prov = loaded or load_model(checkpoint)
   if masks_dir:
     heart_mask, dir_aorta = masks_from_dir(masks_dir)
@@ -86,8 +89,9 @@ def score_file(image: str, checkpoint: str, output_dir: str, *, heart_mask: Opti
   result.report["provenance"] = prov
   result.report["warnings"] = provenance_warnings(prov) + result.report["warnings"]
   paths = pipeline.write_outputs(result, scan, output_dir, overwrite=overwrite)
-  if os.path.isdir(image):  # DICOM input: also a DICOM SEG referencing the source series
+  if os.path.isdir(image):  # DICOM input: also a DICOM SEG and SR referencing the source series
     write_dicom_seg(image, paths["calcium_labels.nii.gz"], os.path.join(output_dir, dicom_seg.SEG_FILE))
+    dicom_seg.write_sr(result.report["scores"], io.dicom_series_files(image), os.path.join(output_dir, dicom_seg.SR_FILE))
   return result.report
 
 

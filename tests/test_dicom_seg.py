@@ -84,3 +84,30 @@ def test_dicom_input_writes_a_seg_matching_the_labels(tmp_path, keep_locale, tin
     assert z_file == pytest.approx(z_nifti, abs=1e-3)
   np.testing.assert_array_equal(got, want)
   assert got.any()
+  # The SR carries the same scores (Agatston and volume per artery and in total).
+  values = _sr_measurements(pydicom.dcmread(out / dicom_seg.SR_FILE))
+  for key, site in (("LAD", "Anterior Descending Branch of Left Coronary Artery"), ("LCX", "Circumflex Coronary Artery"),
+                    ("RCA", "Right Coronary Artery"), ("total", "Coronary artery")):
+    assert values[(site, "Calcium score")] == pytest.approx(report["scores"][key]["agatston"])
+    assert values[(site, "Calcium Volume")] == pytest.approx(report["scores"][key]["volume_mm3"])
+  assert ("Coronary artery", "Calcium Mass") not in values  # uncalibrated mass is not in mg
+  assert values[("Coronary artery", "Calcium Volume")] > 0  # not vacuous
+
+
+def _sr_measurements(ds):
+  """{(finding site meaning, measurement name meaning): value} of a TID 1500 SR."""
+  out = {}
+
+  def walk(items, site):
+    for item in items:
+      name = item.ConceptNameCodeSequence[0].CodeMeaning
+      if name == "Finding Site":
+        site = item.ConceptCodeSequence[0].CodeMeaning
+    for item in items:
+      if item.ValueType == "NUM":
+        out[(site, item.ConceptNameCodeSequence[0].CodeMeaning)] = float(item.MeasuredValueSequence[0].NumericValue)
+      if "ContentSequence" in item:
+        walk(item.ContentSequence, site)
+
+  walk(ds.ContentSequence, None)
+  return out
