@@ -15,6 +15,7 @@ from ml_collections import config_flags
 
 from cac_jax import atomic, experiment
 from launch import train_flags
+from launch import _cli
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config.")
@@ -48,4 +49,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)
