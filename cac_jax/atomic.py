@@ -107,7 +107,10 @@ def write_set(folder: str | os.PathLike, writers: Mapping[str, Callable[[str], N
   tmp = tempfile.mkdtemp(prefix=TMP_PREFIX + "set-", dir=folder)
   try:
     for name in names:
-      writers[name](os.path.join(tmp, name))
+      try:
+        writers[name](os.path.join(tmp, name))
+      except OSError as e:  # name the output, not the temporary path
+        raise OSError(e.errno, e.strerror or str(e), os.path.join(folder, name)) from e
     with contextlib.suppress(FileNotFoundError):  # an old `last` must not vouch for new files
       os.remove(os.path.join(folder, last))
     for name in order:

@@ -497,11 +497,15 @@ def _atomic_write(img: sitk.Image, path: PathLike) -> None:
   tmp = tempfile.mkdtemp(prefix=atomic.TMP_PREFIX + "write-", dir=folder)
   try:
     tmp_path = os.path.join(tmp, os.path.basename(path))
-    sitk.WriteImage(img, tmp_path, True)
+    try:
+      sitk.WriteImage(img, tmp_path, True)
+    except RuntimeError as e:
+      raise OSError(errno.EIO, f"cannot write the image ({_first_line(e)}; disk full?)", path) from None
     try:
       check_complete(tmp_path)
-    except ScanReadError as e:
-      raise OSError(errno.EIO, f"writing {path} failed: {e} (disk full?)") from None
+    except ScanReadError:
+      raise OSError(errno.EIO, "the written file is incomplete (disk full?); nothing was "
+                    "moved into place", path) from None
     # Move companion data files (e.g. .raw of a .mhd) first and the named file last.
     names = sorted(os.listdir(tmp), key=lambda n: n == os.path.basename(path))
     for name in names:
