@@ -284,8 +284,8 @@ def _check_geometry(img: sitk.Image, path: str, allow_2d: bool) -> sitk.Image:
   if dim == 2:
     if not allow_2d:
       raise ScanReadError(
-          f"{path}: 2D image (size {size}); a 3D volume is required for scoring "
-          "(pass allow_2d=True to read it as a 1-slice volume)")
+          f"{path}: 2D image (size {size}); a 3D volume is required for scoring (for a DICOM "
+          "series give the folder of all its slices, not one file)")
     img = sitk.JoinSeries(img)
   elif dim == 4 and size[3] == 1:
     img = img[:, :, :, 0]
@@ -295,7 +295,7 @@ def _check_geometry(img: sitk.Image, path: str, allow_2d: bool) -> sitk.Image:
   if not allow_2d and sum(s > 1 for s in size) < 3:
     raise ScanReadError(
         f"{path}: 2D image (size x,y,z = {size}, a single slice); a 3D volume is required for "
-        "scoring (pass allow_2d=True to read it as a 1-slice volume)")
+        "scoring (for a DICOM series give the folder of all its slices, not one file)")
   return img
 
 

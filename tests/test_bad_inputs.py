@@ -450,6 +450,19 @@ MANIFEST_ROWS = {
 }
 
 
+def _truncated_second_case(d, env):
+  args = _manifest_case("").build(d, env)
+  _truncate(str(d / "data" / "b.nii.gz"), 0.5)
+  return args
+
+
+def _first_case_kept(d, result, env):
+  """A manifest run stopped by a bad case keeps the complete outputs of the cases before it
+  (each written all or nothing) and writes no scores.csv."""
+  assert sorted(os.listdir(d / "out")) == ["a"]
+  assert sorted(os.listdir(d / "out" / "a")) == sorted(pipeline.OUTPUT_FILES)
+
+
 def _manifest_cases():
   cases = []
   for name, (rows, error) in MANIFEST_ROWS.items():
@@ -462,6 +475,7 @@ def _manifest_cases():
       Case("manifest_missing", lambda d, env: ["--manifest", str(d / "none.csv"), "--checkpoint", env["ckpt"],
                                                 "--output_dir", str(d / "out")], ("--manifest", "not found")),
       _manifest_case("manifest_ok", check=lambda d, r, e: (d / "out" / "scores.csv").is_file() or pytest.fail("no csv")),
+      Case("manifest_second_image_truncated", _truncated_second_case, ("b.nii.gz", "truncated"), check=_first_case_kept),
   ]
   return cases
 
@@ -644,7 +658,8 @@ def test_case(corpus, case):
       assert needle in errors[0], errors[0]
     out = d / ("out" if case.script != "launch.train_source" else "wd")
     if case.id not in ("output_is_file", "outputs_exist", "output_locked", "train_workdir_is_file",
-                       "train_rerun_without_resume", "evaluate_output_is_file"):
+                       "train_rerun_without_resume", "evaluate_output_is_file",
+                       "manifest_second_image_truncated"):
       assert not out.exists(), _files_under(out)  # nothing left behind
   if case.check is not None:
     case.check(d, result, env)
