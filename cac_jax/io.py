@@ -60,6 +60,8 @@ _PERCENTILE_SAMPLES = 2_000_000
 # warning (values wrapped by a wrong integer type, e.g. -1,000 stored as 64,536, land there).
 CT_RANGE_HU = (-1100.0, 4000.0)
 _OUT_OF_RANGE_VOXELS = 10
+# In-plane field of view of a chest or heart CT (mm); outside it, the spacing is suspect.
+CHEST_FOV_MM = (30.0, 1000.0)
 # A DICOM slice gap differing from the median by more than this fraction is a missing slice.
 _SLICE_GAP_RTOL = 0.05
 
@@ -352,6 +354,18 @@ def _out_of_range_warnings(hu: np.ndarray) -> list[str]:
   return notes
 
 
+def _extent_warnings(img: sitk.Image) -> list[str]:
+  """A warning when the in-plane field of view is implausible for a chest CT (a wrong spacing
+  in the header, e.g. 0.1 mm for 1 mm, scores a 5 cm chest as a 5 mm one)."""
+  lo, hi = CHEST_FOV_MM
+  fov = [n * s for n, s in zip(img.GetSize()[:2], img.GetSpacing()[:2])]
+  if min(fov) < lo or max(fov) > hi:
+    return [f"the in-plane field of view is {fov[0]:.0f} x {fov[1]:.0f} mm, outside the "
+            f"{lo:.0f}-{hi:.0f} mm of a chest or heart CT: check the voxel spacing in the header "
+            f"({', '.join(f'{v:.3g}' for v in img.GetSpacing())} mm); volumes and scores scale with it"]
+  return []
+
+
 def _canonical(img: sitk.Image) -> sitk.Image:
   return sitk.DICOMOrient(img, CANONICAL)
 
@@ -413,7 +427,7 @@ def read_scan(path: PathLike, allow_2d: bool = False, series: Optional[str] = No
   if not np.all(np.isfinite(hu)):
     n_bad = int(np.size(hu) - np.count_nonzero(np.isfinite(hu)))
     raise ScanReadError(f"{path}: {n_bad} voxels hold NaN or infinite values")
-  meta["warnings"] += _out_of_range_warnings(hu)
+  meta["warnings"] += _out_of_range_warnings(hu) + _extent_warnings(img)
   np.maximum(hu, HU_FLOOR, out=hu)
   _check_ct_range(hu, path)
   spacing_zyx = tuple(float(s) for s in img.GetSpacing()[::-1])

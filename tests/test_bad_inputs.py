@@ -319,7 +319,7 @@ SCORE_CASES = [
     Case("4d_one_frame", _score(_mk(lambda i: _write(i / "4d.nii.gz", _volume()[None]))),
          check=_labels_on_input_grid(lambda d: str(d / "in" / "4d.nii.gz"))),
     Case("spacing_0p1mm", _score(_mk(lambda i: _write(i / "fine.nii.gz", spacing=(0.1, 0.1, 0.15)))),
-         check=_labels_on_input_grid(lambda d: str(d / "in" / "fine.nii.gz"))),
+         check=_all(_labels_on_input_grid(lambda d: str(d / "in" / "fine.nii.gz")), _warns("field of view is 4 x 4 mm"))),
     Case("constant_soft_tissue", _score(_mk(lambda i: _write(i / "flat.nii.gz", np.full(SHAPE, 40, np.int16)))), check=_warns("no candidate")),
     Case("heart_other_grid", _score(NII("img.nii.gz"), heart=_heart_file(lambda: _heart()[::2, ::2, ::2], spacing=(2.0, 2.0, 3.0))),
          check=_labels_on_input_grid(lambda d: str(d / "in" / "img.nii.gz"))),
