@@ -16,8 +16,8 @@ from cac_jax import atomic
 from cac_jax import checkpoints
 from cac_jax import train
 from cac_jax.train import data as data_lib
-from launch import train_flags as common
 from launch import _cli
+from launch import train_flags as common
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/paper.py, configs/tiny.py).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the export go here.")

@@ -14,8 +14,8 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from cac_jax import atomic, experiment
-from launch import train_flags
 from launch import _cli
+from launch import train_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config.")
