@@ -251,6 +251,8 @@ SCORE_CASES = [
     Case("all_air", _score(_mk(lambda i: _write(i / "air.nii.gz", np.full(SHAPE, -1000, np.int16)))), ("no tissue",)),
     Case("raw_uint16_no_rescale", _score(_mk(lambda i: _write(i / "raw.nii.gz", np.clip(_volume().astype(np.int32) + 1024, 0, None)[:, 3:37, 3:37].astype(np.uint16)))),
          ("does not look like CT",)),
+    Case("raw_uint16_with_air", _score(_mk(lambda i: _write(i / "rawair.nii.gz", np.clip(_volume().astype(np.int32) + 1024, 0, None).astype(np.uint16)))),
+         ("CT in HU",)),
     Case("mr_like_values", _score(_mk(lambda i: _write(i / "mr.nii.gz", np.random.default_rng(1).integers(200, 3000, SHAPE).astype(np.int16)))),
          ("does not look like CT",)),
     Case("all_3000_hu", _score(_mk(lambda i: _write(i / "bright.nii.gz", np.where(_volume() > -500, 3000, -1000).astype(np.int16)))),
@@ -540,6 +542,17 @@ TRAIN_CASES = [
 ]
 
 
+ADAPT_CASES = [
+    Case("adapt_source_checkpoint_missing", lambda d, env: _train(("--source_checkpoint", str(d / "none")))(d, env),
+         ("--source_checkpoint", "does not exist"), script="launch.adapt"),
+    Case("adapt_workdir_under_file", lambda d, env: _train(("--source_checkpoint", env["ckpt"]), workdir="f/wd",
+                                                           setup=lambda d: (d / "f").write_text("x"))(d, env),
+         ("--workdir", "which is a file"), script="launch.adapt"),
+    Case("adapt_only_source_manifest", lambda d, env: _train(("--source_checkpoint", env["ckpt"], "--source_manifest", _dataset(d)))(d, env),
+         ("--target_manifest",), script="launch.adapt"),
+]
+
+
 def _truncated_dataset(d):
   path = _dataset(d, [["a", "a.nii.gz", "a_label.nii.gz", "a_heart.nii.gz", "", "ncct", "train"]])
   _truncate(str(d / "data" / "a.nii.gz"), 0.6)
@@ -573,7 +586,7 @@ FAULT_CASES = [
     Case("disk_full_json_does_not_fit", _full_disk(None), ("scores.json", "No space left"), check=_only_filler),
 ]
 
-ALL_CASES = SCORE_CASES + EVALUATE_CASES + TRAIN_CASES + FAULT_CASES
+ALL_CASES = SCORE_CASES + EVALUATE_CASES + TRAIN_CASES + ADAPT_CASES + FAULT_CASES
 
 
 # ---------------------------------------------------------------------------------------------
@@ -656,7 +669,7 @@ def test_case(corpus, case):
     assert len(errors) == 1 and "Traceback" not in result["stderr"], result["stderr"][-3000:]
     for needle in case.error:
       assert needle in errors[0], errors[0]
-    out = d / ("out" if case.script != "launch.train_source" else "wd")
+    out = d / ("out" if case.script in ("launch.score", "launch.evaluate") else "wd")
     if case.id not in ("output_is_file", "outputs_exist", "output_locked", "train_workdir_is_file",
                        "train_rerun_without_resume", "evaluate_output_is_file",
                        "manifest_second_image_truncated"):
