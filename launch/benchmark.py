@@ -14,7 +14,6 @@ import time
 
 import jax
 import numpy as np
-from absl import app
 from absl import flags
 
 from cac_jax import models

@@ -22,7 +22,6 @@ import sys
 import tempfile
 import time
 
-from absl import app
 from absl import flags
 from launch import _cli
 

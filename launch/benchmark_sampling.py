@@ -5,7 +5,6 @@
 
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from cac_jax import atomic, experiment

@@ -4,7 +4,7 @@
 
 CASES.json: {case id: [arg, ...]}. Each case parses its flags afresh and runs the script's
 `main` through `launch._cli.report_errors`, as `python -m launch.score ARGS` would, but
-imports JAX and the script once. RESULTS.json: {case id: {"rc", "stdout", "stderr"}}; an
+imports JAX and the script once. RESULTS.json: {case id: {"rc", "stdout", "stderr", "seconds"}}; an
 exception the CLI does not turn into one line is recorded with its traceback and rc 1.
 """
 
@@ -14,6 +14,7 @@ import io
 import json
 import os
 import sys
+import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -32,7 +33,7 @@ def main():
   results = {}
   for case_id, args in cases.items():
     out, err = io.StringIO(), io.StringIO()
-    rc = 0
+    rc, start = 0, time.perf_counter()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
       try:
         flags.FLAGS.unparse_flags()
@@ -45,7 +46,8 @@ def main():
       except BaseException:  # pylint: disable=broad-except
         rc = 1
         traceback.print_exc()
-    results[case_id] = {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue()}
+    results[case_id] = {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue(),
+                        "seconds": time.perf_counter() - start}
   with open(results_path, "w", encoding="utf-8") as f:
     json.dump(results, f)
 

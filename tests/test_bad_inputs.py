@@ -23,13 +23,11 @@ import subprocess
 import sys
 from typing import Callable, Optional
 
-import jax
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cac_jax import checkpoints, labels, models, pipeline
-from configs import tiny
+from cac_jax import checkpoints, labels, pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPACING_XYZ = (1.0, 1.0, 1.5)  # the tiny config's working spacing: no resampling
@@ -594,19 +592,11 @@ ALL_CASES = SCORE_CASES + EVALUATE_CASES + TRAIN_CASES + ADAPT_CASES + FAULT_CAS
 
 
 @pytest.fixture(scope="module")
-def export_dir(tmp_path_factory):
-  config = tiny.get_config()
-  p = models.init_params(config, jax.random.key(0))
-  return checkpoints.export_inference(tmp_path_factory.mktemp("ckpt") / "export",
-                                      {"generator": p["generator"], "classifier": p["classifier"]}, config)
-
-
-@pytest.fixture(scope="module")
-def corpus(tmp_path_factory, export_dir):
+def corpus(tmp_path_factory, tiny_export):
   """Builds every case's inputs, runs each script's cases in one batch; {id: (folder, result)}."""
   saved = locale.setlocale(locale.LC_CTYPE)  # GDCM's DICOM writer resets it to "C"
   root = tmp_path_factory.mktemp("corpus")
-  env = {"ckpt": export_dir, "held_locks": [], "mounts": []}
+  env = {"ckpt": tiny_export, "held_locks": [], "mounts": []}
   clean = root / "clean"
   _run_batch("launch.score", {"clean": _score(NII("img.nii.gz"), heart=_heart_file())(clean, env)}, root)
   env["clean"] = json.loads((clean / "out" / "scores.json").read_text(encoding="utf-8"))

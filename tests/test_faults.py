@@ -15,26 +15,22 @@ import subprocess
 import sys
 import time
 
-import jax
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cac_jax import atomic, checkpoints, infer, io, models, pipeline
+from cac_jax import atomic, infer, io, pipeline
 from cac_jax.train import writers
-from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory):
+def inputs(tmp_path_factory, tiny_export):
   from tests import test_bad_inputs as corpus  # pylint: disable=import-outside-toplevel
   d = tmp_path_factory.mktemp("inputs")
-  config = tiny.get_config()
-  p = models.init_params(config, jax.random.key(0))
-  ckpt = checkpoints.export_inference(d / "export", {"generator": p["generator"], "classifier": p["classifier"]}, config)
-  return {"image": corpus._write(d / "img.nii.gz"), "heart": corpus._write(d / "heart.nii.gz", corpus._heart()), "ckpt": ckpt}
+  return {"image": corpus._write(d / "img.nii.gz"), "heart": corpus._write(d / "heart.nii.gz", corpus._heart()),
+          "ckpt": tiny_export}
 
 
 # A launcher that injects a fault into `python -m launch.score`: FAULT=write makes SimpleITK
