@@ -642,6 +642,7 @@ def test_corpus_size():
   assert len(ALL_CASES) >= 70 and len({c.id for c in ALL_CASES}) == len(ALL_CASES)
 
 
+@pytest.mark.slow  # the corpus runs in one batch per script: about a minute in all
 @pytest.mark.parametrize("case", ALL_CASES, ids=[c.id for c in ALL_CASES])
 def test_case(corpus, case):
   d, result, env = corpus[case.id]

@@ -84,6 +84,7 @@ def _complete_outputs(out):
   io.check_complete(out / "calcium_labels.nii.gz")
 
 
+@pytest.mark.slow
 def test_kill_during_write_and_concurrent_run(inputs, tmp_path):
   out = tmp_path / "out"
   first = _with_fault(inputs, out, "write", tmp_path)
@@ -110,6 +111,7 @@ def test_kill_during_write_and_concurrent_run(inputs, tmp_path):
   _complete_outputs(out)
 
 
+@pytest.mark.slow
 def test_kill_between_moves_of_the_set(inputs, tmp_path):
   out = tmp_path / "out"
   proc = _with_fault(inputs, out, "move", tmp_path)
