@@ -23,19 +23,23 @@ def _fp_settings(config, fp: Optional[dict]) -> postprocess.FPReductionSettings:
 
 def score_file(image: str, checkpoint: str, output_dir: str, *, heart_mask: Optional[str] = None,
                aorta_mask: Optional[str] = None, domain: str = "auto", overwrite: bool = False,
-               calibration: Optional[float] = None, fp: Optional[dict] = None, loaded=None) -> dict[str, Any]:
+               calibration: Optional[float] = None, fp: Optional[dict] = None, loaded=None,
+               series: Optional[str] = None, record_input_path: bool = False) -> dict[str, Any]:
   """Score one scan file and write its outputs into output_dir; returns the report dict.
 
-  Outputs are checked before any work so an existing result is never half-replaced.
+  Outputs are checked before any work so an existing result is never half-replaced (the
+  caller claims output_dir with `atomic.claim_dir`). The input path is stored in scores.json
+  only with `record_input_path` (a file or folder name can carry a patient's name). `series`
+  picks a DICOM series of a folder by UID.
   """
   pipeline.check_outputs_free(output_dir, overwrite)
   params, config = loaded or checkpoints.load_inference(checkpoint)
-  scan = io.read_scan(image)
+  scan = io.read_scan(image, series=series)
   heart = io.read_mask(heart_mask, scan) > 0 if heart_mask else None
   aorta = io.read_mask(aorta_mask, scan) > 0 if aorta_mask else None
   result = pipeline.score_scan(scan, params, config, domain=domain, heart_mask=heart, aorta_mask=aorta,
                                fp_settings=_fp_settings(config, fp), calibration=calibration)
-  result.report["input"]["image"] = os.path.basename(str(image))
+  result.report["input"]["image"] = os.path.abspath(str(image)) if record_input_path else None
   pipeline.write_outputs(result, scan, output_dir, overwrite=overwrite)
   return result.report
 
@@ -64,14 +68,14 @@ def csv_row(case_id: str, report: dict) -> dict[str, Any]:
 
 def score_manifest(manifest_csv: str, checkpoint: str, output_dir: str, *, split: Optional[str] = None,
                    domain: str = "auto", overwrite: bool = False, calibration: Optional[float] = None,
-                   fp: Optional[dict] = None, progress: bool = False) -> str:
+                   fp: Optional[dict] = None, progress: bool = False, record_input_path: bool = False) -> str:
   """Score every (selected) row of a manifest into output_dir/<id>/; writes output_dir/scores.csv.
 
   domain "auto" uses each row's manifest domain. Returns the CSV path.
   """
-  rows = [r for r in manifest.read_manifest(manifest_csv) if split is None or r.split == split]
+  rows = manifest.read_manifest(manifest_csv, split=split)
   if not rows:
-    raise ValueError(f"{manifest_csv}: no rows" + (f" with split {split!r}" if split else ""))
+    raise ValueError(f"{manifest_csv}: no rows" + (f" with split {split!r} (--split)" if split else ""))
   csv_path = os.path.join(output_dir, "scores.csv")
   if os.path.exists(csv_path) and not overwrite:
     raise pipeline.OutputExistsError(f"{csv_path} exists (pass --overwrite to replace it)")
@@ -84,7 +88,8 @@ def score_manifest(manifest_csv: str, checkpoint: str, output_dir: str, *, split
   for row in it:
     report = score_file(row.image, checkpoint, os.path.join(output_dir, row.id), heart_mask=row.heart_mask,
                         aorta_mask=row.aorta_mask, domain=row.domain if domain == "auto" else domain,
-                        overwrite=overwrite, calibration=calibration, fp=fp, loaded=loaded)
+                        overwrite=overwrite, calibration=calibration, fp=fp, loaded=loaded,
+                        record_input_path=record_input_path)
     out_rows.append(csv_row(row.id, report))
   buf = _io.StringIO()
   w = csv.DictWriter(buf, fieldnames=CSV_FIELDS)

@@ -10,10 +10,11 @@ import json
 import logging
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from cac_jax import atomic, experiment
+from launch import _cli
 from launch import train_flags
 
 FLAGS = flags.FLAGS
@@ -50,4 +51,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

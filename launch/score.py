@@ -9,7 +9,8 @@ Many scans (one sub-folder per case id, plus scores.csv):
 
 from absl import app, flags, logging
 
-from cac_jax import scoring_cli
+from cac_jax import atomic, scoring_cli
+from launch import _cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("image", None, "Scan: NIfTI/MHA/NRRD file or DICOM series folder.")
@@ -24,6 +25,8 @@ flags.DEFINE_bool("overwrite", False, "Replace existing outputs.")
 flags.DEFINE_float("calibration", None, "Mass-score calibration factor (mg HA/cm³ per HU).")
 flags.DEFINE_bool("region_growing", True, "FP reduction: grow detections to 6-connected lesions.")
 flags.DEFINE_bool("size_limits", True, "FP reduction: drop lesions <1 mm³ or >500 mm³.")
+flags.DEFINE_string("series", None, "DICOM folder with several series: the SeriesInstanceUID to score (default: the series with the most files).")
+flags.DEFINE_bool("record_input_path", False, "Store the input's full path in scores.json (off: a path can carry a patient's name).")
 flags.DEFINE_bool("heart_filter", True, "FP reduction: drop lesions outside the dilated heart mask (inference then runs only there; --noheart_filter classifies every candidate).")
 
 
@@ -31,11 +34,18 @@ def main(argv):
   del argv
   if bool(FLAGS.image) == bool(FLAGS.manifest):
     raise app.UsageError("give exactly one of --image or --manifest")
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   fp = dict(region_growing=FLAGS.region_growing, size_limits=FLAGS.size_limits, heart_filter=FLAGS.heart_filter)
+  with atomic.claim_dir(FLAGS.output_dir):  # checked and locked before any computation
+    _score(fp)
+
+
+def _score(fp):
   if FLAGS.image:
     report = scoring_cli.score_file(FLAGS.image, FLAGS.checkpoint, FLAGS.output_dir, heart_mask=FLAGS.heart_mask,
                                     aorta_mask=FLAGS.aorta_mask, domain=FLAGS.domain, overwrite=FLAGS.overwrite,
-                                    calibration=FLAGS.calibration, fp=fp)
+                                    calibration=FLAGS.calibration, fp=fp, series=FLAGS.series,
+                                    record_input_path=FLAGS.record_input_path)
     for line in report["warnings"]:
       logging.warning(line)
     print(scoring_cli.summary_line(FLAGS.image, report))
@@ -43,9 +53,15 @@ def main(argv):
   else:
     csv_path = scoring_cli.score_manifest(FLAGS.manifest, FLAGS.checkpoint, FLAGS.output_dir, split=FLAGS.split,
                                           domain=FLAGS.domain, overwrite=FLAGS.overwrite,
-                                          calibration=FLAGS.calibration, fp=fp, progress=True)
+                                          calibration=FLAGS.calibration, fp=fp, progress=True,
+                                          record_input_path=FLAGS.record_input_path)
     print(f"scores of every scan: {csv_path}")
 
 
+def flag_paths():
+  return {f"--{name}": FLAGS[name].value for name in ("image", "heart_mask", "aorta_mask", "manifest",
+                                                      "checkpoint", "output_dir")}
+
+
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main, flag_paths=flag_paths)
