@@ -1,26 +1,68 @@
-"""Atomic file writes: write a temp file beside the target, then `os.replace` it.
+"""Atomic, verified file writes and exclusive output folders.
 
-A reader (or a crash) never sees a half-written output, and an existing file is only
-replaced by a complete one.
+`write_with` writes a temp file beside the target, checks it is complete (a `verify`
+callback, and the bytes reached the disk: flushed and fsync'ed without error), then
+`os.replace`s it: a reader (or a crash) never sees a half-written output under its final name,
+and an existing file is only replaced by a complete one.
+
+`write_set` writes several files into one temporary folder inside the output folder and moves
+them into place only when every one of them is complete; the file named last (e.g.
+scores.json) appears last, so its presence says the set is complete.
+
+`claim_dir` is the one way a command takes an output folder: it checks the folder before any
+computation (a file, not writable, not creatable), takes an exclusive lock on it (a second
+run on the same folder fails at once instead of interleaving files), removes temporary
+leftovers of a killed earlier run, and on failure removes a folder it created if it stayed
+empty. The lock is `flock` on the folder itself: no lock file to leave behind, and the kernel
+releases it when the process dies (also after kill -9).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
+import shutil
 import tempfile
-from typing import Callable
+from typing import Callable, Iterator, Mapping, Optional
+
+TMP_PREFIX = ".tmp-"
 
 
-def write_with(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "") -> None:
+class OutputDirError(OSError):
+  """An output folder cannot be used (a file, not writable, locked by another run)."""
+
+
+def _fsync(path: str) -> None:
+  fd = os.open(path, os.O_RDONLY)
+  try:
+    os.fsync(fd)
+  finally:
+    os.close(fd)
+
+
+def write_with(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "",
+               verify: Optional[Callable[[str], None]] = None) -> None:
   """Call `write(tmp_path)` on a temp path in the target's folder, then rename it to `path`.
 
-  `suffix` keeps the extension writers look at (e.g. ".nii.gz" for SimpleITK).
+  Args:
+    path: the final file.
+    write: writes the complete file at the path it is given.
+    suffix: keeps the extension writers look at (e.g. ".nii.gz" for SimpleITK).
+    verify: raises if the written temp file is not complete (e.g. reads it back); a full disk
+      makes some writers (SimpleITK) stop early without an error.
+  The file is made 0644 (mkstemp creates 0600).
   """
   path = os.fspath(path)
-  fd, tmp = tempfile.mkstemp(prefix=".tmp_", suffix=suffix, dir=os.path.dirname(os.path.abspath(path)))
+  fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix,
+                             dir=os.path.dirname(os.path.abspath(path)))
   os.close(fd)
   try:
     write(tmp)
+    _fsync(tmp)
+    if verify is not None:
+      verify(tmp)
     os.chmod(tmp, 0o644)
     os.replace(tmp, path)
   except BaseException:
@@ -30,11 +72,128 @@ def write_with(path: str | os.PathLike, write: Callable[[str], None], suffix: st
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-  """Write `text` (UTF-8) to `path` atomically."""
+  """Write `text` (UTF-8) to `path` atomically; checks every byte reached the file."""
+  data = text.encode("utf-8")
+
   def _write(tmp: str) -> None:
-    with open(tmp, "w", encoding="utf-8", newline="") as f:
-      f.write(text)
-  write_with(path, _write)
+    with open(tmp, "wb") as f:
+      f.write(data)
+
+  def _verify(tmp: str) -> None:
+    if os.path.getsize(tmp) != len(data):
+      raise OSError(errno.EIO, f"short write: {os.path.getsize(tmp)} of {len(data)} bytes "
+                    "(disk full?)", os.fspath(path))
+  write_with(path, _write, verify=_verify)
+
+
+def write_set(folder: str | os.PathLike, writers: Mapping[str, Callable[[str], None]],
+              last: Optional[str] = None) -> dict[str, str]:
+  """Write several files, all or nothing, into `folder`.
+
+  Args:
+    folder: the output folder (exists).
+    writers: {file name: write(path)}; each writer writes one complete file at the path it
+      is given (atomically or not) and raises if it could not.
+    last: the name moved into place last (default: the last key).
+  Every file is written into a temporary folder inside `folder` first; only when all were
+  written are they moved into place (one `os.replace` each, `last` last). On any error the
+  temporary folder is removed and no file of the set is touched.
+  Returns {name: final path}.
+  """
+  folder = os.fspath(folder)
+  names = list(writers)
+  last = names[-1] if last is None else last
+  order = [n for n in names if n != last] + [last]
+  tmp = tempfile.mkdtemp(prefix=TMP_PREFIX + "set-", dir=folder)
+  try:
+    for name in names:
+      try:
+        writers[name](os.path.join(tmp, name))
+      except OSError as e:  # name the output, not the temporary path
+        raise OSError(e.errno, e.strerror or str(e), os.path.join(folder, name)) from e
+    with contextlib.suppress(FileNotFoundError):  # an old `last` must not vouch for new files
+      os.remove(os.path.join(folder, last))
+    for name in order:
+      os.replace(os.path.join(tmp, name), os.path.join(folder, name))
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+  return {n: os.path.join(folder, n) for n in names}
+
+
+def remove_stale(folder: str | os.PathLike) -> list[str]:
+  """Remove `.tmp-*` leftovers of killed runs in `folder` (call only while holding its lock)."""
+  removed = []
+  folder = os.fspath(folder)
+  for name in os.listdir(folder):
+    if name.startswith(TMP_PREFIX):
+      p = os.path.join(folder, name)
+      if os.path.isdir(p) and not os.path.islink(p):
+        shutil.rmtree(p, ignore_errors=True)
+      else:
+        with contextlib.suppress(OSError):
+          os.remove(p)
+      removed.append(name)
+  return removed
+
+
+def check_dir(path: str | os.PathLike, flag: str = "--output_dir") -> None:
+  """Raises OutputDirError when `path` cannot become a writable folder (nothing is created)."""
+  path = os.path.abspath(os.fspath(path))
+  probe = path
+  while not os.path.exists(probe):
+    parent = os.path.dirname(probe)
+    if parent == probe:
+      break
+    probe = parent
+  if not os.path.isdir(probe):
+    what = "is a file" if probe == path else f"lies under {probe}, which is a file"
+    raise OutputDirError(errno.ENOTDIR, f"{flag} {path} {what}; give a folder")
+  if not os.access(probe, os.W_OK | os.X_OK):
+    raise OutputDirError(errno.EACCES, f"{flag} {path}: {probe} is not writable; give a folder "
+                         "you can write to")
+
+
+@contextlib.contextmanager
+def claim_dir(path: str | os.PathLike, flag: str = "--output_dir") -> Iterator[str]:
+  """Create (if needed), lock and clean an output folder for one run; yields its absolute path.
+
+  Raises OutputDirError (naming `flag`) before any work when the folder is a file, not
+  writable, or locked by another running command. On an exception inside the block a folder
+  this call created is removed if it is empty. Stale `.tmp-*` leftovers are removed.
+  """
+  path = os.path.abspath(os.fspath(path))
+  check_dir(path, flag)
+  created = not os.path.exists(path)
+  try:
+    os.makedirs(path, exist_ok=True)
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+  except OSError as e:
+    raise OutputDirError(e.errno, f"{flag} {path}: cannot create or open the folder "
+                         f"({e.strerror})") from None
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      raise OutputDirError(errno.EBUSY, f"{flag} {path} is in use by another running command "
+                           "(it holds the folder's lock); wait for it to finish or give "
+                           "another folder") from None
+    try:
+      probe = tempfile.mkstemp(prefix=TMP_PREFIX + "probe-", dir=path)
+    except OSError as e:
+      raise OutputDirError(e.errno, f"{flag} {path} is not writable ({e.strerror})") from None
+    os.close(probe[0])
+    os.remove(probe[1])
+    remove_stale(path)
+    try:
+      yield path
+    except BaseException:
+      with contextlib.suppress(OSError):
+        remove_stale(path)
+        if created and not os.listdir(path):
+          os.rmdir(path)
+      raise
+  finally:
+    os.close(fd)  # releases the lock
 
 
 def write_csv(path: str | os.PathLike, fieldnames, rows) -> None:

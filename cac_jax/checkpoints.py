@@ -188,6 +188,7 @@ def load_inference(directory: str | os.PathLike) -> tuple[dict, ml_collections.C
       params = ckptr.restore(params_dir, args=ocp.args.StandardRestore(like))
   except Exception as e:
     raise CheckpointError(params_dir, f"cannot restore params ({_brief(e)})") from e
+  _check_shapes(directory, params, like)
   return params, config
 
 
@@ -231,3 +232,24 @@ def provenance(directory: str | os.PathLike, config: Optional[ml_collections.Con
   out.update(meta if isinstance(meta, dict) else {})
   out.setdefault("training_data", {"description": "not recorded", "phantoms_only": None})
   return out
+
+
+def _check_shapes(directory: str, params: Any, like: Any) -> None:
+  """Raises CheckpointError at the first parameter whose stored shape differs from `like`'s.
+
+  Orbax restores arrays with their stored shapes whatever the target says, so a config.json
+  edited after export (e.g. another tower width) would otherwise load and score.
+  """
+  got = dict(jax.tree_util.tree_flatten_with_path(params)[0])
+  want = dict(jax.tree_util.tree_flatten_with_path(like)[0])
+  for path in sorted(set(got) | set(want), key=jax.tree_util.keystr):
+    name = jax.tree_util.keystr(path)
+    if path not in got or path not in want:
+      where = "config.json" if path in want else "the stored params"
+      raise CheckpointError(directory, f"parameter {name} exists only in {where}: config.json does "
+                            "not match the stored parameters (edited after export?)")
+    if tuple(got[path].shape) != tuple(want[path].shape):
+      raise CheckpointError(
+          directory, f"parameter {name} has stored shape {tuple(got[path].shape)}, but config.json "
+          f"implies {tuple(want[path].shape)}: config.json does not match the stored parameters "
+          "(edited after export?); use the config.json it was exported with")

@@ -30,12 +30,13 @@ import numpy as np
 import SimpleITK as sitk
 
 from cac_jax import atomic
+from cac_jax import io as io_lib
 from cac_jax import labels as labels_lib
+from cac_jax import manifest as manifest_lib
 from cac_jax import metrics
 from cac_jax import plots
 
 PREDICTION_FILE = "calcium_labels.nii.gz"
-_REQUIRED_COLUMNS = ("id", "image", "label", "split")
 _CSV_FIELDS = tuple(f.name for f in dataclasses.fields(metrics.StructureMetrics))
 
 
@@ -73,33 +74,10 @@ class EvaluationResults:
   unlabelled: list[str] = dataclasses.field(default_factory=list)
 
 
-def _read_manifest_rows(manifest_csv: str) -> list[dict[str, str]]:
-  """Rows of the manifest CSV with `image`/`label` resolved relative to the manifest folder."""
-  folder = os.path.dirname(os.path.abspath(manifest_csv))
-  with open(manifest_csv, newline="", encoding="utf-8") as f:
-    reader = csv.DictReader(f)
-    columns = [c.strip() for c in (reader.fieldnames or [])]
-    missing_cols = [c for c in _REQUIRED_COLUMNS if c not in columns]
-    if missing_cols:
-      raise ValueError(f"{manifest_csv}: missing column(s) {missing_cols}; expected "
-                       "id,image,label,heart_mask,aorta_mask,domain,split")
-    rows = []
-    for raw in reader:
-      row = {k.strip(): (v or "").strip() for k, v in raw.items() if k is not None}
-      for key in ("image", "label"):
-        if row.get(key):
-          row[key] = os.path.normpath(os.path.join(folder, row[key]))
-      rows.append(row)
-  ids = [r["id"] for r in rows]
-  dupes = sorted({i for i in ids if ids.count(i) > 1})
-  if dupes or any(not i for i in ids):
-    raise ValueError(f"{manifest_csv}: duplicate or empty case ids {dupes}")
-  return rows
-
-
 def _read_lps(path: str) -> sitk.Image:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no such file: {path}")
+  io_lib.check_complete(path)  # SimpleITK reads a truncated file without complaint
   img = sitk.ReadImage(path)
   if img.GetDimension() != 3:
     raise ValueError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
@@ -159,23 +137,21 @@ def evaluate_dataset(predictions_dir: str, manifest_csv: str, split: Optional[st
     ValueError: a prediction is missing (all missing ids named) and not `allow_missing`, no case
       is left to evaluate, or files are inconsistent (named).
   """
-  rows = _read_manifest_rows(manifest_csv)
-  if split is not None:
-    rows = [r for r in rows if r.get("split") == split]
-  unlabelled = [r["id"] for r in rows if not r.get("label")]
-  rows = [r for r in rows if r.get("label")]
-  pred_paths = {r["id"]: os.path.join(predictions_dir, r["id"], PREDICTION_FILE) for r in rows}
+  rows = manifest_lib.read_manifest(manifest_csv, split=split)  # the one validator every CLI uses
+  unlabelled = [r.id for r in rows if not r.label]
+  rows = [r for r in rows if r.label]
+  pred_paths = {r.id: os.path.join(predictions_dir, r.id, PREDICTION_FILE) for r in rows}
   missing = [i for i, p in pred_paths.items() if not os.path.isfile(p)]
   if missing and not allow_missing:
     raise ValueError(f"missing prediction(s) for {len(missing)} case(s): {', '.join(missing)} "
                      f"(expected {os.path.join(predictions_dir, '<id>', PREDICTION_FILE)}; "
-                     "pass allow_missing to skip them)")
-  rows = [r for r in rows if r["id"] not in missing]
+                     "pass --allow_missing to skip them)")
+  rows = [r for r in rows if r.id not in missing]
   if not rows:
     raise ValueError(f"no labelled case with a prediction to evaluate in {manifest_csv}"
                      + (f" (split {split!r})" if split else ""))
   agatston_fn = _agatston_fn()
-  cases = [_evaluate_case(r["id"], r["label"], pred_paths[r["id"]], r.get("image", ""), agatston_fn)
+  cases = [_evaluate_case(r.id, r.label, pred_paths[r.id], r.image, agatston_fn)
            for r in rows]
   return _summarise(cases, split, missing, unlabelled, agatston_fn is not None)
 

@@ -215,17 +215,27 @@ def bucket_ladder(limit: int, bucket: int = 16, ratio: float = 1.25) -> np.ndarr
   return np.asarray(out)
 
 
+MAX_CELLS = 64  # split_boxes: most grid cells merged greedily per slice
+
+
 def split_boxes(rows: np.ndarray, cols: np.ndarray, margin: int, cell: Optional[int] = None) -> list[np.ndarray]:
   """Group one slice's candidate pixels into boxes minimising sum((h + margin) * (w + margin)).
 
   Candidates are first binned into `cell`-sized grid cells (one box each), then the pair of
-  boxes whose union saves the most padded pixels is merged until no merge saves any.
+  boxes whose union saves the most padded pixels is merged until no merge saves any. The
+  greedy merge costs O(cells^3), so the cell size is doubled until at most `MAX_CELLS` cells
+  remain: a slice full of scattered candidates is planned in bounded work (coarser boxes),
+  and the plan of a whole scan stays linear in its number of candidate slices.
   Returns a list of index arrays into `rows`/`cols` (one per box).
   """
   rows, cols = np.asarray(rows, int), np.asarray(cols, int)
   cell = cell or max(4, margin // 4)
-  keys = (rows // cell) * (1 << 20) + cols // cell
-  uniq, inv = np.unique(keys, return_inverse=True)
+  while True:
+    keys = (rows // cell) * (1 << 20) + cols // cell
+    uniq, inv = np.unique(keys, return_inverse=True)
+    if len(uniq) <= MAX_CELLS:
+      break
+    cell *= 2
   inv = inv.reshape(-1)
   if len(uniq) == 1:
     return [np.arange(len(rows))]

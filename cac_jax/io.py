@@ -10,22 +10,36 @@ and orientation (`write_like`) and overlay the input in ITK-SNAP / 3D Slicer.
 Masks and label maps (`read_mask`, `read_labels`) are placed on a scan's grid by physical
 coordinates (nearest neighbour), so a mask stored on another voxel grid lands correctly.
 
-Writes are atomic: the file is written into a temporary folder next to the target and moved
+Writes are atomic: the file is written into a temporary folder next to the target, checked
+complete (`check_complete`: a clean end of the gzip stream and as many voxel bytes as the header
+announces; a full disk can otherwise leave a short file that SimpleITK still reads) and moved
 into place with `os.replace`, so a reader never sees a half-written file.
+
+Reading refuses what would silently give a wrong number: a NIfTI file cut short (SimpleITK
+reads it, zero-filling the missing voxels), NaN/Inf voxels (SimpleITK's NIfTI reader turns NaN
+into 0, so the raw file is checked), a DICOM series with missing slices (non-uniform slice
+positions; SimpleITK would average the spacing), values that are not CT in HU. Values outside
+the physical CT range in more than a handful of voxels are kept but listed in
+`Scan.meta["warnings"]`, which scoring copies into scores.json.
 
 No patient-identifying DICOM field is ever copied into `Scan.meta`; only modality and kVp.
 """
 
 from __future__ import annotations
 
+import errno
+import gzip
 import os
 import shutil
+import struct
 import tempfile
+import zlib
 from typing import Optional, Union
 
 import numpy as np
 import SimpleITK as sitk
 
+from cac_jax import atomic
 from cac_jax import labels as labels_lib
 from cac_jax.scan import Scan, SourceGeometry
 
@@ -37,7 +51,19 @@ HU_FLOOR = -1024.0  # values below (FOV padding such as -2048 / -3024) are clipp
 _MAX_P99_HU = 6000.0  # 99th percentile above this: not HU (e.g. raw/unscaled or other modality)
 _MAX_P1_HU = 3000.0   # 1st percentile above this: no air/tissue at all
 _MIN_MAX_HU = -500.0  # maximum below this: no tissue at all
+# No air, lung or fat (nothing below -200 HU) and a median denser than contrast blood: stored
+# values without the rescale intercept (air at 0 instead of -1024) or another modality.
+_MAX_MIN_HU, _MAX_MEDIAN_HU = -200.0, 600.0
 _PERCENTILE_SAMPLES = 2_000_000
+# Physical CT range: below -1,100 HU only FOV padding (one constant value, clipped to -1024)
+# occurs, above 4,000 HU only dense metal; more than `_OUT_OF_RANGE_VOXELS` such voxels get a
+# warning (values wrapped by a wrong integer type, e.g. -1,000 stored as 64,536, land there).
+CT_RANGE_HU = (-1100.0, 4000.0)
+_OUT_OF_RANGE_VOXELS = 10
+# In-plane field of view of a chest or heart CT (mm); outside it, the spacing is suspect.
+CHEST_FOV_MM = (30.0, 1000.0)
+# A DICOM slice gap differing from the median by more than this fraction is a missing slice.
+_SLICE_GAP_RTOL = 0.05
 
 # DICOM tags that may be kept: modality and peak kilovoltage. Nothing else.
 _SAFE_DICOM_TAGS = {"0008|0060": "modality", "0018|0060": "kvp"}
@@ -51,21 +77,39 @@ class ScanReadError(ValueError):
 # Low-level helpers.
 
 
-def _read_image(path: PathLike, what: str = "image") -> tuple[sitk.Image, dict]:
-  """Reads a file or DICOM folder with SimpleITK. Returns (image, safe metadata)."""
+def _read_image(path: PathLike, what: str = "image",
+                series: Optional[str] = None) -> tuple[sitk.Image, dict]:
+  """Reads a file or DICOM folder with SimpleITK. Returns (image, safe metadata).
+
+  `series` picks a DICOM series of a folder by its SeriesInstanceUID (default: the series
+  with the most files; the choice is noted in meta["warnings"] when there are several).
+  """
   path = os.fspath(path)
   if not os.path.exists(path):
     raise FileNotFoundError(f"{what} not found: {path}")
-  meta: dict = {}
+  meta: dict = {"warnings": []}
   if os.path.isdir(path):
     try:
-      series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(path)
+      series_ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(path)
     except RuntimeError as e:
       raise ScanReadError(f"{path}: cannot list DICOM series: {_first_line(e)}") from None
-    if not series:
+    if not series_ids:
       raise ScanReadError(f"{path}: folder holds no DICOM series")
-    files_per_series = {s: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, s) for s in series}
-    best = max(series, key=lambda s: (len(files_per_series[s]), s))
+    files_per_series = {s: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, s) for s in series_ids}
+    if series is not None:
+      if series not in files_per_series:
+        listing = ", ".join(f"{s} ({len(f)} files)" for s, f in sorted(files_per_series.items()))
+        raise ScanReadError(f"{path}: no DICOM series with UID {series!r}; the folder holds {listing}")
+      best = series
+    else:
+      best = max(series_ids, key=lambda s: (len(files_per_series[s]), s))
+      if len(series_ids) > 1:
+        # The UIDs go to the error message of a wrong --series only, not into outputs.
+        others = sorted(len(files_per_series[s]) for s in series_ids if s != best)
+        meta["warnings"].append(
+            f"the DICOM folder holds {len(series_ids)} series; scored the one with the most files "
+            f"({len(files_per_series[best])} files; the others have {others}); choose another with "
+            "--series UID (a wrong UID lists them)")
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files_per_series[best])  # sorted by slice position by GDCM
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -73,12 +117,14 @@ def _read_image(path: PathLike, what: str = "image") -> tuple[sitk.Image, dict]:
       img = reader.Execute()
     except RuntimeError as e:
       raise ScanReadError(f"{path}: cannot read DICOM series {best}: {_first_line(e)}") from None
+    _check_slice_positions(reader, len(files_per_series[best]), path)
     for tag, key in _SAFE_DICOM_TAGS.items():
       if reader.HasMetaDataKey(0, tag):
         meta[key] = reader.GetMetaData(0, tag).strip()
     meta["format"] = "dicom"
-    meta["num_series_in_folder"] = len(series)
+    meta["num_series_in_folder"] = len(series_ids)
   else:
+    check_complete(path)
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     try:
@@ -92,13 +138,120 @@ def _read_image(path: PathLike, what: str = "image") -> tuple[sitk.Image, dict]:
     for tag, key in _SAFE_DICOM_TAGS.items():
       if reader.HasMetaDataKey(tag):
         meta[key] = reader.GetMetaData(tag).strip()
-    meta["format"] = "dicom" if meta else _format_from_name(path)
+    meta["format"] = "dicom" if len(meta) > 1 else _format_from_name(path)
   if "kvp" in meta:
     try:
       meta["kvp"] = float(meta["kvp"])
     except ValueError:
       del meta["kvp"]
   return img, meta
+
+
+def _check_slice_positions(reader: sitk.ImageSeriesReader, n: int, path: str) -> None:
+  """Raises ScanReadError when a DICOM series' slices are not evenly spaced.
+
+  SimpleITK stacks the slices on one averaged spacing, so a missing slice would shift every
+  slice beyond it (and every lesion's volume) without a word. Positions are
+  ImagePositionPatient projected on the slice normal; series without positions pass.
+  """
+  if n < 3:
+    return
+  try:
+    cosines = [float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")]
+    pos = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")]
+                    for i in range(n)])
+  except (RuntimeError, ValueError):
+    return  # no (readable) position tags: nothing to check against
+  if len(cosines) != 6 or pos.shape != (n, 3):
+    return
+  normal = np.cross(cosines[:3], cosines[3:])
+  z = np.sort(pos @ normal)
+  gaps = np.diff(z)
+  median = float(np.median(gaps))
+  if median <= 0:
+    raise ScanReadError(f"{path}: DICOM slices share one position (duplicate slices?); "
+                        "remove the duplicates or pick one series with --series")
+  bad = np.flatnonzero(np.abs(gaps - median) > _SLICE_GAP_RTOL * median)
+  if bad.size:
+    i = int(bad[0])
+    raise ScanReadError(
+        f"{path}: DICOM slice positions are not evenly spaced ({bad.size} irregular gap(s); "
+        f"e.g. {gaps[i]:.2f} mm between slices {i} and {i + 1}, median {median:.2f} mm): missing "
+        "slices? Scoring on an averaged spacing would misplace every slice; export the complete "
+        "series")
+
+
+def check_complete(path: PathLike) -> None:
+  """Raises ScanReadError when an image file is cut short or (NIfTI) holds NaN/Inf voxels.
+
+  A `.gz` file must end with a clean end of the gzip stream. A NIfTI file (`.nii`,
+  `.nii.gz`; NIfTI-1 or -2) must hold at least the voxel bytes its header announces, and
+  float voxels are checked for NaN/Inf in the raw file, because SimpleITK reads a short
+  file by zero-filling and turns NaN into 0. Other formats are left to SimpleITK. Reads
+  the file once in 4 MiB chunks (memory stays bounded).
+  """
+  path = os.fspath(path)
+  name = os.path.basename(path).lower()
+  is_gz, is_nifti = name.endswith(".gz"), name.endswith((".nii", ".nii.gz"))
+  if not (is_gz or is_nifti):
+    return
+  try:
+    with (gzip.open(path, "rb") if is_gz else open(path, "rb")) as f:
+      chunk = f.read(540) if is_nifti else b""
+      need, dtype = _nifti_layout(chunk, path) if is_nifti else (None, None)
+      start, end = need if need is not None else (0, 0)
+      end += start
+      got, tail = 0, b""
+      while chunk:
+        if dtype is not None and got + len(chunk) > start and got < end:
+          data = chunk[max(start - got, 0):max(end - got, 0)]
+          tail = _check_finite(tail + data, dtype, path)
+        got += len(chunk)
+        chunk = f.read(1 << 22)
+  except (EOFError, OSError, zlib.error) as e:
+    raise ScanReadError(f"{path}: file is truncated or corrupt ({e}); the file was probably cut "
+                        "short (interrupted copy or full disk): copy or export it again") from None
+  if need is not None and got < end:
+    raise ScanReadError(
+        f"{path}: file is truncated: its header announces {need[1]} voxel bytes from offset "
+        f"{start}, the file holds {max(got - start, 0)}; copy or export it again")
+
+
+def _nifti_layout(header: bytes, path: str):
+  """((voxel offset, voxel bytes), float dtype or None) from a NIfTI-1/2 header."""
+  if len(header) < 348:
+    raise ScanReadError(f"{path}: file is truncated (shorter than a NIfTI header)")
+  for end in ("<", ">"):
+    size = struct.unpack(end + "i", header[:4])[0]
+    if size == 348:
+      dims = struct.unpack(end + "8h", header[40:56])
+      datatype, bitpix = struct.unpack(end + "2h", header[70:74])
+      offset = int(struct.unpack(end + "f", header[108:112])[0])
+      break
+    if size == 540 and len(header) >= 540:
+      datatype, bitpix = struct.unpack(end + "2h", header[12:16])
+      dims = struct.unpack(end + "8q", header[16:80])
+      offset = int(struct.unpack(end + "q", header[168:176])[0])
+      break
+  else:
+    return None, None  # not a NIfTI header we know: leave it to SimpleITK
+  ndim = int(dims[0])
+  if not 1 <= ndim <= 7 or any(int(d) < 0 for d in dims[1:ndim + 1]):
+    return None, None
+  count = int(np.prod([int(d) for d in dims[1:ndim + 1]], dtype=np.int64))
+  dtype = {16: np.dtype(end + "f4"), 64: np.dtype(end + "f8")}.get(int(datatype))
+  return (max(offset, size), count * max(int(bitpix), 0) // 8), dtype
+
+
+def _check_finite(buf: bytes, dtype: np.dtype, path: str) -> bytes:
+  """Raises on NaN/Inf among the whole float values in `buf`; returns the incomplete tail."""
+  n = len(buf) // dtype.itemsize * dtype.itemsize
+  values = np.frombuffer(buf[:n], dtype)
+  if not np.all(np.isfinite(values)):
+    bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+    raise ScanReadError(f"{path}: the file holds NaN or infinite voxel values (at least {bad}); "
+                        "fill them (e.g. with -1024 HU) before scoring")
+  return buf[n:]
 
 
 def _first_line(e: Exception) -> str:
@@ -133,8 +286,8 @@ def _check_geometry(img: sitk.Image, path: str, allow_2d: bool) -> sitk.Image:
   if dim == 2:
     if not allow_2d:
       raise ScanReadError(
-          f"{path}: 2D image (size {size}); a 3D volume is required for scoring "
-          "(pass allow_2d=True to read it as a 1-slice volume)")
+          f"{path}: 2D image (size {size}); a 3D volume is required for scoring (for a DICOM "
+          "series give the folder of all its slices, not one file)")
     img = sitk.JoinSeries(img)
   elif dim == 4 and size[3] == 1:
     img = img[:, :, :, 0]
@@ -144,7 +297,7 @@ def _check_geometry(img: sitk.Image, path: str, allow_2d: bool) -> sitk.Image:
   if not allow_2d and sum(s > 1 for s in size) < 3:
     raise ScanReadError(
         f"{path}: 2D image (size x,y,z = {size}, a single slice); a 3D volume is required for "
-        "scoring (pass allow_2d=True to read it as a 1-slice volume)")
+        "scoring (for a DICOM series give the folder of all its slices, not one file)")
   return img
 
 
@@ -169,11 +322,48 @@ def _check_ct_range(hu: np.ndarray, path: str) -> None:
         "(no tissue at all)")
   flat = hu.reshape(-1)
   step = max(1, flat.size // _PERCENTILE_SAMPLES)
-  p1, p99 = (float(v) for v in np.percentile(flat[::step], [1.0, 99.0]))
+  p1, p50, p99 = (float(v) for v in np.percentile(flat[::step], [1.0, 50.0, 99.0]))
   if p99 > _MAX_P99_HU or p1 > _MAX_P1_HU:
     raise ScanReadError(
         f"{path}: does not look like CT in HU: 1st-99th percentile range {p1:.1f}..{p99:.1f} "
         f"lies far outside -1024..4000 HU (unscaled raw values or another modality?)")
+  hmin = float(hu.min())
+  if hmin > _MAX_MIN_HU and p50 > _MAX_MEDIAN_HU:
+    raise ScanReadError(
+        f"{path}: does not look like CT in HU: no air, lung or fat (minimum {hmin:.0f} HU) and a "
+        f"median of {p50:.0f} HU (raw stored values without the rescale slope/intercept, or "
+        "another modality?)")
+
+
+def _out_of_range_warnings(hu: np.ndarray) -> list[str]:
+  """Warnings for more than a handful of voxels outside the physical CT range `CT_RANGE_HU`.
+
+  FOV padding (the scan's minimum, one constant value such as -2048 or -3024) is not counted.
+  """
+  lo, hi = CT_RANGE_HU
+  notes = []
+  n_high = int(np.count_nonzero(hu > hi))
+  if n_high > _OUT_OF_RANGE_VOXELS:
+    notes.append(f"{n_high} voxels above {hi:.0f} HU (maximum {float(hu.max()):.0f} HU): metal, or "
+                 "values wrapped by a wrong integer type; calcium scores there are not reliable")
+  low = hu < lo
+  n_low = int(np.count_nonzero(low & (hu != hu.min())))
+  if n_low > _OUT_OF_RANGE_VOXELS:
+    notes.append(f"{n_low} voxels below {lo:.0f} HU other than FOV padding (clipped to "
+                 f"{HU_FLOOR:.0f} HU): check the rescale slope/intercept")
+  return notes
+
+
+def _extent_warnings(img: sitk.Image) -> list[str]:
+  """A warning when the in-plane field of view is implausible for a chest CT (a wrong spacing
+  in the header, e.g. 0.1 mm for 1 mm, scores a 5 cm chest as a 5 mm one)."""
+  lo, hi = CHEST_FOV_MM
+  fov = [n * s for n, s in zip(img.GetSize()[:2], img.GetSpacing()[:2])]
+  if min(fov) < lo or max(fov) > hi:
+    return [f"the in-plane field of view is {fov[0]:.0f} x {fov[1]:.0f} mm, outside the "
+            f"{lo:.0f}-{hi:.0f} mm of a chest or heart CT: check the voxel spacing in the header "
+            f"({', '.join(f'{v:.3g}' for v in img.GetSpacing())} mm); volumes and scores scale with it"]
+  return []
 
 
 def _canonical(img: sitk.Image) -> sitk.Image:
@@ -204,7 +394,7 @@ def _same_grid(img: sitk.Image, like: Scan, rtol: float = 1e-5) -> bool:
 # Public API.
 
 
-def read_scan(path: PathLike, allow_2d: bool = False) -> Scan:
+def read_scan(path: PathLike, allow_2d: bool = False, series: Optional[str] = None) -> Scan:
   """Reads a CT volume in HU, validated and in canonical LPS orientation.
 
   Args:
@@ -212,19 +402,23 @@ def read_scan(path: PathLike, allow_2d: bool = False) -> Scan:
       with a DICOM series (the series with the most files is read, slices sorted by position;
       rescale slope/intercept are applied by SimpleITK).
     allow_2d: accept a single 2D image as a 1-slice volume (not usable for scoring).
+    series: SeriesInstanceUID of the DICOM series to read from a folder (default: the series
+      with the most files, noted in meta["warnings"] when the folder holds several).
 
   Returns:
     A `Scan` with `hu` float32 (z, y, x) in HU, values below -1024 (FOV padding) clipped to
     -1024, canonical LPS geometry, `source` = the file's geometry and orientation, and `meta`
-    holding only non-identifying fields ("format", and for DICOM "modality" / "kvp" if present).
+    holding only non-identifying fields ("format", "warnings": list of str, and for DICOM
+    "modality" / "kvp" if present).
 
   Raises:
     FileNotFoundError: the path does not exist.
-    ScanReadError: unreadable/corrupt file, 2D image (unless allowed), zero-size axis,
-      non-positive spacing, NaN/inf values, or values that do not look like CT in HU.
+    ScanReadError: unreadable/corrupt/truncated file, 2D image (unless allowed), zero-size
+      axis, non-positive spacing, NaN/inf values, values that do not look like CT in HU, a
+      DICOM series with unevenly spaced slices or an unknown `series`.
   """
   path = os.fspath(path)
-  img, meta = _read_image(path, "image")
+  img, meta = _read_image(path, "image", series=series)
   img = _check_geometry(img, path, allow_2d)
   source = _source_geometry(img, path)
   if source.orientation != CANONICAL:
@@ -233,6 +427,7 @@ def read_scan(path: PathLike, allow_2d: bool = False) -> Scan:
   if not np.all(np.isfinite(hu)):
     n_bad = int(np.size(hu) - np.count_nonzero(np.isfinite(hu)))
     raise ScanReadError(f"{path}: {n_bad} voxels hold NaN or infinite values")
+  meta["warnings"] += _out_of_range_warnings(hu) + _extent_warnings(img)
   np.maximum(hu, HU_FLOOR, out=hu)
   _check_ct_range(hu, path)
   spacing_zyx = tuple(float(s) for s in img.GetSpacing()[::-1])
@@ -305,17 +500,30 @@ def _to_sitk_dtype(array: np.ndarray) -> np.ndarray:
 
 
 def _atomic_write(img: sitk.Image, path: PathLike) -> None:
-  """Writes `img` to `path` atomically (also for multi-file formats such as .mhd + .raw)."""
+  """Writes `img` to `path` atomically (also for multi-file formats such as .mhd + .raw).
+
+  The written file is checked complete (`check_complete`) before it is moved into place: a
+  full disk can make SimpleITK stop writing early without an error.
+  """
   path = os.path.abspath(os.fspath(path))
   folder = os.path.dirname(path)
   os.makedirs(folder, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=".tmp-write-", dir=folder)
+  tmp = tempfile.mkdtemp(prefix=atomic.TMP_PREFIX + "write-", dir=folder)
   try:
     tmp_path = os.path.join(tmp, os.path.basename(path))
-    sitk.WriteImage(img, tmp_path, True)
+    try:
+      sitk.WriteImage(img, tmp_path, True)
+    except RuntimeError as e:
+      raise OSError(errno.EIO, f"cannot write the image ({_first_line(e)}; disk full?)", path) from None
+    try:
+      check_complete(tmp_path)
+    except ScanReadError:
+      raise OSError(errno.EIO, "the written file is incomplete (disk full?); nothing was "
+                    "moved into place", path) from None
     # Move companion data files (e.g. .raw of a .mhd) first and the named file last.
     names = sorted(os.listdir(tmp), key=lambda n: n == os.path.basename(path))
     for name in names:
+      os.chmod(os.path.join(tmp, name), 0o644)
       os.replace(os.path.join(tmp, name), os.path.join(folder, name))
   finally:
     shutil.rmtree(tmp, ignore_errors=True)
@@ -381,16 +589,17 @@ def write_scan(scan: Scan, path: PathLike) -> None:
   _atomic_write(img, path)
 
 
-def dicom_series_files(path: PathLike) -> list[str]:
-  """The files of the DICOM series `read_scan` reads from folder `path` (the series with the
-  most files), in GDCM's slice order: file k is slice k of the image as read, before
-  canonical reorientation (so of a label map written back by `write_like`)."""
+def dicom_series_files(path: PathLike, series: Optional[str] = None) -> list[str]:
+  """The files of the DICOM series `read_scan(path, series=series)` reads from folder `path`
+  (by default the series with the most files), in GDCM's slice order: file k is slice k of
+  the image as read, before canonical reorientation (so of a label map written back by
+  `write_like`)."""
   path = os.fspath(path)
-  series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(path)
-  if not series:
-    raise ScanReadError(f"{path}: folder holds no DICOM series")
-  files = {s: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, s) for s in series}
-  return list(files[max(series, key=lambda s: (len(files[s]), s))])
+  ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(path)
+  if not ids or (series is not None and series not in ids):
+    raise ScanReadError(f"{path}: no DICOM series" + (f" with UID {series!r}" if series else ""))
+  files = {s: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, s) for s in ids}
+  return list(files[series if series is not None else max(ids, key=lambda s: (len(files[s]), s))])
 
 
 def image_info(path: PathLike) -> dict:

@@ -66,16 +66,18 @@ def _resolve(folder: str, value: str) -> Optional[str]:
   return os.path.normpath(value if os.path.isabs(value) else os.path.join(folder, value))
 
 
-def read_manifest(csv_path, check_geometry: bool = True) -> list[ManifestRow]:
-  """Reads and validates a manifest.
+def read_manifest(csv_path, check_geometry: bool = True, split: Optional[str] = None) -> list[ManifestRow]:
+  """Reads and validates a manifest (the one validator every command uses).
 
   Args:
     csv_path: path of the CSV file.
     check_geometry: read image and label headers (not voxel data) to check that each label map
       is on its image's voxel grid and that masks are readable 3D images.
+    split: return only rows of this split; rows of other splits are still checked (ids,
+      domain) but their files are not looked at.
 
   Returns:
-    The rows in file order.
+    The (selected) rows in file order.
 
   Raises:
     FileNotFoundError: the manifest itself does not exist.
@@ -86,17 +88,20 @@ def read_manifest(csv_path, check_geometry: bool = True) -> list[ManifestRow]:
   if not os.path.isfile(csv_path):
     raise FileNotFoundError(f"manifest not found: {csv_path}")
   folder = os.path.dirname(os.path.abspath(csv_path))
-  with open(csv_path, newline="", encoding="utf-8-sig") as f:
-    reader = csv.DictReader(f)
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    missing = [c for c in COLUMNS if c not in header]
-    if missing:
-      raise ManifestError(csv_path, [f"missing column(s) {missing}; header is {header}, "
-                                     f"expected {list(COLUMNS)}"])
-    raw_rows = []
-    for record in reader:
-      raw_rows.append((reader.line_num, {(k or "").strip(): (v or "").strip()
-                                         for k, v in record.items() if k is not None}))
+  try:
+    with open(csv_path, newline="", encoding="utf-8-sig") as f:
+      reader = csv.DictReader(f)
+      header = [h.strip() for h in (reader.fieldnames or [])]
+      missing = [c for c in COLUMNS if c not in header]
+      if missing:
+        raise ManifestError(csv_path, [f"missing column(s) {missing}; header is {header}, "
+                                       f"expected {list(COLUMNS)}"])
+      raw_rows = []
+      for record in reader:
+        raw_rows.append((reader.line_num, {(k or "").strip(): (v or "").strip()
+                                           for k, v in record.items() if k is not None}))
+  except (UnicodeDecodeError, csv.Error) as e:
+    raise ManifestError(csv_path, [f"not a UTF-8 CSV text file ({e})"]) from None
 
   errors: list[str] = []
   rows: list[ManifestRow] = []
@@ -117,6 +122,9 @@ def read_manifest(csv_path, check_geometry: bool = True) -> list[ManifestRow]:
     if domain not in DOMAINS:
       row_errors.append(f"{where}: unknown domain {rec['domain']!r}; expected one of {DOMAINS}")
     paths = {c: _resolve(folder, rec[c]) for c in ("image", "label", "heart_mask", "aorta_mask")}
+    if split is not None and rec["split"] != split:
+      errors.extend(row_errors)
+      continue
     if paths["image"] is None:
       row_errors.append(f"{where}: empty image path")
     for column, p in paths.items():

@@ -36,6 +36,18 @@ RESEARCH_NOTICE = ("Research use only; not a medical device. These scores come f
 # Plausibility limits: beyond them a result is reported with a warning (not changed).
 MAX_PLAUSIBLE_LESIONS = 100
 MAX_PLAUSIBLE_CORONARY_MM3 = 5000.0
+# Refusal limits, checked before any inference. Voxels at or above the calcium threshold are
+# bone, calcium and contrast: 7 % of the shared real contrast CT (a tight chest crop) at its
+# CCTA threshold, 23 % even at the NCCT 130 HU. Far more means the values are not HU (raw
+# stored values, another modality), and planning inference over them would take very long.
+MAX_CANDIDATE_FRACTION = 0.4
+# Largest native or working grid scored (voxels): 2**28 float32 voxels = 1 GiB per copy, and
+# scoring holds several volume-sized arrays (distance transforms, labels).
+MAX_GRID_VOXELS = 1 << 28
+
+
+class ImplausibleScanError(ValueError):
+  """The scan cannot be scored sensibly (not CT-like, or too large a grid); says why."""
 
 
 class OutputExistsError(FileExistsError):
@@ -162,7 +174,8 @@ def score_scan(scan: Scan, params, config: ml_collections.ConfigDict, *, domain:
   `report["settings"]["heart_filter"]` whether the heart filter actually ran.
   """
   settings = fp_settings or postprocess.FPReductionSettings.from_config(config.scoring)
-  notes: list[str] = []
+  check_grid_size(scan, config)
+  notes: list[str] = list(scan.meta.get("warnings", []))
   report: dict[str, Any] = {"notice": RESEARCH_NOTICE, "versions": _versions(),
                             "settings": dataclasses.asdict(settings), "coronary_score": True,
                             "input": {"shape_zyx": list(scan.shape), "spacing_zyx_mm": list(scan.spacing)}}
@@ -201,6 +214,7 @@ def score_scan(scan: Scan, params, config: ml_collections.ConfigDict, *, domain:
     report["settings"]["heart_filter"] = False  # no region: the filter cannot run
     notes.append("no heart mask given: candidates are not restricted to the heart region")
   report["num_candidates"] = int(candidate_mask(scan.hu, thr, region).sum())
+  _check_candidate_fraction(report["num_candidates"], scan.hu.size if region is None else int(region.sum()), thr)
   if report["num_candidates"] == 0:
     return _empty_result(scan, domain, report, notes, f"no candidate voxels >= {thr:.1f} HU; result is all zero")
   raw = detect(scan, params, config, thr, region)
@@ -251,36 +265,71 @@ def plausibility_warnings(classes: np.ndarray, scan: Scan, score: dict, heart_ma
   return out
 
 
+def check_grid_size(scan: Scan, config) -> None:
+  """Raises ImplausibleScanError when the native or working grid exceeds MAX_GRID_VOXELS.
+
+  Estimated from the header geometry before anything volume-sized is allocated (a wrong
+  spacing in a header, e.g. 10 mm for 1 mm, would otherwise make resampling try to allocate
+  many GiB and die).
+  """
+  from cac_jax import preprocess  # SimpleITK only; keeps this module's imports light
+  working = preprocess.resampled_shape(scan.shape, scan.spacing, tuple(config.data.working_spacing))
+  for what, shape in (("native", scan.shape), ("working", working)):
+    n = int(np.prod(np.asarray(shape, np.int64)))
+    if n > MAX_GRID_VOXELS:
+      raise ImplausibleScanError(
+          f"the scan's {what} grid would be {tuple(int(v) for v in shape)} voxels (z, y, x) = "
+          f"{n / 2**20:.0f} Mi voxels, above the limit of {MAX_GRID_VOXELS / 2**20:.0f} Mi "
+          f"(spacing {tuple(round(v, 4) for v in scan.spacing)} mm): check the voxel spacing in "
+          "the header, or crop the scan to the chest")
+
+
+def _check_candidate_fraction(n: int, total: int, thr: float) -> None:
+  if total and n / total > MAX_CANDIDATE_FRACTION:
+    raise ImplausibleScanError(
+        f"{n / total:.0%} of the scanned voxels are at or above the calcium threshold "
+        f"{thr:.0f} HU (a CT has a few percent): the values are not CT in HU (raw stored values, "
+        "another modality?) or the wrong --domain was given")
+
+
 def check_outputs_free(output_dir: str, overwrite: bool) -> None:
-  """Raise OutputExistsError if any output file exists in output_dir and not `overwrite`."""
+  """Raise OutputExistsError if any output file exists in output_dir and not `overwrite`.
+
+  Outputs without scores.json (moved into place last by `write_outputs`) are the remains of
+  a run killed while moving its files into place, not a result: they are replaced.
+  """
   existing = [f for f in OUTPUT_FILES + DICOM_OUTPUT_FILES if os.path.exists(os.path.join(output_dir, f))]
-  if existing and not overwrite:
+  if existing and "scores.json" in existing and not overwrite:
     raise OutputExistsError(f"outputs already exist in {output_dir}: {', '.join(existing)} "
                             "(pass --overwrite to replace them)")
 
 
 def write_outputs(result: ScoringResult, scan: Scan, output_dir: str, *, overwrite: bool = False) -> dict[str, str]:
-  """Write the outputs of one scan into output_dir, each atomically. Returns {name: path}.
+  """Write the outputs of one scan into output_dir, all or nothing (`atomic.write_set`: each
+  file is checked complete, then moved into place, scores.json last). Returns {name: path}.
 
   calcium_labels.nii.gz: reference-encoded labels on the input's grid; beside it
   calcium_labels.itksnap.txt (ITK-SNAP label descriptions) and calcium_labels.slicer.ctbl
   (3D Slicer colour table) with the class names and colours; lesions.csv
-  (`scores.lesion_table`); scores.json (the report); overlay.png.
+  (`scores.lesion_table`); overlay.png; scores.json (the report).
   """
   from cac_jax import io, plots
   os.makedirs(output_dir, exist_ok=True)
   check_outputs_free(output_dir, overwrite)
-  paths = {name: os.path.join(output_dir, name) for name in OUTPUT_FILES}
-  io.write_like(labels_lib.classes_to_reference(result.classes), scan, paths["calcium_labels.nii.gz"])
-  atomic.write_text(paths["calcium_labels.itksnap.txt"], labels_lib.itksnap_label_description())
-  atomic.write_text(paths["calcium_labels.slicer.ctbl"], labels_lib.slicer_colour_table())
-  calibration = result.report["scores"].get("calibration") if result.report["scores"].get("mass_calibrated") else None
-  atomic.write_csv(paths["lesions.csv"], scores.LESION_FIELDS,
-                   scores.lesion_table(result.classes, scan.hu, scan, calibration))
-  atomic.write_text(paths["scores.json"], json.dumps(result.report, indent=2, default=_json_default))
-  plots.overlay_png(scan.hu, result.classes, paths["overlay.png"], scan.spacing, title=overlay_title(result.report),
-                    z_positions_mm=_z_positions_mm(scan), region=result.heart)
-  return paths
+  atomic.remove_stale(output_dir)  # leftovers of a killed run (the caller holds the folder)
+  text = json.dumps(result.report, indent=2, default=_json_default)
+  s = result.report["scores"]
+  calibration = s.get("calibration") if s.get("mass_calibrated") else None
+  return atomic.write_set(output_dir, {
+      "calcium_labels.nii.gz": lambda p: io.write_like(labels_lib.classes_to_reference(result.classes), scan, p),
+      "calcium_labels.itksnap.txt": lambda p: atomic.write_text(p, labels_lib.itksnap_label_description()),
+      "calcium_labels.slicer.ctbl": lambda p: atomic.write_text(p, labels_lib.slicer_colour_table()),
+      "lesions.csv": lambda p: atomic.write_csv(p, scores.LESION_FIELDS,
+                                                scores.lesion_table(result.classes, scan.hu, scan, calibration)),
+      "overlay.png": lambda p: plots.overlay_png(scan.hu, result.classes, p, scan.spacing,
+                                                 title=overlay_title(result.report),
+                                                 z_positions_mm=_z_positions_mm(scan), region=result.heart),
+      "scores.json": lambda p: atomic.write_text(p, text)}, last="scores.json")
 
 
 def _z_positions_mm(scan: Scan) -> np.ndarray:
@@ -295,7 +344,8 @@ def overlay_title(report: dict) -> str:
   from cac_jax import plots  # pylint: disable=g-import-not-at-top
   s = report["scores"]
   thr = report.get("threshold", {}).get("threshold_hu")
-  name = report.get("input", {}).get("image", "scan")
+  image = report.get("input", {}).get("image")  # None unless the input path may be recorded
+  name = os.path.basename(image) if image else "scan"
   score = (f"total Agatston {s['total']['agatston']:.0f} ({s['risk_category']})" if report.get("coronary_score", True)
            else "no coronary score")
   return (f"{name}: {score}, threshold {'n/a' if thr is None else f'{thr:.0f} HU'}, "

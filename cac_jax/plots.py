@@ -9,7 +9,6 @@ overlay without lesions, still produce a figure that states why it is (nearly) e
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Optional, Sequence
 
 import matplotlib
@@ -20,6 +19,7 @@ from matplotlib import figure as mfigure  # noqa: E402
 from matplotlib import patches as mpatches  # noqa: E402
 import numpy as np  # noqa: E402
 
+from cac_jax import atomic  # noqa: E402
 from cac_jax import labels as labels_lib  # noqa: E402
 from cac_jax import metrics  # noqa: E402
 
@@ -29,19 +29,19 @@ CLASS_COLOURS = labels_lib.CLASS_COLOURS
 CLASS_LABELS = labels_lib.CLASS_DISPLAY_NAMES
 
 
+def _check_png(path: str) -> None:
+  """Raises OSError unless `path` ends with a PNG's IEND chunk (a short write drops it)."""
+  with open(path, "rb") as f:
+    f.seek(max(os.path.getsize(path) - 12, 0))
+    if f.read(12)[4:8] != b"IEND":
+      raise OSError(f"{path}: incomplete PNG (disk full?)")
+
+
 def _save_atomic(fig: mfigure.Figure, path: str, dpi: int = 100) -> str:
   path = os.fspath(path)
-  folder = os.path.dirname(os.path.abspath(path))
-  os.makedirs(folder, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".png", prefix=".tmp_", dir=folder)
-  try:
-    with os.fdopen(fd, "wb") as f:
-      fig.savefig(f, format="png", dpi=dpi)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi), suffix=".png",
+                    verify=_check_png)
   return path
 
 

@@ -58,15 +58,19 @@ def masks_from_dir(masks_dir: str) -> tuple[str, Optional[str]]:
 def score_file(image: str, checkpoint: str, output_dir: str, *, heart_mask: Optional[str] = AUTO,
                aorta_mask: Optional[str] = None, masks_dir: Optional[str] = None, domain: str = "auto",
                overwrite: bool = False, calibration: Optional[float] = None, fp: Optional[dict] = None,
-               loaded=None) -> dict[str, Any]:
+               loaded=None, series: Optional[str] = None, record_input_path: bool = False) -> dict[str, Any]:
   """Score one scan file and write its outputs into output_dir; returns the report dict.
 
   heart_mask: a mask file, "auto" (find the heart region in the scan, `cac_jax.heart_region`)
   or "none"/None (no heart region: every candidate is classified). masks_dir: a
   TotalSegmentator output folder whose heart.nii.gz (and aorta.nii.gz, unless `aorta_mask` is
   given) are used instead. loaded: `load_model`'s result (or `checkpoints.load_inference`'s
-  (params, config)), to score many scans with one load.
-  Outputs are checked before any work so an existing result is never half-replaced.
+  (params, config)), to score many scans with one load. A DICOM folder also gets a DICOM
+  SEG and SR (`cac_jax.dicom_seg`) referencing the series scored.
+  Outputs are checked before any work so an existing result is never half-replaced (the
+  caller claims output_dir with `atomic.claim_dir`). The input path is stored in scores.json
+  only with `record_input_path` (a file or folder name can carry a patient's name). `series`
+  picks a DICOM series of a folder by UID.
   """
   pipeline.check_outputs_free(output_dir, overwrite)
   if loaded is not None and len(loaded) == 2:  # (params, config) as checkpoints.load_inference returns
@@ -75,7 +79,7 @@ def score_file(image: str, checkpoint: str, output_dir: str, *, heart_mask: Opti
   if masks_dir:
     heart_mask, dir_aorta = masks_from_dir(masks_dir)
     aorta_mask = aorta_mask or dir_aorta
-  scan = io.read_scan(image)
+  scan = io.read_scan(image, series=series)
   heart = None
   if heart_mask and heart_mask not in (AUTO, NONE):
     heart = io.read_mask(heart_mask, scan) > 0
@@ -83,24 +87,25 @@ def score_file(image: str, checkpoint: str, output_dir: str, *, heart_mask: Opti
   result = pipeline.score_scan(scan, params, config, domain=domain, heart_mask=heart, aorta_mask=aorta,
                                fp_settings=_fp_settings(config, fp), calibration=calibration,
                                auto_heart=heart_mask == AUTO)
-  result.report["input"]["image"] = os.path.basename(str(image))
-  if heart is not None:
-    result.report["heart_region"]["file"] = os.path.basename(str(heart_mask))
+  result.report["input"]["image"] = os.path.abspath(str(image)) if record_input_path else None
+  if heart is not None and record_input_path:
+    result.report["heart_region"]["file"] = os.path.abspath(str(heart_mask))
   result.report["provenance"] = prov
   result.report["warnings"] = provenance_warnings(prov) + result.report["warnings"]
   paths = pipeline.write_outputs(result, scan, output_dir, overwrite=overwrite)
   if os.path.isdir(image):  # DICOM input: also a DICOM SEG and SR referencing the source series
-    write_dicom_seg(image, paths["calcium_labels.nii.gz"], os.path.join(output_dir, dicom_seg.SEG_FILE))
-    dicom_seg.write_sr(result.report["scores"], io.dicom_series_files(image), os.path.join(output_dir, dicom_seg.SR_FILE))
+    files = io.dicom_series_files(image, series)
+    write_dicom_seg(files, paths["calcium_labels.nii.gz"], os.path.join(output_dir, dicom_seg.SEG_FILE))
+    dicom_seg.write_sr(result.report["scores"], files, os.path.join(output_dir, dicom_seg.SR_FILE))
   return result.report
 
 
-def write_dicom_seg(dicom_dir: str, labels_file: str, path: str) -> str:
+def write_dicom_seg(series_files: list[str], labels_file: str, path: str) -> str:
   """DICOM SEG of a written label map (reference-encoded, on the series' own grid, as
-  `pipeline.write_outputs` writes it) referencing the series in `dicom_dir`."""
+  `pipeline.write_outputs` writes it) referencing `series_files` (`io.dicom_series_files`)."""
   import SimpleITK as sitk  # pylint: disable=g-import-not-at-top
   ref = sitk.GetArrayFromImage(sitk.ReadImage(labels_file))  # (file, row, column)
-  return dicom_seg.write_seg(labels.reference_to_classes(ref), io.dicom_series_files(dicom_dir), path)
+  return dicom_seg.write_seg(labels.reference_to_classes(ref), series_files, path)
 
 
 def summary_line(name: str, report: dict) -> str:
@@ -142,15 +147,16 @@ def csv_row(case_id: str, report: dict) -> dict[str, Any]:
 
 def score_manifest(manifest_csv: str, checkpoint: str, output_dir: str, *, split: Optional[str] = None,
                    domain: str = "auto", overwrite: bool = False, calibration: Optional[float] = None,
-                   fp: Optional[dict] = None, progress: bool = False, heart_default: Optional[str] = AUTO) -> str:
+                   fp: Optional[dict] = None, progress: bool = False, heart_default: Optional[str] = AUTO,
+                   record_input_path: bool = False) -> str:
   """Score every (selected) row of a manifest into output_dir/<id>/; writes output_dir/scores.csv.
 
   domain "auto" uses each row's manifest domain; rows without a heart mask use
   `heart_default` ("auto" or "none", as `score_file`'s heart_mask). Returns the CSV path.
   """
-  rows = [r for r in manifest.read_manifest(manifest_csv) if split is None or r.split == split]
+  rows = manifest.read_manifest(manifest_csv, split=split)
   if not rows:
-    raise ValueError(f"{manifest_csv}: no rows" + (f" with split {split!r}" if split else ""))
+    raise ValueError(f"{manifest_csv}: no rows" + (f" with split {split!r} (--split)" if split else ""))
   csv_path = os.path.join(output_dir, "scores.csv")
   if os.path.exists(csv_path) and not overwrite:
     raise pipeline.OutputExistsError(f"{csv_path} exists (pass --overwrite to replace it)")
@@ -163,8 +169,8 @@ def score_manifest(manifest_csv: str, checkpoint: str, output_dir: str, *, split
   for row in it:
     report = score_file(row.image, checkpoint, os.path.join(output_dir, row.id),
                         heart_mask=row.heart_mask or heart_default, aorta_mask=row.aorta_mask,
-                        domain=row.domain if domain == "auto" else domain,
-                        overwrite=overwrite, calibration=calibration, fp=fp, loaded=loaded)
+                        domain=row.domain if domain == "auto" else domain, overwrite=overwrite,
+                        calibration=calibration, fp=fp, loaded=loaded, record_input_path=record_input_path)
     out_rows.append(csv_row(row.id, report))
   os.makedirs(output_dir, exist_ok=True)
   atomic.write_csv(csv_path, CSV_FIELDS, out_rows)

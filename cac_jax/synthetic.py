@@ -4,7 +4,7 @@ Each sample is three orthogonal views through the centre of a small 3D scene: a 
 soft-tissue background with up to two spherical "calcifications" (bright blobs), each of a
 class 1..6 whose brightness depends on the class. Spheres are rendered analytically in
 each view plane, so the three views are geometrically consistent and the centre voxel has
-the same class in every view. Batches follow `docs/CONTRACTS.md`:
+the same class in every view. Batches follow `docs/architecture.md`:
 
   source: {"views": f32 (3, B, P, P, 1) normalised HU, "labels": i32 (3, B, o, o)}
   target: {"views": f32 (3, B, P, P, 1)}

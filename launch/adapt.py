@@ -12,9 +12,11 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from cac_jax import atomic
 from cac_jax import checkpoints
 from cac_jax import train
 from cac_jax.train import data as data_lib
+from launch import _cli
 from launch import train_flags as common
 
 flags.adopt_module_key_flags(common)  # --split, --multihost, --quiet_orbax in --help
@@ -33,18 +35,24 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   common.init_runtime()
   config = _CONFIG.value
-  params, source_config = checkpoints.load_inference(_SOURCE_CHECKPOINT.value)
-  if source_config.model.to_json() != config.model.to_json():
-    raise app.UsageError(f"--config model section differs from the source checkpoint's "
-                         f"({_SOURCE_CHECKPOINT.value}/config.json)")
-  if bool(_SOURCE_MANIFEST.value) != bool(_TARGET_MANIFEST.value):
-    raise app.UsageError("give both --source_manifest and --target_manifest, or neither (synthetic data)")
-  data = None
-  if _SOURCE_MANIFEST.value:
-    data = data_lib.manifest_streams(config, _SOURCE_MANIFEST.value, _TARGET_MANIFEST.value, split=common.split())
-  state = train.adapt(config, _WORKDIR.value, params, data, resume=_RESUME.value)
+  with atomic.claim_dir(_WORKDIR.value, "--workdir"):  # checked and locked before any computation
+    params, source_config = checkpoints.load_inference(_SOURCE_CHECKPOINT.value)
+    if source_config.model.to_json() != config.model.to_json():
+      raise app.UsageError(f"--config model section differs from the source checkpoint's "
+                           f"({_SOURCE_CHECKPOINT.value}/config.json)")
+    if bool(_SOURCE_MANIFEST.value) != bool(_TARGET_MANIFEST.value):
+      raise app.UsageError("give both --source_manifest and --target_manifest, or neither (synthetic data)")
+    data = None
+    if _SOURCE_MANIFEST.value:
+      data = data_lib.manifest_streams(config, _SOURCE_MANIFEST.value, _TARGET_MANIFEST.value, split=common.split())
+    state = train.adapt(config, _WORKDIR.value, params, data, resume=_RESUME.value)
   print(f"adaptation done at generator step {int(state.step)}; export in {_WORKDIR.value}/export")
 
 
+def flag_paths():
+  return {"--source_checkpoint": _SOURCE_CHECKPOINT.value, "--source_manifest": _SOURCE_MANIFEST.value,
+          "--target_manifest": _TARGET_MANIFEST.value, "--workdir": _WORKDIR.value}
+
+
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main, flag_paths=flag_paths)

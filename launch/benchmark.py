@@ -14,7 +14,6 @@ import time
 
 import jax
 import numpy as np
-from absl import app
 from absl import flags
 
 from cac_jax import models
@@ -24,6 +23,7 @@ from cac_jax.train import sharding
 from cac_jax.train import source
 from cac_jax.train import state as state_lib
 from configs import paper, tiny
+from launch import _cli
 
 _CONFIGS = flags.DEFINE_list("configs", ["tiny", "paper"], "Configs to benchmark.")
 _ITERS = flags.DEFINE_integer("iters", 3, "Timed calls per step after one warm-up call.")
@@ -152,4 +152,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

@@ -22,8 +22,8 @@ import sys
 import tempfile
 import time
 
-from absl import app
 from absl import flags
+from launch import _cli
 
 _CONFIGS = flags.DEFINE_list("configs", ["tiny", "paper"], "Configs to benchmark (configs/<name>.py).")
 _SHAPE = flags.DEFINE_list("shape", ["80", "310", "310"], "Volume (z, y, x) at working spacing.")
@@ -237,4 +237,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

@@ -5,7 +5,6 @@
 
 import time
 
-from absl import app
 from absl import flags
 import numpy as np
 
@@ -13,6 +12,7 @@ from cac_jax import models
 from cac_jax import sampling
 from cac_jax.scan import Case, Scan
 from configs import paper, tiny
+from launch import _cli
 
 _NUM_CASES = flags.DEFINE_integer("num_cases", 3, "Synthetic cases.")
 _SHAPE = flags.DEFINE_list("shape", ["120", "300", "300"], "Case shape (z, y, x) in voxels.")
@@ -78,4 +78,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

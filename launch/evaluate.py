@@ -10,7 +10,8 @@ results.csv, bland_altman.png and report.html into --output_dir and prints the r
 from absl import app
 from absl import flags
 
-from cac_jax import evaluation
+from cac_jax import atomic, evaluation
+from launch import _cli
 
 _PREDICTIONS = flags.DEFINE_string("predictions", None, "Folder with one subfolder per case id.")
 _MANIFEST = flags.DEFINE_string("manifest", None, "Manifest CSV (id,image,label,...,split).")
@@ -24,13 +25,15 @@ flags.mark_flags_as_required(["predictions", "manifest", "output_dir"])
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  try:
+  with atomic.claim_dir(_OUTPUT_DIR.value):  # checked and locked before any computation
     results = evaluation.evaluate_dataset(_PREDICTIONS.value, _MANIFEST.value, split=_SPLIT.value,
                                           allow_missing=_ALLOW_MISSING.value)
-  except (ValueError, FileNotFoundError) as e:
-    raise SystemExit(f"evaluate: error: {e}") from None
-  print(evaluation.write_report(results, _OUTPUT_DIR.value, predictions_dir=_PREDICTIONS.value), end="")
+    print(evaluation.write_report(results, _OUTPUT_DIR.value, predictions_dir=_PREDICTIONS.value), end="")
+
+
+def flag_paths():
+  return {"--predictions": _PREDICTIONS.value, "--manifest": _MANIFEST.value, "--output_dir": _OUTPUT_DIR.value}
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main, flag_paths=flag_paths)

@@ -11,6 +11,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from cac_jax import phantoms
+from launch import _cli
 
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Project config.")
 _OUT = flags.DEFINE_string("output_dir", None, "Data-set folder (manifest merged if present).")
@@ -60,4 +61,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

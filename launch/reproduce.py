@@ -1,7 +1,7 @@
 r"""The paper's Table 2 on phantoms: make data, train source, adapt, score, evaluate.
 
   python -m launch.reproduce --config configs/demo.py --workdir runs/demo
-  python -m launch.reproduce --config configs/demo.py --workdir runs/demo3 --seeds 0,1,2
+  python -m launch.reproduce --config configs/benchmark.py --workdir runs/benchmark   # seeds 0, 1, 2
   python -m launch.reproduce --config configs/paper.py --workdir runs/paper   # a GPU
 """
 
@@ -10,23 +10,26 @@ import json
 import logging
 import os
 
-from absl import app, flags
+from absl import flags
 from ml_collections import config_flags
 
 from cac_jax import atomic, experiment, html_report
+from launch import _cli
 from launch import train_flags
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config.")
 flags.DEFINE_string("workdir", "runs/demo", "Where data, checkpoints and results go (reused when complete).")
-flags.DEFINE_list("seeds", None, "Experiment seeds (default: config.seed); several give mean (SD) over seeds.")
+flags.DEFINE_list("seeds", None, "Experiment seeds (default: config.experiment.seeds, else config.seed); "
+                  "several give mean (SD) over seeds and one gap share over them.")
 
 
 def main(argv):
   del argv
   train_flags.init_runtime()
   log = logging.getLogger("cac_jax.reproduce")
-  seeds = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else [FLAGS.config.seed]
+  default = FLAGS.config.experiment.get("seeds", None) or (FLAGS.config.seed,)
+  seeds = [int(s) for s in FLAGS.seeds] if FLAGS.seeds else [int(s) for s in default]
   results = []
   for seed in seeds:
     wd = FLAGS.workdir if len(seeds) == 1 else os.path.join(FLAGS.workdir, f"seed{seed}")
@@ -50,4 +53,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

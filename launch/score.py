@@ -13,7 +13,8 @@ import logging as std_logging
 
 from absl import app, flags, logging
 
-from cac_jax import scoring_cli
+from cac_jax import atomic, scoring_cli
+from launch import _cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("image", None, "Scan: NIfTI/MHA/NRRD file or DICOM series folder.")
@@ -32,20 +33,28 @@ flags.DEFINE_bool("overwrite", False, "Replace existing outputs.")
 flags.DEFINE_float("calibration", None, "Mass-score calibration factor (mg HA/cm³ per HU).")
 flags.DEFINE_bool("region_growing", True, "FP reduction: grow detections to 6-connected lesions.")
 flags.DEFINE_bool("size_limits", True, "FP reduction: drop lesions <1 mm³ or >500 mm³.")
+flags.DEFINE_string("series", None, "DICOM folder with several series: the SeriesInstanceUID to score (default: the series with the most files).")
+flags.DEFINE_bool("record_input_path", False, "Store the input's full path in scores.json (off: a path can carry a patient's name).")
 flags.DEFINE_bool("heart_filter", True, "FP reduction: drop lesions outside the dilated heart mask (inference then runs only there; --noheart_filter classifies every candidate).")
 
 
 def main(argv):
   del argv
-  for name in ("absl", "jax"):  # Orbax's INFO lines on restore, JAX's backend probing
-    std_logging.getLogger(name).setLevel(std_logging.WARNING)
   if bool(FLAGS.image) == bool(FLAGS.manifest):
     raise app.UsageError("give exactly one of --image or --manifest")
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
+  std_logging.getLogger("jax").setLevel(std_logging.WARNING)  # and JAX its backend probing
   fp = dict(region_growing=FLAGS.region_growing, size_limits=FLAGS.size_limits, heart_filter=FLAGS.heart_filter)
+  with atomic.claim_dir(FLAGS.output_dir):  # checked and locked before any computation
+    _score(fp)
+
+
+def _score(fp):
   if FLAGS.image:
     report = scoring_cli.score_file(FLAGS.image, FLAGS.checkpoint, FLAGS.output_dir, heart_mask=FLAGS.heart_mask,
-                                    aorta_mask=FLAGS.aorta_mask, masks_dir=FLAGS.masks_dir, domain=FLAGS.domain, overwrite=FLAGS.overwrite,
-                                    calibration=FLAGS.calibration, fp=fp)
+                                    aorta_mask=FLAGS.aorta_mask, masks_dir=FLAGS.masks_dir, domain=FLAGS.domain,
+                                    overwrite=FLAGS.overwrite, calibration=FLAGS.calibration, fp=fp,
+                                    series=FLAGS.series, record_input_path=FLAGS.record_input_path)
     for line in report["warnings"]:
       logging.warning(line)
     print(scoring_cli.summary_line(FLAGS.image, report))
@@ -55,10 +64,15 @@ def main(argv):
     csv_path = scoring_cli.score_manifest(FLAGS.manifest, FLAGS.checkpoint, FLAGS.output_dir, split=FLAGS.split,
                                           domain=FLAGS.domain, overwrite=FLAGS.overwrite,
                                           calibration=FLAGS.calibration, fp=fp, progress=True,
-                                          heart_default=FLAGS.heart_mask)
+                                          heart_default=FLAGS.heart_mask, record_input_path=FLAGS.record_input_path)
     print(f"scores of every scan: {csv_path}")
     print(scoring_cli.pipeline.RESEARCH_NOTICE)
 
 
+def flag_paths():
+  return {f"--{name}": FLAGS[name].value for name in ("image", "heart_mask", "aorta_mask", "masks_dir", "manifest",
+                                                      "checkpoint", "output_dir")}
+
+
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main, flag_paths=flag_paths)

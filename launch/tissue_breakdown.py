@@ -19,6 +19,7 @@ from absl import logging
 
 from cac_jax import atomic, checkpoints, experiment, postprocess
 from cac_jax import tissue_breakdown as tb
+from launch import _cli
 
 _CHECKPOINTS = flags.DEFINE_list("checkpoints", None, "name=export_dir pairs (or bare export dirs).")
 _ROLE = flags.DEFINE_enum("role", "ccta_test", list(experiment.ROLES), "Experiment data role to re-simulate.")
@@ -44,10 +45,9 @@ def main(argv):
   if _NUM.value < 1:
     raise app.UsageError("--num_cases must be >= 1")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
-  try:
-    models = [(name, *checkpoints.load_inference(path)) for name, path in _named(_CHECKPOINTS.value)]
-  except checkpoints.CheckpointError as e:
-    raise SystemExit(f"tissue_breakdown: error: {e}") from None
+  if _OUT.value:
+    atomic.check_dir(_OUT.value)  # before any computation
+  models = [(name, *checkpoints.load_inference(path)) for name, path in _named(_CHECKPOINTS.value)]
   config = models[0][2]
   for name, _, cfg in models[1:]:
     if (cfg.model.to_dict(), cfg.data.to_dict()) != (config.model.to_dict(), config.data.to_dict()):
@@ -69,4 +69,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main)

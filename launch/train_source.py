@@ -11,8 +11,10 @@ from absl import app
 from absl import flags
 from ml_collections import config_flags
 
+from cac_jax import atomic
 from cac_jax import train
 from cac_jax.train import data as data_lib
+from launch import _cli
 from launch import train_flags as common
 
 flags.adopt_module_key_flags(common)  # --split, --multihost, --quiet_orbax in --help
@@ -29,12 +31,17 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   common.init_runtime()
   config = _CONFIG.value
-  data = None
-  if _SOURCE_MANIFEST.value:
-    data = data_lib.manifest_streams(config, _SOURCE_MANIFEST.value, split=common.split())
-  state = train.train_source(config, _WORKDIR.value, data, resume=_RESUME.value)
+  with atomic.claim_dir(_WORKDIR.value, "--workdir"):  # checked and locked before any computation
+    data = None
+    if _SOURCE_MANIFEST.value:
+      data = data_lib.manifest_streams(config, _SOURCE_MANIFEST.value, split=common.split())
+    state = train.train_source(config, _WORKDIR.value, data, resume=_RESUME.value)
   print(f"source training done at step {int(state.step)}; export in {_WORKDIR.value}/export")
 
 
+def flag_paths():
+  return {"--source_manifest": _SOURCE_MANIFEST.value, "--workdir": _WORKDIR.value}
+
+
 if __name__ == "__main__":
-  app.run(main)
+  _cli.run(main, flag_paths=flag_paths)

@@ -31,3 +31,10 @@ def tiny_params(tiny_config):
   from cac_jax import checkpoints, models  # pylint: disable=g-import-not-at-top
   p = models.init_params(tiny_config, jax.random.key(0))
   return {k: p[k] for k in checkpoints.INFERENCE_KEYS}
+
+
+@pytest.fixture(scope="session")
+def tiny_export(tmp_path_factory, tiny_config, tiny_params) -> str:
+  """An exported inference checkpoint of the tiny config with random weights (seed 0)."""
+  from cac_jax import checkpoints  # pylint: disable=import-outside-toplevel
+  return checkpoints.export_inference(tmp_path_factory.mktemp("tiny_ckpt") / "export", tiny_params, tiny_config)

@@ -292,7 +292,7 @@ def test_real_dicom_slice(realdata):
   assert raw.min() == -2048  # padding outside the FOV ...
   assert s.hu.min() == -1024.0  # ... clipped to air
   np.testing.assert_array_equal(s.hu[raw > -1024], raw[raw > -1024])
-  assert set(s.meta) <= {"format", "modality", "kvp"}
+  assert set(s.meta) <= {"format", "modality", "kvp", "warnings"}
 
 
 def test_real_write_like_overlays_input(realdata, tmp_path):

@@ -1,4 +1,4 @@
-"""Writes phantom cases as a data set (NIfTI files + manifest.csv; see docs/CONTRACTS.md)."""
+"""Writes phantom cases as a data set (NIfTI files + manifest.csv; see docs/architecture.md)."""
 
 from __future__ import annotations
 

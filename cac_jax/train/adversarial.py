@@ -214,7 +214,7 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
     logging.info("resumed adaptation at generator step %d (critic step %d)", int(state.step), int(state.critic_step))
   critic_fn = source_lib.cached_step("critic", make_critic_steps, config, mesh, batch_axis=2)
   generator_fn = source_lib.cached_step("generator", make_generator_step, config, mesh, batch_axis=1)
-  writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
+  writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0, keep=writers.resumed_adaptation(state))
 
   def critic_round(state, n):
     first = int(state.critic_step)

@@ -1,7 +1,7 @@
 """The data interface of the training loops: step-indexed streams of batches.
 
 A stream is a callable `stream(step) -> batch` (dict of numpy arrays, layouts in
-`docs/CONTRACTS.md`). Loops call it with consecutive steps, starting at the step a restored
+`docs/architecture.md`). Loops call it with consecutive steps, starting at the step a restored
 state resumes from, so a stream that is a pure function of (seed, step) — like
 `cac_jax.synthetic.SyntheticData` — makes `--resume` exact.
 

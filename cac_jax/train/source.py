@@ -154,12 +154,12 @@ def train_source(config: ml_collections.ConfigDict, workdir: str, data: Any = No
   if mgr.latest_step() is not None:
     if not resume:
       raise ValueError(f"{workdir} already holds source checkpoints (latest step {mgr.latest_step()}); "
-                       "pass resume=True (--resume) or use a fresh workdir")
+                       "pass --resume (resume=True) to continue, or use a fresh --workdir")
     state = checkpoints.restore_latest(mgr, state, sharding.replicated(mesh))
     logging.info("resumed source training at step %d", int(state.step))
   step_fn = cached_step("source", make_source_step, config, mesh)
-  writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0)
   start = int(state.step)
+  writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0, keep=lambda r: r.get("step", 0) <= start)
   rate, history = _Rate(start), []
   logging.info("compiling the source training step (the first step waits for XLA)…")
   for step in writers.progress(range(start, cfg.num_steps), "source", cfg.num_steps, jax.process_index() == 0):

@@ -18,7 +18,7 @@ import os
 import socket
 import struct
 import time
-from typing import Iterator, Mapping
+from typing import Callable, Iterator, Mapping
 
 # --- CRC-32C (Castagnoli), as TFRecord uses it --------------------------------------------
 
@@ -104,19 +104,59 @@ def version_event(wall_time: float | None = None) -> bytes:
 # --- Writer ------------------------------------------------------------------------------
 
 
+def truncate_jsonl(path: str, keep: Callable[[dict], bool]) -> int:
+  """Rewrite a JSON-lines file (atomically) with only the records `keep` accepts.
+
+  Unparseable lines (a line cut short by a kill) are dropped. Returns the records dropped.
+  """
+  from cac_jax import atomic  # pylint: disable=g-import-not-at-top
+  kept, dropped = [], 0
+  with open(path, encoding="utf-8") as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except ValueError:
+        dropped += 1
+        continue
+      if isinstance(record, dict) and keep(record):
+        kept.append(line if line.endswith("\n") else line + "\n")
+      else:
+        dropped += 1
+  if dropped:
+    atomic.write_text(path, "".join(kept))
+  return dropped
+
+
+
+def resumed_adaptation(state) -> Callable[[dict], bool]:
+  """`keep` for adaptation: critic pre-training records up to the state's critic step, the
+  others up to its generator step."""
+  step, critic_step = int(state.step), int(state.critic_step)
+
+  def keep(record: dict) -> bool:
+    pretrain = any(k.startswith("pretrain/") for k in record)
+    return record.get("step", 0) <= (critic_step if pretrain else step)
+  return keep
+
+
 class MetricWriter:
   """Append scalars to `workdir/metrics.jsonl` and a TensorBoard event file in `workdir`.
 
   Only process 0 should write in multi-host runs (pass `enabled=False` elsewhere).
+  `keep(record) -> bool` (resumed runs): before appending, metrics.jsonl keeps only the
+  records `keep` accepts, e.g. those up to the restored step, so a resumed run does not repeat
+  the steps logged after its last checkpoint (a line cut short by a kill is dropped too).
   """
 
-  def __init__(self, workdir: str, enabled: bool = True):
+  def __init__(self, workdir: str, enabled: bool = True, keep: Callable[[dict], bool] | None = None):
     self.enabled = enabled
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
     self.events_path = os.path.join(
         workdir, f"events.out.tfevents.{int(time.time())}.{socket.gethostname()}.{os.getpid()}")
     if enabled:
       os.makedirs(workdir, exist_ok=True)
+      if keep is not None and os.path.exists(self.jsonl_path):
+        truncate_jsonl(self.jsonl_path, keep)
       self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
       self._events = open(self.events_path, "ab")
       self._events.write(tfrecord(version_event()))

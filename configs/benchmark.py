@@ -1,0 +1,14 @@
+"""The 3-seed benchmark behind the README's numbers: the demo's settings on seeds 0, 1, 2.
+
+  python -m launch.reproduce --config configs/benchmark.py --workdir runs/benchmark
+"""
+
+import ml_collections
+
+from configs import demo
+
+
+def get_config() -> ml_collections.ConfigDict:
+  c = demo.get_config()
+  c.experiment.seeds = (0, 1, 2)  # launch.reproduce's default when --seeds is not given
+  return c
