@@ -41,6 +41,7 @@ def test_score_file_auto_heart_provenance_and_outputs(tmp_path, phantom_export, 
   saved = json.loads((out / "scores.json").read_text(encoding="utf-8"))
   assert saved["notice"] == pipeline.RESEARCH_NOTICE and "not a medical device" in saved["notice"]
   assert saved["heart_region"]["source"] == "auto" and saved["heart_region"]["found"]
+  assert saved["input"]["image"] is None  # paths are stored only with record_input_path
   assert saved["settings"]["heart_filter"] is True
   prov = saved["provenance"]
   assert prov["checkpoint"] == os.path.abspath(phantom_export)
@@ -67,8 +68,9 @@ def test_masks_dir_and_unrecorded_training(tmp_path, tiny_params, tiny_config, c
   seg.mkdir()
   shutil.copy(case_files.heart_mask, seg / "heart.nii.gz")
   shutil.copy(case_files.aorta_mask, seg / "aorta.nii.gz")
-  report = scoring_cli.score_file(case_files.image, bare, str(tmp_path / "o"), masks_dir=str(seg), domain="ccta")
-  assert report["heart_region"] == {"source": "mask", "file": "heart.nii.gz"}
+  report = scoring_cli.score_file(case_files.image, bare, str(tmp_path / "o"), masks_dir=str(seg), domain="ccta",
+                                  record_input_path=True)
+  assert report["heart_region"] == {"source": "mask", "file": str(seg / "heart.nii.gz")}
   assert "mask" in report["threshold"]["method"]  # the folder's aorta.nii.gz placed the ROI
   assert report["provenance"]["training_data"]["description"] == "not recorded"
   assert any("does not record its training data" in w for w in report["warnings"])
