@@ -1,7 +1,8 @@
 """DICOM outputs for DICOM input (PACS and DICOM viewers): a Segmentation of the calcium
-labels (`write_seg`) and a Structured Report of the scores (`write_sr`).
+labels (`build_seg`) and a Structured Report of the scores (`build_sr`); `writers` gives
+both to `pipeline.write_outputs`, which writes them with the other outputs.
 
-`write_seg` writes one binary DICOM SEG object (highdicom) with one segment per calcium class
+`build_seg` makes one binary DICOM SEG object (highdicom) with one segment per calcium class
 (LAD incl. left main, LCX, RCA, aorta, aortic valve, mitral valve), referencing the source CT
 series it was scored on. Frames are aligned with the source images by the same slice order
 SimpleITK/GDCM used to read the series, so each frame lies on its source slice.
@@ -22,7 +23,6 @@ from typing import Sequence
 
 import numpy as np
 
-from cac_jax import atomic
 from cac_jax import labels as labels_lib
 
 SEG_FILE = "calcium_seg.dcm"
@@ -47,38 +47,61 @@ def _segment_descriptions():
       anatomic_regions=[regions[cls]]) for cls in sorted(regions)]
 
 
-def write_seg(classes_source: np.ndarray, source_files: Sequence[str], path: str) -> str:
-  """Write a DICOM SEG of `classes_source` referencing `source_files`; returns `path`.
+def build_seg(classes_source: np.ndarray, sources: Sequence):
+  """A DICOM SEG dataset (highdicom) of `classes_source` referencing the `sources` datasets.
 
   Args:
     classes_source: int (n_files, rows, columns) classes 0..6 on the source series' own grid,
-      frame k on `source_files[k]` (e.g. calcium_labels.nii.gz read back: written on the
-      input's grid, slices in the order GDCM sorted the files).
-    source_files: the series' DICOM files in that order (`cac_jax.io.dicom_series_files`).
-    path: output .dcm file (written atomically).
+      frame k on `sources[k]` (`cac_jax.io.source_array` of the classes: slices in the order
+      GDCM sorted the files).
+    sources: the series' pydicom datasets (pixel data not needed) in that order
+      (`read_sources`).
+  Raises ValueError (from highdicom, too) when the series cannot be referenced, e.g. slices
+  from different studies or of different sizes.
   """
   import highdicom as hd  # pylint: disable=g-import-not-at-top
-  import pydicom  # pylint: disable=g-import-not-at-top
   import cac_jax  # pylint: disable=g-import-not-at-top
   classes_source = np.asarray(classes_source)
-  if classes_source.shape[0] != len(source_files):
-    raise ValueError(f"{classes_source.shape[0]} label slices for {len(source_files)} DICOM files")
-  sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files]
+  if classes_source.shape[0] != len(sources):
+    raise ValueError(f"{classes_source.shape[0]} label slices for {len(sources)} DICOM files")
   rows, cols = int(sources[0].Rows), int(sources[0].Columns)
   if classes_source.shape[1:] != (rows, cols):
     raise ValueError(f"label slices {classes_source.shape[1:]} differ from the DICOM matrix {(rows, cols)}")
-  seg = hd.seg.Segmentation(
-      source_images=sources, pixel_array=classes_source.astype(np.uint8),
+  return hd.seg.Segmentation(
+      source_images=list(sources), pixel_array=classes_source.astype(np.uint8),
       segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=_segment_descriptions(),
       series_instance_uid=hd.UID(), series_number=9001, sop_instance_uid=hd.UID(), instance_number=1,
       manufacturer="cac_jax", manufacturer_model_name="cac_jax calcium scoring", software_versions=cac_jax.__version__,
       device_serial_number="none", series_description="CAC research segmentation (not for clinical use)")
-  atomic.write_with(path, lambda tmp: seg.save_as(tmp), suffix=".dcm")
-  return path
+
+
+def read_sources(source_files: Sequence[str]) -> list:
+  """The series' files as pydicom datasets without pixel data (what SEG and SR reference)."""
+  import pydicom  # pylint: disable=g-import-not-at-top
+  return [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files]
+
+
+def writers(classes_source: np.ndarray, scores: dict, source_files: Sequence[str]) -> tuple[dict, list[str]]:
+  """({SEG_FILE: write(path), SR_FILE: write(path)}, notes) for `pipeline.write_outputs`.
+
+  DICOM outputs are a convenience on top of the scan's results: a series highdicom cannot
+  reference (inconsistent study/series attributes, mixed matrix sizes) gives a note and no
+  DICOM files instead of failing the scoring.
+  """
+  out, notes = {}, []
+  try:
+    sources = read_sources(source_files)
+    seg = build_seg(classes_source, sources)
+    sr = build_sr(scores, sources)
+  except Exception as e:  # pylint: disable=broad-except
+    return out, [f"no DICOM SEG/SR written: the source series cannot be referenced ({e})"]
+  out[SEG_FILE] = seg.save_as
+  out[SR_FILE] = sr.save_as
+  return out, notes
 
 
 def read_seg_labels(path: str, source_files: Sequence[str]) -> np.ndarray:
-  """Read a SEG written by `write_seg` back as int (n_files, rows, columns) classes 0..6, frame
+  """Read a SEG built by `build_seg` back as int (n_files, rows, columns) classes 0..6, frame
   k on `source_files[k]` (matched by SOP Instance UID, not by frame order)."""
   import highdicom as hd  # pylint: disable=g-import-not-at-top
   import pydicom  # pylint: disable=g-import-not-at-top
@@ -102,9 +125,9 @@ _SR_SITES = (("LAD", labels_lib.LAD), ("LCX", labels_lib.LCX), ("RCA", labels_li
              ("aortic_valve", labels_lib.AORTIC_VALVE))
 
 
-def write_sr(scores: dict, source_files: Sequence[str], path: str) -> str:
-  """Write the calcium scores as a DICOM Comprehensive 3D SR (TID 1500 measurement report,
-  procedure "Cardiac CT for calcium scoring") referencing `source_files`; returns `path`.
+def build_sr(scores: dict, sources: Sequence):
+  """The calcium scores as a DICOM Comprehensive 3D SR dataset (TID 1500 measurement report,
+  procedure "Cardiac CT for calcium scoring") referencing the `sources` datasets.
 
   One measurement group per LAD, LCX, RCA, all coronaries and the aortic valve, each with
   "Calcium score" (DCM 112058, Agatston scoring method, no units), "Calcium Volume" (mm3) and,
@@ -112,11 +135,9 @@ def write_sr(scores: dict, source_files: Sequence[str], path: str) -> str:
   The SR is marked neither complete nor verified (research output).
   """
   import highdicom as hd  # pylint: disable=g-import-not-at-top
-  import pydicom  # pylint: disable=g-import-not-at-top
   from pydicom.sr.codedict import codes  # pylint: disable=g-import-not-at-top
   from pydicom.sr.coding import Code  # pylint: disable=g-import-not-at-top
   import cac_jax  # pylint: disable=g-import-not-at-top
-  sources = [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files]
   sites = {labels_lib.LAD: codes.SCT.AnteriorDescendingBranchOfLeftCoronaryArtery,
            labels_lib.LCX: codes.SCT.CircumflexCoronaryArtery, labels_lib.RCA: codes.SCT.RightCoronaryArtery,
            None: codes.SCT.CoronaryArtery, labels_lib.AORTIC_VALVE: codes.SCT.AorticValve}
@@ -141,8 +162,6 @@ def write_sr(scores: dict, source_files: Sequence[str], path: str) -> str:
   report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=device),
                                    procedure_reported=codes.SCT.CardiacCTForCalciumScoring,
                                    imaging_measurements=groups)
-  sr = hd.sr.Comprehensive3DSR(evidence=sources, content=report[0], series_instance_uid=hd.UID(), series_number=9002,
-                               sop_instance_uid=hd.UID(), instance_number=1, manufacturer="cac_jax",
-                               series_description="CAC research scores (not for clinical use)")
-  atomic.write_with(path, lambda tmp: sr.save_as(tmp), suffix=".dcm")
-  return path
+  return hd.sr.Comprehensive3DSR(evidence=list(sources), content=report[0], series_instance_uid=hd.UID(),
+                                 series_number=9002, sop_instance_uid=hd.UID(), instance_number=1,
+                                 manufacturer="cac_jax", series_description="CAC research scores (not for clinical use)")

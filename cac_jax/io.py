@@ -541,6 +541,17 @@ def write_like(array_zyx: np.ndarray, like: Scan, path: PathLike) -> None:
       linear for floats). Without `like.source` the canonical geometry is written.
     path: output file; the extension picks the format (.nii.gz, .mha, .nrrd, ...).
   """
+  _atomic_write(_source_image(array_zyx, like), path)
+
+
+def source_array(array_zyx: np.ndarray, like: Scan) -> np.ndarray:
+  """`array_zyx` on `like`'s source grid, as `write_like` writes it, indexed in the source
+  file's own (k, j, i) order: for a DICOM series, [k] is the slice of the k-th file in GDCM's
+  order (`dicom_series_files`)."""
+  return sitk.GetArrayFromImage(_source_image(array_zyx, like))
+
+
+def _source_image(array_zyx: np.ndarray, like: Scan) -> sitk.Image:
   array_zyx = np.asarray(array_zyx)
   if array_zyx.shape != like.shape:
     raise ValueError(f"array shape {array_zyx.shape} differs from scan shape {like.shape}")
@@ -567,7 +578,7 @@ def write_like(array_zyx: np.ndarray, like: Scan, path: PathLike) -> None:
     img.SetSpacing(src.spacing_xyz)
     img.SetOrigin(src.origin_xyz)
     img.SetDirection(src.direction)
-  _atomic_write(img, path)
+  return img
 
 
 def write_scan(scan: Scan, path: PathLike) -> None:

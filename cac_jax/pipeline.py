@@ -180,19 +180,6 @@ def score_scan(scan: Scan, params, config: ml_collections.ConfigDict, *, domain:
                             "settings": dataclasses.asdict(settings), "coronary_score": True,
                             "input": {"shape_zyx": list(scan.shape), "spacing_zyx_mm": list(scan.spacing)}}
   report["heart_region"] = {"source": "mask" if heart_mask is not None else "auto" if auto_heart else "none"}
-  if heart_mask is None and auto_heart:
-    found = heart_region_lib.find_heart(scan, settings.dilation_mm)
-    notes += list(found.notes)
-    report["heart_region"].update(found=found.found, volume_ml=round(found.volume_ml, 1))
-    if not found.found:
-      report["settings"]["heart_filter"] = False
-      report["coronary_score"] = False
-      return _empty_result(scan, "ncct" if domain == "auto" else domain, report, notes,
-                           "no heart found in the field of view: no coronary score (all zero); "
-                           "give --heart_mask if the heart is in view")
-    heart_mask = found.mask
-    notes.append("heart region found automatically from the scan (lungs and mediastinum, "
-                 "docs/scoring.md); check it in overlay.png")
   try:
     domain, thr, info, more = choose_threshold(scan, domain, aorta_mask, config)
   except threshold.NoAortaError as e:
@@ -200,6 +187,23 @@ def score_scan(scan: Scan, params, config: ml_collections.ConfigDict, *, domain:
                          f"no aorta found, so no CCTA threshold; result is all zero ({e})")
   notes += more
   report.update(info)
+  if heart_mask is None and auto_heart:
+    found = heart_region_lib.find_heart(scan, settings.dilation_mm)
+    notes += list(found.notes)
+    report["heart_region"].update(found=found.found, volume_ml=round(found.volume_ml, 1))
+    if not found.found:
+      report["settings"]["heart_filter"] = False
+      report["coronary_score"] = False
+      n_all = int(candidate_mask(scan.hu, thr, None).sum())
+      _check_candidate_fraction(n_all, scan.hu.size, thr)  # a scan that is not CT is refused, not "no heart"
+      if n_all == 0:
+        notes.append(f"no candidate voxels >= {thr:.1f} HU in the whole scan")
+      return _empty_result(scan, domain, report, notes,
+                           "no heart found in the field of view: no coronary score (all zero); "
+                           "give --heart_mask if the heart is in view")
+    heart_mask = found.mask
+    notes.append("heart region found automatically from the scan (lungs and mediastinum, "
+                 "docs/scoring.md); check it in overlay.png")
   region = None
   if heart_mask is not None:
     if not heart_mask.any():
@@ -304,14 +308,16 @@ def check_outputs_free(output_dir: str, overwrite: bool) -> None:
                             "(pass --overwrite to replace them)")
 
 
-def write_outputs(result: ScoringResult, scan: Scan, output_dir: str, *, overwrite: bool = False) -> dict[str, str]:
+def write_outputs(result: ScoringResult, scan: Scan, output_dir: str, *, overwrite: bool = False,
+                  extra: Optional[dict[str, Any]] = None) -> dict[str, str]:
   """Write the outputs of one scan into output_dir, all or nothing (`atomic.write_set`: each
   file is checked complete, then moved into place, scores.json last). Returns {name: path}.
 
   calcium_labels.nii.gz: reference-encoded labels on the input's grid; beside it
   calcium_labels.itksnap.txt (ITK-SNAP label descriptions) and calcium_labels.slicer.ctbl
   (3D Slicer colour table) with the class names and colours; lesions.csv
-  (`scores.lesion_table`); overlay.png; scores.json (the report).
+  (`scores.lesion_table`); overlay.png; `extra` {name: write(path)} files (e.g. the DICOM SEG
+  and SR of `cac_jax.dicom_seg.writers`); scores.json (the report).
   """
   from cac_jax import io, plots
   os.makedirs(output_dir, exist_ok=True)
@@ -322,13 +328,14 @@ def write_outputs(result: ScoringResult, scan: Scan, output_dir: str, *, overwri
   calibration = s.get("calibration") if s.get("mass_calibrated") else None
   return atomic.write_set(output_dir, {
       "calcium_labels.nii.gz": lambda p: io.write_like(labels_lib.classes_to_reference(result.classes), scan, p),
+      "overlay.png": lambda p: plots.overlay_png(scan.hu, result.classes, p, scan.spacing,
+                                                 title=overlay_title(result.report),
+                                                 z_positions_mm=_z_positions_mm(scan), region=result.heart),
       "calcium_labels.itksnap.txt": lambda p: atomic.write_text(p, labels_lib.itksnap_label_description()),
       "calcium_labels.slicer.ctbl": lambda p: atomic.write_text(p, labels_lib.slicer_colour_table()),
       "lesions.csv": lambda p: atomic.write_csv(p, scores.LESION_FIELDS,
                                                 scores.lesion_table(result.classes, scan.hu, scan, calibration)),
-      "overlay.png": lambda p: plots.overlay_png(scan.hu, result.classes, p, scan.spacing,
-                                                 title=overlay_title(result.report),
-                                                 z_positions_mm=_z_positions_mm(scan), region=result.heart),
+      **(extra or {}),
       "scores.json": lambda p: atomic.write_text(p, text)}, last="scores.json")
 
 

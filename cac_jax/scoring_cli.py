@@ -8,7 +8,7 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from cac_jax import atomic, checkpoints, dicom_seg, io, labels, manifest, pipeline, postprocess
+from cac_jax import atomic, checkpoints, dicom_seg, io, manifest, pipeline, postprocess
 
 ARTERIES = ("LAD", "LCX", "RCA")
 CSV_FIELDS = ("id", "domain", "threshold_hu", "num_candidates", "heart_region", "coronary_score",
@@ -92,20 +92,13 @@ def score_file(image: str, checkpoint: str, output_dir: str, *, heart_mask: Opti
     result.report["heart_region"]["file"] = os.path.abspath(str(heart_mask))
   result.report["provenance"] = prov
   result.report["warnings"] = provenance_warnings(prov) + result.report["warnings"]
-  paths = pipeline.write_outputs(result, scan, output_dir, overwrite=overwrite)
+  extra = {}
   if os.path.isdir(image):  # DICOM input: also a DICOM SEG and SR referencing the source series
-    files = io.dicom_series_files(image, series)
-    write_dicom_seg(files, paths["calcium_labels.nii.gz"], os.path.join(output_dir, dicom_seg.SEG_FILE))
-    dicom_seg.write_sr(result.report["scores"], files, os.path.join(output_dir, dicom_seg.SR_FILE))
+    extra, notes = dicom_seg.writers(io.source_array(result.classes, scan), result.report["scores"],
+                                     io.dicom_series_files(image, series))
+    result.report["warnings"] += notes
+  pipeline.write_outputs(result, scan, output_dir, overwrite=overwrite, extra=extra)
   return result.report
-
-
-def write_dicom_seg(series_files: list[str], labels_file: str, path: str) -> str:
-  """DICOM SEG of a written label map (reference-encoded, on the series' own grid, as
-  `pipeline.write_outputs` writes it) referencing `series_files` (`io.dicom_series_files`)."""
-  import SimpleITK as sitk  # pylint: disable=g-import-not-at-top
-  ref = sitk.GetArrayFromImage(sitk.ReadImage(labels_file))  # (file, row, column)
-  return dicom_seg.write_seg(labels.reference_to_classes(ref), series_files, path)
 
 
 def summary_line(name: str, report: dict) -> str:

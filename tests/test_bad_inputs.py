@@ -562,7 +562,7 @@ def _truncated_dataset(d):
 
 def _full_disk(free_pages):
   """Output folder on a 256 KiB tmpfs filled up to `free_pages` 4 KiB pages (None: the pages
-  the clean run's calcium_labels.nii.gz and overlay.png need, so scores.json does not fit)."""
+  the clean run's outputs but scores.json need, so scores.json does not fit)."""
   def build(d, env):
     fs = d / "fs"
     os.makedirs(fs)
@@ -571,7 +571,7 @@ def _full_disk(free_pages):
     env["mounts"].append(fs)
     pages = free_pages
     if pages is None:
-      pages = sum(-(-os.path.getsize(env["clean_dir"] / n) // 4096) for n in ("calcium_labels.nii.gz", "overlay.png"))
+      pages = sum(-(-os.path.getsize(env["clean_dir"] / n) // 4096) for n in pipeline.OUTPUT_FILES if n != "scores.json")
     (fs / "filler").write_bytes(b"\0" * ((64 - pages) * 4096))
     return _score(NII("img.nii.gz"), heart=_heart_file(), out="fs/out")(d, env)
   return build
