@@ -3,6 +3,7 @@ region and TotalSegmentator folders, lesions.csv, viewer colour tables, scores.c
 
 import csv
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -146,3 +147,16 @@ def test_lesion_table_centroids_in_scanner_coordinates():
   # 1 mm² x weight 4 (peak 410 HU) x 2 mm / 3 mm, as compute_scores; rounded to 0.01
   assert rca["agatston"] == round(scores.compute_scores(cls, hu, scan, "ncct")["RCA"]["agatston"], 2) == 2.67
   assert rows[1]["agatston"] is None
+
+
+def test_training_on_a_phantom_data_set_is_recorded_as_phantoms_only(tmp_path, tiny_config):
+  # The phantom writer marks its folder; manifest streams over it say so, other manifests do not.
+  from cac_jax.phantoms import writer
+  manifest = phantoms.write_dataset(str(tmp_path / "ph"), "chest_ncct", 1, 3, tiny_config, split="train")
+  assert (tmp_path / "ph" / writer.PHANTOM_MARKER).is_file()
+  prov = data_lib.describe_training_data(data_lib.manifest_streams(tiny_config, manifest), tiny_config)
+  assert prov["phantoms_only"] is True and prov["description"].startswith("phantom data set")
+  assert prov["manifest_sha256"] == [hashlib.sha256(open(manifest, "rb").read()).hexdigest()]
+  os.remove(tmp_path / "ph" / writer.PHANTOM_MARKER)  # as a user's own data set would be
+  prov = data_lib.describe_training_data(data_lib.manifest_streams(tiny_config, manifest), tiny_config)
+  assert prov["phantoms_only"] is None and prov["description"].startswith("manifest ")

@@ -17,6 +17,11 @@ from cac_jax.scan import Case
 MANIFEST_COLUMNS = ("id", "image", "label", "heart_mask", "aorta_mask", "domain", "split")
 
 
+# Written beside manifest.csv: a data set made by this generator (`train.data.manifest_streams`
+# records models trained on it as phantoms-only).
+PHANTOM_MARKER = "phantoms.json"
+
+
 def _write_array(array_zyx: np.ndarray, case: Case, path: str) -> None:
   """Atomic NIfTI write of a (z, y, x) array on the case's grid."""
   img = sitk.GetImageFromArray(array_zyx)
@@ -79,4 +84,7 @@ def write_dataset(output_dir: str, domain: str, num_cases: int, seed: int, confi
     rows.append(row)
     if progress is not None:
       progress(case.case_id)
+  marker = os.path.join(output_dir, PHANTOM_MARKER)
+  if not os.path.exists(marker):  # training on this folder is recorded as phantoms-only
+    atomic.write_text(marker, '{"generator": "cac_jax.phantoms", "note": "synthetic phantoms, no patient data"}\n')
   return merge_manifest(os.path.join(output_dir, "manifest.csv"), rows)

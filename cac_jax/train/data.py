@@ -23,6 +23,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import inspect
+import os
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -207,9 +208,13 @@ def manifest_streams(config, source_manifest: str, target_manifest: str | None =
   streams = sampler_streams(source_cases, target_cases, config, config.seed if seed is None else seed)
   manifests = [m for m in (source_manifest, target_manifest) if m is not None]
   # Frozen dataclass: the provenance rides along as an attribute, not a stream field.
+  from cac_jax.phantoms import writer  # pylint: disable=g-import-not-at-top
+  phantoms = all(os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(m)), writer.PHANTOM_MARKER))
+                 for m in manifests)
   object.__setattr__(streams, "provenance", {
-      "description": "manifest " + ", ".join(manifests) + (f" (split {split})" if split else ""),
-      "manifest_sha256": [_file_sha256(m) for m in manifests], "phantoms_only": None})
+      "description": ("phantom data set " if phantoms else "manifest ") + ", ".join(manifests)
+                     + (f" (split {split})" if split else ""),
+      "manifest_sha256": [_file_sha256(m) for m in manifests], "phantoms_only": True if phantoms else None})
   return streams
 
 
