@@ -160,7 +160,7 @@ def find_heart(scan: Scan, dilation_mm: float = 10.0) -> AutoHeart:
 
   Returns:
     An `AutoHeart`; `found` False (and an empty mask) when no lungs, no mediastinum or no
-    blob of at least `MIN_HEART_ML` was found.
+    blob of at least `MIN_HEART_ML` and `MIN_HEART_HEIGHT_MM` was found.
   """
   f = _factors(scan.spacing)
   sp = tuple(float(s) * k for s, k in zip(scan.spacing, f))
