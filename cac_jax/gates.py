@@ -152,7 +152,7 @@ def bootstrap_gap_share(adapted: Sequence[Sequence[float]], source: Sequence[Seq
     for a, s, o in groups:
       with np.errstate(invalid="ignore"):
         gaps.append(np.nanmean(o) - np.nanmean(s))
-    note = "oracle F1 - source F1 = " + ", ".join(_fmt(g) for g in gaps) + f" (< {min_gap:.2f} or n/a)"
+    note = "oracle F1 - source F1 = " + ", ".join(_fmt(g, 3) for g in gaps) + f", below {min_gap:.2f} or n/a"
     return GapShare(math.nan, math.nan, math.nan, n_scans, note)
   rng = np.random.default_rng(seed)
   reps = np.array([share([rng.integers(a.size, size=a.size) for a, _, _ in groups]) for _ in range(n_resamples)])

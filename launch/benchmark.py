@@ -22,10 +22,10 @@ from cac_jax.train import adversarial
 from cac_jax.train import sharding
 from cac_jax.train import source
 from cac_jax.train import state as state_lib
-from configs import paper, tiny
+from configs import demo, paper, tiny
 from launch import _cli
 
-_CONFIGS = flags.DEFINE_list("configs", ["tiny", "paper"], "Configs to benchmark.")
+_CONFIGS = flags.DEFINE_list("configs", ["tiny", "paper"], "Configs to benchmark (tiny, demo, paper).")
 _ITERS = flags.DEFINE_integer("iters", 3, "Timed calls per step after one warm-up call.")
 _CRITIC_N = flags.DEFINE_integer("critic_n", 2, "Critic updates per timed critic scan.")
 _PEAK = flags.DEFINE_float("peak_gflops", 182.0, "Machine's fp32 matmul peak (GFLOP/s) for the ratio.")
@@ -146,7 +146,7 @@ def bench(name: str, config, iters: int, critic_n: int) -> None:
 
 def main(argv):
   del argv
-  configs = {"tiny": tiny.get_config, "paper": paper.get_config}
+  configs = {"tiny": tiny.get_config, "demo": demo.get_config, "paper": paper.get_config}
   for name in _CONFIGS.value:
     bench(name, configs[name](), _ITERS.value, _CRITIC_N.value)
 

@@ -56,7 +56,7 @@ def test_bootstrap_gap_share_point_interval_and_groups():
 def test_bootstrap_gap_share_undefined_is_reported_not_divided():
   a, s = [0.4, 0.6, 0.5, 0.5], [0.1, 0.3, 0.2, 0.2]
   r = gates.bootstrap_gap_share([a], [s], [s], n_resamples=100)
-  assert math.isnan(r.share) and math.isnan(r.low) and "oracle F1 - source F1 = 0.00" in r.note
+  assert math.isnan(r.share) and math.isnan(r.low) and "oracle F1 - source F1 = 0.000" in r.note
   assert r.format().startswith("undefined")
   # A noisy gap: the point is defined, but many resamples are not -> no interval.
   rng = np.random.default_rng(0)
