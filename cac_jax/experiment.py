@@ -129,9 +129,10 @@ def _load(manifest_csv: str, config, role: str, labels: bool = False):
   return cases
 
 
-def _sampler_streams(source_cases, target_cases, config, seed: int):
+def _sampler_streams(source_cases, target_cases, config, seed: int, provenance: Optional[dict] = None):
   """Step-indexed streams over PatchSamplers (batch i is a pure function of (seed, i)); the
-  generator's target batches come from a second target sampler (seed + 2)."""
+  generator's target batches come from a second target sampler (seed + 2). `provenance`
+  describes the data for the exports."""
   from cac_jax.train import data as data_lib
   src, targets = data_lib.adaptation_samplers(source_cases, target_cases, config, seed, n_target=2)
   streams = dict(source=lambda i: src.source_batch(index=i),
@@ -140,7 +141,7 @@ def _sampler_streams(source_cases, target_cases, config, seed: int):
     tgt, tgt2 = targets
     streams.update(target_critic=lambda i: tgt.critic_batch(index=i),
                    target_generator=lambda i: tgt2.critic_batch(index=i))
-  return data_lib.Streams(**streams)
+  return data_lib.Streams(**streams, provenance=provenance)
 
 
 def mean_f1(config, params_by_model: dict[str, Any], cases) -> dict[str, float]:
@@ -184,6 +185,11 @@ def select_snapshot(config, adapt_dir: str, val_cases, log: Callable[[str], None
   return out
 
 
+def _provenance(manifest_csv: str, roles: str) -> dict:
+  from cac_jax.train import data as data_lib
+  return data_lib.manifest_provenance([manifest_csv], roles)
+
+
 def train_models(config, manifest_csv: str, workdir: str, log: Callable[[str], None] = lambda s: None) -> dict[str, str]:
   """Train the source network, the two adapted variants and, as configured, the oracle and
   the validation-selected snapshots. Returns {model: export dir}."""
@@ -194,17 +200,19 @@ def train_models(config, manifest_csv: str, workdir: str, log: Callable[[str], N
   exports["no_adaptation"] = os.path.join(src_dir, "export")
   if not checkpoints.is_exported(exports["no_adaptation"]):
     log("training the source network on labelled chest NCCT")
-    source.train_source(config, src_dir, _sampler_streams(_load(manifest_csv, config, "source_train"), None, config, config.seed))
+    source.train_source(config, src_dir, _sampler_streams(_load(manifest_csv, config, "source_train"), None, config,
+                                                          config.seed, _provenance(manifest_csv, "source_train")))
   models_wanted = {c.model for c in columns(config)}
   if "oracle" in models_wanted:
     exports["oracle"] = os.path.join(workdir, "oracle", "export")
     if not checkpoints.is_exported(exports["oracle"]):
       log("training the oracle on labelled CCTA (adapt_target labels; adaptation never reads them)")
       labelled = _load(manifest_csv, config, "adapt_target", labels=True)
-      source.train_source(config, os.path.join(workdir, "oracle"), _sampler_streams(labelled, None, config, config.seed))
+      source.train_source(config, os.path.join(workdir, "oracle"),
+                          _sampler_streams(labelled, None, config, config.seed, _provenance(manifest_csv, "adapt_target")))
   source_params, _ = checkpoints.load_inference(exports["no_adaptation"])
   adapt_data = _sampler_streams(_load(manifest_csv, config, "adapt_source"), _load(manifest_csv, config, "adapt_target"),
-                                config, config.seed + 100)
+                                config, config.seed + 100, _provenance(manifest_csv, "adapt_source + adapt_target"))
   for name, alpha in (("adv_cls", float(config.adapt.alpha)), ("adv_only", 0.0)):
     d = os.path.join(workdir, name)
     exports[name] = os.path.join(d, "export")

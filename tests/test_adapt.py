@@ -125,6 +125,8 @@ def test_critic_learns_to_score_source_high_and_generator_raises_target_score(co
   critic_fn, generator_fn = steps
   g_model, _, _, d_model = __import__("cac_jax.models", fromlist=["build"]).build(config)
   state = fresh_state(config, mesh)
+  # Other test modules may have compiled these cached steps for other shapes already.
+  traces = generator_fn._cache_size(), critic_fn._cache_size()
   w = []
   for r in range(8):
     state, m = critic_fn(state, critic_batches(data, mesh, 3 * r, 3))
@@ -146,7 +148,8 @@ def test_critic_learns_to_score_source_high_and_generator_raises_target_score(co
   assert not same(after_state.generator, h.generator)
   assert int(after_state.step) == 1
   assert set(gm) >= {"generator_adversarial_loss", "source_ce", "source_accuracy"}
-  assert generator_fn._cache_size() == 1 and critic_fn._cache_size() == 1  # traced once per shape
+  # Traced at most once for these shapes, however many calls.
+  assert generator_fn._cache_size() <= traces[0] + 1 and critic_fn._cache_size() <= traces[1] + 1
   # Adversarial direction (alpha = 0 isolates it: C is untrained here, so its CE would
   # dominate): generator steps against this FIXED critic raise its score on target features.
   adversarial_only = config.copy_and_resolve_references()

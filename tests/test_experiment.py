@@ -94,6 +94,10 @@ def test_oracle_is_trained_on_the_labelled_target_and_scored(toy):
   assert [s["id"] for s in a] == [s["id"] for s in b]
   cases = experiment._load(res["manifest"], c, "adapt_target", labels=True)
   assert cases and all(case.labels is not None for case in cases)
+  # Every export says it was trained on phantoms (scores from it then carry that warning).
+  for m in ("no_adaptation", "oracle", "adv_cls"):
+    data = checkpoints.provenance(res["exports"][m])["training_data"]
+    assert data["phantoms_only"] is True and "phantom data set" in data["description"], (m, data)
 
 
 def test_validation_selection_is_recorded_and_scored(toy):

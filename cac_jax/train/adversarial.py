@@ -201,7 +201,7 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
     data = data_lib.prefetched(data_lib.as_streams(synthetic.SyntheticData(config, config.seed)),
                                config.sampling.prefetch)
   streams = data_lib.as_streams(data)
-  missing = [k for k, v in vars(streams).items() if v is None]
+  missing = [k for k in data_lib.STREAM_NAMES if getattr(streams, k) is None]
   if missing:
     raise ValueError(f"adapt needs data streams {missing}")
   mgr = checkpoints.manager(os.path.join(workdir, "checkpoints"))
@@ -272,7 +272,7 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
                     "the run, alpha = %g), so this adaptation was mostly fine-tuning on the labelled source. "
                     "The balance depends on the critic's output scale (clip, architecture); a smaller alpha "
                     "gives L_adv more weight.", float(np.median(grad_ratio)), float(a.alpha))
-  for stream in vars(streams).values():
+  for stream in (getattr(streams, k) for k in data_lib.STREAM_NAMES):
     if hasattr(stream, "close"):
       stream.close()
   checkpoints.export_inference(os.path.join(workdir, "export"),

@@ -34,14 +34,21 @@ Stream = Callable[[int], Batch]
 
 @dataclasses.dataclass(frozen=True)
 class Streams:
+  """The loops' streams, plus `provenance`: what the batches come from (written into the
+  export's provenance.json by `describe_training_data`); not a stream."""
+
   source: Stream | None = None
   source_critic: Stream | None = None
   target_critic: Stream | None = None
   target_generator: Stream | None = None
+  provenance: dict | None = None
 
 
-def _members(streams: Streams) -> list:
-  return [getattr(streams, f.name) for f in dataclasses.fields(Streams)]  # no deep copy
+STREAM_NAMES = ("source", "source_critic", "target_critic", "target_generator")
+
+
+def _members(streams: Any) -> list:
+  return [getattr(streams, n, None) for n in STREAM_NAMES]  # no deep copy
 
 
 def as_stream(x: Any) -> Stream:
@@ -61,10 +68,8 @@ def as_stream(x: Any) -> Stream:
 
 def as_streams(data: Any) -> Streams:
   """`Streams` from a Streams, or an object with source/source_critic/... attributes."""
-  if isinstance(data, Streams):
-    return Streams(*(None if s is None else as_stream(s) for s in _members(data)))
-  fields = [f.name for f in dataclasses.fields(Streams)]
-  return Streams(**{f: as_stream(getattr(data, f)) if getattr(data, f, None) is not None else None for f in fields})
+  return Streams(*(None if s is None else as_stream(s) for s in _members(data)),
+                 provenance=getattr(data, "provenance", None))
 
 
 class IndexedStream:
@@ -127,7 +132,8 @@ class Prefetched:
 
 def prefetched(streams: Streams, depth: int) -> Streams:
   """Every stream of `streams` wrapped in `Prefetched`."""
-  return Streams(*(None if s is None else Prefetched(s, depth) for s in _members(streams)))
+  return Streams(*(None if s is None else Prefetched(s, depth) for s in _members(streams)),
+                 provenance=streams.provenance)
 
 
 TARGET_GENERATOR_OFFSET = 1 << 40  # generator steps read target batches far from the critic's
@@ -207,15 +213,18 @@ def manifest_streams(config, source_manifest: str, target_manifest: str | None =
       raise ValueError(f"{target_manifest}: no cases with split={split!r}, domain={target_domain!r}")
   streams = sampler_streams(source_cases, target_cases, config, config.seed if seed is None else seed)
   manifests = [m for m in (source_manifest, target_manifest) if m is not None]
-  # Frozen dataclass: the provenance rides along as an attribute, not a stream field.
+  return dataclasses.replace(streams, provenance=manifest_provenance(manifests, split))
+
+
+def manifest_provenance(manifests: list[str], split: str | None = None) -> dict:
+  """Provenance of batches drawn from data-set manifests: their paths and SHA-256, and
+  phantoms_only when every manifest's folder carries the phantom writer's marker."""
   from cac_jax.phantoms import writer  # pylint: disable=g-import-not-at-top
   phantoms = all(os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(m)), writer.PHANTOM_MARKER))
                  for m in manifests)
-  object.__setattr__(streams, "provenance", {
-      "description": ("phantom data set " if phantoms else "manifest ") + ", ".join(manifests)
-                     + (f" (split {split})" if split else ""),
-      "manifest_sha256": [_file_sha256(m) for m in manifests], "phantoms_only": True if phantoms else None})
-  return streams
+  return {"description": ("phantom data set " if phantoms else "manifest ") + ", ".join(manifests)
+                         + (f" (split {split})" if split else ""),
+          "manifest_sha256": [_file_sha256(m) for m in manifests], "phantoms_only": True if phantoms else None}
 
 
 def _file_sha256(path: str) -> str:
