@@ -292,10 +292,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, seed: Optional[int] = N
   exports = train_models(config, manifest_csv, workdir, log)
   cols = columns(config)
   tests = {role: _load(manifest_csv, config, role) for role in {c.role for c in cols}}
+  params = {m: checkpoints.load_inference(d)[0] for m, d in exports.items()}
   # A validation-selected snapshot that is the final generator reuses its predictions.
-  alias = {m: m[:-4] for m in exports if m.endswith("_val")
-           and _same_params(exports[m], exports[m[:-4]])}
-  params = {m: checkpoints.load_inference(d)[0] for m, d in exports.items() if m not in alias}
+  alias = {m: m[:-4] for m in params if m.endswith("_val") and _same_params(params[m], params[m[:-4]])}
   table, per_scan, raw = {}, {}, {}
   log("scoring the test sets")
   # Whole-scan inference only for (model, test set) pairs with a raw (no FP reduction) column.
@@ -322,11 +321,10 @@ def run(config: ml_collections.ConfigDict, workdir: str, seed: Optional[int] = N
           "columns": [c.name for c in cols], "gates": benchmark_gates(table), "selection": selection}
 
 
-def _same_params(export_a: str, export_b: str) -> bool:
-  from cac_jax import checkpoints
+def _same_params(a: dict, b: dict) -> bool:
   import jax  # pylint: disable=g-import-not-at-top
-  a, b = checkpoints.load_inference(export_a)[0], checkpoints.load_inference(export_b)[0]
-  return all(np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+  la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
+  return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
 
 
 def benchmark_gates(table: dict) -> list[gates_lib.Gate]:
