@@ -448,5 +448,34 @@ def write_figures(result: dict, config, out_dir: str) -> dict[str, str]:
   return paths
 
 
-def table_json(table: dict) -> str:
-  return json.dumps(table, indent=1)
+def seeds_of(config: ml_collections.ConfigDict, seeds: Optional[list[int]] = None) -> list[int]:
+  """The experiment seeds: `seeds` if given, else config.experiment.seeds, else [config.seed]."""
+  if seeds:
+    return [int(x) for x in seeds]
+  return [int(x) for x in (config.experiment.get("seeds", None) or (config.seed,))]
+
+
+def run_seeds(config: ml_collections.ConfigDict, workdir: str, seeds: list[int],
+              log: Callable[[int, str], None] = lambda seed, s: None) -> list[dict]:
+  """`run` for each seed: in `workdir` itself for one seed, else in workdir/seed<S>."""
+  return [run(config, workdir if len(seeds) == 1 else os.path.join(workdir, f"seed{seed}"), seed,
+              log=lambda s, seed=seed: log(seed, s)) for seed in seeds]
+
+
+def write_results(results: list[dict], config: ml_collections.ConfigDict, out_dir: str) -> tuple[str, dict[str, str]]:
+  """Write the figures, table2.md (`report_markdown`), table2.json and report.html into out_dir.
+
+  Returns (the markdown report, {name: path} of every file a user opens).
+  """
+  from cac_jax import atomic, html_report
+  figures = write_figures(results[0], config, out_dir)
+  md = report_markdown(results)
+  paths = dict(figures, table=os.path.join(out_dir, "table2.md"))
+  atomic.write_text(paths["table"], md + "\n")
+  atomic.write_text(os.path.join(out_dir, "table2.json"), json.dumps(
+      {"seeds": [r["seed"] for r in results], "tables": [r["table"] for r in results],
+       "gates": [[dataclasses.asdict(g) for g in r["gates"]] for r in results],
+       "selection": [r["selection"] for r in results]}, indent=1) + "\n")
+  paths["html_report"] = html_report.reproduce_report(os.path.join(out_dir, "report.html"), md, figures,
+                                                      results[0]["per_scan"], results[0]["columns"])
+  return md, paths

@@ -121,3 +121,15 @@ def test_report_prints_gates_table_and_gap_shares(toy):
   assert [g.name for g in res["gates"]] == ["G1", "G2", "G3"]
   ncct = res["table"]["NCCT test"]["total"]
   assert res["gates"][0].passed == (ncct["f1"][0] >= 0.6 and ncct["fp_mm3"][0] <= 100)
+
+
+def test_write_results_writes_what_reproduce_prints(toy, tmp_path):
+  c, _, res = toy
+  md, paths = experiment.write_results([res], c, str(tmp_path))
+  with open(paths["table"], encoding="utf-8") as f:
+    assert f.read() == md + "\n"
+  with open(tmp_path / "table2.json", encoding="utf-8") as f:
+    saved = json.load(f)
+  assert saved["seeds"] == [0] and [g["name"] for g in saved["gates"][0]] == ["G1", "G2", "G3"]
+  assert paths["html_report"].endswith("report.html") and all(os.path.exists(p) for p in paths.values())
+  assert experiment.seeds_of(c, ["3", "4"]) == [3, 4] and experiment.seeds_of(c) == [c.seed]
