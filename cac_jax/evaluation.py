@@ -42,13 +42,21 @@ _CSV_FIELDS = tuple(f.name for f in dataclasses.fields(metrics.StructureMetrics)
 
 @dataclasses.dataclass(frozen=True)
 class CaseResult:
-  """Per-scan result: metrics per structure, spacing (z, y, x) mm, Agatston (None if unavailable)."""
+  """Per-scan result: metrics per structure, spacing (z, y, x) mm, Agatston (None if unavailable).
+
+  The network's LAD class includes the left main; where the reference labels separate it
+  (value 11, `labels.left_main_mask`), the reference's left-main volume (mm³) and Agatston are
+  kept on their own (None where they do not).
+  """
 
   case_id: str
   spacing: tuple[float, float, float]
   metrics: dict[str, metrics.StructureMetrics]
   agatston_ref: Optional[float] = None
   agatston_pred: Optional[float] = None
+  left_main_ref_mm3: Optional[float] = None
+  left_main_ref_agatston: Optional[float] = None
+  left_main_found_as_lad: Optional[float] = None  # share of the reference left-main volume
 
 
 @dataclasses.dataclass(frozen=True)
@@ -108,8 +116,10 @@ def _evaluate_case(case_id: str, ref_path: str, pred_path: str, image_path: str,
   ref_img = _read_lps(ref_path)
   pred_img = _read_lps(pred_path)
   _check_same_grid(ref_img, pred_img, f"case {case_id!r}: reference {ref_path} and prediction {pred_path}")
+  ref_codes = sitk.GetArrayFromImage(ref_img)
+  left_main = labels_lib.left_main_mask(ref_codes)
   try:
-    ref = labels_lib.reference_to_classes(sitk.GetArrayFromImage(ref_img))
+    ref = labels_lib.reference_to_classes(ref_codes)
   except ValueError as e:
     raise ValueError(f"case {case_id!r}: reference {ref_path}: {e}") from None
   try:
@@ -118,7 +128,11 @@ def _evaluate_case(case_id: str, ref_path: str, pred_path: str, image_path: str,
     raise ValueError(f"case {case_id!r}: prediction {pred_path}: {e}") from None
   spacing = tuple(float(s) for s in ref_img.GetSpacing()[::-1])
   result = metrics.scan_metrics(ref, pred, spacing)
-  ag_ref = ag_pred = None
+  ag_ref = ag_pred = lm_agatston = None
+  lm_mm3 = lm_found = None
+  if left_main is not None:
+    lm_mm3 = float(left_main.sum() * np.prod(spacing))
+    lm_found = float(np.mean(pred[left_main] == labels_lib.LAD))
   if agatston_fn is not None and image_path:
     img = _read_lps(image_path)
     _check_same_grid(img, ref_img, f"case {case_id!r}: image {image_path} and reference {ref_path}")
@@ -126,7 +140,9 @@ def _evaluate_case(case_id: str, ref_path: str, pred_path: str, image_path: str,
     coronary = np.asarray(labels_lib.CORONARY_CLASSES)
     ag_ref = float(agatston_fn(np.isin(ref, coronary), hu, spacing))
     ag_pred = float(agatston_fn(np.isin(pred, coronary), hu, spacing))
-  return CaseResult(case_id, spacing, result, ag_ref, ag_pred)
+    if left_main is not None:
+      lm_agatston = float(agatston_fn(left_main, hu, spacing))
+  return CaseResult(case_id, spacing, result, ag_ref, ag_pred, lm_mm3, lm_agatston, lm_found)
 
 
 def evaluate_dataset(predictions_dir: str, manifest_csv: str, split: Optional[str] = None,
@@ -189,6 +205,19 @@ def _fmt(x: float, digits: int = 3) -> str:
   return "n/a" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}g}"
 
 
+def _left_main_lines(cases: Sequence[CaseResult]) -> list[str]:
+  """Markdown on the reference's left main, for scans whose labels separate it (else none)."""
+  lm = [c for c in cases if c.left_main_ref_mm3 is not None]
+  if not lm:
+    return []
+  vols = np.array([c.left_main_ref_mm3 for c in lm])
+  found = np.array([c.left_main_found_as_lad for c in lm])
+  return ["", "## Left main (reference labels separate it)", "",
+          f"{len(lm)} of {len(cases)} scans have left-main calcium in the reference: {vols.mean():.1f} "
+          f"({vols.std():.1f}) mm³ per such scan; share of it predicted as LAD (the network's LAD "
+          f"class includes the left main): {found.mean():.2f} ({found.std():.2f})."]
+
+
 def results_markdown(results: EvaluationResults) -> str:
   """The report as markdown (the main table: mean (SD) per structure, then details)."""
   n = len(results.cases)
@@ -216,6 +245,7 @@ def results_markdown(results: EvaluationResults) -> str:
     s = results.summary[name]
     lines.append(f"| {name} | {_fmt(s.pooled_sensitivity)} | {_fmt(s.pooled_f1)} | "
                  f"{_fmt(s.pooled_lesion_sensitivity)} | {_fmt(s.pooled_lesion_f1)} | {s.fp_lesions_total} |")
+  lines += _left_main_lines(results.cases)
   lines += ["", "## Spearman correlation (reference vs prediction)", "", "| quantity | rho | p | n | note |",
             "|---|---|---|---|---|"]
   for key, r in results.spearman.items():
@@ -250,7 +280,8 @@ def results_csv_text(results: EvaluationResults) -> str:
   buf = _io.StringIO()
   header = ["case_id", "spacing_z", "spacing_y", "spacing_x"]
   header += [f"{s}_{f}" for s in metrics.STRUCTURES for f in _CSV_FIELDS]
-  header += ["agatston_ref", "agatston_pred"]
+  header += ["agatston_ref", "agatston_pred", "left_main_ref_mm3", "left_main_ref_agatston",
+             "left_main_found_as_lad"]
   w = csv.writer(buf, lineterminator="\n")
   w.writerow(header)
   for c in results.cases:
@@ -258,6 +289,8 @@ def results_csv_text(results: EvaluationResults) -> str:
     row += [getattr(c.metrics[s], f) for s in metrics.STRUCTURES for f in _CSV_FIELDS]
     row += ["" if c.agatston_ref is None else c.agatston_ref,
             "" if c.agatston_pred is None else c.agatston_pred]
+    row += ["" if v is None else v
+            for v in (c.left_main_ref_mm3, c.left_main_ref_agatston, c.left_main_found_as_lad)]
     w.writerow(["nan" if isinstance(v, float) and math.isnan(v) else v for v in row])
   return buf.getvalue()
 

@@ -480,9 +480,15 @@ def read_labels(path: PathLike, like: Scan) -> np.ndarray:
 
   Raises ScanReadError naming the file and every unknown label value.
   """
+  return read_reference(path, like)[0]
+
+
+def read_reference(path: PathLike, like: Scan) -> tuple[np.ndarray, Optional[np.ndarray]]:
+  """Reads a reference-encoded label map onto `like`'s grid: (int32 classes 0..6, bool
+  left-main mask or None when the map does not label the left main apart)."""
   ref = read_mask(path, like)
   try:
-    return labels_lib.reference_to_classes(ref)
+    return labels_lib.reference_to_classes(ref), labels_lib.left_main_mask(ref)
   except ValueError as e:
     raise ScanReadError(f"{os.fspath(path)}: {e}") from None
 

@@ -4,11 +4,16 @@ Network classes (0..6):
   0 background, 1 LAD (incl. left main), 2 LCX, 3 RCA, 4 thoracic aorta, 5 aortic valve,
   6 mitral valve.
 Reference label values in label-map files:
-  0 background, 8 LAD and left main, 9 LCX, 10 RCA, 15 thoracic aorta (52, 54-57 are aorta
-  too), 53 aortic valve, 58 mitral valve.
+  0 background, 8 LAD (and left main where it is not labelled apart), 9 LCX, 10 RCA,
+  15 thoracic aorta (52, 54-57 are aorta too), 53 aortic valve, 58 mitral valve;
+  11 left main, where an annotation separates it (this project's extension of the encoding;
+  the phantoms write it). The network has no left-main class (the paper's LAD includes it), so
+  11 maps to the LAD class; `left_main_mask` keeps it apart for reporting (`scores`).
 """
 
 from __future__ import annotations
+
+from typing import Optional
 
 import numpy as np
 
@@ -17,8 +22,9 @@ NUM_CLASSES = len(CLASS_NAMES)
 BACKGROUND, LAD, LCX, RCA, AORTA, AORTIC_VALVE, MITRAL_VALVE = range(NUM_CLASSES)
 CORONARY_CLASSES = (LAD, LCX, RCA)
 
+LEFT_MAIN_REFERENCE = 11
 # reference value -> class
-REFERENCE_TO_CLASS = {0: 0, 8: 1, 9: 2, 10: 3, 15: 4, 52: 4, 54: 4, 55: 4, 56: 4, 57: 4, 53: 5, 58: 6}
+REFERENCE_TO_CLASS = {0: 0, 8: 1, 9: 2, 10: 3, LEFT_MAIN_REFERENCE: 1, 15: 4, 52: 4, 54: 4, 55: 4, 56: 4, 57: 4, 53: 5, 58: 6}
 # class -> canonical reference value (used when writing)
 CLASS_TO_REFERENCE = (0, 8, 9, 10, 15, 53, 58)
 # Display colours and names of classes 1..6 (figures and viewer colour tables).
@@ -26,6 +32,13 @@ CLASS_COLOURS = {LAD: "#e41a1c", LCX: "#4daf4a", RCA: "#377eb8", AORTA: "#ffd92f
                  MITRAL_VALVE: "#00e5ee"}
 CLASS_DISPLAY_NAMES = {LAD: "LAD", LCX: "LCX", RCA: "RCA", AORTA: "aorta", AORTIC_VALVE: "aortic valve",
                        MITRAL_VALVE: "mitral valve"}
+LEFT_MAIN_COLOUR = "#984ea3"
+
+
+def _viewer_entries() -> list[tuple[int, str, str]]:
+  """(reference value, display name, colour) of every written label value but background."""
+  entries = [(CLASS_TO_REFERENCE[c], name, CLASS_COLOURS[c]) for c, name in CLASS_DISPLAY_NAMES.items()]
+  return entries[:1] + [(LEFT_MAIN_REFERENCE, "left main", LEFT_MAIN_COLOUR)] + entries[1:]
 
 
 def reference_to_classes(label_map: np.ndarray) -> np.ndarray:
@@ -43,7 +56,8 @@ def reference_to_classes(label_map: np.ndarray) -> np.ndarray:
   if unknown:
     raise ValueError(
         f"label map holds unknown label values {unknown}; known values are "
-        f"{sorted(REFERENCE_TO_CLASS)} (0 bg, 8 LAD, 9 LCX, 10 RCA, 15/52/54-57 aorta, 53 aortic valve, 58 mitral valve)")
+        f"{sorted(REFERENCE_TO_CLASS)} (0 bg, 8 LAD, 9 LCX, 10 RCA, 11 left main, 15/52/54-57 aorta, "
+        "53 aortic valve, 58 mitral valve)")
   lut = np.zeros(int(values.max()) + 1 if values.size else 1, dtype=np.int32)
   for ref, cls in REFERENCE_TO_CLASS.items():
     if ref < lut.size:
@@ -53,13 +67,29 @@ def reference_to_classes(label_map: np.ndarray) -> np.ndarray:
   return lut[label_map]
 
 
-def classes_to_reference(classes: np.ndarray) -> np.ndarray:
-  """Map classes 0..6 to reference label values (uint8). Raises on values outside 0..6."""
+def left_main_mask(label_map: np.ndarray) -> Optional[np.ndarray]:
+  """Bool (z, y, x): the voxels a reference label map marks as left main (value 11), or None
+  when the map does not label the left main apart (then the LAD class includes it)."""
+  mask = np.asarray(label_map) == LEFT_MAIN_REFERENCE
+  return mask if mask.any() else None
+
+
+def classes_to_reference(classes: np.ndarray, left_main: Optional[np.ndarray] = None) -> np.ndarray:
+  """Map classes 0..6 to reference label values (uint8). Raises on values outside 0..6.
+
+  left_main: optional bool mask (same shape) of LAD-class voxels written as left main (11).
+  """
   classes = np.asarray(classes)
   bad = np.unique(classes[(classes < 0) | (classes >= NUM_CLASSES)])
   if bad.size:
     raise ValueError(f"class map holds values {bad.tolist()} outside 0..{NUM_CLASSES - 1}")
-  return np.asarray(CLASS_TO_REFERENCE, dtype=np.uint8)[classes]
+  out = np.asarray(CLASS_TO_REFERENCE, dtype=np.uint8)[classes]
+  if left_main is not None:
+    left_main = np.asarray(left_main, dtype=bool)
+    if np.any(left_main & (classes != LAD)):
+      raise ValueError("left-main voxels must carry the LAD class")
+    out[left_main] = LEFT_MAIN_REFERENCE
+  return out
 
 
 def _rgb(hex_colour: str) -> tuple[int, int, int]:
@@ -72,9 +102,9 @@ def itksnap_label_description() -> str:
   lines = ["################################################", "# ITK-SnAP Label Description File",
            "# Columns = Index R G B A VIS MSH LABEL", "################################################",
            '    0     0    0    0        0  0  0    "Clear Label"']
-  for cls, name in CLASS_DISPLAY_NAMES.items():
-    r, g, b = _rgb(CLASS_COLOURS[cls])
-    lines.append(f'{CLASS_TO_REFERENCE[cls]:5d} {r:5d} {g:4d} {b:4d}        1  1  1    "{name}"')
+  for value, name, colour in _viewer_entries():
+    r, g, b = _rgb(colour)
+    lines.append(f'{value:5d} {r:5d} {g:4d} {b:4d}        1  1  1    "{name}"')
   return "\n".join(lines) + "\n"
 
 
@@ -82,7 +112,7 @@ def slicer_colour_table() -> str:
   """3D Slicer colour table (.ctbl: `value name R G B A` per line) for the same label maps;
   load it as a colour node and pick it for the label map's display."""
   lines = ["# cac_jax calcium classes (reference label values)", "0 background 0 0 0 0"]
-  for cls, name in CLASS_DISPLAY_NAMES.items():
-    r, g, b = _rgb(CLASS_COLOURS[cls])
-    lines.append(f"{CLASS_TO_REFERENCE[cls]} {name.replace(' ', '_')} {r} {g} {b} 255")
+  for value, name, colour in _viewer_entries():
+    r, g, b = _rgb(colour)
+    lines.append(f"{value} {name.replace(' ', '_')} {r} {g} {b} 255")
   return "\n".join(lines) + "\n"

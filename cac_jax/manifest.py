@@ -173,11 +173,11 @@ def load_case(row: ManifestRow, config=None) -> Case:
   scan = io_lib.read_scan(row.image)
   scan = dataclasses.replace(scan, meta={**scan.meta, "case_id": row.id, "domain": row.domain,
                                          "split": row.split})
-  labels = io_lib.read_labels(row.label, scan) if row.label else None
+  labels, left_main = io_lib.read_reference(row.label, scan) if row.label else (None, None)
   heart = io_lib.read_mask(row.heart_mask, scan) > 0 if row.heart_mask else None
   aorta = io_lib.read_mask(row.aorta_mask, scan) > 0 if row.aorta_mask else None
   case = Case(case_id=row.id, scan=scan, domain=row.domain, labels=labels, heart_mask=heart,
-              aorta_mask=aorta)
+              aorta_mask=aorta, left_main=left_main)
   if config is None:
     return case
   data = config.data
@@ -197,7 +197,7 @@ def _thick_case(case: Case, thickness: float, increment: float) -> Case:
 
   return dataclasses.replace(case, scan=thick, labels=_labels(case.labels),
                              heart_mask=_labels(case.heart_mask),
-                             aorta_mask=_labels(case.aorta_mask))
+                             aorta_mask=_labels(case.aorta_mask), left_main=_labels(case.left_main))
 
 
 def load_cases(csv_path, config, split: Optional[str] = None,

@@ -130,7 +130,7 @@ def resample_case(case: Case, spacing_zyx: Sequence[float], order: int = 1) -> C
 
   return dataclasses.replace(case, scan=scan, labels=_labels(case.labels),
                              heart_mask=_labels(case.heart_mask),
-                             aorta_mask=_labels(case.aorta_mask))
+                             aorta_mask=_labels(case.aorta_mask), left_main=_labels(case.left_main))
 
 
 def _thick_weights(n: int, spacing: float, thickness: float, increment: float):

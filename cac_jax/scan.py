@@ -94,6 +94,8 @@ class Case:
 
   labels: int32 (z, y, x) class indices 0..6 (see `cac_jax.labels`), or None if unlabelled.
   heart_mask, aorta_mask: bool (z, y, x) or None.
+  left_main: bool (z, y, x) LAD-class voxels the reference labels as left main, or None when
+    the labels do not separate it (`labels.left_main_mask`).
   domain: "ncct" or "ccta".
   """
 
@@ -103,3 +105,4 @@ class Case:
   labels: Optional[np.ndarray] = None
   heart_mask: Optional[np.ndarray] = None
   aorta_mask: Optional[np.ndarray] = None
+  left_main: Optional[np.ndarray] = None

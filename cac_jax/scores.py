@@ -22,8 +22,13 @@ Definitions (class maps int (z, y, x) 0..6, `cac_jax.labels`; HU (z, y, x); geom
   * Risk category (total coronary Agatston, unrounded): "0" (= 0), "1-10" (0 < A <= 10),
     "11-100" (<= 100), "101-400" (<= 400), ">400".
   * CAC-DRS: A0 (= 0), A1 (0 < A < 100), A2 (100 <= A < 300), A3 (>= 300), plus N = number of
-    coronary arteries (LAD incl. left main, LCX, RCA: at most 3 here, as left main is merged
-    into the LAD class) with calcium, e.g. "A2/N2"; A0 has no N ("A0").
+    coronary arteries with calcium, e.g. "A2/N2"; A0 has no N ("A0"). The arteries are left
+    main, LAD, LCX and RCA when the labels separate the left main (N <= 4), else LAD incl.
+    left main, LCX and RCA (N <= 3).
+  * Left main: the network's LAD class includes the left main (as the paper's). When a label
+    map separates it (reference maps with value 11, e.g. the phantoms'; `labels.left_main_mask`),
+    `compute_scores(..., left_main=mask)` reports "LM" on its own and "LAD" without it;
+    `left_main_separate` says which of the two a result is.
   * Aorta, aortic valve and mitral valve: volume, lesion count and mass; Agatston for the
     aortic valve only.
   * `mean_hu` of a class with no voxel is None (null in JSON), and so is its mass.
@@ -38,7 +43,7 @@ from typing import Any, Optional
 import numpy as np
 from scipy import ndimage
 
-from cac_jax.labels import AORTA, AORTIC_VALVE, CLASS_NAMES, CORONARY_CLASSES, MITRAL_VALVE
+from cac_jax.labels import AORTA, AORTIC_VALVE, CLASS_NAMES, CORONARY_CLASSES, LAD, MITRAL_VALVE
 from cac_jax.scan import Scan
 
 CONNECTIVITY_6 = ndimage.generate_binary_structure(3, 1)
@@ -152,8 +157,22 @@ def _region_scores(mask, hu, scan: Scan, c_ha: float, with_agatston: bool) -> di
   return out
 
 
+def _split_left_main(classes: np.ndarray, left_main: Optional[np.ndarray]) -> list[tuple[str, np.ndarray]]:
+  """(name, bool mask) of each coronary artery: LM, LAD, LCX, RCA when `left_main` (bool, LAD
+  voxels labelled left main) is given and non-empty, else LAD (incl. left main), LCX, RCA."""
+  arteries = [(CLASS_NAMES[c], classes == c) for c in CORONARY_CLASSES]
+  if left_main is None or not np.any(left_main):
+    return arteries
+  left_main = np.asarray(left_main, dtype=bool)
+  if left_main.shape != classes.shape or np.any(left_main & (classes != LAD)):
+    raise ValueError("left_main must be a mask of LAD-class voxels on the class map's grid")
+  lad = arteries[0][1] & ~left_main
+  return [("LM", left_main), (CLASS_NAMES[LAD], lad)] + arteries[1:]
+
+
 def compute_scores(classes: np.ndarray, hu: np.ndarray, scan: Scan, domain: str,
-                   calibration: Optional[float] = None) -> dict[str, Any]:
+                   calibration: Optional[float] = None,
+                   left_main: Optional[np.ndarray] = None) -> dict[str, Any]:
   """All scores for one scan.
 
   Args:
@@ -162,12 +181,14 @@ def compute_scores(classes: np.ndarray, hu: np.ndarray, scan: Scan, domain: str,
     scan: geometry (spacing, voxel volume).
     domain: "ncct" or "ccta".
     calibration: c_HA in mg/(mm³·HU) for the mass score; None -> 1 (uncalibrated).
+    left_main: optional bool (z, y, x) mask of the LAD-class voxels that are left main (from a
+      reference label map, `labels.left_main_mask`); then "LM" is reported on its own.
 
   Returns:
-    JSON-serialisable dict: {"domain", "LAD", "LCX", "RCA", "total" (each with volume_mm3,
+    JSON-serialisable dict: {"domain", ["LM",] "LAD", "LCX", "RCA", "total" (each with volume_mm3,
     lesions, mean_hu, mass, agatston), "aorta", "aortic_valve" (with agatston),
     "mitral_valve" (volume_mm3, lesions, mean_hu, mass), "risk_category", "cac_drs",
-    "num_vessels", "agatston_standard", "agatston_protocol_notes", "mass_calibrated",
+    "num_vessels", "left_main_separate", "agatston_standard", "agatston_protocol_notes", "mass_calibrated",
     "mass_units", "calibration", "slice_increment_mm", "notes"}.
   """
   if domain not in ("ncct", "ccta"):
@@ -178,13 +199,14 @@ def compute_scores(classes: np.ndarray, hu: np.ndarray, scan: Scan, domain: str,
     raise ValueError(f"shapes differ: classes {classes.shape}, hu {hu.shape}, scan {scan.shape}")
   c_ha = 1.0 if calibration is None else float(calibration)
   result: dict[str, Any] = {"domain": domain}
+  arteries = _split_left_main(classes, left_main)
   num_vessels = 0
-  for cls in CORONARY_CLASSES:
-    r = _region_scores(classes == cls, hu, scan, c_ha, True)
+  for name, mask in arteries:
+    r = _region_scores(mask, hu, scan, c_ha, True)
     num_vessels += int(r["volume_mm3"] > 0)
-    result[CLASS_NAMES[cls]] = r
+    result[name] = r
   total = _region_scores(np.isin(classes, CORONARY_CLASSES), hu, scan, c_ha, False)
-  total["agatston"] = float(sum(result[CLASS_NAMES[c]]["agatston"] for c in CORONARY_CLASSES))
+  total["agatston"] = float(sum(result[name]["agatston"] for name, _ in arteries))
   result["total"] = total
   for cls in (AORTA, AORTIC_VALVE, MITRAL_VALVE):
     result[CLASS_NAMES[cls]] = _region_scores(classes == cls, hu, scan, c_ha, cls == AORTIC_VALVE)
@@ -192,10 +214,14 @@ def compute_scores(classes: np.ndarray, hu: np.ndarray, scan: Scan, domain: str,
   notes = list(protocol_notes)
   if calibration is None:
     notes.append("mass is uncalibrated (c_HA = 1): HU·mm³, not mg")
+  separate = len(arteries) == 4
+  if not separate:
+    notes.append("LAD includes the left main (the labels do not separate it)")
   result.update({
       "risk_category": risk_category(total["agatston"]),
       "cac_drs": cac_drs(total["agatston"], num_vessels),
       "num_vessels": num_vessels,
+      "left_main_separate": separate,
       "agatston_standard": not protocol_notes,
       "agatston_protocol_notes": protocol_notes,
       "mass_calibrated": calibration is not None,
@@ -211,9 +237,11 @@ LESION_FIELDS = ("id", "artery", "voxels", "volume_mm3", "peak_hu", "agatston", 
                  "centroid_y_mm", "centroid_z_mm")
 
 
-def lesion_table(classes: np.ndarray, hu: np.ndarray, scan: Scan, calibration: Optional[float] = None) -> list[dict]:
+def lesion_table(classes: np.ndarray, hu: np.ndarray, scan: Scan, calibration: Optional[float] = None,
+                 left_main: Optional[np.ndarray] = None) -> list[dict]:
   """One row per lesion: a 6-connected component of one class (the lesions `compute_scores`
-  counts), coronary classes first, then aorta and valves, each in array order.
+  counts), coronary arteries first (left main on its own when `left_main` is given, as in
+  `compute_scores`), then aorta and valves, each in array order.
 
   Row fields (`LESION_FIELDS`): id (1..), artery (class name), voxels, volume_mm3, peak_hu,
   agatston (coronary classes and aortic valve; None for aorta and mitral valve; per-lesion
@@ -227,8 +255,9 @@ def lesion_table(classes: np.ndarray, hu: np.ndarray, scan: Scan, calibration: O
   hu = np.asarray(hu, dtype=np.float64)
   c_ha = 1.0 if calibration is None else float(calibration)
   rows: list[dict] = []
-  for cls in CORONARY_CLASSES + (AORTA, AORTIC_VALVE, MITRAL_VALVE):
-    mask = classes == cls
+  structures = _split_left_main(classes, left_main)
+  structures += [(CLASS_NAMES[c], classes == c) for c in (AORTA, AORTIC_VALVE, MITRAL_VALVE)]
+  for name, mask in structures:
     if not mask.any():
       continue
     lab, n = ndimage.label(mask, structure=CONNECTIVITY_6)
@@ -239,9 +268,9 @@ def lesion_table(classes: np.ndarray, hu: np.ndarray, scan: Scan, calibration: O
       centre = np.array([s.start for s in sl]) + np.mean(np.nonzero(one), axis=1)
       x, y, z = scan.index_to_physical(centre)
       score = None
-      if cls in CORONARY_CLASSES or cls == AORTIC_VALVE:
+      if name not in (CLASS_NAMES[AORTA], CLASS_NAMES[MITRAL_VALVE]):
         score = round(agatston(one, hu[sl], scan.spacing), 2)
-      rows.append({"id": len(rows) + 1, "artery": CLASS_NAMES[cls], "voxels": int(one.sum()),
+      rows.append({"id": len(rows) + 1, "artery": name, "voxels": int(one.sum()),
                    "volume_mm3": round(vol, 2), "peak_hu": round(float(vals.max()), 1), "agatston": score,
                    "mass": round(c_ha * vol * float(vals.mean()), 1), "centroid_x_mm": round(float(x), 1),
                    "centroid_y_mm": round(float(y), 1), "centroid_z_mm": round(float(z), 1)})

@@ -109,11 +109,12 @@ def test_plausibility_warnings():
 def test_viewer_colour_tables_name_every_class():
   itk = labels.itksnap_label_description().splitlines()
   entries = [l.split() for l in itk if not l.startswith("#")]
-  assert [int(e[0]) for e in entries] == list(labels.CLASS_TO_REFERENCE)
+  written = sorted(set(labels.CLASS_TO_REFERENCE) | {labels.LEFT_MAIN_REFERENCE})
+  assert sorted(int(e[0]) for e in entries) == written
   assert '"aortic' in itk[-2] and itk[-1].endswith('"mitral valve"')
   ctbl = [l.split() for l in labels.slicer_colour_table().splitlines() if not l.startswith("#")]
-  assert [int(e[0]) for e in ctbl] == list(labels.CLASS_TO_REFERENCE)
-  assert [e[1] for e in ctbl[1:]] == ["LAD", "LCX", "RCA", "aorta", "aortic_valve", "mitral_valve"]
+  assert sorted(int(e[0]) for e in ctbl) == written
+  assert [e[1] for e in ctbl[1:]] == ["LAD", "left_main", "LCX", "RCA", "aorta", "aortic_valve", "mitral_valve"]
   assert all(len(e) == 6 for e in ctbl)
 
 

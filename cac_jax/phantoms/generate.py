@@ -117,6 +117,7 @@ def simulate(domain: str, seed: int, config, track_tissue: bool = False) -> Simu
     roi_mean = roi_sd = float("nan")
 
   labels = np.zeros(grid.shape, dtype=np.int32)
+  left_main = np.zeros(grid.shape, dtype=bool)  # LAD-class voxels of left-main lesions
   vols = np.zeros(len(plans))
   peaks = np.full(len(plans), np.nan)
   order = sorted(range(len(plans)), key=lambda i: plans[i].cls not in L.CORONARY_CLASSES)
@@ -140,6 +141,8 @@ def simulate(domain: str, seed: int, config, track_tissue: bool = False) -> Simu
       continue
     sel = np.isin(comp, ids)
     labels[box][sel] = plans[i].cls
+    if plans[i].site == "lm":
+      left_main[box][sel] = True
     vols[i] = sel.sum() * grid.voxel_volume
     peaks[i] = float(hu[box][sel].max())
 
@@ -151,7 +154,8 @@ def simulate(domain: str, seed: int, config, track_tissue: bool = False) -> Simu
   scan = Scan(hu=hu, spacing=grid.spacing, origin=tuple(float(v) for v in grid.origin), meta=meta)
   heart = canvas.masks["heart"]
   case = Case(case_id=case_id(domain, seed), scan=scan, domain=acquisition.CASE_DOMAIN[domain],
-              labels=labels, heart_mask=heart, aorta_mask=canvas.masks["aorta"])
+              labels=labels, heart_mask=heart, aorta_mask=canvas.masks["aorta"],
+              left_main=left_main if left_main.any() else None)
   return Simulation(case=case, patient=patient, protocol=protocol, plans=plans,
                     lesion_volumes_mm3=vols, lesion_peaks_hu=peaks, tissue=canvas.tissue, materials=mat,
                     contrast=feats, streak_hu=streak)

@@ -32,14 +32,14 @@ def _write_array(array_zyx: np.ndarray, case: Case, path: str) -> None:
 
 
 def write_case(case: Case, output_dir: str) -> dict:
-  """Writes image (int16 HU), labels (reference encoding), heart and aorta masks; returns the row."""
+  """Writes image (int16 HU), labels (reference encoding, left main as 11), heart and aorta masks; returns the row."""
   rel = {"image": f"images/{case.case_id}.nii.gz", "label": f"labels/{case.case_id}.nii.gz",
          "heart_mask": f"heart/{case.case_id}.nii.gz", "aorta_mask": f"aorta/{case.case_id}.nii.gz"}
   for sub in ("images", "labels", "heart", "aorta"):
     os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
   hu = np.clip(np.round(case.scan.hu), -1024, 3071).astype(np.int16)
   _write_array(hu, case, os.path.join(output_dir, rel["image"]))
-  _write_array(L.classes_to_reference(case.labels), case, os.path.join(output_dir, rel["label"]))
+  _write_array(L.classes_to_reference(case.labels, case.left_main), case, os.path.join(output_dir, rel["label"]))
   _write_array(case.heart_mask.astype(np.uint8), case, os.path.join(output_dir, rel["heart_mask"]))
   _write_array(case.aorta_mask.astype(np.uint8), case, os.path.join(output_dir, rel["aorta_mask"]))
   return {"id": case.case_id, **rel, "domain": case.domain}
