@@ -10,5 +10,6 @@ from configs import demo
 
 def get_config() -> ml_collections.ConfigDict:
   c = demo.get_config()
+  c.name = "benchmark"
   c.experiment.seeds = (0, 1, 2)  # launch.reproduce's default when --seeds is not given
   return c

@@ -11,6 +11,7 @@ from configs import tiny
 
 def get_config() -> ml_collections.ConfigDict:
   c = tiny.get_config()
+  c.name = "demo"
   c.model.tower_width = 16
   c.model.tower_features = 16
   c.model.dilations = (1, 1, 2, 4, 8)

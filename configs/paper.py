@@ -5,6 +5,7 @@ import ml_collections
 
 def get_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
+  c.name = "paper"  # recorded in exports and scores.json provenance
   c.seed = 0
 
   # Networks (cac_jax.models).

@@ -7,6 +7,7 @@ from configs import paper
 
 def get_config() -> ml_collections.ConfigDict:
   c = paper.get_config()
+  c.name = "tiny"
   c.model.tower_width = 8
   c.model.tower_features = 8
   c.model.dilations = (1, 2, 4)      # RF = 1 + 2*(1+2+4+1) = 17

@@ -46,6 +46,12 @@ def test_export_round_trip(config, params, exported):
   assert _equal(checkpoints.load_inference(exported)[0], loaded)
 
 
+def test_provenance_names_the_config(exported):
+  loaded_cfg = checkpoints.load_inference(exported)[1]
+  prov = checkpoints.provenance(exported, loaded_cfg)
+  assert prov["config_name"] == "tiny" and len(prov["checkpoint_sha256"]) == 64
+
+
 def test_export_needs_both_networks(config, params, tmp_path):
   with pytest.raises(ValueError, match="classifier"):
     checkpoints.export_inference(str(tmp_path / "x"), {"generator": params["generator"]}, config)
