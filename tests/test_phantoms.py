@@ -15,7 +15,7 @@ from cac_jax.phantoms.raster import Grid
 from configs import tiny
 
 DOMAINS = phantoms.DOMAINS
-NOISE_RANGE = {"chest_ncct": (30, 60), "cardiac_ncct": (15, 30), "ccta": (20, 45)}
+NOISE_RANGE = acquisition.NOISE_SD_HU
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,7 @@ from typing import Optional
 
 import numpy as np
 from scipy import ndimage
+from scipy.spatial import cKDTree
 
 from cac_jax.phantoms import raster
 from cac_jax.phantoms.raster import Tube, unit
@@ -49,6 +50,13 @@ STREAK_HU = (50.0, 150.0)
 # 1-3 segments at +15..45 % it calls ~60-80 mm³/scan (measured on 16 test phantoms).
 CORONARY_BUMPS_P = (0.0, 0.3, 0.4, 0.3)  # P(0, 1, 2, 3 brighter segments) per coronary artery
 CORONARY_GAIN = (0.15, 0.45)             # peak HU of a bright segment: (1 + gain) x aortic lumen HU
+# Transluminal attenuation gradient: the lumen HU falls linearly with the distance from the
+# ostium along the artery (through the left main for LAD and LCX), by `fall` x the drawn coronary
+# lumen HU per FALLOFF_LENGTH_MM. Normal coronaries lose about 10-15 HU per 10 mm (TAG;
+# Steigner et al., Int J Cardiovasc Imaging 2010; Choi et al., JACC Cardiovasc Imaging 2011),
+# i.e. 100-200 HU (about 20-40 %) over 120 mm at 400-500 HU.
+CORONARY_FALLOFF = (0.2, 0.4)
+FALLOFF_LENGTH_MM = 120.0
 
 
 @dataclasses.dataclass
@@ -95,6 +103,7 @@ class ContrastFeatures:
   coronary_bumps: dict        # vessel name -> list of Bump on its centreline
   streaks: list               # StreakSource
   seeds: tuple                # child seeds of the smooth random fields (svc, plume)
+  coronary_falloff: dict = dataclasses.field(default_factory=dict)  # name -> (centreline (n, 3), loss (n,))
 
 
 def _ellipsoid_point(rng, e: raster.Ellipsoid, scale: float) -> np.ndarray:
@@ -233,13 +242,29 @@ def sample_features(rng: np.random.Generator, patient, protocol, plans, material
                                 rng.uniform(0.0, np.pi, n), amps, rng.uniform(8.0, 16.0),
                                 rng.uniform(0.4, 0.7), int(rng.integers(2 ** 31))))
   seeds = tuple(int(s) for s in rng.integers(2 ** 31, size=2))
+  falloff = _falloff(patient, float(rng.uniform(*CORONARY_FALLOFF)))
   return ContrastFeatures(phase=phase, injection_side=side, dense_hu=dense, column=float(column),
                           mixing=float(mixing), layering=float(layering), junction=float(junction),
                           swirl=float(swirl), mix_start_mm=float(mix_start_mm), mix_mm=float(mix_mm),
                           svc=svc, bcv=bcv,
                           orifice=orifice, plume_mm=float(plume_mm), plume_gain=float(plume_gain),
                           flushed_factor=float(flushed), ventricle_bumps=vbumps, coronary_bumps=cbumps,
-                          streaks=streaks, seeds=seeds)
+                          streaks=streaks, seeds=seeds, coronary_falloff=falloff)
+
+
+def _arc_mm(points: np.ndarray) -> np.ndarray:
+  return np.concatenate([[0.0], np.cumsum(np.linalg.norm(np.diff(points, axis=0), axis=1))])
+
+
+def _falloff(patient, fall: float) -> dict:
+  """{vessel: (centreline xyz (n, 3) mm, fraction of the lumen HU lost at each point (n,))}."""
+  lm = patient.coronaries.get("lm")
+  lm_len = 0.0 if lm is None else lm.length()
+  out = {}
+  for name, v in patient.coronaries.items():
+    start = lm_len if name in ("lad", "lcx") else 0.0
+    out[name] = (v.points, fall * (start + _arc_mm(v.points)) / FALLOFF_LENGTH_MM)
+  return out
 
 
 def smooth_noise(seed: int, grid: raster.Grid, bb, corr_mm: float, coarse_mm: float = 2.0) -> np.ndarray:
@@ -361,7 +386,7 @@ def enhance_coronaries(canvas: raster.Canvas, f: ContrastFeatures, lumens: dict,
   io, lum = mat["blood_left"], mat["coronary_lumen"]
   hu = canvas.hu.reshape(-1)
   for name, bumps in f.coronary_bumps.items():
-    if not bumps or name not in lumens:
+    if (not bumps and name not in f.coronary_falloff) or name not in lumens:
       continue
     idx, frac = lumens[name]
     if idx.size == 0:
@@ -373,6 +398,10 @@ def enhance_coronaries(canvas: raster.Canvas, f: ContrastFeatures, lumens: dict,
     w = np.zeros(idx.shape, np.float32)
     for b in bumps:  # peak HU io * (1 + gain) at the bump centre
       w += np.float32((io * (1.0 + b.gain) - lum) / io) * _bump_sum([dataclasses.replace(b, gain=1.0)], X, Y, Z)
+    if name in f.coronary_falloff:  # lumen HU x (1 - loss at the nearest centreline point)
+      pts, loss = f.coronary_falloff[name]
+      nearest = cKDTree(pts).query(np.stack([X, Y, Z], axis=1))[1]
+      w -= np.float32(lum / io) * loss[nearest].astype(np.float32)
     hu[idx] += frac * np.float32(io) * w
 
 
