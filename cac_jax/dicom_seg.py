@@ -52,7 +52,7 @@ def build_seg(classes_source: np.ndarray, sources: Sequence):
 
   Args:
     classes_source: int (n_files, rows, columns) classes 0..6 on the source series' own grid,
-      frame k on `sources[k]` (`cac_jax.io.source_array` of the classes: slices in the order
+      frame k on `sources[k]` (`cac_jax.volume_io.source_array` of the classes: slices in the order
       GDCM sorted the files).
     sources: the series' pydicom datasets (pixel data not needed) in that order
       (`read_sources`).

@@ -30,7 +30,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from cac_jax import atomic
-from cac_jax import io as io_lib
+from cac_jax import volume_io
 from cac_jax import labels as labels_lib
 from cac_jax import manifest as manifest_lib
 from cac_jax import metrics
@@ -77,7 +77,7 @@ class EvaluationResults:
 def _read_lps(path: str) -> sitk.Image:
   if not os.path.isfile(path):
     raise FileNotFoundError(f"no such file: {path}")
-  io_lib.check_complete(path)  # SimpleITK reads a truncated file without complaint
+  volume_io.check_complete(path)  # SimpleITK reads a truncated file without complaint
   img = sitk.ReadImage(path)
   if img.GetDimension() != 3:
     raise ValueError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
