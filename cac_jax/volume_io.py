@@ -10,8 +10,8 @@ and orientation (`write_like`) and overlay the input in ITK-SNAP / 3D Slicer.
 Masks and label maps (`read_mask`, `read_labels`) are placed on a scan's grid by physical
 coordinates (nearest neighbour), so a mask stored on another voxel grid lands correctly.
 
-Writes are atomic: the file is written into a temporary folder next to the target, checked
-complete (`check_complete`: a clean end of the gzip stream and as many voxel bytes as the header
+Writes are atomic (`atomic.write_with`): the file is written into a temporary folder next to
+the target, checked complete (`check_complete`: a clean end of the gzip stream and as many voxel bytes as the header
 announces; a full disk can otherwise leave a short file that SimpleITK still reads) and moved
 into place with `os.replace`, so a reader never sees a half-written file.
 
@@ -30,9 +30,7 @@ from __future__ import annotations
 import errno
 import gzip
 import os
-import shutil
 import struct
-import tempfile
 import zlib
 from typing import Optional, Union
 
@@ -499,34 +497,27 @@ def _to_sitk_dtype(array: np.ndarray) -> np.ndarray:
   return array
 
 
-def _atomic_write(img: sitk.Image, path: PathLike) -> None:
-  """Writes `img` to `path` atomically (also for multi-file formats such as .mhd + .raw).
+def _write_image(img: sitk.Image, path: PathLike) -> None:
+  """Writes `img` to `path` atomically (`atomic.write_with`; also multi-file formats such as
+  .mhd + .raw), checked complete (`check_complete`) before it is moved into place: a full disk
+  can make SimpleITK stop writing early without an error."""
+  path = os.fspath(path)
 
-  The written file is checked complete (`check_complete`) before it is moved into place: a
-  full disk can make SimpleITK stop writing early without an error.
-  """
-  path = os.path.abspath(os.fspath(path))
-  folder = os.path.dirname(path)
-  os.makedirs(folder, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=atomic.TMP_PREFIX + "write-", dir=folder)
-  try:
-    tmp_path = os.path.join(tmp, os.path.basename(path))
+  def _write(tmp_path: str) -> None:
     try:
       sitk.WriteImage(img, tmp_path, True)
     except RuntimeError as e:
-      raise OSError(errno.EIO, f"cannot write the image ({_first_line(e)}; disk full?)", path) from None
+      raise OSError(errno.EIO, f"cannot write the image ({_first_line(e)}; disk full?)",
+                    path) from None
+
+  def _verify(tmp_path: str) -> None:
     try:
       check_complete(tmp_path)
     except ScanReadError:
       raise OSError(errno.EIO, "the written file is incomplete (disk full?); nothing was "
                     "moved into place", path) from None
-    # Move companion data files (e.g. .raw of a .mhd) first and the named file last.
-    names = sorted(os.listdir(tmp), key=lambda n: n == os.path.basename(path))
-    for name in names:
-      os.chmod(os.path.join(tmp, name), 0o644)
-      os.replace(os.path.join(tmp, name), os.path.join(folder, name))
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+
+  atomic.write_with(path, _write, verify=_verify)
 
 
 def write_like(array_zyx: np.ndarray, like: Scan, path: PathLike) -> None:
@@ -541,7 +532,7 @@ def write_like(array_zyx: np.ndarray, like: Scan, path: PathLike) -> None:
       linear for floats). Without `like.source` the canonical geometry is written.
     path: output file; the extension picks the format (.nii.gz, .mha, .nrrd, ...).
   """
-  _atomic_write(_source_image(array_zyx, like), path)
+  _write_image(_source_image(array_zyx, like), path)
 
 
 def source_array(array_zyx: np.ndarray, like: Scan) -> np.ndarray:
@@ -597,7 +588,7 @@ def write_scan(scan: Scan, path: PathLike) -> None:
   img.SetSpacing(tuple(float(s) for s in scan.spacing[::-1]))
   img.SetOrigin(tuple(float(o) for o in scan.origin))
   img.SetDirection(tuple(float(d) for d in scan.direction))
-  _atomic_write(img, path)
+  _write_image(img, path)
 
 
 def dicom_series_files(path: PathLike, series: Optional[str] = None) -> list[str]:
