@@ -155,16 +155,13 @@ def _check_headers(where: str, paths: dict) -> list[str]:
   if image is not None and "label" in infos:
     label = infos["label"]
     if not volume_io.same_physical_grid(image, label):
+      fmt = volume_io.format_numbers
       errors.append(
           f"{where}: label map is not on the image's voxel grid (image size {image['size_xyz']} "
-          f"spacing {_fmt(image['spacing_xyz'])} origin {_fmt(image['origin_xyz'])}; label size "
-          f"{label['size_xyz']} spacing {_fmt(label['spacing_xyz'])} origin "
-          f"{_fmt(label['origin_xyz'])})")
+          f"spacing {fmt(image['spacing_xyz'])} origin {fmt(image['origin_xyz'])}; label size "
+          f"{label['size_xyz']} spacing {fmt(label['spacing_xyz'])} origin "
+          f"{fmt(label['origin_xyz'])})")
   return errors
-
-
-def _fmt(values) -> str:
-  return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
 
 
 def load_case(row: ManifestRow, config=None) -> Case:

@@ -378,6 +378,11 @@ def _reference_image(like: Scan, pixel_id=sitk.sitkUInt8) -> sitk.Image:
   return ref
 
 
+def format_numbers(values) -> str:
+  """(a, b, c) with 4 significant digits each, for geometry in messages."""
+  return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
 def _same_grid(img: sitk.Image, like: Scan, rtol: float = 1e-5) -> bool:
   """True if `img` (3D) has exactly `like`'s grid (size, spacing, origin, direction)."""
   if tuple(img.GetSize()) != tuple(like.shape[::-1]):
@@ -433,7 +438,7 @@ def read_scan(path: PathLike, allow_2d: bool = False, series: Optional[str] = No
               direction=tuple(float(d) for d in img.GetDirection()), source=source, meta=meta)
 
 
-def read_mask(path: PathLike, like: Scan) -> np.ndarray:
+def read_mask(path: PathLike, like: Scan, resample: bool = True) -> np.ndarray:
   """Reads an integer mask / label map onto `like`'s grid by physical coordinates.
 
   The file may be on any voxel grid and orientation: every voxel centre of `like` takes the
@@ -442,13 +447,16 @@ def read_mask(path: PathLike, like: Scan) -> np.ndarray:
   Args:
     path: mask or label-map file (or DICOM folder).
     like: the scan whose grid the result is on.
+    resample: False: the file must lie on `like`'s voxel grid (any orientation), e.g. a
+      prediction compared voxel by voxel with a reference; ScanReadError otherwise.
 
   Returns:
     int32 array with shape `like.shape` (z, y, x), the file's values unchanged.
 
   Raises:
-    FileNotFoundError, ScanReadError: missing/unreadable file, non-integer values, or a
-      non-empty mask that does not overlap `like` at all.
+    FileNotFoundError, ScanReadError: missing/unreadable file, non-integer values, a
+      non-empty mask that does not overlap `like` at all, or (`resample=False`) a file on
+      another grid.
   """
   path = os.fspath(path)
   img, _ = _read_image(path, "mask")
@@ -462,6 +470,11 @@ def read_mask(path: PathLike, like: Scan) -> np.ndarray:
   canon = img if code == CANONICAL else _canonical(img)
   if _same_grid(canon, like):
     out = sitk.GetArrayViewFromImage(canon).astype(np.int32)
+  elif not resample:
+    raise ScanReadError(
+        f"{path}: not on the scan's voxel grid (size {canon.GetSize()} vs "
+        f"{like.shape[::-1]}, spacing {format_numbers(canon.GetSpacing())} vs {format_numbers(like.spacing[::-1])}, "
+        f"origin {format_numbers(canon.GetOrigin())} vs {format_numbers(like.origin)} mm, x y z order)")
   else:
     out = sitk.GetArrayFromImage(
         sitk.Resample(img, _reference_image(like), sitk.Transform(), sitk.sitkNearestNeighbor,
@@ -473,12 +486,13 @@ def read_mask(path: PathLike, like: Scan) -> np.ndarray:
   return out.astype(np.int32, copy=False)
 
 
-def read_labels(path: PathLike, like: Scan) -> np.ndarray:
+def read_labels(path: PathLike, like: Scan, resample: bool = True) -> np.ndarray:
   """Reads a reference-encoded label map onto `like`'s grid; returns int32 classes 0..6.
 
-  Raises ScanReadError naming the file and every unknown label value.
+  `resample` as in `read_mask`. Raises ScanReadError naming the file and every unknown label
+  value.
   """
-  ref = read_mask(path, like)
+  ref = read_mask(path, like, resample)
   try:
     return labels_lib.reference_to_classes(ref)
   except ValueError as e:

@@ -125,3 +125,12 @@ def test_cli_missing_prediction(tmp_path):
   # 2 scans: Bland-Altman needs 3 -> noted in the report, figure still written.
   assert "Not computed: Bland-Altman analysis needs at least 3 scans" in proc.stdout
   assert (out / "bland_altman.png").is_file()
+
+
+def test_prediction_on_another_grid_is_refused(tmp_path):
+  manifest, preds = _make_dataset(tmp_path)
+  shifted = sitk.ReadImage(str(preds / "b" / "calcium_labels.nii.gz"))
+  shifted.SetOrigin((0.0, 0.0, 0.0))  # same size and spacing, moved: not the image's grid
+  sitk.WriteImage(shifted, str(preds / "b" / "calcium_labels.nii.gz"))
+  with pytest.raises(ValueError, match=r"case 'b': .*calcium_labels.nii.gz: not on the scan's voxel grid"):
+    evaluation.evaluate_dataset(str(preds), str(manifest), split="test")
