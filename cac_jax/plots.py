@@ -18,6 +18,7 @@ from matplotlib import colors as mcolors  # noqa: E402  (after selecting the bac
 from matplotlib import figure as mfigure  # noqa: E402
 from matplotlib import patches as mpatches  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from cac_jax import atomic  # noqa: E402
 from cac_jax import labels as labels_lib  # noqa: E402
@@ -92,7 +93,6 @@ def _pick_slices(classes: np.ndarray, n_slices: int, reference: Optional[np.ndar
   largest first; each contributes the slice where it has the most voxels, so the figure shows
   several lesions rather than adjacent slices of the biggest one.
   """
-  from scipy import ndimage  # pylint: disable=g-import-not-at-top
   calcium = classes > 0 if reference is None else (classes > 0) | (reference > 0)
   lab, n = ndimage.label(calcium, structure=ndimage.generate_binary_structure(3, 1))
   if n == 0:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
+from tqdm import tqdm
+
 from cac_jax import atomic, checkpoints, dicom_seg, volume_io, manifest, pipeline, postprocess
 
 ARTERIES = ("LAD", "LCX", "RCA")
@@ -156,7 +158,6 @@ def score_manifest(manifest_csv: str, checkpoint: str, output_dir: str, *, split
   loaded = load_model(checkpoint)
   it = rows
   if progress:
-    from tqdm import tqdm
     it = tqdm(rows, desc="scoring", unit="scan")
   out_rows = []
   for row in it:

@@ -9,9 +9,10 @@ Many scans (one sub-folder per case id, plus scores.csv):
   python -m launch.score --manifest data/manifest.csv [--split test] --checkpoint ... --output_dir OUT
 """
 
-import logging as std_logging
+import logging
 
-from absl import app, flags, logging
+from absl import app, flags
+from absl import logging as absl_logging
 
 from cac_jax import atomic, scoring_cli
 from launch import _cli
@@ -42,8 +43,8 @@ def main(argv):
   del argv
   if bool(FLAGS.image) == bool(FLAGS.manifest):
     raise app.UsageError("give exactly one of --image or --manifest")
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
-  std_logging.getLogger("jax").setLevel(std_logging.WARNING)  # and JAX its backend probing
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
+  logging.getLogger("jax").setLevel(logging.WARNING)  # and JAX its backend probing
   fp = dict(region_growing=FLAGS.region_growing, size_limits=FLAGS.size_limits, heart_filter=FLAGS.heart_filter)
   with atomic.claim_dir(FLAGS.output_dir):  # checked and locked before any computation
     _score(fp)
@@ -56,7 +57,7 @@ def _score(fp):
                                     overwrite=FLAGS.overwrite, calibration=FLAGS.calibration, fp=fp,
                                     series=FLAGS.series, record_input_path=FLAGS.record_input_path)
     for line in report["warnings"]:
-      logging.warning(line)
+      absl_logging.warning(line)
     print(scoring_cli.summary_line(FLAGS.image, report))
     print(f"outputs in {FLAGS.output_dir}")
     print(report["notice"])

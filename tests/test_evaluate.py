@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from matplotlib import image as mimage
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -104,7 +105,6 @@ def test_cli_end_to_end(tmp_path):
   assert [r["case_id"] for r in rows] == ["a", "b", "c"]
   assert float(rows[1]["total_fp_mm3"]) == pytest.approx(VOX)
   assert rows[2]["total_sensitivity"] == "nan"
-  from matplotlib import image as mimage  # pylint: disable=import-outside-toplevel
   img = mimage.imread(out / "bland_altman.png")
   assert img.shape[0] > 50 and float(img[..., :3].std()) > 0.01
 

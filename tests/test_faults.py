@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cac_jax import atomic, infer, volume_io, pipeline
+from cac_jax import atomic, infer, pipeline, plots, volume_io
 from cac_jax.train import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -177,7 +177,6 @@ def test_write_like_refuses_to_publish_a_short_file(tmp_path, monkeypatch):
 
 
 def test_overlay_and_outputs_are_world_readable(tmp_path):
-  from cac_jax import plots  # pylint: disable=import-outside-toplevel
   path = plots.overlay_png(np.zeros((4, 8, 8), np.float32), np.zeros((4, 8, 8), np.int32), str(tmp_path / "o.png"),
                            (1.0, 1.0, 1.0))
   assert os.stat(path).st_mode & 0o777 == 0o644

@@ -9,6 +9,7 @@ import SimpleITK as sitk
 
 from cac_jax import volume_io
 from cac_jax import labels as labels_lib
+from cac_jax import preprocess
 from cac_jax.scan import Scan
 
 
@@ -227,7 +228,6 @@ def test_write_like_restores_source_geometry(tmp_path, direction, code):
 
 
 def test_write_like_after_resampling(tmp_path):
-  from cac_jax import preprocess
   a = _ct_like(shape=(12, 20, 16))
   _write(a, tmp_path / "in.nii.gz", spacing=(1.0, 1.0, 2.0), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
   scan = volume_io.read_scan(tmp_path / "in.nii.gz")
