@@ -472,7 +472,7 @@ def read_mask(path: PathLike, like: Scan, resample: bool = True) -> np.ndarray:
     out = sitk.GetArrayViewFromImage(canon).astype(np.int32)
   elif not resample:
     raise ScanReadError(
-        f"{path}: not on the scan's voxel grid (size {canon.GetSize()} vs "
+        f"{path}: not on the same voxel grid as the scan (size {canon.GetSize()} vs "
         f"{like.shape[::-1]}, spacing {format_numbers(canon.GetSpacing())} vs {format_numbers(like.spacing[::-1])}, "
         f"origin {format_numbers(canon.GetOrigin())} vs {format_numbers(like.origin)} mm, x y z order)")
   else:

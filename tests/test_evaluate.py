@@ -132,5 +132,5 @@ def test_prediction_on_another_grid_is_refused(tmp_path):
   shifted = sitk.ReadImage(str(preds / "b" / "calcium_labels.nii.gz"))
   shifted.SetOrigin((0.0, 0.0, 0.0))  # same size and spacing, moved: not the image's grid
   sitk.WriteImage(shifted, str(preds / "b" / "calcium_labels.nii.gz"))
-  with pytest.raises(ValueError, match=r"case 'b': .*calcium_labels.nii.gz: not on the scan's voxel grid"):
+  with pytest.raises(ValueError, match=r"case 'b': .*calcium_labels.nii.gz: not on the same voxel grid as the scan"):
     evaluation.evaluate_dataset(str(preds), str(manifest), split="test")
