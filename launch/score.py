@@ -15,7 +15,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from cac_jax import atomic, scoring_cli
-from launch import _cli
+from . import _cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("image", None, "Scan: NIfTI/MHA/NRRD file or DICOM series folder.")
@@ -75,5 +75,9 @@ def flag_paths():
                                                       "checkpoint", "output_dir")}
 
 
-if __name__ == "__main__":
+def run() -> None:  # console script cac-score
   _cli.run(main, flag_paths=flag_paths)
+
+
+if __name__ == "__main__":
+  run()

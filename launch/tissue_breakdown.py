@@ -19,7 +19,7 @@ from absl import logging
 
 from cac_jax import atomic, checkpoints, experiment, postprocess
 from cac_jax import tissue_breakdown as tb
-from launch import _cli
+from . import _cli
 
 _CHECKPOINTS = flags.DEFINE_list("checkpoints", None, "name=export_dir pairs (or bare export dirs).")
 _ROLE = flags.DEFINE_enum("role", "ccta_test", list(experiment.ROLES), "Experiment data role to re-simulate.")
@@ -68,5 +68,9 @@ def main(argv):
       tb.write_csv(b, os.path.join(_OUT.value, f"{name}.csv"))
 
 
-if __name__ == "__main__":
+def run() -> None:  # console script cac-tissue-breakdown
   _cli.run(main)
+
+
+if __name__ == "__main__":
+  run()
