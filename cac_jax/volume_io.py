@@ -32,7 +32,7 @@ import gzip
 import os
 import struct
 import zlib
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -41,7 +41,7 @@ from cac_jax import atomic
 from cac_jax import labels as labels_lib
 from cac_jax.scan import Scan, SourceGeometry
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 CANONICAL = "LPS"
 HU_FLOOR = -1024.0  # values below (FOV padding such as -2048 / -3024) are clipped to this

@@ -70,7 +70,7 @@ class MetricWriter:
       os.makedirs(workdir, exist_ok=True)
       if keep is not None and os.path.exists(self.jsonl_path):
         truncate_jsonl(self.jsonl_path, keep)
-      self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")
+      self._jsonl = open(self.jsonl_path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
       # A unique suffix finds this run's file among those of earlier (resumed) runs.
       suffix = f".{os.getpid()}.{uuid.uuid4().hex[:8]}"
       self._events = tensorboardX.SummaryWriter(workdir, filename_suffix=suffix)
