@@ -1,11 +1,13 @@
 r"""Unsupervised adaptation of the source model to the target domain (WGAN critic).
 
-  python -m launch.adapt --config tiny --workdir /tmp/adapt \
+  cac-adapt --config tiny --workdir /tmp/adapt \
       --source_checkpoint /tmp/src/export [--source_manifest A.csv --target_manifest B.csv] [--resume]
 
 Without manifests it adapts on `cac_jax.synthetic` patches. The network sizes of --config
 must match the source checkpoint's. Writes checkpoints, metrics.jsonl, TensorBoard events
 and the adapted inference export (WORKDIR/export).
+
+(From a checkout also `python -m launch.adapt ...`.)
 """
 
 from absl import app

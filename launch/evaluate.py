@@ -1,10 +1,12 @@
 """Evaluate calcium predictions against the manifest's reference labels.
 
-  python -m launch.evaluate --predictions DIR --manifest CSV --output_dir DIR [--split test]
+  cac-evaluate --predictions DIR --manifest CSV --output_dir DIR [--split test]
 
 DIR/<id>/calcium_labels.nii.gz per case (reference encoding, input grid). Writes results.md,
 results.csv, bland_altman.png and report.html into --output_dir and prints the results table
 (see `cac_jax.evaluation`).
+
+(From a checkout also `python -m launch.evaluate ...`.)
 """
 
 from absl import app

@@ -1,8 +1,10 @@
 r"""Measure the automatic heart region (`--heart_mask auto` of launch.score) on phantoms and
 real scans with a reference heart mask; prints the markdown table of docs/scoring.md.
 
-  python -m launch.heart_region_check [--n 20] [--config demo] \
+  cac-heart-region-check [--n 20] [--config demo] \
       [--real ../shared/realdata/contrast_chest_ct_1.nii.gz:../shared/realdata/contrast_chest_ct_1_heart.nii.gz]
+
+(From a checkout also `python -m launch.heart_region_check ...`.)
 """
 
 from absl import app, flags

@@ -1,8 +1,10 @@
 r"""Writes a phantom data set (or benchmarks the generator).
 
-  python -m launch.make_phantoms --output_dir DIR --domain ccta --num_cases 8 --seed 100 \
+  cac-phantoms --output_dir DIR --domain ccta --num_cases 8 --seed 100 \
       [--split test] [--config tiny] [--config.phantoms.fov_scale=1.0] [--preview P.png]
-  python -m launch.make_phantoms --benchmark [--config tiny]
+  cac-phantoms --benchmark [--config tiny]
+
+(From a checkout also `python -m launch.make_phantoms ...`.)
 """
 
 import time

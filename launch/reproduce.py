@@ -1,8 +1,10 @@
 r"""The paper's Table 2 on phantoms: make data, train source, adapt, score, evaluate.
 
-  python -m launch.reproduce --config demo --workdir runs/demo
-  python -m launch.reproduce --config benchmark --workdir runs/benchmark   # seeds 0, 1, 2
-  python -m launch.reproduce --config paper --workdir runs/paper   # a GPU
+  cac-reproduce --config demo --workdir runs/demo
+  cac-reproduce --config benchmark --workdir runs/benchmark   # seeds 0, 1, 2
+  cac-reproduce --config paper --workdir runs/paper   # a GPU
+
+(From a checkout also `python -m launch.reproduce ...`.)
 """
 
 import logging

@@ -1,12 +1,14 @@
 r"""Score coronary calcium in one scan or in every scan of a manifest.
 
 One scan (the heart region is found in the scan unless a mask is given):
-  python -m launch.score --image scan.nii.gz [--heart_mask auto|none|heart.nii.gz] \
+  cac-score --image scan.nii.gz [--heart_mask auto|none|heart.nii.gz] \
       [--aorta_mask aorta.nii.gz] --checkpoint WORKDIR/export --output_dir OUT [--domain auto]
 With a TotalSegmentator output folder (its heart.nii.gz and aorta.nii.gz):
-  python -m launch.score --image scan.nii.gz --masks_dir SEG --checkpoint ... --output_dir OUT
+  cac-score --image scan.nii.gz --masks_dir SEG --checkpoint ... --output_dir OUT
 Many scans (one sub-folder per case id, plus scores.csv):
-  python -m launch.score --manifest data/manifest.csv [--split test] --checkpoint ... --output_dir OUT
+  cac-score --manifest data/manifest.csv [--split test] --checkpoint ... --output_dir OUT
+
+(From a checkout also `python -m launch.score ...`.)
 """
 
 import logging

@@ -1,10 +1,12 @@
 r"""Supervised source training of G, C and the deep-supervision heads.
 
-  python -m launch.train_source --config tiny --workdir /tmp/src \
+  cac-train-source --config tiny --workdir /tmp/src \
       [--config.source.num_steps=100] [--source_manifest DIR/manifest.csv] [--resume]
 
 Without --source_manifest it trains on `cac_jax.synthetic` patches. Writes checkpoints,
 metrics.jsonl, TensorBoard events and the inference export (WORKDIR/export).
+
+(From a checkout also `python -m launch.train_source ...`.)
 """
 
 from absl import app
