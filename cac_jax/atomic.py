@@ -1,9 +1,11 @@
 """Atomic, verified file writes and exclusive output folders.
 
-`write_with` writes a temp file beside the target, checks it is complete (a `verify`
-callback, and the bytes reached the disk: flushed and fsync'ed without error), then
-`os.replace`s it: a reader (or a crash) never sees a half-written output under its final name,
-and an existing file is only replaced by a complete one.
+`write_with` is the one atomic file writer (`write_text`, `write_csv`, `write_png` and the
+image writers of `volume_io` go through it): it writes into a temporary folder beside the
+target, checks the file is complete (a `verify` callback, and the bytes reached the disk:
+fsync'ed without error), makes it 0644 and `os.replace`s it: a reader (or a crash) never sees
+a half-written output under its final name, and an existing file is only replaced by a
+complete one.
 
 `write_set` writes several files into one temporary folder inside the output folder and moves
 them into place only when every one of them is complete; the file named last (e.g.
@@ -20,8 +22,10 @@ releases it when the process dies (also after kill -9).
 from __future__ import annotations
 
 import contextlib
+import csv
 import errno
 import fcntl
+import io
 import os
 import shutil
 import tempfile
@@ -44,31 +48,56 @@ def _fsync(path: str) -> None:
 
 def write_with(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "",
                verify: Optional[Callable[[str], None]] = None) -> None:
-  """Call `write(tmp_path)` on a temp path in the target's folder, then rename it to `path`.
+  """Call `write(tmp_path)` in a temporary folder beside `path`, then move the result to `path`.
+
+  The one atomic file writer of the package (images, PNGs, text). The temporary file has the
+  final file name, so format writers that pick the format from the extension or write
+  companion files (a MetaImage .mhd names its .raw) work unchanged; companions are moved into
+  place first and the named file last.
 
   Args:
-    path: the final file.
+    path: the final file; its folder is created if missing.
     write: writes the complete file at the path it is given.
-    suffix: keeps the extension writers look at (e.g. ".nii.gz" for SimpleITK).
+    suffix: ignored (the temporary file keeps the final name); accepted for older callers.
     verify: raises if the written temp file is not complete (e.g. reads it back); a full disk
       makes some writers (SimpleITK) stop early without an error.
-  The file is made 0644 (mkstemp creates 0600).
+  Every file is made 0644 (temporary files are created 0600), like the package's other outputs.
   """
-  path = os.fspath(path)
-  fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=suffix,
-                             dir=os.path.dirname(os.path.abspath(path)))
-  os.close(fd)
+  del suffix
+  path = os.path.abspath(os.fspath(path))
+  folder, name = os.path.split(path)
+  os.makedirs(folder, exist_ok=True)
+  tmp = tempfile.mkdtemp(prefix=TMP_PREFIX + "write-", dir=folder)
   try:
-    write(tmp)
-    _fsync(tmp)
+    tmp_path = os.path.join(tmp, name)
+    write(tmp_path)
+    for written in os.listdir(tmp):
+      _fsync(os.path.join(tmp, written))
     if verify is not None:
-      verify(tmp)
-    os.chmod(tmp, 0o644)
-    os.replace(tmp, path)
-  except BaseException:
-    if os.path.exists(tmp):
-      os.remove(tmp)
-    raise
+      try:
+        verify(tmp_path)
+      except OSError as e:  # name the output, not the temporary path
+        raise OSError(e.errno or errno.EIO, e.strerror or str(e), path) from None
+    for written in sorted(os.listdir(tmp), key=lambda n: n == name):  # the named file last
+      os.chmod(os.path.join(tmp, written), 0o644)
+      os.replace(os.path.join(tmp, written), os.path.join(folder, written))
+  finally:
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _check_png(path: str) -> None:
+  """Raises OSError unless `path` ends with a PNG's IEND chunk (a short write drops it)."""
+  with open(path, "rb") as f:
+    f.seek(max(os.path.getsize(path) - 12, 0))
+    if f.read(12)[4:8] != b"IEND":
+      raise OSError(errno.EIO, "incomplete PNG (disk full?)", path)
+
+
+def write_png(path: str | os.PathLike, save: Callable[[str], None]) -> str:
+  """Write a PNG atomically; `save(tmp_path)` writes it (e.g. a matplotlib `Figure.savefig`
+  with format="png"). Checked complete (ends with the IEND chunk). Returns the path."""
+  write_with(path, save, verify=_check_png)
+  return os.fspath(path)
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
@@ -198,8 +227,6 @@ def claim_dir(path: str | os.PathLike, flag: str = "--output_dir") -> Iterator[s
 
 def write_csv(path: str | os.PathLike, fieldnames, rows) -> None:
   """Write dict `rows` as CSV with a header (UTF-8, '\\n' line ends) atomically."""
-  import csv  # pylint: disable=g-import-not-at-top
-  import io  # pylint: disable=g-import-not-at-top
   buf = io.StringIO()
   w = csv.DictWriter(buf, fieldnames=list(fieldnames), lineterminator="\n")
   w.writeheader()

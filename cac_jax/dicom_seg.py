@@ -23,7 +23,11 @@ from typing import Sequence
 
 import numpy as np
 
+import cac_jax
 from cac_jax import labels as labels_lib
+
+# highdicom and pydicom stay imported inside the functions: they are heavy imports that only
+# DICOM inputs need (scoring a NIfTI file never loads them).
 
 SEG_FILE = "calcium_seg.dcm"
 
@@ -32,7 +36,6 @@ def _segment_descriptions():
   import highdicom as hd  # pylint: disable=g-import-not-at-top
   from pydicom.sr.codedict import codes  # pylint: disable=g-import-not-at-top
   from pydicom.sr.coding import Code  # pylint: disable=g-import-not-at-top
-  import cac_jax  # pylint: disable=g-import-not-at-top
   regions = {labels_lib.LAD: codes.SCT.AnteriorDescendingBranchOfLeftCoronaryArtery,
              labels_lib.LCX: codes.SCT.CircumflexCoronaryArtery, labels_lib.RCA: codes.SCT.RightCoronaryArtery,
              labels_lib.AORTA: codes.SCT.Aorta, labels_lib.AORTIC_VALVE: codes.SCT.AorticValve,
@@ -52,7 +55,7 @@ def build_seg(classes_source: np.ndarray, sources: Sequence):
 
   Args:
     classes_source: int (n_files, rows, columns) classes 0..6 on the source series' own grid,
-      frame k on `sources[k]` (`cac_jax.io.source_array` of the classes: slices in the order
+      frame k on `sources[k]` (`cac_jax.volume_io.source_array` of the classes: slices in the order
       GDCM sorted the files).
     sources: the series' pydicom datasets (pixel data not needed) in that order
       (`read_sources`).
@@ -60,7 +63,6 @@ def build_seg(classes_source: np.ndarray, sources: Sequence):
   from different studies or of different sizes.
   """
   import highdicom as hd  # pylint: disable=g-import-not-at-top
-  import cac_jax  # pylint: disable=g-import-not-at-top
   classes_source = np.asarray(classes_source)
   if classes_source.shape[0] != len(sources):
     raise ValueError(f"{classes_source.shape[0]} label slices for {len(sources)} DICOM files")
@@ -137,7 +139,6 @@ def build_sr(scores: dict, sources: Sequence):
   import highdicom as hd  # pylint: disable=g-import-not-at-top
   from pydicom.sr.codedict import codes  # pylint: disable=g-import-not-at-top
   from pydicom.sr.coding import Code  # pylint: disable=g-import-not-at-top
-  import cac_jax  # pylint: disable=g-import-not-at-top
   sites = {labels_lib.LAD: codes.SCT.AnteriorDescendingBranchOfLeftCoronaryArtery,
            labels_lib.LCX: codes.SCT.CircumflexCoronaryArtery, labels_lib.RCA: codes.SCT.RightCoronaryArtery,
            None: codes.SCT.CoronaryArtery, labels_lib.AORTIC_VALVE: codes.SCT.AorticValve}

@@ -8,10 +8,10 @@ computes `cac_jax.metrics` per scan and aggregated. Rows without a label are ski
 A missing prediction raises ValueError naming every missing case, unless `allow_missing=True`
 (then the cases are skipped and listed in the report).
 
-Images are read with SimpleITK and reoriented to LPS (`DICOMOrient`), so the z axis is axial;
-reference, prediction and image must lie on the same voxel grid (checked; no resampling here).
-Agatston scores (for the risk-category kappa) use `cac_jax.scores.agatston` on the manifest's
-image when that module is available; otherwise the kappa is reported as not computed.
+Files are read by `cac_jax.volume_io` (the image validated as CT in HU, canonical LPS
+orientation); reference and prediction must lie on the image's voxel grid (checked; no
+resampling here). Agatston scores (for the risk-category kappa) use `cac_jax.scores.agatston`
+on the manifest's image.
 
 `write_report(results, output_dir)` writes results.md (markdown tables), results.csv (one row per
 scan; undefined values written as "nan"), bland_altman.png (total coronary volume, mm³) and
@@ -22,19 +22,21 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import math
 import os
 from typing import Optional, Sequence
 
 import numpy as np
-import SimpleITK as sitk
 
 from cac_jax import atomic
-from cac_jax import io as io_lib
+from cac_jax import html_report
 from cac_jax import labels as labels_lib
 from cac_jax import manifest as manifest_lib
 from cac_jax import metrics
 from cac_jax import plots
+from cac_jax import scores
+from cac_jax import volume_io
 
 PREDICTION_FILE = "calcium_labels.nii.gz"
 _CSV_FIELDS = tuple(f.name for f in dataclasses.fields(metrics.StructureMetrics))
@@ -82,67 +84,24 @@ class EvaluationResults:
   unlabelled: list[str] = dataclasses.field(default_factory=list)
 
 
-def _read_lps(path: str) -> sitk.Image:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"no such file: {path}")
-  io_lib.check_complete(path)  # SimpleITK reads a truncated file without complaint
-  img = sitk.ReadImage(path)
-  if img.GetDimension() != 3:
-    raise ValueError(f"{path}: expected a 3D image, got {img.GetDimension()}D")
-  return sitk.DICOMOrient(img, "LPS")
-
-
-def _check_same_grid(a: sitk.Image, b: sitk.Image, what: str, tol: float = 1e-3) -> None:
-  ok = (a.GetSize() == b.GetSize()
-        and np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=tol, atol=0)
-        and np.allclose(a.GetOrigin(), b.GetOrigin(), atol=tol * max(a.GetSpacing()))
-        and np.allclose(a.GetDirection(), b.GetDirection(), atol=1e-4))
-  if not ok:
-    raise ValueError(f"{what}: not on the same voxel grid (size {a.GetSize()} vs {b.GetSize()}, "
-                     f"spacing {a.GetSpacing()} vs {b.GetSpacing()}, origin {a.GetOrigin()} vs "
-                     f"{b.GetOrigin()})")
-
-
-def _agatston_fn():
+def _evaluate_case(row: manifest_lib.ManifestRow, pred_path: str) -> CaseResult:
+  """Metrics and Agatston scores of one case; the prediction must lie on the image's grid."""
   try:
-    from cac_jax import scores  # pylint: disable=import-outside-toplevel
-    return scores.agatston
-  except (ImportError, AttributeError):
-    return None
-
-
-def _evaluate_case(case_id: str, ref_path: str, pred_path: str, image_path: str,
-                   agatston_fn) -> CaseResult:
-  ref_img = _read_lps(ref_path)
-  pred_img = _read_lps(pred_path)
-  _check_same_grid(ref_img, pred_img, f"case {case_id!r}: reference {ref_path} and prediction {pred_path}")
-  ref_codes = sitk.GetArrayFromImage(ref_img)
-  left_main = labels_lib.left_main_mask(ref_codes)
-  try:
-    ref = labels_lib.reference_to_classes(ref_codes)
-  except ValueError as e:
-    raise ValueError(f"case {case_id!r}: reference {ref_path}: {e}") from None
-  try:
-    pred = labels_lib.reference_to_classes(sitk.GetArrayFromImage(pred_img))
-  except ValueError as e:
-    raise ValueError(f"case {case_id!r}: prediction {pred_path}: {e}") from None
-  spacing = tuple(float(s) for s in ref_img.GetSpacing()[::-1])
-  result = metrics.scan_metrics(ref, pred, spacing)
-  ag_ref = ag_pred = lm_agatston = None
-  lm_mm3 = lm_found = None
+    scan = volume_io.read_scan(row.image)
+    ref, left_main = volume_io.read_reference(row.label, scan, resample=False)
+    pred = volume_io.read_labels(pred_path, scan, resample=False)
+  except volume_io.ScanReadError as e:
+    raise ValueError(f"case {row.id!r}: {e}") from None
+  result = metrics.scan_metrics(ref, pred, scan.spacing)
+  coronary = np.asarray(labels_lib.CORONARY_CLASSES)
+  ag_ref = float(scores.agatston(np.isin(ref, coronary), scan.hu, scan.spacing))
+  ag_pred = float(scores.agatston(np.isin(pred, coronary), scan.hu, scan.spacing))
+  lm_mm3 = lm_agatston = lm_found = None
   if left_main is not None:
-    lm_mm3 = float(left_main.sum() * np.prod(spacing))
+    lm_mm3 = float(left_main.sum() * scan.voxel_volume_mm3)
+    lm_agatston = float(scores.agatston(left_main, scan.hu, scan.spacing))
     lm_found = float(np.mean(pred[left_main] == labels_lib.LAD))
-  if agatston_fn is not None and image_path:
-    img = _read_lps(image_path)
-    _check_same_grid(img, ref_img, f"case {case_id!r}: image {image_path} and reference {ref_path}")
-    hu = sitk.GetArrayFromImage(img).astype(np.float32)
-    coronary = np.asarray(labels_lib.CORONARY_CLASSES)
-    ag_ref = float(agatston_fn(np.isin(ref, coronary), hu, spacing))
-    ag_pred = float(agatston_fn(np.isin(pred, coronary), hu, spacing))
-    if left_main is not None:
-      lm_agatston = float(agatston_fn(left_main, hu, spacing))
-  return CaseResult(case_id, spacing, result, ag_ref, ag_pred, lm_mm3, lm_agatston, lm_found)
+  return CaseResult(row.id, scan.spacing, result, ag_ref, ag_pred, lm_mm3, lm_agatston, lm_found)
 
 
 def evaluate_dataset(predictions_dir: str, manifest_csv: str, split: Optional[str] = None,
@@ -166,13 +125,11 @@ def evaluate_dataset(predictions_dir: str, manifest_csv: str, split: Optional[st
   if not rows:
     raise ValueError(f"no labelled case with a prediction to evaluate in {manifest_csv}"
                      + (f" (split {split!r})" if split else ""))
-  agatston_fn = _agatston_fn()
-  cases = [_evaluate_case(r.id, r.label, pred_paths[r.id], r.image, agatston_fn)
-           for r in rows]
-  return _summarise(cases, split, missing, unlabelled, agatston_fn is not None)
+  cases = [_evaluate_case(r, pred_paths[r.id]) for r in rows]
+  return _summarise(cases, split, missing, unlabelled)
 
 
-def _summarise(cases: Sequence[CaseResult], split, missing, unlabelled, have_agatston) -> EvaluationResults:
+def _summarise(cases: Sequence[CaseResult], split, missing, unlabelled) -> EvaluationResults:
   per_scan = [c.metrics for c in cases]
   summary = metrics.aggregate(per_scan)
   corr = {}
@@ -187,16 +144,11 @@ def _summarise(cases: Sequence[CaseResult], split, missing, unlabelled, have_aga
     ba, ba_note = metrics.bland_altman(ref_vol, pred_vol), ""
   except ValueError as e:
     ba, ba_note = None, str(e)
-  kappa, kappa_note = None, ""
-  if have_agatston and all(c.agatston_ref is not None for c in cases):
-    ag_ref = [c.agatston_ref for c in cases]
-    ag_pred = [c.agatston_pred for c in cases]
-    corr["total Agatston"] = metrics.spearman(ag_ref, ag_pred)
-    kappa = metrics.agatston_kappa(ag_ref, ag_pred)
-    kappa_note = kappa.note
-  else:
-    kappa_note = ("not computed: Agatston scoring (cac_jax.scores.agatston) unavailable or a case "
-                  "has no image")
+  ag_ref = [c.agatston_ref for c in cases]
+  ag_pred = [c.agatston_pred for c in cases]
+  corr["total Agatston"] = metrics.spearman(ag_ref, ag_pred)
+  kappa = metrics.agatston_kappa(ag_ref, ag_pred)
+  kappa_note = kappa.note
   return EvaluationResults(list(cases), summary, corr, ba, ba_note, kappa, kappa_note, split,
                            list(missing), list(unlabelled))
 
@@ -276,8 +228,7 @@ def results_markdown(results: EvaluationResults) -> str:
 
 def results_csv_text(results: EvaluationResults) -> str:
   """Per-scan CSV: case_id, spacing, <structure>_<metric> columns, Agatston; NaN as "nan"."""
-  import io as _io  # pylint: disable=import-outside-toplevel
-  buf = _io.StringIO()
+  buf = io.StringIO()
   header = ["case_id", "spacing_z", "spacing_y", "spacing_x"]
   header += [f"{s}_{f}" for s in metrics.STRUCTURES for f in _CSV_FIELDS]
   header += ["agatston_ref", "agatston_pred", "left_main_ref_mm3", "left_main_ref_agatston",
@@ -300,7 +251,6 @@ def write_report(results: EvaluationResults, output_dir: str, predictions_dir: O
   the markdown. report.html (`cac_jax.html_report`) holds the tables, a per-scan table, the
   Bland-Altman plot and, when `predictions_dir` is given, each case's overlay.png from
   `launch.score` (linked, not copied)."""
-  from cac_jax import html_report  # pylint: disable=import-outside-toplevel
   os.makedirs(output_dir, exist_ok=True)
   text = results_markdown(results)
   atomic.write_text(os.path.join(output_dir, "results.md"), text)

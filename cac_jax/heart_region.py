@@ -32,7 +32,7 @@ Steps, on a coarse copy of the scan (block means to about `COARSE_MM` per axis, 
      and the pipeline reports no coronary score, with a warning.
 
 Conventions: arrays (z, y, x); `Scan` geometry in canonical LPS orientation (+y posterior),
-which is what `cac_jax.io.read_scan` returns. Nothing here prints.
+which is what `cac_jax.volume_io.read_scan` returns. Nothing here prints.
 """
 
 from __future__ import annotations
@@ -43,6 +43,7 @@ from typing import Optional
 import numpy as np
 from scipy import ndimage
 
+from cac_jax import postprocess
 from cac_jax.scan import Scan
 
 COARSE_MM = 3.0
@@ -230,7 +231,6 @@ def measure(scan: Scan, heart_mask: np.ndarray, coronary: Optional[np.ndarray] =
     "bone_ml_reference" (bone inside the dilated automatic / reference region, mL: candidates
     the network must call background)}.
   """
-  from cac_jax import postprocess  # pylint: disable=g-import-not-at-top
   found = find_heart(scan, dilation_mm)
   region = postprocess.heart_region(found.mask, scan.spacing, dilation_mm)
   reference = postprocess.heart_region(heart_mask, scan.spacing, dilation_mm)

@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from cac_jax import heart_region, io, phantoms
+from cac_jax import heart_region, volume_io, phantoms
 from cac_jax.labels import CORONARY_CLASSES
 from cac_jax.phantoms.anatomy import TISSUE
 
@@ -34,8 +34,8 @@ def run(config, n: int, first_seed: int, real_pairs=()) -> list[dict]:
                                      bone))
     rows.append(_summary(f"phantoms {domain}", ms))
   for image, mask in real_pairs:
-    scan = io.read_scan(image)
-    ms = [heart_region.measure(scan, io.read_mask(mask, scan) > 0, None, dilation)]
+    scan = volume_io.read_scan(image)
+    ms = [heart_region.measure(scan, volume_io.read_mask(mask, scan) > 0, None, dilation)]
     rows.append(_summary(f"real {os.path.basename(image)}", ms))
   return rows
 

@@ -24,7 +24,7 @@ from typing import Optional
 
 import numpy as np
 
-from cac_jax import io as io_lib
+from cac_jax import volume_io
 from cac_jax import preprocess
 from cac_jax.scan import Case
 
@@ -148,34 +148,31 @@ def _check_headers(where: str, paths: dict) -> list[str]:
     if p is None:
       continue
     try:
-      infos[column] = io_lib.image_info(p)
+      infos[column] = volume_io.image_info(p)
     except (OSError, ValueError) as e:
       errors.append(f"{where}: {column}: {e}")
   image = infos.get("image")
   if image is not None and "label" in infos:
     label = infos["label"]
-    if not io_lib.same_physical_grid(image, label):
+    if not volume_io.same_physical_grid(image, label):
+      fmt = volume_io.format_numbers
       errors.append(
           f"{where}: label map is not on the image's voxel grid (image size {image['size_xyz']} "
-          f"spacing {_fmt(image['spacing_xyz'])} origin {_fmt(image['origin_xyz'])}; label size "
-          f"{label['size_xyz']} spacing {_fmt(label['spacing_xyz'])} origin "
-          f"{_fmt(label['origin_xyz'])})")
+          f"spacing {fmt(image['spacing_xyz'])} origin {fmt(image['origin_xyz'])}; label size "
+          f"{label['size_xyz']} spacing {fmt(label['spacing_xyz'])} origin "
+          f"{fmt(label['origin_xyz'])})")
   return errors
-
-
-def _fmt(values) -> str:
-  return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
 
 
 def load_case(row: ManifestRow, config=None) -> Case:
   """Loads one row: scan (canonical LPS, HU), classes, bool masks; at working spacing if
   `config` is given (else on the image's own grid)."""
-  scan = io_lib.read_scan(row.image)
+  scan = volume_io.read_scan(row.image)
   scan = dataclasses.replace(scan, meta={**scan.meta, "case_id": row.id, "domain": row.domain,
                                          "split": row.split})
-  labels, left_main = io_lib.read_reference(row.label, scan) if row.label else (None, None)
-  heart = io_lib.read_mask(row.heart_mask, scan) > 0 if row.heart_mask else None
-  aorta = io_lib.read_mask(row.aorta_mask, scan) > 0 if row.aorta_mask else None
+  labels, left_main = volume_io.read_reference(row.label, scan) if row.label else (None, None)
+  heart = volume_io.read_mask(row.heart_mask, scan) > 0 if row.heart_mask else None
+  aorta = volume_io.read_mask(row.aorta_mask, scan) > 0 if row.aorta_mask else None
   case = Case(case_id=row.id, scan=scan, domain=row.domain, labels=labels, heart_mask=heart,
               aorta_mask=aorta, left_main=left_main)
   if config is None:

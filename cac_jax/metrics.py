@@ -52,6 +52,7 @@ Agreement of scores between reference and prediction:
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 from typing import Mapping, Sequence
 
@@ -263,7 +264,6 @@ SPEARMAN_EXACT_MAX_N = 9
 
 def _exact_spearman_p(a: np.ndarray, b: np.ndarray, rho: float) -> float:
   """Two-sided exact p: share of the n! pairings of b's ranks with a's whose |rho| >= |rho|."""
-  import itertools  # pylint: disable=g-import-not-at-top
   ra, rb = stats.rankdata(a), stats.rankdata(b)
   ra = (ra - ra.mean()) / np.sqrt(((ra - ra.mean()) ** 2).sum())
   rb = (rb - rb.mean()) / np.sqrt(((rb - rb.mean()) ** 2).sum())

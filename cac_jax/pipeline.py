@@ -319,7 +319,7 @@ def write_outputs(result: ScoringResult, scan: Scan, output_dir: str, *, overwri
   (`scores.lesion_table`); overlay.png; `extra` {name: write(path)} files (e.g. the DICOM SEG
   and SR of `cac_jax.dicom_seg.writers`); scores.json (the report).
   """
-  from cac_jax import io, plots
+  from cac_jax import volume_io, plots
   os.makedirs(output_dir, exist_ok=True)
   check_outputs_free(output_dir, overwrite)
   atomic.remove_stale(output_dir)  # leftovers of a killed run (the caller holds the folder)
@@ -327,7 +327,7 @@ def write_outputs(result: ScoringResult, scan: Scan, output_dir: str, *, overwri
   s = result.report["scores"]
   calibration = s.get("calibration") if s.get("mass_calibrated") else None
   return atomic.write_set(output_dir, {
-      "calcium_labels.nii.gz": lambda p: io.write_like(labels_lib.classes_to_reference(result.classes), scan, p),
+      "calcium_labels.nii.gz": lambda p: volume_io.write_like(labels_lib.classes_to_reference(result.classes), scan, p),
       "overlay.png": lambda p: plots.overlay_png(scan.hu, result.classes, p, scan.spacing,
                                                  title=overlay_title(result.report),
                                                  z_positions_mm=_z_positions_mm(scan), region=result.heart),

@@ -1,7 +1,7 @@
 """Figures for evaluation: Bland-Altman plots and lesion overlays (matplotlib, Agg backend).
 
-Every function writes one PNG atomically (temporary file in the target folder, then
-`os.replace`), so a reader never sees a half-written figure, and returns the path written.
+Every function writes one PNG atomically (`atomic.write_png`), so a reader never sees a
+half-written figure, and returns the path written.
 Degenerate inputs never crash a report: a Bland-Altman plot with fewer than 3 scans, and an
 overlay without lesions, still produce a figure that states why it is (nearly) empty.
 """
@@ -18,6 +18,7 @@ from matplotlib import colors as mcolors  # noqa: E402  (after selecting the bac
 from matplotlib import figure as mfigure  # noqa: E402
 from matplotlib import patches as mpatches  # noqa: E402
 import numpy as np  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from cac_jax import atomic  # noqa: E402
 from cac_jax import labels as labels_lib  # noqa: E402
@@ -29,20 +30,8 @@ CLASS_COLOURS = labels_lib.CLASS_COLOURS
 CLASS_LABELS = labels_lib.CLASS_DISPLAY_NAMES
 
 
-def _check_png(path: str) -> None:
-  """Raises OSError unless `path` ends with a PNG's IEND chunk (a short write drops it)."""
-  with open(path, "rb") as f:
-    f.seek(max(os.path.getsize(path) - 12, 0))
-    if f.read(12)[4:8] != b"IEND":
-      raise OSError(f"{path}: incomplete PNG (disk full?)")
-
-
-def _save_atomic(fig: mfigure.Figure, path: str, dpi: int = 100) -> str:
-  path = os.fspath(path)
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  atomic.write_with(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi), suffix=".png",
-                    verify=_check_png)
-  return path
+def _save(fig: mfigure.Figure, path: str, dpi: int = 100) -> str:
+  return atomic.write_png(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
 def bland_altman_plot(ref: Sequence[float], pred: Sequence[float], path: str, title: str = "",
@@ -94,7 +83,7 @@ def bland_altman_plot(ref: Sequence[float], pred: Sequence[float], path: str, ti
   ax.set_title(title or "Bland-Altman")
   ax.grid(True, alpha=0.3)
   fig.tight_layout()
-  return _save_atomic(fig, path)
+  return _save(fig, path)
 
 
 def _pick_slices(classes: np.ndarray, n_slices: int, reference: Optional[np.ndarray] = None) -> list[int]:
@@ -104,7 +93,6 @@ def _pick_slices(classes: np.ndarray, n_slices: int, reference: Optional[np.ndar
   largest first; each contributes the slice where it has the most voxels, so the figure shows
   several lesions rather than adjacent slices of the biggest one.
   """
-  from scipy import ndimage  # pylint: disable=g-import-not-at-top
   calcium = classes > 0 if reference is None else (classes > 0) | (reference > 0)
   lab, n = ndimage.label(calcium, structure=ndimage.generate_binary_structure(3, 1))
   if n == 0:
@@ -214,4 +202,4 @@ def overlay_png(hu: np.ndarray, classes: np.ndarray, path: str,
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout(rect=(0, 0, 1.0 - 1.6 / fig.get_figwidth(), 1))
-  return _save_atomic(fig, path)
+  return _save(fig, path)

@@ -7,7 +7,7 @@ Every stage takes and returns a `Scan`. Conventions:
   * `direction` is ITK's 3x3 direction matrix (row-major); column k is the physical direction
     of the k-th ITK index axis (i.e. array axis x, y, z for k = 0, 1, 2).
   * `source`, when set, remembers the geometry and orientation of the file the scan was read
-    from, so outputs can be written back on the input's own grid (see `cac_jax.io`).
+    from, so outputs can be written back on the input's own grid (see `cac_jax.volume_io`).
 """
 
 from __future__ import annotations

@@ -8,7 +8,9 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from cac_jax import atomic, checkpoints, dicom_seg, io, manifest, pipeline, postprocess
+from tqdm import tqdm
+
+from cac_jax import atomic, checkpoints, dicom_seg, volume_io, manifest, pipeline, postprocess
 
 ARTERIES = ("LAD", "LCX", "RCA")
 CSV_FIELDS = ("id", "domain", "threshold_hu", "num_candidates", "heart_region", "coronary_score",
@@ -79,11 +81,11 @@ def score_file(image: str, checkpoint: str, output_dir: str, *, heart_mask: Opti
   if masks_dir:
     heart_mask, dir_aorta = masks_from_dir(masks_dir)
     aorta_mask = aorta_mask or dir_aorta
-  scan = io.read_scan(image, series=series)
+  scan = volume_io.read_scan(image, series=series)
   heart = None
   if heart_mask and heart_mask not in (AUTO, NONE):
-    heart = io.read_mask(heart_mask, scan) > 0
-  aorta = io.read_mask(aorta_mask, scan) > 0 if aorta_mask else None
+    heart = volume_io.read_mask(heart_mask, scan) > 0
+  aorta = volume_io.read_mask(aorta_mask, scan) > 0 if aorta_mask else None
   result = pipeline.score_scan(scan, params, config, domain=domain, heart_mask=heart, aorta_mask=aorta,
                                fp_settings=_fp_settings(config, fp), calibration=calibration,
                                auto_heart=heart_mask == AUTO)
@@ -94,8 +96,8 @@ def score_file(image: str, checkpoint: str, output_dir: str, *, heart_mask: Opti
   result.report["warnings"] = provenance_warnings(prov) + result.report["warnings"]
   extra = {}
   if os.path.isdir(image):  # DICOM input: also a DICOM SEG and SR referencing the source series
-    extra, notes = dicom_seg.writers(io.source_array(result.classes, scan), result.report["scores"],
-                                     io.dicom_series_files(image, series))
+    extra, notes = dicom_seg.writers(volume_io.source_array(result.classes, scan), result.report["scores"],
+                                     volume_io.dicom_series_files(image, series))
     result.report["warnings"] += notes
   pipeline.write_outputs(result, scan, output_dir, overwrite=overwrite, extra=extra)
   return result.report
@@ -156,7 +158,6 @@ def score_manifest(manifest_csv: str, checkpoint: str, output_dir: str, *, split
   loaded = load_model(checkpoint)
   it = rows
   if progress:
-    from tqdm import tqdm
     it = tqdm(rows, desc="scoring", unit="scan")
   out_rows = []
   for row in it:

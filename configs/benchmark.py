@@ -5,7 +5,7 @@
 
 import ml_collections
 
-from configs import demo
+from cac_jax.configs import demo
 
 
 def get_config() -> ml_collections.ConfigDict:

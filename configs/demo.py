@@ -6,7 +6,7 @@ phantoms generated at working spacing with a reduced field of view.
 
 import ml_collections
 
-from configs import tiny
+from cac_jax.configs import tiny
 
 
 def get_config() -> ml_collections.ConfigDict:

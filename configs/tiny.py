@@ -2,7 +2,7 @@
 
 import ml_collections
 
-from configs import paper
+from cac_jax.configs import paper
 
 
 def get_config() -> ml_collections.ConfigDict:

@@ -1,9 +1,12 @@
-"""Top-level error handling shared by every launch script.
+"""Top-level error handling and `--config` shared by every launch script.
 
-  from launch import _cli
+  from . import _cli
   ...
-  if __name__ == "__main__":
+  def run() -> None:  # the console script (setup.cfg), e.g. cac-score
     _cli.run(main)
+
+  if __name__ == "__main__":
+    run()
 
 A failure the user can fix (a bad input file, checkpoint or manifest, an unusable output
 folder, a full disk, a scan that is not CT) ends as one line on stderr,
@@ -11,6 +14,11 @@ folder, a full disk, a scan that is not CT) ends as one line on stderr,
 `--debug` re-raises it with the traceback. Anything else (a bug) keeps its traceback.
 Library exceptions name files and problems; `flag_paths` lets the message also name the
 command-line flag a path came from.
+
+`define_config` defines `--config` (an ml_collections config file, with `--config.a.b=value`
+overrides) that also takes a config's name (`--config demo`), which works from any folder:
+the names are the files of the configs folder beside this package's folder (configs/ in the
+checkout, cac_jax/configs when installed).
 """
 
 from __future__ import annotations
@@ -22,9 +30,15 @@ from typing import Callable, Mapping, Optional
 
 from absl import app
 from absl import flags
+from ml_collections import config_flags
 
 DEBUG = flags.DEFINE_bool("debug", False, "On an error, show the Python traceback instead of one line.")
 EXIT_ERROR = 2
+# Flags this module defines from now on (`define_config`) belong to the script that asks for
+# them: its --help lists them.
+flags.disclaim_key_flags()
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+_config_flag_defined = False  # whether this program's --config is `define_config`'s
 
 # The project's "you can fix this" errors: bad files (ScanReadError, ManifestError and
 # checkpoint/argument problems are ValueErrors or CheckpointError), OS errors (missing files,
@@ -76,10 +90,53 @@ def report_errors(main: Callable, prog: Optional[str] = None,
   return wrapped
 
 
+def config_names() -> list[str]:
+  """The configs addressable by name: tiny, demo, benchmark, paper."""
+  return sorted(n.removesuffix(".py") for n in os.listdir(CONFIG_DIR)
+                if n.endswith(".py") and not n.startswith("_"))
+
+
+def config_file(value: str) -> str:
+  """`--config`'s value as a file: a name from `config_names()` gives that config's file;
+  anything else is a path as ml_collections reads it (`file.py`, or `file.py:argument`).
+
+  Raises:
+    flags.IllegalFlagValueError: neither a name nor an existing file.
+  """
+  if value in config_names():
+    return os.path.join(CONFIG_DIR, f"{value}.py")
+  if not os.path.isfile(value.split(":", 1)[0]):
+    raise flags.IllegalFlagValueError(
+        f"--config {value}: neither a config name ({', '.join(config_names())}) nor a file")
+  return value
+
+
+def define_config(default: Optional[str], help_string: str):
+  """Defines `--config` (see the module docstring); `default` is a name or None."""
+  global _config_flag_defined
+  _config_flag_defined = True
+  return config_flags.DEFINE_config_file(
+      "config", None if default is None else config_file(default),
+      f"{help_string} A name ({', '.join(config_names())}) or a config file.")
+
+
+def _config_names_to_files(argv: list[str]) -> list[str]:
+  """argv with `--config NAME` / `--config=NAME` replaced by the config's file."""
+  out = list(argv)
+  for i, arg in enumerate(argv):
+    if arg.startswith("--config="):
+      out[i] = "--config=" + config_file(arg.removeprefix("--config="))
+    elif arg == "--config" and i + 1 < len(argv):
+      out[i + 1] = config_file(argv[i + 1])
+  return out
+
+
 def parse_flags(prog: str) -> Callable:
   """absl's flags parser, with a bad or missing flag reported as one line (exit 2)."""
   def parse(argv):
     try:
+      if _config_flag_defined:
+        argv = _config_names_to_files(argv)
       return flags.FLAGS(argv)
     except flags.Error as e:
       print(f"{prog}: error: {e} (--help lists the flags)", file=sys.stderr)
@@ -89,10 +146,23 @@ def parse_flags(prog: str) -> Callable:
 
 def run(main: Callable, prog: Optional[str] = None,
         flag_paths: Optional[Callable[[], Mapping[str, Optional[str]]]] = None) -> None:
-  """`absl.app.run(main)` with `report_errors`; `prog` defaults to the module's short name."""
+  """`absl.app.run(main)` with `report_errors`; `prog` defaults to the module's short name
+  (`python -m launch.score`: "score") or the console script's name ("cac-score")."""
   if prog is None:
     module = sys.modules.get("__main__")
     spec = getattr(module, "__spec__", None)
     prog = (spec.name.rsplit(".", 1)[-1] if spec and spec.name else
             os.path.basename(sys.argv[0]).removesuffix(".py"))
+  _help_from(sys.modules[main.__module__])
   app.run(report_errors(main, prog, flag_paths), flags_parser=parse_flags(prog))
+
+
+def _help_from(script) -> None:
+  """Make `--help` show `script`'s docstring and flags when it is not `__main__` (a console
+  script's `__main__` is a generated wrapper; absl's help reads `__main__` and argv[0])."""
+  main_module = sys.modules["__main__"]
+  if script is main_module:
+    return
+  main_module.__doc__ = script.__doc__
+  for flag in flags.FLAGS.get_flags_for_module(script.__name__):
+    flags.FLAGS.register_key_flag_for_module(sys.argv[0], flag)

@@ -1,27 +1,28 @@
 r"""Unsupervised adaptation of the source model to the target domain (WGAN critic).
 
-  python -m launch.adapt --config configs/tiny.py --workdir /tmp/adapt \
+  cac-adapt --config tiny --workdir /tmp/adapt \
       --source_checkpoint /tmp/src/export [--source_manifest A.csv --target_manifest B.csv] [--resume]
 
 Without manifests it adapts on `cac_jax.synthetic` patches. The network sizes of --config
 must match the source checkpoint's. Writes checkpoints, metrics.jsonl, TensorBoard events
 and the adapted inference export (WORKDIR/export).
+
+(From a checkout also `python -m launch.adapt ...`.)
 """
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from cac_jax import atomic
 from cac_jax import checkpoints
 from cac_jax import train
 from cac_jax.train import data as data_lib
-from launch import _cli
-from launch import train_flags as common
+from . import _cli
+from . import train_flags as common
 
 flags.adopt_module_key_flags(common)  # --split, --multihost, --quiet_orbax in --help
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/paper.py, configs/tiny.py).")
+_CONFIG = _cli.define_config(None, "Project config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the export go here.")
 _SOURCE_CHECKPOINT = flags.DEFINE_string("source_checkpoint", None, "Exported source model (train_source's WORKDIR/export).")
 _RESUME = flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir.")
@@ -54,5 +55,9 @@ def flag_paths():
           "--target_manifest": _TARGET_MANIFEST.value, "--workdir": _WORKDIR.value}
 
 
-if __name__ == "__main__":
+def run() -> None:  # console script cac-adapt
   _cli.run(main, flag_paths=flag_paths)
+
+
+if __name__ == "__main__":
+  run()

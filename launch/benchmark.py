@@ -22,8 +22,8 @@ from cac_jax.train import adversarial
 from cac_jax.train import sharding
 from cac_jax.train import source
 from cac_jax.train import state as state_lib
-from configs import demo, paper, tiny
-from launch import _cli
+from cac_jax.configs import demo, paper, tiny
+from . import _cli
 
 _CONFIGS = flags.DEFINE_list("configs", ["tiny", "paper"], "Configs to benchmark (tiny, demo, paper).")
 _ITERS = flags.DEFINE_integer("iters", 3, "Timed calls per step after one warm-up call.")
@@ -151,5 +151,9 @@ def main(argv):
     bench(name, configs[name](), _ITERS.value, _CRITIC_N.value)
 
 
-if __name__ == "__main__":
+def run() -> None:  # console script cac-benchmark
   _cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

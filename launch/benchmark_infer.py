@@ -23,7 +23,7 @@ import tempfile
 import time
 
 from absl import flags
-from launch import _cli
+from . import _cli
 
 _CONFIGS = flags.DEFINE_list("configs", ["tiny", "paper"], "Configs to benchmark (configs/<name>.py).")
 _SHAPE = flags.DEFINE_list("shape", ["80", "310", "310"], "Volume (z, y, x) at working spacing.")
@@ -53,7 +53,7 @@ def _phantom_volume(seed, spacing=(1.5, 0.66, 0.66)):
   the heart mask dilated by 10 mm, as `cac_jax.pipeline` computes them.
   """
   from cac_jax import phantoms, postprocess, preprocess, threshold  # pylint: disable=g-import-not-at-top
-  from configs import paper  # pylint: disable=g-import-not-at-top
+  from cac_jax.configs import paper  # pylint: disable=g-import-not-at-top
   cfg = paper.get_config()
   case = phantoms.generate_case("ccta", seed, cfg)
   scan = preprocess.resample(case.scan, spacing, order=1)
@@ -117,7 +117,7 @@ def _worker():
   import numpy as np  # pylint: disable=g-import-not-at-top
   from cac_jax import infer, models  # pylint: disable=g-import-not-at-top
   import importlib  # pylint: disable=g-import-not-at-top
-  config = importlib.import_module(f"configs.{_CONFIG.value}").get_config()
+  config = importlib.import_module(f"cac_jax.configs.{_CONFIG.value}").get_config()
   if _VOLUME.value:  # made once by the parent, so the phantom's own memory is not in the peak
     with np.load(_VOLUME.value) as f:
       hu, cand, full_shape = f["hu"], f["cand"], tuple(int(v) for v in f["full_shape"])
@@ -175,7 +175,7 @@ _VOLUME_PATH = None
 
 
 def _run(method, config, out):
-  args = [sys.executable, "-m", "launch.benchmark_infer", f"--worker={method}", f"--config={config}", f"--out={out}",
+  args = [sys.executable, "-m", __spec__.name, f"--worker={method}", f"--config={config}", f"--out={out}",
           f"--shape={','.join(_SHAPE.value)}", f"--seed={_SEED.value}", f"--volume={_VOLUME_PATH or ''}", f"--naive_slices={_NAIVE_SLICES.value}",
           f"--conv_impl={_CONV_IMPL.value}", f"--slab={_SLAB.value}",
           f"--naive_feature_dtype={_NAIVE_DTYPE.value}"]
@@ -236,5 +236,9 @@ def main(argv):
       sys.stdout.flush()
 
 
-if __name__ == "__main__":
+def run() -> None:  # console script cac-benchmark-infer
   _cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -11,8 +11,8 @@ import numpy as np
 from cac_jax import models
 from cac_jax import sampling
 from cac_jax.scan import Case, Scan
-from configs import paper, tiny
-from launch import _cli
+from cac_jax.configs import paper, tiny
+from . import _cli
 
 _NUM_CASES = flags.DEFINE_integer("num_cases", 3, "Synthetic cases.")
 _SHAPE = flags.DEFINE_list("shape", ["120", "300", "300"], "Case shape (z, y, x) in voxels.")
@@ -77,5 +77,9 @@ def main(argv):
     sampler.close()
 
 
-if __name__ == "__main__":
+def run() -> None:  # console script cac-benchmark-sampling
   _cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

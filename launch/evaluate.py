@@ -1,17 +1,19 @@
 """Evaluate calcium predictions against the manifest's reference labels.
 
-  python -m launch.evaluate --predictions DIR --manifest CSV --output_dir DIR [--split test]
+  cac-evaluate --predictions DIR --manifest CSV --output_dir DIR [--split test]
 
 DIR/<id>/calcium_labels.nii.gz per case (reference encoding, input grid). Writes results.md,
 results.csv, bland_altman.png and report.html into --output_dir and prints the results table
 (see `cac_jax.evaluation`).
+
+(From a checkout also `python -m launch.evaluate ...`.)
 """
 
 from absl import app
 from absl import flags
 
 from cac_jax import atomic, evaluation
-from launch import _cli
+from . import _cli
 
 _PREDICTIONS = flags.DEFINE_string("predictions", None, "Folder with one subfolder per case id.")
 _MANIFEST = flags.DEFINE_string("manifest", None, "Manifest CSV (id,image,label,...,split).")
@@ -35,5 +37,9 @@ def flag_paths():
   return {"--predictions": _PREDICTIONS.value, "--manifest": _MANIFEST.value, "--output_dir": _OUTPUT_DIR.value}
 
 
-if __name__ == "__main__":
+def run() -> None:  # console script cac-evaluate
   _cli.run(main, flag_paths=flag_paths)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,16 +1,19 @@
 r"""Measure the automatic heart region (`--heart_mask auto` of launch.score) on phantoms and
 real scans with a reference heart mask; prints the markdown table of docs/scoring.md.
 
-  python -m launch.heart_region_check [--n 20] [--config configs/demo.py] \
+  cac-heart-region-check [--n 20] [--config demo] \
       [--real ../shared/realdata/contrast_chest_ct_1.nii.gz:../shared/realdata/contrast_chest_ct_1_heart.nii.gz]
+
+(From a checkout also `python -m launch.heart_region_check ...`.)
 """
 
 from absl import app, flags
-from ml_collections import config_flags
 
 from cac_jax import heart_region_check
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/demo.py", "Config whose phantoms are measured.")
+from . import _cli
+
+_CONFIG = _cli.define_config("demo", "Config whose phantoms are measured.")
 _N = flags.DEFINE_integer("n", 20, "Phantoms per domain (seeds first_seed .. first_seed + n - 1).")
 _FIRST_SEED = flags.DEFINE_integer("first_seed", 1000, "First phantom seed.")
 _REAL = flags.DEFINE_multi_string("real", [], "IMAGE:HEART_MASK pairs of real scans (Dice against the mask).")
@@ -23,5 +26,9 @@ def main(argv):
   print(heart_region_check.markdown(heart_region_check.run(_CONFIG.value, _N.value, _FIRST_SEED.value, pairs)))
 
 
+def run() -> None:  # console script cac-heart-region-check
+  _cli.run(main)
+
+
 if __name__ == "__main__":
-  app.run(main)
+  run()

@@ -1,19 +1,20 @@
-"""Writes a phantom data set (or benchmarks the generator).
+r"""Writes a phantom data set (or benchmarks the generator).
 
-  python -m launch.make_phantoms --output_dir DIR --domain ccta --num_cases 8 --seed 100 \
-      [--split test] [--config configs/tiny.py] [--config.phantoms.fov_scale=1.0] [--preview P.png]
-  python -m launch.make_phantoms --benchmark [--config configs/tiny.py]
+  cac-phantoms --output_dir DIR --domain ccta --num_cases 8 --seed 100 \
+      [--split test] [--config tiny] [--config.phantoms.fov_scale=1.0] [--preview P.png]
+  cac-phantoms --benchmark [--config tiny]
+
+(From a checkout also `python -m launch.make_phantoms ...`.)
 """
 
 import time
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from cac_jax import phantoms
-from launch import _cli
+from . import _cli
 
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/tiny.py", "Project config.")
+_CONFIG = _cli.define_config("tiny", "Project config.")
 _OUT = flags.DEFINE_string("output_dir", None, "Data-set folder (manifest merged if present).")
 _DOMAIN = flags.DEFINE_enum("domain", "ccta", list(phantoms.DOMAINS), "Phantom domain.")
 _NUM = flags.DEFINE_integer("num_cases", 4, "Number of cases.")
@@ -60,5 +61,9 @@ def main(argv):
     raise app.UsageError("give --output_dir, --preview or --benchmark")
 
 
-if __name__ == "__main__":
+def run() -> None:  # console script cac-phantoms
   _cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,22 +1,23 @@
 r"""The paper's Table 2 on phantoms: make data, train source, adapt, score, evaluate.
 
-  python -m launch.reproduce --config configs/demo.py --workdir runs/demo
-  python -m launch.reproduce --config configs/benchmark.py --workdir runs/benchmark   # seeds 0, 1, 2
-  python -m launch.reproduce --config configs/paper.py --workdir runs/paper   # a GPU
+  cac-reproduce --config demo --workdir runs/demo
+  cac-reproduce --config benchmark --workdir runs/benchmark   # seeds 0, 1, 2
+  cac-reproduce --config paper --workdir runs/paper   # a GPU
+
+(From a checkout also `python -m launch.reproduce ...`.)
 """
 
 import logging
 import os
 
 from absl import flags
-from ml_collections import config_flags
 
 from cac_jax import experiment
-from launch import _cli
-from launch import train_flags
+from . import _cli
+from . import train_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", "configs/demo.py", "Experiment config.")
+_cli.define_config("demo", "Experiment config.")
 flags.DEFINE_string("workdir", "runs/demo", "Where data, checkpoints and results go (reused when complete).")
 flags.DEFINE_list("seeds", None, "Experiment seeds (default: config.experiment.seeds, else config.seed); "
                   "several give mean (SD) over seeds and one gap share over them.")
@@ -37,5 +38,9 @@ def main(argv):
     print(f"  {name}: {path}")
 
 
-if __name__ == "__main__":
+def run() -> None:  # console script cac-reproduce
   _cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

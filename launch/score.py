@@ -1,20 +1,23 @@
 r"""Score coronary calcium in one scan or in every scan of a manifest.
 
 One scan (the heart region is found in the scan unless a mask is given):
-  python -m launch.score --image scan.nii.gz [--heart_mask auto|none|heart.nii.gz] \
+  cac-score --image scan.nii.gz [--heart_mask auto|none|heart.nii.gz] \
       [--aorta_mask aorta.nii.gz] --checkpoint WORKDIR/export --output_dir OUT [--domain auto]
 With a TotalSegmentator output folder (its heart.nii.gz and aorta.nii.gz):
-  python -m launch.score --image scan.nii.gz --masks_dir SEG --checkpoint ... --output_dir OUT
+  cac-score --image scan.nii.gz --masks_dir SEG --checkpoint ... --output_dir OUT
 Many scans (one sub-folder per case id, plus scores.csv):
-  python -m launch.score --manifest data/manifest.csv [--split test] --checkpoint ... --output_dir OUT
+  cac-score --manifest data/manifest.csv [--split test] --checkpoint ... --output_dir OUT
+
+(From a checkout also `python -m launch.score ...`.)
 """
 
-import logging as std_logging
+import logging
 
-from absl import app, flags, logging
+from absl import app, flags
+from absl import logging as absl_logging
 
 from cac_jax import atomic, scoring_cli
-from launch import _cli
+from . import _cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("image", None, "Scan: NIfTI/MHA/NRRD file or DICOM series folder.")
@@ -42,8 +45,8 @@ def main(argv):
   del argv
   if bool(FLAGS.image) == bool(FLAGS.manifest):
     raise app.UsageError("give exactly one of --image or --manifest")
-  logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
-  std_logging.getLogger("jax").setLevel(std_logging.WARNING)  # and JAX its backend probing
+  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
+  logging.getLogger("jax").setLevel(logging.WARNING)  # and JAX its backend probing
   fp = dict(region_growing=FLAGS.region_growing, size_limits=FLAGS.size_limits, heart_filter=FLAGS.heart_filter)
   with atomic.claim_dir(FLAGS.output_dir):  # checked and locked before any computation
     _score(fp)
@@ -56,7 +59,7 @@ def _score(fp):
                                     overwrite=FLAGS.overwrite, calibration=FLAGS.calibration, fp=fp,
                                     series=FLAGS.series, record_input_path=FLAGS.record_input_path)
     for line in report["warnings"]:
-      logging.warning(line)
+      absl_logging.warning(line)
     print(scoring_cli.summary_line(FLAGS.image, report))
     print(f"outputs in {FLAGS.output_dir}")
     print(report["notice"])
@@ -74,5 +77,9 @@ def flag_paths():
                                                       "checkpoint", "output_dir")}
 
 
-if __name__ == "__main__":
+def run() -> None:  # console script cac-score
   _cli.run(main, flag_paths=flag_paths)
+
+
+if __name__ == "__main__":
+  run()

@@ -1,6 +1,6 @@
 r"""Where each network's calcium calls land on phantoms: predicted-class volume by true tissue.
 
-  python -m launch.tissue_breakdown --checkpoints no_adaptation=runs/demo/source/export,\
+  cac-tissue-breakdown --checkpoints no_adaptation=runs/demo/source/export,\
       adv_cls=runs/demo/adv_cls/export --role ccta_test --experiment_seed 0 --num_cases 8 \
       [--fp_reduction] [--output_dir DIR]
 
@@ -9,6 +9,8 @@ cases are those of its tables) with tissue bookkeeping, scores them with every c
 prints one table per checkpoint (mm³ per scan; see `cac_jax.tissue_breakdown`). With
 --output_dir, also writes <name>.md and <name>.csv there. Phantom settings come from the first
 checkpoint's config; every checkpoint must share its model and data sections.
+
+(From a checkout also `python -m launch.tissue_breakdown ...`.)
 """
 
 import os
@@ -19,7 +21,7 @@ from absl import logging
 
 from cac_jax import atomic, checkpoints, experiment, postprocess
 from cac_jax import tissue_breakdown as tb
-from launch import _cli
+from . import _cli
 
 _CHECKPOINTS = flags.DEFINE_list("checkpoints", None, "name=export_dir pairs (or bare export dirs).")
 _ROLE = flags.DEFINE_enum("role", "ccta_test", list(experiment.ROLES), "Experiment data role to re-simulate.")
@@ -68,5 +70,9 @@ def main(argv):
       tb.write_csv(b, os.path.join(_OUT.value, f"{name}.csv"))
 
 
-if __name__ == "__main__":
+def run() -> None:  # console script cac-tissue-breakdown
   _cli.run(main)
+
+
+if __name__ == "__main__":
+  run()

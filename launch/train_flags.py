@@ -1,11 +1,10 @@
 """Flags shared by the training launch scripts (thin absl apps)."""
 
-import logging as std_logging
+import logging
 import os
 
 import jax
 from absl import flags
-from absl import logging
 
 MULTIHOST = flags.DEFINE_bool(
     "multihost", os.environ.get("CAC_JAX_MULTIHOST", "") not in ("", "0"),
@@ -18,12 +17,13 @@ def init_runtime() -> None:
   if QUIET_ORBAX.value:
     # Orbax logs every save at INFO through the 'absl' logger; training progress comes from
     # the 'cac_jax' loggers, which still print at INFO.
-    std_logging.getLogger("absl").setLevel(std_logging.WARNING)
-    std_logging.getLogger("cac_jax").setLevel(std_logging.INFO)
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("cac_jax").setLevel(logging.INFO)
   if MULTIHOST.value:
     jax.distributed.initialize()
-  std_logging.getLogger("cac_jax").info("process %d/%d, %d local / %d global devices (%s)", jax.process_index(), jax.process_count(),
-               jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
+  logging.getLogger("cac_jax").info(
+      "process %d/%d, %d local / %d global devices (%s)", jax.process_index(), jax.process_count(),
+      jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
 
 
 def split() -> str | None:

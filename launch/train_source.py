@@ -1,25 +1,26 @@
 r"""Supervised source training of G, C and the deep-supervision heads.
 
-  python -m launch.train_source --config configs/tiny.py --workdir /tmp/src \
+  cac-train-source --config tiny --workdir /tmp/src \
       [--config.source.num_steps=100] [--source_manifest DIR/manifest.csv] [--resume]
 
 Without --source_manifest it trains on `cac_jax.synthetic` patches. Writes checkpoints,
 metrics.jsonl, TensorBoard events and the inference export (WORKDIR/export).
+
+(From a checkout also `python -m launch.train_source ...`.)
 """
 
 from absl import app
 from absl import flags
-from ml_collections import config_flags
 
 from cac_jax import atomic
 from cac_jax import train
 from cac_jax.train import data as data_lib
-from launch import _cli
-from launch import train_flags as common
+from . import _cli
+from . import train_flags as common
 
 flags.adopt_module_key_flags(common)  # --split, --multihost, --quiet_orbax in --help
 
-_CONFIG = config_flags.DEFINE_config_file("config", None, "Config file (configs/paper.py, configs/tiny.py).")
+_CONFIG = _cli.define_config(None, "Project config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the export go here.")
 _RESUME = flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir.")
 _SOURCE_MANIFEST = flags.DEFINE_string("source_manifest", None, "Labelled source manifest CSV (default: synthetic).")
@@ -43,5 +44,9 @@ def flag_paths():
   return {"--source_manifest": _SOURCE_MANIFEST.value, "--workdir": _WORKDIR.value}
 
 
-if __name__ == "__main__":
+def run() -> None:  # console script cac-train-source
   _cli.run(main, flag_paths=flag_paths)
+
+
+if __name__ == "__main__":
+  run()

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 
-from cac_jax import checkpoints, dicom_seg, io, labels, phantoms, scoring_cli
+from cac_jax import checkpoints, dicom_seg, volume_io, labels, phantoms, scoring_cli
 
 
 @pytest.fixture
@@ -67,7 +67,7 @@ def test_dicom_input_writes_a_seg_matching_the_labels(tmp_path, keep_locale, tin
   out = tmp_path / "out"
   report = scoring_cli.score_file(str(folder), export, str(out), heart_mask="none", domain="ccta")
   assert report["scores"]["total"]["volume_mm3"] + report["scores"]["aorta"]["volume_mm3"] > 0  # not vacuous
-  files = io.dicom_series_files(folder)
+  files = volume_io.dicom_series_files(folder)
   seg = pydicom.dcmread(out / dicom_seg.SEG_FILE)
   assert seg.Modality == "SEG" and seg.SeriesInstanceUID != pydicom.dcmread(files[0]).SeriesInstanceUID
   assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(files[0]).SeriesInstanceUID

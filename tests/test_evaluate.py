@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 
+from matplotlib import image as mimage
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -104,7 +105,6 @@ def test_cli_end_to_end(tmp_path):
   assert [r["case_id"] for r in rows] == ["a", "b", "c"]
   assert float(rows[1]["total_fp_mm3"]) == pytest.approx(VOX)
   assert rows[2]["total_sensitivity"] == "nan"
-  from matplotlib import image as mimage  # pylint: disable=import-outside-toplevel
   img = mimage.imread(out / "bland_altman.png")
   assert img.shape[0] > 50 and float(img[..., :3].std()) > 0.01
 
@@ -125,3 +125,12 @@ def test_cli_missing_prediction(tmp_path):
   # 2 scans: Bland-Altman needs 3 -> noted in the report, figure still written.
   assert "Not computed: Bland-Altman analysis needs at least 3 scans" in proc.stdout
   assert (out / "bland_altman.png").is_file()
+
+
+def test_prediction_on_another_grid_is_refused(tmp_path):
+  manifest, preds = _make_dataset(tmp_path)
+  shifted = sitk.ReadImage(str(preds / "b" / "calcium_labels.nii.gz"))
+  shifted.SetOrigin((0.0, 0.0, 0.0))  # same size and spacing, moved: not the image's grid
+  sitk.WriteImage(shifted, str(preds / "b" / "calcium_labels.nii.gz"))
+  with pytest.raises(ValueError, match=r"case 'b': .*calcium_labels.nii.gz: not on the same voxel grid as the scan"):
+    evaluation.evaluate_dataset(str(preds), str(manifest), split="test")

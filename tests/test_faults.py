@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cac_jax import atomic, infer, io, pipeline
+from cac_jax import atomic, infer, pipeline, plots, volume_io
 from cac_jax.train import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -81,7 +81,7 @@ def _complete_outputs(out):
   names = sorted(n for n in os.listdir(out) if not n.startswith("."))
   assert names == sorted(pipeline.OUTPUT_FILES)
   assert json.loads((out / "scores.json").read_text(encoding="utf-8"))["scores"]
-  io.check_complete(out / "calcium_labels.nii.gz")
+  volume_io.check_complete(out / "calcium_labels.nii.gz")
 
 
 @pytest.mark.slow
@@ -120,7 +120,7 @@ def test_kill_between_moves_of_the_set(inputs, tmp_path):
   # Killed after moving calcium_labels.nii.gz: the file under its final name is complete, and
   # scores.json (moved last) is absent, so nothing claims the set is complete.
   assert (out / "calcium_labels.nii.gz").exists() and not (out / "scores.json").exists()
-  io.check_complete(out / "calcium_labels.nii.gz")
+  volume_io.check_complete(out / "calcium_labels.nii.gz")
   rerun = _score(inputs, out)  # the remains are replaced without --overwrite
   assert rerun.returncode == 0, rerun.stderr[-3000:]
   assert not [n for n in os.listdir(out) if n.startswith(".")]
@@ -162,7 +162,7 @@ def test_write_set_is_all_or_nothing(tmp_path):
 
 
 def test_write_like_refuses_to_publish_a_short_file(tmp_path, monkeypatch):
-  scan = io.Scan(hu=np.zeros((4, 8, 8), np.float32), spacing=(1.0, 1.0, 1.0))
+  scan = volume_io.Scan(hu=np.zeros((4, 8, 8), np.float32), spacing=(1.0, 1.0, 1.0))
   real = sitk.WriteImage
 
   def short(img, path, *a):  # a full disk: SimpleITK stops early without an error
@@ -172,12 +172,11 @@ def test_write_like_refuses_to_publish_a_short_file(tmp_path, monkeypatch):
 
   monkeypatch.setattr(sitk, "WriteImage", short)
   with pytest.raises(OSError, match="incomplete"):
-    io.write_like(np.ones((4, 8, 8), np.uint8), scan, tmp_path / "labels.nii.gz")
+    volume_io.write_like(np.ones((4, 8, 8), np.uint8), scan, tmp_path / "labels.nii.gz")
   assert os.listdir(tmp_path) == []
 
 
 def test_overlay_and_outputs_are_world_readable(tmp_path):
-  from cac_jax import plots  # pylint: disable=import-outside-toplevel
   path = plots.overlay_png(np.zeros((4, 8, 8), np.float32), np.zeros((4, 8, 8), np.int32), str(tmp_path / "o.png"),
                            (1.0, 1.0, 1.0))
   assert os.stat(path).st_mode & 0o777 == 0o644

@@ -5,7 +5,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cac_jax import heart_region, io, phantoms, pipeline, postprocess
+from cac_jax import heart_region, volume_io, phantoms, pipeline, postprocess
 from cac_jax.labels import CORONARY_CLASSES
 from cac_jax.scan import Scan
 
@@ -42,8 +42,8 @@ def test_no_lungs_means_no_heart():
 
 
 def test_real_contrast_ct_dice_against_its_heart_mask(realdata):
-  scan = io.read_scan(realdata / "contrast_chest_ct_1.nii.gz")
-  heart = io.read_mask(realdata / "contrast_chest_ct_1_heart.nii.gz", scan) > 0
+  scan = volume_io.read_scan(realdata / "contrast_chest_ct_1.nii.gz")
+  heart = volume_io.read_mask(realdata / "contrast_chest_ct_1_heart.nii.gz", scan) > 0
   m = heart_region.measure(scan, heart)
   # Measured 0.72 (docs/scoring.md); the TotalSegmentator mask also holds the pulmonary veins.
   assert m["found"] and m["dice"] > 0.65

@@ -61,13 +61,12 @@ def test_phantom_left_main_written_read_and_evaluated(tmp_path):
   assert case.left_main is not None and case.left_main.any()
   assert np.all(case.labels[case.left_main] == labels.LAD)
   row = writer.write_case(case, str(tmp_path))
-  loaded = manifest.load_case(manifest.ManifestRow(id=row["id"], image=str(tmp_path / row["image"]),
-                                                   label=str(tmp_path / row["label"]), heart_mask=None,
-                                                   aorta_mask=None, domain="ncct", split="test"))
+  mrow = manifest.ManifestRow(id=row["id"], image=str(tmp_path / row["image"]), label=str(tmp_path / row["label"]),
+                              heart_mask=None, aorta_mask=None, domain="ncct", split="test")
+  loaded = manifest.load_case(mrow)
   np.testing.assert_array_equal(loaded.left_main, case.left_main)
   np.testing.assert_array_equal(loaded.labels, case.labels)
-  result = evaluation._evaluate_case(row["id"], str(tmp_path / row["label"]), str(tmp_path / row["label"]),
-                                     str(tmp_path / row["image"]), scores.agatston)
+  result = evaluation._evaluate_case(mrow, str(tmp_path / row["label"]))  # the reference as prediction
   assert result.left_main_ref_mm3 == pytest.approx(case.left_main.sum() * np.prod(case.scan.spacing))
   assert result.left_main_found_as_lad == 1.0 and result.left_main_ref_agatston > 0
   assert "left_main_ref_mm3" in evaluation.results_csv_text(_results([result])).splitlines()[0]

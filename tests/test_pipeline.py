@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cac_jax import checkpoints, io, labels, phantoms, pipeline, postprocess
+from cac_jax import checkpoints, volume_io, labels, phantoms, pipeline, postprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -159,9 +159,9 @@ def test_score_cli_bad_inputs(tmp_path, export_dir):
 
 
 def test_real_contrast_ct_scores_in_aortic_lumen(realdata, params, config):
-  scan = io.read_scan(realdata / "contrast_chest_ct_1.nii.gz")
-  heart = io.read_mask(realdata / "contrast_chest_ct_1_heart.nii.gz", scan) > 0
-  pa = io.read_mask(realdata / "contrast_chest_ct_1_pulmonary_artery.nii.gz", scan) > 0
+  scan = volume_io.read_scan(realdata / "contrast_chest_ct_1.nii.gz")
+  heart = volume_io.read_mask(realdata / "contrast_chest_ct_1_heart.nii.gz", scan) > 0
+  pa = volume_io.read_mask(realdata / "contrast_chest_ct_1_pulmonary_artery.nii.gz", scan) > 0
   res = pipeline.score_scan(scan, params, config, domain="auto", heart_mask=heart)
   assert res.report["domain"] == "ccta"
   t = res.report["threshold"]

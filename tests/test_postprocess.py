@@ -2,6 +2,7 @@
 
 import warnings
 
+import ml_collections
 import numpy as np
 import pytest
 
@@ -134,7 +135,6 @@ def test_reduce_false_positives_switches():
 
 
 def test_settings_from_config():
-  import ml_collections
   sc = ml_collections.ConfigDict(dict(min_lesion_mm3=2.0, max_lesion_mm3=300.0, heart_dilation_mm=5.0))
   s = pp.FPReductionSettings.from_config(sc, heart_filter=False)
   assert (s.min_mm3, s.max_mm3, s.dilation_mm, s.heart_filter) == (2.0, 300.0, 5.0, False)

@@ -1,5 +1,6 @@
 """Tests for cac_jax.preprocess: resampling, thick slices, HU normalisation."""
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -118,6 +119,5 @@ def test_normalize_hu_values():
   out = preprocess.normalize_hu(np.array([-3000.0, -1000.0, 130.0, 3000.0, 5000.0]), data)
   assert out.dtype == np.float32
   np.testing.assert_allclose(out, [-1.0, -1.0, 0.0, 2870.0 / 1130.0, 2870.0 / 1130.0], rtol=1e-6)
-  import jax.numpy as jnp
   j = preprocess.normalize_hu(jnp.array([-1000.0, 130.0, 3000.0]), data)
   np.testing.assert_allclose(np.asarray(j), [-1.0, 0.0, 2870.0 / 1130.0], rtol=1e-6)

@@ -4,6 +4,7 @@ import pathlib
 
 import numpy as np
 import pytest
+from scipy import ndimage
 
 from cac_jax import threshold
 from cac_jax.scan import Scan
@@ -140,7 +141,6 @@ def test_automatic_roi_on_real_contrast_ct_lands_in_aortic_lumen():
 
 @pytest.mark.parametrize("touch_border", [False, True])
 def test_erode_mm_on_bounding_box_equals_whole_volume(touch_border):
-  from scipy import ndimage
   rng = np.random.default_rng(3)
   mask = ndimage.binary_dilation(rng.random((20, 30, 40)) > 0.995, iterations=3)
   mask[:3] = False

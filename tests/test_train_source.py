@@ -1,8 +1,7 @@
-"""Source training: pure step, traced once, loss falls, exact resume, metric files."""
+"""Source training: pure step, traced once, loss falls, exact resume (metric files: test_writers)."""
 
 import json
 import os
-import struct
 
 import chex
 import jax
@@ -13,7 +12,6 @@ from cac_jax import synthetic
 from cac_jax.train import sharding
 from cac_jax.train import source
 from cac_jax.train import state as state_lib
-from cac_jax.train import writers
 from configs import tiny
 
 
@@ -91,55 +89,3 @@ def test_resume_is_exact(config, tmp_path):
   lines = [json.loads(l) for l in open(tmp_path / "straight" / "metrics.jsonl")]
   assert [l["step"] for l in lines] == [2, 4]
   assert {"loss", "accuracy", "steps_per_second"} <= set(lines[0])
-
-
-# --- TensorBoard event files ----------------------------------------------------------
-
-
-def _event_classes():
-  """Event/Summary message classes built from a descriptor (protobuf, no TensorFlow)."""
-  from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
-  f = descriptor_pb2.FileDescriptorProto(name="event_test.proto", package="t", syntax="proto3")
-  value = f.message_type.add(name="Value")
-  value.field.add(name="tag", number=1, type=9, label=1)
-  value.field.add(name="simple_value", number=2, type=2, label=1)
-  summary = f.message_type.add(name="Summary")
-  summary.field.add(name="value", number=1, type=11, label=3, type_name=".t.Value")
-  event = f.message_type.add(name="Event")
-  event.field.add(name="wall_time", number=1, type=1, label=1)
-  event.field.add(name="step", number=2, type=3, label=1)
-  event.field.add(name="file_version", number=3, type=9, label=1)
-  event.field.add(name="summary", number=5, type=11, label=1, type_name=".t.Summary")
-  pool = descriptor_pool.DescriptorPool()
-  pool.Add(f)
-  return message_factory.GetMessageClass(pool.FindMessageTypeByName("t.Event"))
-
-
-def test_event_file_parses(tmp_path):
-  with writers.MetricWriter(str(tmp_path)) as w:
-    w.write(1, {"loss": 0.5, "accuracy": 0.25})
-    w.write(300, {"loss": -1.75})
-  records = list(writers.read_tfrecords(w.events_path))  # checks both CRCs of every record
-  assert len(records) == 3
-  event = _event_classes()
-  first = event.FromString(records[0])
-  assert first.file_version == "brain.Event:2"
-  e1, e2 = event.FromString(records[1]), event.FromString(records[2])
-  assert e1.step == 1 and e2.step == 300 and e1.wall_time > 1e9
-  assert {v.tag: v.simple_value for v in e1.summary.value} == {"loss": 0.5, "accuracy": 0.25}
-  assert [(v.tag, v.simple_value) for v in e2.summary.value] == [("loss", -1.75)]
-  lines = [json.loads(l) for l in open(tmp_path / "metrics.jsonl")]
-  assert lines[1]["step"] == 300 and lines[1]["loss"] == -1.75
-
-
-def test_crc32c_and_corruption_detected(tmp_path):
-  assert writers.crc32c(b"123456789") == 0xE3069283  # standard CRC-32C check value
-  path = tmp_path / "r"
-  path.write_bytes(writers.tfrecord(b"hello"))
-  assert list(writers.read_tfrecords(str(path))) == [b"hello"]
-  raw = bytearray(path.read_bytes())
-  raw[13] ^= 1
-  path.write_bytes(bytes(raw))
-  with pytest.raises(ValueError, match="CRC"):
-    list(writers.read_tfrecords(str(path)))
-  assert struct.calcsize("<Q") == 8

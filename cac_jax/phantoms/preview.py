@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import tempfile
 from typing import Sequence
 
 import numpy as np
 
+from cac_jax import atomic
 from cac_jax.scan import Case
 
 CLASS_COLOURS = ((0, 0, 0), (1.0, 0.15, 0.15), (0.1, 0.9, 0.1), (0.2, 0.5, 1.0), (1.0, 0.9, 0.0),
@@ -95,11 +94,7 @@ def plots_preview(cases: Sequence[Case], png_path: str, dpi: int = 80) -> str:
   fig.legend(handles=[Patch(color=CLASS_COLOURS[k + 1], label=nm) for k, nm in enumerate(names)],
              loc="lower center", ncol=6, fontsize=8)
   fig.tight_layout(rect=(0, 0.03, 1, 1))
-  d = os.path.dirname(os.path.abspath(png_path))
-  os.makedirs(d, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(suffix=".png", dir=d)
-  os.close(fd)
-  fig.savefig(tmp, dpi=dpi)
-  plt.close(fig)
-  os.replace(tmp, png_path)
-  return png_path
+  try:
+    return atomic.write_png(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
+  finally:
+    plt.close(fig)

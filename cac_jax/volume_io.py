@@ -10,8 +10,8 @@ and orientation (`write_like`) and overlay the input in ITK-SNAP / 3D Slicer.
 Masks and label maps (`read_mask`, `read_labels`) are placed on a scan's grid by physical
 coordinates (nearest neighbour), so a mask stored on another voxel grid lands correctly.
 
-Writes are atomic: the file is written into a temporary folder next to the target, checked
-complete (`check_complete`: a clean end of the gzip stream and as many voxel bytes as the header
+Writes are atomic (`atomic.write_with`): the file is written into a temporary folder next to
+the target, checked complete (`check_complete`: a clean end of the gzip stream and as many voxel bytes as the header
 announces; a full disk can otherwise leave a short file that SimpleITK still reads) and moved
 into place with `os.replace`, so a reader never sees a half-written file.
 
@@ -30,11 +30,9 @@ from __future__ import annotations
 import errno
 import gzip
 import os
-import shutil
 import struct
-import tempfile
 import zlib
-from typing import Optional, Union
+from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -43,7 +41,7 @@ from cac_jax import atomic
 from cac_jax import labels as labels_lib
 from cac_jax.scan import Scan, SourceGeometry
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 CANONICAL = "LPS"
 HU_FLOOR = -1024.0  # values below (FOV padding such as -2048 / -3024) are clipped to this
@@ -380,6 +378,11 @@ def _reference_image(like: Scan, pixel_id=sitk.sitkUInt8) -> sitk.Image:
   return ref
 
 
+def format_numbers(values) -> str:
+  """(a, b, c) with 4 significant digits each, for geometry in messages."""
+  return "(" + ", ".join(f"{float(v):.4g}" for v in values) + ")"
+
+
 def _same_grid(img: sitk.Image, like: Scan, rtol: float = 1e-5) -> bool:
   """True if `img` (3D) has exactly `like`'s grid (size, spacing, origin, direction)."""
   if tuple(img.GetSize()) != tuple(like.shape[::-1]):
@@ -435,7 +438,7 @@ def read_scan(path: PathLike, allow_2d: bool = False, series: Optional[str] = No
               direction=tuple(float(d) for d in img.GetDirection()), source=source, meta=meta)
 
 
-def read_mask(path: PathLike, like: Scan) -> np.ndarray:
+def read_mask(path: PathLike, like: Scan, resample: bool = True) -> np.ndarray:
   """Reads an integer mask / label map onto `like`'s grid by physical coordinates.
 
   The file may be on any voxel grid and orientation: every voxel centre of `like` takes the
@@ -444,13 +447,16 @@ def read_mask(path: PathLike, like: Scan) -> np.ndarray:
   Args:
     path: mask or label-map file (or DICOM folder).
     like: the scan whose grid the result is on.
+    resample: False: the file must lie on `like`'s voxel grid (any orientation), e.g. a
+      prediction compared voxel by voxel with a reference; ScanReadError otherwise.
 
   Returns:
     int32 array with shape `like.shape` (z, y, x), the file's values unchanged.
 
   Raises:
-    FileNotFoundError, ScanReadError: missing/unreadable file, non-integer values, or a
-      non-empty mask that does not overlap `like` at all.
+    FileNotFoundError, ScanReadError: missing/unreadable file, non-integer values, a
+      non-empty mask that does not overlap `like` at all, or (`resample=False`) a file on
+      another grid.
   """
   path = os.fspath(path)
   img, _ = _read_image(path, "mask")
@@ -464,6 +470,11 @@ def read_mask(path: PathLike, like: Scan) -> np.ndarray:
   canon = img if code == CANONICAL else _canonical(img)
   if _same_grid(canon, like):
     out = sitk.GetArrayViewFromImage(canon).astype(np.int32)
+  elif not resample:
+    raise ScanReadError(
+        f"{path}: not on the same voxel grid as the scan (size {canon.GetSize()} vs "
+        f"{like.shape[::-1]}, spacing {format_numbers(canon.GetSpacing())} vs {format_numbers(like.spacing[::-1])}, "
+        f"origin {format_numbers(canon.GetOrigin())} vs {format_numbers(like.origin)} mm, x y z order)")
   else:
     out = sitk.GetArrayFromImage(
         sitk.Resample(img, _reference_image(like), sitk.Transform(), sitk.sitkNearestNeighbor,
@@ -475,18 +486,20 @@ def read_mask(path: PathLike, like: Scan) -> np.ndarray:
   return out.astype(np.int32, copy=False)
 
 
-def read_labels(path: PathLike, like: Scan) -> np.ndarray:
+def read_labels(path: PathLike, like: Scan, resample: bool = True) -> np.ndarray:
   """Reads a reference-encoded label map onto `like`'s grid; returns int32 classes 0..6.
 
-  Raises ScanReadError naming the file and every unknown label value.
+  `resample` as in `read_mask`. Raises ScanReadError naming the file and every unknown label
+  value.
   """
-  return read_reference(path, like)[0]
+  return read_reference(path, like, resample)[0]
 
 
-def read_reference(path: PathLike, like: Scan) -> tuple[np.ndarray, Optional[np.ndarray]]:
-  """Reads a reference-encoded label map onto `like`'s grid: (int32 classes 0..6, bool
-  left-main mask or None when the map does not label the left main apart)."""
-  ref = read_mask(path, like)
+def read_reference(path: PathLike, like: Scan, resample: bool = True) -> tuple[np.ndarray, Optional[np.ndarray]]:
+  """Reads a reference-encoded label map onto `like`'s grid (`resample` as in `read_mask`):
+  (int32 classes 0..6, bool left-main mask or None when the map does not label the left main
+  apart)."""
+  ref = read_mask(path, like, resample)
   try:
     return labels_lib.reference_to_classes(ref), labels_lib.left_main_mask(ref)
   except ValueError as e:
@@ -505,34 +518,27 @@ def _to_sitk_dtype(array: np.ndarray) -> np.ndarray:
   return array
 
 
-def _atomic_write(img: sitk.Image, path: PathLike) -> None:
-  """Writes `img` to `path` atomically (also for multi-file formats such as .mhd + .raw).
+def _write_image(img: sitk.Image, path: PathLike) -> None:
+  """Writes `img` to `path` atomically (`atomic.write_with`; also multi-file formats such as
+  .mhd + .raw), checked complete (`check_complete`) before it is moved into place: a full disk
+  can make SimpleITK stop writing early without an error."""
+  path = os.fspath(path)
 
-  The written file is checked complete (`check_complete`) before it is moved into place: a
-  full disk can make SimpleITK stop writing early without an error.
-  """
-  path = os.path.abspath(os.fspath(path))
-  folder = os.path.dirname(path)
-  os.makedirs(folder, exist_ok=True)
-  tmp = tempfile.mkdtemp(prefix=atomic.TMP_PREFIX + "write-", dir=folder)
-  try:
-    tmp_path = os.path.join(tmp, os.path.basename(path))
+  def _write(tmp_path: str) -> None:
     try:
       sitk.WriteImage(img, tmp_path, True)
     except RuntimeError as e:
-      raise OSError(errno.EIO, f"cannot write the image ({_first_line(e)}; disk full?)", path) from None
+      raise OSError(errno.EIO, f"cannot write the image ({_first_line(e)}; disk full?)",
+                    path) from None
+
+  def _verify(tmp_path: str) -> None:
     try:
       check_complete(tmp_path)
     except ScanReadError:
       raise OSError(errno.EIO, "the written file is incomplete (disk full?); nothing was "
                     "moved into place", path) from None
-    # Move companion data files (e.g. .raw of a .mhd) first and the named file last.
-    names = sorted(os.listdir(tmp), key=lambda n: n == os.path.basename(path))
-    for name in names:
-      os.chmod(os.path.join(tmp, name), 0o644)
-      os.replace(os.path.join(tmp, name), os.path.join(folder, name))
-  finally:
-    shutil.rmtree(tmp, ignore_errors=True)
+
+  atomic.write_with(path, _write, verify=_verify)
 
 
 def write_like(array_zyx: np.ndarray, like: Scan, path: PathLike) -> None:
@@ -547,7 +553,7 @@ def write_like(array_zyx: np.ndarray, like: Scan, path: PathLike) -> None:
       linear for floats). Without `like.source` the canonical geometry is written.
     path: output file; the extension picks the format (.nii.gz, .mha, .nrrd, ...).
   """
-  _atomic_write(_source_image(array_zyx, like), path)
+  _write_image(_source_image(array_zyx, like), path)
 
 
 def source_array(array_zyx: np.ndarray, like: Scan) -> np.ndarray:
@@ -603,7 +609,7 @@ def write_scan(scan: Scan, path: PathLike) -> None:
   img.SetSpacing(tuple(float(s) for s in scan.spacing[::-1]))
   img.SetOrigin(tuple(float(o) for o in scan.origin))
   img.SetDirection(tuple(float(d) for d in scan.direction))
-  _atomic_write(img, path)
+  _write_image(img, path)
 
 
 def dicom_series_files(path: PathLike, series: Optional[str] = None) -> list[str]:
