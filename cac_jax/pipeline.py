@@ -1,9 +1,12 @@
 """Scoring one scan end to end: read -> heart region -> threshold -> candidates -> dense
 inference -> false-positive reduction -> scores -> outputs on the input's own grid.
 
-`score_scan` is pure computation on arrays (returns a `ScoringResult`);
-`write_outputs` writes calcium_labels.nii.gz, its viewer colour tables, lesions.csv,
-scores.json and overlay.png atomically.
+`score_scan` is pure computation on arrays (returns a `ScoringResult`), in three stages that
+every scorer uses (the experiment's Table 2 and the tissue breakdown too): `prepare` (domain,
+threshold, heart region, candidate checks), `raw_classes` (the network, before FP reduction)
+and `finish` (`reduce`: FP reduction; scores and warnings). `write_outputs` writes
+calcium_labels.nii.gz, its viewer colour tables, lesions.csv, scores.json and overlay.png
+atomically.
 
 Every report carries `RESEARCH_NOTICE` and plausibility warnings (`plausibility_warnings`):
 the numbers come from a research model and are never silently implausible.
