@@ -295,6 +295,25 @@ def test_adaptation_streams_restrict_only_critic_bright_patches(cfg):
   assert [s.seed for s in made] == [0, 1, 2]  # source seed, target critic seed + 1, target generator seed + 2
 
 
+def test_sampler_streams_are_pure_functions_of_seed_and_step(cfg, cases):
+  """The one builder's batches: stream(step) is batch `step` of its sampler (source at seed,
+  target critic at seed + 1, target generator at seed + 2), in any order and after close."""
+  from cac_jax.train import data as data_lib
+  target = [_make_case("t", seed=4, labelled=False)]
+  streams = data_lib.sampler_streams(cases, target, cfg, seed=5)
+  want = {"source": sampling.PatchSampler(cases, cfg, seed=5).make_source_batch,
+          "source_critic": sampling.PatchSampler(cases, cfg, seed=5).make_critic_batch,
+          "target_critic": sampling.PatchSampler(target, cfg, seed=6).make_critic_batch,
+          "target_generator": sampling.PatchSampler(target, cfg, seed=7).make_critic_batch}
+  for name, make in want.items():
+    stream = getattr(streams, name)
+    for step in (0, 1, 2, 7, 3):  # in order (prefetched), then out of order (resume)
+      np.testing.assert_array_equal(stream(step)["views"], make(step)["views"], err_msg=f"{name} {step}")
+  data_lib.close(streams)
+  np.testing.assert_array_equal(streams.source(4)["labels"], want["source"](4)["labels"])
+  data_lib.close(streams)
+
+
 def test_reproducible_by_seed(cfg, cases):
   a = sampling.PatchSampler(cases, cfg, seed=5)
   b = sampling.PatchSampler(cases, cfg, seed=5)
