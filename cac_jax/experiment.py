@@ -30,6 +30,7 @@ import numpy as np
 from cac_jax import gates as gates_lib
 from cac_jax import labels as labels_lib
 from cac_jax import metrics, pipeline, postprocess
+from cac_jax.train import data as data_lib
 
 ROLES = {  # role: (phantom domain, split, config count field, seed offset)
     "source_train": ("chest_ncct", "train", "n_source_train", 0),
@@ -129,25 +130,10 @@ def _load(manifest_csv: str, config, role: str, labels: bool = False):
   return cases
 
 
-def _sampler_streams(source_cases, target_cases, config, seed: int, provenance: Optional[dict] = None):
-  """Step-indexed streams over PatchSamplers (batch i is a pure function of (seed, i)); the
-  generator's target batches come from a second target sampler (seed + 2). `provenance`
-  describes the data for the exports."""
-  from cac_jax.train import data as data_lib
-  src, targets = data_lib.adaptation_samplers(source_cases, target_cases, config, seed, n_target=2)
-  streams = dict(source=lambda i: src.source_batch(index=i),
-                 source_critic=lambda i: src.critic_batch(index=i))
-  if targets:
-    tgt, tgt2 = targets
-    streams.update(target_critic=lambda i: tgt.critic_batch(index=i),
-                   target_generator=lambda i: tgt2.critic_batch(index=i))
-  return data_lib.Streams(**streams, provenance=provenance)
-
-
 def mean_f1(config, params_by_model: dict[str, Any], cases) -> dict[str, float]:
-  """Mean total-coronary F1 over `cases` (labelled) after FP reduction, per model (heart-region
-  inference: the FP-reduction shortcut of `predict_raw`)."""
-  raw = predict_raw(params_by_model, config, cases, heart_only=True)
+  """Mean total-coronary F1 over `cases` (labelled) after FP reduction, per model (`launch.score`'s
+  labels with config.scoring's settings)."""
+  raw = predict_raw(params_by_model, config, cases, True)
   out = {}
   for m, preds in raw.items():
     per_scan = [s["metrics"] for s in evaluate_predictions(config, cases, preds, True)]
@@ -158,14 +144,14 @@ def mean_f1(config, params_by_model: dict[str, Any], cases) -> dict[str, float]:
 def select_snapshot(config, adapt_dir: str, val_cases, log: Callable[[str], None] = lambda s: None) -> dict:
   """Pick the adaptation snapshot with the best validation F1 (labelled CCTA: uses target labels).
 
-  Every snapshot of `adapt_dir` (`cac_jax.train.adversarial.snapshots`) is scored on `val_cases`
+  Every snapshot of `adapt_dir` (`cac_jax.train.loop.snapshots`) is scored on `val_cases`
   (mean total-coronary F1 after FP reduction); ties go to the earliest. The choice is stored
   in `adapt_dir/selection.json` and reused. Returns {"step", "export", "f1_by_step"}.
   """
   from cac_jax import atomic, checkpoints
-  from cac_jax.train import adversarial
+  from cac_jax.train import loop
   path = os.path.join(adapt_dir, "selection.json")
-  snaps = adversarial.snapshots(adapt_dir)
+  snaps = loop.snapshots(adapt_dir)
   if not snaps:
     raise ValueError(f"{adapt_dir}: no adaptation snapshots to select from (config.adapt.snapshot_every)")
   ids = [c.case_id for c in val_cases]
@@ -186,7 +172,6 @@ def select_snapshot(config, adapt_dir: str, val_cases, log: Callable[[str], None
 
 
 def _provenance(manifest_csv: str, roles: str) -> dict:
-  from cac_jax.train import data as data_lib
   return data_lib.manifest_provenance([manifest_csv], roles)
 
 
@@ -194,25 +179,28 @@ def train_models(config, manifest_csv: str, workdir: str, log: Callable[[str], N
   """Train the source network, the two adapted variants and, as configured, the oracle and
   the validation-selected snapshots. Returns {model: export dir}."""
   from cac_jax import checkpoints
-  from cac_jax.train import adversarial, source
+  from cac_jax.train import loop
   exports = {}
   src_dir = os.path.join(workdir, "source")
   exports["no_adaptation"] = os.path.join(src_dir, "export")
   if not checkpoints.is_exported(exports["no_adaptation"]):
     log("training the source network on labelled chest NCCT")
-    source.train_source(config, src_dir, _sampler_streams(_load(manifest_csv, config, "source_train"), None, config,
-                                                          config.seed, _provenance(manifest_csv, "source_train")))
+    loop.train_source(config, src_dir, data_lib.sampler_streams(_load(manifest_csv, config, "source_train"), None,
+                                                                  config, config.seed,
+                                                                  _provenance(manifest_csv, "source_train")))
   models_wanted = {c.model for c in columns(config)}
   if "oracle" in models_wanted:
     exports["oracle"] = os.path.join(workdir, "oracle", "export")
     if not checkpoints.is_exported(exports["oracle"]):
       log("training the oracle on labelled CCTA (adapt_target labels; adaptation never reads them)")
       labelled = _load(manifest_csv, config, "adapt_target", labels=True)
-      source.train_source(config, os.path.join(workdir, "oracle"),
-                          _sampler_streams(labelled, None, config, config.seed, _provenance(manifest_csv, "adapt_target")))
+      loop.train_source(config, os.path.join(workdir, "oracle"),
+                          data_lib.sampler_streams(labelled, None, config, config.seed,
+                                                   _provenance(manifest_csv, "adapt_target")))
   source_params, _ = checkpoints.load_inference(exports["no_adaptation"])
-  adapt_data = _sampler_streams(_load(manifest_csv, config, "adapt_source"), _load(manifest_csv, config, "adapt_target"),
-                                config, config.seed + 100, _provenance(manifest_csv, "adapt_source + adapt_target"))
+  adapt_data = data_lib.sampler_streams(_load(manifest_csv, config, "adapt_source"),
+                                        _load(manifest_csv, config, "adapt_target"), config, config.seed + 100,
+                                        _provenance(manifest_csv, "adapt_source + adapt_target"))
   for name, alpha in (("adv_cls", float(config.adapt.alpha)), ("adv_only", 0.0)):
     d = os.path.join(workdir, name)
     exports[name] = os.path.join(d, "export")
@@ -220,54 +208,49 @@ def train_models(config, manifest_csv: str, workdir: str, log: Callable[[str], N
       log(f"adapting to CCTA ({name}: alpha = {alpha})")
       cfg = ml_collections.ConfigDict(config.to_dict())
       cfg.adapt.alpha = alpha
-      adversarial.adapt(cfg, d, source_params, adapt_data)
+      loop.adapt(cfg, d, source_params, adapt_data)
     if f"{name}_val" in models_wanted:
       chosen = select_snapshot(config, d, _load(manifest_csv, config, "ccta_val"), log)
       exports[f"{name}_val"] = chosen["export"]
   return exports
 
 
-def predict_raw(params_by_model: dict[str, Any], config, cases, heart_only: bool = False) -> dict[str, list[tuple[np.ndarray, float]]]:
-  """Network classes at candidates (no FP reduction) and the threshold (HU), per model and case.
+def column_settings(config, fp_reduction: bool) -> postprocess.FPReductionSettings:
+  """The scoring settings of a Table 2 column: config.scoring's false-positive reduction, or
+  every step off (`launch.score --noregion_growing --nosize_limits --noheart_filter`: the
+  network classifies every candidate of the scan, as in the paper's ablation)."""
+  off = {} if fp_reduction else dict(region_growing=False, size_limits=False, heart_filter=False)
+  return postprocess.FPReductionSettings.from_config(config.scoring, **off)
 
-  Every candidate voxel of the scan is classified (the paper's pipeline: the FP-reduction heart
-  filter is what removes detections outside the heart). `heart_only=True` classifies only the
-  candidates inside the heart dilated by `config.scoring.heart_dilation_mm`: a shortcut for results
-  evaluated after FP reduction (the heart filter drops the rest; only a lesion that reaches into
-  the region while all its detected voxels lie outside can differ). The threshold and region of a
-  case are computed once for all models.
 
-  Returns {model: [(int32 (z, y, x) classes, threshold HU) per case]}; a CCTA case without an
-  aorta (no threshold) or with an empty heart mask gives all-zero classes and threshold inf.
+def predict_raw(params_by_model: dict[str, Any], config, cases,
+                fp_reduction: bool) -> dict[str, list[tuple[np.ndarray, pipeline.Setup]]]:
+  """Raw network classes (before FP reduction) per model and case, as `launch.score` computes them
+  with the settings of `column_settings(config, fp_reduction)` (`pipeline.prepare` and
+  `pipeline.raw_classes`; the case's manifest domain, heart and aorta masks). The setup (threshold,
+  heart region) of a case is computed once for all models.
+
+  Returns {model: [(int32 (z, y, x) classes, `pipeline.Setup`) per case]}; a case scoring
+  cannot score (CCTA without an aorta, empty heart mask) gives all-zero classes.
   """
-  from cac_jax import threshold
+  settings = column_settings(config, fp_reduction)
   out = {m: [] for m in params_by_model}
   for case in cases:
-    try:
-      _, thr, _, _ = pipeline.choose_threshold(case.scan, case.domain, case.aorta_mask, config)
-    except threshold.NoAortaError:
-      thr = None
-    if thr is None or (case.heart_mask is not None and not case.heart_mask.any()):
-      for m in params_by_model:
-        out[m].append((np.zeros(case.scan.shape, np.int32), float("inf")))
-      continue
-    region = None
-    if case.heart_mask is not None and heart_only:
-      region = postprocess.heart_region(case.heart_mask, case.scan.spacing, float(config.scoring.heart_dilation_mm))
+    setup = pipeline.prepare(case.scan, config, settings, domain=case.domain, heart_mask=case.heart_mask,
+                             aorta_mask=case.aorta_mask)
     for m, params in params_by_model.items():
-      out[m].append((pipeline.detect(case.scan, params, config, thr, region), float(thr)))
+      out[m].append((pipeline.raw_classes(setup, case.scan, params, config), setup))
   return out
 
 
-def evaluate_predictions(config, cases, raw: list[tuple[np.ndarray, float]], fp_reduction: bool,
-                         settings: Optional[postprocess.FPReductionSettings] = None) -> list[dict]:
-  """Per-scan metrics of raw predictions, optionally after false-positive reduction
-  (`settings`, default from config.scoring)."""
-  settings = settings or postprocess.FPReductionSettings.from_config(config.scoring)
+def evaluate_predictions(config, cases, raw: list[tuple[np.ndarray, pipeline.Setup]],
+                         fp_reduction: bool) -> list[dict]:
+  """Per-scan metrics of `predict_raw(..., fp_reduction)`'s predictions after `pipeline.reduce`
+  with the same settings (so a column's classes are `launch.score`'s labels)."""
+  settings = column_settings(config, fp_reduction)
   out = []
-  for case, (classes, thr) in zip(cases, raw):
-    if fp_reduction and np.isfinite(thr):
-      classes = postprocess.reduce_false_positives(classes, case.scan.hu, thr, case.scan.spacing, case.heart_mask, settings)
+  for case, (classes, setup) in zip(cases, raw):
+    classes, _ = pipeline.reduce(setup, case.scan, classes, settings)
     vox = case.scan.voxel_volume_mm3
     out.append({"id": case.case_id, "metrics": metrics.scan_metrics(case.labels, classes, case.scan.spacing),
                 "ref_mm3": float(np.isin(case.labels, labels_lib.CORONARY_CLASSES).sum() * vox),
@@ -297,17 +280,18 @@ def run(config: ml_collections.ConfigDict, workdir: str, seed: Optional[int] = N
   alias = {m: m[:-4] for m in params if m.endswith("_val") and _same_params(params[m], params[m[:-4]])}
   table, per_scan, raw = {}, {}, {}
   log("scoring the test sets")
-  # Whole-scan inference only for (model, test set) pairs with a raw (no FP reduction) column.
-  pairs = {(alias.get(c.model, c.model), c.role) for c in cols}
-  heart_only = {p: all(c.fp_reduction for c in cols if (alias.get(c.model, c.model), c.role) == p) for p in pairs}
+  # Each column is what launch.score gives with its settings: raw predictions per (model, test
+  # set, FP reduction on/off); with FP reduction the network classifies only the heart region.
+  wanted = {(alias.get(c.model, c.model), c.role, c.fp_reduction) for c in cols}
   for role in tests:
-    for ho in (False, True):
-      names = sorted(m for (m, r), h in heart_only.items() if r == role and h == ho)
+    for fp in (False, True):
+      names = sorted(m for (m, r, f) in wanted if r == role and f == fp)
       if names:
-        got = predict_raw({m: params[m] for m in names}, config, tests[role], heart_only=ho)
-        raw.update({(m, role): v for m, v in got.items()})
+        got = predict_raw({m: params[m] for m in names}, config, tests[role], fp)
+        raw.update({(m, role, fp): v for m, v in got.items()})
   for c in cols:
-    scans = evaluate_predictions(config, tests[c.role], raw[(alias.get(c.model, c.model), c.role)], c.fp_reduction)
+    scans = evaluate_predictions(config, tests[c.role], raw[(alias.get(c.model, c.model), c.role, c.fp_reduction)],
+                                 c.fp_reduction)
     agg = metrics.aggregate([s["metrics"] for s in scans])
     table[c.name] = {r: {m: _cell(agg[r].per_scan[m]) for m, _ in MEASURES} for r in ROWS}
     per_scan[c.name] = scans

@@ -1,9 +1,12 @@
 """Scoring one scan end to end: read -> heart region -> threshold -> candidates -> dense
 inference -> false-positive reduction -> scores -> outputs on the input's own grid.
 
-`score_scan` is pure computation on arrays (returns a `ScoringResult`);
-`write_outputs` writes calcium_labels.nii.gz, its viewer colour tables, lesions.csv,
-scores.json and overlay.png atomically.
+`score_scan` is pure computation on arrays (returns a `ScoringResult`), in three stages that
+every scorer uses (the experiment's Table 2 and the tissue breakdown too): `prepare` (domain,
+threshold, heart region, candidate checks), `raw_classes` (the network, before FP reduction)
+and `finish` (`reduce`: FP reduction; scores and warnings). `write_outputs` writes
+calcium_labels.nii.gz, its viewer colour tables, lesions.csv, scores.json and overlay.png
+atomically.
 
 Every report carries `RESEARCH_NOTICE` and plausibility warnings (`plausibility_warnings`):
 the numbers come from a research model and are never silently implausible.
@@ -85,40 +88,10 @@ def _versions() -> dict[str, str]:
           "numpy": np.__version__, "python": platform.python_version()}
 
 
-def _roi_report(roi: threshold.AortaROI) -> dict[str, Any]:
-  return {"method": f"aorta lumen ROI mean+3SD ({roi.source})", "roi_centre_zyx": list(roi.centre),
-          "roi_box_zyx": [[s.start, s.stop] for s in roi.box], "roi_num_voxels": int(roi.num_voxels),
-          "mean_hu": float(roi.mean_hu), "sd_hu": float(roi.sd_hu), "threshold_hu": float(roi.threshold_hu)}
-
-
-def choose_threshold(scan: Scan, domain: str, aorta_mask: Optional[np.ndarray], config) -> tuple[str, float, dict, list[str]]:
-  """Decide the domain (when 'auto') and the calcium threshold in HU.
-
-  Returns (domain, threshold_hu, info dict for the report, notes).
-  Raises threshold.NoAortaError when a CCTA threshold cannot be found.
-  """
-  info: dict[str, Any] = {}
-  notes: list[str] = []
-  if domain == "auto":
-    domain, reason = threshold.decide_domain(scan, aorta_mask)
-    info["domain_decision"] = reason
-    notes.append(f"domain auto-detected as {domain}: {reason}")
-  if domain not in ("ncct", "ccta"):
-    raise ValueError(f"domain must be 'ncct', 'ccta' or 'auto'; got {domain!r}")
-  if domain == "ncct":
-    thr = float(config.scoring.ncct_threshold)
-    info["threshold"] = {"method": "fixed NCCT threshold", "threshold_hu": thr}
-  else:
-    roi = threshold.ccta_threshold(scan, aorta_mask, tuple(config.scoring.roi_size_mm))
-    thr = float(roi.threshold_hu)
-    info["threshold"] = _roi_report(roi)
-  return domain, thr, info, notes
-
-
-def _empty_result(scan: Scan, domain: str, report: dict, notes: list[str], why: str) -> ScoringResult:
+def _empty_result(setup: "Setup", scan: Scan) -> ScoringResult:
   zeros = np.zeros(scan.shape, np.int32)
-  notes.append(why)
-  report.update(domain=domain, scores=scores.compute_scores(zeros, scan.hu, scan, domain), warnings=notes)
+  report = dict(setup.report, domain=setup.domain,
+                scores=scores.compute_scores(zeros, scan.hu, scan, setup.domain), warnings=setup.notes)
   return ScoringResult(zeros, zeros, report)
 
 
@@ -150,11 +123,125 @@ def detect(scan: Scan, params, config: ml_collections.ConfigDict, threshold_hu: 
   return np.where(native_cand, back, 0).astype(np.int32)
 
 
+@dataclasses.dataclass
+class Setup:
+  """What scoring decided for one scan before inference (`prepare`).
+
+  domain: "ncct" or "ccta".
+  threshold_hu: the calcium threshold (HU); inf when there is none (CCTA without an aorta).
+  heart: bool (z, y, x) heart mask or automatic region (undilated), or None.
+  region: bool (z, y, x) where the network classifies candidates, or None (everywhere). With
+    the heart filter on it is the dilated heart: a shortcut for the filter, which later also
+    drops grown lesions that reach outside it. With the filter off (the ablation without FP
+    reduction) the network sees every candidate, as in the paper.
+  empty: why the result is all zero without inference, or None.
+  report: the report so far; notes: its warnings so far.
+  """
+
+  domain: str
+  threshold_hu: float
+  heart: Optional[np.ndarray]
+  region: Optional[np.ndarray]
+  empty: Optional[str]
+  report: dict[str, Any]
+  notes: list[str]
+
+
+def prepare(scan: Scan, config: ml_collections.ConfigDict, settings: postprocess.FPReductionSettings, *,
+            domain: str = "auto", heart_mask: Optional[np.ndarray] = None,
+            aorta_mask: Optional[np.ndarray] = None, auto_heart: bool = False) -> Setup:
+  """Domain, threshold, heart region and candidate checks of one scan (see `score_scan`).
+
+  Raises ImplausibleScanError for a grid too large or a scan whose values are not CT in HU.
+  """
+  check_grid_size(scan, config)
+  notes: list[str] = list(scan.meta.get("warnings", []))
+  report: dict[str, Any] = {"notice": RESEARCH_NOTICE, "versions": _versions(),
+                            "settings": dataclasses.asdict(settings), "coronary_score": True,
+                            "input": {"shape_zyx": list(scan.shape), "spacing_zyx_mm": list(scan.spacing)}}
+  report["heart_region"] = {"source": "mask" if heart_mask is not None else "auto" if auto_heart else "none"}
+
+  def empty(why: str, dom: str, thr: float = float("inf")) -> Setup:
+    return Setup(dom, thr, None, None, why, report, notes + [why])
+
+  try:
+    domain, thr, info, more = threshold.choose_threshold(scan, domain, aorta_mask, config)
+  except threshold.NoAortaError as e:
+    return empty(f"no aorta found, so no CCTA threshold; result is all zero ({e})",
+                 "ccta" if domain == "auto" else domain)
+  notes += more
+  report.update(info)
+  if heart_mask is None and auto_heart:
+    found = heart_region_lib.find_heart(scan, settings.dilation_mm)
+    notes += list(found.notes)
+    report["heart_region"].update(found=found.found, volume_ml=round(found.volume_ml, 1))
+    if not found.found:
+      report["settings"]["heart_filter"] = False
+      report["coronary_score"] = False
+      n_all = int(candidate_mask(scan.hu, thr, None).sum())
+      _check_candidate_fraction(n_all, scan.hu.size, thr)  # a scan that is not CT is refused, not "no heart"
+      if n_all == 0:
+        notes.append(f"no candidate voxels >= {thr:.1f} HU in the whole scan")
+      return empty("no heart found in the field of view: no coronary score (all zero); "
+                   "give --heart_mask if the heart is in view", domain, thr)
+    heart_mask = found.mask
+    notes.append("heart region found automatically from the scan (lungs and mediastinum, "
+                 "docs/scoring.md); check it in overlay.png")
+  region = None
+  if heart_mask is not None:
+    if not heart_mask.any():
+      report["coronary_score"] = False
+      return empty("heart mask is empty (no heart in view); result is all zero", domain)
+    if settings.heart_filter:
+      region = postprocess.heart_region(heart_mask, scan.spacing, settings.dilation_mm)
+  else:
+    report["settings"]["heart_filter"] = False  # no region: the filter cannot run
+    notes.append("no heart mask given: candidates are not restricted to the heart region")
+  report["num_candidates"] = int(candidate_mask(scan.hu, thr, region).sum())
+  _check_candidate_fraction(report["num_candidates"], scan.hu.size if region is None else int(region.sum()), thr)
+  if report["num_candidates"] == 0:
+    return empty(f"no candidate voxels >= {thr:.1f} HU; result is all zero", domain, thr)
+  return Setup(domain, thr, heart_mask, region, None, report, notes)
+
+
+def raw_classes(setup: Setup, scan: Scan, params, config: ml_collections.ConfigDict) -> np.ndarray:
+  """Network classes at the candidates of `setup` before FP reduction: int32 (z, y, x) 0..6."""
+  if setup.empty:
+    return np.zeros(scan.shape, np.int32)
+  return detect(scan, params, config, setup.threshold_hu, setup.region)
+
+
+def reduce(setup: Setup, scan: Scan, raw: np.ndarray,
+           settings: postprocess.FPReductionSettings) -> tuple[np.ndarray, list[str]]:
+  """False-positive reduction of `raw_classes` with `settings`: (int32 (z, y, x) classes, warnings)."""
+  if setup.empty:
+    return raw, []
+  with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    final = postprocess.reduce_false_positives(raw, scan.hu, setup.threshold_hu, scan.spacing, setup.heart, settings)
+  return final.astype(np.int32), [str(w.message) for w in caught]
+
+
+def finish(setup: Setup, scan: Scan, raw: np.ndarray, settings: postprocess.FPReductionSettings,
+           calibration: Optional[float] = None) -> ScoringResult:
+  """FP reduction of `raw`, scores and plausibility warnings: the `ScoringResult`."""
+  if setup.empty:
+    return _empty_result(setup, scan)
+  final, notes = reduce(setup, scan, raw, settings)
+  notes = setup.notes + notes
+  report = dict(setup.report, domain=setup.domain)
+  report["scores"] = scores.compute_scores(final, scan.hu, scan, setup.domain, calibration=calibration)
+  notes += plausibility_warnings(final, scan, report["scores"], setup.heart,
+                                 settings.dilation_mm if report["settings"]["heart_filter"] is False else None)
+  report["warnings"] = notes
+  return ScoringResult(final, raw, report, setup.heart)
+
+
 def score_scan(scan: Scan, params, config: ml_collections.ConfigDict, *, domain: str = "auto",
                heart_mask: Optional[np.ndarray] = None, aorta_mask: Optional[np.ndarray] = None,
                fp_settings: Optional[postprocess.FPReductionSettings] = None,
                calibration: Optional[float] = None, auto_heart: bool = False) -> ScoringResult:
-  """Score one scan.
+  """Score one scan: `prepare` -> `raw_classes` -> `finish` (the studies reuse the stages).
 
   Args:
     scan: HU volume (z, y, x) in canonical orientation, any spacing.
@@ -174,64 +261,9 @@ def score_scan(scan: Scan, params, config: ml_collections.ConfigDict, *, domain:
   `report["settings"]["heart_filter"]` whether the heart filter actually ran.
   """
   settings = fp_settings or postprocess.FPReductionSettings.from_config(config.scoring)
-  check_grid_size(scan, config)
-  notes: list[str] = list(scan.meta.get("warnings", []))
-  report: dict[str, Any] = {"notice": RESEARCH_NOTICE, "versions": _versions(),
-                            "settings": dataclasses.asdict(settings), "coronary_score": True,
-                            "input": {"shape_zyx": list(scan.shape), "spacing_zyx_mm": list(scan.spacing)}}
-  report["heart_region"] = {"source": "mask" if heart_mask is not None else "auto" if auto_heart else "none"}
-  try:
-    domain, thr, info, more = choose_threshold(scan, domain, aorta_mask, config)
-  except threshold.NoAortaError as e:
-    return _empty_result(scan, "ccta" if domain == "auto" else domain, report, notes,
-                         f"no aorta found, so no CCTA threshold; result is all zero ({e})")
-  notes += more
-  report.update(info)
-  if heart_mask is None and auto_heart:
-    found = heart_region_lib.find_heart(scan, settings.dilation_mm)
-    notes += list(found.notes)
-    report["heart_region"].update(found=found.found, volume_ml=round(found.volume_ml, 1))
-    if not found.found:
-      report["settings"]["heart_filter"] = False
-      report["coronary_score"] = False
-      n_all = int(candidate_mask(scan.hu, thr, None).sum())
-      _check_candidate_fraction(n_all, scan.hu.size, thr)  # a scan that is not CT is refused, not "no heart"
-      if n_all == 0:
-        notes.append(f"no candidate voxels >= {thr:.1f} HU in the whole scan")
-      return _empty_result(scan, domain, report, notes,
-                           "no heart found in the field of view: no coronary score (all zero); "
-                           "give --heart_mask if the heart is in view")
-    heart_mask = found.mask
-    notes.append("heart region found automatically from the scan (lungs and mediastinum, "
-                 "docs/scoring.md); check it in overlay.png")
-  region = None
-  if heart_mask is not None:
-    if not heart_mask.any():
-      report["coronary_score"] = False
-      return _empty_result(scan, domain, report, notes, "heart mask is empty (no heart in view); result is all zero")
-    if settings.heart_filter:
-      # Inference only inside the dilated heart: a shortcut for the FP-reduction heart filter,
-      # which later also drops grown lesions that reach outside it. With the heart filter off
-      # (the ablation without FP reduction) the network sees every candidate, as in the paper.
-      region = postprocess.heart_region(heart_mask, scan.spacing, settings.dilation_mm)
-  else:
-    report["settings"]["heart_filter"] = False  # no region: the filter cannot run
-    notes.append("no heart mask given: candidates are not restricted to the heart region")
-  report["num_candidates"] = int(candidate_mask(scan.hu, thr, region).sum())
-  _check_candidate_fraction(report["num_candidates"], scan.hu.size if region is None else int(region.sum()), thr)
-  if report["num_candidates"] == 0:
-    return _empty_result(scan, domain, report, notes, f"no candidate voxels >= {thr:.1f} HU; result is all zero")
-  raw = detect(scan, params, config, thr, region)
-  with warnings.catch_warnings(record=True) as caught:
-    warnings.simplefilter("always")
-    final = postprocess.reduce_false_positives(raw, scan.hu, thr, scan.spacing, heart_mask, settings)
-  notes += [str(w.message) for w in caught]
-  report["domain"] = domain
-  report["scores"] = scores.compute_scores(final, scan.hu, scan, domain, calibration=calibration)
-  notes += plausibility_warnings(final, scan, report["scores"], heart_mask,
-                                 settings.dilation_mm if report["settings"]["heart_filter"] is False else None)
-  report["warnings"] = notes
-  return ScoringResult(final.astype(np.int32), raw, report, heart_mask)
+  setup = prepare(scan, config, settings, domain=domain, heart_mask=heart_mask, aorta_mask=aorta_mask,
+                  auto_heart=auto_heart)
+  return finish(setup, scan, raw_classes(setup, scan, params, config), settings, calibration)
 
 
 def plausibility_warnings(classes: np.ndarray, scan: Scan, score: dict, heart_mask: Optional[np.ndarray],

@@ -67,9 +67,7 @@ sampler's iterator yields exactly what its direct calls would, whatever the thre
 from __future__ import annotations
 
 import dataclasses
-import queue
-import threading
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import ml_collections
 import numpy as np
@@ -78,6 +76,7 @@ from scipy import ndimage
 from cac_jax import labels as labels_lib
 from cac_jax import models
 from cac_jax import threshold
+from cac_jax.prefetch import PrefetchIterator
 from cac_jax.scan import Case
 
 PAD_HU = -1000.0
@@ -226,23 +225,20 @@ def case_threshold(case: Case, config: ml_collections.ConfigDict) -> float:
 def threshold_and_note(case: Case, config: ml_collections.ConfigDict) -> tuple[float, Optional[str]]:
   """(calcium threshold in HU, fallback note or None) of a case.
 
-  Order: `case.scan.meta["calcium_threshold_hu"]` if given; 130 HU
-  (config.scoring.ncct_threshold) for NCCT; for CCTA the threshold scoring uses
-  (`cac_jax.threshold.ccta_threshold`: mean + 3 SD in the ascending-aorta ROI, from the aorta
-  mask or found automatically), so the bright patches of training are the candidates that
-  scoring classifies; 130 HU with a note when no aorta is found.
+  `case.scan.meta["calcium_threshold_hu"]` if given (phantoms know theirs); else the threshold
+  scoring uses (`cac_jax.threshold.choose_threshold`: 130 HU for NCCT, the ascending-aorta ROI's
+  mean + 3 SD for CCTA), so the bright patches of training are the candidates that scoring
+  classifies. A CCTA without an aorta cannot be scored, but training still needs its patches:
+  the NCCT threshold, with a note.
   """
-  default = float(config.scoring.ncct_threshold)
   meta_thr = case.scan.meta.get("calcium_threshold_hu") if case.scan.meta else None
   if meta_thr is not None:
     return float(meta_thr), None
-  if case.domain != "ccta":
-    return default, None
   try:
-    roi = threshold.ccta_threshold(case.scan, case.aorta_mask, tuple(config.scoring.roi_size_mm))
+    return threshold.choose_threshold(case.scan, case.domain, case.aorta_mask, config)[1], None
   except threshold.NoAortaError as e:
+    default = float(config.scoring.ncct_threshold)
     return default, f"CCTA without an aorta ROI ({e}): bright patches at {default:.0f} HU"
-  return float(roi.threshold_hu), None
 
 
 def _index_dtype(n: int):
@@ -277,88 +273,6 @@ class _CaseIndex:
 
 # ---------------------------------------------------------------------------------------------
 # Prefetching
-
-
-class Prefetcher(Iterator[dict]):
-  """Iterator over `make(i)` for i = start, start + 1, ..., produced by a background thread.
-
-  The order is the index order whatever the thread timing; at most `depth` batches wait in
-  the queue. `close()` (or leaving the `with` block) stops the thread; an exception raised by
-  `make` is re-raised by `next()`.
-  """
-
-  def __init__(self, make: Callable[[int], dict], start: int = 0, depth: int = 2,
-               stop: Optional[int] = None):
-    self._make = make
-    self._queue: queue.Queue = queue.Queue(maxsize=max(1, int(depth)))
-    self._stop = threading.Event()
-    self._done = False
-    self._thread = threading.Thread(target=self._run, args=(int(start), stop),
-                                    name="PatchSamplerPrefetch", daemon=True)
-    self._thread.start()
-
-  def _put(self, item) -> bool:
-    while not self._stop.is_set():
-      try:
-        self._queue.put(item, timeout=0.05)
-        return True
-      except queue.Full:
-        continue
-    return False
-
-  def _run(self, index: int, stop: Optional[int]):
-    try:
-      while not self._stop.is_set() and (stop is None or index < stop):
-        if not self._put(("batch", self._make(index))):
-          return
-        index += 1
-      self._put(("end", None))
-    except BaseException as e:  # pylint: disable=broad-except
-      self._put(("error", e))
-
-  def __iter__(self) -> "Prefetcher":
-    return self
-
-  def __next__(self) -> dict:
-    if self._done:
-      raise StopIteration
-    while True:
-      try:
-        kind, item = self._queue.get(timeout=0.1)
-        break
-      except queue.Empty:
-        if not self._thread.is_alive() and self._queue.empty():
-          self._done = True
-          raise StopIteration from None
-    if kind == "batch":
-      return item
-    self._done = True
-    self.close()
-    if kind == "error":
-      raise item
-    raise StopIteration
-
-  def close(self):
-    """Stop the background thread and drop queued batches. Idempotent."""
-    self._done = True
-    self._stop.set()
-    while True:
-      try:
-        self._queue.get_nowait()
-      except queue.Empty:
-        break
-    if self._thread.is_alive() and threading.current_thread() is not self._thread:
-      self._thread.join(timeout=5.0)
-
-  @property
-  def alive(self) -> bool:
-    return self._thread.is_alive()
-
-  def __enter__(self) -> "Prefetcher":
-    return self
-
-  def __exit__(self, *exc):
-    self.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -437,7 +351,7 @@ class PatchSampler:
     # First pooled slice index of each case (the reference critic policy draws slices).
     self._slice_starts = np.cumsum([0] + [ci.hu.shape[0] for ci in self._cases])
     self._counters = {_SOURCE_STREAM: 0, _CRITIC_STREAM: 0}
-    self._prefetchers: list[Prefetcher] = []
+    self._prefetchers: list[PrefetchIterator] = []
 
   # -- construction ---------------------------------------------------------------------------
 
@@ -625,17 +539,17 @@ class PatchSampler:
     """The next critic batch (or batch `index`): {"views"}."""
     return self.make_critic_batch(self._next_index(_CRITIC_STREAM, index), with_info)
 
-  def _prefetcher(self, make, start: int, stop: Optional[int]) -> Prefetcher:
+  def _prefetcher(self, make, start: int, stop: Optional[int]) -> PrefetchIterator:
     self._prefetchers = [p for p in self._prefetchers if p.alive]
-    p = Prefetcher(make, start=start, depth=self.prefetch, stop=stop)
+    p = PrefetchIterator(make, start=start, depth=self.prefetch, stop=stop)
     self._prefetchers.append(p)
     return p
 
-  def source_batches(self, start: int = 0, stop: Optional[int] = None) -> Prefetcher:
+  def source_batches(self, start: int = 0, stop: Optional[int] = None) -> PrefetchIterator:
     """Prefetching iterator over source batches start, start + 1, ... (endless if stop=None)."""
     return self._prefetcher(self.make_source_batch, start, stop)
 
-  def critic_batches(self, start: int = 0, stop: Optional[int] = None) -> Prefetcher:
+  def critic_batches(self, start: int = 0, stop: Optional[int] = None) -> PrefetchIterator:
     """Prefetching iterator over critic batches start, start + 1, ... (endless if stop=None)."""
     return self._prefetcher(self.make_critic_batch, start, stop)
 

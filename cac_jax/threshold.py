@@ -43,7 +43,7 @@ lumen. `NoAortaError` is raised when nothing qualifies.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 from scipy import ndimage
@@ -387,3 +387,40 @@ def decide_domain(scan: Scan, aorta_mask: Optional[np.ndarray] = None) -> tuple[
   if mean > CONTRAST_LUMEN_HU:
     return "ccta", f"aortic lumen mean {mean:.0f} HU > {CONTRAST_LUMEN_HU:.0f} HU ({how})"
   return "ncct", f"aortic lumen mean {mean:.0f} HU <= {CONTRAST_LUMEN_HU:.0f} HU ({how})"
+
+
+def roi_report(roi: AortaROI) -> dict[str, Any]:
+  """The ROI's description for a scoring report (JSON-serialisable)."""
+  return {"method": f"aorta lumen ROI mean+3SD ({roi.source})", "roi_centre_zyx": list(roi.centre),
+          "roi_box_zyx": [[s.start, s.stop] for s in roi.box], "roi_num_voxels": int(roi.num_voxels),
+          "mean_hu": float(roi.mean_hu), "sd_hu": float(roi.sd_hu), "threshold_hu": float(roi.threshold_hu)}
+
+
+def choose_threshold(scan: Scan, domain: str, aorta_mask: Optional[np.ndarray],
+                     config) -> tuple[str, float, dict, list[str]]:
+  """The calcium threshold policy shared by scoring and training's patch sampling.
+
+  Decides the domain when it is "auto" (`decide_domain`), then the threshold: the fixed
+  `config.scoring.ncct_threshold` (HU) for NCCT, the aorta-lumen mean + 3 SD in a
+  `config.scoring.roi_size_mm` box (`ccta_threshold`) for CCTA.
+
+  Returns (domain, threshold_hu, info dict for a report, notes).
+  Raises NoAortaError when a CCTA threshold cannot be found: what to do then is the caller's
+  (scoring reports an all-zero result, sampling falls back to the NCCT threshold).
+  """
+  info: dict[str, Any] = {}
+  notes: list[str] = []
+  if domain == "auto":
+    domain, reason = decide_domain(scan, aorta_mask)
+    info["domain_decision"] = reason
+    notes.append(f"domain auto-detected as {domain}: {reason}")
+  if domain not in ("ncct", "ccta"):
+    raise ValueError(f"domain must be 'ncct', 'ccta' or 'auto'; got {domain!r}")
+  if domain == "ncct":
+    thr = float(config.scoring.ncct_threshold)
+    info["threshold"] = {"method": "fixed NCCT threshold", "threshold_hu": thr}
+  else:
+    roi = ccta_threshold(scan, aorta_mask, tuple(config.scoring.roi_size_mm))
+    thr = float(roi.threshold_hu)
+    info["threshold"] = roi_report(roi)
+  return domain, thr, info, notes

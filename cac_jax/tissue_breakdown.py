@@ -117,25 +117,22 @@ def phantom_breakdown(params_by_model: dict, config, domain: str, seeds: Sequenc
     config: the config the params and phantoms belong to.
     domain: phantom domain ("ccta", "cardiac_ncct", "chest_ncct").
     seeds: phantom case seeds (an experiment's role r uses `experiment.first_case_seed(r, seed)` + k).
-    fp_settings: `postprocess.FPReductionSettings` to apply; None: raw calls inside the dilated
-      heart (`experiment.predict_raw(..., heart_only=True)`: threshold and region once per case).
+    fp_settings: `postprocess.FPReductionSettings` to apply; None: the raw calls of scoring with
+      config.scoring's settings (`experiment.predict_raw`: inside the dilated heart).
   Returns:
     {name: Breakdown}.
   """
-  from cac_jax import experiment, pipeline, postprocess  # pylint: disable=import-outside-toplevel
+  from cac_jax import experiment, pipeline  # pylint: disable=import-outside-toplevel
   from cac_jax.phantoms import anatomy, generate  # pylint: disable=import-outside-toplevel
   out = {m: Breakdown() for m in params_by_model}
   for seed in seeds:
     sim = generate.simulate(domain, int(seed), config, track_tissue=True)
     c = sim.case
-    raw = experiment.predict_raw(params_by_model, config, [c], heart_only=True)
-    region = (postprocess.heart_region(c.heart_mask, c.scan.spacing, float(config.scoring.heart_dilation_mm))
-              if c.heart_mask is not None else None)
+    raw = experiment.predict_raw(params_by_model, config, [c], True)
     reference = c.labels if c.labels is not None else np.zeros(c.scan.shape, np.int32)
-    for m, [(classes, thr)] in raw.items():
-      if fp_settings is not None and np.isfinite(thr):
-        classes = postprocess.reduce_false_positives(classes, c.scan.hu, thr, c.scan.spacing, c.heart_mask,
-                                                     fp_settings)
-      counted = (classes > 0) | pipeline.candidate_mask(c.scan.hu, thr, region)
+    for m, [(classes, setup)] in raw.items():
+      if fp_settings is not None:
+        classes, _ = pipeline.reduce(setup, c.scan, classes, fp_settings)
+      counted = (classes > 0) | pipeline.candidate_mask(c.scan.hu, setup.threshold_hu, setup.region)
       out[m].add(breakdown(sim.tissue, reference, classes, counted, c.scan.spacing, anatomy.TISSUES))
   return out

@@ -12,6 +12,7 @@ import pytest
 from cac_jax import checkpoints
 from cac_jax import synthetic
 from cac_jax.train import adversarial
+from cac_jax.train import loop
 from cac_jax.train import sharding
 from cac_jax.train import source
 from cac_jax.train import state as state_lib
@@ -40,8 +41,8 @@ def data(config):
 @pytest.fixture(scope="module")
 def steps(config, mesh):
   """The jitted steps `adapt` itself runs (shared compile cache)."""
-  critic = source.cached_step("critic", adversarial.make_critic_steps, config, mesh, batch_axis=2)
-  generator = source.cached_step("generator", adversarial.make_generator_step, config, mesh)
+  critic = loop.cached_step(adversarial.make_critic_steps, adversarial.CRITIC_STEP_READS, config, mesh, batch_axis=2)
+  generator = loop.cached_step(adversarial.make_generator_step, adversarial.GENERATOR_STEP_READS, config, mesh)
   return critic, generator
 
 
@@ -165,9 +166,9 @@ def test_critic_learns_to_score_source_high_and_generator_raises_target_score(co
 def test_schedule(config):
   c = config.copy_and_resolve_references()
   c.adapt.critic_steps, c.adapt.critic_steps_later, c.adapt.change_at = 20, 5, 10
-  assert [adversarial.critic_steps_at(c, j) for j in (0, 9, 10, 50)] == [20, 20, 5, 5]
+  assert [loop.critic_steps_at(c, j) for j in (0, 9, 10, 50)] == [20, 20, 5, 5]
   c.adapt.critic_steps_later = 0
-  assert adversarial.critic_steps_at(c, 50) == 20
+  assert loop.critic_steps_at(c, 50) == 20
 
 
 def test_adapt_loop_resumes_exactly_and_exports(config, tmp_path):
@@ -175,9 +176,9 @@ def test_adapt_loop_resumes_exactly_and_exports(config, tmp_path):
   one = config.copy_and_resolve_references()
   one.adapt.num_generator_steps = 1
   interrupted = str(tmp_path / "interrupted")
-  adversarial.adapt(one, interrupted, source_params)
-  resumed = adversarial.adapt(config, interrupted, source_params, resume=True)
-  straight = adversarial.adapt(config, str(tmp_path / "straight"), source_params)
+  loop.adapt(one, interrupted, source_params)
+  resumed = loop.adapt(config, interrupted, source_params, resume=True)
+  straight = loop.adapt(config, str(tmp_path / "straight"), source_params)
   assert int(resumed.step) == int(straight.step) == 2
   assert int(straight.critic_step) == 3 + 2 * 3
   assert same(host(resumed), host(straight))

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from cac_jax import models, synthetic
-from cac_jax.train import adversarial
+from cac_jax.train import loop
 from cac_jax.train import data as data_lib
 from configs import tiny
 
@@ -36,7 +36,7 @@ def _adapt(tmp_path, name, delay_s: float):
 
   names = ("source", "source_critic", "target_critic", "target_generator")
   data = data_lib.prefetched(data_lib.Streams(*(delayed(getattr(streams, n)) for n in names)), depth=2)
-  state = adversarial.adapt(config, str(tmp_path / name), {"generator": p["generator"], "classifier": p["classifier"]},
+  state = loop.adapt(config, str(tmp_path / name), {"generator": p["generator"], "classifier": p["classifier"]},
                             data)
   return jax.device_get({"generator": state.generator, "critic": state.critic})
 

@@ -270,11 +270,9 @@ def test_critic_bright_in_heart_leaves_source_batches_whole_volume(cfg):
   assert sampling.PatchSampler([case], cfg, seed=0, bright_in_heart=True).critic_bright_in_heart
 
 
-@pytest.mark.parametrize("builder", ["train.data", "experiment"])
-def test_adaptation_streams_restrict_only_critic_bright_patches(cfg, builder):
-  from cac_jax import experiment
+def test_adaptation_streams_restrict_only_critic_bright_patches(cfg):
   from cac_jax.train import data as data_lib
-  build = data_lib.sampler_streams if builder == "train.data" else experiment._sampler_streams  # pylint: disable=protected-access
+  build = data_lib.sampler_streams  # the one builder: launch.adapt and the experiment
   case = _make_case("h", shape=(20, 60, 60))
   c2 = ml_collections.ConfigDict(cfg.to_dict())
   c2.adapt.bright_in_heart = True
@@ -294,7 +292,26 @@ def test_adaptation_streams_restrict_only_critic_bright_patches(cfg, builder):
   src, targets = made[0], made[1:]
   assert not src.bright_in_heart and src.critic_bright_in_heart
   assert targets and all(t.bright_in_heart and t.critic_bright_in_heart for t in targets)
-  assert [s.seed for s in made] == list(range(len(made)))  # source seed, then seed + 1, seed + 2, ...
+  assert [s.seed for s in made] == [0, 1, 2]  # source seed, target critic seed + 1, target generator seed + 2
+
+
+def test_sampler_streams_are_pure_functions_of_seed_and_step(cfg, cases):
+  """The one builder's batches: stream(step) is batch `step` of its sampler (source at seed,
+  target critic at seed + 1, target generator at seed + 2), in any order and after close."""
+  from cac_jax.train import data as data_lib
+  target = [_make_case("t", seed=4, labelled=False)]
+  streams = data_lib.sampler_streams(cases, target, cfg, seed=5)
+  want = {"source": sampling.PatchSampler(cases, cfg, seed=5).make_source_batch,
+          "source_critic": sampling.PatchSampler(cases, cfg, seed=5).make_critic_batch,
+          "target_critic": sampling.PatchSampler(target, cfg, seed=6).make_critic_batch,
+          "target_generator": sampling.PatchSampler(target, cfg, seed=7).make_critic_batch}
+  for name, make in want.items():
+    stream = getattr(streams, name)
+    for step in (0, 1, 2, 7, 3):  # in order (prefetched), then out of order (resume)
+      np.testing.assert_array_equal(stream(step)["views"], make(step)["views"], err_msg=f"{name} {step}")
+  data_lib.close(streams)
+  np.testing.assert_array_equal(streams.source(4)["labels"], want["source"](4)["labels"])
+  data_lib.close(streams)
 
 
 def test_reproducible_by_seed(cfg, cases):
@@ -352,10 +369,10 @@ def test_case_threshold(cfg):
 def test_ccta_bright_patches_use_the_scoring_threshold(cfg):
   """Training's bright CCTA patches are drawn at the threshold scoring uses (aorta ROI), not
   at a statistic of the whole aorta mask (which includes the wall and arch: far higher)."""
-  from cac_jax import phantoms, pipeline
+  from cac_jax import phantoms, threshold
   case = phantoms.generate_case("ccta", 3, cfg)
   case = dataclasses.replace(case, scan=dataclasses.replace(case.scan, meta={}))  # as read from files
-  _, want, _, _ = pipeline.choose_threshold(case.scan, "ccta", case.aorta_mask, cfg)
+  _, want, _, _ = threshold.choose_threshold(case.scan, "ccta", case.aorta_mask, cfg)
   assert sampling.threshold_and_note(case, cfg) == (want, None)
   whole = case.scan.hu[ndimage.binary_erosion(case.aorta_mask)]
   assert want < whole.mean() + 3 * whole.std()

@@ -14,6 +14,7 @@ import numpy as np
 
 from cac_jax import synthetic
 from cac_jax.train import adversarial
+from cac_jax.train import loop
 from cac_jax.train import sharding
 from cac_jax.train import source
 from cac_jax.train import state as state_lib
@@ -39,16 +40,16 @@ def run_steps(mesh) -> dict:
   data = synthetic.SyntheticData(config, seed=7)
   out = {}
   state = sharding.replicate(state_lib.init_source_state(config), mesh)
-  step = source.cached_step("source", source.make_source_step, config, mesh)
+  step = loop.cached_step(source.make_source_step, source.STEP_READS, config, mesh)
   state, m = step(state, sharding.shard_batch(data.source(0), mesh))
   out.update({f"source/{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(jax.device_get((state, m))))})
 
   adapt_state = sharding.replicate(state_lib.init_adapt_state(config, state_lib.init_params(config, 0)), mesh)
-  critic = source.cached_step("critic", adversarial.make_critic_steps, config, mesh, batch_axis=2)
+  critic = loop.cached_step(adversarial.make_critic_steps, adversarial.CRITIC_STEP_READS, config, mesh, batch_axis=2)
   batches = {"source_views": np.stack([data.source_critic(i)["views"] for i in range(3)]),
              "target_views": np.stack([data.target_critic(i)["views"] for i in range(3)])}
   adapt_state, cm = critic(adapt_state, sharding.shard_batch(batches, mesh, batch_axis=2))
-  generator = source.cached_step("generator", adversarial.make_generator_step, config, mesh)
+  generator = loop.cached_step(adversarial.make_generator_step, adversarial.GENERATOR_STEP_READS, config, mesh)
   s = data.source(0)
   batch = {"source_views": s["views"], "source_labels": s["labels"], "target_views": data.target_generator(0)["views"]}
   adapt_state, gm = generator(adapt_state, sharding.shard_batch(batch, mesh))

@@ -5,10 +5,12 @@ import os
 
 import chex
 import jax
+import ml_collections
 import numpy as np
 import pytest
 
 from cac_jax import synthetic
+from cac_jax.train import loop
 from cac_jax.train import sharding
 from cac_jax.train import source
 from cac_jax.train import state as state_lib
@@ -53,7 +55,7 @@ def test_step_traces_once_and_loss_falls(config, mesh):
 
 
 def test_step_is_pure(config, mesh):
-  step = source.cached_step("source", source.make_source_step, config, mesh)  # what train_source runs
+  step = loop.cached_step(source.make_source_step, source.STEP_READS, config, mesh)  # what train_source runs
   state = sharding.replicate(state_lib.init_source_state(config), mesh)
   batch = sharding.shard_batch(synthetic.source_batch(config, 0, 0), mesh)
   copy = lambda t: jax.tree.map(lambda x: x.copy(), t)  # the step donates its state
@@ -62,6 +64,22 @@ def test_step_is_pure(config, mesh):
   chex.assert_trees_all_equal((a, ma), (b, mb))
   assert int(a.step) == 1 and not np.array_equal(a.rng, state.rng)
   assert not np.array_equal(a.params["heads"]["axial_head"]["kernel"], state.params["heads"]["axial_head"]["kernel"])
+
+
+def test_step_cache_keys_on_what_the_step_reads(config, mesh):
+  """A loop field never recompiles the step; a field the step reads does; the step sees nothing else."""
+  step = loop.cached_step(source.make_source_step, source.STEP_READS, config, mesh)
+  loop_only = ml_collections.ConfigDict(config.to_dict())
+  loop_only.source.num_steps += 7
+  loop_only.source.log_every += 1
+  loop_only.sampling.prefetch += 1
+  assert loop.cached_step(source.make_source_step, source.STEP_READS, loop_only, mesh) is step
+  math = ml_collections.ConfigDict(config.to_dict())
+  math.source.learning_rate *= 2
+  assert loop.cached_step(source.make_source_step, source.STEP_READS, math, mesh) is not step
+  seen = loop.step_config(config, source.STEP_READS)
+  assert set(seen) == {"model", "source"} and set(seen.source) == {"deep_supervision_weight", "learning_rate",
+                                                                   "weight_decay"}
 
 
 def _leaves_equal(a, b):
@@ -77,11 +95,11 @@ def test_resume_is_exact(config, tmp_path):
   c_next = config.copy_and_resolve_references()
   c_next.source.num_steps = k + 1
   interrupted = str(tmp_path / "interrupted")
-  source.train_source(c_k, interrupted)
+  loop.train_source(c_k, interrupted)
   with pytest.raises(ValueError, match="resume"):
-    source.train_source(c_next, interrupted)
-  resumed = source.train_source(c_next, interrupted, resume=True)
-  straight = source.train_source(c_next, str(tmp_path / "straight"))
+    loop.train_source(c_next, interrupted)
+  resumed = loop.train_source(c_next, interrupted, resume=True)
+  straight = loop.train_source(c_next, str(tmp_path / "straight"))
   assert int(resumed.step) == int(straight.step) == k + 1
   assert _leaves_equal(resumed, straight)  # params, Adam moments, rng: bit for bit
   # The export holds the final generator and classifier.

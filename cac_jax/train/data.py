@@ -12,21 +12,22 @@ state resumes from, so a stream that is a pure function of (seed, step) — like
   target_critic   target batches {"views"} for the critic
   target_generator target batches {"views"} for the generator step
 
-`sampler_streams` builds them over `cac_jax.sampling.PatchSampler` (batch i of a sampler
-stream is a pure function of (seed, i), so resuming is exact there too). Plain iterators and
-argument-free callables are adapted by `as_stream`; those ignore the step, so a run resumed
-on them sees other batches than the uninterrupted one.
+`sampler_streams` builds them over `cac_jax.sampling.PatchSampler` for every caller (the
+experiment and `launch.train_source`/`launch.adapt` alike; batch i of a sampler stream is a
+pure function of (seed, i), so resuming is exact there too). Plain iterators are adapted by
+`as_stream`; they ignore the step, so a run resumed on them sees other batches than the
+uninterrupted one.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
-import inspect
 import os
 from typing import Any, Callable, Iterator
 
 import numpy as np
+
+from cac_jax.prefetch import Prefetched
 
 Batch = dict[str, np.ndarray]
 Stream = Callable[[int], Batch]
@@ -52,18 +53,13 @@ def _members(streams: Any) -> list:
 
 
 def as_stream(x: Any) -> Stream:
-  """Adapt a step-callable, an iterator or an argument-free callable to `stream(step)`."""
+  """`stream(step)` of a step-callable (returned as is) or an iterator (its next batch, whatever
+  the step: a run resumed on it sees other batches than the uninterrupted one)."""
   if isinstance(x, Iterator):
     return lambda step: next(x)
   if callable(x):
-    try:
-      n_params = len(inspect.signature(x).parameters)
-    except (TypeError, ValueError):
-      n_params = 1
-    if n_params == 0:
-      return lambda step: x()
     return x
-  raise TypeError(f"not a batch stream (callable or iterator): {x!r}")
+  raise TypeError(f"not a batch stream (a callable stream(step) or an iterator): {x!r}")
 
 
 def as_streams(data: Any) -> Streams:
@@ -72,71 +68,17 @@ def as_streams(data: Any) -> Streams:
                  provenance=getattr(data, "provenance", None))
 
 
-class IndexedStream:
-  """`stream(step)` over an indexed batch source, prefetching while steps run in order.
-
-  Args:
-    batches: `batches(start) -> iterator` over batches start, start + 1, ... (e.g.
-      `PatchSampler.source_batches`); a fresh iterator is started whenever the requested step
-      is not the next one (first call, resume), the old one is closed.
-    offset: index of step 0 (lets two streams share one sampler without sharing batches).
-  Batch `step` is batch `offset + step` of the source: resuming is exact.
-  """
-
-  def __init__(self, batches: Callable[[int], Iterator[Batch]], offset: int = 0):
-    self._batches, self._offset = batches, int(offset)
-    self._it, self._next = None, None
-
-  def __call__(self, step: int) -> Batch:
-    if self._it is None or step != self._next:
-      self.close()
-      self._it = self._batches(self._offset + int(step))
-    self._next = int(step) + 1
-    return next(self._it)
-
-  def close(self):
-    if self._it is not None and hasattr(self._it, "close"):
-      self._it.close()
-    self._it = None
-
-
-class Prefetched:
-  """Compute `stream(step + 1 .. step + depth)` in a background thread while step runs.
-
-  For host-side streams that are pure functions of the step (e.g. synthetic data); the
-  batches are the same as without prefetching.
-  """
-
-  def __init__(self, stream: Stream, depth: int = 2):
-    self._stream, self._depth = stream, max(int(depth), 1)
-    self._pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="cac_jax_prefetch")
-    self._futures: dict[int, concurrent.futures.Future] = {}
-
-  def __call__(self, step: int) -> Batch:
-    step = int(step)
-    future = self._futures.pop(step, None)
-    for s in list(self._futures):
-      if not step < s <= step + self._depth:
-        self._futures.pop(s).cancel()
-    for s in range(step + 1, step + 1 + self._depth):
-      if s not in self._futures:
-        self._futures[s] = self._pool.submit(self._stream, s)
-    return future.result() if future is not None else self._stream(step)
-
-  def close(self):
-    for f in self._futures.values():
-      f.cancel()
-    self._futures = {}
-    self._pool.shutdown(wait=False)
-
-
 def prefetched(streams: Streams, depth: int) -> Streams:
-  """Every stream of `streams` wrapped in `Prefetched`."""
+  """Every stream of `streams` prefetched (`cac_jax.prefetch.Prefetched`): the same batches."""
   return Streams(*(None if s is None else Prefetched(s, depth) for s in _members(streams)),
                  provenance=streams.provenance)
 
 
-TARGET_GENERATOR_OFFSET = 1 << 40  # generator steps read target batches far from the critic's
+def close(streams: Streams) -> None:
+  """Close every stream that has a `close` (prefetching threads)."""
+  for s in _members(streams):
+    if hasattr(s, "close"):
+      s.close()
 
 
 def adapt_bright_in_heart(config, target_cases) -> bool | None:
@@ -149,43 +91,31 @@ def adapt_bright_in_heart(config, target_cases) -> bool | None:
   return bool(config.adapt.get("bright_in_heart", False))
 
 
-def adaptation_samplers(source_cases, target_cases, config, seed: int, n_target: int = 1):
-  """(source sampler, [target samplers]) of `cac_jax.sampling.PatchSampler` (imported lazily).
+def sampler_streams(source_cases, target_cases, config, seed: int, provenance: dict | None = None) -> Streams:
+  """The one builder of training batches over `cac_jax.sampling.PatchSampler`s (imported lazily).
 
-  The source sampler has seed `seed`; target sampler k has seed `seed + 1 + k` (k < n_target;
-  none when `target_cases` is None). Bright-patch placement follows `adapt_bright_in_heart`:
+  Samplers: the source cases with `seed`; with target cases, one with `seed + 1` for the
+  critic's target batches and one with `seed + 2` for the generator's. Source batch j, source
+  critic batch i, target critic batch i and the generator's target batch j are batches j / i of
+  their sampler stream (pure functions of (seed, index): resuming is exact), prefetched
+  `config.sampling.prefetch` deep. Bright-patch placement follows `adapt_bright_in_heart`:
   the target samplers and the source sampler's critic batches use it, the source sampler's
   labelled batches keep `config.sampling`'s.
+
+  Args:
+    source_cases: labelled source-domain cases (`cac_jax.manifest.load_cases`).
+    target_cases: target-domain cases, or None for source training only.
+    provenance: what the cases are, for the exports (`manifest_provenance`).
   """
   from cac_jax import sampling  # pylint: disable=g-import-not-at-top
 
   bright = adapt_bright_in_heart(config, target_cases)
   src = sampling.PatchSampler(source_cases, config, seed, critic_bright_in_heart=bright)
-  if target_cases is None:
-    return src, []
-  return src, [sampling.PatchSampler(target_cases, config, seed + 1 + k, bright_in_heart=bright)
-               for k in range(n_target)]
-
-
-def sampler_streams(source_cases, target_cases, config, seed: int) -> Streams:
-  """Streams over `cac_jax.sampling.PatchSampler`s (imported lazily) for real data.
-
-  Source batch j, source critic batch i and target critic batch i are batches j / i of
-  their sampler streams; the generator's target batch j is target critic batch 2**40 + j.
-
-  Args:
-    source_cases: labelled source-domain cases (`cac_jax.manifest.load_cases`).
-    target_cases: target-domain cases, or None for source training only.
-  """
-  src, targets = adaptation_samplers(source_cases, target_cases, config, seed)
-  streams = dict(source=IndexedStream(lambda i: src.source_batches(start=i)),
-                 source_critic=IndexedStream(lambda i: src.critic_batches(start=i)))
-  if targets:
-    tgt = targets[0]
-    streams.update(target_critic=IndexedStream(lambda i: tgt.critic_batches(start=i)),
-                   target_generator=IndexedStream(lambda i: tgt.critic_batches(start=i),
-                                                  offset=TARGET_GENERATOR_OFFSET))
-  return Streams(**streams)
+  streams = dict(source=src.make_source_batch, source_critic=src.make_critic_batch)
+  if target_cases is not None:
+    critic, generator = (sampling.PatchSampler(target_cases, config, seed + k, bright_in_heart=bright) for k in (1, 2))
+    streams.update(target_critic=critic.make_critic_batch, target_generator=generator.make_critic_batch)
+  return prefetched(Streams(**streams, provenance=provenance), int(config.sampling.prefetch))
 
 
 def manifest_streams(config, source_manifest: str, target_manifest: str | None = None, *, split: str | None = "train",
@@ -211,9 +141,9 @@ def manifest_streams(config, source_manifest: str, target_manifest: str | None =
     target_cases = manifest.load_cases(target_manifest, config, split=split, domain=target_domain)
     if not target_cases:
       raise ValueError(f"{target_manifest}: no cases with split={split!r}, domain={target_domain!r}")
-  streams = sampler_streams(source_cases, target_cases, config, config.seed if seed is None else seed)
   manifests = [m for m in (source_manifest, target_manifest) if m is not None]
-  return dataclasses.replace(streams, provenance=manifest_provenance(manifests, split))
+  return sampler_streams(source_cases, target_cases, config, config.seed if seed is None else seed,
+                         manifest_provenance(manifests, split))
 
 
 def manifest_provenance(manifests: list[str], split: str | None = None) -> dict:

@@ -1,4 +1,5 @@
-"""Supervised training of G, C and the deep-supervision heads on labelled source patches.
+"""Supervised training of G, C and the deep-supervision heads: the loss and the pure step
+(the loop around them is `cac_jax.train.loop.train_source`).
 
 loss = CE(C(G(x))[centre], y[centre]) + w * sum_views mean CE(head_v(G_v(x)), y_v)
 with w = `config.source.deep_supervision_weight`, CE from logits, dropout in C active.
@@ -7,25 +8,20 @@ Optimiser: Adam with L2 weight decay added to the gradient (`state.source_optimi
 
 from __future__ import annotations
 
-import logging as std_logging
-import os
-import time
-from typing import Any, Callable
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cac_jax import checkpoints
 from cac_jax import models
-from cac_jax.train import data as data_lib
 from cac_jax.train import sharding
 from cac_jax.train import state as state_lib
-from cac_jax.train import writers
 
 SourceState = state_lib.SourceState
-logging = std_logging.getLogger(__name__)
+# The config fields the source step reads (loss and optimiser): `cac_jax.train.loop.cached_step` keys on them.
+STEP_READS = ("model", "source.deep_supervision_weight", "source.learning_rate", "source.weight_decay")
 
 
 def centre_labels(labels: jax.Array) -> jax.Array:
@@ -57,9 +53,11 @@ def source_loss(params: dict, batch: dict, rng: jax.Array, config: ml_collection
   return loss, {"loss": loss, "centre_ce": centre_ce, "deep_supervision_ce": ds_ce, "accuracy": acc}
 
 
-def make_source_step(config: ml_collections.ConfigDict) -> Callable[[SourceState, dict], tuple[SourceState, dict]]:
-  """Pure `train_step(state, batch) -> (state, metrics)` (not jitted)."""
-  tx = state_lib.source_optimizer(config)
+def make_source_step(config: ml_collections.ConfigDict,
+                     tx: optax.GradientTransformation | None = None) -> Callable[[SourceState, dict], tuple[SourceState, dict]]:
+  """Pure `train_step(state, batch) -> (state, metrics)` (not jitted); `tx` defaults to
+  `state.source_optimizer(config)` (the loop passes the one it initialised the state with)."""
+  tx = tx or state_lib.source_optimizer(config)
 
   def train_step(state: SourceState, batch: dict):
     rng, dropout_rng = jax.random.split(state.rng)
@@ -76,109 +74,3 @@ def jit_step(step_fn: Callable, mesh: jax.sharding.Mesh, batch_axis: int = 1) ->
   rep = sharding.replicated(mesh)
   return jax.jit(step_fn, in_shardings=(rep, sharding.batch_sharding(mesh, batch_axis)),
                  out_shardings=(rep, rep), donate_argnums=0)
-
-
-_COMPILED: dict = {}
-# Config fields that only steer the loops, never the math of a step.
-_LOOP_FIELDS = ("num_steps", "log_every", "checkpoint_every", "num_generator_steps", "critic_pretrain_steps",
-                "critic_steps", "critic_steps_later", "change_at", "snapshot_every", "critic_patches",
-                "bright_in_heart")
-
-
-def _step_key(config: ml_collections.ConfigDict) -> str:
-  c = config.to_dict()
-  for section in ("source", "adapt"):
-    for f in _LOOP_FIELDS:
-      c.get(section, {}).pop(f, None)
-  return ml_collections.ConfigDict(c).to_json()
-
-
-def cached_step(name: str, make: Callable, config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                batch_axis: int = 1) -> Callable:
-  """`jit_step(make(config), mesh, batch_axis)`, reused for equal (name, config, mesh, axis).
-
-  Repeated `train_source`/`adapt` calls in one process (tests, resume) compile only once.
-  """
-  key = (name, _step_key(config), mesh, batch_axis)
-  if key not in _COMPILED:
-    _COMPILED[key] = jit_step(make(config), mesh, batch_axis)
-  return _COMPILED[key]
-
-
-class _Rate:
-  """Steps per second between log lines."""
-
-  def __init__(self, step: int):
-    self.step, self.time = step, time.perf_counter()
-
-  def __call__(self, step: int) -> float:
-    now = time.perf_counter()
-    rate = (step - self.step) / max(now - self.time, 1e-9)
-    self.step, self.time = step, now
-    return rate
-
-
-def _mean_metrics(history: list[dict]) -> dict[str, float]:
-  host = jax.device_get(history)
-  return {k: float(sum(float(m[k]) for m in host) / len(host)) for k in host[0]}
-
-
-def train_source(config: ml_collections.ConfigDict, workdir: str, data: Any = None, resume: bool = False,
-                 mesh: jax.sharding.Mesh | None = None) -> SourceState:
-  """Train G, C and heads for `config.source.num_steps` steps; export `workdir/export`.
-
-  Args:
-    config: full config (sections model, data, sampling, source).
-    workdir: checkpoints in `workdir/checkpoints`, metrics in `workdir/metrics.jsonl` and
-      TensorBoard events; the inference export in `workdir/export`.
-    data: labelled batches: a `Streams`/object with `.source`, a `stream(step)` callable or
-      an iterator; default `cac_jax.synthetic.SyntheticData(config, config.seed)`.
-    resume: continue from the latest checkpoint in `workdir` (exact for step-indexed data).
-      Without it, a workdir that already holds checkpoints is an error.
-    mesh: device mesh (default: all devices).
-  Returns:
-    The final state.
-  """
-  mesh = mesh or sharding.data_mesh()
-  training_data = data_lib.describe_training_data(data, config)
-  if data is None:
-    from cac_jax import synthetic  # pylint: disable=g-import-not-at-top
-    data = data_lib.prefetched(data_lib.as_streams(synthetic.SyntheticData(config, config.seed)),
-                               config.sampling.prefetch)
-  stream = data_lib.as_streams(data).source if hasattr(data, "source") else data_lib.as_stream(data)
-  if stream is None:
-    raise ValueError("train_source needs a labelled source stream (data.source)")
-  cfg = config.source
-  mgr = checkpoints.manager(os.path.join(workdir, "checkpoints"))
-  state = sharding.replicate(state_lib.init_source_state(config), mesh)
-  if mgr.latest_step() is not None:
-    if not resume:
-      raise ValueError(f"{workdir} already holds source checkpoints (latest step {mgr.latest_step()}); "
-                       "pass --resume (resume=True) to continue, or use a fresh --workdir")
-    state = checkpoints.restore_latest(mgr, state, sharding.replicated(mesh))
-    logging.info("resumed source training at step %d", int(state.step))
-  step_fn = cached_step("source", make_source_step, config, mesh)
-  start = int(state.step)
-  writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0, keep=lambda r: r.get("step", 0) <= start)
-  rate, history = _Rate(start), []
-  logging.info("compiling the source training step (the first step waits for XLA)…")
-  for step in writers.progress(range(start, cfg.num_steps), "source", cfg.num_steps, jax.process_index() == 0):
-    state, metrics = step_fn(state, sharding.shard_batch(stream(step), mesh))
-    history.append(metrics)
-    done = step + 1
-    if done % cfg.log_every == 0 or done == cfg.num_steps:
-      m = _mean_metrics(history)
-      m["steps_per_second"] = rate(done)
-      writer.write(done, m)
-      history = []
-      logging.info("source step %d: loss %.4f acc %.3f (%.2f steps/s)", done, m["loss"], m["accuracy"],
-                   m["steps_per_second"])
-    if done % cfg.checkpoint_every == 0 or done == cfg.num_steps:
-      checkpoints.save(mgr, done, state)
-  writer.close()
-  mgr.close()
-  if hasattr(stream, "close"):
-    stream.close()
-  checkpoints.export_inference(os.path.join(workdir, "export"), jax.device_get(state.params), config,
-                               {"stage": "source", "steps": int(state.step), "training_data": training_data})
-  return state

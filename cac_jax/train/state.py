@@ -130,24 +130,28 @@ def init_params(config: ml_collections.ConfigDict, seed: int, host: bool = True)
   return models.init_params(config, jax.random.PRNGKey(seed))
 
 
-def init_source_state(config: ml_collections.ConfigDict, seed: int | None = None, host_init: bool = True) -> SourceState:
-  """Fresh source state from `config.seed` (or `seed`); see `init_params` for `host_init`."""
+def init_source_state(config: ml_collections.ConfigDict, seed: int | None = None, host_init: bool = True,
+                      tx: optax.GradientTransformation | None = None) -> SourceState:
+  """Fresh source state from `config.seed` (or `seed`); see `init_params` for `host_init`.
+  `tx` (default `source_optimizer(config)`): the optimiser the step will run."""
   seed = config.seed if seed is None else seed
   k_run = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
   p = init_params(config, seed, host_init)
   params = {"generator": p["generator"], "classifier": p["classifier"], "heads": p["heads"]}
   return SourceState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=source_optimizer(config).init(params), rng=k_run)
+                     opt_state=(tx or source_optimizer(config)).init(params), rng=k_run)
 
 
 def init_adapt_state(config: ml_collections.ConfigDict, source_params: dict, seed: int | None = None,
-                     host_init: bool = True) -> AdaptState:
+                     host_init: bool = True, critic_tx: optax.GradientTransformation | None = None,
+                     generator_tx: optax.GradientTransformation | None = None) -> AdaptState:
   """Adaptation state: G and C from `source_params`, a fresh (clipped) critic D.
 
   Args:
     config: full config.
     source_params: {"generator", "classifier", ...} from the source checkpoint.
     seed: defaults to `config.seed`.
+    critic_tx, generator_tx: the optimisers the steps will run (default: built from `config`).
   """
   seed = config.seed if seed is None else seed
   k_run = jax.random.fold_in(jax.random.PRNGKey(seed), 1)
@@ -157,5 +161,5 @@ def init_adapt_state(config: ml_collections.ConfigDict, source_params: dict, see
   c = jax.tree.map(jnp.array, source_params["classifier"])
   return AdaptState(step=jnp.zeros((), jnp.int32), critic_step=jnp.zeros((), jnp.int32),
                     generator=g, critic=critic, classifier=c,
-                    generator_opt=generator_optimizer(config).init(g),
-                    critic_opt=critic_optimizer(config).init(critic), rng=k_run)
+                    generator_opt=(generator_tx or generator_optimizer(config)).init(g),
+                    critic_opt=(critic_tx or critic_optimizer(config)).init(critic), rng=k_run)
