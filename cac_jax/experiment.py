@@ -24,13 +24,15 @@ import json
 import os
 from typing import Any, Callable, Optional
 
+import jax
 import ml_collections
 import numpy as np
 
+from cac_jax import atomic, checkpoints, html_report, manifest, metrics, phantoms, pipeline, plots, postprocess
 from cac_jax import gates as gates_lib
 from cac_jax import labels as labels_lib
-from cac_jax import metrics, pipeline, postprocess
 from cac_jax.train import data as data_lib
+from cac_jax.train import loop
 
 ROLES = {  # role: (phantom domain, split, config count field, seed offset)
     "source_train": ("chest_ncct", "train", "n_source_train", 0),
@@ -102,7 +104,6 @@ def make_data(config: ml_collections.ConfigDict, data_dir: str, seed: int, log: 
 
   Case seeds are disjoint across roles and experiment seeds. Existing complete data is reused.
   """
-  from cac_jax import phantoms
   manifest_csv = os.path.join(data_dir, "manifest.csv")
   done_marker = os.path.join(data_dir, ".complete.json")
   wanted = {role: int(config.experiment.get(field, 0)) for role, (_, _, field, _) in ROLES.items()}
@@ -123,7 +124,6 @@ def make_data(config: ml_collections.ConfigDict, data_dir: str, seed: int, log: 
 def _load(manifest_csv: str, config, role: str, labels: bool = False):
   """Cases of `role` at working spacing. adapt_target is unlabelled by design (its labels are
   dropped so adaptation cannot read them) unless `labels` (the oracle trains with them)."""
-  from cac_jax import manifest
   cases = manifest.load_cases(manifest_csv, config, split=role)
   if role == "adapt_target" and not labels:
     cases = [dataclasses.replace(c, labels=None) for c in cases]
@@ -148,8 +148,6 @@ def select_snapshot(config, adapt_dir: str, val_cases, log: Callable[[str], None
   (mean total-coronary F1 after FP reduction); ties go to the earliest. The choice is stored
   in `adapt_dir/selection.json` and reused. Returns {"step", "export", "f1_by_step"}.
   """
-  from cac_jax import atomic, checkpoints
-  from cac_jax.train import loop
   path = os.path.join(adapt_dir, "selection.json")
   snaps = loop.snapshots(adapt_dir)
   if not snaps:
@@ -178,8 +176,6 @@ def _provenance(manifest_csv: str, roles: str) -> dict:
 def train_models(config, manifest_csv: str, workdir: str, log: Callable[[str], None] = lambda s: None) -> dict[str, str]:
   """Train the source network, the two adapted variants and, as configured, the oracle and
   the validation-selected snapshots. Returns {model: export dir}."""
-  from cac_jax import checkpoints
-  from cac_jax.train import loop
   exports = {}
   src_dir = os.path.join(workdir, "source")
   exports["no_adaptation"] = os.path.join(src_dir, "export")
@@ -266,7 +262,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, seed: Optional[int] = N
   Returns {"table": {column: {row: {measure: (mean, sd, n)}}}, "per_scan", "exports",
   "columns", "gates", "selection"}.
   """
-  from cac_jax import checkpoints
   seed = int(config.seed if seed is None else seed)
   config = ml_collections.ConfigDict(config.to_dict())
   config.seed = seed
@@ -306,7 +301,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, seed: Optional[int] = N
 
 
 def _same_params(a: dict, b: dict) -> bool:
-  import jax  # pylint: disable=g-import-not-at-top
   la, lb = jax.tree.leaves(a), jax.tree.leaves(b)
   return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
 
@@ -411,7 +405,6 @@ def report_markdown(results: list[dict]) -> str:
 def write_figures(result: dict, config, out_dir: str) -> dict[str, str]:
   """Bland-Altman of total coronary volume (CCTA, adapted + FP reduction, and no adaptation)
   and an overlay of the first CCTA test case. Returns {name: path}."""
-  from cac_jax import plots
   os.makedirs(out_dir, exist_ok=True)
   paths = {}
   for col, tag in (("CCTA Ladv+Lcls+FP red.", "adapted"), ("CCTA no adaptation+FP red.", "no_adaptation")):
@@ -420,7 +413,6 @@ def write_figures(result: dict, config, out_dir: str) -> dict[str, str]:
     plots.bland_altman_plot([s["ref_mm3"] for s in scans], [s["pred_mm3"] for s in scans], p,
                             title=f"CCTA total coronary calcium volume: {col}")
     paths[f"bland_altman_{tag}"] = p
-  from cac_jax import manifest
   case = manifest.load_cases(result["manifest"], config, split="ccta_test")[0]
   for col, tag in (("CCTA Ladv+Lcls+FP red.", "adapted"), ("CCTA no adaptation+FP red.", "no_adaptation")):
     p = os.path.join(out_dir, f"overlay_ccta_{tag}.png")
@@ -451,7 +443,6 @@ def write_results(results: list[dict], config: ml_collections.ConfigDict, out_di
 
   Returns (the markdown report, {name: path} of every file a user opens).
   """
-  from cac_jax import atomic, html_report
   figures = write_figures(results[0], config, out_dir)
   md = report_markdown(results)
   paths = dict(figures, table=os.path.join(out_dir, "table2.md"))

@@ -74,6 +74,7 @@ import numpy as np
 from scipy import ndimage
 
 from cac_jax import labels as labels_lib
+from cac_jax.preprocess import normalize_hu
 from cac_jax import models
 from cac_jax import threshold
 from cac_jax.prefetch import PrefetchIterator
@@ -187,20 +188,6 @@ def extract_view_labels(labels: np.ndarray, centres: np.ndarray, out: int) -> np
 
 # ---------------------------------------------------------------------------------------------
 # Normalisation and thresholds
-
-
-def _normalize_fallback(hu: np.ndarray, data_config: ml_collections.ConfigDict) -> np.ndarray:
-  lo, hi = data_config.hu_clip
-  return (np.clip(hu, lo, hi) - data_config.hu_center) / data_config.hu_scale
-
-
-def _normalizer() -> Callable[[np.ndarray, ml_collections.ConfigDict], np.ndarray]:
-  """`cac_jax.preprocess.normalize_hu` when that module exists, else the same formula."""
-  try:
-    from cac_jax.preprocess import normalize_hu  # pylint: disable=g-import-not-at-top
-  except ImportError:
-    return _normalize_fallback
-  return normalize_hu
 
 
 def _inplace_matches(normalize, data_config) -> bool:
@@ -334,7 +321,7 @@ class PatchSampler:
     self.bright_in_heart = bool(s.get("bright_in_heart", False) if bright_in_heart is None else bright_in_heart)
     self.critic_bright_in_heart = self.bright_in_heart if critic_bright_in_heart is None else bool(critic_bright_in_heart)
     self.prefetch = int(s.prefetch)
-    self._normalize = _normalizer()
+    self._normalize = normalize_hu
     self._inplace_normalize = _inplace_matches(self._normalize, config.data)
     self.fallbacks: dict[str, list[str]] = {}
     self._cases = [self._index_case(c) for c in cases]

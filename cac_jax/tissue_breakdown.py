@@ -21,8 +21,9 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from cac_jax import atomic
+from cac_jax import atomic, experiment, pipeline
 from cac_jax import labels as labels_lib
+from cac_jax.phantoms import anatomy, generate
 
 CLASS_NAMES = labels_lib.CLASS_NAMES
 
@@ -122,8 +123,6 @@ def phantom_breakdown(params_by_model: dict, config, domain: str, seeds: Sequenc
   Returns:
     {name: Breakdown}.
   """
-  from cac_jax import experiment, pipeline  # pylint: disable=import-outside-toplevel
-  from cac_jax.phantoms import anatomy, generate  # pylint: disable=import-outside-toplevel
   out = {m: Breakdown() for m in params_by_model}
   for seed in seeds:
     sim = generate.simulate(domain, int(seed), config, track_tissue=True)

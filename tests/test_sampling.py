@@ -431,15 +431,6 @@ def test_inplace_normalisation_equals_generic_path(cfg, cases):
   assert not sampling._inplace_matches(odd, cfg.data)  # pylint: disable=protected-access
 
 
-def test_normaliser_fallback_without_preprocess(cfg, monkeypatch):
-  import sys  # pylint: disable=g-import-not-at-top
-  monkeypatch.setitem(sys.modules, "cac_jax.preprocess", None)  # import now raises ImportError
-  norm = sampling._normalizer()  # pylint: disable=protected-access
-  hu = np.array([-2000.0, -1000.0, 130.0, 1260.0, 5000.0], np.float32)
-  np.testing.assert_allclose(norm(hu, cfg.data), _normalize(hu, cfg.data), rtol=1e-6)
-  np.testing.assert_allclose(norm(hu, cfg.data), [-1.0, -1.0, 0.0, 1.0, 2870.0 / 1130.0], rtol=1e-6)
-
-
 def test_reference_critic_policy_is_the_default_and_draws_like_the_authors():
   """Default critic policy: half the patches at voxels >= 130 HU of a random slice, also in
   CCTA (whose scoring threshold is higher), half uniform over that slice, air included; the

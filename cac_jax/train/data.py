@@ -22,11 +22,14 @@ uninterrupted one.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import os
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from cac_jax import manifest, sampling
+from cac_jax.phantoms import writer
 from cac_jax.prefetch import Prefetched
 
 Batch = dict[str, np.ndarray]
@@ -107,7 +110,6 @@ def sampler_streams(source_cases, target_cases, config, seed: int, provenance: d
     target_cases: target-domain cases, or None for source training only.
     provenance: what the cases are, for the exports (`manifest_provenance`).
   """
-  from cac_jax import sampling  # pylint: disable=g-import-not-at-top
 
   bright = adapt_bright_in_heart(config, target_cases)
   src = sampling.PatchSampler(source_cases, config, seed, critic_bright_in_heart=bright)
@@ -131,7 +133,6 @@ def manifest_streams(config, source_manifest: str, target_manifest: str | None =
     source_domain, target_domain: keep rows of this domain (None: all).
     seed: default `config.seed`.
   """
-  from cac_jax import manifest  # pylint: disable=g-import-not-at-top
 
   source_cases = manifest.load_cases(source_manifest, config, split=split, domain=source_domain)
   if not source_cases:
@@ -149,7 +150,6 @@ def manifest_streams(config, source_manifest: str, target_manifest: str | None =
 def manifest_provenance(manifests: list[str], split: str | None = None) -> dict:
   """Provenance of batches drawn from data-set manifests: their paths and SHA-256, and
   phantoms_only when every manifest's folder carries the phantom writer's marker."""
-  from cac_jax.phantoms import writer  # pylint: disable=g-import-not-at-top
   phantoms = all(os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(m)), writer.PHANTOM_MARKER))
                  for m in manifests)
   return {"description": ("phantom data set " if phantoms else "manifest ") + ", ".join(manifests)
@@ -158,7 +158,6 @@ def manifest_provenance(manifests: list[str], split: str | None = None) -> dict:
 
 
 def _file_sha256(path: str) -> str:
-  import hashlib  # pylint: disable=g-import-not-at-top
   with open(path, "rb") as f:
     return hashlib.sha256(f.read()).hexdigest()
 

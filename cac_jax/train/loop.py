@@ -30,7 +30,7 @@ from cac_jax.train import source as source_lib
 from cac_jax.train import state as state_lib
 from cac_jax.train import writers
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 # Below this median ratio |grad L_adv| / |alpha grad L_cls|, `adapt` warns that L_adv barely acted.
 WEAK_ADVERSARIAL_RATIO = 0.01
 _COMPILED: dict = {}
@@ -160,15 +160,15 @@ def train_source(config: ml_collections.ConfigDict, workdir: str, data: Any = No
                    resume, "source")
   start = int(state.step)
   if start:
-    log.info("resumed source training at step %d", start)
+    logger.info("resumed source training at step %d", start)
   step_fn = cached_step(source_lib.make_source_step, source_lib.STEP_READS, config, mesh, tx=tx)
   writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0, keep=lambda r: r.get("step", 0) <= start)
 
   def log(done, m):
-    log.info("source step %d: loss %.4f acc %.3f (%.2f steps/s)", done, m["loss"], m["accuracy"],
+    logger.info("source step %d: loss %.4f acc %.3f (%.2f steps/s)", done, m["loss"], m["accuracy"],
                  m["steps_per_second"])
 
-  log.info("compiling the source training step (the first step waits for XLA)…")
+  logger.info("compiling the source training step (the first step waits for XLA)…")
   state = _run(state, range(start, cfg.num_steps),
                lambda s, step: step_fn(s, sharding.shard_batch(streams.source(step), mesh)),
                what="source", section=cfg, mgr=mgr, writer=writer, rate_key="steps_per_second", on_log=log)
@@ -238,7 +238,7 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
                                                         generator_tx=generator_tx), mesh)
   state = _restore(mgr, state, mesh, workdir, resume, "adaptation")
   if int(state.step) or int(state.critic_step):
-    log.info("resumed adaptation at generator step %d (critic step %d)", int(state.step), int(state.critic_step))
+    logger.info("resumed adaptation at generator step %d (critic step %d)", int(state.step), int(state.critic_step))
   critic_fn = cached_step(adversarial.make_critic_steps, adversarial.CRITIC_STEP_READS, config, mesh, batch_axis=2,
                           tx=critic_tx)
   generator_fn = cached_step(adversarial.make_generator_step, adversarial.GENERATOR_STEP_READS, config, mesh,
@@ -254,13 +254,13 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
 
   # Critic pre-training, in chunks of `critic_steps` so the compiled scan is reused.
   if int(state.step) == 0 and int(state.critic_step) < a.critic_pretrain_steps:
-    log.info("compiling the critic step, then %d critic pre-training steps…", a.critic_pretrain_steps)
+    logger.info("compiling the critic step, then %d critic pre-training steps…", a.critic_pretrain_steps)
     chunk = max(a.critic_steps, 1)
     while (done := int(state.critic_step)) < a.critic_pretrain_steps:
       state, m = critic_round(state, min(chunk, a.critic_pretrain_steps - done))
       m = {f"pretrain/{k}": v for k, v in jax.device_get(m).items()}
       writer.write(int(state.critic_step), m)
-    log.info("critic pre-training done: W %.4f", m["pretrain/wasserstein"])
+    logger.info("critic pre-training done: W %.4f", m["pretrain/wasserstein"])
     checkpoints.save(mgr, 0, state)
 
   def body(state, j):
@@ -278,7 +278,7 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
   def log(done, m):
     if m["grad_norm_classification"] > 0:
       grad_ratio.append(m["grad_norm_adversarial"] / m["grad_norm_classification"])
-    log.info("adapt step %d: W %.4f, L_G adv %.4f, source CE %.4f, |grad| adv %.2g / alpha*cls %.2g "
+    logger.info("adapt step %d: W %.4f, L_G adv %.4f, source CE %.4f, |grad| adv %.2g / alpha*cls %.2g "
                  "(%.2f G steps/s)", done, m.get("wasserstein", float("nan")), m["generator_adversarial_loss"],
                  m["source_ce"], m["grad_norm_adversarial"], m["grad_norm_classification"],
                  m["generator_steps_per_second"])
@@ -289,11 +289,11 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
                                    jax.device_get({"generator": state.generator, "classifier": state.classifier}),
                                    config, {"stage": "adapted", "steps": done, "training_data": training_data})
 
-  log.info("compiling the generator step (the first step waits for XLA)…")
+  logger.info("compiling the generator step (the first step waits for XLA)…")
   state = _run(state, range(int(state.step), a.num_generator_steps), body, what="adapt", section=a, mgr=mgr,
                writer=writer, rate_key="generator_steps_per_second", on_log=log, after_step=snapshot)
   if grad_ratio and float(np.median(grad_ratio)) < WEAK_ADVERSARIAL_RATIO:
-    log.warning("L_adv barely moved G: its gradient norm was %.2g x that of alpha * L_cls (median over "
+    logger.warning("L_adv barely moved G: its gradient norm was %.2g x that of alpha * L_cls (median over "
                     "the run, alpha = %g), so this adaptation was mostly fine-tuning on the labelled source. "
                     "The balance depends on the critic's output scale (clip, architecture); a smaller alpha "
                     "gives L_adv more weight.", float(np.median(grad_ratio)), float(a.alpha))
