@@ -66,7 +66,7 @@ def test_lumen_above_130_only_in_ccta(sims, domain):
     frac = (np.concatenate([lumen, aorta]) >= 130).mean()
     if domain == "ccta":
       assert frac > 0.9, frac
-      assert (lumen >= 130).mean() > 0.9
+      assert (lumen >= 130).mean() > 0.8  # thin distal lumen (20-40 % fall-off) and its partial-volume edge
     else:
       assert frac < 0.05, frac
 
@@ -268,7 +268,7 @@ def _noncalcium_candidates(sim, config):
 
 def test_ccta_noncalcium_candidates(config):
   """Venous inflow, inhomogeneous enhancement and streaks put calcium-like non-calcium
-  candidates near the heart (mean per scan on these seeds: SVC/RA 267, other lumen 302 mm^3);
+  candidates near the heart (mean per scan on these seeds: SVC/RA 217, other lumen 97 mm^3);
   they are label 0 and the threshold ROI stays inside the aortic lumen."""
   per = []
   n_blobs = 0
@@ -298,14 +298,16 @@ def test_ccta_noncalcium_candidates(config):
   assert LUMEN_MM3 * 0.85 <= lumen <= LUMEN_MM3 * 1.15, lumen
 
 
-SVC_RA_MM3 = 266.5   # measured; +-15 % allowed
-LUMEN_MM3 = 301.5   # 1-3 brighter segments per artery at +15..45 % (was 124.5 with 0-2 at +5..25 %)
+SVC_RA_MM3 = 216.5   # measured; +-15 % allowed
+LUMEN_MM3 = 96.5   # lumen falling along the artery, no brighter segments (issue 13; was 301.5 with
+                   # 1-3 segments per artery at +15..45 %, 124.5 with 0-2 at +5..25 %)
 
 
 def test_ncct_unchanged_by_ccta_contrast(config):
-  """NCCT phantoms carry no contrast features; pinned figures from before they were added."""
+  """NCCT phantoms carry no contrast features; pinned figures (chest NCCT re-pinned when its
+  noise became 20-40 HU, issue 13)."""
   from cac_jax import postprocess
-  pinned = {"chest_ncct": ((141, 246, 245), -3787879150.8941283, 3530, 107),
+  pinned = {"chest_ncct": ((141, 246, 245), -3787869046.278495, 812, 101),
             "cardiac_ncct": ((89, 185, 188), -1225850213.6393712, 2, 158)}
   for domain, (shape, hu_sum, n_bright, n_lab) in pinned.items():
     sim = generate.simulate(domain, 0, config, track_tissue=True)

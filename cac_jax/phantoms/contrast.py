@@ -13,8 +13,8 @@ NCCT-trained detector mistakes them for calcium:
                   contrast, 30 %), "streaming" (dense streams in diluted blood, 35 %), "flushed"
                   (saline chaser: SVC below right-heart blood, 35 %).
   inhomogeneous   smooth hot spots in the left ventricle / left atrium blood pool (+5..25 % of
-  enhancement     the aortic lumen HU at their peak) and 1-3 brighter segments per coronary
-                  artery (+15..45 %; see CORONARY_GAIN for why).
+  enhancement     the aortic lumen HU at their peak); coronary lumen falling along the artery
+                  (transluminal attenuation gradient, CORONARY_FALLOFF).
   streaks         beam-hardening / photon-starvation streaks radiating in-plane from the dense
                   SVC and from large dense calcifications: thin bright and dark lines
                   (+-50..150 HU near the source, decaying with distance, flickering slice to slice).
@@ -44,11 +44,13 @@ PHASES = ("dense", "streaming", "flushed")
 PHASE_P = (0.3, 0.35, 0.35)
 DENSE_HU = (800.0, 2000.0)
 STREAK_HU = (50.0, 150.0)
-# Brighter coronary segments (bolus inhomogeneity). Calibrated so that an NCCT-trained detector
-# makes a paper-like number of false positives in CCTA: with 0-2 segments at +5..25 % the demo's
-# source network called ~5 mm³/scan of CCTA non-calcium coronary (the paper: 140 mm³/scan); with
-# 1-3 segments at +15..45 % it calls ~60-80 mm³/scan (measured on 16 test phantoms).
-CORONARY_BUMPS_P = (0.0, 0.3, 0.4, 0.3)  # P(0, 1, 2, 3 brighter segments) per coronary artery
+# Brighter coronary segments (bolus inhomogeneity): none by default. Until issue 13 every artery
+# had 1-3 segments at +15..45 % above the aortic lumen, calibrated to make an NCCT network call
+# paper-like false positives; but such segments are calcium-like to any detector (a network
+# trained with the CCTA labels could not learn them either), and coronary lumen brighter than
+# the aortic root is not what CCTA shows (attenuation falls along the artery: CORONARY_FALLOFF).
+# Kept as a knob for trials (docs/results.md).
+CORONARY_BUMPS_P = (1.0, 0.0, 0.0, 0.0)  # P(0, 1, 2, 3 brighter segments) per coronary artery
 CORONARY_GAIN = (0.15, 0.45)             # peak HU of a bright segment: (1 + gain) x aortic lumen HU
 # Transluminal attenuation gradient: the lumen HU falls linearly with the distance from the
 # ostium along the artery (through the left main for LAD and LCX), by `fall` x the drawn coronary
