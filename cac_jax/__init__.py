@@ -15,3 +15,7 @@ _CHECKOUT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if not _os.path.isdir(_os.path.join(__path__[0], "configs")) and all(
     _os.path.isfile(_os.path.join(_CHECKOUT, d, "__init__.py")) for d in ("launch", "configs")):
   __path__.append(_CHECKOUT)
+
+from cac_jax import jax_cache as _jax_cache  # pylint: disable=g-import-not-at-top
+
+_jax_cache.enable_default()  # before any compile: see cac_jax/jax_cache.py

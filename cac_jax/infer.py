@@ -18,12 +18,9 @@ Nothing volume-sized with feature channels is ever held: memory is the HU volume
 feature maps and the (N, 96) candidate features. With several local devices, each batch of
 slices is sharded over a 1-D mesh (params replicated).
 
-Measured (launch/benchmark_infer.py, synthetic 80x310x310 CCTA at working spacing, 365
-candidates, the 2-core CPU shared with other jobs, so absolute times are inflated):
-paper config: 26.6 s/scan warm, 36.6 s cold (4 tower compiles), peak RSS 1.0 GB, vs naive
-~717 s (extrapolated from 33 of 700 slices), 3.8 GB; tiny config: 0.26 s warm / 2.5 s cold
-vs naive 25 s; identical labels. Most of the win is the ROI (about 12x fewer tower pixels
-for the paper config); convs as matmuls ("shift3") are a further ~2x over XLA's CPU conv.
+Compiled towers and the last ROI plan live in an `InferenceCache` that the caller may own
+(`cache=`); without one, the module's `DEFAULT_CACHE` is used. docs/performance.md has the
+measurements (launch/benchmark_infer.py).
 
 `predict_naive` is the straightforward reference (all slices of all orientations, a float16
 (z, y, x, 96) feature volume, C on every voxel, masked to candidates) for tests and the
@@ -45,7 +42,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cac_jax import models, preprocess
+from cac_jax import models, preprocess, xla_options
 
 PAD_HU = -1000.0
 # View order as in `models.VIEWS`: axes permutation bringing (slice, row, col) to the front.
@@ -53,8 +50,33 @@ PAD_HU = -1000.0
 _PERMS = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
 CONV_IMPLS = ("auto", "xla", "im2col", "shift3")
 
-# Number of times each jitted function was traced (== compiled shapes); read by tests.
-TRACE_COUNTS: dict[str, int] = {"tower": 0, "classifier": 0}
+
+
+@dataclasses.dataclass
+class InferenceCache:
+  """What scoring keeps between calls; one per caller that wants its own (tests, servers).
+
+  Attributes:
+    jitted: {key: jitted tower or classifier}, keyed by the config fields that shape it,
+      the conv formulation and the devices. Each jitted function compiles once per input shape.
+    trace_counts: {"tower", "classifier"}: times each kind of function was traced (= shapes
+      compiled through this cache).
+    plan_key, plan: the last `plan_rois` arguments and result (scoring one scan with several
+      models plans it once).
+  """
+
+  jitted: dict = dataclasses.field(default_factory=dict)
+  trace_counts: dict = dataclasses.field(default_factory=lambda: {"tower": 0, "classifier": 0})
+  plan_key: Optional[tuple] = None
+  plan: Optional[tuple] = None
+
+  def clear(self) -> None:
+    """Forget the jitted functions and the plan (trace counts keep counting)."""
+    self.jitted.clear()
+    self.plan_key = self.plan = None
+
+
+DEFAULT_CACHE = InferenceCache()
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -88,8 +110,10 @@ def resolve_conv_impl(config: ml_collections.ConfigDict, impl: str = "auto") -> 
 
 
 def enable_compilation_cache(path: str) -> None:
-  """Opt-in persistent XLA compilation cache (process-wide jax config): later processes reuse
-  the compiled tower shapes instead of recompiling (a few seconds per shape on CPU)."""
+  """Persistent XLA compilation cache in `path` (process-wide jax config), with every compile
+  cached however short. Importing cac_jax already turns one on in the user's cache folder
+  (`cac_jax.jax_cache`); this picks another folder. JAX decides at its first compile in a
+  process whether it uses a cache, so call this before anything is compiled."""
   jax.config.update("jax_compilation_cache_dir", path)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
   jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
@@ -122,55 +146,58 @@ def _tower_apply(config: ml_collections.ConfigDict, impl: str, tp, x: jax.Array)
   return jax.nn.elu(x @ k[0, 0] + b)
 
 
-_JIT_CACHE: dict = {}
-
-
 def _mesh(devices: Optional[Sequence[jax.Device]]):
   if devices is None or len(devices) <= 1:
     return None
   return jax.sharding.Mesh(np.asarray(list(devices)), ("batch",))
 
 
-def _tower_fn(config: ml_collections.ConfigDict, impl: str, devices: Optional[Sequence[jax.Device]]):
+def _platform(devices: Optional[Sequence[jax.Device]]) -> str:
+  return (devices or jax.devices())[0].platform
+
+
+def _tower_fn(config: ml_collections.ConfigDict, impl: str, devices: Optional[Sequence[jax.Device]],
+              cache: InferenceCache):
   """Jitted (tower params, (B, H, W, 1)) -> features; batch sharded over `devices` if several."""
   key = ("tower", tuple(config.model.dilations), config.model.tower_width, config.model.tower_features, impl,
          None if devices is None else tuple(devices))
-  if key not in _JIT_CACHE:
+  if key not in cache.jitted:
     def fn(tp, x):
-      TRACE_COUNTS["tower"] += 1
+      cache.trace_counts["tower"] += 1
       return _tower_apply(config, impl, tp, x)
 
     mesh = _mesh(devices)
     if mesh is None:
-      _JIT_CACHE[key] = jax.jit(fn)
+      cache.jitted[key] = xla_options.jit(fn, _platform(devices))
     else:
       from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
       batch = NamedSharding(mesh, P("batch"))
-      _JIT_CACHE[key] = jax.jit(fn, in_shardings=(NamedSharding(mesh, P()), batch), out_shardings=batch)
-  return _JIT_CACHE[key]
+      cache.jitted[key] = xla_options.jit(fn, _platform(devices), in_shardings=(NamedSharding(mesh, P()), batch),
+                                          out_shardings=batch)
+  return cache.jitted[key]
 
 
-def _classifier_fn(config: ml_collections.ConfigDict):
+def _classifier_fn(config: ml_collections.ConfigDict, cache: InferenceCache):
   m = config.model
   key = ("classifier", m.classifier_hidden, m.num_classes)
-  if key not in _JIT_CACHE:
+  if key not in cache.jitted:
     clf = models.Classifier(m.classifier_hidden, m.num_classes, m.dropout)
 
     def fn(cp, feats):
-      TRACE_COUNTS["classifier"] += 1
+      cache.trace_counts["classifier"] += 1
       return clf.apply({"params": cp}, feats.astype(jnp.float32), deterministic=True)
 
-    _JIT_CACHE[key] = jax.jit(fn)
-  return _JIT_CACHE[key]
+    cache.jitted[key] = xla_options.jit(fn)
+  return cache.jitted[key]
 
 
-def _classify(params, config, feats: np.ndarray, chunk: int) -> np.ndarray:
+def _classify(params, config, feats: np.ndarray, chunk: int, cache: InferenceCache) -> np.ndarray:
   """C on (N, 96) features in chunks padded to a power-of-two size -> (N, num_classes) f32."""
   n = feats.shape[0]
   out = np.zeros((n, config.model.num_classes), np.float32)
   if n == 0:
     return out
-  fn = _classifier_fn(config)
+  fn = _classifier_fn(config, cache)
   for s in range(0, n, chunk):
     part = feats[s:s + chunk]
     size = max(256, 1 << (part.shape[0] - 1).bit_length()) if part.shape[0] < chunk else chunk
@@ -358,23 +385,22 @@ def _check_inputs(hu: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, n
   return hu, candidates
 
 
-_PLAN_CACHE: dict = {}  # the last plan: scoring one scan with several models plans it once
-
-
 def plan_rois(coords: np.ndarray, half: int, *, split: bool = True, bucket: int = 16, max_shapes: int = 4,
-              min_gain: float = 0.05) -> tuple[list, np.ndarray, np.ndarray, dict]:
+              min_gain: float = 0.05, cache: Optional[InferenceCache] = None
+              ) -> tuple[list, np.ndarray, np.ndarray, dict]:
   """Tower ROIs for candidate voxels `coords` (N, 3) (z, y, x) with receptive-field half-width `half`.
 
   Per orientation and slice: boxes around that slice's candidates (one bounding box, or several
   where separate clusters are cheaper with their own margins), then at most `max_shapes` padded
   ROI shapes (`choose_shapes`). Returns (rois [(view index, slice, row0, col0, candidate indices,
   h, w)], shapes (K, 2), shape index per ROI, {view: slices with candidates}). The last plan is
-  cached (keyed by the candidates and arguments).
+  kept in `cache` (default `DEFAULT_CACHE`), keyed by the candidates and arguments.
   """
+  cache = DEFAULT_CACHE if cache is None else cache
   coords = np.ascontiguousarray(coords)
   key = (hashlib.sha1(coords.tobytes()).hexdigest(), coords.shape, half, split, bucket, max_shapes, min_gain)
-  if _PLAN_CACHE.get("key") == key:
-    return _PLAN_CACHE["plan"]
+  if cache.plan_key == key:
+    return cache.plan
   n = coords.shape[0]
   rois, n_slices = [], {}
   for v_i, view in enumerate(models.VIEWS):
@@ -393,7 +419,7 @@ def plan_rois(coords: np.ndarray, half: int, *, split: bool = True, bucket: int 
   needs = np.array([(r[5], r[6]) for r in rois])
   shapes, assign = choose_shapes(needs, 2 * half, bucket=bucket, max_shapes=max_shapes, min_gain=min_gain)
   plan = (rois, shapes, assign, n_slices)
-  _PLAN_CACHE.update(key=key, plan=plan)
+  cache.plan_key, cache.plan = key, plan
   return plan
 
 
@@ -401,7 +427,8 @@ def predict_candidates(params: dict, config: ml_collections.ConfigDict, hu: np.n
                        slab: Optional[int] = None, devices: Optional[Sequence[jax.Device]] = None,
                        bucket: int = 16, max_shapes: int = 4, min_gain: float = 0.05,
                        max_pixels: int = 1 << 20, conv_impl: str = "auto", split: bool = True,
-                       classifier_chunk: int = 16384) -> CandidatePredictions:
+                       classifier_chunk: int = 16384, cache: Optional[InferenceCache] = None
+                       ) -> CandidatePredictions:
   """Logits at candidate voxels, computing tower features only in candidate ROIs.
 
   Args:
@@ -424,10 +451,13 @@ def predict_candidates(params: dict, config: ml_collections.ConfigDict, hu: np.n
     conv_impl: "auto", "xla" (lax conv, as models.ViewTower), "im2col" or "shift3" (convs as
       matmuls); see `resolve_conv_impl`.
     classifier_chunk: candidates per classifier call.
+    cache: where jitted towers and the ROI plan are kept between calls (default
+      `DEFAULT_CACHE`, shared by every caller in the process).
 
   Returns:
     CandidatePredictions with (N, 3) coords and (N, num_classes) logits.
   """
+  cache = DEFAULT_CACHE if cache is None else cache
   hu, candidates = _check_inputs(hu, candidates)
   t_start = time.perf_counter()
   devices = list(devices) if devices is not None else None
@@ -446,7 +476,7 @@ def predict_candidates(params: dict, config: ml_collections.ConfigDict, hu: np.n
   vol = _normalize(hu, config)
   pad = pad_value(config)
   feats = np.zeros((n, 3 * nf), np.float32)
-  tower = _tower_fn(config, resolve_conv_impl(config, conv_impl), devices)
+  tower = _tower_fn(config, resolve_conv_impl(config, conv_impl), devices, cache)
   if devices and ndev > 1:
     from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
     gparams = jax.device_put(params["generator"], NamedSharding(_mesh(devices), P()))  # replicated
@@ -454,7 +484,7 @@ def predict_candidates(params: dict, config: ml_collections.ConfigDict, hu: np.n
     gparams = jax.device_put(params["generator"], devices[0] if devices else None)  # once, not per call
 
   rois, shapes, assign, n_slices = plan_rois(coords, half, split=split, bucket=bucket, max_shapes=max_shapes,
-                                             min_gain=min_gain)
+                                             min_gain=min_gain, cache=cache)
   stats["slices"] = dict(n_slices)
   stats["rois"] = len(rois)
   stats["shapes"] = [tuple(int(v) for v in sh) for sh in shapes]
@@ -490,7 +520,7 @@ def predict_candidates(params: dict, config: ml_collections.ConfigDict, hu: np.n
   if pending is not None:
     gather(pending)
   t_towers = time.perf_counter()
-  logits = _classify(params, config, feats, classifier_chunk)
+  logits = _classify(params, config, feats, classifier_chunk, cache)
   t_end = time.perf_counter()
   stats.update(towers_s=t_towers - t_start, classifier_s=t_end - t_towers, total_s=t_end - t_start)
   return CandidatePredictions(coords, logits, hu.shape, stats)
@@ -517,7 +547,7 @@ def predict_probabilities(params: dict, config: ml_collections.ConfigDict, hu: n
 def predict_naive(params: dict, config: ml_collections.ConfigDict, hu: np.ndarray, candidates: np.ndarray, *,
                   slab: Optional[int] = None, slices: Optional[dict] = None,
                   classifier_chunk: int = 1 << 16, return_stats: bool = False,
-                  feature_dtype=np.float16):
+                  feature_dtype=np.float16, cache: Optional[InferenceCache] = None):
   """Naive full-volume reference: every slice of every orientation, padded whole, through its
   tower (lax conv, as `models.ViewTower`); features stored in a `feature_dtype` (z, y, x, 96)
   volume (float16 as the reference implementation; float32 gives labels that match
@@ -530,10 +560,12 @@ def predict_naive(params: dict, config: ml_collections.ConfigDict, hu: np.ndarra
       slices (for timing extrapolation in the benchmark; classes are only meaningful at
       voxels whose three slices were all computed). Default: all slices.
     return_stats: also return a dict of timings and slice counts.
+    cache: where the jitted tower and classifier are kept (default `DEFAULT_CACHE`).
 
   Returns:
     int32 (z, y, x) classes at candidates, 0 elsewhere (and stats if `return_stats`).
   """
+  cache = DEFAULT_CACHE if cache is None else cache
   hu, candidates = _check_inputs(hu, candidates)
   t0 = time.perf_counter()
   slab = int(slab or config.scoring.get("slab_slices", 16))
@@ -542,7 +574,7 @@ def predict_naive(params: dict, config: ml_collections.ConfigDict, hu: np.ndarra
   vol = _normalize(hu, config)
   padded = np.pad(vol, half, mode="constant", constant_values=pad_value(config))
   feat = np.zeros(hu.shape + (3 * nf,), feature_dtype)
-  tower = _tower_fn(config, "xla", None)
+  tower = _tower_fn(config, "xla", None, cache)
   stats = {"slices_computed": {}, "slices_total": {}, "view_s": {}}
   for v_i, view in enumerate(models.VIEWS):
     tv = time.perf_counter()
@@ -562,7 +594,7 @@ def predict_naive(params: dict, config: ml_collections.ConfigDict, hu: np.ndarra
   t1 = time.perf_counter()
   flat = feat.reshape(-1, 3 * nf)
   classes = np.zeros(flat.shape[0], np.int32)
-  fn = _classifier_fn(config)
+  fn = _classifier_fn(config, cache)
   for s in range(0, flat.shape[0], classifier_chunk):
     part = flat[s:s + classifier_chunk]
     m = part.shape[0]

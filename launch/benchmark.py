@@ -1,15 +1,27 @@
 r"""Throughput of the training steps on this machine, and FLOPs per patch.
 
   python -m launch.benchmark [--configs=tiny,paper] [--iters=3] [--critic_n=2]
+  python -m launch.benchmark --configs=paper \
+      --torch_anchor=../shared/bench/torch_anchor.py --torch_python=../torch-venv/bin/python
 
 For each config: patches/s of the source step (B source patches), the critic scan (n
 updates of Bc source + Bc target patches each) and the generator step (B source + Bc
 target patches), timed over --iters calls after one warm-up call (block_until_ready).
-FLOPs: XLA's compiled cost_analysis of each step (a scan body counts once, so the critic
-scan's is multiplied by n), and an analytic count (multiply-add = 2 FLOPs; training ~ 3x
-forward), for comparison with the machine's fp32 peak (--peak_gflops).
+FLOPs: XLA's compiled cost_analysis of each step (a rolled scan body counts once, so then
+the critic scan's is multiplied by n), and an analytic count (multiply-add = 2 FLOPs;
+training ~ 3x forward), for comparison with the machine's fp32 peak (--peak_gflops).
+
+With --torch_anchor (a plain PyTorch version of the paper-size network and its three
+steps, kept outside this project; PyTorch is not a dependency), that script runs first in
+its own interpreter (--torch_python, e.g. a separate venv) with --torch_threads threads,
+then this project's steps, and a last table prints per step the ratio of patches/s
+(this project / PyTorch; > 1: this project is faster) for the paper config. The critic
+row compares one critic update (the scan's time / n) with PyTorch's one update.
 """
 
+import os
+import re
+import subprocess
 import time
 
 import jax
@@ -29,6 +41,13 @@ _CONFIGS = flags.DEFINE_list("configs", ["tiny", "paper"], "Configs to benchmark
 _ITERS = flags.DEFINE_integer("iters", 3, "Timed calls per step after one warm-up call.")
 _CRITIC_N = flags.DEFINE_integer("critic_n", 2, "Critic updates per timed critic scan.")
 _PEAK = flags.DEFINE_float("peak_gflops", 182.0, "Machine's fp32 matmul peak (GFLOP/s) for the ratio.")
+_TORCH = flags.DEFINE_string("torch_anchor", "", "PyTorch anchor script (../shared/bench/torch_anchor.py) to run "
+                             "first and compare with; empty: no comparison.")
+_TORCH_PYTHON = flags.DEFINE_string("torch_python", "python3", "Interpreter with PyTorch for --torch_anchor.")
+_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "PyTorch threads (0: the CPUs this process may use).")
+
+# The anchor's step names, also the keys of `bench`'s result (its critic row is per update).
+_TORCH_STEPS = ("source step", "critic update", "generator step")
 
 
 def _conv_flops(h: int, w: int, k: int, cin: int, cout: int, dilation: int = 1) -> tuple[int, int, int]:
@@ -132,7 +151,8 @@ def bench(name: str, config, iters: int, critic_n: int) -> None:
   cb = sharding.shard_batch(cb, mesh, batch_axis=2)
   fn = source.jit_step(adversarial.make_critic_steps(config), mesh, batch_axis=2)
   fn, flops, comp = _compile(fn, a, cb)
-  flops *= critic_n  # XLA's cost analysis counts a scan (while loop) body once
+  if not config.adapt.get("unroll_critic_scan", True):
+    flops *= critic_n  # XLA's cost analysis counts a rolled scan (while loop) body once
   a, dt = _time(fn, a, cb, iters)
   rows.append((f"critic scan (n={critic_n})", critic_n * 2 * bc, dt, flops, comp))
 
@@ -143,12 +163,60 @@ def bench(name: str, config, iters: int, critic_n: int) -> None:
   fn, flops, comp = _compile(fn, a, gb)
   a, dt = _time(fn, a, gb, iters)
   rows.append(("generator step", b + bc, dt, flops, comp))
+  return {"source step": (b, rows[0][2]), "critic update": (2 * bc, rows[1][2] / critic_n),
+          "generator step": (b + bc, rows[2][2])}
+
+
+def parse_torch(text: str) -> dict[str, tuple[int, float]]:
+  """{step: (patches, seconds per call)} from the anchor's lines
+  `<step>  <n> patches  <s> s  <rate> patches/s`."""
+  out = {}
+  for line in text.splitlines():
+    m = re.match(r"\s*(source step|critic update|generator step)\s+(\d+) patches\s+([0-9.]+) s", line)
+    if m:
+      out[m.group(1)] = (int(m.group(2)), float(m.group(3)))
+  return out
+
+
+def run_torch(script: str, python: str, threads: int, iters: int) -> dict[str, tuple[int, float]]:
+  """Run the PyTorch anchor in its own interpreter, echo its output, return `parse_torch` of it."""
+  if not os.path.isfile(script):
+    raise ValueError(f"--torch_anchor {script} does not exist")
+  threads = threads or len(os.sched_getaffinity(0))
+  cmd = [python, script, "--threads", str(threads), "--iters", str(iters)]
+  print("$ " + " ".join(cmd), flush=True)
+  try:
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+  except OSError as e:
+    raise ValueError(f"--torch_python {python}: cannot run it ({e.strerror})") from None
+  print(proc.stdout, end="", flush=True)
+  steps = parse_torch(proc.stdout)
+  if proc.returncode != 0 or len(steps) != len(_TORCH_STEPS):
+    raise ValueError(f"the PyTorch anchor failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+  return steps
+
+
+def ratio_table(ours: dict[str, tuple[int, float]], torch: dict[str, tuple[int, float]]) -> str:
+  """Markdown table: per step PyTorch s/call, ours s/call, ratio of patches/s (ours / PyTorch)."""
+  lines = ["| step | PyTorch | cac-jax | ratio (patches/s, cac-jax / PyTorch) |", "|---|---|---|---|"]
+  for step in _TORCH_STEPS:
+    (nt, tt), (no, to) = torch[step], ours[step]
+    lines.append(f"| {step}, {nt} / {no} patches | {tt:.3f} s | {to:.3f} s | {(no / to) / (nt / tt):.2f}x |")
+  return "\n".join(lines)
+
 
 def main(argv):
   del argv
   configs = {"tiny": tiny.get_config, "demo": demo.get_config, "paper": paper.get_config}
+  unknown = [n for n in _CONFIGS.value if n not in configs]
+  if unknown:
+    raise ValueError(f"unknown --configs {unknown}; choose from {sorted(configs)}")
+  torch = run_torch(_TORCH.value, _TORCH_PYTHON.value, _TORCH_THREADS.value, _ITERS.value) if _TORCH.value else None
   for name in _CONFIGS.value:
-    bench(name, configs[name](), _ITERS.value, _CRITIC_N.value)
+    ours = bench(name, configs[name](), _ITERS.value, _CRITIC_N.value)
+    if torch and name == "paper":
+      print(f"\npaper config vs PyTorch ({os.cpu_count()} CPUs, load average now "
+            f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}):\n" + ratio_table(ours, torch), flush=True)
 
 
 def run() -> None:  # console script cac-benchmark

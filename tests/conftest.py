@@ -1,8 +1,20 @@
 """Shared pytest fixtures."""
 
+import atexit
+import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
+
+# JAX's persistent compilation cache (cac_jax.jax_cache) goes to a folder of this test
+# session, never to the user's ~/.cache; set before cac_jax is imported, inherited by the
+# CLI subprocesses. JAX_COMPILATION_CACHE_DIR would bypass it, so it is dropped.
+_JAX_CACHE = tempfile.mkdtemp(prefix="cac-jax-test-jax-cache-")
+atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
+os.environ["CAC_JAX_COMPILATION_CACHE"] = _JAX_CACHE
+os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
 
 _PROJECT_ROOT = pathlib.Path(__file__).resolve().parent.parent
 _REALDATA = (_PROJECT_ROOT / ".." / "shared" / "realdata").resolve()

@@ -118,19 +118,36 @@ def test_single_bounding_box_mode_matches(setup):
 def test_compile_count_bounded_for_varied_volumes(setup):
   config, params, _ = setup
   rng = np.random.RandomState(3)
-  infer._JIT_CACHE.clear()
-  start = infer.TRACE_COUNTS["tower"]
+  cache = infer.InferenceCache()
+  counts = cache.trace_counts
   max_shapes = 3
   for shape in [(20, 36, 44), (28, 40, 32), (16, 48, 40), (24, 40, 40)]:
     hu = rng.normal(0, 300, shape).astype(np.float32)
     cand = rng.rand(*shape) < 0.005
-    before = infer.TRACE_COUNTS["tower"]
-    infer.predict_classes(params, config, hu, cand, slab=1, max_shapes=max_shapes)
-    assert infer.TRACE_COUNTS["tower"] - before <= max_shapes
-    again = infer.TRACE_COUNTS["tower"]
-    infer.predict_classes(params, config, hu, cand, slab=1, max_shapes=max_shapes)
-    assert infer.TRACE_COUNTS["tower"] == again  # same scan: everything cached
-  assert infer.TRACE_COUNTS["tower"] - start <= 4 * max_shapes
+    before = counts["tower"]
+    infer.predict_classes(params, config, hu, cand, slab=1, max_shapes=max_shapes, cache=cache)
+    assert counts["tower"] - before <= max_shapes
+    again = dict(counts)
+    infer.predict_classes(params, config, hu, cand, slab=1, max_shapes=max_shapes, cache=cache)
+    assert counts == again  # same scan: everything cached
+  assert 1 <= counts["tower"] <= 4 * max_shapes
+  assert counts["classifier"] >= 1
+
+
+def test_caches_are_per_owner(setup):
+  """Two caches share nothing: a fresh one traces again; the default one is untouched."""
+  config, params, hu = setup
+  cand = hu > 900
+  a, b = infer.InferenceCache(), infer.InferenceCache()
+  default_before = dict(infer.DEFAULT_CACHE.trace_counts)
+  pa = infer.predict_candidates(params, config, hu, cand, cache=a)
+  pb = infer.predict_candidates(params, config, hu, cand, cache=b)
+  assert a.trace_counts["tower"] >= 1 and b.trace_counts == a.trace_counts
+  assert a.plan_key == b.plan_key and a.plan is not b.plan
+  assert infer.DEFAULT_CACHE.trace_counts == default_before
+  np.testing.assert_array_equal(pa.logits, pb.logits)
+  a.clear()
+  assert not a.jitted and a.plan is None
 
 
 def test_multi_device_equals_single_device():

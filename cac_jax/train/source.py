@@ -16,6 +16,7 @@ import ml_collections
 import optax
 
 from cac_jax import models
+from cac_jax import xla_options
 from cac_jax.train import sharding
 from cac_jax.train import state as state_lib
 
@@ -72,5 +73,6 @@ def make_source_step(config: ml_collections.ConfigDict,
 def jit_step(step_fn: Callable, mesh: jax.sharding.Mesh, batch_axis: int = 1) -> Callable:
   """jit a `(state, batch) -> (state, metrics)` step: state replicated and donated, batch split."""
   rep = sharding.replicated(mesh)
-  return jax.jit(step_fn, in_shardings=(rep, sharding.batch_sharding(mesh, batch_axis)),
-                 out_shardings=(rep, rep), donate_argnums=0)
+  return xla_options.jit(step_fn, mesh.devices.flat[0].platform,
+                         in_shardings=(rep, sharding.batch_sharding(mesh, batch_axis)),
+                         out_shardings=(rep, rep), donate_argnums=0)

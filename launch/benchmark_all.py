@@ -1,0 +1,70 @@
+r"""Every figure of `launch.benchmark` and `launch.benchmark_infer` in one go.
+
+  python -m launch.benchmark_all                 # paper config (meant for a GPU machine)
+  python -m launch.benchmark_all --quick         # tiny config: checks the whole chain on a CPU
+  python -m launch.benchmark_all --torch_anchor=../shared/bench/torch_anchor.py \
+      --torch_python=../torch-venv/bin/python    # also the PyTorch ratios (launch.benchmark)
+
+Runs, one after the other, each in its own process: the training steps
+(`launch.benchmark --configs=<config>`) and whole-scan inference on the synthetic
+80x310x310 CCTA at working spacing (`launch.benchmark_infer --configs=<config> --nophantom`:
+cold with an empty compilation cache, cold with a filled one, warm, the naive reference on
+--naive_slices slices per view, extrapolated). First it prints the date, the machine's
+devices and load, so the output can be pasted into docs/performance.md as it is.
+"""
+
+import datetime
+import os
+import subprocess
+import sys
+import time
+
+from absl import flags
+
+from launch import _cli
+
+_QUICK = flags.DEFINE_bool("quick", False, "The tiny config, one timed call, 4 naive slices (a CPU check).")
+_NAIVE_SLICES = flags.DEFINE_integer("naive_slices", 8, "Naive inference: slices per view, extrapolated (0: all).")
+_ITERS = flags.DEFINE_integer("iters", 3, "Timed calls per training step.")
+_TORCH = flags.DEFINE_string("torch_anchor", "", "Passed on to launch.benchmark (PyTorch ratios).")
+_TORCH_PYTHON = flags.DEFINE_string("torch_python", "python3", "Passed on to launch.benchmark.")
+
+
+def commands(quick: bool, iters: int, naive_slices: int, torch_anchor: str = "",
+             torch_python: str = "python3") -> list[list[str]]:
+  """The two benchmark command lines (argument lists after `python -m`)."""
+  config = "tiny" if quick else "paper"
+  train = ["launch.benchmark", f"--configs={config}", f"--iters={1 if quick else iters}"]
+  if torch_anchor:
+    train += [f"--torch_anchor={torch_anchor}", f"--torch_python={torch_python}"]
+  infer = ["launch.benchmark_infer", f"--configs={config}", "--nophantom",
+           f"--naive_slices={4 if quick else naive_slices}"]
+  return [train, infer]
+
+
+def _header() -> str:
+  import jax  # pylint: disable=g-import-not-at-top  (after flag parsing: --help stays fast)
+  devices = jax.devices()
+  return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, jax {jax.__version__}, "
+          f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), {os.cpu_count()} CPUs, "
+          f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+def main(argv):
+  del argv
+  print(_header(), flush=True)
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
+  start = time.perf_counter()
+  for args in commands(_QUICK.value, _ITERS.value, _NAIVE_SLICES.value, _TORCH.value, _TORCH_PYTHON.value):
+    print(f"\n$ python -m {' '.join(args)}", flush=True)
+    t = time.perf_counter()
+    code = subprocess.run([sys.executable, "-m", *args], cwd=root, env=env, check=False).returncode
+    print(f"({time.perf_counter() - t:.0f} s)", flush=True)
+    if code:
+      raise SystemExit(code)
+  print(f"\nall benchmarks: {time.perf_counter() - start:.0f} s", flush=True)
+
+
+if __name__ == "__main__":
+  _cli.run(main)
