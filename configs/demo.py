@@ -1,4 +1,4 @@
-"""The CPU demo of the phantom experiment (README's first command): < 15 min on 2 cores.
+"""The CPU demo of the phantom experiment (README's first command), sized for 2 CPU cores.
 
 Small towers with dilations (1, 1, 2, 4, 8) (receptive field 35 px = 35 mm at 1 mm in-plane),
 phantoms generated at working spacing with a reduced field of view.

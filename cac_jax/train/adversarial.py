@@ -66,8 +66,8 @@ def make_critic_steps(config: ml_collections.ConfigDict,
       return (params, opt_state), metrics
 
     n = batches["source_views"].shape[0]
-    # Fully unrolled by default: on XLA:CPU the convolutions inside a rolled while loop ran
-    # ~4x slower (0.245 vs 0.056 s per critic step, demo config, 2 cores).
+    # Fully unrolled by default: on XLA:CPU the convolutions inside a rolled while loop run
+    # several times slower (docs/performance.md has the measurement).
     (params, opt_state), metrics = jax.lax.scan(body, (state.critic, state.critic_opt), batches,
                                                 unroll=bool(config.adapt.get("unroll_critic_scan", True)))
     metrics = jax.tree.map(jnp.mean, metrics)
