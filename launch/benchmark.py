@@ -136,7 +136,8 @@ def bench(name: str, config, iters: int, critic_n: int) -> None:
   rows.analytic = {
       "source step": 3 * (fl["generator"] + fl["heads"] + fl["classifier"]),
       f"critic scan (n={critic_n})": fl["generator"] + 3 * fl["critic"],
-      "generator step": (b * 3 * (fl["generator"] + fl["classifier"]) + bc * 3 * (fl["generator"] + fl["critic"])) / (b + bc),
+      "generator step": (b * 3 * (fl["generator"] + fl["classifier"])
+                         + bc * 3 * (fl["generator"] + fl["critic"])) / (b + bc),
   }
   state = sharding.replicate(state_lib.init_source_state(config), mesh)
   batch = sharding.shard_batch(data.source(0), mesh)
