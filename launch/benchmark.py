@@ -24,15 +24,12 @@ import re
 import subprocess
 import time
 
+from absl import flags
 import jax
 import numpy as np
-from absl import flags
 
-from cac_jax import models
-from cac_jax import synthetic
-from cac_jax.train import adversarial
-from cac_jax.train import sharding
-from cac_jax.train import source
+from cac_jax import models, synthetic
+from cac_jax.train import adversarial, sharding, source
 from cac_jax.train import state as state_lib
 from configs import demo, paper, tiny
 from launch import _cli

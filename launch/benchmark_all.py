@@ -46,7 +46,7 @@ def commands(quick: bool, iters: int, naive_slices: int, torch_anchor: str = "",
 def _header() -> str:
   import jax  # pylint: disable=g-import-not-at-top  (after flag parsing: --help stays fast)
   devices = jax.devices()
-  return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, jax {jax.__version__}, "
+  return (f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, jax {jax.__version__}, "
           f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), {os.cpu_count()} CPUs, "
           f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
