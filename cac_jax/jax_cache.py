@@ -16,7 +16,8 @@ cache set here that is `MIN_COMPILE_S` (JAX's default is 1 s, which leaves the s
 configs' towers and the classifier out) unless `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`
 is set; the many eager-op compiles, far shorter, stay out of the folder. The entries are
 keyed by the program, the jaxlib version, the device and the compiler options, so a stale
-entry is never used; the folder can be deleted at any time.
+entry is never used; the folder can be deleted at any time. It has no size limit: JAX's
+(`jax_compilation_cache_max_size`) needs the `filelock` package, not a dependency here.
 """
 
 from __future__ import annotations
