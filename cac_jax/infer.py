@@ -99,11 +99,18 @@ def _tower_layers(config: ml_collections.ConfigDict) -> list[tuple[str, int]]:
   return [(f"conv{i}_d{d}", d) for i, d in enumerate(dil)] + [(f"conv{len(dil)}", 1)]
 
 
-def resolve_conv_impl(config: ml_collections.ConfigDict, impl: str = "auto") -> str:
-  """"auto": "shift3" for towers >= 16 wide (2-2.5x XLA's CPU conv at width 32), else "xla"
-  (narrow towers: similar speed, 3x faster to compile)."""
+def resolve_conv_impl(config: ml_collections.ConfigDict, impl: str = "auto",
+                      platform: Optional[str] = None) -> str:
+  """"auto": "xla" (lax conv, as models.ViewTower), except on CPU with XLA's default options
+  (`CAC_JAX_XLA_DEFAULTS=1`, YNNPACK convs), where "shift3" is faster for towers >= 16 wide.
+
+  With `xla_options` (the default on CPU) XLA's own convolution is several times faster than
+  the matmul formulations, which it lowers to slower dots (docs/performance.md).
+  """
   if impl == "auto":
-    return "shift3" if config.model.tower_width >= 16 else "xla"
+    if xla_options.compiler_options(platform) is None and (platform or jax.default_backend()) == "cpu":
+      return "shift3" if config.model.tower_width >= 16 else "xla"
+    return "xla"
   if impl not in CONV_IMPLS:
     raise ValueError(f"unknown conv impl {impl!r}; expected one of {CONV_IMPLS}")
   return impl
@@ -449,7 +456,7 @@ def predict_candidates(params: dict, config: ml_collections.ConfigDict, hu: np.n
     max_pixels: cap on padded input pixels per call (bounds activation memory); a single
       larger slice still runs alone.
     conv_impl: "auto", "xla" (lax conv, as models.ViewTower), "im2col" or "shift3" (convs as
-      matmuls); see `resolve_conv_impl`.
+      matmuls); see `resolve_conv_impl`. All give the same logits to float32 rounding.
     classifier_chunk: candidates per classifier call.
     cache: where jitted towers and the ROI plan are kept between calls (default
       `DEFAULT_CACHE`, shared by every caller in the process).
@@ -476,7 +483,7 @@ def predict_candidates(params: dict, config: ml_collections.ConfigDict, hu: np.n
   vol = _normalize(hu, config)
   pad = pad_value(config)
   feats = np.zeros((n, 3 * nf), np.float32)
-  tower = _tower_fn(config, resolve_conv_impl(config, conv_impl), devices, cache)
+  tower = _tower_fn(config, resolve_conv_impl(config, conv_impl, _platform(devices)), devices, cache)
   if devices and ndev > 1:
     from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
     gparams = jax.device_put(params["generator"], NamedSharding(_mesh(devices), P()))  # replicated

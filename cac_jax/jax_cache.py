@@ -11,10 +11,13 @@ once per process, at its first compile, whether it uses the cache):
 * left alone: when JAX's own `JAX_COMPILATION_CACHE_DIR` is set, or the process already
   configured `jax_compilation_cache_dir`.
 
-JAX caches only compiles that took >= `jax_persistent_cache_min_compile_time_secs` (its
-default 1 s), so the many tiny eager-op compiles stay out of the folder. The entries are
+JAX caches only compiles that took >= `jax_persistent_cache_min_compile_time_secs`; with the
+cache set here that is `MIN_COMPILE_S` (JAX's default is 1 s, which leaves the small
+configs' towers and the classifier out) unless `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS`
+is set; the many eager-op compiles, far shorter, stay out of the folder. The entries are
 keyed by the program, the jaxlib version, the device and the compiler options, so a stale
-entry is never used; the folder can be deleted at any time.
+entry is never used; the folder can be deleted at any time. It has no size limit: JAX's
+(`jax_compilation_cache_max_size`) needs the `filelock` package, not a dependency here.
 """
 
 from __future__ import annotations
@@ -23,6 +26,8 @@ import os
 import sys
 
 ENV = "CAC_JAX_COMPILATION_CACHE"
+MIN_COMPILE_S = 0.1  # seconds
+_MIN_ENV = "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"
 _OFF = ("off", "0", "false", "no", "")
 
 
@@ -55,8 +60,11 @@ def enable_default() -> str | None:
   jax = sys.modules.get("jax")
   if jax is None:
     os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    os.environ.setdefault(_MIN_ENV, str(MIN_COMPILE_S))
     return path
   if jax.config.jax_compilation_cache_dir:
     return None
   jax.config.update("jax_compilation_cache_dir", path)
+  if _MIN_ENV not in os.environ:
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_S)
   return path

@@ -14,9 +14,10 @@ newer than the one measured) silently gets its defaults.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import functools
 import os
-from typing import Any, Callable
+from typing import Any
 
 import jax
 
@@ -25,7 +26,7 @@ CPU_OPTIONS = {"xla_cpu_experimental_ynn_fusion_type": ""}
 DEFAULTS_ENV = "CAC_JAX_XLA_DEFAULTS"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _supported() -> bool:
   """Whether this jaxlib's XLA accepts `CPU_OPTIONS` (a tiny compile, once per process)."""
   try:

@@ -24,15 +24,12 @@ import re
 import subprocess
 import time
 
+from absl import flags
 import jax
 import numpy as np
-from absl import flags
 
-from cac_jax import models
-from cac_jax import synthetic
-from cac_jax.train import adversarial
-from cac_jax.train import sharding
-from cac_jax.train import source
+from cac_jax import models, synthetic
+from cac_jax.train import adversarial, sharding, source
 from cac_jax.train import state as state_lib
 from cac_jax.configs import demo, paper, tiny
 from . import _cli
@@ -136,7 +133,8 @@ def bench(name: str, config, iters: int, critic_n: int) -> None:
   rows.analytic = {
       "source step": 3 * (fl["generator"] + fl["heads"] + fl["classifier"]),
       f"critic scan (n={critic_n})": fl["generator"] + 3 * fl["critic"],
-      "generator step": (b * 3 * (fl["generator"] + fl["classifier"]) + bc * 3 * (fl["generator"] + fl["critic"])) / (b + bc),
+      "generator step": (b * 3 * (fl["generator"] + fl["classifier"])
+                         + bc * 3 * (fl["generator"] + fl["critic"])) / (b + bc),
   }
   state = sharding.replicate(state_lib.init_source_state(config), mesh)
   batch = sharding.shard_batch(data.source(0), mesh)

@@ -2,8 +2,8 @@ r"""Every figure of `launch.benchmark` and `launch.benchmark_infer` in one go.
 
   python -m launch.benchmark_all                 # paper config (meant for a GPU machine)
   python -m launch.benchmark_all --quick         # tiny config: checks the whole chain on a CPU
-  python -m launch.benchmark_all --torch_anchor=../shared/bench/torch_anchor.py \
-      --torch_python=../torch-venv/bin/python    # also the PyTorch ratios (launch.benchmark)
+  python -m launch.benchmark_all --anchor=../shared/bench/torch_anchor.py \
+      --anchor_python=../torch-venv/bin/python   # also the PyTorch ratios (launch.benchmark)
 
 Runs, one after the other, each in its own process: the training steps
 (`launch.benchmark --configs=<config>`) and whole-scan inference on the synthetic
@@ -25,9 +25,10 @@ from launch import _cli
 
 _QUICK = flags.DEFINE_bool("quick", False, "The tiny config, one timed call, 4 naive slices (a CPU check).")
 _NAIVE_SLICES = flags.DEFINE_integer("naive_slices", 8, "Naive inference: slices per view, extrapolated (0: all).")
-_ITERS = flags.DEFINE_integer("iters", 3, "Timed calls per training step.")
-_TORCH = flags.DEFINE_string("torch_anchor", "", "Passed on to launch.benchmark (PyTorch ratios).")
-_TORCH_PYTHON = flags.DEFINE_string("torch_python", "python3", "Passed on to launch.benchmark.")
+# Named apart from launch.benchmark's own flags (both modules may share one process, as in tests).
+_ITERS = flags.DEFINE_integer("step_iters", 3, "Timed calls per training step (launch.benchmark --iters).")
+_TORCH = flags.DEFINE_string("anchor", "", "PyTorch anchor script (launch.benchmark --torch_anchor).")
+_TORCH_PYTHON = flags.DEFINE_string("anchor_python", "python3", "Its interpreter (launch.benchmark --torch_python).")
 
 
 def commands(quick: bool, iters: int, naive_slices: int, torch_anchor: str = "",
@@ -45,7 +46,7 @@ def commands(quick: bool, iters: int, naive_slices: int, torch_anchor: str = "",
 def _header() -> str:
   import jax  # pylint: disable=g-import-not-at-top  (after flag parsing: --help stays fast)
   devices = jax.devices()
-  return (f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC, jax {jax.__version__}, "
+  return (f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, jax {jax.__version__}, "
           f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), {os.cpu_count()} CPUs, "
           f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
 

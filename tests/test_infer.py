@@ -173,3 +173,16 @@ def test_multi_device_equals_single_device():
   res = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, encoding="utf-8",
                        timeout=600)
   assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
+
+
+def test_auto_conv_impl_follows_the_compiler_options(monkeypatch):
+  config = tiny.get_config()
+  config.model.tower_width = 32
+  monkeypatch.delenv("CAC_JAX_XLA_DEFAULTS", raising=False)
+  assert infer.resolve_conv_impl(config, "auto", "cpu") == "xla"
+  assert infer.resolve_conv_impl(config, "auto", "gpu") == "xla"
+  monkeypatch.setenv("CAC_JAX_XLA_DEFAULTS", "1")
+  assert infer.resolve_conv_impl(config, "auto", "cpu") == "shift3"
+  assert infer.resolve_conv_impl(config, "im2col", "cpu") == "im2col"
+  with pytest.raises(ValueError):
+    infer.resolve_conv_impl(config, "winograd")

@@ -8,7 +8,6 @@ import textwrap
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 
 from cac_jax import jax_cache, models, xla_options
 
@@ -70,6 +69,7 @@ def _python(code: str, env: dict) -> str:
 _COMPILE = """
     import jax, jax.numpy as jnp
     import cac_jax
+    print("MIN", jax.config.jax_persistent_cache_min_compile_time_secs)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     f = jax.jit(lambda x: jnp.sin(x) @ x.T + 1.0)
     f(jnp.ones((64, 64))).block_until_ready()
@@ -80,9 +80,10 @@ _COMPILE = """
 def test_import_turns_the_cache_on_in_the_user_folder(tmp_path):
   env = {k: v for k, v in os.environ.items() if k not in (jax_cache.ENV, "JAX_COMPILATION_CACHE_DIR")}
   env.update(HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "xdg"))
+  env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
   out = _python(_COMPILE, env)
   folder = tmp_path / "xdg" / "cac-jax" / "jax"
-  assert f"DIR {folder}" in out
+  assert f"DIR {folder}" in out and f"MIN {jax_cache.MIN_COMPILE_S}" in out
   assert folder.is_dir() and any(folder.iterdir())  # an entry was written
   assert not (tmp_path / "home").exists()
 

@@ -1,0 +1,34 @@
+"""The benchmark scripts' pure parts: the PyTorch anchor's output, the ratio table, the command list."""
+
+from launch import benchmark, benchmark_all
+
+_ANCHOR = """torch 2.13.0+cpu, 2 threads
+source step       16 patches     4.640 s      3.45 patches/s
+critic update     32 patches     2.370 s     13.50 patches/s
+generator step    32 patches     7.740 s      4.13 patches/s
+"""
+
+
+def test_parse_torch_reads_the_three_steps():
+  steps = benchmark.parse_torch(_ANCHOR)
+  assert steps == {"source step": (16, 4.64), "critic update": (32, 2.37), "generator step": (32, 7.74)}
+  assert benchmark.parse_torch("torch 2.13.0+cpu, 2 threads\n") == {}
+
+
+def test_ratio_is_patches_per_second_ours_over_torch():
+  torch = benchmark.parse_torch(_ANCHOR)
+  ours = {"source step": (16, 2.32), "critic update": (32, 4.74), "generator step": (32, 7.74)}
+  table = benchmark.ratio_table(ours, torch).splitlines()
+  assert len(table) == 5
+  assert table[2].endswith("| 2.00x |")  # twice PyTorch's rate
+  assert table[3].endswith("| 0.50x |")
+  assert table[4].endswith("| 1.00x |")
+
+
+def test_benchmark_all_commands():
+  train, infer = benchmark_all.commands(quick=False, iters=3, naive_slices=8)
+  assert train == ["launch.benchmark", "--configs=paper", "--iters=3"]
+  assert infer == ["launch.benchmark_infer", "--configs=paper", "--nophantom", "--naive_slices=8"]
+  train, infer = benchmark_all.commands(quick=True, iters=3, naive_slices=8, torch_anchor="a.py", torch_python="py")
+  assert train == ["launch.benchmark", "--configs=tiny", "--iters=1", "--torch_anchor=a.py", "--torch_python=py"]
+  assert "--configs=tiny" in infer and "--naive_slices=4" in infer
