@@ -1,6 +1,6 @@
 r"""Every figure of `launch.benchmark` and `launch.benchmark_infer` in one go.
 
-  python -m launch.benchmark_all                 # paper config (meant for a GPU machine)
+  cac-benchmark-all                              # paper config (meant for a GPU machine)
   python -m launch.benchmark_all --quick         # tiny config: checks the whole chain on a CPU
   python -m launch.benchmark_all --anchor=../shared/bench/torch_anchor.py \
       --anchor_python=../torch-venv/bin/python   # also the PyTorch ratios (launch.benchmark)
@@ -21,7 +21,7 @@ import time
 
 from absl import flags
 
-from launch import _cli
+from . import _cli
 
 _QUICK = flags.DEFINE_bool("quick", False, "The tiny config, one timed call, 4 naive slices (a CPU check).")
 _NAIVE_SLICES = flags.DEFINE_integer("naive_slices", 8, "Naive inference: slices per view, extrapolated (0: all).")
@@ -32,13 +32,14 @@ _TORCH_PYTHON = flags.DEFINE_string("anchor_python", "python3", "Its interpreter
 
 
 def commands(quick: bool, iters: int, naive_slices: int, torch_anchor: str = "",
-             torch_python: str = "python3") -> list[list[str]]:
-  """The two benchmark command lines (argument lists after `python -m`)."""
+             torch_python: str = "python3", package: str = "launch") -> list[list[str]]:
+  """The two benchmark command lines (argument lists after `python -m`); `package` is where the
+  launch scripts live (`launch` in a checkout, `cac_jax.launch` installed)."""
   config = "tiny" if quick else "paper"
-  train = ["launch.benchmark", f"--configs={config}", f"--iters={1 if quick else iters}"]
+  train = [f"{package}.benchmark", f"--configs={config}", f"--iters={1 if quick else iters}"]
   if torch_anchor:
     train += [f"--torch_anchor={torch_anchor}", f"--torch_python={torch_python}"]
-  infer = ["launch.benchmark_infer", f"--configs={config}", "--nophantom",
+  infer = [f"{package}.benchmark_infer", f"--configs={config}", "--nophantom",
            f"--naive_slices={4 if quick else naive_slices}"]
   return [train, infer]
 
@@ -57,7 +58,8 @@ def main(argv):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
   start = time.perf_counter()
-  for args in commands(_QUICK.value, _ITERS.value, _NAIVE_SLICES.value, _TORCH.value, _TORCH_PYTHON.value):
+  for args in commands(_QUICK.value, _ITERS.value, _NAIVE_SLICES.value, _TORCH.value, _TORCH_PYTHON.value,
+                       __spec__.parent):
     print(f"\n$ python -m {' '.join(args)}", flush=True)
     t = time.perf_counter()
     code = subprocess.run([sys.executable, "-m", *args], cwd=root, env=env, check=False).returncode
@@ -67,5 +69,9 @@ def main(argv):
   print(f"\nall benchmarks: {time.perf_counter() - start:.0f} s", flush=True)
 
 
-if __name__ == "__main__":
+def run() -> None:  # console script cac-benchmark-all
   _cli.run(main)
+
+
+if __name__ == "__main__":
+  run()
