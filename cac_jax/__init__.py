@@ -13,9 +13,10 @@ __version__ = "0.1.0"
 # are found beside this folder.
 _CHECKOUT = _os.path.dirname(_os.path.dirname(_os.path.abspath(__file__)))
 if not _os.path.isdir(_os.path.join(__path__[0], "configs")) and all(
-    _os.path.isfile(_os.path.join(_CHECKOUT, d, "__init__.py")) for d in ("launch", "configs")):
+  _os.path.isfile(_os.path.join(_CHECKOUT, d, "__init__.py")) for d in ("launch", "configs")
+):
   __path__.append(_CHECKOUT)
 
-from cac_jax import jax_cache as _jax_cache  # pylint: disable=g-import-not-at-top
+from cac_jax import jax_cache as _jax_cache  # noqa: E402  (after __path__ is complete)
 
 _jax_cache.enable_default()  # before any compile: see cac_jax/jax_cache.py

@@ -21,6 +21,7 @@ releases it when the process dies (also after kill -9).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator, Mapping
 import contextlib
 import csv
 import errno
@@ -29,7 +30,6 @@ import io
 import os
 import shutil
 import tempfile
-from typing import Callable, Iterator, Mapping, Optional
 
 TMP_PREFIX = ".tmp-"
 
@@ -46,8 +46,12 @@ def _fsync(path: str) -> None:
     os.close(fd)
 
 
-def write_with(path: str | os.PathLike, write: Callable[[str], None], suffix: str = "",
-               verify: Optional[Callable[[str], None]] = None) -> None:
+def write_with(
+  path: str | os.PathLike,
+  write: Callable[[str], None],
+  suffix: str = "",
+  verify: Callable[[str], None] | None = None,
+) -> None:
   """Call `write(tmp_path)` in a temporary folder beside `path`, then move the result to `path`.
 
   The one atomic file writer of the package (images, PNGs, text). The temporary file has the
@@ -110,13 +114,20 @@ def write_text(path: str | os.PathLike, text: str) -> None:
 
   def _verify(tmp: str) -> None:
     if os.path.getsize(tmp) != len(data):
-      raise OSError(errno.EIO, f"short write: {os.path.getsize(tmp)} of {len(data)} bytes "
-                    "(disk full?)", os.fspath(path))
+      raise OSError(
+        errno.EIO,
+        f"short write: {os.path.getsize(tmp)} of {len(data)} bytes (disk full?)",
+        os.fspath(path),
+      )
+
   write_with(path, _write, verify=_verify)
 
 
-def write_set(folder: str | os.PathLike, writers: Mapping[str, Callable[[str], None]],
-              last: Optional[str] = None) -> dict[str, str]:
+def write_set(
+  folder: str | os.PathLike,
+  writers: Mapping[str, Callable[[str], None]],
+  last: str | None = None,
+) -> dict[str, str]:
   """Write several files, all or nothing, into `folder`.
 
   Args:
@@ -178,8 +189,9 @@ def check_dir(path: str | os.PathLike, flag: str = "--output_dir") -> None:
     what = "is a file" if probe == path else f"lies under {probe}, which is a file"
     raise OutputDirError(errno.ENOTDIR, f"{flag} {path} {what}; give a folder")
   if not os.access(probe, os.W_OK | os.X_OK):
-    raise OutputDirError(errno.EACCES, f"{flag} {path}: {probe} is not writable; give a folder "
-                         "you can write to")
+    raise OutputDirError(
+      errno.EACCES, f"{flag} {path}: {probe} is not writable; give a folder you can write to"
+    )
 
 
 @contextlib.contextmanager
@@ -197,15 +209,19 @@ def claim_dir(path: str | os.PathLike, flag: str = "--output_dir") -> Iterator[s
     os.makedirs(path, exist_ok=True)
     fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
   except OSError as e:
-    raise OutputDirError(e.errno, f"{flag} {path}: cannot create or open the folder "
-                         f"({e.strerror})") from None
+    raise OutputDirError(
+      e.errno, f"{flag} {path}: cannot create or open the folder ({e.strerror})"
+    ) from None
   try:
     try:
       fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-      raise OutputDirError(errno.EBUSY, f"{flag} {path} is in use by another running command "
-                           "(it holds the folder's lock); wait for it to finish or give "
-                           "another folder") from None
+      raise OutputDirError(
+        errno.EBUSY,
+        f"{flag} {path} is in use by another running command "
+        "(it holds the folder's lock); wait for it to finish or give "
+        "another folder",
+      ) from None
     try:
       probe = tempfile.mkstemp(prefix=TMP_PREFIX + "probe-", dir=path)
     except OSError as e:

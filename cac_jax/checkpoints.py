@@ -20,7 +20,7 @@ import hashlib
 import json
 import os
 import shutil
-from typing import Any, Optional
+from typing import Any
 
 import jax
 import ml_collections
@@ -60,7 +60,9 @@ def manager(directory: str | os.PathLike, max_to_keep: int = 3) -> ocp.Checkpoin
   reading them before the next step runs.
   """
   directory = os.path.abspath(os.fspath(directory))
-  opts = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True)
+  opts = ocp.CheckpointManagerOptions(
+    max_to_keep=max_to_keep, enable_async_checkpointing=False, create=True
+  )
   return ocp.CheckpointManager(directory, options=opts)
 
 
@@ -73,10 +75,13 @@ def save(mgr: ocp.CheckpointManager, step: int, state: Any) -> None:
 def _abstract(like: Any, sharding: jax.sharding.Sharding | None) -> Any:
   def one(x):
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding or getattr(x, "sharding", None))
+
   return jax.tree.map(one, like)
 
 
-def restore_latest(mgr: ocp.CheckpointManager, like: Any, sharding: jax.sharding.Sharding | None = None) -> Any | None:
+def restore_latest(
+  mgr: ocp.CheckpointManager, like: Any, sharding: jax.sharding.Sharding | None = None
+) -> Any | None:
   """Restore the latest checkpoint into the structure of `like`; None if there is none.
 
   Args:
@@ -98,8 +103,12 @@ def restore_latest(mgr: ocp.CheckpointManager, like: Any, sharding: jax.sharding
 # Inference export.
 
 
-def export_inference(directory: str | os.PathLike, params: dict, config: ml_collections.ConfigDict,
-                     metadata: Optional[dict] = None) -> str:
+def export_inference(
+  directory: str | os.PathLike,
+  params: dict,
+  config: ml_collections.ConfigDict,
+  metadata: dict | None = None,
+) -> str:
   """Write {"generator", "classifier"} params and `config` to `directory` (replaced if present).
 
   `metadata` (JSON-serialisable, e.g. {"stage", "steps", "training_data"}) goes to
@@ -148,13 +157,18 @@ def is_exported(directory: str | os.PathLike) -> bool:
 
 def _read_json(path: str, directory: str, what: str) -> Any:
   if not os.path.isfile(path):
-    raise CheckpointError(directory, f"missing {what} file {os.path.basename(path)!r} "
-                          "(not an exported cac_jax inference checkpoint, or truncated)")
+    raise CheckpointError(
+      directory,
+      f"missing {what} file {os.path.basename(path)!r} "
+      "(not an exported cac_jax inference checkpoint, or truncated)",
+    )
   try:
     with open(path, encoding="utf-8") as f:
       return json.load(f)
   except (OSError, ValueError) as e:
-    raise CheckpointError(directory, f"{what} file {os.path.basename(path)!r} is not valid JSON ({e})") from e
+    raise CheckpointError(
+      directory, f"{what} file {os.path.basename(path)!r} is not valid JSON ({e})"
+    ) from e
 
 
 def load_inference(directory: str | os.PathLike) -> tuple[dict, ml_collections.ConfigDict]:
@@ -171,17 +185,25 @@ def load_inference(directory: str | os.PathLike) -> tuple[dict, ml_collections.C
     raise CheckpointError(directory, "is not a directory")
   marker = _read_json(os.path.join(directory, MARKER), directory, "marker")
   if not isinstance(marker, dict) or marker.get("format") != FORMAT:
-    raise CheckpointError(directory, f"marker {MARKER!r} does not describe a {FORMAT} checkpoint: {marker!r}")
+    raise CheckpointError(
+      directory, f"marker {MARKER!r} does not describe a {FORMAT} checkpoint: {marker!r}"
+    )
   if marker.get("version") != VERSION:
-    raise CheckpointError(directory, f"unsupported version {marker.get('version')!r} (expected {VERSION})")
-  config = ml_collections.ConfigDict(_read_json(os.path.join(directory, "config.json"), directory, "config"))
+    raise CheckpointError(
+      directory, f"unsupported version {marker.get('version')!r} (expected {VERSION})"
+    )
+  config = ml_collections.ConfigDict(
+    _read_json(os.path.join(directory, "config.json"), directory, "config")
+  )
   params_dir = os.path.join(directory, "params")
   if not os.path.isdir(params_dir):
     raise CheckpointError(directory, "missing the 'params' directory")
   try:
     shapes = jax.eval_shape(lambda: models.init_params(config, jax.random.PRNGKey(0)))
   except Exception as e:
-    raise CheckpointError(directory, f"config.json does not describe the networks ({_brief(e)})") from e
+    raise CheckpointError(
+      directory, f"config.json does not describe the networks ({_brief(e)})"
+    ) from e
   like = {k: shapes[k] for k in INFERENCE_KEYS}
   try:
     with ocp.Checkpointer(ocp.StandardCheckpointHandler()) as ckptr:
@@ -210,7 +232,9 @@ def content_hash(directory: str | os.PathLike) -> str:
   return h.hexdigest()
 
 
-def provenance(directory: str | os.PathLike, config: Optional[ml_collections.ConfigDict] = None) -> dict:
+def provenance(
+  directory: str | os.PathLike, config: ml_collections.ConfigDict | None = None
+) -> dict:
   """Where an export came from, for a scan report.
 
   Returns {"checkpoint": absolute path, "checkpoint_sha256", "config_name" (config.name, or
@@ -246,10 +270,15 @@ def _check_shapes(directory: str, params: Any, like: Any) -> None:
     name = jax.tree_util.keystr(path)
     if path not in got or path not in want:
       where = "config.json" if path in want else "the stored params"
-      raise CheckpointError(directory, f"parameter {name} exists only in {where}: config.json does "
-                            "not match the stored parameters (edited after export?)")
+      raise CheckpointError(
+        directory,
+        f"parameter {name} exists only in {where}: config.json does "
+        "not match the stored parameters (edited after export?)",
+      )
     if tuple(got[path].shape) != tuple(want[path].shape):
       raise CheckpointError(
-          directory, f"parameter {name} has stored shape {tuple(got[path].shape)}, but config.json "
-          f"implies {tuple(want[path].shape)}: config.json does not match the stored parameters "
-          "(edited after export?); use the config.json it was exported with")
+        directory,
+        f"parameter {name} has stored shape {tuple(got[path].shape)}, but config.json "
+        f"implies {tuple(want[path].shape)}: config.json does not match the stored parameters "
+        "(edited after export?); use the config.json it was exported with",
+      )

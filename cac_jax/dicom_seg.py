@@ -19,7 +19,7 @@ pydicom's code dictionary).
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -36,18 +36,30 @@ def _segment_descriptions():
   import highdicom as hd  # pylint: disable=g-import-not-at-top
   from pydicom.sr.codedict import codes  # pylint: disable=g-import-not-at-top
   from pydicom.sr.coding import Code  # pylint: disable=g-import-not-at-top
-  regions = {labels_lib.LAD: codes.SCT.AnteriorDescendingBranchOfLeftCoronaryArtery,
-             labels_lib.LCX: codes.SCT.CircumflexCoronaryArtery, labels_lib.RCA: codes.SCT.RightCoronaryArtery,
-             labels_lib.AORTA: codes.SCT.Aorta, labels_lib.AORTIC_VALVE: codes.SCT.AorticValve,
-             labels_lib.MITRAL_VALVE: codes.SCT.MitralValve}
-  algorithm = hd.AlgorithmIdentificationSequence(name="cac_jax", version=cac_jax.__version__,
-                                                 family=codes.cid7162.ArtificialIntelligence)
-  return [hd.seg.SegmentDescription(
-      segment_number=cls, segment_label=f"{labels_lib.CLASS_DISPLAY_NAMES[cls]} calcium",
+
+  regions = {
+    labels_lib.LAD: codes.SCT.AnteriorDescendingBranchOfLeftCoronaryArtery,
+    labels_lib.LCX: codes.SCT.CircumflexCoronaryArtery,
+    labels_lib.RCA: codes.SCT.RightCoronaryArtery,
+    labels_lib.AORTA: codes.SCT.Aorta,
+    labels_lib.AORTIC_VALVE: codes.SCT.AorticValve,
+    labels_lib.MITRAL_VALVE: codes.SCT.MitralValve,
+  }
+  algorithm = hd.AlgorithmIdentificationSequence(
+    name="cac_jax", version=cac_jax.__version__, family=codes.cid7162.ArtificialIntelligence
+  )
+  return [
+    hd.seg.SegmentDescription(
+      segment_number=cls,
+      segment_label=f"{labels_lib.CLASS_DISPLAY_NAMES[cls]} calcium",
       segmented_property_category=codes.cid7150.MorphologicallyAbnormalStructure,
       segmented_property_type=Code("18115005", "SCT", "Calcification"),
-      algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
-      anatomic_regions=[regions[cls]]) for cls in sorted(regions)]
+      algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
+      algorithm_identification=algorithm,
+      anatomic_regions=[regions[cls]],
+    )
+    for cls in sorted(regions)
+  ]
 
 
 def build_seg(classes_source: np.ndarray, sources: Sequence):
@@ -63,27 +75,42 @@ def build_seg(classes_source: np.ndarray, sources: Sequence):
   from different studies or of different sizes.
   """
   import highdicom as hd  # pylint: disable=g-import-not-at-top
+
   classes_source = np.asarray(classes_source)
   if classes_source.shape[0] != len(sources):
     raise ValueError(f"{classes_source.shape[0]} label slices for {len(sources)} DICOM files")
   rows, cols = int(sources[0].Rows), int(sources[0].Columns)
   if classes_source.shape[1:] != (rows, cols):
-    raise ValueError(f"label slices {classes_source.shape[1:]} differ from the DICOM matrix {(rows, cols)}")
+    raise ValueError(
+      f"label slices {classes_source.shape[1:]} differ from the DICOM matrix {(rows, cols)}"
+    )
   return hd.seg.Segmentation(
-      source_images=list(sources), pixel_array=classes_source.astype(np.uint8),
-      segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=_segment_descriptions(),
-      series_instance_uid=hd.UID(), series_number=9001, sop_instance_uid=hd.UID(), instance_number=1,
-      manufacturer="cac_jax", manufacturer_model_name="cac_jax calcium scoring", software_versions=cac_jax.__version__,
-      device_serial_number="none", series_description="CAC research segmentation (not for clinical use)")
+    source_images=list(sources),
+    pixel_array=classes_source.astype(np.uint8),
+    segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+    segment_descriptions=_segment_descriptions(),
+    series_instance_uid=hd.UID(),
+    series_number=9001,
+    sop_instance_uid=hd.UID(),
+    instance_number=1,
+    manufacturer="cac_jax",
+    manufacturer_model_name="cac_jax calcium scoring",
+    software_versions=cac_jax.__version__,
+    device_serial_number="none",
+    series_description="CAC research segmentation (not for clinical use)",
+  )
 
 
 def read_sources(source_files: Sequence[str]) -> list:
   """The series' files as pydicom datasets without pixel data (what SEG and SR reference)."""
   import pydicom  # pylint: disable=g-import-not-at-top
+
   return [pydicom.dcmread(f, stop_before_pixels=True) for f in source_files]
 
 
-def writers(classes_source: np.ndarray, scores: dict, source_files: Sequence[str]) -> tuple[dict, list[str]]:
+def writers(
+  classes_source: np.ndarray, scores: dict, source_files: Sequence[str]
+) -> tuple[dict, list[str]]:
   """({SEG_FILE: write(path), SR_FILE: write(path)}, notes) for `pipeline.write_outputs`.
 
   DICOM outputs are a convenience on top of the scan's results: a series highdicom cannot
@@ -107,6 +134,7 @@ def read_seg_labels(path: str, source_files: Sequence[str]) -> np.ndarray:
   k on `source_files[k]` (matched by SOP Instance UID, not by frame order)."""
   import highdicom as hd  # pylint: disable=g-import-not-at-top
   import pydicom  # pylint: disable=g-import-not-at-top
+
   seg = hd.seg.segread(path)
   uids = [pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID for f in source_files]
   rows, cols = int(seg.Rows), int(seg.Columns)
@@ -115,16 +143,21 @@ def read_seg_labels(path: str, source_files: Sequence[str]) -> np.ndarray:
   for k, uid in enumerate(uids):
     if uid not in present:
       continue
-    pix = seg.get_pixels_by_source_instance(source_sop_instance_uids=[uid], combine_segments=True,
-                                            skip_overlap_checks=True)
+    pix = seg.get_pixels_by_source_instance(
+      source_sop_instance_uids=[uid], combine_segments=True, skip_overlap_checks=True
+    )
     out[k] = pix[0]
   return out
 
 
-
 SR_FILE = "calcium_sr.dcm"
-_SR_SITES = (("LAD", labels_lib.LAD), ("LCX", labels_lib.LCX), ("RCA", labels_lib.RCA), ("total", None),
-             ("aortic_valve", labels_lib.AORTIC_VALVE))
+_SR_SITES = (
+  ("LAD", labels_lib.LAD),
+  ("LCX", labels_lib.LCX),
+  ("RCA", labels_lib.RCA),
+  ("total", None),
+  ("aortic_valve", labels_lib.AORTIC_VALVE),
+)
 
 
 def build_sr(scores: dict, sources: Sequence):
@@ -139,30 +172,61 @@ def build_sr(scores: dict, sources: Sequence):
   import highdicom as hd  # pylint: disable=g-import-not-at-top
   from pydicom.sr.codedict import codes  # pylint: disable=g-import-not-at-top
   from pydicom.sr.coding import Code  # pylint: disable=g-import-not-at-top
-  sites = {labels_lib.LAD: codes.SCT.AnteriorDescendingBranchOfLeftCoronaryArtery,
-           labels_lib.LCX: codes.SCT.CircumflexCoronaryArtery, labels_lib.RCA: codes.SCT.RightCoronaryArtery,
-           None: codes.SCT.CoronaryArtery, labels_lib.AORTIC_VALVE: codes.SCT.AorticValve}
+
+  sites = {
+    labels_lib.LAD: codes.SCT.AnteriorDescendingBranchOfLeftCoronaryArtery,
+    labels_lib.LCX: codes.SCT.CircumflexCoronaryArtery,
+    labels_lib.RCA: codes.SCT.RightCoronaryArtery,
+    None: codes.SCT.CoronaryArtery,
+    labels_lib.AORTIC_VALVE: codes.SCT.AorticValve,
+  }
   groups = []
   for key, cls in _SR_SITES:
     s = scores[key]
     measurements = [
-        hd.sr.Measurement(name=codes.DCM.CalciumScore, value=float(s["agatston"]), unit=Code("1", "UCUM", "no units"),
-                          method=codes.DCM.AgatstonScoringMethod),
-        hd.sr.Measurement(name=codes.DCM.CalciumVolume, value=float(s["volume_mm3"]),
-                          unit=Code("mm3", "UCUM", "cubic millimeter"))]
+      hd.sr.Measurement(
+        name=codes.DCM.CalciumScore,
+        value=float(s["agatston"]),
+        unit=Code("1", "UCUM", "no units"),
+        method=codes.DCM.AgatstonScoringMethod,
+      ),
+      hd.sr.Measurement(
+        name=codes.DCM.CalciumVolume,
+        value=float(s["volume_mm3"]),
+        unit=Code("mm3", "UCUM", "cubic millimeter"),
+      ),
+    ]
     if scores.get("mass_calibrated"):
-      measurements.append(hd.sr.Measurement(name=codes.DCM.CalciumMass, value=float(s["mass"]),
-                                            unit=Code("mg", "UCUM", "milligram")))
-    groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+      measurements.append(
+        hd.sr.Measurement(
+          name=codes.DCM.CalciumMass, value=float(s["mass"]), unit=Code("mg", "UCUM", "milligram")
+        )
+      )
+    groups.append(
+      hd.sr.MeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier=key),
-        finding_sites=[hd.sr.FindingSite(sites[cls])], measurements=measurements))
+        finding_sites=[hd.sr.FindingSite(sites[cls])],
+        measurements=measurements,
+      )
+    )
   device = hd.sr.ObserverContext(
-      observer_type=codes.DCM.Device,
-      observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
-          uid=hd.UID(), name="cac_jax", model_name=f"cac_jax {cac_jax.__version__} (research use only)"))
-  report = hd.sr.MeasurementReport(observation_context=hd.sr.ObservationContext(observer_device_context=device),
-                                   procedure_reported=codes.SCT.CardiacCTForCalciumScoring,
-                                   imaging_measurements=groups)
-  return hd.sr.Comprehensive3DSR(evidence=list(sources), content=report[0], series_instance_uid=hd.UID(),
-                                 series_number=9002, sop_instance_uid=hd.UID(), instance_number=1,
-                                 manufacturer="cac_jax", series_description="CAC research scores (not for clinical use)")
+    observer_type=codes.DCM.Device,
+    observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+      uid=hd.UID(), name="cac_jax", model_name=f"cac_jax {cac_jax.__version__} (research use only)"
+    ),
+  )
+  report = hd.sr.MeasurementReport(
+    observation_context=hd.sr.ObservationContext(observer_device_context=device),
+    procedure_reported=codes.SCT.CardiacCTForCalciumScoring,
+    imaging_measurements=groups,
+  )
+  return hd.sr.Comprehensive3DSR(
+    evidence=list(sources),
+    content=report[0],
+    series_instance_uid=hd.UID(),
+    series_number=9002,
+    sop_instance_uid=hd.UID(),
+    instance_number=1,
+    manufacturer="cac_jax",
+    series_description="CAC research scores (not for clinical use)",
+  )

@@ -20,23 +20,18 @@ report.html (all of it, with the cases' overlays; opens from disk), and returns 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import csv
 import dataclasses
 import io
 import math
 import os
-from typing import Optional, Sequence
 
 import numpy as np
 
-from cac_jax import atomic
-from cac_jax import html_report
+from cac_jax import atomic, html_report, metrics, plots, scores, volume_io
 from cac_jax import labels as labels_lib
 from cac_jax import manifest as manifest_lib
-from cac_jax import metrics
-from cac_jax import plots
-from cac_jax import scores
-from cac_jax import volume_io
 
 PREDICTION_FILE = "calcium_labels.nii.gz"
 _CSV_FIELDS = tuple(f.name for f in dataclasses.fields(metrics.StructureMetrics))
@@ -54,11 +49,11 @@ class CaseResult:
   case_id: str
   spacing: tuple[float, float, float]
   metrics: dict[str, metrics.StructureMetrics]
-  agatston_ref: Optional[float] = None
-  agatston_pred: Optional[float] = None
-  left_main_ref_mm3: Optional[float] = None
-  left_main_ref_agatston: Optional[float] = None
-  left_main_found_as_lad: Optional[float] = None  # share of the reference left-main volume
+  agatston_ref: float | None = None
+  agatston_pred: float | None = None
+  left_main_ref_mm3: float | None = None
+  left_main_ref_agatston: float | None = None
+  left_main_found_as_lad: float | None = None  # share of the reference left-main volume
 
 
 @dataclasses.dataclass(frozen=True)
@@ -75,11 +70,11 @@ class EvaluationResults:
   cases: list[CaseResult]
   summary: dict[str, metrics.StructureSummary]
   spearman: dict[str, metrics.SpearmanResult]
-  bland_altman: Optional[metrics.BlandAltman]
+  bland_altman: metrics.BlandAltman | None
   bland_altman_note: str
-  kappa: Optional[metrics.KappaResult]
+  kappa: metrics.KappaResult | None
   kappa_note: str
-  split: Optional[str] = None
+  split: str | None = None
   missing: list[str] = dataclasses.field(default_factory=list)
   unlabelled: list[str] = dataclasses.field(default_factory=list)
 
@@ -104,8 +99,9 @@ def _evaluate_case(row: manifest_lib.ManifestRow, pred_path: str) -> CaseResult:
   return CaseResult(row.id, scan.spacing, result, ag_ref, ag_pred, lm_mm3, lm_agatston, lm_found)
 
 
-def evaluate_dataset(predictions_dir: str, manifest_csv: str, split: Optional[str] = None,
-                     allow_missing: bool = False) -> EvaluationResults:
+def evaluate_dataset(
+  predictions_dir: str, manifest_csv: str, split: str | None = None, allow_missing: bool = False
+) -> EvaluationResults:
   """Evaluate predictions of every labelled manifest case (of `split`, if given).
 
   Raises:
@@ -118,13 +114,17 @@ def evaluate_dataset(predictions_dir: str, manifest_csv: str, split: Optional[st
   pred_paths = {r.id: os.path.join(predictions_dir, r.id, PREDICTION_FILE) for r in rows}
   missing = [i for i, p in pred_paths.items() if not os.path.isfile(p)]
   if missing and not allow_missing:
-    raise ValueError(f"missing prediction(s) for {len(missing)} case(s): {', '.join(missing)} "
-                     f"(expected {os.path.join(predictions_dir, '<id>', PREDICTION_FILE)}; "
-                     "pass --allow_missing to skip them)")
+    raise ValueError(
+      f"missing prediction(s) for {len(missing)} case(s): {', '.join(missing)} "
+      f"(expected {os.path.join(predictions_dir, '<id>', PREDICTION_FILE)}; "
+      "pass --allow_missing to skip them)"
+    )
   rows = [r for r in rows if r.id not in missing]
   if not rows:
-    raise ValueError(f"no labelled case with a prediction to evaluate in {manifest_csv}"
-                     + (f" (split {split!r})" if split else ""))
+    raise ValueError(
+      f"no labelled case with a prediction to evaluate in {manifest_csv}"
+      + (f" (split {split!r})" if split else "")
+    )
   cases = [_evaluate_case(r, pred_paths[r.id]) for r in rows]
   return _summarise(cases, split, missing, unlabelled)
 
@@ -134,10 +134,12 @@ def _summarise(cases: Sequence[CaseResult], split, missing, unlabelled) -> Evalu
   summary = metrics.aggregate(per_scan)
   corr = {}
   for name in metrics.STRUCTURES:
-    corr[f"{name} volume"] = metrics.spearman([m[name].ref_mm3 for m in per_scan],
-                                              [m[name].pred_mm3 for m in per_scan])
-    corr[f"{name} lesions"] = metrics.spearman([m[name].ref_lesions for m in per_scan],
-                                               [m[name].pred_lesions for m in per_scan])
+    corr[f"{name} volume"] = metrics.spearman(
+      [m[name].ref_mm3 for m in per_scan], [m[name].pred_mm3 for m in per_scan]
+    )
+    corr[f"{name} lesions"] = metrics.spearman(
+      [m[name].ref_lesions for m in per_scan], [m[name].pred_lesions for m in per_scan]
+    )
   ref_vol = [m["total"].ref_mm3 for m in per_scan]
   pred_vol = [m["total"].pred_mm3 for m in per_scan]
   try:
@@ -149,8 +151,18 @@ def _summarise(cases: Sequence[CaseResult], split, missing, unlabelled) -> Evalu
   corr["total Agatston"] = metrics.spearman(ag_ref, ag_pred)
   kappa = metrics.agatston_kappa(ag_ref, ag_pred)
   kappa_note = kappa.note
-  return EvaluationResults(list(cases), summary, corr, ba, ba_note, kappa, kappa_note, split,
-                           list(missing), list(unlabelled))
+  return EvaluationResults(
+    list(cases),
+    summary,
+    corr,
+    ba,
+    ba_note,
+    kappa,
+    kappa_note,
+    split,
+    list(missing),
+    list(unlabelled),
+  )
 
 
 def _fmt(x: float, digits: int = 3) -> str:
@@ -164,22 +176,31 @@ def _left_main_lines(cases: Sequence[CaseResult]) -> list[str]:
     return []
   vols = np.array([c.left_main_ref_mm3 for c in lm])
   found = np.array([c.left_main_found_as_lad for c in lm])
-  return ["", "## Left main (reference labels separate it)", "",
-          f"{len(lm)} of {len(cases)} scans have left-main calcium in the reference: {vols.mean():.1f} "
-          f"({vols.std():.1f}) mm³ per such scan; share of it predicted as LAD (the network's LAD "
-          f"class includes the left main): {found.mean():.2f} ({found.std():.2f})."]
+  return [
+    "",
+    "## Left main (reference labels separate it)",
+    "",
+    f"{len(lm)} of {len(cases)} scans have left-main calcium in the reference: {vols.mean():.1f} "
+    f"({vols.std():.1f}) mm³ per such scan; share of it predicted as LAD (the network's LAD "
+    f"class includes the left main): {found.mean():.2f} ({found.std():.2f}).",
+  ]
 
 
 def results_markdown(results: EvaluationResults) -> str:
   """The report as markdown (the main table: mean (SD) per structure, then details)."""
   n = len(results.cases)
   title = "# CAC evaluation" + (f" (split {results.split})" if results.split else "")
-  lines = [title, "", f"{n} scans evaluated. Cells are mean (SD) over scans; sensitivity only over "
-           "scans with reference calcium of the structure (n ref), F1 over scans where it is defined "
-           "(n given when fewer than all scans).", "",
-           "| structure | n ref | volume sensitivity | FP volume (mm³) | F1 | lesion sensitivity | "
-           "FP lesions/scan | lesion F1 |",
-           "|---|---|---|---|---|---|---|---|"]
+  lines = [
+    title,
+    "",
+    f"{n} scans evaluated. Cells are mean (SD) over scans; sensitivity only over "
+    "scans with reference calcium of the structure (n ref), F1 over scans where it is defined "
+    "(n given when fewer than all scans).",
+    "",
+    "| structure | n ref | volume sensitivity | FP volume (mm³) | F1 | lesion sensitivity | "
+    "FP lesions/scan | lesion F1 |",
+    "|---|---|---|---|---|---|---|---|",
+  ]
   for name in metrics.STRUCTURES:
     s = results.summary[name]
     cells = []
@@ -190,33 +211,52 @@ def results_markdown(results: EvaluationResults) -> str:
         text += f" n={summ.n}"
       cells.append(text)
     lines.append(f"| {name} | {s.n_with_reference} | " + " | ".join(cells) + " |")
-  lines += ["", "## Pooled over scans", "",
-            "| structure | volume sensitivity | F1 | lesion sensitivity | lesion F1 | FP lesions (sum) |",
-            "|---|---|---|---|---|---|"]
+  lines += [
+    "",
+    "## Pooled over scans",
+    "",
+    "| structure | volume sensitivity | F1 | lesion sensitivity | lesion F1 | FP lesions (sum) |",
+    "|---|---|---|---|---|---|",
+  ]
   for name in metrics.STRUCTURES:
     s = results.summary[name]
-    lines.append(f"| {name} | {_fmt(s.pooled_sensitivity)} | {_fmt(s.pooled_f1)} | "
-                 f"{_fmt(s.pooled_lesion_sensitivity)} | {_fmt(s.pooled_lesion_f1)} | {s.fp_lesions_total} |")
+    lines.append(
+      f"| {name} | {_fmt(s.pooled_sensitivity)} | {_fmt(s.pooled_f1)} | "
+      f"{_fmt(s.pooled_lesion_sensitivity)} | {_fmt(s.pooled_lesion_f1)} | {s.fp_lesions_total} |"
+    )
   lines += _left_main_lines(results.cases)
-  lines += ["", "## Spearman correlation (reference vs prediction)", "", "| quantity | rho | p | n | note |",
-            "|---|---|---|---|---|"]
+  lines += [
+    "",
+    "## Spearman correlation (reference vs prediction)",
+    "",
+    "| quantity | rho | p | n | note |",
+    "|---|---|---|---|---|",
+  ]
   for key, r in results.spearman.items():
-    lines.append(f"| {key} | {_fmt(r.rho)} | {_fmt(r.pvalue)} | {r.n} | {r.note or r.p_method + ' p'} |")
+    lines.append(
+      f"| {key} | {_fmt(r.rho)} | {_fmt(r.pvalue)} | {r.n} | {r.note or r.p_method + ' p'} |"
+    )
   lines += ["", "## Bland-Altman, total coronary calcium volume (mm³)", ""]
   ba = results.bland_altman
   if ba is None:
     lines.append(f"Not computed: {results.bland_altman_note}")
   else:
-    lines.append(f"bias {_fmt(ba.bias)} mm³; 95% limits = {ba.formula()} (m = mean volume in mm³, "
-                 f"n={ba.n}); see bland_altman.png" + (f". {ba.note[0].upper()}{ba.note[1:]}" if ba.note else ""))
+    lines.append(
+      f"bias {_fmt(ba.bias)} mm³; 95% limits = {ba.formula()} (m = mean volume in mm³, "
+      f"n={ba.n}); see bland_altman.png"
+      + (f". {ba.note[0].upper()}{ba.note[1:]}" if ba.note else "")
+    )
   lines += ["", "## Agatston risk categories (linearly weighted kappa)", ""]
   k = results.kappa
   if k is None:
     lines.append(results.kappa_note)
   else:
     lines.append(f"kappa {_fmt(k.kappa)}" + (f" ({k.note})" if k.note else ""))
-    lines += ["", "| reference \\ prediction | " + " | ".join(metrics.AGATSTON_CATEGORY_NAMES) + " |",
-              "|---" * (len(metrics.AGATSTON_CATEGORY_NAMES) + 1) + "|"]
+    lines += [
+      "",
+      "| reference \\ prediction | " + " | ".join(metrics.AGATSTON_CATEGORY_NAMES) + " |",
+      "|---" * (len(metrics.AGATSTON_CATEGORY_NAMES) + 1) + "|",
+    ]
     for name, row in zip(metrics.AGATSTON_CATEGORY_NAMES, k.confusion):
       lines.append(f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |")
   if results.missing:
@@ -231,22 +271,33 @@ def results_csv_text(results: EvaluationResults) -> str:
   buf = io.StringIO()
   header = ["case_id", "spacing_z", "spacing_y", "spacing_x"]
   header += [f"{s}_{f}" for s in metrics.STRUCTURES for f in _CSV_FIELDS]
-  header += ["agatston_ref", "agatston_pred", "left_main_ref_mm3", "left_main_ref_agatston",
-             "left_main_found_as_lad"]
+  header += [
+    "agatston_ref",
+    "agatston_pred",
+    "left_main_ref_mm3",
+    "left_main_ref_agatston",
+    "left_main_found_as_lad",
+  ]
   w = csv.writer(buf, lineterminator="\n")
   w.writerow(header)
   for c in results.cases:
     row = [c.case_id, *c.spacing]
     row += [getattr(c.metrics[s], f) for s in metrics.STRUCTURES for f in _CSV_FIELDS]
-    row += ["" if c.agatston_ref is None else c.agatston_ref,
-            "" if c.agatston_pred is None else c.agatston_pred]
-    row += ["" if v is None else v
-            for v in (c.left_main_ref_mm3, c.left_main_ref_agatston, c.left_main_found_as_lad)]
+    row += [
+      "" if c.agatston_ref is None else c.agatston_ref,
+      "" if c.agatston_pred is None else c.agatston_pred,
+    ]
+    row += [
+      "" if v is None else v
+      for v in (c.left_main_ref_mm3, c.left_main_ref_agatston, c.left_main_found_as_lad)
+    ]
     w.writerow(["nan" if isinstance(v, float) and math.isnan(v) else v for v in row])
   return buf.getvalue()
 
 
-def write_report(results: EvaluationResults, output_dir: str, predictions_dir: Optional[str] = None) -> str:
+def write_report(
+  results: EvaluationResults, output_dir: str, predictions_dir: str | None = None
+) -> str:
   """Write results.md, results.csv, bland_altman.png and report.html into output_dir; return
   the markdown. report.html (`cac_jax.html_report`) holds the tables, a per-scan table, the
   Bland-Altman plot and, when `predictions_dir` is given, each case's overlay.png from
@@ -255,19 +306,45 @@ def write_report(results: EvaluationResults, output_dir: str, predictions_dir: O
   text = results_markdown(results)
   atomic.write_text(os.path.join(output_dir, "results.md"), text)
   atomic.write_text(os.path.join(output_dir, "results.csv"), results_csv_text(results))
-  ba_png = plots.bland_altman_plot([c.metrics["total"].ref_mm3 for c in results.cases],
-                                   [c.metrics["total"].pred_mm3 for c in results.cases],
-                                   os.path.join(output_dir, "bland_altman.png"),
-                                   "Total coronary calcium volume")
+  ba_png = plots.bland_altman_plot(
+    [c.metrics["total"].ref_mm3 for c in results.cases],
+    [c.metrics["total"].pred_mm3 for c in results.cases],
+    os.path.join(output_dir, "bland_altman.png"),
+    "Total coronary calcium volume",
+  )
   html_path = os.path.join(output_dir, "report.html")
-  rows = [[c.case_id, c.metrics["total"].ref_mm3, c.metrics["total"].pred_mm3, c.metrics["total"].sensitivity,
-           c.metrics["total"].f1, c.metrics["total"].fp_lesions,
-           "" if c.agatston_ref is None else c.agatston_ref, "" if c.agatston_pred is None else c.agatston_pred]
-          for c in results.cases]
-  parts = [html_report.markdown_to_html(text), "<h2>Per scan (total coronary calcium)</h2>",
-           html_report.table_html(["scan", "reference mm³", "predicted mm³", "sensitivity", "F1", "FP lesions",
-                                   "Agatston reference", "Agatston predicted"], rows),
-           "<h2>Figures</h2>", html_report.figure_html(ba_png, html_path, "Bland-Altman, total coronary calcium volume")]
+  rows = [
+    [
+      c.case_id,
+      c.metrics["total"].ref_mm3,
+      c.metrics["total"].pred_mm3,
+      c.metrics["total"].sensitivity,
+      c.metrics["total"].f1,
+      c.metrics["total"].fp_lesions,
+      "" if c.agatston_ref is None else c.agatston_ref,
+      "" if c.agatston_pred is None else c.agatston_pred,
+    ]
+    for c in results.cases
+  ]
+  parts = [
+    html_report.markdown_to_html(text),
+    "<h2>Per scan (total coronary calcium)</h2>",
+    html_report.table_html(
+      [
+        "scan",
+        "reference mm³",
+        "predicted mm³",
+        "sensitivity",
+        "F1",
+        "FP lesions",
+        "Agatston reference",
+        "Agatston predicted",
+      ],
+      rows,
+    ),
+    "<h2>Figures</h2>",
+    html_report.figure_html(ba_png, html_path, "Bland-Altman, total coronary calcium volume"),
+  ]
   for c in results.cases:
     overlay = os.path.join(predictions_dir, c.case_id, "overlay.png") if predictions_dir else None
     if overlay and os.path.isfile(overlay):

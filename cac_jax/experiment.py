@@ -19,28 +19,39 @@ is scored with or without false-positive reduction. All volumes in mm³, per sca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import dataclasses
 import json
 import os
-from typing import Any, Callable, Optional
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
-from cac_jax import atomic, checkpoints, html_report, manifest, metrics, phantoms, pipeline, plots, postprocess
+from cac_jax import (
+  atomic,
+  checkpoints,
+  html_report,
+  manifest,
+  metrics,
+  phantoms,
+  pipeline,
+  plots,
+  postprocess,
+)
 from cac_jax import gates as gates_lib
 from cac_jax import labels as labels_lib
 from cac_jax.train import data as data_lib
 from cac_jax.train import loop
 
 ROLES = {  # role: (phantom domain, split, config count field, seed offset)
-    "source_train": ("chest_ncct", "train", "n_source_train", 0),
-    "adapt_source": ("cardiac_ncct", "adapt", "n_adapt_source", 10_000),
-    "adapt_target": ("ccta", "adapt", "n_adapt_target", 20_000),
-    "ccta_test": ("ccta", "test", "n_ccta_test", 30_000),
-    "ncct_test": ("chest_ncct", "test", "n_ncct_test", 40_000),
-    "ccta_val": ("ccta", "val", "n_ccta_val", 50_000),
+  "source_train": ("chest_ncct", "train", "n_source_train", 0),
+  "adapt_source": ("cardiac_ncct", "adapt", "n_adapt_source", 10_000),
+  "adapt_target": ("ccta", "adapt", "n_adapt_target", 20_000),
+  "ccta_test": ("ccta", "test", "n_ccta_test", 30_000),
+  "ncct_test": ("chest_ncct", "test", "n_ncct_test", 40_000),
+  "ccta_val": ("ccta", "val", "n_ccta_val", 50_000),
 }
 
 
@@ -57,29 +68,38 @@ class Column:
 
 
 COLUMNS = (
-    Column("NCCT test", "ncct_test", "no_adaptation", True),
-    Column("CCTA Ladv+Lcls+FP red.", "ccta_test", "adv_cls", True),
-    Column("CCTA Ladv+Lcls", "ccta_test", "adv_cls", False),
-    Column("CCTA Ladv", "ccta_test", "adv_only", False),
-    Column("CCTA no adaptation", "ccta_test", "no_adaptation", False),
-    Column("CCTA no adaptation+FP red.", "ccta_test", "no_adaptation", True),
-    Column("CCTA oracle+FP red.", "ccta_test", "oracle", True),
-    Column("CCTA oracle", "ccta_test", "oracle", False),
-    Column("CCTA Ladv+Lcls+FP red., val-selected", "ccta_test", "adv_cls_val", True, "selected"),
-    Column("CCTA Ladv+Lcls, val-selected", "ccta_test", "adv_cls_val", False, "selected"),
-    Column("CCTA Ladv, val-selected", "ccta_test", "adv_only_val", False, "selected"),
+  Column("NCCT test", "ncct_test", "no_adaptation", True),
+  Column("CCTA Ladv+Lcls+FP red.", "ccta_test", "adv_cls", True),
+  Column("CCTA Ladv+Lcls", "ccta_test", "adv_cls", False),
+  Column("CCTA Ladv", "ccta_test", "adv_only", False),
+  Column("CCTA no adaptation", "ccta_test", "no_adaptation", False),
+  Column("CCTA no adaptation+FP red.", "ccta_test", "no_adaptation", True),
+  Column("CCTA oracle+FP red.", "ccta_test", "oracle", True),
+  Column("CCTA oracle", "ccta_test", "oracle", False),
+  Column("CCTA Ladv+Lcls+FP red., val-selected", "ccta_test", "adv_cls_val", True, "selected"),
+  Column("CCTA Ladv+Lcls, val-selected", "ccta_test", "adv_cls_val", False, "selected"),
+  Column("CCTA Ladv, val-selected", "ccta_test", "adv_only_val", False, "selected"),
 )
 ROWS = ("total", "LAD", "LCX", "RCA")
 MEASURES = (("sensitivity", "sensitivity"), ("fp_mm3", "FP volume (mm³)"), ("f1", "F1"))
 # Gap shares: (label, adapted column, source column, oracle column); like is compared with like.
 GAP_SHARES = (
-    ("Ladv", "CCTA Ladv", "CCTA no adaptation", "CCTA oracle"),
-    ("Ladv+Lcls", "CCTA Ladv+Lcls", "CCTA no adaptation", "CCTA oracle"),
-    ("Ladv+Lcls+FP red.", "CCTA Ladv+Lcls+FP red.", "CCTA no adaptation+FP red.", "CCTA oracle+FP red."),
-    ("Ladv, val-selected", "CCTA Ladv, val-selected", "CCTA no adaptation", "CCTA oracle"),
-    ("Ladv+Lcls, val-selected", "CCTA Ladv+Lcls, val-selected", "CCTA no adaptation", "CCTA oracle"),
-    ("Ladv+Lcls+FP red., val-selected", "CCTA Ladv+Lcls+FP red., val-selected", "CCTA no adaptation+FP red.",
-     "CCTA oracle+FP red."),
+  ("Ladv", "CCTA Ladv", "CCTA no adaptation", "CCTA oracle"),
+  ("Ladv+Lcls", "CCTA Ladv+Lcls", "CCTA no adaptation", "CCTA oracle"),
+  (
+    "Ladv+Lcls+FP red.",
+    "CCTA Ladv+Lcls+FP red.",
+    "CCTA no adaptation+FP red.",
+    "CCTA oracle+FP red.",
+  ),
+  ("Ladv, val-selected", "CCTA Ladv, val-selected", "CCTA no adaptation", "CCTA oracle"),
+  ("Ladv+Lcls, val-selected", "CCTA Ladv+Lcls, val-selected", "CCTA no adaptation", "CCTA oracle"),
+  (
+    "Ladv+Lcls+FP red., val-selected",
+    "CCTA Ladv+Lcls+FP red., val-selected",
+    "CCTA no adaptation+FP red.",
+    "CCTA oracle+FP red.",
+  ),
 )
 
 
@@ -89,8 +109,11 @@ def columns(config: ml_collections.ConfigDict) -> tuple[Column, ...]:
   e = config.experiment
   oracle = bool(e.get("oracle", False))
   selected = int(e.get("n_ccta_val", 0)) > 0 and int(config.adapt.get("snapshot_every", 0)) > 0
-  return tuple(c for c in COLUMNS
-               if (oracle or c.model != "oracle") and (selected or not c.model.endswith("_val")))
+  return tuple(
+    c
+    for c in COLUMNS
+    if (oracle or c.model != "oracle") and (selected or not c.model.endswith("_val"))
+  )
 
 
 def first_case_seed(role: str, seed: int) -> int:
@@ -99,7 +122,12 @@ def first_case_seed(role: str, seed: int) -> int:
   return seed * 100_000 + ROLES[role][3]
 
 
-def make_data(config: ml_collections.ConfigDict, data_dir: str, seed: int, log: Callable[[str], None] = lambda s: None) -> str:
+def make_data(
+  config: ml_collections.ConfigDict,
+  data_dir: str,
+  seed: int,
+  log: Callable[[str], None] = lambda s: None,
+) -> str:
   """Write every role's phantoms into data_dir (one manifest, split = role). Returns the manifest.
 
   Case seeds are disjoint across roles and experiment seeds. Existing complete data is reused.
@@ -115,7 +143,9 @@ def make_data(config: ml_collections.ConfigDict, data_dir: str, seed: int, log: 
     if not wanted[role]:
       continue
     log(f"phantoms: {wanted[role]} {domain} cases for {role}")
-    phantoms.write_dataset(data_dir, domain, wanted[role], first_case_seed(role, seed), config, split=role)
+    phantoms.write_dataset(
+      data_dir, domain, wanted[role], first_case_seed(role, seed), config, split=role
+    )
   with open(done_marker, "w", encoding="utf-8") as f:
     json.dump({"seed": seed, "counts": wanted}, f)
   return manifest_csv
@@ -141,7 +171,9 @@ def mean_f1(config, params_by_model: dict[str, Any], cases) -> dict[str, float]:
   return out
 
 
-def select_snapshot(config, adapt_dir: str, val_cases, log: Callable[[str], None] = lambda s: None) -> dict:
+def select_snapshot(
+  config, adapt_dir: str, val_cases, log: Callable[[str], None] = lambda s: None
+) -> dict:
   """Pick the adaptation snapshot with the best validation F1 (labelled CCTA: uses target labels).
 
   Every snapshot of `adapt_dir` (`cac_jax.train.loop.snapshots`) is scored on `val_cases`
@@ -151,20 +183,31 @@ def select_snapshot(config, adapt_dir: str, val_cases, log: Callable[[str], None
   path = os.path.join(adapt_dir, "selection.json")
   snaps = loop.snapshots(adapt_dir)
   if not snaps:
-    raise ValueError(f"{adapt_dir}: no adaptation snapshots to select from (config.adapt.snapshot_every)")
+    raise ValueError(
+      f"{adapt_dir}: no adaptation snapshots to select from (config.adapt.snapshot_every)"
+    )
   ids = [c.case_id for c in val_cases]
   if os.path.exists(path):
     with open(path, encoding="utf-8") as f:
       done = json.load(f)
     if done.get("val_cases") == ids and sorted(int(k) for k in done["f1_by_step"]) == sorted(snaps):
       return done
-  log(f"selecting an adaptation snapshot of {os.path.basename(adapt_dir)} on {len(val_cases)} labelled CCTA "
-      f"validation scans ({len(snaps)} snapshots)")
-  f1 = mean_f1(config, {str(k): checkpoints.load_inference(v)[0] for k, v in snaps.items()}, val_cases)
+  log(
+    f"selecting an adaptation snapshot of {os.path.basename(adapt_dir)} on {len(val_cases)} labelled CCTA "
+    f"validation scans ({len(snaps)} snapshots)"
+  )
+  f1 = mean_f1(
+    config, {str(k): checkpoints.load_inference(v)[0] for k, v in snaps.items()}, val_cases
+  )
   f1_by_step = {int(k): v for k, v in f1.items()}
   best = min(snaps, key=lambda k: (-np.nan_to_num(f1_by_step[k], nan=-1.0), k))
-  out = {"step": best, "export": snaps[best], "f1_by_step": {str(k): v for k, v in sorted(f1_by_step.items())},
-         "val_cases": ids, "note": "model selection with target (CCTA) labels: not unsupervised"}
+  out = {
+    "step": best,
+    "export": snaps[best],
+    "f1_by_step": {str(k): v for k, v in sorted(f1_by_step.items())},
+    "val_cases": ids,
+    "note": "model selection with target (CCTA) labels: not unsupervised",
+  }
   atomic.write_text(path, json.dumps(out, indent=1) + "\n")
   return out
 
@@ -173,7 +216,9 @@ def _provenance(manifest_csv: str, roles: str) -> dict:
   return data_lib.manifest_provenance([manifest_csv], roles)
 
 
-def train_models(config, manifest_csv: str, workdir: str, log: Callable[[str], None] = lambda s: None) -> dict[str, str]:
+def train_models(
+  config, manifest_csv: str, workdir: str, log: Callable[[str], None] = lambda s: None
+) -> dict[str, str]:
   """Train the source network, the two adapted variants and, as configured, the oracle and
   the validation-selected snapshots. Returns {model: export dir}."""
   exports = {}
@@ -181,22 +226,38 @@ def train_models(config, manifest_csv: str, workdir: str, log: Callable[[str], N
   exports["no_adaptation"] = os.path.join(src_dir, "export")
   if not checkpoints.is_exported(exports["no_adaptation"]):
     log("training the source network on labelled chest NCCT")
-    loop.train_source(config, src_dir, data_lib.sampler_streams(_load(manifest_csv, config, "source_train"), None,
-                                                                  config, config.seed,
-                                                                  _provenance(manifest_csv, "source_train")))
+    loop.train_source(
+      config,
+      src_dir,
+      data_lib.sampler_streams(
+        _load(manifest_csv, config, "source_train"),
+        None,
+        config,
+        config.seed,
+        _provenance(manifest_csv, "source_train"),
+      ),
+    )
   models_wanted = {c.model for c in columns(config)}
   if "oracle" in models_wanted:
     exports["oracle"] = os.path.join(workdir, "oracle", "export")
     if not checkpoints.is_exported(exports["oracle"]):
       log("training the oracle on labelled CCTA (adapt_target labels; adaptation never reads them)")
       labelled = _load(manifest_csv, config, "adapt_target", labels=True)
-      loop.train_source(config, os.path.join(workdir, "oracle"),
-                          data_lib.sampler_streams(labelled, None, config, config.seed,
-                                                   _provenance(manifest_csv, "adapt_target")))
+      loop.train_source(
+        config,
+        os.path.join(workdir, "oracle"),
+        data_lib.sampler_streams(
+          labelled, None, config, config.seed, _provenance(manifest_csv, "adapt_target")
+        ),
+      )
   source_params, _ = checkpoints.load_inference(exports["no_adaptation"])
-  adapt_data = data_lib.sampler_streams(_load(manifest_csv, config, "adapt_source"),
-                                        _load(manifest_csv, config, "adapt_target"), config, config.seed + 100,
-                                        _provenance(manifest_csv, "adapt_source + adapt_target"))
+  adapt_data = data_lib.sampler_streams(
+    _load(manifest_csv, config, "adapt_source"),
+    _load(manifest_csv, config, "adapt_target"),
+    config,
+    config.seed + 100,
+    _provenance(manifest_csv, "adapt_source + adapt_target"),
+  )
   for name, alpha in (("adv_cls", float(config.adapt.alpha)), ("adv_only", 0.0)):
     d = os.path.join(workdir, name)
     exports[name] = os.path.join(d, "export")
@@ -219,8 +280,9 @@ def column_settings(config, fp_reduction: bool) -> postprocess.FPReductionSettin
   return postprocess.FPReductionSettings.from_config(config.scoring, **off)
 
 
-def predict_raw(params_by_model: dict[str, Any], config, cases,
-                fp_reduction: bool) -> dict[str, list[tuple[np.ndarray, pipeline.Setup]]]:
+def predict_raw(
+  params_by_model: dict[str, Any], config, cases, fp_reduction: bool
+) -> dict[str, list[tuple[np.ndarray, pipeline.Setup]]]:
   """Raw network classes (before FP reduction) per model and case, as `launch.score` computes them
   with the settings of `column_settings(config, fp_reduction)` (`pipeline.prepare` and
   `pipeline.raw_classes`; the case's manifest domain, heart and aorta masks). The setup (threshold,
@@ -232,15 +294,22 @@ def predict_raw(params_by_model: dict[str, Any], config, cases,
   settings = column_settings(config, fp_reduction)
   out = {m: [] for m in params_by_model}
   for case in cases:
-    setup = pipeline.prepare(case.scan, config, settings, domain=case.domain, heart_mask=case.heart_mask,
-                             aorta_mask=case.aorta_mask)
+    setup = pipeline.prepare(
+      case.scan,
+      config,
+      settings,
+      domain=case.domain,
+      heart_mask=case.heart_mask,
+      aorta_mask=case.aorta_mask,
+    )
     for m, params in params_by_model.items():
       out[m].append((pipeline.raw_classes(setup, case.scan, params, config), setup))
   return out
 
 
-def evaluate_predictions(config, cases, raw: list[tuple[np.ndarray, pipeline.Setup]],
-                         fp_reduction: bool) -> list[dict]:
+def evaluate_predictions(
+  config, cases, raw: list[tuple[np.ndarray, pipeline.Setup]], fp_reduction: bool
+) -> list[dict]:
   """Per-scan metrics of `predict_raw(..., fp_reduction)`'s predictions after `pipeline.reduce`
   with the same settings (so a column's classes are `launch.score`'s labels)."""
   settings = column_settings(config, fp_reduction)
@@ -248,15 +317,24 @@ def evaluate_predictions(config, cases, raw: list[tuple[np.ndarray, pipeline.Set
   for case, (classes, setup) in zip(cases, raw):
     classes, _ = pipeline.reduce(setup, case.scan, classes, settings)
     vox = case.scan.voxel_volume_mm3
-    out.append({"id": case.case_id, "metrics": metrics.scan_metrics(case.labels, classes, case.scan.spacing),
-                "ref_mm3": float(np.isin(case.labels, labels_lib.CORONARY_CLASSES).sum() * vox),
-                "pred_mm3": float(np.isin(classes, labels_lib.CORONARY_CLASSES).sum() * vox),
-                "classes": classes})
+    out.append(
+      {
+        "id": case.case_id,
+        "metrics": metrics.scan_metrics(case.labels, classes, case.scan.spacing),
+        "ref_mm3": float(np.isin(case.labels, labels_lib.CORONARY_CLASSES).sum() * vox),
+        "pred_mm3": float(np.isin(classes, labels_lib.CORONARY_CLASSES).sum() * vox),
+        "classes": classes,
+      }
+    )
   return out
 
 
-def run(config: ml_collections.ConfigDict, workdir: str, seed: Optional[int] = None,
-        log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
+def run(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  seed: int | None = None,
+  log: Callable[[str], None] = lambda s: None,
+) -> dict[str, Any]:
   """Data, training, adaptation, selection and evaluation for one experiment seed.
 
   Returns {"table": {column: {row: {measure: (mean, sd, n)}}}, "per_scan", "exports",
@@ -272,7 +350,9 @@ def run(config: ml_collections.ConfigDict, workdir: str, seed: Optional[int] = N
   tests = {role: _load(manifest_csv, config, role) for role in {c.role for c in cols}}
   params = {m: checkpoints.load_inference(d)[0] for m, d in exports.items()}
   # A validation-selected snapshot that is the final generator reuses its predictions.
-  alias = {m: m[:-4] for m in params if m.endswith("_val") and _same_params(params[m], params[m[:-4]])}
+  alias = {
+    m: m[:-4] for m in params if m.endswith("_val") and _same_params(params[m], params[m[:-4]])
+  }
   table, per_scan, raw = {}, {}, {}
   log("scoring the test sets")
   # Each column is what launch.score gives with its settings: raw predictions per (model, test
@@ -285,8 +365,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, seed: Optional[int] = N
         got = predict_raw({m: params[m] for m in names}, config, tests[role], fp)
         raw.update({(m, role, fp): v for m, v in got.items()})
   for c in cols:
-    scans = evaluate_predictions(config, tests[c.role], raw[(alias.get(c.model, c.model), c.role, c.fp_reduction)],
-                                 c.fp_reduction)
+    scans = evaluate_predictions(
+      config,
+      tests[c.role],
+      raw[(alias.get(c.model, c.model), c.role, c.fp_reduction)],
+      c.fp_reduction,
+    )
     agg = metrics.aggregate([s["metrics"] for s in scans])
     table[c.name] = {r: {m: _cell(agg[r].per_scan[m]) for m, _ in MEASURES} for r in ROWS}
     per_scan[c.name] = scans
@@ -296,8 +380,16 @@ def run(config: ml_collections.ConfigDict, workdir: str, seed: Optional[int] = N
     if f"{m}_val" in exports and os.path.exists(p):
       with open(p, encoding="utf-8") as f:
         selection[m] = json.load(f)
-  return {"seed": seed, "table": table, "per_scan": per_scan, "exports": exports, "manifest": manifest_csv,
-          "columns": [c.name for c in cols], "gates": benchmark_gates(table), "selection": selection}
+  return {
+    "seed": seed,
+    "table": table,
+    "per_scan": per_scan,
+    "exports": exports,
+    "manifest": manifest_csv,
+    "columns": [c.name for c in cols],
+    "gates": benchmark_gates(table),
+    "selection": selection,
+  }
 
 
 def _same_params(a: dict, b: dict) -> bool:
@@ -307,10 +399,16 @@ def _same_params(a: dict, b: dict) -> bool:
 
 def benchmark_gates(table: dict) -> list[gates_lib.Gate]:
   """G1-G3 (`cac_jax.gates`) from one seed's table (total coronary, FP reduction on)."""
+
   def cell(col, m):
     return table[col]["total"][m][0] if col in table else float("nan")
-  return gates_lib.evaluate_gates(cell("NCCT test", "f1"), cell("NCCT test", "fp_mm3"),
-                                  cell("CCTA no adaptation+FP red.", "f1"), cell("CCTA oracle+FP red.", "f1"))
+
+  return gates_lib.evaluate_gates(
+    cell("NCCT test", "f1"),
+    cell("NCCT test", "fp_mm3"),
+    cell("CCTA no adaptation+FP red.", "f1"),
+    cell("CCTA oracle+FP red.", "f1"),
+  )
 
 
 def gap_shares(results: list[dict], n_resamples: int = 2000) -> dict[str, gates_lib.GapShare]:
@@ -320,18 +418,24 @@ def gap_shares(results: list[dict], n_resamples: int = 2000) -> dict[str, gates_
   for label, adapted, src, oracle in GAP_SHARES:
     if not all(c in results[0]["per_scan"] for c in (adapted, src, oracle)):
       continue
-    f1 = {c: [gates_lib.per_scan_f1([s["metrics"] for s in r["per_scan"][c]]) for r in results]
-          for c in (adapted, src, oracle)}
-    out[label] = gates_lib.bootstrap_gap_share(f1[adapted], f1[src], f1[oracle], n_resamples=n_resamples)
+    f1 = {
+      c: [gates_lib.per_scan_f1([s["metrics"] for s in r["per_scan"][c]]) for r in results]
+      for c in (adapted, src, oracle)
+    }
+    out[label] = gates_lib.bootstrap_gap_share(
+      f1[adapted], f1[src], f1[oracle], n_resamples=n_resamples
+    )
   return out
 
 
 def gap_shares_markdown(shares: dict[str, gates_lib.GapShare], over: str) -> str:
   lines = ["| adapted network | share of the oracle gap closed [95 % CI] |", "|---|---|"]
   lines += [f"| {label} | {s.format()} |" for label, s in shares.items()]
-  lines.append(f"\n(F1_adapted - F1_source) / (F1_oracle - F1_source), total coronary F1 per scan; mean over "
-               f"{over}; interval: bootstrap over test scans. val-selected = snapshot picked with labelled CCTA "
-               "(uses target labels).")
+  lines.append(
+    f"\n(F1_adapted - F1_source) / (F1_oracle - F1_source), total coronary F1 per scan; mean over "
+    f"{over}; interval: bootstrap over test scans. val-selected = snapshot picked with labelled CCTA "
+    "(uses target labels)."
+  )
   return "\n".join(lines)
 
 
@@ -370,10 +474,17 @@ def table_markdown(table: dict, over: str = "scans", which: str = "main") -> str
       for n in names:
         mean, sd, k = table[n][r][m]
         digits = 1 if m == "fp_mm3" else 2
-        cells.append("n/a" if not np.isfinite(mean) else
-                     f"{mean:.{digits}f} ({sd:.{digits}f})" if np.isfinite(sd) else f"{mean:.{digits}f}")
+        cells.append(
+          "n/a"
+          if not np.isfinite(mean)
+          else f"{mean:.{digits}f} ({sd:.{digits}f})"
+          if np.isfinite(sd)
+          else f"{mean:.{digits}f}"
+        )
       lines.append(f"| {r} | {label} | " + " | ".join(cells) + " |")
-  lines.append(f"\nmean (SD) over {over}; sensitivity and F1 over scans with reference calcium of that artery.")
+  lines.append(
+    f"\nmean (SD) over {over}; sensitivity and F1 over scans with reference calcium of that artery."
+  )
   return "\n".join(lines)
 
 
@@ -388,17 +499,31 @@ def report_markdown(results: list[dict]) -> str:
   parts = ["## Benchmark gates (total coronary calcium, FP reduction on, mean over test scans)"]
   for r in results:
     parts += [f"\nseed {r['seed']}:\n", gates_lib.gates_markdown(r["gates"])]
-  parts += ["\n## Table 2 on phantoms (CCTA test set never used in training or selection)\n",
-            table_markdown(table, over)]
+  parts += [
+    "\n## Table 2 on phantoms (CCTA test set never used in training or selection)\n",
+    table_markdown(table, over),
+  ]
   selected = table_markdown(table, over, which="selected")
   if selected:
-    steps = "; ".join(f"seed {r['seed']}: " + ", ".join(f"{m} step {v['step']} (val F1 {v['f1_by_step'][str(v['step'])]:.2f})"
-                                                      for m, v in r["selection"].items()) for r in results)
-    parts += ["\n## Snapshots picked with labelled CCTA validation scans (model selection with target labels)\n",
-              f"chosen: {steps}\n", selected]
+    steps = "; ".join(
+      f"seed {r['seed']}: "
+      + ", ".join(
+        f"{m} step {v['step']} (val F1 {v['f1_by_step'][str(v['step'])]:.2f})"
+        for m, v in r["selection"].items()
+      )
+      for r in results
+    )
+    parts += [
+      "\n## Snapshots picked with labelled CCTA validation scans (model selection with target labels)\n",
+      f"chosen: {steps}\n",
+      selected,
+    ]
   shares = gap_shares(results)
   if shares:
-    parts += ["\n## Share of the oracle gap that adaptation closes\n", gap_shares_markdown(shares, over)]
+    parts += [
+      "\n## Share of the oracle gap that adaptation closes\n",
+      gap_shares_markdown(shares, over),
+    ]
   return "\n".join(parts)
 
 
@@ -407,38 +532,69 @@ def write_figures(result: dict, config, out_dir: str) -> dict[str, str]:
   and an overlay of the first CCTA test case. Returns {name: path}."""
   os.makedirs(out_dir, exist_ok=True)
   paths = {}
-  for col, tag in (("CCTA Ladv+Lcls+FP red.", "adapted"), ("CCTA no adaptation+FP red.", "no_adaptation")):
+  for col, tag in (
+    ("CCTA Ladv+Lcls+FP red.", "adapted"),
+    ("CCTA no adaptation+FP red.", "no_adaptation"),
+  ):
     scans = result["per_scan"][col]
     p = os.path.join(out_dir, f"bland_altman_ccta_{tag}.png")
-    plots.bland_altman_plot([s["ref_mm3"] for s in scans], [s["pred_mm3"] for s in scans], p,
-                            title=f"CCTA total coronary calcium volume: {col}")
+    plots.bland_altman_plot(
+      [s["ref_mm3"] for s in scans],
+      [s["pred_mm3"] for s in scans],
+      p,
+      title=f"CCTA total coronary calcium volume: {col}",
+    )
     paths[f"bland_altman_{tag}"] = p
   case = manifest.load_cases(result["manifest"], config, split="ccta_test")[0]
-  for col, tag in (("CCTA Ladv+Lcls+FP red.", "adapted"), ("CCTA no adaptation+FP red.", "no_adaptation")):
+  for col, tag in (
+    ("CCTA Ladv+Lcls+FP red.", "adapted"),
+    ("CCTA no adaptation+FP red.", "no_adaptation"),
+  ):
     p = os.path.join(out_dir, f"overlay_ccta_{tag}.png")
-    plots.overlay_png(case.scan.hu, result["per_scan"][col][0]["classes"], p, case.scan.spacing, title=f"{case.case_id}: {col}")
+    plots.overlay_png(
+      case.scan.hu,
+      result["per_scan"][col][0]["classes"],
+      p,
+      case.scan.spacing,
+      title=f"{case.case_id}: {col}",
+    )
     paths[f"overlay_{tag}"] = p
   p = os.path.join(out_dir, "overlay_ccta_reference.png")
-  plots.overlay_png(case.scan.hu, case.labels, p, case.scan.spacing, title=f"{case.case_id}: reference")
+  plots.overlay_png(
+    case.scan.hu, case.labels, p, case.scan.spacing, title=f"{case.case_id}: reference"
+  )
   paths["overlay_reference"] = p
   return paths
 
 
-def seeds_of(config: ml_collections.ConfigDict, seeds: Optional[list[int]] = None) -> list[int]:
+def seeds_of(config: ml_collections.ConfigDict, seeds: list[int] | None = None) -> list[int]:
   """The experiment seeds: `seeds` if given, else config.experiment.seeds, else [config.seed]."""
   if seeds:
     return [int(x) for x in seeds]
   return [int(x) for x in (config.experiment.get("seeds", None) or (config.seed,))]
 
 
-def run_seeds(config: ml_collections.ConfigDict, workdir: str, seeds: list[int],
-              log: Callable[[int, str], None] = lambda seed, s: None) -> list[dict]:
+def run_seeds(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  seeds: list[int],
+  log: Callable[[int, str], None] = lambda seed, s: None,
+) -> list[dict]:
   """`run` for each seed: in `workdir` itself for one seed, else in workdir/seed<S>."""
-  return [run(config, workdir if len(seeds) == 1 else os.path.join(workdir, f"seed{seed}"), seed,
-              log=lambda s, seed=seed: log(seed, s)) for seed in seeds]
+  return [
+    run(
+      config,
+      workdir if len(seeds) == 1 else os.path.join(workdir, f"seed{seed}"),
+      seed,
+      log=lambda s, seed=seed: log(seed, s),
+    )
+    for seed in seeds
+  ]
 
 
-def write_results(results: list[dict], config: ml_collections.ConfigDict, out_dir: str) -> tuple[str, dict[str, str]]:
+def write_results(
+  results: list[dict], config: ml_collections.ConfigDict, out_dir: str
+) -> tuple[str, dict[str, str]]:
   """Write the figures, table2.md (`report_markdown`), table2.json and report.html into out_dir.
 
   Returns (the markdown report, {name: path} of every file a user opens).
@@ -447,10 +603,20 @@ def write_results(results: list[dict], config: ml_collections.ConfigDict, out_di
   md = report_markdown(results)
   paths = dict(figures, table=os.path.join(out_dir, "table2.md"))
   atomic.write_text(paths["table"], md + "\n")
-  atomic.write_text(os.path.join(out_dir, "table2.json"), json.dumps(
-      {"seeds": [r["seed"] for r in results], "tables": [r["table"] for r in results],
-       "gates": [[dataclasses.asdict(g) for g in r["gates"]] for r in results],
-       "selection": [r["selection"] for r in results]}, indent=1) + "\n")
-  paths["html_report"] = html_report.reproduce_report(os.path.join(out_dir, "report.html"), md, figures,
-                                                      results[0]["per_scan"], results[0]["columns"])
+  atomic.write_text(
+    os.path.join(out_dir, "table2.json"),
+    json.dumps(
+      {
+        "seeds": [r["seed"] for r in results],
+        "tables": [r["table"] for r in results],
+        "gates": [[dataclasses.asdict(g) for g in r["gates"]] for r in results],
+        "selection": [r["selection"] for r in results],
+      },
+      indent=1,
+    )
+    + "\n",
+  )
+  paths["html_report"] = html_report.reproduce_report(
+    os.path.join(out_dir, "report.html"), md, figures, results[0]["per_scan"], results[0]["columns"]
+  )
   return md, paths

@@ -20,9 +20,9 @@ less than `MIN_ORACLE_GAP` F1. Its 95 % interval resamples test scans with repla
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 import dataclasses
 import math
-from typing import Mapping, Sequence
 
 import numpy as np
 
@@ -49,8 +49,9 @@ def _fmt(x: float, digits: int = 2) -> str:
   return "n/a" if not np.isfinite(x) else f"{x:.{digits}f}"
 
 
-def evaluate_gates(source_ncct_f1: float, source_ncct_fp_mm3: float, source_ccta_f1: float,
-                   oracle_ccta_f1: float) -> list[Gate]:
+def evaluate_gates(
+  source_ncct_f1: float, source_ncct_fp_mm3: float, source_ccta_f1: float, oracle_ccta_f1: float
+) -> list[Gate]:
   """G1-G3 from mean total-coronary F1 (and FP volume in mm³/scan) after FP reduction.
 
   Args:
@@ -58,32 +59,53 @@ def evaluate_gates(source_ncct_f1: float, source_ncct_fp_mm3: float, source_ccta
     source_ccta_f1: the NCCT network on the CCTA test scans.
     oracle_ccta_f1: the CCTA-trained oracle on the CCTA test scans (NaN: no oracle).
   """
-  g1 = (np.isfinite(source_ncct_f1) and np.isfinite(source_ncct_fp_mm3)
-        and source_ncct_f1 >= G1_MIN_F1 and source_ncct_fp_mm3 <= G1_MAX_FP_MM3)
+  g1 = (
+    np.isfinite(source_ncct_f1)
+    and np.isfinite(source_ncct_fp_mm3)
+    and source_ncct_f1 >= G1_MIN_F1
+    and source_ncct_fp_mm3 <= G1_MAX_FP_MM3
+  )
   g2_max = source_ncct_f1 - G2_MIN_DROP
   g2 = np.isfinite(source_ccta_f1) and np.isfinite(g2_max) and source_ccta_f1 <= g2_max
   g3_min = source_ccta_f1 + G3_MIN_GAIN
   g3 = np.isfinite(oracle_ccta_f1) and np.isfinite(g3_min) and oracle_ccta_f1 >= g3_min
   return [
-      Gate("G1", "source at home: NCCT network on NCCT test",
-           f"F1 {_fmt(source_ncct_f1)}, FP {_fmt(source_ncct_fp_mm3, 1)} mm³/scan",
-           f"F1 >= {G1_MIN_F1:.2f} and FP <= {G1_MAX_FP_MM3:.0f} mm³/scan", bool(g1)),
-      Gate("G2", "the shift hurts: NCCT network on CCTA test", f"F1 {_fmt(source_ccta_f1)}",
-           f"F1 <= G1 F1 - {G2_MIN_DROP:.2f} = {_fmt(g2_max)}", bool(g2)),
-      Gate("G3", "the target is learnable: CCTA oracle on CCTA test", f"F1 {_fmt(oracle_ccta_f1)}",
-           f"F1 >= G2 F1 + {G3_MIN_GAIN:.2f} = {_fmt(g3_min)}", bool(g3)),
+    Gate(
+      "G1",
+      "source at home: NCCT network on NCCT test",
+      f"F1 {_fmt(source_ncct_f1)}, FP {_fmt(source_ncct_fp_mm3, 1)} mm³/scan",
+      f"F1 >= {G1_MIN_F1:.2f} and FP <= {G1_MAX_FP_MM3:.0f} mm³/scan",
+      bool(g1),
+    ),
+    Gate(
+      "G2",
+      "the shift hurts: NCCT network on CCTA test",
+      f"F1 {_fmt(source_ccta_f1)}",
+      f"F1 <= G1 F1 - {G2_MIN_DROP:.2f} = {_fmt(g2_max)}",
+      bool(g2),
+    ),
+    Gate(
+      "G3",
+      "the target is learnable: CCTA oracle on CCTA test",
+      f"F1 {_fmt(oracle_ccta_f1)}",
+      f"F1 >= G2 F1 + {G3_MIN_GAIN:.2f} = {_fmt(g3_min)}",
+      bool(g3),
+    ),
   ]
 
 
 def gates_markdown(gates: Sequence[Gate]) -> str:
   lines = ["| gate | what | measured | pass if | result |", "|---|---|---|---|---|"]
   for g in gates:
-    lines.append(f"| {g.name} | {g.what} | {g.value} | {g.rule} | {'pass' if g.passed else 'FAIL'} |")
+    lines.append(
+      f"| {g.name} | {g.what} | {g.value} | {g.rule} | {'pass' if g.passed else 'FAIL'} |"
+    )
   return "\n".join(lines)
 
 
-def gap_share(f1_adapted: float, f1_source: float, f1_oracle: float,
-              min_gap: float = MIN_ORACLE_GAP) -> float:
+def gap_share(
+  f1_adapted: float, f1_source: float, f1_oracle: float, min_gap: float = MIN_ORACLE_GAP
+) -> float:
   """(F1_adapted - F1_source) / (F1_oracle - F1_source); NaN when the oracle gap < `min_gap`
   or any input is NaN."""
   gap = f1_oracle - f1_source
@@ -117,9 +139,14 @@ def _per_scan(values: Sequence[float]) -> np.ndarray:
   return np.asarray(values, dtype=float)
 
 
-def bootstrap_gap_share(adapted: Sequence[Sequence[float]], source: Sequence[Sequence[float]],
-                        oracle: Sequence[Sequence[float]], n_resamples: int = 2000, seed: int = 0,
-                        min_gap: float = MIN_ORACLE_GAP) -> GapShare:
+def bootstrap_gap_share(
+  adapted: Sequence[Sequence[float]],
+  source: Sequence[Sequence[float]],
+  oracle: Sequence[Sequence[float]],
+  n_resamples: int = 2000,
+  seed: int = 0,
+  min_gap: float = MIN_ORACLE_GAP,
+) -> GapShare:
   """Gap share of the mean over groups (seeds), with a 95 % percentile bootstrap interval.
 
   Args:
@@ -135,7 +162,9 @@ def bootstrap_gap_share(adapted: Sequence[Sequence[float]], source: Sequence[Seq
   """
   groups = [(_per_scan(a), _per_scan(s), _per_scan(o)) for a, s, o in zip(adapted, source, oracle)]
   if not groups or any(not (a.shape == s.shape == o.shape) for a, s, o in groups):
-    raise ValueError("adapted, source and oracle need the same number of groups and scans per group")
+    raise ValueError(
+      "adapted, source and oracle need the same number of groups and scans per group"
+    )
   n_scans = sum(a.size for a, _, _ in groups)
 
   def share(idx_per_group) -> float:
@@ -149,17 +178,28 @@ def bootstrap_gap_share(adapted: Sequence[Sequence[float]], source: Sequence[Seq
   point = share([np.arange(a.size) for a, _, _ in groups])
   if not np.isfinite(point):
     gaps = []
-    for a, s, o in groups:
+    for _, s, o in groups:
       with np.errstate(invalid="ignore"):
         gaps.append(np.nanmean(o) - np.nanmean(s))
-    note = "oracle F1 - source F1 = " + ", ".join(_fmt(g, 3) for g in gaps) + f", below {min_gap:.2f} or n/a"
+    note = (
+      "oracle F1 - source F1 = "
+      + ", ".join(_fmt(g, 3) for g in gaps)
+      + f", below {min_gap:.2f} or n/a"
+    )
     return GapShare(math.nan, math.nan, math.nan, n_scans, note)
   rng = np.random.default_rng(seed)
-  reps = np.array([share([rng.integers(a.size, size=a.size) for a, _, _ in groups]) for _ in range(n_resamples)])
+  reps = np.array(
+    [share([rng.integers(a.size, size=a.size) for a, _, _ in groups]) for _ in range(n_resamples)]
+  )
   ok = reps[np.isfinite(reps)]
   if ok.size < 0.95 * n_resamples:
-    return GapShare(point, math.nan, math.nan, n_scans,
-                    f"share undefined in {n_resamples - ok.size} of {n_resamples} resamples")
+    return GapShare(
+      point,
+      math.nan,
+      math.nan,
+      n_scans,
+      f"share undefined in {n_resamples - ok.size} of {n_resamples} resamples",
+    )
   low, high = np.percentile(ok, [2.5, 97.5])
   return GapShare(point, float(low), float(high), n_scans)
 

@@ -38,7 +38,6 @@ which is what `cac_jax.volume_io.read_scan` returns. Nothing here prints.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import numpy as np
 from scipy import ndimage
@@ -96,7 +95,7 @@ def _upsample(mask: np.ndarray, f, shape) -> np.ndarray:
   out = mask
   for ax, k in enumerate(f):
     out = np.repeat(out, k, axis=ax)
-  return out[:shape[0], :shape[1], :shape[2]]
+  return out[: shape[0], : shape[1], : shape[2]]
 
 
 def _between(m: np.ndarray, axis: int) -> np.ndarray:
@@ -130,7 +129,7 @@ def _lungs(hu: np.ndarray, spacing) -> np.ndarray:
   return keep[lab]
 
 
-def _spine_column(hu: np.ndarray, lungs: np.ndarray, spacing) -> Optional[tuple[int, int, int]]:
+def _spine_column(hu: np.ndarray, lungs: np.ndarray, spacing) -> tuple[int, int, int] | None:
   """(y of the anterior edge, first x, last x), coarse indices, of the spine (most posterior bony
   column), or None."""
   slices = lungs.any(axis=(1, 2))
@@ -143,8 +142,12 @@ def _spine_column(hu: np.ndarray, lungs: np.ndarray, spacing) -> Optional[tuple[
     return None
   area = np.bincount(lab.ravel(), minlength=n + 1)[1:] * spacing[1] * spacing[2]
   ys = ndimage.center_of_mass(column, lab, np.arange(1, n + 1))
-  lung_y = float(np.mean(np.nonzero(lungs.any(axis=(0, 2)))[0]))  # sternum and its cartilage are anterior
-  cands = [(c[0], i + 1) for i, c in enumerate(ys) if area[i] >= SPINE_MIN_AREA_MM2 and c[0] > lung_y]
+  lung_y = float(
+    np.mean(np.nonzero(lungs.any(axis=(0, 2)))[0])
+  )  # sternum and its cartilage are anterior
+  cands = [
+    (c[0], i + 1) for i, c in enumerate(ys) if area[i] >= SPINE_MIN_AREA_MM2 and c[0] > lung_y
+  ]
   if not cands:
     return None
   _, best = max(cands)
@@ -169,8 +172,15 @@ def find_heart(scan: Scan, dilation_mm: float = 10.0) -> AutoHeart:
   empty = np.zeros(scan.shape, bool)
   lungs = _lungs(hu, sp)
   if not lungs.any():
-    return AutoHeart(empty, False, 0.0, ("automatic heart region: no lungs in the field of view, "
-                                         "so no heart region (no heart in view?)",))
+    return AutoHeart(
+      empty,
+      False,
+      0.0,
+      (
+        "automatic heart region: no lungs in the field of view, "
+        "so no heart region (no heart in view?)",
+      ),
+    )
   medi = _between(lungs, 2) & ~lungs & (hu >= AIR_HU)
   notes = []
   spine = _spine_column(hu, lungs, sp)
@@ -178,14 +188,18 @@ def find_heart(scan: Scan, dilation_mm: float = 10.0) -> AutoHeart:
     y_front, x0, x1 = spine
     cut = y_front - int(np.ceil(dilation_mm / sp[1]))
     margin = int(np.ceil(dilation_mm / sp[2]))
-    medi[:, max(cut, 0):, max(x0 - margin, 0):x1 + margin + 1] = False
+    medi[:, max(cut, 0) :, max(x0 - margin, 0) : x1 + margin + 1] = False
   else:
     notes.append("automatic heart region: spine not found, region not cut in front of it")
   blob = _ball_open(medi, sp, OPEN_RADIUS_MM) & medi
   lab, n = ndimage.label(blob)
   if n == 0:
-    return AutoHeart(empty, False, 0.0, ("automatic heart region: no mediastinal blob between the "
-                                         "lungs (no heart in view?)",))
+    return AutoHeart(
+      empty,
+      False,
+      0.0,
+      ("automatic heart region: no mediastinal blob between the lungs (no heart in view?)",),
+    )
   sizes = np.bincount(lab.ravel(), minlength=n + 1)[1:]
   heart = lab == 1 + int(np.argmax(sizes))
   if RECONSTRUCT_MM > 0:  # give back the mediastinum the opening rounded off near the blob
@@ -194,15 +208,23 @@ def find_heart(scan: Scan, dilation_mm: float = 10.0) -> AutoHeart:
   volume_ml = float(heart.sum() * np.prod(sp) / 1000.0)
   height_mm = float(heart.any(axis=(1, 2)).sum() * sp[0])
   if volume_ml < MIN_HEART_ML or height_mm < MIN_HEART_HEIGHT_MM:
-    return AutoHeart(empty, False, volume_ml, (
+    return AutoHeart(
+      empty,
+      False,
+      volume_ml,
+      (
         f"automatic heart region: the largest mediastinal blob ({volume_ml:.0f} mL, {height_mm:.0f} mm "
         f"tall) is smaller than a heart (>= {MIN_HEART_ML:.0f} mL, >= {MIN_HEART_HEIGHT_MM:.0f} mm): "
-        "no heart in view?",))
+        "no heart in view?",
+      ),
+    )
   mask = _upsample(heart, f, scan.shape)
   volume_ml = float(mask.sum() * scan.voxel_volume_mm3 / 1000.0)
   if volume_ml > MAX_PLAUSIBLE_ML:
-    notes.append(f"automatic heart region is {volume_ml:.0f} mL (> {MAX_PLAUSIBLE_ML:.0f} mL): it probably holds "
-                 "non-cardiac tissue; check overlay.png or give a heart mask")
+    notes.append(
+      f"automatic heart region is {volume_ml:.0f} mL (> {MAX_PLAUSIBLE_ML:.0f} mL): it probably holds "
+      "non-cardiac tissue; check overlay.png or give a heart mask"
+    )
   return AutoHeart(mask, True, volume_ml, tuple(notes))
 
 
@@ -213,8 +235,13 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
   return 1.0 if total == 0 else 2.0 * float((a & b).sum()) / total
 
 
-def measure(scan: Scan, heart_mask: np.ndarray, coronary: Optional[np.ndarray] = None,
-            dilation_mm: float = 10.0, bone: Optional[np.ndarray] = None) -> dict:
+def measure(
+  scan: Scan,
+  heart_mask: np.ndarray,
+  coronary: np.ndarray | None = None,
+  dilation_mm: float = 10.0,
+  bone: np.ndarray | None = None,
+) -> dict:
   """How the automatic region of `scan` compares with a reference heart mask.
 
   Args:
@@ -234,11 +261,17 @@ def measure(scan: Scan, heart_mask: np.ndarray, coronary: Optional[np.ndarray] =
   found = find_heart(scan, dilation_mm)
   region = postprocess.heart_region(found.mask, scan.spacing, dilation_mm)
   reference = postprocess.heart_region(heart_mask, scan.spacing, dilation_mm)
-  out = {"found": found.found, "dice": dice(found.mask, heart_mask),
-         "volume_ratio": float(region.sum()) / max(int(reference.sum()), 1)}
+  out = {
+    "found": found.found,
+    "dice": dice(found.mask, heart_mask),
+    "volume_ratio": float(region.sum()) / max(int(reference.sum()), 1),
+  }
   if coronary is not None:
     out.update(coronary_voxels=int(coronary.sum()), coronary_inside=int((coronary & region).sum()))
   if bone is not None:
     ml = scan.voxel_volume_mm3 / 1000.0
-    out.update(bone_ml=float((bone & region).sum() * ml), bone_ml_reference=float((bone & reference).sum() * ml))
+    out.update(
+      bone_ml=float((bone & region).sum() * ml),
+      bone_ml_reference=float((bone & reference).sum() * ml),
+    )
   return out

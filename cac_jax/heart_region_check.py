@@ -14,7 +14,7 @@ import os
 
 import numpy as np
 
-from cac_jax import heart_region, volume_io, phantoms
+from cac_jax import heart_region, phantoms, volume_io
 from cac_jax.labels import CORONARY_CLASSES
 from cac_jax.phantoms.anatomy import TISSUE
 
@@ -30,8 +30,11 @@ def run(config, n: int, first_seed: int, real_pairs=()) -> list[dict]:
       sim = phantoms.simulate(domain, seed, config, track_tissue=True)
       case = sim.case
       bone = np.isin(sim.tissue, [TISSUE["cortical_bone"], TISSUE["trabecular_bone"]])
-      ms.append(heart_region.measure(case.scan, case.heart_mask, np.isin(case.labels, CORONARY_CLASSES), dilation,
-                                     bone))
+      ms.append(
+        heart_region.measure(
+          case.scan, case.heart_mask, np.isin(case.labels, CORONARY_CLASSES), dilation, bone
+        )
+      )
     rows.append(_summary(f"phantoms {domain}", ms))
   for image, mask in real_pairs:
     scan = volume_io.read_scan(image)
@@ -44,25 +47,39 @@ def _summary(name: str, ms: list[dict]) -> dict:
   with_calcium = [m for m in ms if m.get("coronary_voxels")]
   inside = sum(m["coronary_inside"] for m in with_calcium)
   total = sum(m["coronary_voxels"] for m in with_calcium)
-  return {"data": name, "n": len(ms), "found": sum(m["found"] for m in ms),
-          "share_pooled": inside / total if total else None,
-          "share_min": min((m["coronary_inside"] / m["coronary_voxels"] for m in with_calcium), default=None),
-          "volume_ratio": float(np.mean([m["volume_ratio"] for m in ms])),
-          "volume_ratio_max": float(np.max([m["volume_ratio"] for m in ms])),
-          "dice": float(np.mean([m["dice"] for m in ms])),
-          "bone_ml": float(np.mean([m["bone_ml"] for m in ms])) if "bone_ml" in ms[0] else None,
-          "bone_ml_reference": float(np.mean([m["bone_ml_reference"] for m in ms])) if "bone_ml" in ms[0] else None}
+  return {
+    "data": name,
+    "n": len(ms),
+    "found": sum(m["found"] for m in ms),
+    "share_pooled": inside / total if total else None,
+    "share_min": min(
+      (m["coronary_inside"] / m["coronary_voxels"] for m in with_calcium), default=None
+    ),
+    "volume_ratio": float(np.mean([m["volume_ratio"] for m in ms])),
+    "volume_ratio_max": float(np.max([m["volume_ratio"] for m in ms])),
+    "dice": float(np.mean([m["dice"] for m in ms])),
+    "bone_ml": float(np.mean([m["bone_ml"] for m in ms])) if "bone_ml" in ms[0] else None,
+    "bone_ml_reference": float(np.mean([m["bone_ml_reference"] for m in ms]))
+    if "bone_ml" in ms[0]
+    else None,
+  }
 
 
 def markdown(rows: list[dict]) -> str:
   """The rows as a markdown table."""
+
   def f(x, nd=3):
     return "–" if x is None else f"{x:.{nd}f}"
-  lines = ["| data | scans | heart found | coronary calcium inside (pooled / worst scan) | "
-           "region volume / true heart region (mean / max) | Dice vs heart mask | bone inside, mL (auto / true) |",
-           "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+
+  lines = [
+    "| data | scans | heart found | coronary calcium inside (pooled / worst scan) | "
+    "region volume / true heart region (mean / max) | Dice vs heart mask | bone inside, mL (auto / true) |",
+    "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+  ]
   for r in rows:
-    lines.append(f"| {r['data']} | {r['n']} | {r['found']} | {f(r['share_pooled'])} / {f(r['share_min'])} | "
-                 f"{f(r['volume_ratio'], 2)} / {f(r['volume_ratio_max'], 2)} | {f(r['dice'], 2)} | "
-                 f"{f(r['bone_ml'], 1)} / {f(r['bone_ml_reference'], 1)} |")
+    lines.append(
+      f"| {r['data']} | {r['n']} | {r['found']} | {f(r['share_pooled'])} / {f(r['share_min'])} | "
+      f"{f(r['volume_ratio'], 2)} / {f(r['volume_ratio_max'], 2)} | {f(r['dice'], 2)} | "
+      f"{f(r['bone_ml'], 1)} / {f(r['bone_ml_reference'], 1)} |"
+    )
   return "\n".join(lines)

@@ -10,17 +10,18 @@ test reads; harmless for readers). Nothing here prints.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import html
 import os
 import re
-from typing import Optional, Sequence
 
 from cac_jax import atomic
 
 NOTICE = "Research use only; not a medical device."
 
 _CSS = """body{font-family:system-ui,sans-serif;max-width:1200px;margin:2em auto;padding:0 1em;color:#222}
-table{border-collapse:collapse;margin:1em 0;font-size:0.9em}th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
+table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left}thead{background:#f0f0f0}figure{margin:1.5em 0}
 img{max-width:100%;border:1px solid #ddd}figcaption{font-size:0.9em;color:#555}
 .notice{background:#fff3cd;border:1px solid #e0c36b;padding:0.5em 1em}code{background:#f4f4f4;padding:0 3px}"""
@@ -83,14 +84,18 @@ def markdown_to_html(md: str) -> str:
   return "\n".join(out)
 
 
-def table_html(header: Sequence, rows: Sequence[Sequence], escape: bool = True, inline: bool = False) -> str:
+def table_html(
+  header: Sequence, rows: Sequence[Sequence], escape: bool = True, inline: bool = False
+) -> str:
   """An HTML table (scrolls sideways when wide); floats >= 100 with one decimal, others with 3
   significant digits."""
+
   def cell(v) -> str:
     if isinstance(v, float):
       v = f"{v:.1f}" if abs(v) >= 100 else f"{v:.3g}"
     v = str(v)
     return _inline(v) if inline else (html.escape(v) if escape else v)
+
   head = "".join(f"<th>{cell(h)}</th>" for h in header)
   body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
   return f'<div style="overflow-x:auto"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
@@ -100,15 +105,19 @@ def figure_html(image_path: str, html_path: str, caption: str) -> str:
   """An <img> linked relative to the report file, with a caption."""
   rel = os.path.relpath(os.path.abspath(image_path), os.path.dirname(os.path.abspath(html_path)))
   src = html.escape(rel.replace(os.sep, "/"), quote=True)
-  return f'<figure><img src="{src}" alt="{html.escape(caption, quote=True)}"><figcaption>{html.escape(caption)}</figcaption></figure>'
+  alt, text = html.escape(caption, quote=True), html.escape(caption)
+  return f'<figure><img src="{src}" alt="{alt}"><figcaption>{text}</figcaption></figure>'
 
 
 def write_html(path: str, title: str, parts: Sequence[str]) -> str:
   """Write a self-contained page (title, research-use notice, `parts` HTML) atomically."""
-  doc = ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
-         f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
-         f"<h1>{html.escape(title)}</h1>\n<p class=\"notice\">{NOTICE}</p>\n" + "\n".join(parts) +
-         f"\n{_CHECK_IMAGES}\n</body></html>\n")
+  doc = (
+    '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+    f"<title>{html.escape(title)}</title><style>{_CSS}</style></head>\n<body>\n"
+    f'<h1>{html.escape(title)}</h1>\n<p class="notice">{NOTICE}</p>\n'
+    + "\n".join(parts)
+    + f"\n{_CHECK_IMAGES}\n</body></html>\n"
+  )
   os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
   atomic.write_text(path, doc)
   return path
@@ -119,8 +128,13 @@ def image_sources(html_text: str) -> list[str]:
   return [html.unescape(s) for s in re.findall(r'<img[^>]*\ssrc="([^"]*)"', html_text)]
 
 
-def reproduce_report(path: str, markdown: str, figures: dict[str, str], per_scan: dict[str, list[dict]],
-                     columns: Optional[Sequence[str]] = None) -> str:
+def reproduce_report(
+  path: str,
+  markdown: str,
+  figures: dict[str, str],
+  per_scan: dict[str, list[dict]],
+  columns: Sequence[str] | None = None,
+) -> str:
   """The HTML report of a reproduce run: `markdown` (gates, Table 2, ...), a per-scan table of
   total coronary volume (reference and each column's prediction, mm³, first seed) and the
   figures ({name: png path})."""
@@ -130,9 +144,15 @@ def reproduce_report(path: str, markdown: str, figures: dict[str, str], per_scan
   for c in columns:  # columns scored on the same test scans share a table
     by_role.setdefault(tuple(s["id"] for s in per_scan[c]), []).append(c)
   for ids, cols in by_role.items():
-    rows = [[cid, per_scan[cols[0]][k]["ref_mm3"], *(per_scan[c][k]["pred_mm3"] for c in cols)]
-            for k, cid in enumerate(ids)]
-    parts += ["<h2>Per scan: total coronary calcium volume (mm³)</h2>",
-              table_html(["scan", "reference", *cols], rows)]
-  parts += ["<h2>Figures</h2>"] + [figure_html(p, path, name.replace("_", " ")) for name, p in figures.items()]
+    rows = [
+      [cid, per_scan[cols[0]][k]["ref_mm3"], *(per_scan[c][k]["pred_mm3"] for c in cols)]
+      for k, cid in enumerate(ids)
+    ]
+    parts += [
+      "<h2>Per scan: total coronary calcium volume (mm³)</h2>",
+      table_html(["scan", "reference", *cols], rows),
+    ]
+  parts += ["<h2>Figures</h2>"] + [
+    figure_html(p, path, name.replace("_", " ")) for name, p in figures.items()
+  ]
   return write_html(path, "Table 2 on phantoms: reproduce run", parts)

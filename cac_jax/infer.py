@@ -31,11 +31,11 @@ Shapes: volumes are (z, y, x) numpy arrays in HU; `candidates` is a bool (z, y, 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import hashlib
 import math
 import time
-from typing import Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,7 +49,6 @@ PAD_HU = -1000.0
 # axial: slices z, rows y, cols x; coronal: slices y, (z, x); sagittal: slices x, (z, y).
 _PERMS = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}
 CONV_IMPLS = ("auto", "xla", "im2col", "shift3")
-
 
 
 @dataclasses.dataclass
@@ -67,8 +66,8 @@ class InferenceCache:
 
   jitted: dict = dataclasses.field(default_factory=dict)
   trace_counts: dict = dataclasses.field(default_factory=lambda: {"tower": 0, "classifier": 0})
-  plan_key: Optional[tuple] = None
-  plan: Optional[tuple] = None
+  plan_key: tuple | None = None
+  plan: tuple | None = None
 
   def clear(self) -> None:
     """Forget the jitted functions and the plan (trace counts keep counting)."""
@@ -99,16 +98,20 @@ def _tower_layers(config: ml_collections.ConfigDict) -> list[tuple[str, int]]:
   return [(f"conv{i}_d{d}", d) for i, d in enumerate(dil)] + [(f"conv{len(dil)}", 1)]
 
 
-def resolve_conv_impl(config: ml_collections.ConfigDict, impl: str = "auto",
-                      platform: Optional[str] = None) -> str:
-  """"auto": "xla" (lax conv, as models.ViewTower), except on CPU with XLA's default options
+def resolve_conv_impl(
+  config: ml_collections.ConfigDict, impl: str = "auto", platform: str | None = None
+) -> str:
+  """ "auto": "xla" (lax conv, as models.ViewTower), except on CPU with XLA's default options
   (`CAC_JAX_XLA_DEFAULTS=1`, YNNPACK convs), where "shift3" is faster for towers >= 16 wide.
 
   With `xla_options` (the default on CPU) XLA's own convolution is several times faster than
   the matmul formulations, which it lowers to slower dots (docs/performance.md).
   """
   if impl == "auto":
-    if xla_options.compiler_options(platform) is None and (platform or jax.default_backend()) == "cpu":
+    if (
+      xla_options.compiler_options(platform) is None
+      and (platform or jax.default_backend()) == "cpu"
+    ):
       return "shift3" if config.model.tower_width >= 16 else "xla"
     return "xla"
   if impl not in CONV_IMPLS:
@@ -133,19 +136,24 @@ def _tower_apply(config: ml_collections.ConfigDict, impl: str, tp, x: jax.Array)
   matmul) or "shift3" (three (., 3C) x (3C, C') matmuls on column-shifted copies).
   """
   if impl == "xla":
-    tower = models.ViewTower(config.model.tower_width, config.model.tower_features,
-                             tuple(config.model.dilations))
+    tower = models.ViewTower(
+      config.model.tower_width, config.model.tower_features, tuple(config.model.dilations)
+    )
     return tower.apply({"params": tp}, x)
   for name, d in _tower_layers(config):
     k, b = tp[name]["kernel"], tp[name]["bias"]  # (3, 3, Cin, Cout), (Cout,)
     _, h, w, c = x.shape
     ho, wo = h - 2 * d, w - 2 * d
     if impl == "im2col" or c == 1:
-      cols = jnp.concatenate([x[:, i * d:i * d + ho, j * d:j * d + wo, :] for i in range(3) for j in range(3)], -1)
+      cols = jnp.concatenate(
+        [x[:, i * d : i * d + ho, j * d : j * d + wo, :] for i in range(3) for j in range(3)], -1
+      )
       y = cols @ k.reshape(9 * c, -1)
     elif impl == "shift3":
-      cols = jnp.concatenate([x[:, :, j * d:j * d + wo, :] for j in range(3)], -1)  # (B, H, wo, 3C)
-      y = sum(cols[:, i * d:i * d + ho] @ k[i].reshape(3 * c, -1) for i in range(3))
+      cols = jnp.concatenate(
+        [x[:, :, j * d : j * d + wo, :] for j in range(3)], -1
+      )  # (B, H, wo, 3C)
+      y = sum(cols[:, i * d : i * d + ho] @ k[i].reshape(3 * c, -1) for i in range(3))
     else:
       raise ValueError(f"unknown conv impl {impl!r}; expected one of {CONV_IMPLS}")
     x = jax.nn.elu(y + b)
@@ -153,22 +161,33 @@ def _tower_apply(config: ml_collections.ConfigDict, impl: str, tp, x: jax.Array)
   return jax.nn.elu(x @ k[0, 0] + b)
 
 
-def _mesh(devices: Optional[Sequence[jax.Device]]):
+def _mesh(devices: Sequence[jax.Device] | None):
   if devices is None or len(devices) <= 1:
     return None
   return jax.sharding.Mesh(np.asarray(list(devices)), ("batch",))
 
 
-def _platform(devices: Optional[Sequence[jax.Device]]) -> str:
+def _platform(devices: Sequence[jax.Device] | None) -> str:
   return (devices or jax.devices())[0].platform
 
 
-def _tower_fn(config: ml_collections.ConfigDict, impl: str, devices: Optional[Sequence[jax.Device]],
-              cache: InferenceCache):
+def _tower_fn(
+  config: ml_collections.ConfigDict,
+  impl: str,
+  devices: Sequence[jax.Device] | None,
+  cache: InferenceCache,
+):
   """Jitted (tower params, (B, H, W, 1)) -> features; batch sharded over `devices` if several."""
-  key = ("tower", tuple(config.model.dilations), config.model.tower_width, config.model.tower_features, impl,
-         None if devices is None else tuple(devices))
+  key = (
+    "tower",
+    tuple(config.model.dilations),
+    config.model.tower_width,
+    config.model.tower_features,
+    impl,
+    None if devices is None else tuple(devices),
+  )
   if key not in cache.jitted:
+
     def fn(tp, x):
       cache.trace_counts["tower"] += 1
       return _tower_apply(config, impl, tp, x)
@@ -177,10 +196,13 @@ def _tower_fn(config: ml_collections.ConfigDict, impl: str, devices: Optional[Se
     if mesh is None:
       cache.jitted[key] = xla_options.jit(fn, _platform(devices))
     else:
-      from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+      from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
+      from jax.sharding import PartitionSpec as P
+
       batch = NamedSharding(mesh, P("batch"))
-      cache.jitted[key] = xla_options.jit(fn, _platform(devices), in_shardings=(NamedSharding(mesh, P()), batch),
-                                          out_shardings=batch)
+      cache.jitted[key] = xla_options.jit(
+        fn, _platform(devices), in_shardings=(NamedSharding(mesh, P()), batch), out_shardings=batch
+      )
   return cache.jitted[key]
 
 
@@ -206,11 +228,11 @@ def _classify(params, config, feats: np.ndarray, chunk: int, cache: InferenceCac
     return out
   fn = _classifier_fn(config, cache)
   for s in range(0, n, chunk):
-    part = feats[s:s + chunk]
+    part = feats[s : s + chunk]
     size = max(256, 1 << (part.shape[0] - 1).bit_length()) if part.shape[0] < chunk else chunk
     if size != part.shape[0]:
       part = np.concatenate([part, np.zeros((size - part.shape[0],) + part.shape[1:], part.dtype)])
-    out[s:s + chunk] = np.asarray(fn(params["classifier"], part))[:min(chunk, n - s)]
+    out[s : s + chunk] = np.asarray(fn(params["classifier"], part))[: min(chunk, n - s)]
   return out
 
 
@@ -221,7 +243,7 @@ def _crop(vol_t: np.ndarray, s: int, r0: int, c0: int, h: int, w: int, pad: floa
   ra, rb = max(r0, 0), min(r0 + h, nr)
   ca, cb = max(c0, 0), min(c0 + w, nc)
   if ra < rb and ca < cb:
-    out[ra - r0:rb - r0, ca - c0:cb - c0] = vol_t[s, ra:rb, ca:cb]
+    out[ra - r0 : rb - r0, ca - c0 : cb - c0] = vol_t[s, ra:rb, ca:cb]
   return out
 
 
@@ -252,7 +274,9 @@ def bucket_ladder(limit: int, bucket: int = 16, ratio: float = 1.25) -> np.ndarr
 MAX_CELLS = 64  # split_boxes: most grid cells merged greedily per slice
 
 
-def split_boxes(rows: np.ndarray, cols: np.ndarray, margin: int, cell: Optional[int] = None) -> list[np.ndarray]:
+def split_boxes(
+  rows: np.ndarray, cols: np.ndarray, margin: int, cell: int | None = None
+) -> list[np.ndarray]:
   """Group one slice's candidate pixels into boxes minimising sum((h + margin) * (w + margin)).
 
   Candidates are first binned into `cell`-sized grid cells (one box each), then the pair of
@@ -274,18 +298,26 @@ def split_boxes(rows: np.ndarray, cols: np.ndarray, margin: int, cell: Optional[
   if len(uniq) == 1:
     return [np.arange(len(rows))]
   k = len(uniq)
-  lo_r = np.full(k, np.iinfo(int).max); hi_r = np.full(k, -1)
-  lo_c = np.full(k, np.iinfo(int).max); hi_c = np.full(k, -1)
-  np.minimum.at(lo_r, inv, rows); np.maximum.at(hi_r, inv, rows)
-  np.minimum.at(lo_c, inv, cols); np.maximum.at(hi_c, inv, cols)
+  lo_r = np.full(k, np.iinfo(int).max)
+  hi_r = np.full(k, -1)
+  lo_c = np.full(k, np.iinfo(int).max)
+  hi_c = np.full(k, -1)
+  np.minimum.at(lo_r, inv, rows)
+  np.maximum.at(hi_r, inv, rows)
+  np.minimum.at(lo_c, inv, cols)
+  np.maximum.at(hi_c, inv, cols)
   label = np.arange(k)  # box of each cell
   alive = np.ones(k, bool)
   cost = lambda r0, r1, c0, c1: (r1 - r0 + 1 + margin) * (c1 - c0 + 1 + margin)  # noqa: E731
   while alive.sum() > 1:
     ids = np.flatnonzero(alive)
     a, b = ids[:, None], ids[None, :]
-    merged = cost(np.minimum(lo_r[a], lo_r[b]), np.maximum(hi_r[a], hi_r[b]),
-                  np.minimum(lo_c[a], lo_c[b]), np.maximum(hi_c[a], hi_c[b]))
+    merged = cost(
+      np.minimum(lo_r[a], lo_r[b]),
+      np.maximum(hi_r[a], hi_r[b]),
+      np.minimum(lo_c[a], lo_c[b]),
+      np.maximum(hi_c[a], hi_c[b]),
+    )
     single = cost(lo_r[ids], hi_r[ids], lo_c[ids], hi_c[ids])
     saving = single[:, None] + single[None, :] - merged
     np.fill_diagonal(saving, -1)
@@ -301,8 +333,9 @@ def split_boxes(rows: np.ndarray, cols: np.ndarray, margin: int, cell: Optional[
   return [np.flatnonzero(box_of == b) for b in np.unique(box_of)]
 
 
-def choose_shapes(needs: np.ndarray, margin: int, *, bucket: int = 16, max_shapes: int = 4,
-                  min_gain: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+def choose_shapes(
+  needs: np.ndarray, margin: int, *, bucket: int = 16, max_shapes: int = 4, min_gain: float = 0.05
+) -> tuple[np.ndarray, np.ndarray]:
   """Pick at most `max_shapes` ROI output shapes covering every (h, w) in `needs` (M, 2).
 
   Sizes come from `bucket_ladder`; the first shape covers all needs, then shapes are added
@@ -316,8 +349,12 @@ def choose_shapes(needs: np.ndarray, margin: int, *, bucket: int = 16, max_shape
   snapped = ladder[np.searchsorted(ladder, needs)]  # (M, 2) smallest ladder size >= need
   options = np.unique(snapped, axis=0)  # (O, 2)
   cost = (options[:, 0] + margin) * (options[:, 1] + margin)  # (O,)
-  covers = (options[None, :, 0] >= needs[:, None, 0]) & (options[None, :, 1] >= needs[:, None, 1])  # (M, O)
-  chosen = [int(np.argmax((options[:, 0] >= snapped[:, 0].max()) & (options[:, 1] >= snapped[:, 1].max())))]
+  covers = (options[None, :, 0] >= needs[:, None, 0]) & (
+    options[None, :, 1] >= needs[:, None, 1]
+  )  # (M, O)
+  chosen = [
+    int(np.argmax((options[:, 0] >= snapped[:, 0].max()) & (options[:, 1] >= snapped[:, 1].max())))
+  ]
   if not covers[:, chosen[0]].all():  # the max of each axis came from different slices
     options = np.vstack([options, snapped.max(axis=0)])
     cost = np.append(cost, (options[-1, 0] + margin) * (options[-1, 1] + margin))
@@ -356,7 +393,11 @@ class CandidatePredictions:
   @property
   def classes(self) -> np.ndarray:
     """int32 (N,) argmax classes."""
-    return np.argmax(self.logits, axis=-1).astype(np.int32) if len(self.logits) else np.zeros((0,), np.int32)
+    return (
+      np.argmax(self.logits, axis=-1).astype(np.int32)
+      if len(self.logits)
+      else np.zeros((0,), np.int32)
+    )
 
   @property
   def probabilities(self) -> np.ndarray:
@@ -392,9 +433,16 @@ def _check_inputs(hu: np.ndarray, candidates: np.ndarray) -> tuple[np.ndarray, n
   return hu, candidates
 
 
-def plan_rois(coords: np.ndarray, half: int, *, split: bool = True, bucket: int = 16, max_shapes: int = 4,
-              min_gain: float = 0.05, cache: Optional[InferenceCache] = None
-              ) -> tuple[list, np.ndarray, np.ndarray, dict]:
+def plan_rois(
+  coords: np.ndarray,
+  half: int,
+  *,
+  split: bool = True,
+  bucket: int = 16,
+  max_shapes: int = 4,
+  min_gain: float = 0.05,
+  cache: InferenceCache | None = None,
+) -> tuple[list, np.ndarray, np.ndarray, dict]:
   """Tower ROIs for candidate voxels `coords` (N, 3) (z, y, x) with receptive-field half-width `half`.
 
   Per orientation and slice: boxes around that slice's candidates (one bounding box, or several
@@ -405,7 +453,15 @@ def plan_rois(coords: np.ndarray, half: int, *, split: bool = True, bucket: int 
   """
   cache = DEFAULT_CACHE if cache is None else cache
   coords = np.ascontiguousarray(coords)
-  key = (hashlib.sha1(coords.tobytes()).hexdigest(), coords.shape, half, split, bucket, max_shapes, min_gain)
+  key = (
+    hashlib.sha1(coords.tobytes()).hexdigest(),
+    coords.shape,
+    half,
+    split,
+    bucket,
+    max_shapes,
+    min_gain,
+  )
   if cache.plan_key == key:
     return cache.plan
   n = coords.shape[0]
@@ -421,21 +477,36 @@ def plan_rois(coords: np.ndarray, half: int, *, split: bool = True, bucket: int 
       for members in boxes:
         sub = idx[members]
         r0, c0 = int(c[sub, 1].min()), int(c[sub, 2].min())
-        rois.append((v_i, int(s), r0, c0, sub, int(c[sub, 1].max()) - r0 + 1, int(c[sub, 2].max()) - c0 + 1))
+        rois.append(
+          (v_i, int(s), r0, c0, sub, int(c[sub, 1].max()) - r0 + 1, int(c[sub, 2].max()) - c0 + 1)
+        )
     n_slices[view] = len(sl)
   needs = np.array([(r[5], r[6]) for r in rois])
-  shapes, assign = choose_shapes(needs, 2 * half, bucket=bucket, max_shapes=max_shapes, min_gain=min_gain)
+  shapes, assign = choose_shapes(
+    needs, 2 * half, bucket=bucket, max_shapes=max_shapes, min_gain=min_gain
+  )
   plan = (rois, shapes, assign, n_slices)
   cache.plan_key, cache.plan = key, plan
   return plan
 
 
-def predict_candidates(params: dict, config: ml_collections.ConfigDict, hu: np.ndarray, candidates: np.ndarray, *,
-                       slab: Optional[int] = None, devices: Optional[Sequence[jax.Device]] = None,
-                       bucket: int = 16, max_shapes: int = 4, min_gain: float = 0.05,
-                       max_pixels: int = 1 << 20, conv_impl: str = "auto", split: bool = True,
-                       classifier_chunk: int = 16384, cache: Optional[InferenceCache] = None
-                       ) -> CandidatePredictions:
+def predict_candidates(
+  params: dict,
+  config: ml_collections.ConfigDict,
+  hu: np.ndarray,
+  candidates: np.ndarray,
+  *,
+  slab: int | None = None,
+  devices: Sequence[jax.Device] | None = None,
+  bucket: int = 16,
+  max_shapes: int = 4,
+  min_gain: float = 0.05,
+  max_pixels: int = 1 << 20,
+  conv_impl: str = "auto",
+  split: bool = True,
+  classifier_chunk: int = 16384,
+  cache: InferenceCache | None = None,
+) -> CandidatePredictions:
   """Logits at candidate voxels, computing tower features only in candidate ROIs.
 
   Args:
@@ -478,20 +549,29 @@ def predict_candidates(params: dict, config: ml_collections.ConfigDict, hu: np.n
   n = coords.shape[0]
   stats = {"candidates": int(n), "tower_calls": 0, "tower_pixels": 0, "slices": {}}
   if n == 0:
-    return CandidatePredictions(coords, np.zeros((0, config.model.num_classes), np.float32), hu.shape, stats)
+    return CandidatePredictions(
+      coords, np.zeros((0, config.model.num_classes), np.float32), hu.shape, stats
+    )
 
   vol = _normalize(hu, config)
   pad = pad_value(config)
   feats = np.zeros((n, 3 * nf), np.float32)
-  tower = _tower_fn(config, resolve_conv_impl(config, conv_impl, _platform(devices)), devices, cache)
+  tower = _tower_fn(
+    config, resolve_conv_impl(config, conv_impl, _platform(devices)), devices, cache
+  )
   if devices and ndev > 1:
-    from jax.sharding import NamedSharding, PartitionSpec as P  # pylint: disable=g-import-not-at-top
+    from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
+    from jax.sharding import PartitionSpec as P
+
     gparams = jax.device_put(params["generator"], NamedSharding(_mesh(devices), P()))  # replicated
   else:
-    gparams = jax.device_put(params["generator"], devices[0] if devices else None)  # once, not per call
+    gparams = jax.device_put(
+      params["generator"], devices[0] if devices else None
+    )  # once, not per call
 
-  rois, shapes, assign, n_slices = plan_rois(coords, half, split=split, bucket=bucket, max_shapes=max_shapes,
-                                             min_gain=min_gain, cache=cache)
+  rois, shapes, assign, n_slices = plan_rois(
+    coords, half, split=split, bucket=bucket, max_shapes=max_shapes, min_gain=min_gain, cache=cache
+  )
   stats["slices"] = dict(n_slices)
   stats["rois"] = len(rois)
   stats["shapes"] = [tuple(int(v) for v in sh) for sh in shapes]
@@ -503,17 +583,19 @@ def predict_candidates(params: dict, config: ml_collections.ConfigDict, hu: np.n
     out = np.asarray(out)
     for k, (v_i, _, r0, c0, idx, _, _) in enumerate(items):
       c = coords[idx][:, _PERMS[models.VIEWS[v_i]]]
-      feats[idx, v_i * nf:(v_i + 1) * nf] = out[k, c[:, 1] - r0, c[:, 2] - c0]
+      feats[idx, v_i * nf : (v_i + 1) * nf] = out[k, c[:, 1] - r0, c[:, 2] - c0]
 
   vols_t = [np.transpose(vol, _PERMS[v]) for v in models.VIEWS]
   for sh_i, (hb, wb) in enumerate(shapes):
     hin, win = int(hb) + 2 * half, int(wb) + 2 * half
     max_batch = max(ndev, min(slab, max_pixels // (hin * win)))
-    for v_i, view in enumerate(models.VIEWS):  # one call holds slices of one view (its tower's params)
+    for v_i, view in enumerate(
+      models.VIEWS
+    ):  # one call holds slices of one view (its tower's params)
       items = [r for r, a in zip(rois, assign) if a == sh_i and r[0] == v_i]
       pos = 0
       for b in _batch_sizes(len(items), max_batch, ndev):
-        chunk = items[pos:pos + b]
+        chunk = items[pos : pos + b]
         pos += b
         x = np.full((b, hin, win, 1), pad, np.float32)
         for k, (_, s, r0, c0, _, _, _) in enumerate(chunk):
@@ -533,28 +615,47 @@ def predict_candidates(params: dict, config: ml_collections.ConfigDict, hu: np.n
   return CandidatePredictions(coords, logits, hu.shape, stats)
 
 
-def predict_classes(params: dict, config: ml_collections.ConfigDict, hu: np.ndarray, candidates: np.ndarray, *,
-                    slab: Optional[int] = None, devices: Optional[Sequence[jax.Device]] = None,
-                    **kwargs) -> np.ndarray:
+def predict_classes(
+  params: dict,
+  config: ml_collections.ConfigDict,
+  hu: np.ndarray,
+  candidates: np.ndarray,
+  *,
+  slab: int | None = None,
+  devices: Sequence[jax.Device] | None = None,
+  **kwargs,
+) -> np.ndarray:
   """int32 (z, y, x) classes 0..6 at candidate voxels (argmax of logits), 0 elsewhere.
 
   See `predict_candidates` for the arguments; `kwargs` are passed on to it.
   """
-  return predict_candidates(params, config, hu, candidates, slab=slab, devices=devices, **kwargs).class_volume()
+  return predict_candidates(
+    params, config, hu, candidates, slab=slab, devices=devices, **kwargs
+  ).class_volume()
 
 
-def predict_probabilities(params: dict, config: ml_collections.ConfigDict, hu: np.ndarray, candidates: np.ndarray,
-                          **kwargs) -> tuple[np.ndarray, np.ndarray]:
+def predict_probabilities(
+  params: dict, config: ml_collections.ConfigDict, hu: np.ndarray, candidates: np.ndarray, **kwargs
+) -> tuple[np.ndarray, np.ndarray]:
   """((N, 3) candidate coords (z, y, x), (N, num_classes) float32 softmax probabilities)."""
   pred = predict_candidates(params, config, hu, candidates, **kwargs)
   return pred.coords, pred.probabilities
 
 
 # ----------------------------------------------------------------------------- naive reference
-def predict_naive(params: dict, config: ml_collections.ConfigDict, hu: np.ndarray, candidates: np.ndarray, *,
-                  slab: Optional[int] = None, slices: Optional[dict] = None,
-                  classifier_chunk: int = 1 << 16, return_stats: bool = False,
-                  feature_dtype=np.float16, cache: Optional[InferenceCache] = None):
+def predict_naive(
+  params: dict,
+  config: ml_collections.ConfigDict,
+  hu: np.ndarray,
+  candidates: np.ndarray,
+  *,
+  slab: int | None = None,
+  slices: dict | None = None,
+  classifier_chunk: int = 1 << 16,
+  return_stats: bool = False,
+  feature_dtype=np.float16,
+  cache: InferenceCache | None = None,
+):
   """Naive full-volume reference: every slice of every orientation, padded whole, through its
   tower (lax conv, as `models.ViewTower`); features stored in a `feature_dtype` (z, y, x, 96)
   volume (float16 as the reference implementation; float32 gives labels that match
@@ -588,26 +689,30 @@ def predict_naive(params: dict, config: ml_collections.ConfigDict, hu: np.ndarra
     perm = _PERMS[view]
     pv = np.transpose(padded, perm)
     fv = np.transpose(feat, perm + (3,))
-    todo = np.arange(fv.shape[0]) if slices is None or view not in slices else np.asarray(slices[view], int)
+    todo = (
+      np.arange(fv.shape[0])
+      if slices is None or view not in slices
+      else np.asarray(slices[view], int)
+    )
     stats["slices_computed"][view] = len(todo)
     stats["slices_total"][view] = fv.shape[0]
     tp = params["generator"][f"{view}_tower"]
     for s in range(0, len(todo), slab):
-      idx = todo[s:s + slab]
+      idx = todo[s : s + slab]
       x = np.ascontiguousarray(pv[idx + half])[..., None]
       out = np.asarray(tower(tp, x))
-      fv[idx, :, :, v_i * nf:(v_i + 1) * nf] = out.astype(feature_dtype)
+      fv[idx, :, :, v_i * nf : (v_i + 1) * nf] = out.astype(feature_dtype)
     stats["view_s"][view] = time.perf_counter() - tv
   t1 = time.perf_counter()
   flat = feat.reshape(-1, 3 * nf)
   classes = np.zeros(flat.shape[0], np.int32)
   fn = _classifier_fn(config, cache)
   for s in range(0, flat.shape[0], classifier_chunk):
-    part = flat[s:s + classifier_chunk]
+    part = flat[s : s + classifier_chunk]
     m = part.shape[0]
     if m < classifier_chunk:
       part = np.concatenate([part, np.zeros((classifier_chunk - m, part.shape[1]), part.dtype)])
-    classes[s:s + m] = np.asarray(jnp.argmax(fn(params["classifier"], part), axis=-1))[:m]
+    classes[s : s + m] = np.asarray(jnp.argmax(fn(params["classifier"], part), axis=-1))[:m]
   classes = np.where(candidates, classes.reshape(hu.shape), 0).astype(np.int32)
   t2 = time.perf_counter()
   if return_stats:

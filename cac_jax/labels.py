@@ -13,8 +13,6 @@ Reference label values in label-map files:
 
 from __future__ import annotations
 
-from typing import Optional
-
 import numpy as np
 
 CLASS_NAMES = ("background", "LAD", "LCX", "RCA", "aorta", "aortic_valve", "mitral_valve")
@@ -24,20 +22,48 @@ CORONARY_CLASSES = (LAD, LCX, RCA)
 
 LEFT_MAIN_REFERENCE = 11
 # reference value -> class
-REFERENCE_TO_CLASS = {0: 0, 8: 1, 9: 2, 10: 3, LEFT_MAIN_REFERENCE: 1, 15: 4, 52: 4, 54: 4, 55: 4, 56: 4, 57: 4, 53: 5, 58: 6}
+REFERENCE_TO_CLASS = {
+  0: 0,
+  8: 1,
+  9: 2,
+  10: 3,
+  LEFT_MAIN_REFERENCE: 1,
+  15: 4,
+  52: 4,
+  54: 4,
+  55: 4,
+  56: 4,
+  57: 4,
+  53: 5,
+  58: 6,
+}
 # class -> canonical reference value (used when writing)
 CLASS_TO_REFERENCE = (0, 8, 9, 10, 15, 53, 58)
 # Display colours and names of classes 1..6 (figures and viewer colour tables).
-CLASS_COLOURS = {LAD: "#e41a1c", LCX: "#4daf4a", RCA: "#377eb8", AORTA: "#ffd92f", AORTIC_VALVE: "#f781bf",
-                 MITRAL_VALVE: "#00e5ee"}
-CLASS_DISPLAY_NAMES = {LAD: "LAD", LCX: "LCX", RCA: "RCA", AORTA: "aorta", AORTIC_VALVE: "aortic valve",
-                       MITRAL_VALVE: "mitral valve"}
+CLASS_COLOURS = {
+  LAD: "#e41a1c",
+  LCX: "#4daf4a",
+  RCA: "#377eb8",
+  AORTA: "#ffd92f",
+  AORTIC_VALVE: "#f781bf",
+  MITRAL_VALVE: "#00e5ee",
+}
+CLASS_DISPLAY_NAMES = {
+  LAD: "LAD",
+  LCX: "LCX",
+  RCA: "RCA",
+  AORTA: "aorta",
+  AORTIC_VALVE: "aortic valve",
+  MITRAL_VALVE: "mitral valve",
+}
 LEFT_MAIN_COLOUR = "#984ea3"
 
 
 def _viewer_entries() -> list[tuple[int, str, str]]:
   """(reference value, display name, colour) of every written label value but background."""
-  entries = [(CLASS_TO_REFERENCE[c], name, CLASS_COLOURS[c]) for c, name in CLASS_DISPLAY_NAMES.items()]
+  entries = [
+    (CLASS_TO_REFERENCE[c], name, CLASS_COLOURS[c]) for c, name in CLASS_DISPLAY_NAMES.items()
+  ]
   return entries[:1] + [(LEFT_MAIN_REFERENCE, "left main", LEFT_MAIN_COLOUR)] + entries[1:]
 
 
@@ -55,9 +81,10 @@ def reference_to_classes(label_map: np.ndarray) -> np.ndarray:
   unknown = sorted(int(v) for v in values if int(v) not in REFERENCE_TO_CLASS)
   if unknown:
     raise ValueError(
-        f"label map holds unknown label values {unknown}; known values are "
-        f"{sorted(REFERENCE_TO_CLASS)} (0 bg, 8 LAD, 9 LCX, 10 RCA, 11 left main, 15/52/54-57 aorta, "
-        "53 aortic valve, 58 mitral valve)")
+      f"label map holds unknown label values {unknown}; known values are "
+      f"{sorted(REFERENCE_TO_CLASS)} (0 bg, 8 LAD, 9 LCX, 10 RCA, 11 left main, 15/52/54-57 aorta, "
+      "53 aortic valve, 58 mitral valve)"
+    )
   lut = np.zeros(int(values.max()) + 1 if values.size else 1, dtype=np.int32)
   for ref, cls in REFERENCE_TO_CLASS.items():
     if ref < lut.size:
@@ -67,14 +94,14 @@ def reference_to_classes(label_map: np.ndarray) -> np.ndarray:
   return lut[label_map]
 
 
-def left_main_mask(label_map: np.ndarray) -> Optional[np.ndarray]:
+def left_main_mask(label_map: np.ndarray) -> np.ndarray | None:
   """Bool (z, y, x): the voxels a reference label map marks as left main (value 11), or None
   when the map does not label the left main apart (then the LAD class includes it)."""
   mask = np.asarray(label_map) == LEFT_MAIN_REFERENCE
   return mask if mask.any() else None
 
 
-def classes_to_reference(classes: np.ndarray, left_main: Optional[np.ndarray] = None) -> np.ndarray:
+def classes_to_reference(classes: np.ndarray, left_main: np.ndarray | None = None) -> np.ndarray:
   """Map classes 0..6 to reference label values (uint8). Raises on values outside 0..6.
 
   left_main: optional bool mask (same shape) of LAD-class voxels written as left main (11).
@@ -93,15 +120,19 @@ def classes_to_reference(classes: np.ndarray, left_main: Optional[np.ndarray] = 
 
 
 def _rgb(hex_colour: str) -> tuple[int, int, int]:
-  return tuple(int(hex_colour[i:i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
+  return tuple(int(hex_colour[i : i + 2], 16) for i in (1, 3, 5))  # type: ignore[return-value]
 
 
 def itksnap_label_description() -> str:
   """ITK-SNAP label description (Segmentation > Import Label Descriptions) for the written
   reference-encoded label maps: value, RGB, opacity, visibility and name of each class."""
-  lines = ["################################################", "# ITK-SnAP Label Description File",
-           "# Columns = Index R G B A VIS MSH LABEL", "################################################",
-           '    0     0    0    0        0  0  0    "Clear Label"']
+  lines = [
+    "################################################",
+    "# ITK-SnAP Label Description File",
+    "# Columns = Index R G B A VIS MSH LABEL",
+    "################################################",
+    '    0     0    0    0        0  0  0    "Clear Label"',
+  ]
   for value, name, colour in _viewer_entries():
     r, g, b = _rgb(colour)
     lines.append(f'{value:5d} {r:5d} {g:4d} {b:4d}        1  1  1    "{name}"')

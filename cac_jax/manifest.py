@@ -20,12 +20,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-from typing import Optional
 
-import numpy as np
-
-from cac_jax import volume_io
-from cac_jax import preprocess
+from cac_jax import preprocess, volume_io
 from cac_jax.scan import Case
 
 COLUMNS = ("id", "image", "label", "heart_mask", "aorta_mask", "domain", "split")
@@ -47,9 +43,9 @@ class ManifestRow:
 
   id: str
   image: str
-  label: Optional[str]
-  heart_mask: Optional[str]
-  aorta_mask: Optional[str]
+  label: str | None
+  heart_mask: str | None
+  aorta_mask: str | None
   domain: str
   split: str
   line: int = 0  # line number in the CSV (header = 1)
@@ -59,14 +55,16 @@ class ManifestRow:
     return self.label is not None
 
 
-def _resolve(folder: str, value: str) -> Optional[str]:
+def _resolve(folder: str, value: str) -> str | None:
   value = (value or "").strip()
   if not value:
     return None
   return os.path.normpath(value if os.path.isabs(value) else os.path.join(folder, value))
 
 
-def read_manifest(csv_path, check_geometry: bool = True, split: Optional[str] = None) -> list[ManifestRow]:
+def read_manifest(
+  csv_path, check_geometry: bool = True, split: str | None = None
+) -> list[ManifestRow]:
   """Reads and validates a manifest (the one validator every command uses).
 
   Args:
@@ -94,12 +92,17 @@ def read_manifest(csv_path, check_geometry: bool = True, split: Optional[str] = 
       header = [h.strip() for h in (reader.fieldnames or [])]
       missing = [c for c in COLUMNS if c not in header]
       if missing:
-        raise ManifestError(csv_path, [f"missing column(s) {missing}; header is {header}, "
-                                       f"expected {list(COLUMNS)}"])
+        raise ManifestError(
+          csv_path, [f"missing column(s) {missing}; header is {header}, expected {list(COLUMNS)}"]
+        )
       raw_rows = []
       for record in reader:
-        raw_rows.append((reader.line_num, {(k or "").strip(): (v or "").strip()
-                                           for k, v in record.items() if k is not None}))
+        raw_rows.append(
+          (
+            reader.line_num,
+            {(k or "").strip(): (v or "").strip() for k, v in record.items() if k is not None},
+          )
+        )
   except (UnicodeDecodeError, csv.Error) as e:
     raise ManifestError(csv_path, [f"not a UTF-8 CSV text file ({e})"]) from None
 
@@ -133,9 +136,18 @@ def read_manifest(csv_path, check_geometry: bool = True, split: Optional[str] = 
     if check_geometry and not row_errors:
       row_errors.extend(_check_headers(where, paths))
     errors.extend(row_errors)
-    rows.append(ManifestRow(id=case_id, image=paths["image"] or "", label=paths["label"],
-                            heart_mask=paths["heart_mask"], aorta_mask=paths["aorta_mask"],
-                            domain=domain, split=rec["split"], line=line))
+    rows.append(
+      ManifestRow(
+        id=case_id,
+        image=paths["image"] or "",
+        label=paths["label"],
+        heart_mask=paths["heart_mask"],
+        aorta_mask=paths["aorta_mask"],
+        domain=domain,
+        split=rec["split"],
+        line=line,
+      )
+    )
   if errors:
     raise ManifestError(csv_path, errors)
   return rows
@@ -157,10 +169,11 @@ def _check_headers(where: str, paths: dict) -> list[str]:
     if not volume_io.same_physical_grid(image, label):
       fmt = volume_io.format_numbers
       errors.append(
-          f"{where}: label map is not on the image's voxel grid (image size {image['size_xyz']} "
-          f"spacing {fmt(image['spacing_xyz'])} origin {fmt(image['origin_xyz'])}; label size "
-          f"{label['size_xyz']} spacing {fmt(label['spacing_xyz'])} origin "
-          f"{fmt(label['origin_xyz'])})")
+        f"{where}: label map is not on the image's voxel grid (image size {image['size_xyz']} "
+        f"spacing {fmt(image['spacing_xyz'])} origin {fmt(image['origin_xyz'])}; label size "
+        f"{label['size_xyz']} spacing {fmt(label['spacing_xyz'])} origin "
+        f"{fmt(label['origin_xyz'])})"
+      )
   return errors
 
 
@@ -168,20 +181,31 @@ def load_case(row: ManifestRow, config=None) -> Case:
   """Loads one row: scan (canonical LPS, HU), classes, bool masks; at working spacing if
   `config` is given (else on the image's own grid)."""
   scan = volume_io.read_scan(row.image)
-  scan = dataclasses.replace(scan, meta={**scan.meta, "case_id": row.id, "domain": row.domain,
-                                         "split": row.split})
+  scan = dataclasses.replace(
+    scan, meta={**scan.meta, "case_id": row.id, "domain": row.domain, "split": row.split}
+  )
   labels, left_main = volume_io.read_reference(row.label, scan) if row.label else (None, None)
   heart = volume_io.read_mask(row.heart_mask, scan) > 0 if row.heart_mask else None
   aorta = volume_io.read_mask(row.aorta_mask, scan) > 0 if row.aorta_mask else None
-  case = Case(case_id=row.id, scan=scan, domain=row.domain, labels=labels, heart_mask=heart,
-              aorta_mask=aorta, left_main=left_main)
+  case = Case(
+    case_id=row.id,
+    scan=scan,
+    domain=row.domain,
+    labels=labels,
+    heart_mask=heart,
+    aorta_mask=aorta,
+    left_main=left_main,
+  )
   if config is None:
     return case
   data = config.data
   order = int(data.get("interp_order", 1)) if hasattr(data, "get") else 1
   increment = float(data.get("thick_increment_mm", 1.5))
-  if (row.domain == "ncct" and bool(data.get("thick_slice", False))
-      and case.scan.spacing[0] < increment - 1e-6):  # only thin-slice scans
+  if (
+    row.domain == "ncct"
+    and bool(data.get("thick_slice", False))
+    and case.scan.spacing[0] < increment - 1e-6
+  ):  # only thin-slice scans
     case = _thick_case(case, float(data.get("thick_slice_mm", 3.0)), increment)
   return preprocess.resample_case(case, tuple(data.working_spacing), order=order)
 
@@ -192,13 +216,17 @@ def _thick_case(case: Case, thickness: float, increment: float) -> Case:
   def _labels(a):
     return None if a is None else preprocess.resample_labels(a, case.scan, thick, extrapolate=True)
 
-  return dataclasses.replace(case, scan=thick, labels=_labels(case.labels),
-                             heart_mask=_labels(case.heart_mask),
-                             aorta_mask=_labels(case.aorta_mask), left_main=_labels(case.left_main))
+  return dataclasses.replace(
+    case,
+    scan=thick,
+    labels=_labels(case.labels),
+    heart_mask=_labels(case.heart_mask),
+    aorta_mask=_labels(case.aorta_mask),
+    left_main=_labels(case.left_main),
+  )
 
 
-def load_cases(csv_path, config, split: Optional[str] = None,
-               domain: Optional[str] = None) -> list[Case]:
+def load_cases(csv_path, config, split: str | None = None, domain: str | None = None) -> list[Case]:
   """Validates a manifest and loads its cases at `config.data.working_spacing`.
 
   Images are resampled linearly (`config.data.interp_order`, default 1; 3 = cubic), labels and
@@ -218,6 +246,9 @@ def load_cases(csv_path, config, split: Optional[str] = None,
   if domain is not None and domain not in DOMAINS:
     raise ValueError(f"domain must be one of {DOMAINS} or None; got {domain!r}")
   rows = read_manifest(csv_path)
-  rows = [r for r in rows if (split is None or r.split == split)
-          and (domain is None or r.domain == domain)]
+  rows = [
+    r
+    for r in rows
+    if (split is None or r.split == split) and (domain is None or r.domain == domain)
+  ]
   return [load_case(r, config) for r in rows]

@@ -51,23 +51,22 @@ Agreement of scores between reference and prediction:
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 import dataclasses
 import itertools
 import math
-from typing import Mapping, Sequence
 
 import numpy as np
-from scipy import ndimage
-from scipy import stats
+from scipy import ndimage, stats
 
 from cac_jax import labels as labels_lib
 
 STRUCTURES = ("total", "LAD", "LCX", "RCA")
 _STRUCTURE_CLASSES = {
-    "total": labels_lib.CORONARY_CLASSES,
-    "LAD": (labels_lib.LAD,),
-    "LCX": (labels_lib.LCX,),
-    "RCA": (labels_lib.RCA,),
+  "total": labels_lib.CORONARY_CLASSES,
+  "LAD": (labels_lib.LAD,),
+  "LCX": (labels_lib.LCX,),
+  "RCA": (labels_lib.RCA,),
 }
 # 6-connectivity (faces only) in 3D.
 _SIX_CONNECTED = ndimage.generate_binary_structure(3, 1)
@@ -117,7 +116,9 @@ class StructureMetrics:
     return self.ref_lesions > 0
 
 
-def _structure_metrics(ref_mask: np.ndarray, pred_mask: np.ndarray, voxel_mm3: float) -> StructureMetrics:
+def _structure_metrics(
+  ref_mask: np.ndarray, pred_mask: np.ndarray, voxel_mm3: float
+) -> StructureMetrics:
   tp = int(np.count_nonzero(ref_mask & pred_mask))
   fn = int(np.count_nonzero(ref_mask & ~pred_mask))
   fp = int(np.count_nonzero(pred_mask & ~ref_mask))
@@ -129,25 +130,26 @@ def _structure_metrics(ref_mask: np.ndarray, pred_mask: np.ndarray, voxel_mm3: f
   fp_lesions = int(n_pred) - int(np.count_nonzero(touching_ids))
   missed = int(n_ref) - found
   return StructureMetrics(
-      tp_mm3=tp * voxel_mm3,
-      fn_mm3=fn * voxel_mm3,
-      fp_mm3=fp * voxel_mm3,
-      ref_mm3=(tp + fn) * voxel_mm3,
-      pred_mm3=(tp + fp) * voxel_mm3,
-      sensitivity=_ratio(tp, tp + fn),
-      f1=_ratio(2 * tp, 2 * tp + fp + fn),
-      ref_lesions=int(n_ref),
-      found_lesions=found,
-      missed_lesions=missed,
-      pred_lesions=int(n_pred),
-      fp_lesions=fp_lesions,
-      lesion_sensitivity=_ratio(found, n_ref),
-      lesion_f1=_ratio(2 * found, 2 * found + fp_lesions + missed),
+    tp_mm3=tp * voxel_mm3,
+    fn_mm3=fn * voxel_mm3,
+    fp_mm3=fp * voxel_mm3,
+    ref_mm3=(tp + fn) * voxel_mm3,
+    pred_mm3=(tp + fp) * voxel_mm3,
+    sensitivity=_ratio(tp, tp + fn),
+    f1=_ratio(2 * tp, 2 * tp + fp + fn),
+    ref_lesions=int(n_ref),
+    found_lesions=found,
+    missed_lesions=missed,
+    pred_lesions=int(n_pred),
+    fp_lesions=fp_lesions,
+    lesion_sensitivity=_ratio(found, n_ref),
+    lesion_f1=_ratio(2 * found, 2 * found + fp_lesions + missed),
   )
 
 
-def scan_metrics(reference: np.ndarray, prediction: np.ndarray,
-                 spacing: Sequence[float]) -> dict[str, StructureMetrics]:
+def scan_metrics(
+  reference: np.ndarray, prediction: np.ndarray, spacing: Sequence[float]
+) -> dict[str, StructureMetrics]:
   """Volume- and lesion-wise metrics of one scan.
 
   Args:
@@ -161,13 +163,17 @@ def scan_metrics(reference: np.ndarray, prediction: np.ndarray,
   reference = np.asarray(reference)
   prediction = np.asarray(prediction)
   if reference.ndim != 3 or reference.shape != prediction.shape:
-    raise ValueError(f"reference {reference.shape} and prediction {prediction.shape} must be 3D (z, y, x) "
-                     "arrays of the same shape")
+    raise ValueError(
+      f"reference {reference.shape} and prediction {prediction.shape} must be 3D (z, y, x) "
+      "arrays of the same shape"
+    )
   voxel_mm3 = voxel_volume_mm3(spacing)
   out = {}
   for name in STRUCTURES:
     classes = _STRUCTURE_CLASSES[name]
-    out[name] = _structure_metrics(np.isin(reference, classes), np.isin(prediction, classes), voxel_mm3)
+    out[name] = _structure_metrics(
+      np.isin(reference, classes), np.isin(prediction, classes), voxel_mm3
+    )
   return out
 
 
@@ -196,8 +202,18 @@ def summarize(values: Sequence[float]) -> Summary:
   return Summary(float(np.mean(arr)), sd, int(arr.size))
 
 
-PER_SCAN_FIELDS = ("sensitivity", "fp_mm3", "f1", "lesion_sensitivity", "fp_lesions", "lesion_f1",
-                   "tp_mm3", "fn_mm3", "ref_mm3", "pred_mm3")
+PER_SCAN_FIELDS = (
+  "sensitivity",
+  "fp_mm3",
+  "f1",
+  "lesion_sensitivity",
+  "fp_lesions",
+  "lesion_f1",
+  "tp_mm3",
+  "fn_mm3",
+  "ref_mm3",
+  "pred_mm3",
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,14 +249,14 @@ def aggregate(per_scan: Sequence[Mapping[str, StructureMetrics]]) -> dict[str, S
     missed = sum(it.missed_lesions for it in items)
     fpl = sum(it.fp_lesions for it in items)
     out[name] = StructureSummary(
-        per_scan=summaries,
-        n_scans=len(items),
-        n_with_reference=sum(1 for it in items if it.has_reference),
-        pooled_sensitivity=_ratio(tp, tp + fn),
-        pooled_f1=_ratio(2 * tp, 2 * tp + fp + fn),
-        pooled_lesion_sensitivity=_ratio(found, found + missed),
-        pooled_lesion_f1=_ratio(2 * found, 2 * found + fpl + missed),
-        fp_lesions_total=int(fpl),
+      per_scan=summaries,
+      n_scans=len(items),
+      n_with_reference=sum(1 for it in items if it.has_reference),
+      pooled_sensitivity=_ratio(tp, tp + fn),
+      pooled_f1=_ratio(2 * tp, 2 * tp + fp + fn),
+      pooled_lesion_sensitivity=_ratio(found, found + missed),
+      pooled_lesion_f1=_ratio(2 * found, 2 * found + fpl + missed),
+      fp_lesions_total=int(fpl),
     )
   return out
 
@@ -342,12 +358,15 @@ class BlandAltman:
       sd = self.b * math.sqrt(math.pi / 2.0)
       return f"{self.bias:.{digits}g} ± 1.96·{sd:.{digits}g} (constant)"
     sign = "-" if self.a < 0 else "+"
-    return (f"{self.bias:.{digits}g} ± 1.96·√(π/2)·({self.b:.{digits}g} {sign} "
-            f"{abs(self.a):.{digits}g}·√m)")
+    return (
+      f"{self.bias:.{digits}g} ± 1.96·√(π/2)·({self.b:.{digits}g} {sign} "
+      f"{abs(self.a):.{digits}g}·√m)"
+    )
 
 
-def bland_altman(ref: Sequence[float], pred: Sequence[float],
-                 min_heteroskedastic_n: int = BA_MIN_HETEROSKEDASTIC_N) -> BlandAltman:
+def bland_altman(
+  ref: Sequence[float], pred: Sequence[float], min_heteroskedastic_n: int = BA_MIN_HETEROSKEDASTIC_N
+) -> BlandAltman:
   """Bland-Altman analysis of paired non-negative values (volumes in mm³, scores).
 
   Raises ValueError for fewer than 3 pairs, non-finite or negative means. If all √m are equal
@@ -380,8 +399,15 @@ def bland_altman(ref: Sequence[float], pred: Sequence[float],
     why = "constant limits: the fitted heteroskedastic limits cross within the observed range"
   if why:
     sd = float(np.std(d, ddof=1))
-    return BlandAltman(bias=float(np.mean(d)), a=0.0, b=sd * math.sqrt(2.0 / math.pi), mean=m, diff=d,
-                       heteroskedastic=False, note=why)
+    return BlandAltman(
+      bias=float(np.mean(d)),
+      a=0.0,
+      b=sd * math.sqrt(2.0 / math.pi),
+      mean=m,
+      diff=d,
+      heteroskedastic=False,
+      note=why,
+    )
   return BlandAltman(bias=float(np.mean(d)), a=float(a), b=float(b), mean=m, diff=d)
 
 
@@ -445,5 +471,6 @@ def weighted_kappa(ref_categories, pred_categories, n_categories: int) -> KappaR
 
 def agatston_kappa(ref_scores, pred_scores) -> KappaResult:
   """Linearly weighted kappa on the 5 Agatston risk categories of paired scores."""
-  return weighted_kappa(agatston_category(ref_scores), agatston_category(pred_scores),
-                        len(AGATSTON_CATEGORY_NAMES))
+  return weighted_kappa(
+    agatston_category(ref_scores), agatston_category(pred_scores), len(AGATSTON_CATEGORY_NAMES)
+  )

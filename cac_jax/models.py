@@ -11,7 +11,7 @@ applied there gives the voxel's 7 class logits. Intensities are normalised HU
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
@@ -48,7 +48,9 @@ class ViewTower(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
     for i, d in enumerate(self.dilations):
-      x = nn.elu(nn.Conv(self.width, (3, 3), kernel_dilation=d, padding="VALID", name=f"conv{i}_d{d}")(x))
+      x = nn.elu(
+        nn.Conv(self.width, (3, 3), kernel_dilation=d, padding="VALID", name=f"conv{i}_d{d}")(x)
+      )
     x = nn.elu(nn.Conv(self.width, (3, 3), padding="VALID", name=f"conv{len(self.dilations)}")(x))
     return nn.elu(nn.Conv(self.features, (1, 1), name="features")(x))
 
@@ -65,7 +67,10 @@ class Generator(nn.Module):
   dilations: Sequence[int] = (1, 1, 2, 4, 8, 16, 32)
 
   def setup(self):
-    self.towers = {v: ViewTower(self.width, self.features, tuple(self.dilations), name=f"{v}_tower") for v in VIEWS}
+    self.towers = {
+      v: ViewTower(self.width, self.features, tuple(self.dilations), name=f"{v}_tower")
+      for v in VIEWS
+    }
 
   def tower(self, view: str, x: jax.Array) -> jax.Array:
     """Apply one view's tower to (B, H, W, 1) slices (used by dense inference)."""
@@ -106,7 +111,9 @@ class DeepSupervisionHeads(nn.Module):
   @nn.compact
   def __call__(self, features: jax.Array) -> jax.Array:
     per_view = jnp.split(features, 3, axis=-1)
-    return jnp.stack([nn.Dense(self.num_classes, name=f"{v}_head")(f) for v, f in zip(VIEWS, per_view)])
+    return jnp.stack(
+      [nn.Dense(self.num_classes, name=f"{v}_head")(f) for v, f in zip(VIEWS, per_view)]
+    )
 
 
 class BatchStatsNorm(nn.Module):
@@ -180,13 +187,18 @@ class Critic(nn.Module):
       # Batch statistics over a 1x1 one-channel map standardise the batch's scores: their
       # batch mean is then the same for every batch, and the critic can tell domains apart
       # only by the shape of the score distribution (the reference's map is 11x11).
-      raise ValueError(f"a batch-statistics critic needs a final map larger than 1x1; got {x.shape[1:3]} "
-                       "from features of side " f"{features.shape[1]} (config.data.output_size >= 17)")
+      raise ValueError(
+        f"a batch-statistics critic needs a final map larger than 1x1; got {x.shape[1:3]} "
+        "from features of side "
+        f"{features.shape[1]} (config.data.output_size >= 17)"
+      )
     x = x.reshape(x.shape[0], -1)
     return nn.Dense(1, name="score")(x)[:, 0]
 
 
-def build(config: ml_collections.ConfigDict) -> tuple[Generator, Classifier, DeepSupervisionHeads, Critic]:
+def build(
+  config: ml_collections.ConfigDict,
+) -> tuple[Generator, Classifier, DeepSupervisionHeads, Critic]:
   """Construct (G, C, heads, D) from a config's `model` section."""
   m = config.model
   g = Generator(m.tower_width, m.tower_features, tuple(m.dilations))
@@ -206,15 +218,21 @@ def init_params(config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
   feats = jax.eval_shape(lambda: g.apply({"params": g_params}, views))
   feats = jnp.zeros(feats.shape, feats.dtype)
   return {
-      "generator": g_params,
-      "classifier": c.init(k_c, feats)["params"],
-      "heads": h.init(k_h, feats)["params"],
-      "critic": d.init(k_d, feats)["params"],
+    "generator": g_params,
+    "classifier": c.init(k_c, feats)["params"],
+    "heads": h.init(k_h, feats)["params"],
+    "critic": d.init(k_d, feats)["params"],
   }
 
 
-def centre_logits(classifier: Classifier, c_params, features: jax.Array, *, deterministic: bool = True,
-                  rng: jax.Array | None = None) -> jax.Array:
+def centre_logits(
+  classifier: Classifier,
+  c_params,
+  features: jax.Array,
+  *,
+  deterministic: bool = True,
+  rng: jax.Array | None = None,
+) -> jax.Array:
   """Classifier logits at the centre of a (B, h, w, F) feature map -> (B, num_classes)."""
   h, w = features.shape[1:3]
   centre = features[:, h // 2, w // 2, :]

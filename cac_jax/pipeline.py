@@ -18,24 +18,31 @@ import dataclasses
 import json
 import os
 import platform
+from typing import Any
 import warnings
-from typing import Any, Optional
 
 import ml_collections
 import numpy as np
 
 import cac_jax
-from cac_jax import atomic
-from cac_jax import labels as labels_lib
+from cac_jax import atomic, postprocess, scores, threshold
 from cac_jax import heart_region as heart_region_lib
-from cac_jax import postprocess, scores, threshold
+from cac_jax import labels as labels_lib
 from cac_jax.scan import Scan
 
-OUTPUT_FILES = ("calcium_labels.nii.gz", "calcium_labels.itksnap.txt", "calcium_labels.slicer.ctbl",
-                "lesions.csv", "scores.json", "overlay.png")
+OUTPUT_FILES = (
+  "calcium_labels.nii.gz",
+  "calcium_labels.itksnap.txt",
+  "calcium_labels.slicer.ctbl",
+  "lesions.csv",
+  "scores.json",
+  "overlay.png",
+)
 DICOM_OUTPUT_FILES = ("calcium_seg.dcm", "calcium_sr.dcm")  # DICOM input only (`cac_jax.dicom_seg`)
-RESEARCH_NOTICE = ("Research use only; not a medical device. These scores come from a research model and "
-                   "must not be used for diagnosis or treatment decisions.")
+RESEARCH_NOTICE = (
+  "Research use only; not a medical device. These scores come from a research model and "
+  "must not be used for diagnosis or treatment decisions."
+)
 # Plausibility limits: beyond them a result is reported with a warning (not changed).
 MAX_PLAUSIBLE_LESIONS = 100
 MAX_PLAUSIBLE_CORONARY_MM3 = 5000.0
@@ -70,10 +77,10 @@ class ScoringResult:
   classes: np.ndarray
   raw_classes: np.ndarray
   report: dict[str, Any]
-  heart: Optional[np.ndarray] = None
+  heart: np.ndarray | None = None
 
 
-def candidate_mask(hu: np.ndarray, threshold_hu: float, region: Optional[np.ndarray]) -> np.ndarray:
+def candidate_mask(hu: np.ndarray, threshold_hu: float, region: np.ndarray | None) -> np.ndarray:
   """Candidate voxels: HU >= threshold, restricted to `region` (bool (z,y,x)) when given."""
   cand = hu >= threshold_hu
   if region is not None:
@@ -84,19 +91,34 @@ def candidate_mask(hu: np.ndarray, threshold_hu: float, region: Optional[np.ndar
 def _versions() -> dict[str, str]:
   import flax
   import jax
-  return {"cac_jax": cac_jax.__version__, "jax": jax.__version__, "flax": flax.__version__,
-          "numpy": np.__version__, "python": platform.python_version()}
+
+  return {
+    "cac_jax": cac_jax.__version__,
+    "jax": jax.__version__,
+    "flax": flax.__version__,
+    "numpy": np.__version__,
+    "python": platform.python_version(),
+  }
 
 
-def _empty_result(setup: "Setup", scan: Scan) -> ScoringResult:
+def _empty_result(setup: Setup, scan: Scan) -> ScoringResult:
   zeros = np.zeros(scan.shape, np.int32)
-  report = dict(setup.report, domain=setup.domain,
-                scores=scores.compute_scores(zeros, scan.hu, scan, setup.domain), warnings=setup.notes)
+  report = dict(
+    setup.report,
+    domain=setup.domain,
+    scores=scores.compute_scores(zeros, scan.hu, scan, setup.domain),
+    warnings=setup.notes,
+  )
   return ScoringResult(zeros, zeros, report)
 
 
-def detect(scan: Scan, params, config: ml_collections.ConfigDict, threshold_hu: float,
-           region: Optional[np.ndarray]) -> np.ndarray:
+def detect(
+  scan: Scan,
+  params,
+  config: ml_collections.ConfigDict,
+  threshold_hu: float,
+  region: np.ndarray | None,
+) -> np.ndarray:
   """Network classes at candidate voxels, on the scan's own grid.
 
   The network runs at `config.data.working_spacing` (the scan is resampled when its spacing
@@ -107,13 +129,18 @@ def detect(scan: Scan, params, config: ml_collections.ConfigDict, threshold_hu: 
   Returns int32 (z, y, x) classes 0..6, 0 outside candidates.
   """
   from cac_jax import infer, preprocess  # jax import deferred: numpy-only callers stay light
+
   native_cand = candidate_mask(scan.hu, threshold_hu, region)
   if not native_cand.any():
     return np.zeros(scan.shape, np.int32)
   working = preprocess.resample(scan, tuple(config.data.working_spacing), order=1)
   if working.shape == scan.shape and np.allclose(working.spacing, scan.spacing):
     return infer.predict_classes(params, config, scan.hu, native_cand).astype(np.int32)
-  w_region = None if region is None else preprocess.resample_labels(region.astype(np.uint8), scan, working) > 0
+  w_region = (
+    None
+    if region is None
+    else preprocess.resample_labels(region.astype(np.uint8), scan, working) > 0
+  )
   w_cand = candidate_mask(working.hu, threshold_hu, w_region)
   # Candidates near the threshold may vanish under interpolation: also keep any working voxel
   # that is the nearest neighbour of a native candidate.
@@ -140,26 +167,39 @@ class Setup:
 
   domain: str
   threshold_hu: float
-  heart: Optional[np.ndarray]
-  region: Optional[np.ndarray]
-  empty: Optional[str]
+  heart: np.ndarray | None
+  region: np.ndarray | None
+  empty: str | None
   report: dict[str, Any]
   notes: list[str]
 
 
-def prepare(scan: Scan, config: ml_collections.ConfigDict, settings: postprocess.FPReductionSettings, *,
-            domain: str = "auto", heart_mask: Optional[np.ndarray] = None,
-            aorta_mask: Optional[np.ndarray] = None, auto_heart: bool = False) -> Setup:
+def prepare(
+  scan: Scan,
+  config: ml_collections.ConfigDict,
+  settings: postprocess.FPReductionSettings,
+  *,
+  domain: str = "auto",
+  heart_mask: np.ndarray | None = None,
+  aorta_mask: np.ndarray | None = None,
+  auto_heart: bool = False,
+) -> Setup:
   """Domain, threshold, heart region and candidate checks of one scan (see `score_scan`).
 
   Raises ImplausibleScanError for a grid too large or a scan whose values are not CT in HU.
   """
   check_grid_size(scan, config)
   notes: list[str] = list(scan.meta.get("warnings", []))
-  report: dict[str, Any] = {"notice": RESEARCH_NOTICE, "versions": _versions(),
-                            "settings": dataclasses.asdict(settings), "coronary_score": True,
-                            "input": {"shape_zyx": list(scan.shape), "spacing_zyx_mm": list(scan.spacing)}}
-  report["heart_region"] = {"source": "mask" if heart_mask is not None else "auto" if auto_heart else "none"}
+  report: dict[str, Any] = {
+    "notice": RESEARCH_NOTICE,
+    "versions": _versions(),
+    "settings": dataclasses.asdict(settings),
+    "coronary_score": True,
+    "input": {"shape_zyx": list(scan.shape), "spacing_zyx_mm": list(scan.spacing)},
+  }
+  report["heart_region"] = {
+    "source": "mask" if heart_mask is not None else "auto" if auto_heart else "none"
+  }
 
   def empty(why: str, dom: str, thr: float = float("inf")) -> Setup:
     return Setup(dom, thr, None, None, why, report, notes + [why])
@@ -167,8 +207,10 @@ def prepare(scan: Scan, config: ml_collections.ConfigDict, settings: postprocess
   try:
     domain, thr, info, more = threshold.choose_threshold(scan, domain, aorta_mask, config)
   except threshold.NoAortaError as e:
-    return empty(f"no aorta found, so no CCTA threshold; result is all zero ({e})",
-                 "ccta" if domain == "auto" else domain)
+    return empty(
+      f"no aorta found, so no CCTA threshold; result is all zero ({e})",
+      "ccta" if domain == "auto" else domain,
+    )
   notes += more
   report.update(info)
   if heart_mask is None and auto_heart:
@@ -179,14 +221,22 @@ def prepare(scan: Scan, config: ml_collections.ConfigDict, settings: postprocess
       report["settings"]["heart_filter"] = False
       report["coronary_score"] = False
       n_all = int(candidate_mask(scan.hu, thr, None).sum())
-      _check_candidate_fraction(n_all, scan.hu.size, thr)  # a scan that is not CT is refused, not "no heart"
+      _check_candidate_fraction(
+        n_all, scan.hu.size, thr
+      )  # a scan that is not CT is refused, not "no heart"
       if n_all == 0:
         notes.append(f"no candidate voxels >= {thr:.1f} HU in the whole scan")
-      return empty("no heart found in the field of view: no coronary score (all zero); "
-                   "give --heart_mask if the heart is in view", domain, thr)
+      return empty(
+        "no heart found in the field of view: no coronary score (all zero); "
+        "give --heart_mask if the heart is in view",
+        domain,
+        thr,
+      )
     heart_mask = found.mask
-    notes.append("heart region found automatically from the scan (lungs and mediastinum, "
-                 "docs/scoring.md); check it in overlay.png")
+    notes.append(
+      "heart region found automatically from the scan (lungs and mediastinum, "
+      "docs/scoring.md); check it in overlay.png"
+    )
   region = None
   if heart_mask is not None:
     if not heart_mask.any():
@@ -198,7 +248,9 @@ def prepare(scan: Scan, config: ml_collections.ConfigDict, settings: postprocess
     report["settings"]["heart_filter"] = False  # no region: the filter cannot run
     notes.append("no heart mask given: candidates are not restricted to the heart region")
   report["num_candidates"] = int(candidate_mask(scan.hu, thr, region).sum())
-  _check_candidate_fraction(report["num_candidates"], scan.hu.size if region is None else int(region.sum()), thr)
+  _check_candidate_fraction(
+    report["num_candidates"], scan.hu.size if region is None else int(region.sum()), thr
+  )
   if report["num_candidates"] == 0:
     return empty(f"no candidate voxels >= {thr:.1f} HU; result is all zero", domain, thr)
   return Setup(domain, thr, heart_mask, region, None, report, notes)
@@ -211,36 +263,59 @@ def raw_classes(setup: Setup, scan: Scan, params, config: ml_collections.ConfigD
   return detect(scan, params, config, setup.threshold_hu, setup.region)
 
 
-def reduce(setup: Setup, scan: Scan, raw: np.ndarray,
-           settings: postprocess.FPReductionSettings) -> tuple[np.ndarray, list[str]]:
+def reduce(
+  setup: Setup, scan: Scan, raw: np.ndarray, settings: postprocess.FPReductionSettings
+) -> tuple[np.ndarray, list[str]]:
   """False-positive reduction of `raw_classes` with `settings`: (int32 (z, y, x) classes, warnings)."""
   if setup.empty:
     return raw, []
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
-    final = postprocess.reduce_false_positives(raw, scan.hu, setup.threshold_hu, scan.spacing, setup.heart, settings)
+    final = postprocess.reduce_false_positives(
+      raw, scan.hu, setup.threshold_hu, scan.spacing, setup.heart, settings
+    )
   return final.astype(np.int32), [str(w.message) for w in caught]
 
 
-def finish(setup: Setup, scan: Scan, raw: np.ndarray, settings: postprocess.FPReductionSettings,
-           calibration: Optional[float] = None) -> ScoringResult:
+def finish(
+  setup: Setup,
+  scan: Scan,
+  raw: np.ndarray,
+  settings: postprocess.FPReductionSettings,
+  calibration: float | None = None,
+) -> ScoringResult:
   """FP reduction of `raw`, scores and plausibility warnings: the `ScoringResult`."""
   if setup.empty:
     return _empty_result(setup, scan)
   final, notes = reduce(setup, scan, raw, settings)
   notes = setup.notes + notes
   report = dict(setup.report, domain=setup.domain)
-  report["scores"] = scores.compute_scores(final, scan.hu, scan, setup.domain, calibration=calibration)
-  notes += plausibility_warnings(final, scan, report["scores"], setup.heart,
-                                 settings.dilation_mm if report["settings"]["heart_filter"] is False else None)
+  report["scores"] = scores.compute_scores(
+    final, scan.hu, scan, setup.domain, calibration=calibration
+  )
+  notes += plausibility_warnings(
+    final,
+    scan,
+    report["scores"],
+    setup.heart,
+    settings.dilation_mm if report["settings"]["heart_filter"] is False else None,
+  )
   report["warnings"] = notes
   return ScoringResult(final, raw, report, setup.heart)
 
 
-def score_scan(scan: Scan, params, config: ml_collections.ConfigDict, *, domain: str = "auto",
-               heart_mask: Optional[np.ndarray] = None, aorta_mask: Optional[np.ndarray] = None,
-               fp_settings: Optional[postprocess.FPReductionSettings] = None,
-               calibration: Optional[float] = None, auto_heart: bool = False) -> ScoringResult:
+def score_scan(
+  scan: Scan,
+  params,
+  config: ml_collections.ConfigDict,
+  *,
+  domain: str = "auto",
+  heart_mask: np.ndarray | None = None,
+  aorta_mask: np.ndarray | None = None,
+  fp_settings: postprocess.FPReductionSettings | None = None,
+  calibration: float | None = None,
+  auto_heart: bool = False,
+) -> ScoringResult:
   """Score one scan: `prepare` -> `raw_classes` -> `finish` (the studies reuse the stages).
 
   Args:
@@ -261,13 +336,25 @@ def score_scan(scan: Scan, params, config: ml_collections.ConfigDict, *, domain:
   `report["settings"]["heart_filter"]` whether the heart filter actually ran.
   """
   settings = fp_settings or postprocess.FPReductionSettings.from_config(config.scoring)
-  setup = prepare(scan, config, settings, domain=domain, heart_mask=heart_mask, aorta_mask=aorta_mask,
-                  auto_heart=auto_heart)
+  setup = prepare(
+    scan,
+    config,
+    settings,
+    domain=domain,
+    heart_mask=heart_mask,
+    aorta_mask=aorta_mask,
+    auto_heart=auto_heart,
+  )
   return finish(setup, scan, raw_classes(setup, scan, params, config), settings, calibration)
 
 
-def plausibility_warnings(classes: np.ndarray, scan: Scan, score: dict, heart_mask: Optional[np.ndarray],
-                          outside_check_mm: Optional[float]) -> list[str]:
+def plausibility_warnings(
+  classes: np.ndarray,
+  scan: Scan,
+  score: dict,
+  heart_mask: np.ndarray | None,
+  outside_check_mm: float | None,
+) -> list[str]:
   """Warnings for results no real scan should give, so a bad region or model is never silent.
 
   Args:
@@ -281,11 +368,15 @@ def plausibility_warnings(classes: np.ndarray, scan: Scan, score: dict, heart_ma
   out = []
   n = score["total"]["lesions"]
   if n > MAX_PLAUSIBLE_LESIONS:
-    out.append(f"implausible: {n} coronary lesions (> {MAX_PLAUSIBLE_LESIONS}); bone, contrast or noise "
-               "is probably called calcium")
+    out.append(
+      f"implausible: {n} coronary lesions (> {MAX_PLAUSIBLE_LESIONS}); bone, contrast or noise "
+      "is probably called calcium"
+    )
   vol = score["total"]["volume_mm3"]
   if vol > MAX_PLAUSIBLE_CORONARY_MM3:
-    out.append(f"implausible: {vol:.0f} mm³ of coronary calcium (> {MAX_PLAUSIBLE_CORONARY_MM3:.0f} mm³)")
+    out.append(
+      f"implausible: {vol:.0f} mm³ of coronary calcium (> {MAX_PLAUSIBLE_CORONARY_MM3:.0f} mm³)"
+    )
   if outside_check_mm is not None and n:
     mask = heart_mask
     if mask is None:
@@ -296,8 +387,10 @@ def plausibility_warnings(classes: np.ndarray, scan: Scan, score: dict, heart_ma
       inside = np.unique(lab[region & (lab > 0)])
       outside = num - int(np.count_nonzero(inside))
       if outside:
-        out.append(f"{outside} of {num} coronary lesions lie outside the (dilated) heart region; the heart "
-                   "filter was off, so they are counted")
+        out.append(
+          f"{outside} of {num} coronary lesions lie outside the (dilated) heart region; the heart "
+          "filter was off, so they are counted"
+        )
   return out
 
 
@@ -309,23 +402,26 @@ def check_grid_size(scan: Scan, config) -> None:
   many GiB and die).
   """
   from cac_jax import preprocess  # SimpleITK only; keeps this module's imports light
+
   working = preprocess.resampled_shape(scan.shape, scan.spacing, tuple(config.data.working_spacing))
   for what, shape in (("native", scan.shape), ("working", working)):
     n = int(np.prod(np.asarray(shape, np.int64)))
     if n > MAX_GRID_VOXELS:
       raise ImplausibleScanError(
-          f"the scan's {what} grid would be {tuple(int(v) for v in shape)} voxels (z, y, x) = "
-          f"{n / 2**20:.0f} Mi voxels, above the limit of {MAX_GRID_VOXELS / 2**20:.0f} Mi "
-          f"(spacing {tuple(round(v, 4) for v in scan.spacing)} mm): check the voxel spacing in "
-          "the header, or crop the scan to the chest")
+        f"the scan's {what} grid would be {tuple(int(v) for v in shape)} voxels (z, y, x) = "
+        f"{n / 2**20:.0f} Mi voxels, above the limit of {MAX_GRID_VOXELS / 2**20:.0f} Mi "
+        f"(spacing {tuple(round(v, 4) for v in scan.spacing)} mm): check the voxel spacing in "
+        "the header, or crop the scan to the chest"
+      )
 
 
 def _check_candidate_fraction(n: int, total: int, thr: float) -> None:
   if total and n / total > MAX_CANDIDATE_FRACTION:
     raise ImplausibleScanError(
-        f"{n / total:.0%} of the scanned voxels are at or above the calcium threshold "
-        f"{thr:.0f} HU (a CT has a few percent): the values are not CT in HU (raw stored values, "
-        "another modality?) or the wrong --domain was given")
+      f"{n / total:.0%} of the scanned voxels are at or above the calcium threshold "
+      f"{thr:.0f} HU (a CT has a few percent): the values are not CT in HU (raw stored values, "
+      "another modality?) or the wrong --domain was given"
+    )
 
 
 def check_outputs_free(output_dir: str, overwrite: bool) -> None:
@@ -334,14 +430,24 @@ def check_outputs_free(output_dir: str, overwrite: bool) -> None:
   Outputs without scores.json (moved into place last by `write_outputs`) are the remains of
   a run killed while moving its files into place, not a result: they are replaced.
   """
-  existing = [f for f in OUTPUT_FILES + DICOM_OUTPUT_FILES if os.path.exists(os.path.join(output_dir, f))]
+  existing = [
+    f for f in OUTPUT_FILES + DICOM_OUTPUT_FILES if os.path.exists(os.path.join(output_dir, f))
+  ]
   if existing and "scores.json" in existing and not overwrite:
-    raise OutputExistsError(f"outputs already exist in {output_dir}: {', '.join(existing)} "
-                            "(pass --overwrite to replace them)")
+    raise OutputExistsError(
+      f"outputs already exist in {output_dir}: {', '.join(existing)} "
+      "(pass --overwrite to replace them)"
+    )
 
 
-def write_outputs(result: ScoringResult, scan: Scan, output_dir: str, *, overwrite: bool = False,
-                  extra: Optional[dict[str, Any]] = None) -> dict[str, str]:
+def write_outputs(
+  result: ScoringResult,
+  scan: Scan,
+  output_dir: str,
+  *,
+  overwrite: bool = False,
+  extra: dict[str, Any] | None = None,
+) -> dict[str, str]:
   """Write the outputs of one scan into output_dir, all or nothing (`atomic.write_set`: each
   file is checked complete, then moved into place, scores.json last). Returns {name: path}.
 
@@ -351,24 +457,43 @@ def write_outputs(result: ScoringResult, scan: Scan, output_dir: str, *, overwri
   (`scores.lesion_table`); overlay.png; `extra` {name: write(path)} files (e.g. the DICOM SEG
   and SR of `cac_jax.dicom_seg.writers`); scores.json (the report).
   """
-  from cac_jax import volume_io, plots
+  from cac_jax import plots, volume_io
+
   os.makedirs(output_dir, exist_ok=True)
   check_outputs_free(output_dir, overwrite)
   atomic.remove_stale(output_dir)  # leftovers of a killed run (the caller holds the folder)
   text = json.dumps(result.report, indent=2, default=_json_default)
   s = result.report["scores"]
   calibration = s.get("calibration") if s.get("mass_calibrated") else None
-  return atomic.write_set(output_dir, {
-      "calcium_labels.nii.gz": lambda p: volume_io.write_like(labels_lib.classes_to_reference(result.classes), scan, p),
-      "overlay.png": lambda p: plots.overlay_png(scan.hu, result.classes, p, scan.spacing,
-                                                 title=overlay_title(result.report),
-                                                 z_positions_mm=_z_positions_mm(scan), region=result.heart),
-      "calcium_labels.itksnap.txt": lambda p: atomic.write_text(p, labels_lib.itksnap_label_description()),
-      "calcium_labels.slicer.ctbl": lambda p: atomic.write_text(p, labels_lib.slicer_colour_table()),
-      "lesions.csv": lambda p: atomic.write_csv(p, scores.LESION_FIELDS,
-                                                scores.lesion_table(result.classes, scan.hu, scan, calibration)),
+  return atomic.write_set(
+    output_dir,
+    {
+      "calcium_labels.nii.gz": lambda p: volume_io.write_like(
+        labels_lib.classes_to_reference(result.classes), scan, p
+      ),
+      "overlay.png": lambda p: plots.overlay_png(
+        scan.hu,
+        result.classes,
+        p,
+        scan.spacing,
+        title=overlay_title(result.report),
+        z_positions_mm=_z_positions_mm(scan),
+        region=result.heart,
+      ),
+      "calcium_labels.itksnap.txt": lambda p: atomic.write_text(
+        p, labels_lib.itksnap_label_description()
+      ),
+      "calcium_labels.slicer.ctbl": lambda p: atomic.write_text(
+        p, labels_lib.slicer_colour_table()
+      ),
+      "lesions.csv": lambda p: atomic.write_csv(
+        p, scores.LESION_FIELDS, scores.lesion_table(result.classes, scan.hu, scan, calibration)
+      ),
       **(extra or {}),
-      "scores.json": lambda p: atomic.write_text(p, text)}, last="scores.json")
+      "scores.json": lambda p: atomic.write_text(p, text),
+    },
+    last="scores.json",
+  )
 
 
 def _z_positions_mm(scan: Scan) -> np.ndarray:
@@ -379,16 +504,22 @@ def _z_positions_mm(scan: Scan) -> np.ndarray:
 
 
 def overlay_title(report: dict) -> str:
-  """"<image>: total Agatston A (category), threshold T HU, window -200..800 HU"."""
+  """ "<image>: total Agatston A (category), threshold T HU, window -200..800 HU"."""
   from cac_jax import plots  # pylint: disable=g-import-not-at-top
+
   s = report["scores"]
   thr = report.get("threshold", {}).get("threshold_hu")
   image = report.get("input", {}).get("image")  # None unless the input path may be recorded
   name = os.path.basename(image) if image else "scan"
-  score = (f"total Agatston {s['total']['agatston']:.0f} ({s['risk_category']})" if report.get("coronary_score", True)
-           else "no coronary score")
-  return (f"{name}: {score}, threshold {'n/a' if thr is None else f'{thr:.0f} HU'}, "
-          f"window {plots.HU_WINDOW[0]:.0f}..{plots.HU_WINDOW[1]:.0f} HU")
+  score = (
+    f"total Agatston {s['total']['agatston']:.0f} ({s['risk_category']})"
+    if report.get("coronary_score", True)
+    else "no coronary score"
+  )
+  return (
+    f"{name}: {score}, threshold {'n/a' if thr is None else f'{thr:.0f} HU'}, "
+    f"window {plots.HU_WINDOW[0]:.0f}..{plots.HU_WINDOW[1]:.0f} HU"
+  )
 
 
 def _json_default(o):

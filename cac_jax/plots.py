@@ -8,8 +8,7 @@ overlay without lesions, still produce a figure that states why it is (nearly) e
 
 from __future__ import annotations
 
-import os
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import matplotlib
 
@@ -20,9 +19,11 @@ from matplotlib import patches as mpatches  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from cac_jax import atomic  # noqa: E402
+from cac_jax import (
+  atomic,  # noqa: E402
+  metrics,  # noqa: E402
+)
 from cac_jax import labels as labels_lib  # noqa: E402
-from cac_jax import metrics  # noqa: E402
 
 HU_WINDOW = (-200.0, 800.0)
 # Fixed legend colours for classes 1..6 (LAD, LCX, RCA, aorta, aortic valve, mitral valve).
@@ -34,8 +35,9 @@ def _save(fig: mfigure.Figure, path: str, dpi: int = 100) -> str:
   return atomic.write_png(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
-def bland_altman_plot(ref: Sequence[float], pred: Sequence[float], path: str, title: str = "",
-                      units: str = "mm³") -> str:
+def bland_altman_plot(
+  ref: Sequence[float], pred: Sequence[float], path: str, title: str = "", units: str = "mm³"
+) -> str:
   """Bland-Altman plot: mean vs difference (pred − ref), bias and 95 % limits (heteroskedastic,
   or constant with a note when `metrics.bland_altman` falls back).
 
@@ -63,17 +65,24 @@ def bland_altman_plot(ref: Sequence[float], pred: Sequence[float], path: str, ti
     ba = None
     ax.scatter(m, d, s=18, color="k", alpha=0.7)
     ax.axhline(0.0, color="0.6", lw=0.8)
-    ax.text(0.5, 0.5, f"No Bland-Altman limits:\n{e}", transform=ax.transAxes, ha="center",
-            va="center", fontsize=11, color="tab:red",
-            bbox=dict(boxstyle="round", facecolor="white", edgecolor="tab:red"))
+    ax.text(
+      0.5,
+      0.5,
+      f"No Bland-Altman limits:\n{e}",
+      transform=ax.transAxes,
+      ha="center",
+      va="center",
+      fontsize=11,
+      color="tab:red",
+      bbox=dict(boxstyle="round", facecolor="white", edgecolor="tab:red"),
+    )
   if ba is not None:
     ax.scatter(ba.mean, ba.diff, s=18, color="k", alpha=0.7, label=f"scans (n={ba.n})")
     ax.axhline(0.0, color="0.6", lw=0.8)
     ax.axhline(ba.bias, color="tab:blue", lw=1.5, label=f"bias {ba.bias:.3g} {units}")
     grid = np.linspace(0.0, max(float(ba.mean.max()), 1e-9) * 1.05, 200)
     lo, hi = ba.limits(grid)
-    ax.plot(grid, hi, color="tab:red", ls="--", lw=1.2,
-            label=f"95% limits: {ba.formula()}")
+    ax.plot(grid, hi, color="tab:red", ls="--", lw=1.2, label=f"95% limits: {ba.formula()}")
     ax.plot(grid, lo, color="tab:red", ls="--", lw=1.2)
     ax.legend(loc="best", fontsize=8)
     if ba.note:  # constant limits instead of the heteroskedastic fit: say so on the figure
@@ -86,7 +95,9 @@ def bland_altman_plot(ref: Sequence[float], pred: Sequence[float], path: str, ti
   return _save(fig, path)
 
 
-def _pick_slices(classes: np.ndarray, n_slices: int, reference: Optional[np.ndarray] = None) -> list[int]:
+def _pick_slices(
+  classes: np.ndarray, n_slices: int, reference: np.ndarray | None = None
+) -> list[int]:
   """Axial slices through distinct lesions (at most n_slices, sorted); middle if none.
 
   Lesions are 6-connected components of calcium (of `classes`, and of `reference` when given),
@@ -111,7 +122,7 @@ def _pick_slices(classes: np.ndarray, n_slices: int, reference: Optional[np.ndar
   return sorted(picked)
 
 
-def _zoom_box(mask: Optional[np.ndarray], spacing, margin_mm: float = 15.0):
+def _zoom_box(mask: np.ndarray | None, spacing, margin_mm: float = 15.0):
   """In-plane (x0, x1, y0, y1) in mm around `mask` (any slice) plus a margin; None if empty."""
   if mask is None or not np.any(mask):
     return None
@@ -119,15 +130,27 @@ def _zoom_box(mask: Optional[np.ndarray], spacing, margin_mm: float = 15.0):
   xs = np.nonzero(np.any(mask, axis=(0, 1)))[0]
   sy, sx = float(spacing[1]), float(spacing[2])
   ny, nx = mask.shape[1:]
-  return (max(0.0, xs[0] * sx - margin_mm), min(nx * sx, (xs[-1] + 1) * sx + margin_mm),
-          max(0.0, ys[0] * sy - margin_mm), min(ny * sy, (ys[-1] + 1) * sy + margin_mm))
+  return (
+    max(0.0, xs[0] * sx - margin_mm),
+    min(nx * sx, (xs[-1] + 1) * sx + margin_mm),
+    max(0.0, ys[0] * sy - margin_mm),
+    min(ny * sy, (ys[-1] + 1) * sy + margin_mm),
+  )
 
 
-def overlay_png(hu: np.ndarray, classes: np.ndarray, path: str,
-                spacing: Sequence[float] = (1.0, 1.0, 1.0), n_slices: int = 3,
-                title: Optional[str] = None, *, reference: Optional[np.ndarray] = None,
-                z_positions_mm: Optional[Sequence[float]] = None, region: Optional[np.ndarray] = None,
-                window: tuple[float, float] = HU_WINDOW) -> str:
+def overlay_png(
+  hu: np.ndarray,
+  classes: np.ndarray,
+  path: str,
+  spacing: Sequence[float] = (1.0, 1.0, 1.0),
+  n_slices: int = 3,
+  title: str | None = None,
+  *,
+  reference: np.ndarray | None = None,
+  z_positions_mm: Sequence[float] | None = None,
+  region: np.ndarray | None = None,
+  window: tuple[float, float] = HU_WINDOW,
+) -> str:
   """Axial slices through distinct lesions with calcium coloured by class.
 
   Args:
@@ -151,16 +174,24 @@ def overlay_png(hu: np.ndarray, classes: np.ndarray, path: str,
   hu = np.asarray(hu, dtype=np.float32)
   classes = np.asarray(classes)
   if hu.ndim != 3 or hu.shape != classes.shape:
-    raise ValueError(f"hu {hu.shape} and classes {classes.shape} must be 3D (z, y, x) of the same shape")
+    raise ValueError(
+      f"hu {hu.shape} and classes {classes.shape} must be 3D (z, y, x) of the same shape"
+    )
   if hu.size == 0:
     raise ValueError("overlay_png needs a non-empty volume")
-  rows = [("prediction", classes)] if reference is None else [("prediction", classes), ("reference", np.asarray(reference))]
+  rows = (
+    [("prediction", classes)]
+    if reference is None
+    else [("prediction", classes), ("reference", np.asarray(reference))]
+  )
   for _, c in rows:
     if c.shape != hu.shape:
       raise ValueError(f"reference {c.shape} differs from hu {hu.shape}")
     bad = np.unique(c[(c < 0) | (c >= labels_lib.NUM_CLASSES)])
     if bad.size:
-      raise ValueError(f"classes holds values {bad.tolist()} outside 0..{labels_lib.NUM_CLASSES - 1}")
+      raise ValueError(
+        f"classes holds values {bad.tolist()} outside 0..{labels_lib.NUM_CLASSES - 1}"
+      )
   metrics.voxel_volume_mm3(spacing)  # validates spacing
   sz, sy, sx = (float(s) for s in spacing)
   slices = _pick_slices(classes, max(1, int(n_slices)), reference)
@@ -168,7 +199,9 @@ def overlay_png(hu: np.ndarray, classes: np.ndarray, path: str,
   extent = (0.0, nx * sx, ny * sy, 0.0)  # x right, y down, in mm
   box = _zoom_box(region, spacing)
   w_mm, h_mm = (box[1] - box[0], box[3] - box[2]) if box else (nx * sx, ny * sy)
-  cmap = mcolors.ListedColormap(["none"] + [CLASS_COLOURS[c] for c in range(1, labels_lib.NUM_CLASSES)])
+  cmap = mcolors.ListedColormap(
+    ["none"] + [CLASS_COLOURS[c] for c in range(1, labels_lib.NUM_CLASSES)]
+  )
   norm = mcolors.BoundaryNorm(np.arange(-0.5, labels_lib.NUM_CLASSES), cmap.N)
   aspect_h = h_mm / max(w_mm, 1e-9)
   fig = mfigure.Figure(figsize=(3.6 * len(slices) + 1.8, (3.6 * aspect_h + 0.6) * len(rows) + 0.6))
@@ -176,28 +209,51 @@ def overlay_png(hu: np.ndarray, classes: np.ndarray, path: str,
   for r, (name, cls) in enumerate(rows):
     any_lesion = bool(np.any(cls > 0))
     for ax, z in zip(axes[r], slices):
-      ax.imshow(hu[z], cmap="gray", vmin=window[0], vmax=window[1], extent=extent, interpolation="nearest")
+      ax.imshow(
+        hu[z], cmap="gray", vmin=window[0], vmax=window[1], extent=extent, interpolation="nearest"
+      )
       lab = np.ma.masked_equal(cls[z].astype(np.int32), 0)
       ax.imshow(lab, cmap=cmap, norm=norm, extent=extent, interpolation="nearest", alpha=0.85)
       if region is not None and np.any(region[z]):
-        ax.contour((np.arange(nx) + 0.5) * sx, (np.arange(ny) + 0.5) * sy, region[z].astype(np.float32),
-                   levels=[0.5], colors="white", linewidths=0.6, linestyles="dashed")
+        ax.contour(
+          (np.arange(nx) + 0.5) * sx,
+          (np.arange(ny) + 0.5) * sy,
+          region[z].astype(np.float32),
+          levels=[0.5],
+          colors="white",
+          linewidths=0.6,
+          linestyles="dashed",
+        )
       if box:
         ax.set_xlim(box[0], box[1])
         ax.set_ylim(box[3], box[2])
       ax.set_aspect("equal")
       pos = z * sz if z_positions_mm is None else float(z_positions_mm[z])
-      ax.set_title(f"{name + ': ' if reference is not None else ''}z = {pos:.1f} mm (slice {z})", fontsize=9)
+      ax.set_title(
+        f"{name + ': ' if reference is not None else ''}z = {pos:.1f} mm (slice {z})", fontsize=9
+      )
       ax.set_xlabel("x (mm)", fontsize=8)
       ax.set_ylabel("y (mm)", fontsize=8)
       ax.tick_params(labelsize=7)
       if not any_lesion:
-        ax.text(0.5, 0.5, "no lesions", transform=ax.transAxes, ha="center", va="center",
-                color="yellow", fontsize=12)
-  handles = [mpatches.Patch(color=CLASS_COLOURS[c], label=CLASS_LABELS[c])
-             for c in range(1, labels_lib.NUM_CLASSES)]
+        ax.text(
+          0.5,
+          0.5,
+          "no lesions",
+          transform=ax.transAxes,
+          ha="center",
+          va="center",
+          color="yellow",
+          fontsize=12,
+        )
+  handles = [
+    mpatches.Patch(color=CLASS_COLOURS[c], label=CLASS_LABELS[c])
+    for c in range(1, labels_lib.NUM_CLASSES)
+  ]
   if region is not None:
-    handles.append(mpatches.Patch(facecolor="none", edgecolor="0.4", linestyle="dashed", label="heart region"))
+    handles.append(
+      mpatches.Patch(facecolor="none", edgecolor="0.4", linestyle="dashed", label="heart region")
+    )
   fig.legend(handles=handles, loc="center right", fontsize=8, frameon=False)
   if title:
     fig.suptitle(title, fontsize=10)

@@ -19,9 +19,9 @@ mask gives a `UserWarning`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
 import warnings
-from typing import Optional, Sequence, Union
 
 import numpy as np
 from scipy import ndimage
@@ -54,10 +54,13 @@ class FPReductionSettings:
   dilation_mm: float = 10.0
 
   @classmethod
-  def from_config(cls, scoring, **overrides) -> "FPReductionSettings":
+  def from_config(cls, scoring, **overrides) -> FPReductionSettings:
     """From a `config.scoring` ConfigDict (min/max_lesion_mm3, heart_dilation_mm)."""
-    kw = dict(min_mm3=float(scoring.min_lesion_mm3), max_mm3=float(scoring.max_lesion_mm3),
-              dilation_mm=float(scoring.heart_dilation_mm))
+    kw = dict(
+      min_mm3=float(scoring.min_lesion_mm3),
+      max_mm3=float(scoring.max_lesion_mm3),
+      dilation_mm=float(scoring.heart_dilation_mm),
+    )
     kw.update(overrides)
     return cls(**kw)
 
@@ -105,8 +108,9 @@ def _lesion_volumes(lab: np.ndarray, n: int, spacing) -> np.ndarray:
   return counts * float(np.prod(spacing))
 
 
-def size_filter(classes: np.ndarray, spacing: Sequence[float], min_mm3: float = 1.0,
-                max_mm3: float = 500.0) -> np.ndarray:
+def size_filter(
+  classes: np.ndarray, spacing: Sequence[float], min_mm3: float = 1.0, max_mm3: float = 500.0
+) -> np.ndarray:
   """Drop 6-connected lesions whose volume (voxels x voxel volume, mm³) is < min or > max."""
   classes = np.asarray(classes)
   lab, n = label_lesions(classes)
@@ -119,7 +123,9 @@ def size_filter(classes: np.ndarray, spacing: Sequence[float], min_mm3: float = 
   return np.where(keep[lab], classes, 0).astype(classes.dtype)
 
 
-def heart_region(heart_mask: np.ndarray, spacing: Sequence[float], dilation_mm: float = 10.0) -> np.ndarray:
+def heart_region(
+  heart_mask: np.ndarray, spacing: Sequence[float], dilation_mm: float = 10.0
+) -> np.ndarray:
   """The heart mask dilated by a `dilation_mm` ball in physical units (bool (z, y, x)).
 
   Exact Euclidean distances with anisotropic spacing (distance transform of the complement).
@@ -131,8 +137,12 @@ def heart_region(heart_mask: np.ndarray, spacing: Sequence[float], dilation_mm: 
   return dist <= dilation_mm + 1e-6
 
 
-def heart_filter(classes: np.ndarray, heart_mask: Optional[np.ndarray], spacing: Sequence[float],
-                 dilation_mm: float = 10.0) -> np.ndarray:
+def heart_filter(
+  classes: np.ndarray,
+  heart_mask: np.ndarray | None,
+  spacing: Sequence[float],
+  dilation_mm: float = 10.0,
+) -> np.ndarray:
   """Drop lesions with no voxel inside the heart mask dilated by `dilation_mm`.
 
   Without a heart mask (None or empty) a UserWarning is issued and `classes` is returned
@@ -140,11 +150,16 @@ def heart_filter(classes: np.ndarray, heart_mask: Optional[np.ndarray], spacing:
   """
   classes = np.asarray(classes)
   if heart_mask is None or not np.any(heart_mask):
-    warnings.warn("no heart mask: the heart filter of the false-positive reduction is skipped",
-                  UserWarning, stacklevel=2)
+    warnings.warn(
+      "no heart mask: the heart filter of the false-positive reduction is skipped",
+      UserWarning,
+      stacklevel=2,
+    )
     return classes.copy()
   if np.shape(heart_mask) != classes.shape:
-    raise ValueError(f"heart mask shape {np.shape(heart_mask)} differs from classes shape {classes.shape}")
+    raise ValueError(
+      f"heart mask shape {np.shape(heart_mask)} differs from classes shape {classes.shape}"
+    )
   lab, n = label_lesions(classes)
   if n == 0:
     return classes.copy()
@@ -155,10 +170,14 @@ def heart_filter(classes: np.ndarray, heart_mask: Optional[np.ndarray], spacing:
   return np.where(keep[lab], classes, 0).astype(classes.dtype)
 
 
-def reduce_false_positives(classes: np.ndarray, hu: np.ndarray, threshold_hu: float,
-                           scan_or_spacing: Union[Scan, Sequence[float]],
-                           heart_mask: Optional[np.ndarray] = None,
-                           settings: Optional[FPReductionSettings] = None) -> np.ndarray:
+def reduce_false_positives(
+  classes: np.ndarray,
+  hu: np.ndarray,
+  threshold_hu: float,
+  scan_or_spacing: Scan | Sequence[float],
+  heart_mask: np.ndarray | None = None,
+  settings: FPReductionSettings | None = None,
+) -> np.ndarray:
   """Run the enabled false-positive reduction steps; returns int32 classes (z, y, x).
 
   Args:

@@ -10,8 +10,9 @@ step (the samplers' and synthetic batches are) and safe to call from two threads
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 import concurrent.futures
-from typing import Any, Callable, Iterator, Optional
+from typing import Any
 
 
 class Prefetched:
@@ -22,9 +23,9 @@ class Prefetched:
   streams can feed several runs, e.g. both adapted variants of the experiment).
   """
 
-  def __init__(self, make: Callable[[int], Any], depth: int = 2, stop: Optional[int] = None):
+  def __init__(self, make: Callable[[int], Any], depth: int = 2, stop: int | None = None):
     self._make, self._depth, self._stop = make, max(int(depth), 1), stop
-    self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+    self._pool: concurrent.futures.ThreadPoolExecutor | None = None
     self._futures: dict[int, concurrent.futures.Future] = {}
 
   def __call__(self, step: int) -> Any:
@@ -54,7 +55,9 @@ class PrefetchIterator(Iterator[Any]):
   (re-raised by `next()`), it is closed and yields nothing more.
   """
 
-  def __init__(self, make: Callable[[int], Any], start: int = 0, depth: int = 2, stop: Optional[int] = None):
+  def __init__(
+    self, make: Callable[[int], Any], start: int = 0, depth: int = 2, stop: int | None = None
+  ):
     self._prefetched = Prefetched(make, depth, stop)
     self._next, self._stop, self._closed = int(start), stop, False
 
@@ -79,7 +82,7 @@ class PrefetchIterator(Iterator[Any]):
   def alive(self) -> bool:
     return not self._closed
 
-  def __enter__(self) -> "PrefetchIterator":
+  def __enter__(self) -> PrefetchIterator:
     return self
 
   def __exit__(self, *exc):

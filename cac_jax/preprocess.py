@@ -8,8 +8,8 @@ allow. `normalize_hu` is the single place where HU are mapped to network inputs.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
-from typing import Optional, Sequence
 
 import numpy as np
 import SimpleITK as sitk
@@ -39,8 +39,9 @@ def _reference(shape, spacing, origin, direction, pixel_id) -> sitk.Image:
   return ref
 
 
-def resampled_shape(shape: Sequence[int], spacing_from: Sequence[float],
-                    spacing_to: Sequence[float]) -> tuple[int, int, int]:
+def resampled_shape(
+  shape: Sequence[int], spacing_from: Sequence[float], spacing_to: Sequence[float]
+) -> tuple[int, int, int]:
   """Voxel counts (z, y, x) that keep the physical extent size * spacing (at least 1)."""
   return tuple(max(1, int(round(n * a / b))) for n, a, b in zip(shape, spacing_from, spacing_to))
 
@@ -69,19 +70,22 @@ def resample(scan: Scan, spacing_zyx: Sequence[float], order: int = 1) -> Scan:
   if len(spacing_zyx) != 3 or any(not np.isfinite(s) or s <= 0 for s in spacing_zyx):
     raise ValueError(f"spacing must be three positive numbers (z, y, x) in mm; got {spacing_zyx}")
   if _same_spacing(spacing_zyx, scan.spacing):  # (float32 round-off in file headers)
-    return scan if tuple(scan.spacing) == spacing_zyx else dataclasses.replace(
-        scan, spacing=spacing_zyx)
+    return (
+      scan if tuple(scan.spacing) == spacing_zyx else dataclasses.replace(scan, spacing=spacing_zyx)
+    )
   shape = resampled_shape(scan.shape, scan.spacing, spacing_zyx)
   img = _to_image(np.asarray(scan.hu, dtype=np.float32), scan)
   ref = _reference(shape, spacing_zyx, scan.origin, scan.direction, sitk.sitkFloat32)
-  out = sitk.Resample(img, ref, sitk.Transform(),
-                      _INTERPOLATORS[order], AIR_HU, sitk.sitkFloat32, True)
+  out = sitk.Resample(
+    img, ref, sitk.Transform(), _INTERPOLATORS[order], AIR_HU, sitk.sitkFloat32, True
+  )
   hu = sitk.GetArrayFromImage(out)
   return dataclasses.replace(scan, hu=hu, spacing=spacing_zyx)
 
 
-def resample_labels(array: np.ndarray, scan_from: Scan, scan_to: Scan,
-                    extrapolate: bool = False) -> np.ndarray:
+def resample_labels(
+  array: np.ndarray, scan_from: Scan, scan_to: Scan, extrapolate: bool = False
+) -> np.ndarray:
   """Nearest-neighbour resampling of a (z, y, x) label/mask array between two scan grids.
 
   Args:
@@ -98,10 +102,12 @@ def resample_labels(array: np.ndarray, scan_from: Scan, scan_to: Scan,
   array = np.asarray(array)
   if array.shape != tuple(scan_from.shape):
     raise ValueError(f"array shape {array.shape} differs from scan shape {scan_from.shape}")
-  if (tuple(scan_to.shape) == tuple(scan_from.shape)
-      and _same_spacing(scan_to.spacing, scan_from.spacing)
-      and np.allclose(scan_to.origin, scan_from.origin, atol=1e-6)
-      and np.allclose(scan_to.direction, scan_from.direction, atol=1e-9)):
+  if (
+    tuple(scan_to.shape) == tuple(scan_from.shape)
+    and _same_spacing(scan_to.spacing, scan_from.spacing)
+    and np.allclose(scan_to.origin, scan_from.origin, atol=1e-6)
+    and np.allclose(scan_to.direction, scan_from.direction, atol=1e-9)
+  ):
     return array
   dtype = array.dtype
   work = array.astype(np.uint8) if dtype == np.bool_ else array
@@ -110,10 +116,12 @@ def resample_labels(array: np.ndarray, scan_from: Scan, scan_to: Scan,
   if work.dtype.itemsize == 8:
     work = work.astype(np.int32)
   img = _to_image(work, scan_from)
-  ref = _reference(scan_to.shape, scan_to.spacing, scan_to.origin, scan_to.direction,
-                   img.GetPixelID())
-  out = sitk.Resample(img, ref, sitk.Transform(),
-                      sitk.sitkNearestNeighbor, 0.0, img.GetPixelID(), bool(extrapolate))
+  ref = _reference(
+    scan_to.shape, scan_to.spacing, scan_to.origin, scan_to.direction, img.GetPixelID()
+  )
+  out = sitk.Resample(
+    img, ref, sitk.Transform(), sitk.sitkNearestNeighbor, 0.0, img.GetPixelID(), bool(extrapolate)
+  )
   return sitk.GetArrayFromImage(out).astype(dtype, copy=False)
 
 
@@ -125,12 +133,17 @@ def resample_case(case: Case, spacing_zyx: Sequence[float], order: int = 1) -> C
   if scan.hu is case.scan.hu:  # spacing equal up to round-off: nothing resampled
     return dataclasses.replace(case, scan=scan)
 
-  def _labels(a: Optional[np.ndarray]) -> Optional[np.ndarray]:
+  def _labels(a: np.ndarray | None) -> np.ndarray | None:
     return None if a is None else resample_labels(a, case.scan, scan, extrapolate=True)
 
-  return dataclasses.replace(case, scan=scan, labels=_labels(case.labels),
-                             heart_mask=_labels(case.heart_mask),
-                             aorta_mask=_labels(case.aorta_mask), left_main=_labels(case.left_main))
+  return dataclasses.replace(
+    case,
+    scan=scan,
+    labels=_labels(case.labels),
+    heart_mask=_labels(case.heart_mask),
+    aorta_mask=_labels(case.aorta_mask),
+    left_main=_labels(case.left_main),
+  )
 
 
 def _thick_weights(n: int, spacing: float, thickness: float, increment: float):
@@ -148,8 +161,9 @@ def _thick_weights(n: int, spacing: float, thickness: float, increment: float):
     half = thickness / 2.0
   slice_lo = np.arange(n) * spacing - spacing / 2.0
   slice_hi = slice_lo + spacing
-  overlap = (np.minimum(slice_hi[None, :], centres[:, None] + half)
-             - np.maximum(slice_lo[None, :], centres[:, None] - half))
+  overlap = np.minimum(slice_hi[None, :], centres[:, None] + half) - np.maximum(
+    slice_lo[None, :], centres[:, None] - half
+  )
   w = np.clip(overlap, 0.0, None)
   w /= w.sum(axis=1, keepdims=True)
   return w, centres

@@ -66,18 +66,17 @@ sampler's iterator yields exactly what its direct calls would, whatever the thre
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
-from typing import Callable, Optional, Sequence
 
 import ml_collections
 import numpy as np
 from scipy import ndimage
 
 from cac_jax import labels as labels_lib
-from cac_jax.preprocess import normalize_hu
-from cac_jax import models
-from cac_jax import threshold
+from cac_jax import models, threshold
 from cac_jax.prefetch import PrefetchIterator
+from cac_jax.preprocess import normalize_hu
 from cac_jax.scan import Case
 
 PAD_HU = -1000.0
@@ -106,16 +105,20 @@ def _check_centres(volume: np.ndarray, centres: np.ndarray, size: int) -> np.nda
   centres = np.asarray(centres)
   if centres.ndim != 2 or centres.shape[1] != 3:
     raise ValueError(f"centres must be (B, 3) voxel indices (z, y, x); got shape {centres.shape}")
-  if centres.size and not np.issubdtype(centres.dtype, np.integer):
-    if np.any(centres != np.round(centres)):
-      raise ValueError("centres must be integer voxel indices")
+  if (
+    centres.size
+    and not np.issubdtype(centres.dtype, np.integer)
+    and np.any(centres != np.round(centres))
+  ):
+    raise ValueError("centres must be integer voxel indices")
   if size < 1:
     raise ValueError(f"window size must be >= 1; got {size}")
   return centres.astype(np.int64)
 
 
-def _gather_views_into(out: np.ndarray, volume: np.ndarray, centres: np.ndarray, size: int,
-                       pad_value) -> None:
+def _gather_views_into(
+  out: np.ndarray, volume: np.ndarray, centres: np.ndarray, size: int, pad_value
+) -> None:
   """Fill out (3, B, size, size[, 1]) with the three windows of `volume` around `centres`.
 
   One block copy per view and patch (3B numpy copies, no per-pixel Python); a window that
@@ -132,9 +135,11 @@ def _gather_views_into(out: np.ndarray, volume: np.ndarray, centres: np.ndarray,
     z_in, y_in, x_in = 0 <= z < nz, 0 <= y < ny, 0 <= x < nx
     full = (dz.stop - dz.start == size, dy.stop - dy.start == size, dx.stop - dx.start == size)
     # per view: fixed-axis index inside?, whole window inside?, destination, source index
-    views = ((z_in, full[1] and full[2], (dy, dx), (z, sy, sx)),   # axial (y, x) at z
-             (y_in, full[0] and full[2], (dz, dx), (sz, y, sx)),   # coronal (z, x) at y
-             (x_in, full[0] and full[1], (dz, dy), (sz, sy, x)))   # sagittal (z, y) at x
+    views = (
+      (z_in, full[1] and full[2], (dy, dx), (z, sy, sx)),  # axial (y, x) at z
+      (y_in, full[0] and full[2], (dz, dx), (sz, y, sx)),  # coronal (z, x) at y
+      (x_in, full[0] and full[1], (dz, dy), (sz, sy, x)),
+    )  # sagittal (z, y) at x
     for v, (inside, whole, dst, src) in enumerate(views):
       o = out[v, b]
       if o.ndim == 3:  # trailing channel axis
@@ -145,8 +150,9 @@ def _gather_views_into(out: np.ndarray, volume: np.ndarray, centres: np.ndarray,
         o[dst] = volume[src]
 
 
-def _gather_views(volume: np.ndarray, centres: np.ndarray, size: int, pad_value,
-                  dtype) -> np.ndarray:
+def _gather_views(
+  volume: np.ndarray, centres: np.ndarray, size: int, pad_value, dtype
+) -> np.ndarray:
   """(3, B, size, size) windows of `volume` (z, y, x) around `centres` (B, 3), padded."""
   volume = np.asarray(volume)
   centres = _check_centres(volume, centres, size)
@@ -155,8 +161,9 @@ def _gather_views(volume: np.ndarray, centres: np.ndarray, size: int, pad_value,
   return out
 
 
-def extract_views(volume: np.ndarray, centres: np.ndarray, patch: int,
-                  pad_value: float) -> np.ndarray:
+def extract_views(
+  volume: np.ndarray, centres: np.ndarray, patch: int, pad_value: float
+) -> np.ndarray:
   """Three orthogonal patches centred on each voxel.
 
   Args:
@@ -193,9 +200,13 @@ def extract_view_labels(labels: np.ndarray, centres: np.ndarray, out: int) -> np
 def _inplace_matches(normalize, data_config) -> bool:
   """True if in-place clip, -= center, /= scale (float32) equals `normalize` bit for bit."""
   lo, hi = (float(v) for v in data_config.hu_clip)
-  probe = np.concatenate([np.linspace(lo - 500.0, hi + 500.0, 4001, dtype=np.float32),
-                          np.asarray([lo, hi, -1000.0, 0.0, 130.0, 1e6, -1e6], np.float32),
-                          np.random.default_rng(0).normal(0.0, 800.0, 2000).astype(np.float32)])
+  probe = np.concatenate(
+    [
+      np.linspace(lo - 500.0, hi + 500.0, 4001, dtype=np.float32),
+      np.asarray([lo, hi, -1000.0, 0.0, 130.0, 1e6, -1e6], np.float32),
+      np.random.default_rng(0).normal(0.0, 800.0, 2000).astype(np.float32),
+    ]
+  )
   want = np.asarray(normalize(probe.copy(), data_config))
   got = probe.copy()
   np.clip(got, np.float32(lo), np.float32(hi), out=got)
@@ -209,7 +220,7 @@ def case_threshold(case: Case, config: ml_collections.ConfigDict) -> float:
   return threshold_and_note(case, config)[0]
 
 
-def threshold_and_note(case: Case, config: ml_collections.ConfigDict) -> tuple[float, Optional[str]]:
+def threshold_and_note(case: Case, config: ml_collections.ConfigDict) -> tuple[float, str | None]:
   """(calcium threshold in HU, fallback note or None) of a case.
 
   `case.scan.meta["calcium_threshold_hu"]` if given (phantoms know theirs); else the threshold
@@ -248,12 +259,16 @@ class _CaseIndex:
 
   case: Case
   hu: np.ndarray  # C-contiguous float32 (z, y, x)
-  labels: Optional[np.ndarray]  # C-contiguous int32 or None
+  labels: np.ndarray | None  # C-contiguous int32 or None
   threshold: float
   bright: np.ndarray  # flat indices with HU >= threshold (may be empty)
-  region: Optional[np.ndarray]  # flat indices of the uniform-sampling region; None = whole
-  bright_in_region: np.ndarray  # bright voxels inside the region (== bright when region is None or unused)
-  bright_fixed: np.ndarray  # flat indices with HU >= the fixed reference threshold (sorted, so by slice)
+  region: np.ndarray | None  # flat indices of the uniform-sampling region; None = whole
+  bright_in_region: (
+    np.ndarray
+  )  # bright voxels inside the region (== bright when region is None or unused)
+  bright_fixed: (
+    np.ndarray
+  )  # flat indices with HU >= the fixed reference threshold (sorted, so by slice)
   by_class: dict  # class -> flat indices of labelled voxels of that class (classes 1..6)
   labelled_all: np.ndarray  # flat indices of all labelled calcium voxels
 
@@ -292,16 +307,29 @@ class PatchSampler:
   B = critic_batch. `with_info=True` adds "case_index" (B,) and "centres" (B, 3) int arrays.
   """
 
-  def __init__(self, cases: Sequence[Case], config: ml_collections.ConfigDict, seed: int,
-               *, labelled_policy: str = "class_balanced", uniform_in_heart: bool = True,
-               heart_dilation_mm: Optional[float] = None, bright_in_heart: Optional[bool] = None,
-               critic_bright_in_heart: Optional[bool] = None, critic_policy: Optional[str] = None):
+  def __init__(
+    self,
+    cases: Sequence[Case],
+    config: ml_collections.ConfigDict,
+    seed: int,
+    *,
+    labelled_policy: str = "class_balanced",
+    uniform_in_heart: bool = True,
+    heart_dilation_mm: float | None = None,
+    bright_in_heart: bool | None = None,
+    critic_bright_in_heart: bool | None = None,
+    critic_policy: str | None = None,
+  ):
     if not cases:
       raise ValueError("PatchSampler needs at least one case")
     if labelled_policy not in LABELLED_POLICIES:
-      raise ValueError(f"labelled_policy must be one of {LABELLED_POLICIES}; got {labelled_policy!r}")
+      raise ValueError(
+        f"labelled_policy must be one of {LABELLED_POLICIES}; got {labelled_policy!r}"
+      )
     if critic_policy is None:
-      critic_policy = config.adapt.get("critic_patches", "reference") if "adapt" in config else "reference"
+      critic_policy = (
+        config.adapt.get("critic_patches", "reference") if "adapt" in config else "reference"
+      )
     if critic_policy not in CRITIC_POLICIES:
       raise ValueError(f"critic_policy must be one of {CRITIC_POLICIES}; got {critic_policy!r}")
     self.critic_policy = critic_policy
@@ -310,16 +338,24 @@ class PatchSampler:
     self.seed = int(seed)
     self.labelled_policy = labelled_policy
     self.uniform_in_heart = bool(uniform_in_heart)
-    self.heart_dilation_mm = float(config.scoring.heart_dilation_mm if heart_dilation_mm is None
-                                   else heart_dilation_mm)
+    self.heart_dilation_mm = float(
+      config.scoring.heart_dilation_mm if heart_dilation_mm is None else heart_dilation_mm
+    )
     self.patch = int(models.patch_size(config))
     self.out = int(config.data.output_size)
     s = config.sampling
     self.n_threshold, self.n_uniform, self.n_labelled = (
-        int(s.source_threshold), int(s.source_uniform), int(s.source_labelled))
+      int(s.source_threshold),
+      int(s.source_uniform),
+      int(s.source_labelled),
+    )
     self.n_critic = int(s.critic_batch)
-    self.bright_in_heart = bool(s.get("bright_in_heart", False) if bright_in_heart is None else bright_in_heart)
-    self.critic_bright_in_heart = self.bright_in_heart if critic_bright_in_heart is None else bool(critic_bright_in_heart)
+    self.bright_in_heart = bool(
+      s.get("bright_in_heart", False) if bright_in_heart is None else bright_in_heart
+    )
+    self.critic_bright_in_heart = (
+      self.bright_in_heart if critic_bright_in_heart is None else bool(critic_bright_in_heart)
+    )
     self.prefetch = int(s.prefetch)
     self._normalize = normalize_hu
     self._inplace_normalize = _inplace_matches(self._normalize, config.data)
@@ -329,8 +365,9 @@ class PatchSampler:
     self._labelled_cases = [i for i, ci in enumerate(self._cases) if ci.labels is not None]
     self._calcium_cases = [i for i in self._labelled_cases if self._cases[i].labelled_all.size]
     self._class_cases = {
-        c: [i for i in self._labelled_cases if c in self._cases[i].by_class]
-        for c in range(1, labels_lib.NUM_CLASSES)}
+      c: [i for i in self._labelled_cases if c in self._cases[i].by_class]
+      for c in range(1, labels_lib.NUM_CLASSES)
+    }
     self._class_cases = {c: v for c, v in self._class_cases.items() if v}
     if self._labelled_cases and not self._calcium_cases and self.n_labelled:
       for i in self._labelled_cases:
@@ -362,7 +399,9 @@ class PatchSampler:
       if heart.shape != hu.shape:
         raise ValueError(f"case {case.case_id}: heart mask shape {heart.shape} != scan {hu.shape}")
       if heart.any():
-        region = np.flatnonzero(_dilate_box(heart, case.scan.spacing, self.heart_dilation_mm).reshape(-1)).astype(idt)
+        region = np.flatnonzero(
+          _dilate_box(heart, case.scan.spacing, self.heart_dilation_mm).reshape(-1)
+        ).astype(idt)
       else:
         self._note(case, "empty heart mask: uniform patches over the whole volume")
     labels = None
@@ -381,16 +420,31 @@ class PatchSampler:
         lo, hi = np.searchsorted(cls_sorted, [c, c + 1])
         by_class[int(c)] = labelled_all[order[lo:hi]]
     # Only needed when bright patches are restricted to the region (intersect1d sorts every bright voxel).
-    in_region = (np.intersect1d(bright, region, assume_unique=True)
-                 if (self.bright_in_heart or self.critic_bright_in_heart) and region is not None else bright)
+    in_region = (
+      np.intersect1d(bright, region, assume_unique=True)
+      if (self.bright_in_heart or self.critic_bright_in_heart) and region is not None
+      else bright
+    )
     bright_fixed = bright
     if self.critic_policy == "reference" and thr != self.reference_threshold:
       bright_fixed = np.flatnonzero(hu.reshape(-1) >= self.reference_threshold).astype(idt)
     if self.critic_policy == "reference" and not bright_fixed.size:
-      self._note(case, f"no voxel >= {self.reference_threshold:.0f} HU: bright critic patches are uniform in their slice")
-    return _CaseIndex(case=case, hu=hu, labels=labels, threshold=thr, bright=bright, region=region,
-                      bright_in_region=in_region, bright_fixed=bright_fixed, by_class=by_class,
-                      labelled_all=labelled_all)
+      self._note(
+        case,
+        f"no voxel >= {self.reference_threshold:.0f} HU: bright critic patches are uniform in their slice",
+      )
+    return _CaseIndex(
+      case=case,
+      hu=hu,
+      labels=labels,
+      threshold=thr,
+      bright=bright,
+      region=region,
+      bright_in_region=in_region,
+      bright_fixed=bright_fixed,
+      by_class=by_class,
+      labelled_all=labelled_all,
+    )
 
   # -- centre draws ---------------------------------------------------------------------------
 
@@ -422,8 +476,15 @@ class PatchSampler:
       vox = self._cases[i].labelled_all
     return i, int(vox[rng.integers(vox.size)])
 
-  def _draw(self, rng: np.random.Generator, pool: Sequence[int], n_bright: int, n_uniform: int,
-            n_labelled: int, bright_in_heart: bool) -> tuple[np.ndarray, np.ndarray]:
+  def _draw(
+    self,
+    rng: np.random.Generator,
+    pool: Sequence[int],
+    n_bright: int,
+    n_uniform: int,
+    n_labelled: int,
+    bright_in_heart: bool,
+  ) -> tuple[np.ndarray, np.ndarray]:
     case_idx, flat_idx = [], []
     for _ in range(n_bright):
       i = pool[rng.integers(len(pool))]
@@ -443,7 +504,9 @@ class PatchSampler:
       centres[k] = np.unravel_index(f, self._cases[i].hu.shape)
     return case_idx, centres
 
-  def _draw_reference(self, rng: np.random.Generator, n_bright: int, n_uniform: int) -> tuple[np.ndarray, np.ndarray]:
+  def _draw_reference(
+    self, rng: np.random.Generator, n_bright: int, n_uniform: int
+  ) -> tuple[np.ndarray, np.ndarray]:
     """The reference critic draw: per patch a slice uniformly from all cases' slices, then a
     voxel >= the fixed threshold of that slice (first `n_bright`) or a uniform one."""
     case_idx = np.zeros(n_bright + n_uniform, np.int64)
@@ -468,7 +531,9 @@ class PatchSampler:
   def _views(self, case_idx: np.ndarray, centres: np.ndarray) -> np.ndarray:
     views = np.empty((3, len(case_idx), self.patch, self.patch, 1), np.float32)
     for b, i in enumerate(case_idx.tolist()):
-      _gather_views_into(views[:, b:b + 1], self._cases[i].hu, centres[b:b + 1], self.patch, PAD_HU)
+      _gather_views_into(
+        views[:, b : b + 1], self._cases[i].hu, centres[b : b + 1], self.patch, PAD_HU
+      )
     if self._inplace_normalize:
       d = self.config.data
       np.clip(views, np.float32(d.hu_clip[0]), np.float32(d.hu_clip[1]), out=views)
@@ -480,13 +545,13 @@ class PatchSampler:
   def _labels(self, case_idx: np.ndarray, centres: np.ndarray) -> np.ndarray:
     out = np.empty((3, len(case_idx), self.out, self.out), np.int32)
     for b, i in enumerate(case_idx.tolist()):
-      _gather_views_into(out[:, b:b + 1], self._cases[i].labels, centres[b:b + 1], self.out, 0)
+      _gather_views_into(out[:, b : b + 1], self._cases[i].labels, centres[b : b + 1], self.out, 0)
     return out
 
   def _rng(self, stream: int, index: int) -> np.random.Generator:
     return np.random.default_rng([self.seed, stream, int(index)])
 
-  def _next_index(self, stream: int, index: Optional[int]) -> int:
+  def _next_index(self, stream: int, index: int | None) -> int:
     if index is None:
       index = self._counters[stream]
       self._counters[stream] += 1
@@ -497,8 +562,14 @@ class PatchSampler:
     if not self._labelled_cases:
       raise ValueError("source batches need cases with labels; none of the cases has a label map")
     rng = self._rng(_SOURCE_STREAM, index)
-    case_idx, centres = self._draw(rng, self._labelled_cases, self.n_threshold, self.n_uniform,
-                                   self.n_labelled, self.bright_in_heart)
+    case_idx, centres = self._draw(
+      rng,
+      self._labelled_cases,
+      self.n_threshold,
+      self.n_uniform,
+      self.n_labelled,
+      self.bright_in_heart,
+    )
     batch = {"views": self._views(case_idx, centres), "labels": self._labels(case_idx, centres)}
     if with_info:
       batch.update(case_index=case_idx, centres=centres)
@@ -511,32 +582,38 @@ class PatchSampler:
     if self.critic_policy == "reference":
       case_idx, centres = self._draw_reference(rng, n_bright, self.n_critic - n_bright)
     else:
-      case_idx, centres = self._draw(rng, range(len(self._cases)), n_bright,
-                                     self.n_critic - n_bright, 0, self.critic_bright_in_heart)
+      case_idx, centres = self._draw(
+        rng,
+        range(len(self._cases)),
+        n_bright,
+        self.n_critic - n_bright,
+        0,
+        self.critic_bright_in_heart,
+      )
     batch = {"views": self._views(case_idx, centres)}
     if with_info:
       batch.update(case_index=case_idx, centres=centres)
     return batch
 
-  def source_batch(self, index: Optional[int] = None, *, with_info: bool = False) -> dict:
+  def source_batch(self, index: int | None = None, *, with_info: bool = False) -> dict:
     """The next source batch (or batch `index`): {"views", "labels"}."""
     return self.make_source_batch(self._next_index(_SOURCE_STREAM, index), with_info)
 
-  def critic_batch(self, index: Optional[int] = None, *, with_info: bool = False) -> dict:
+  def critic_batch(self, index: int | None = None, *, with_info: bool = False) -> dict:
     """The next critic batch (or batch `index`): {"views"}."""
     return self.make_critic_batch(self._next_index(_CRITIC_STREAM, index), with_info)
 
-  def _prefetcher(self, make, start: int, stop: Optional[int]) -> PrefetchIterator:
+  def _prefetcher(self, make, start: int, stop: int | None) -> PrefetchIterator:
     self._prefetchers = [p for p in self._prefetchers if p.alive]
     p = PrefetchIterator(make, start=start, depth=self.prefetch, stop=stop)
     self._prefetchers.append(p)
     return p
 
-  def source_batches(self, start: int = 0, stop: Optional[int] = None) -> PrefetchIterator:
+  def source_batches(self, start: int = 0, stop: int | None = None) -> PrefetchIterator:
     """Prefetching iterator over source batches start, start + 1, ... (endless if stop=None)."""
     return self._prefetcher(self.make_source_batch, start, stop)
 
-  def critic_batches(self, start: int = 0, stop: Optional[int] = None) -> PrefetchIterator:
+  def critic_batches(self, start: int = 0, stop: int | None = None) -> PrefetchIterator:
     """Prefetching iterator over critic batches start, start + 1, ... (endless if stop=None)."""
     return self._prefetcher(self.make_critic_batch, start, stop)
 
@@ -550,7 +627,7 @@ class PatchSampler:
       p.close()
     self._prefetchers = []
 
-  def __enter__(self) -> "PatchSampler":
+  def __enter__(self) -> PatchSampler:
     return self
 
   def __exit__(self, *exc):

@@ -13,7 +13,7 @@ Every stage takes and returns a `Scan`. Conventions:
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 
@@ -47,14 +47,16 @@ class Scan:
   spacing: tuple[float, float, float]
   origin: tuple[float, float, float] = (0.0, 0.0, 0.0)
   direction: tuple[float, ...] = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
-  source: Optional[SourceGeometry] = None
+  source: SourceGeometry | None = None
   meta: dict[str, Any] = dataclasses.field(default_factory=dict)
 
   def __post_init__(self):
     if self.hu.ndim != 3:
       raise ValueError(f"Scan.hu must be 3D (z, y, x); got shape {self.hu.shape}")
     if len(self.spacing) != 3 or any(not np.isfinite(s) or s <= 0 for s in self.spacing):
-      raise ValueError(f"Scan.spacing must be three positive numbers (z, y, x) in mm; got {self.spacing}")
+      raise ValueError(
+        f"Scan.spacing must be three positive numbers (z, y, x) in mm; got {self.spacing}"
+      )
 
   @property
   def shape(self) -> tuple[int, int, int]:
@@ -69,7 +71,7 @@ class Scan:
   def direction_matrix(self) -> np.ndarray:
     return np.asarray(self.direction, dtype=np.float64).reshape(3, 3)
 
-  def with_array(self, array: np.ndarray, **changes) -> "Scan":
+  def with_array(self, array: np.ndarray, **changes) -> Scan:
     """Same geometry, another (z, y, x) array of the same shape (e.g. a label map)."""
     if array.shape != self.hu.shape and "spacing" not in changes:
       raise ValueError(f"array shape {array.shape} differs from scan shape {self.hu.shape}")
@@ -102,7 +104,7 @@ class Case:
   case_id: str
   scan: Scan
   domain: str
-  labels: Optional[np.ndarray] = None
-  heart_mask: Optional[np.ndarray] = None
-  aorta_mask: Optional[np.ndarray] = None
-  left_main: Optional[np.ndarray] = None
+  labels: np.ndarray | None = None
+  heart_mask: np.ndarray | None = None
+  aorta_mask: np.ndarray | None = None
+  left_main: np.ndarray | None = None

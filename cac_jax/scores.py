@@ -38,7 +38,7 @@ Definitions (class maps int (z, y, x) 0..6, `cac_jax.labels`; HU (z, y, x); geom
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -67,7 +67,9 @@ def agatston_weight(peak_hu: float) -> int:
   return 0
 
 
-def agatston(mask: np.ndarray, hu: np.ndarray, spacing, slice_increment_mm: Optional[float] = None) -> float:
+def agatston(
+  mask: np.ndarray, hu: np.ndarray, spacing, slice_increment_mm: float | None = None
+) -> float:
   """Agatston score of a bool (z, y, x) calcium mask (see module docstring).
 
   Args:
@@ -128,13 +130,19 @@ def agatston_protocol_notes(scan: Scan, domain: str) -> list[str]:
     notes.append("Agatston is defined for non-contrast CT; in CCTA it is reported but not standard")
   inc = float(scan.spacing[0])
   if abs(inc - AGATSTON_REFERENCE_SLICE_MM) > AGATSTON_SLICE_TOLERANCE_MM:
-    notes.append(f"Agatston is defined for {AGATSTON_REFERENCE_SLICE_MM:g} mm slices; this scan has "
-                 f"{inc:g} mm (the score is rescaled by the increment, but not standard)")
+    notes.append(
+      f"Agatston is defined for {AGATSTON_REFERENCE_SLICE_MM:g} mm slices; this scan has "
+      f"{inc:g} mm (the score is rescaled by the increment, but not standard)"
+    )
   kvp = scan.meta.get("kvp")
   if kvp is None:
-    notes.append(f"tube voltage unknown (no DICOM kVp): Agatston is defined at {AGATSTON_KVP:g} kVp")
+    notes.append(
+      f"tube voltage unknown (no DICOM kVp): Agatston is defined at {AGATSTON_KVP:g} kVp"
+    )
   elif abs(float(kvp) - AGATSTON_KVP) > 0.5:
-    notes.append(f"Agatston is defined at {AGATSTON_KVP:g} kVp; this scan was acquired at {float(kvp):g} kVp")
+    notes.append(
+      f"Agatston is defined at {AGATSTON_KVP:g} kVp; this scan was acquired at {float(kvp):g} kVp"
+    )
   return notes
 
 
@@ -147,17 +155,19 @@ def _region_scores(mask, hu, scan: Scan, c_ha: float, with_agatston: bool) -> di
   vol = n * scan.voxel_volume_mm3
   mean_hu = float(hu[mask].mean()) if n else None
   out = {
-      "volume_mm3": float(vol),
-      "lesions": _count_lesions(mask),
-      "mean_hu": mean_hu,
-      "mass": float(c_ha * vol * mean_hu) if n else 0.0,
+    "volume_mm3": float(vol),
+    "lesions": _count_lesions(mask),
+    "mean_hu": mean_hu,
+    "mass": float(c_ha * vol * mean_hu) if n else 0.0,
   }
   if with_agatston:
     out["agatston"] = agatston(mask, hu, scan.spacing)
   return out
 
 
-def _split_left_main(classes: np.ndarray, left_main: Optional[np.ndarray]) -> list[tuple[str, np.ndarray]]:
+def _split_left_main(
+  classes: np.ndarray, left_main: np.ndarray | None
+) -> list[tuple[str, np.ndarray]]:
   """(name, bool mask) of each coronary artery: LM, LAD, LCX, RCA when `left_main` (bool, LAD
   voxels labelled left main) is given and non-empty, else LAD (incl. left main), LCX, RCA."""
   arteries = [(CLASS_NAMES[c], classes == c) for c in CORONARY_CLASSES]
@@ -170,9 +180,14 @@ def _split_left_main(classes: np.ndarray, left_main: Optional[np.ndarray]) -> li
   return [("LM", left_main), (CLASS_NAMES[LAD], lad)] + arteries[1:]
 
 
-def compute_scores(classes: np.ndarray, hu: np.ndarray, scan: Scan, domain: str,
-                   calibration: Optional[float] = None,
-                   left_main: Optional[np.ndarray] = None) -> dict[str, Any]:
+def compute_scores(
+  classes: np.ndarray,
+  hu: np.ndarray,
+  scan: Scan,
+  domain: str,
+  calibration: float | None = None,
+  left_main: np.ndarray | None = None,
+) -> dict[str, Any]:
   """All scores for one scan.
 
   Args:
@@ -217,7 +232,8 @@ def compute_scores(classes: np.ndarray, hu: np.ndarray, scan: Scan, domain: str,
   separate = len(arteries) == 4
   if not separate:
     notes.append("LAD includes the left main (the labels do not separate it)")
-  result.update({
+  result.update(
+    {
       "risk_category": risk_category(total["agatston"]),
       "cac_drs": cac_drs(total["agatston"], num_vessels),
       "num_vessels": num_vessels,
@@ -229,16 +245,32 @@ def compute_scores(classes: np.ndarray, hu: np.ndarray, scan: Scan, domain: str,
       "calibration": c_ha,
       "slice_increment_mm": float(scan.spacing[0]),
       "notes": notes,
-  })
+    }
+  )
   return result
 
 
-LESION_FIELDS = ("id", "artery", "voxels", "volume_mm3", "peak_hu", "agatston", "mass", "centroid_x_mm",
-                 "centroid_y_mm", "centroid_z_mm")
+LESION_FIELDS = (
+  "id",
+  "artery",
+  "voxels",
+  "volume_mm3",
+  "peak_hu",
+  "agatston",
+  "mass",
+  "centroid_x_mm",
+  "centroid_y_mm",
+  "centroid_z_mm",
+)
 
 
-def lesion_table(classes: np.ndarray, hu: np.ndarray, scan: Scan, calibration: Optional[float] = None,
-                 left_main: Optional[np.ndarray] = None) -> list[dict]:
+def lesion_table(
+  classes: np.ndarray,
+  hu: np.ndarray,
+  scan: Scan,
+  calibration: float | None = None,
+  left_main: np.ndarray | None = None,
+) -> list[dict]:
   """One row per lesion: a 6-connected component of one class (the lesions `compute_scores`
   counts), coronary arteries first (left main on its own when `left_main` is given, as in
   `compute_scores`), then aorta and valves, each in array order.
@@ -270,8 +302,18 @@ def lesion_table(classes: np.ndarray, hu: np.ndarray, scan: Scan, calibration: O
       score = None
       if name not in (CLASS_NAMES[AORTA], CLASS_NAMES[MITRAL_VALVE]):
         score = round(agatston(one, hu[sl], scan.spacing), 2)
-      rows.append({"id": len(rows) + 1, "artery": name, "voxels": int(one.sum()),
-                   "volume_mm3": round(vol, 2), "peak_hu": round(float(vals.max()), 1), "agatston": score,
-                   "mass": round(c_ha * vol * float(vals.mean()), 1), "centroid_x_mm": round(float(x), 1),
-                   "centroid_y_mm": round(float(y), 1), "centroid_z_mm": round(float(z), 1)})
+      rows.append(
+        {
+          "id": len(rows) + 1,
+          "artery": name,
+          "voxels": int(one.sum()),
+          "volume_mm3": round(vol, 2),
+          "peak_hu": round(float(vals.max()), 1),
+          "agatston": score,
+          "mass": round(c_ha * vol * float(vals.mean()), 1),
+          "centroid_x_mm": round(float(x), 1),
+          "centroid_y_mm": round(float(y), 1),
+          "centroid_z_mm": round(float(z), 1),
+        }
+      )
   return rows

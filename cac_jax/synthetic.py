@@ -50,7 +50,9 @@ def _scene(config: ml_collections.ConfigDict, rng: np.random.Generator, batch: i
   pos[at_centre, 0] = rng.uniform(-0.5, 0.5, size=(int(at_centre.sum()), 3))
   far = ~at_centre
   # Keep blob 0 clear of the centre voxel when the centre is background.
-  pos[far, 0] = np.sign(pos[far, 0] + 1e-3) * np.maximum(np.abs(pos[far, 0]), radius[far, 0:1] + 1.0)
+  pos[far, 0] = np.sign(pos[far, 0] + 1e-3) * np.maximum(
+    np.abs(pos[far, 0]), radius[far, 0:1] + 1.0
+  )
 
   grid = np.arange(p, dtype=np.float32) - c
   u = grid[None, :, None]  # first in-plane axis
@@ -70,24 +72,34 @@ def _scene(config: ml_collections.ConfigDict, rng: np.random.Generator, batch: i
       # Contrast-filled lumen: a large bright disc at a random place.
       lc = rng.uniform(-p / 2, p / 2, size=(batch, 2)).astype(np.float32)
       lr = rng.uniform(p / 6, p / 3, size=batch).astype(np.float32)
-      lumen = (u - lc[:, 0, None, None]) ** 2 + (v - lc[:, 1, None, None]) ** 2 <= lr[:, None, None] ** 2
+      lumen = (u - lc[:, 0, None, None]) ** 2 + (v - lc[:, 1, None, None]) ** 2 <= lr[
+        :, None, None
+      ] ** 2
       img += 0.3 * lumen + 0.1
     lab = np.zeros((batch, p, p), np.int32)
     for k in range(n_blobs):
       d_plane = pos[:, k, normal]
       r2 = radius[:, k] ** 2 - d_plane**2  # squared radius of the sphere's cut
-      inside = ((u - pos[:, k, a, None, None]) ** 2 + (v - pos[:, k, b, None, None]) ** 2
-                <= r2[:, None, None])
+      inside = (u - pos[:, k, a, None, None]) ** 2 + (v - pos[:, k, b, None, None]) ** 2 <= r2[
+        :, None, None
+      ]
       level = _CLASS_LEVEL[classes[:, k]] * (0.75 if target else 1.0)
-      img = np.where(inside, level[:, None, None] + noise * rng.standard_normal(img.shape, dtype=np.float32), img)
+      img = np.where(
+        inside, level[:, None, None] + noise * rng.standard_normal(img.shape, dtype=np.float32), img
+      )
       lab = np.where(inside, classes[:, k, None, None], lab)
     views[vi] = img
-    labels[vi] = lab[:, lo:lo + o, lo:lo + o]
+    labels[vi] = lab[:, lo : lo + o, lo : lo + o]
   return views[..., None], labels
 
 
-def source_batch(config: ml_collections.ConfigDict, seed: int, step: int, batch_size: int | None = None,
-                 stream: str = "source") -> dict[str, np.ndarray]:
+def source_batch(
+  config: ml_collections.ConfigDict,
+  seed: int,
+  step: int,
+  batch_size: int | None = None,
+  stream: str = "source",
+) -> dict[str, np.ndarray]:
   """Labelled source batch {"views" (3, B, P, P, 1), "labels" (3, B, o, o)} for (seed, step)."""
   s = config.sampling
   b = batch_size or (s.source_threshold + s.source_uniform + s.source_labelled)
@@ -95,8 +107,13 @@ def source_batch(config: ml_collections.ConfigDict, seed: int, step: int, batch_
   return {"views": views, "labels": labels}
 
 
-def target_batch(config: ml_collections.ConfigDict, seed: int, step: int, batch_size: int | None = None,
-                 stream: str = "target") -> dict[str, np.ndarray]:
+def target_batch(
+  config: ml_collections.ConfigDict,
+  seed: int,
+  step: int,
+  batch_size: int | None = None,
+  stream: str = "target",
+) -> dict[str, np.ndarray]:
   """Unlabelled target-domain batch {"views" (3, B, P, P, 1)} for (seed, step)."""
   b = batch_size or config.sampling.critic_batch
   views, _ = _scene(config, _rng(seed, stream, step), b, target=True)

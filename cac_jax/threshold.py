@@ -43,7 +43,7 @@ lumen. `NoAortaError` is raised when nothing qualifies.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Optional
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -81,7 +81,7 @@ class AortaROI:
   threshold_hu: float
   source: str
   num_voxels: int = 0
-  voxels: Optional[np.ndarray] = dataclasses.field(default=None, repr=False, compare=False)
+  voxels: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
 
 
 def ncct_threshold() -> float:
@@ -137,9 +137,11 @@ def _roi_from_lumen(scan: Scan, lumen: np.ndarray, roi_size_mm, source: str) -> 
   _, cy, cx = [float(c) for c in ndimage.center_of_mass(sub)]
   cy_i, cx_i = int(round(cy)), int(round(cx))
   cz = (z0 + z1 - 1) // 2
-  box = (slice(z0, z1),
-         slice(max(cy_i - half[1], 0), cy_i + half[1] + 1),
-         slice(max(cx_i - half[2], 0), cx_i + half[2] + 1))
+  box = (
+    slice(z0, z1),
+    slice(max(cy_i - half[1], 0), cy_i + half[1] + 1),
+    slice(max(cx_i - half[2], 0), cx_i + half[2] + 1),
+  )
   inbox = np.zeros(lumen.shape, dtype=bool)
   inbox[box] = True
   used = inbox & lumen
@@ -150,9 +152,16 @@ def _roi_from_lumen(scan: Scan, lumen: np.ndarray, roi_size_mm, source: str) -> 
   idx = np.nonzero(used)
   voxels = np.zeros(lumen.shape, dtype=bool)
   voxels[tuple(i[keep] for i in idx)] = True
-  return AortaROI(centre=(cz, cy_i, cx_i), box=box, mean_hu=mean, sd_hu=sd,
-                  threshold_hu=mean + 3.0 * sd, source=source, num_voxels=int(keep.sum()),
-                  voxels=voxels)
+  return AortaROI(
+    centre=(cz, cy_i, cx_i),
+    box=box,
+    mean_hu=mean,
+    sd_hu=sd,
+    threshold_hu=mean + 3.0 * sd,
+    source=source,
+    num_voxels=int(keep.sum()),
+    voxels=voxels,
+  )
 
 
 def _erode_mm(mask: np.ndarray, spacing, mm: float) -> np.ndarray:
@@ -172,8 +181,9 @@ def _erode_mm(mask: np.ndarray, spacing, mm: float) -> np.ndarray:
   return out
 
 
-def ascending_aorta_from_mask(scan: Scan, aorta_mask: np.ndarray,
-                              erode_mm: float = 3.0) -> np.ndarray:
+def ascending_aorta_from_mask(
+  scan: Scan, aorta_mask: np.ndarray, erode_mm: float = 3.0
+) -> np.ndarray:
   """The eroded ascending-aorta lumen (bool (z, y, x)) from a whole- or ascending-aorta mask.
 
   See the module docstring (steps 1-2). Falls back to smaller erosions when `erode_mm` would
@@ -199,7 +209,7 @@ def ascending_aorta_from_mask(scan: Scan, aorta_mask: np.ndarray,
     # cut the arch: drop slices above the highest two-component slice
     top = max(two) if sz > 0 else min(two)
     if sz > 0:
-      work[top + 1:] = False
+      work[top + 1 :] = False
     else:
       work[:top] = False
   lab, n = ndimage.label(work, structure=np.ones((3, 3, 3), bool))
@@ -257,7 +267,7 @@ def _slice_candidates(scan: Scan, z: int, hu_range, diameter_mm, open_mm, min_ro
   return out
 
 
-def _body_extent_y(scan: Scan, z: int) -> Optional[tuple[float, float]]:
+def _body_extent_y(scan: Scan, z: int) -> tuple[float, float] | None:
   body = scan.hu[z] > -300
   ys = np.flatnonzero(body.any(axis=1))
   if ys.size == 0:
@@ -265,9 +275,14 @@ def _body_extent_y(scan: Scan, z: int) -> Optional[tuple[float, float]]:
   return float(ys.min()), float(ys.max())
 
 
-def find_ascending_aorta(scan: Scan, hu_range=(150.0, 700.0), diameter_mm=(18.0, 45.0),
-                         open_mm: float = 3.0, min_roundness: float = 0.7,
-                         min_length_mm: float = 15.0) -> np.ndarray:
+def find_ascending_aorta(
+  scan: Scan,
+  hu_range=(150.0, 700.0),
+  diameter_mm=(18.0, 45.0),
+  open_mm: float = 3.0,
+  min_roundness: float = 0.7,
+  min_length_mm: float = 15.0,
+) -> np.ndarray:
   """Automatic ascending-aorta lumen (bool (z, y, x), eroded by 3 mm); see module docstring.
 
   Raises NoAortaError when no round, bright, tubular anterior structure is found.
@@ -330,8 +345,9 @@ def find_ascending_aorta(scan: Scan, hu_range=(150.0, 700.0), diameter_mm=(18.0,
     scored.append((score, ch))
   if not scored:
     raise NoAortaError(
-        "no ascending aorta found: no round, contrast-filled (150-700 HU), 18-45 mm wide, "
-        f">= {min_length_mm:g} mm long structure in the anterior chest")
+      "no ascending aorta found: no round, contrast-filled (150-700 HU), 18-45 mm wide, "
+      f">= {min_length_mm:g} mm long structure in the anterior chest"
+    )
   _, best = max(scored, key=lambda t: t[0])
   lumen = np.zeros(scan.shape, dtype=bool)
   for prev, c in zip([None] + best[:-1], best):
@@ -344,8 +360,9 @@ def find_ascending_aorta(scan: Scan, hu_range=(150.0, 700.0), diameter_mm=(18.0,
   return eroded if eroded.sum() >= 20 else lumen
 
 
-def ccta_threshold(scan: Scan, aorta_mask: Optional[np.ndarray] = None,
-                   roi_size_mm=(18.0, 14.0, 14.0)) -> AortaROI:
+def ccta_threshold(
+  scan: Scan, aorta_mask: np.ndarray | None = None, roi_size_mm=(18.0, 14.0, 14.0)
+) -> AortaROI:
   """Patient-specific CCTA calcium threshold (mean + 3 SD of the ascending-aorta lumen).
 
   Args:
@@ -368,7 +385,7 @@ def ccta_threshold(scan: Scan, aorta_mask: Optional[np.ndarray] = None,
   return _roi_from_lumen(scan, lumen, roi_size_mm, "auto")
 
 
-def decide_domain(scan: Scan, aorta_mask: Optional[np.ndarray] = None) -> tuple[str, str]:
+def decide_domain(scan: Scan, aorta_mask: np.ndarray | None = None) -> tuple[str, str]:
   """Decide whether a scan is NCCT or CCTA from the aortic lumen HU.
 
   Returns:
@@ -391,13 +408,20 @@ def decide_domain(scan: Scan, aorta_mask: Optional[np.ndarray] = None) -> tuple[
 
 def roi_report(roi: AortaROI) -> dict[str, Any]:
   """The ROI's description for a scoring report (JSON-serialisable)."""
-  return {"method": f"aorta lumen ROI mean+3SD ({roi.source})", "roi_centre_zyx": list(roi.centre),
-          "roi_box_zyx": [[s.start, s.stop] for s in roi.box], "roi_num_voxels": int(roi.num_voxels),
-          "mean_hu": float(roi.mean_hu), "sd_hu": float(roi.sd_hu), "threshold_hu": float(roi.threshold_hu)}
+  return {
+    "method": f"aorta lumen ROI mean+3SD ({roi.source})",
+    "roi_centre_zyx": list(roi.centre),
+    "roi_box_zyx": [[s.start, s.stop] for s in roi.box],
+    "roi_num_voxels": int(roi.num_voxels),
+    "mean_hu": float(roi.mean_hu),
+    "sd_hu": float(roi.sd_hu),
+    "threshold_hu": float(roi.threshold_hu),
+  }
 
 
-def choose_threshold(scan: Scan, domain: str, aorta_mask: Optional[np.ndarray],
-                     config) -> tuple[str, float, dict, list[str]]:
+def choose_threshold(
+  scan: Scan, domain: str, aorta_mask: np.ndarray | None, config
+) -> tuple[str, float, dict, list[str]]:
   """The calcium threshold policy shared by scoring and training's patch sampling.
 
   Decides the domain when it is "auto" (`decide_domain`), then the threshold: the fixed

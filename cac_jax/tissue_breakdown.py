@@ -14,10 +14,10 @@ may add voxels below the threshold).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import csv
 import dataclasses
 import io
-from typing import Optional, Sequence
 
 import numpy as np
 
@@ -29,14 +29,20 @@ CLASS_NAMES = labels_lib.CLASS_NAMES
 
 
 def row_name(tissue_names: Sequence[str], tissue_id: int, reference_class: int) -> str:
-  """"reference <class>" for labelled calcium, else the tissue's name."""
+  """ "reference <class>" for labelled calcium, else the tissue's name."""
   if reference_class > 0:
     return f"reference {CLASS_NAMES[reference_class]}"
   return tissue_names[tissue_id] if 0 <= tissue_id < len(tissue_names) else f"tissue {tissue_id}"
 
 
-def breakdown(tissue: np.ndarray, reference: np.ndarray, predicted: np.ndarray, counted: np.ndarray,
-              spacing_zyx_mm: Sequence[float], tissue_names: Sequence[str]) -> dict[str, np.ndarray]:
+def breakdown(
+  tissue: np.ndarray,
+  reference: np.ndarray,
+  predicted: np.ndarray,
+  counted: np.ndarray,
+  spacing_zyx_mm: Sequence[float],
+  tissue_names: Sequence[str],
+) -> dict[str, np.ndarray]:
   """Volume of the counted voxels by row (tissue or reference class) and predicted class.
 
   Args:
@@ -67,8 +73,11 @@ def breakdown(tissue: np.ndarray, reference: np.ndarray, predicted: np.ndarray, 
   vox = float(np.prod(spacing_zyx_mm))
   out = {}
   for k in np.flatnonzero(counts.sum(axis=1)):
-    name = (row_name(tissue_names, 0, int(k) + 1) if k < n_cls - 1
-            else row_name(tissue_names, int(k) - (n_cls - 1), 0))
+    name = (
+      row_name(tissue_names, 0, int(k) + 1)
+      if k < n_cls - 1
+      else row_name(tissue_names, int(k) - (n_cls - 1), 0)
+    )
     out[name] = counts[k] * vox
   return out
 
@@ -76,6 +85,7 @@ def breakdown(tissue: np.ndarray, reference: np.ndarray, predicted: np.ndarray, 
 @dataclasses.dataclass
 class Breakdown:
   """Summed volumes over `num_scans` scans; `per_scan()` gives the means."""
+
   totals: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
   num_scans: int = 0
 
@@ -89,11 +99,13 @@ class Breakdown:
     return {k: v / n for k, v in sorted(self.totals.items(), key=lambda kv: (-kv[1].sum(), kv[0]))}
 
 
-def markdown(b: Breakdown, title: Optional[str] = None) -> str:
+def markdown(b: Breakdown, title: str | None = None) -> str:
   """Markdown table: rows by counted volume, columns predicted class, mm³ per scan."""
   head = "| true tissue | " + " | ".join(CLASS_NAMES) + " | called calcium |"
   lines = ([f"{title} ({b.num_scans} scans, mm³ per scan)", ""] if title else []) + [
-      head, "|" + "---|" * (len(CLASS_NAMES) + 2)]
+    head,
+    "|" + "---|" * (len(CLASS_NAMES) + 2),
+  ]
   for name, v in b.per_scan().items():
     lines.append(f"| {name} | " + " | ".join(f"{x:.1f}" for x in v) + f" | {v[1:].sum():.1f} |")
   return "\n".join(lines) + "\n"
@@ -109,8 +121,9 @@ def write_csv(b: Breakdown, path: str) -> None:
   atomic.write_text(path, buf.getvalue())
 
 
-def phantom_breakdown(params_by_model: dict, config, domain: str, seeds: Sequence[int],
-                      fp_settings=None) -> dict[str, Breakdown]:
+def phantom_breakdown(
+  params_by_model: dict, config, domain: str, seeds: Sequence[int], fp_settings=None
+) -> dict[str, Breakdown]:
   """Simulate phantoms `seeds` of `domain` once, score them with every model, attribute counted voxels.
 
   Args:
@@ -133,5 +146,7 @@ def phantom_breakdown(params_by_model: dict, config, domain: str, seeds: Sequenc
       if fp_settings is not None:
         classes, _ = pipeline.reduce(setup, c.scan, classes, fp_settings)
       counted = (classes > 0) | pipeline.candidate_mask(c.scan.hu, setup.threshold_hu, setup.region)
-      out[m].add(breakdown(sim.tissue, reference, classes, counted, c.scan.spacing, anatomy.TISSUES))
+      out[m].add(
+        breakdown(sim.tissue, reference, classes, counted, c.scan.spacing, anatomy.TISSUES)
+      )
   return out

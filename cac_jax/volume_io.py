@@ -32,7 +32,6 @@ import gzip
 import os
 import struct
 import zlib
-from typing import Optional
 
 import numpy as np
 import SimpleITK as sitk
@@ -47,7 +46,7 @@ CANONICAL = "LPS"
 HU_FLOOR = -1024.0  # values below (FOV padding such as -2048 / -3024) are clipped to this
 # Plausibility bounds for "is this CT in HU" (see `_check_ct_range`).
 _MAX_P99_HU = 6000.0  # 99th percentile above this: not HU (e.g. raw/unscaled or other modality)
-_MAX_P1_HU = 3000.0   # 1st percentile above this: no air/tissue at all
+_MAX_P1_HU = 3000.0  # 1st percentile above this: no air/tissue at all
 _MIN_MAX_HU = -500.0  # maximum below this: no tissue at all
 # No air, lung or fat (nothing below -200 HU) and a median denser than contrast blood: stored
 # values without the rescale intercept (air at 0 instead of -1024) or another modality.
@@ -75,8 +74,9 @@ class ScanReadError(ValueError):
 # Low-level helpers.
 
 
-def _read_image(path: PathLike, what: str = "image",
-                series: Optional[str] = None) -> tuple[sitk.Image, dict]:
+def _read_image(
+  path: PathLike, what: str = "image", series: str | None = None
+) -> tuple[sitk.Image, dict]:
   """Reads a file or DICOM folder with SimpleITK. Returns (image, safe metadata).
 
   `series` picks a DICOM series of a folder by its SeriesInstanceUID (default: the series
@@ -93,11 +93,15 @@ def _read_image(path: PathLike, what: str = "image",
       raise ScanReadError(f"{path}: cannot list DICOM series: {_first_line(e)}") from None
     if not series_ids:
       raise ScanReadError(f"{path}: folder holds no DICOM series")
-    files_per_series = {s: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, s) for s in series_ids}
+    files_per_series = {
+      s: sitk.ImageSeriesReader.GetGDCMSeriesFileNames(path, s) for s in series_ids
+    }
     if series is not None:
       if series not in files_per_series:
         listing = ", ".join(f"{s} ({len(f)} files)" for s, f in sorted(files_per_series.items()))
-        raise ScanReadError(f"{path}: no DICOM series with UID {series!r}; the folder holds {listing}")
+        raise ScanReadError(
+          f"{path}: no DICOM series with UID {series!r}; the folder holds {listing}"
+        )
       best = series
     else:
       best = max(series_ids, key=lambda s: (len(files_per_series[s]), s))
@@ -105,9 +109,10 @@ def _read_image(path: PathLike, what: str = "image",
         # The UIDs go to the error message of a wrong --series only, not into outputs.
         others = sorted(len(files_per_series[s]) for s in series_ids if s != best)
         meta["warnings"].append(
-            f"the DICOM folder holds {len(series_ids)} series; scored the one with the most files "
-            f"({len(files_per_series[best])} files; the others have {others}); choose another with "
-            "--series UID (a wrong UID lists them)")
+          f"the DICOM folder holds {len(series_ids)} series; scored the one with the most files "
+          f"({len(files_per_series[best])} files; the others have {others}); choose another with "
+          "--series UID (a wrong UID lists them)"
+        )
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files_per_series[best])  # sorted by slice position by GDCM
     reader.MetaDataDictionaryArrayUpdateOn()
@@ -156,8 +161,9 @@ def _check_slice_positions(reader: sitk.ImageSeriesReader, n: int, path: str) ->
     return
   try:
     cosines = [float(v) for v in reader.GetMetaData(0, "0020|0037").split("\\")]
-    pos = np.array([[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")]
-                    for i in range(n)])
+    pos = np.array(
+      [[float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")] for i in range(n)]
+    )
   except (RuntimeError, ValueError):
     return  # no (readable) position tags: nothing to check against
   if len(cosines) != 6 or pos.shape != (n, 3):
@@ -167,16 +173,19 @@ def _check_slice_positions(reader: sitk.ImageSeriesReader, n: int, path: str) ->
   gaps = np.diff(z)
   median = float(np.median(gaps))
   if median <= 0:
-    raise ScanReadError(f"{path}: DICOM slices share one position (duplicate slices?); "
-                        "remove the duplicates or pick one series with --series")
+    raise ScanReadError(
+      f"{path}: DICOM slices share one position (duplicate slices?); "
+      "remove the duplicates or pick one series with --series"
+    )
   bad = np.flatnonzero(np.abs(gaps - median) > _SLICE_GAP_RTOL * median)
   if bad.size:
     i = int(bad[0])
     raise ScanReadError(
-        f"{path}: DICOM slice positions are not evenly spaced ({bad.size} irregular gap(s); "
-        f"e.g. {gaps[i]:.2f} mm between slices {i} and {i + 1}, median {median:.2f} mm): missing "
-        "slices? Scoring on an averaged spacing would misplace every slice; export the complete "
-        "series")
+      f"{path}: DICOM slice positions are not evenly spaced ({bad.size} irregular gap(s); "
+      f"e.g. {gaps[i]:.2f} mm between slices {i} and {i + 1}, median {median:.2f} mm): missing "
+      "slices? Scoring on an averaged spacing would misplace every slice; export the complete "
+      "series"
+    )
 
 
 def check_complete(path: PathLike) -> None:
@@ -194,7 +203,7 @@ def check_complete(path: PathLike) -> None:
   if not (is_gz or is_nifti):
     return
   try:
-    with (gzip.open(path, "rb") if is_gz else open(path, "rb")) as f:
+    with gzip.open(path, "rb") if is_gz else open(path, "rb") as f:
       chunk = f.read(540) if is_nifti else b""
       need, dtype = _nifti_layout(chunk, path) if is_nifti else (None, None)
       start, end = need if need is not None else (0, 0)
@@ -202,17 +211,20 @@ def check_complete(path: PathLike) -> None:
       got, tail = 0, b""
       while chunk:
         if dtype is not None and got + len(chunk) > start and got < end:
-          data = chunk[max(start - got, 0):max(end - got, 0)]
+          data = chunk[max(start - got, 0) : max(end - got, 0)]
           tail = _check_finite(tail + data, dtype, path)
         got += len(chunk)
         chunk = f.read(1 << 22)
   except (EOFError, OSError, zlib.error) as e:
-    raise ScanReadError(f"{path}: file is truncated or corrupt ({e}); the file was probably cut "
-                        "short (interrupted copy or full disk): copy or export it again") from None
+    raise ScanReadError(
+      f"{path}: file is truncated or corrupt ({e}); the file was probably cut "
+      "short (interrupted copy or full disk): copy or export it again"
+    ) from None
   if need is not None and got < end:
     raise ScanReadError(
-        f"{path}: file is truncated: its header announces {need[1]} voxel bytes from offset "
-        f"{start}, the file holds {max(got - start, 0)}; copy or export it again")
+      f"{path}: file is truncated: its header announces {need[1]} voxel bytes from offset "
+      f"{start}, the file holds {max(got - start, 0)}; copy or export it again"
+    )
 
 
 def _nifti_layout(header: bytes, path: str):
@@ -234,9 +246,9 @@ def _nifti_layout(header: bytes, path: str):
   else:
     return None, None  # not a NIfTI header we know: leave it to SimpleITK
   ndim = int(dims[0])
-  if not 1 <= ndim <= 7 or any(int(d) < 0 for d in dims[1:ndim + 1]):
+  if not 1 <= ndim <= 7 or any(int(d) < 0 for d in dims[1 : ndim + 1]):
     return None, None
-  count = int(np.prod([int(d) for d in dims[1:ndim + 1]], dtype=np.int64))
+  count = int(np.prod([int(d) for d in dims[1 : ndim + 1]], dtype=np.int64))
   dtype = {16: np.dtype(end + "f4"), 64: np.dtype(end + "f8")}.get(int(datatype))
   return (max(offset, size), count * max(int(bitpix), 0) // 8), dtype
 
@@ -247,8 +259,10 @@ def _check_finite(buf: bytes, dtype: np.dtype, path: str) -> bytes:
   values = np.frombuffer(buf[:n], dtype)
   if not np.all(np.isfinite(values)):
     bad = int(values.size - np.count_nonzero(np.isfinite(values)))
-    raise ScanReadError(f"{path}: the file holds NaN or infinite voxel values (at least {bad}); "
-                        "fill them (e.g. with -1024 HU) before scoring")
+    raise ScanReadError(
+      f"{path}: the file holds NaN or infinite voxel values (at least {bad}); "
+      "fill them (e.g. with -1024 HU) before scoring"
+    )
   return buf[n:]
 
 
@@ -261,8 +275,15 @@ def _first_line(e: Exception) -> str:
 
 def _format_from_name(path: str) -> str:
   name = os.path.basename(path).lower()
-  for ext, fmt in ((".nii.gz", "nifti"), (".nii", "nifti"), (".mha", "metaimage"),
-                   (".mhd", "metaimage"), (".nrrd", "nrrd"), (".nhdr", "nrrd"), (".dcm", "dicom")):
+  for ext, fmt in (
+    (".nii.gz", "nifti"),
+    (".nii", "nifti"),
+    (".mha", "metaimage"),
+    (".mhd", "metaimage"),
+    (".nrrd", "nrrd"),
+    (".nhdr", "nrrd"),
+    (".dcm", "dicom"),
+  ):
     if name.endswith(ext):
       return fmt
   return "other"
@@ -272,8 +293,9 @@ def _check_geometry(img: sitk.Image, path: str, allow_2d: bool) -> sitk.Image:
   """Checks dimension, size and spacing; returns a 3D image."""
   if img.GetNumberOfComponentsPerPixel() != 1:
     raise ScanReadError(
-        f"{path}: image has {img.GetNumberOfComponentsPerPixel()} components per voxel "
-        "(colour/vector image); expected a scalar CT volume")
+      f"{path}: image has {img.GetNumberOfComponentsPerPixel()} components per voxel "
+      "(colour/vector image); expected a scalar CT volume"
+    )
   size = img.GetSize()
   if any(s == 0 for s in size):
     raise ScanReadError(f"{path}: image has a zero-size axis (size x,y,z = {size})")
@@ -284,8 +306,9 @@ def _check_geometry(img: sitk.Image, path: str, allow_2d: bool) -> sitk.Image:
   if dim == 2:
     if not allow_2d:
       raise ScanReadError(
-          f"{path}: 2D image (size {size}); a 3D volume is required for scoring (for a DICOM "
-          "series give the folder of all its slices, not one file)")
+        f"{path}: 2D image (size {size}); a 3D volume is required for scoring (for a DICOM "
+        "series give the folder of all its slices, not one file)"
+      )
     img = sitk.JoinSeries(img)
   elif dim == 4 and size[3] == 1:
     img = img[:, :, :, 0]
@@ -294,20 +317,21 @@ def _check_geometry(img: sitk.Image, path: str, allow_2d: bool) -> sitk.Image:
   size = img.GetSize()
   if not allow_2d and sum(s > 1 for s in size) < 3:
     raise ScanReadError(
-        f"{path}: 2D image (size x,y,z = {size}, a single slice); a 3D volume is required for "
-        "scoring (for a DICOM series give the folder of all its slices, not one file)")
+      f"{path}: 2D image (size x,y,z = {size}, a single slice); a 3D volume is required for "
+      "scoring (for a DICOM series give the folder of all its slices, not one file)"
+    )
   return img
 
 
 def _source_geometry(img: sitk.Image, path: str) -> SourceGeometry:
   direction = tuple(float(v) for v in img.GetDirection())
   return SourceGeometry(
-      size_xyz=tuple(int(s) for s in img.GetSize()),
-      spacing_xyz=tuple(float(s) for s in img.GetSpacing()),
-      origin_xyz=tuple(float(o) for o in img.GetOrigin()),
-      direction=direction,
-      orientation=sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(direction),
-      path=os.path.abspath(path),
+    size_xyz=tuple(int(s) for s in img.GetSize()),
+    spacing_xyz=tuple(float(s) for s in img.GetSpacing()),
+    origin_xyz=tuple(float(o) for o in img.GetOrigin()),
+    direction=direction,
+    orientation=sitk.DICOMOrientImageFilter.GetOrientationFromDirectionCosines(direction),
+    path=os.path.abspath(path),
   )
 
 
@@ -316,21 +340,24 @@ def _check_ct_range(hu: np.ndarray, path: str) -> None:
   hmax = float(hu.max())
   if hmax < _MIN_MAX_HU:
     raise ScanReadError(
-        f"{path}: does not look like CT in HU: maximum value {hmax:.1f} is below {_MIN_MAX_HU} "
-        "(no tissue at all)")
+      f"{path}: does not look like CT in HU: maximum value {hmax:.1f} is below {_MIN_MAX_HU} "
+      "(no tissue at all)"
+    )
   flat = hu.reshape(-1)
   step = max(1, flat.size // _PERCENTILE_SAMPLES)
   p1, p50, p99 = (float(v) for v in np.percentile(flat[::step], [1.0, 50.0, 99.0]))
   if p99 > _MAX_P99_HU or p1 > _MAX_P1_HU:
     raise ScanReadError(
-        f"{path}: does not look like CT in HU: 1st-99th percentile range {p1:.1f}..{p99:.1f} "
-        f"lies far outside -1024..4000 HU (unscaled raw values or another modality?)")
+      f"{path}: does not look like CT in HU: 1st-99th percentile range {p1:.1f}..{p99:.1f} "
+      f"lies far outside -1024..4000 HU (unscaled raw values or another modality?)"
+    )
   hmin = float(hu.min())
   if hmin > _MAX_MIN_HU and p50 > _MAX_MEDIAN_HU:
     raise ScanReadError(
-        f"{path}: does not look like CT in HU: no air, lung or fat (minimum {hmin:.0f} HU) and a "
-        f"median of {p50:.0f} HU (raw stored values without the rescale slope/intercept, or "
-        "another modality?)")
+      f"{path}: does not look like CT in HU: no air, lung or fat (minimum {hmin:.0f} HU) and a "
+      f"median of {p50:.0f} HU (raw stored values without the rescale slope/intercept, or "
+      "another modality?)"
+    )
 
 
 def _out_of_range_warnings(hu: np.ndarray) -> list[str]:
@@ -342,13 +369,17 @@ def _out_of_range_warnings(hu: np.ndarray) -> list[str]:
   notes = []
   n_high = int(np.count_nonzero(hu > hi))
   if n_high > _OUT_OF_RANGE_VOXELS:
-    notes.append(f"{n_high} voxels above {hi:.0f} HU (maximum {float(hu.max()):.0f} HU): metal, or "
-                 "values wrapped by a wrong integer type; calcium scores there are not reliable")
+    notes.append(
+      f"{n_high} voxels above {hi:.0f} HU (maximum {float(hu.max()):.0f} HU): metal, or "
+      "values wrapped by a wrong integer type; calcium scores there are not reliable"
+    )
   low = hu < lo
   n_low = int(np.count_nonzero(low & (hu != hu.min())))
   if n_low > _OUT_OF_RANGE_VOXELS:
-    notes.append(f"{n_low} voxels below {lo:.0f} HU other than FOV padding (clipped to "
-                 f"{HU_FLOOR:.0f} HU): check the rescale slope/intercept")
+    notes.append(
+      f"{n_low} voxels below {lo:.0f} HU other than FOV padding (clipped to "
+      f"{HU_FLOOR:.0f} HU): check the rescale slope/intercept"
+    )
   return notes
 
 
@@ -358,9 +389,11 @@ def _extent_warnings(img: sitk.Image) -> list[str]:
   lo, hi = CHEST_FOV_MM
   fov = [n * s for n, s in zip(img.GetSize()[:2], img.GetSpacing()[:2])]
   if min(fov) < lo or max(fov) > hi:
-    return [f"the in-plane field of view is {fov[0]:.0f} x {fov[1]:.0f} mm, outside the "
-            f"{lo:.0f}-{hi:.0f} mm of a chest or heart CT: check the voxel spacing in the header "
-            f"({', '.join(f'{v:.3g}' for v in img.GetSpacing())} mm); volumes and scores scale with it"]
+    return [
+      f"the in-plane field of view is {fov[0]:.0f} x {fov[1]:.0f} mm, outside the "
+      f"{lo:.0f}-{hi:.0f} mm of a chest or heart CT: check the voxel spacing in the header "
+      f"({', '.join(f'{v:.3g}' for v in img.GetSpacing())} mm); volumes and scores scale with it"
+    ]
   return []
 
 
@@ -388,16 +421,18 @@ def _same_grid(img: sitk.Image, like: Scan, rtol: float = 1e-5) -> bool:
   if tuple(img.GetSize()) != tuple(like.shape[::-1]):
     return False
   sp = np.asarray(like.spacing[::-1])
-  return (np.allclose(img.GetSpacing(), sp, rtol=rtol, atol=0)
-          and np.allclose(img.GetDirection(), like.direction, atol=1e-6)
-          and np.all(np.abs(np.subtract(img.GetOrigin(), like.origin)) <= 1e-3 * sp.min()))
+  return (
+    np.allclose(img.GetSpacing(), sp, rtol=rtol, atol=0)
+    and np.allclose(img.GetDirection(), like.direction, atol=1e-6)
+    and np.all(np.abs(np.subtract(img.GetOrigin(), like.origin)) <= 1e-3 * sp.min())
+  )
 
 
 # ---------------------------------------------------------------------------------------------
 # Public API.
 
 
-def read_scan(path: PathLike, allow_2d: bool = False, series: Optional[str] = None) -> Scan:
+def read_scan(path: PathLike, allow_2d: bool = False, series: str | None = None) -> Scan:
   """Reads a CT volume in HU, validated and in canonical LPS orientation.
 
   Args:
@@ -434,8 +469,14 @@ def read_scan(path: PathLike, allow_2d: bool = False, series: Optional[str] = No
   np.maximum(hu, HU_FLOOR, out=hu)
   _check_ct_range(hu, path)
   spacing_zyx = tuple(float(s) for s in img.GetSpacing()[::-1])
-  return Scan(hu=hu, spacing=spacing_zyx, origin=tuple(float(o) for o in img.GetOrigin()),
-              direction=tuple(float(d) for d in img.GetDirection()), source=source, meta=meta)
+  return Scan(
+    hu=hu,
+    spacing=spacing_zyx,
+    origin=tuple(float(o) for o in img.GetOrigin()),
+    direction=tuple(float(d) for d in img.GetDirection()),
+    source=source,
+    meta=meta,
+  )
 
 
 def read_mask(path: PathLike, like: Scan, resample: bool = True) -> np.ndarray:
@@ -472,17 +513,26 @@ def read_mask(path: PathLike, like: Scan, resample: bool = True) -> np.ndarray:
     out = sitk.GetArrayViewFromImage(canon).astype(np.int32)
   elif not resample:
     raise ScanReadError(
-        f"{path}: not on the same voxel grid as the scan (size {canon.GetSize()} vs "
-        f"{like.shape[::-1]}, spacing {format_numbers(canon.GetSpacing())} vs {format_numbers(like.spacing[::-1])}, "
-        f"origin {format_numbers(canon.GetOrigin())} vs {format_numbers(like.origin)} mm, x y z order)")
+      f"{path}: not on the same voxel grid as the scan (size {canon.GetSize()} vs "
+      f"{like.shape[::-1]}, spacing {format_numbers(canon.GetSpacing())} vs {format_numbers(like.spacing[::-1])}, "
+      f"origin {format_numbers(canon.GetOrigin())} vs {format_numbers(like.origin)} mm, x y z order)"
+    )
   else:
     out = sitk.GetArrayFromImage(
-        sitk.Resample(img, _reference_image(like), sitk.Transform(), sitk.sitkNearestNeighbor,
-                      0.0, img.GetPixelID()))
+      sitk.Resample(
+        img,
+        _reference_image(like),
+        sitk.Transform(),
+        sitk.sitkNearestNeighbor,
+        0.0,
+        img.GetPixelID(),
+      )
+    )
     if not np.any(out) and np.any(sitk.GetArrayViewFromImage(img)):
       raise ScanReadError(
-          f"{path}: mask is non-empty but does not overlap the scan's physical extent "
-          "(wrong file pairing or broken geometry?)")
+        f"{path}: mask is non-empty but does not overlap the scan's physical extent "
+        "(wrong file pairing or broken geometry?)"
+      )
   return out.astype(np.int32, copy=False)
 
 
@@ -495,7 +545,9 @@ def read_labels(path: PathLike, like: Scan, resample: bool = True) -> np.ndarray
   return read_reference(path, like, resample)[0]
 
 
-def read_reference(path: PathLike, like: Scan, resample: bool = True) -> tuple[np.ndarray, Optional[np.ndarray]]:
+def read_reference(
+  path: PathLike, like: Scan, resample: bool = True
+) -> tuple[np.ndarray, np.ndarray | None]:
   """Reads a reference-encoded label map onto `like`'s grid (`resample` as in `read_mask`):
   (int32 classes 0..6, bool left-main mask or None when the map does not label the left main
   apart)."""
@@ -528,15 +580,17 @@ def _write_image(img: sitk.Image, path: PathLike) -> None:
     try:
       sitk.WriteImage(img, tmp_path, True)
     except RuntimeError as e:
-      raise OSError(errno.EIO, f"cannot write the image ({_first_line(e)}; disk full?)",
-                    path) from None
+      raise OSError(
+        errno.EIO, f"cannot write the image ({_first_line(e)}; disk full?)", path
+      ) from None
 
   def _verify(tmp_path: str) -> None:
     try:
       check_complete(tmp_path)
     except ScanReadError:
-      raise OSError(errno.EIO, "the written file is incomplete (disk full?); nothing was "
-                    "moved into place", path) from None
+      raise OSError(
+        errno.EIO, "the written file is incomplete (disk full?); nothing was moved into place", path
+      ) from None
 
   atomic.write_with(path, _write, verify=_verify)
 
@@ -575,9 +629,11 @@ def _source_image(array_zyx: np.ndarray, like: Scan) -> sitk.Image:
   src = like.source
   if src is not None:
     oriented = sitk.DICOMOrient(img, src.orientation)
-    if tuple(oriented.GetSize()) == tuple(src.size_xyz) and np.allclose(
-        oriented.GetSpacing(), src.spacing_xyz, rtol=1e-5) and np.allclose(
-            oriented.GetOrigin(), src.origin_xyz, atol=1e-3 * min(src.spacing_xyz)):
+    if (
+      tuple(oriented.GetSize()) == tuple(src.size_xyz)
+      and np.allclose(oriented.GetSpacing(), src.spacing_xyz, rtol=1e-5)
+      and np.allclose(oriented.GetOrigin(), src.origin_xyz, atol=1e-3 * min(src.spacing_xyz))
+    ):
       img = oriented
     else:  # `like` was resampled / cropped since reading: resample onto the source grid.
       ref = sitk.Image([int(s) for s in src.size_xyz], img.GetPixelID())
@@ -600,8 +656,13 @@ def write_scan(scan: Scan, path: PathLike) -> None:
   float32. Nothing from `scan.meta` is written.
   """
   hu = np.asarray(scan.hu)
-  if hu.size and np.all(np.isfinite(hu)) and np.all(hu == np.round(hu)) and \
-      hu.min() >= -32768 and hu.max() <= 32767:
+  if (
+    hu.size
+    and np.all(np.isfinite(hu))
+    and np.all(hu == np.round(hu))
+    and hu.min() >= -32768
+    and hu.max() <= 32767
+  ):
     arr = hu.astype(np.int16)
   else:
     arr = hu.astype(np.float32)
@@ -612,7 +673,7 @@ def write_scan(scan: Scan, path: PathLike) -> None:
   _write_image(img, path)
 
 
-def dicom_series_files(path: PathLike, series: Optional[str] = None) -> list[str]:
+def dicom_series_files(path: PathLike, series: str | None = None) -> list[str]:
   """The files of the DICOM series `read_scan(path, series=series)` reads from folder `path`
   (by default the series with the most files), in GDCM's slice order: file k is slice k of
   the image as read, before canonical reorientation (so of a label map written back by
@@ -636,18 +697,26 @@ def image_info(path: PathLike) -> dict:
     raise FileNotFoundError(f"file not found: {path}")
   if os.path.isdir(path):
     img, _ = _read_image(path)
-    return {"size_xyz": img.GetSize(), "spacing_xyz": img.GetSpacing(),
-            "origin_xyz": img.GetOrigin(), "direction": img.GetDirection(),
-            "dimension": img.GetDimension()}
+    return {
+      "size_xyz": img.GetSize(),
+      "spacing_xyz": img.GetSpacing(),
+      "origin_xyz": img.GetOrigin(),
+      "direction": img.GetDirection(),
+      "dimension": img.GetDimension(),
+    }
   reader = sitk.ImageFileReader()
   reader.SetFileName(path)
   try:
     reader.ReadImageInformation()
   except RuntimeError as e:
     raise ScanReadError(f"{path}: unreadable or corrupt file: {_first_line(e)}") from None
-  return {"size_xyz": reader.GetSize(), "spacing_xyz": reader.GetSpacing(),
-          "origin_xyz": reader.GetOrigin(), "direction": reader.GetDirection(),
-          "dimension": reader.GetDimension()}
+  return {
+    "size_xyz": reader.GetSize(),
+    "spacing_xyz": reader.GetSpacing(),
+    "origin_xyz": reader.GetOrigin(),
+    "direction": reader.GetDirection(),
+    "dimension": reader.GetDimension(),
+  }
 
 
 def same_physical_grid(a: dict, b: dict, tol_fraction: float = 1e-2) -> bool:
@@ -666,7 +735,7 @@ def same_physical_grid(a: dict, b: dict, tol_fraction: float = 1e-2) -> bool:
   return bool(np.all(np.abs(orig_a - orig_b) <= tol_fraction * min_sp))
 
 
-def _grid_signature(info: dict) -> Optional[tuple]:
+def _grid_signature(info: dict) -> tuple | None:
   """Axis-order/flip-invariant description of a 3D grid: sorted (size, step vector), corner."""
   size = list(info["size_xyz"])
   if len(size) == 2:

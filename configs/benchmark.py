@@ -1,6 +1,6 @@
 """The 3-seed benchmark behind the README's numbers: the demo's settings on seeds 0, 1, 2.
 
-  python -m launch.reproduce --config configs/benchmark.py --workdir runs/benchmark
+python -m launch.reproduce --config configs/benchmark.py --workdir runs/benchmark
 """
 
 import ml_collections

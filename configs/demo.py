@@ -17,8 +17,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dilations = (1, 1, 2, 4, 8)
   c.model.classifier_hidden = 32
   c.model.critic_channels = (32, 32, 32, 32, 16, 8, 1)
-  c.data.output_size = 25            # as the paper: the critic's last map is 11x11 (models.Critic)
-  c.sampling.source_threshold = 6   # noise/bone negatives >= 130 HU: low-dose chest noise is the NCCT FP source
+  c.data.output_size = 25  # as the paper: the critic's last map is 11x11 (models.Critic)
+  c.sampling.source_threshold = (
+    6  # noise/bone negatives >= 130 HU: low-dose chest noise is the NCCT FP source
+  )
   c.sampling.source_uniform = 2
   c.sampling.source_labelled = 8
   c.sampling.critic_batch = 8
@@ -28,9 +30,9 @@ def get_config() -> ml_collections.ConfigDict:
   # Adaptation as the reference (configs/paper.py: batch-statistics critic, weight decay 5e-4,
   # critic patches >= 130 HU / uniform in random slices of both domains), on a CPU schedule.
   # The budget forces these departures (docs/results.md records what each costs):
-  c.adapt.critic_pretrain_steps = 100   # reference 10,000-20,000
-  c.adapt.critic_steps = 5              # reference 20 per generator step (5 from epoch 100)
-  c.adapt.num_generator_steps = 200     # reference 10,000 (its tested G_15: 750)
+  c.adapt.critic_pretrain_steps = 100  # reference 10,000-20,000
+  c.adapt.critic_steps = 5  # reference 20 per generator step (5 from epoch 100)
+  c.adapt.num_generator_steps = 200  # reference 10,000 (its tested G_15: 750)
   # 4x the reference's generator lr so G moves in 200 steps.
   c.adapt.generator_lr = 2e-4
   c.adapt.log_every = 10

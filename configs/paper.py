@@ -10,8 +10,8 @@ def get_config() -> ml_collections.ConfigDict:
 
   # Networks (cac_jax.models).
   c.model = ml_collections.ConfigDict()
-  c.model.tower_width = 32           # channels of every 3x3 conv in a view tower
-  c.model.tower_features = 32        # features out of each tower's final 1x1 conv
+  c.model.tower_width = 32  # channels of every 3x3 conv in a view tower
+  c.model.tower_features = 32  # features out of each tower's final 1x1 conv
   c.model.dilations = (1, 1, 2, 4, 8, 16, 32)  # then one undilated 3x3 -> RF 131
   c.model.classifier_hidden = 128
   c.model.num_classes = 7
@@ -24,25 +24,27 @@ def get_config() -> ml_collections.ConfigDict:
   # Data geometry (cac_jax.preprocess, cac_jax.sampling).
   c.data = ml_collections.ConfigDict()
   c.data.working_spacing = (1.5, 0.66, 0.66)  # (z, y, x) mm
-  c.data.output_size = 25            # output window per view; patch = RF + output - 1 = 155
+  c.data.output_size = 25  # output window per view; patch = RF + output - 1 = 155
   c.data.hu_clip = (-1000.0, 3000.0)
   c.data.hu_center = 130.0
   c.data.hu_scale = 1130.0
-  c.data.thick_slice = False         # chest NCCT: 3 mm thickness every 1.5 mm by averaging
+  c.data.thick_slice = False  # chest NCCT: 3 mm thickness every 1.5 mm by averaging
 
   # Batch policies (cac_jax.sampling).
   c.sampling = ml_collections.ConfigDict()
-  c.sampling.source_threshold = 2    # patches centred on voxels >= 130 HU
-  c.sampling.source_uniform = 6      # uniformly random voxels
-  c.sampling.source_labelled = 8     # centred on labelled calcium voxels
-  c.sampling.critic_batch = 16       # per domain: half >= threshold, half uniform
+  c.sampling.source_threshold = 2  # patches centred on voxels >= 130 HU
+  c.sampling.source_uniform = 6  # uniformly random voxels
+  c.sampling.source_labelled = 8  # centred on labelled calcium voxels
+  c.sampling.critic_batch = 16  # per domain: half >= threshold, half uniform
   c.sampling.prefetch = 2
-  c.sampling.bright_in_heart = False   # source training: ">= threshold" patches only in the dilated heart
+  c.sampling.bright_in_heart = (
+    False  # source training: ">= threshold" patches only in the dilated heart
+  )
 
   # Supervised source training (cac_jax.train.source).
   c.source = ml_collections.ConfigDict()
   c.source.learning_rate = 5e-4
-  c.source.weight_decay = 5e-5       # L2 added to the gradient (as PyTorch Adam weight_decay)
+  c.source.weight_decay = 5e-5  # L2 added to the gradient (as PyTorch Adam weight_decay)
   c.source.deep_supervision_weight = 0.05
   c.source.num_steps = 200_000
   c.source.log_every = 100
@@ -51,26 +53,28 @@ def get_config() -> ml_collections.ConfigDict:
   # Adversarial adaptation (cac_jax.train.adversarial). Every value below is the reference's
   # (qurAI-amsterdam/CACscoringUsingDomainAdaptation, trainGAN_adv_cls_MMD.py and run_bash.sh).
   c.adapt = ml_collections.ConfigDict()
-  c.adapt.critic_lr = 5e-4           # lr (:38, :105)
-  c.adapt.generator_lr = 5e-5        # 0.1 * lr (:105)
-  c.adapt.weight_decay = 5e-4        # both RMSprop optimisers (:107-108)
-  c.adapt.rmsprop_decay = 0.99       # PyTorch RMSprop alpha (default)
+  c.adapt.critic_lr = 5e-4  # lr (:38, :105)
+  c.adapt.generator_lr = 5e-5  # 0.1 * lr (:105)
+  c.adapt.weight_decay = 5e-4  # both RMSprop optimisers (:107-108)
+  c.adapt.rmsprop_decay = 0.99  # PyTorch RMSprop alpha (default)
   c.adapt.rmsprop_eps = 1e-8
-  c.adapt.clip = 0.1                 # critic params clamped to [-clip, clip] after each update (:66, :231)
-  c.adapt.alpha = 2.0                # weight of the source classification loss (run_bash.sh --w_cls 2)
+  c.adapt.clip = 0.1  # critic params clamped to [-clip, clip] after each update (:66, :231)
+  c.adapt.alpha = 2.0  # weight of the source classification loss (run_bash.sh --w_cls 2)
   # Critic pre-training: N_Diters (10; 20 in run_bash.sh:5) x 100 x batch_size (10) critic updates (:145-180).
   c.adapt.critic_pretrain_steps = 10_000
   # Then per epoch 5 x (d_iters x 10 critic updates, 10 generator updates) (:203-261): 20 critic
   # updates per generator update, 5 from epoch 100 (:196-199), i.e. from generator step 99 * 50.
   c.adapt.critic_steps = 20
-  c.adapt.critic_steps_later = 5     # 0: no change; else critic steps from generator step `change_at`
+  c.adapt.critic_steps_later = 5  # 0: no change; else critic steps from generator step `change_at`
   c.adapt.change_at = 4_950
   c.adapt.num_generator_steps = 10_000  # 200 epochs x 50 generator updates
   # Critic and generator-target patches: "reference" = half >= 130 HU, half uniform, in a random
   # slice of either domain (dataset/CalciumDataset.py:335-387); "scan_threshold" = this project's
   # earlier policy (CCTA bright patches at the aortic-ROI threshold). See cac_jax.sampling.
   c.adapt.critic_patches = "reference"
-  c.adapt.bright_in_heart = False    # "scan_threshold" only: critic bright patches only in the dilated heart
+  c.adapt.bright_in_heart = (
+    False  # "scan_threshold" only: critic bright patches only in the dilated heart
+  )
   c.adapt.unroll_critic_scan = True  # unroll the lax.scan of critic steps (faster on XLA:CPU)
   c.adapt.log_every = 10
   c.adapt.checkpoint_every = 500
@@ -85,13 +89,13 @@ def get_config() -> ml_collections.ConfigDict:
   c.scoring.min_lesion_mm3 = 1.0
   c.scoring.max_lesion_mm3 = 500.0
   c.scoring.heart_dilation_mm = 10.0
-  c.scoring.slab_slices = 16         # slices per streamed slab in dense inference
+  c.scoring.slab_slices = 16  # slices per streamed slab in dense inference
 
   # Phantoms (cac_jax.phantoms).
   c.phantoms = ml_collections.ConfigDict()
   c.phantoms.at_working_spacing = False  # True: generate directly at working spacing
-  c.phantoms.fov_scale = 1.0             # <1 shrinks the field of view towards the heart (fast CI)
-  c.phantoms.paired_patients = False     # True: same seed -> same patient/calcium in every domain
+  c.phantoms.fov_scale = 1.0  # <1 shrinks the field of view towards the heart (fast CI)
+  c.phantoms.paired_patients = False  # True: same seed -> same patient/calcium in every domain
   # The phantom experiment (cac_jax.experiment): cases per data role.
   c.experiment = ml_collections.ConfigDict()
   c.experiment.n_source_train = 40

@@ -10,7 +10,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.name = "tiny"
   c.model.tower_width = 8
   c.model.tower_features = 8
-  c.model.dilations = (1, 2, 4)      # RF = 1 + 2*(1+2+4+1) = 17
+  c.model.dilations = (1, 2, 4)  # RF = 1 + 2*(1+2+4+1) = 17
   c.model.classifier_hidden = 16
   c.model.critic_channels = (16, 16, 16, 16, 16, 8, 1)
   # The batch-statistics critic needs a final map > 1x1: 25 gives 11x11, as the paper; patch = 41.

@@ -23,16 +23,17 @@ checkout, cac_jax/configs when installed).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 import errno
 import os
 import sys
-from typing import Callable, Mapping, Optional
 
-from absl import app
-from absl import flags
+from absl import app, flags
 from ml_collections import config_flags
 
-DEBUG = flags.DEFINE_bool("debug", False, "On an error, show the Python traceback instead of one line.")
+DEBUG = flags.DEFINE_bool(
+  "debug", False, "On an error, show the Python traceback instead of one line."
+)
 EXIT_ERROR = 2
 # Flags this module defines from now on (`define_config`) belong to the script that asks for
 # them: its --help lists them.
@@ -48,14 +49,17 @@ _USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, MemoryErro
 
 def _user_errors() -> tuple[type[BaseException], ...]:
   from cac_jax import checkpoints  # pylint: disable=g-import-not-at-top (jax import deferred)
+
   return _USER_ERRORS + (checkpoints.CheckpointError,)
 
 
-def one_line(e: BaseException, flag_paths: Optional[Mapping[str, Optional[str]]] = None) -> str:
+def one_line(e: BaseException, flag_paths: Mapping[str, str | None] | None = None) -> str:
   """The message of `e` on one line, with the flag its file came from where one is named."""
   if isinstance(e, MemoryError):
-    text = ("out of memory; the scan or data set is too large for this machine (crop it, or "
-            "use a machine with more memory)")
+    text = (
+      "out of memory; the scan or data set is too large for this machine (crop it, or "
+      "use a machine with more memory)"
+    )
   elif getattr(e, "errors", None) and hasattr(e, "csv_path"):  # ManifestError: list them all
     errors = list(e.errors)
     shown = "; ".join(errors[:3]) + (f"; and {len(errors) - 3} more" if len(errors) > 3 else "")
@@ -74,9 +78,13 @@ def one_line(e: BaseException, flag_paths: Optional[Mapping[str, Optional[str]]]
   return text
 
 
-def report_errors(main: Callable, prog: Optional[str] = None,
-                  flag_paths: Optional[Callable[[], Mapping[str, Optional[str]]]] = None) -> Callable:
+def report_errors(
+  main: Callable,
+  prog: str | None = None,
+  flag_paths: Callable[[], Mapping[str, str | None]] | None = None,
+) -> Callable:
   """`main` wrapped so that user errors print one line and exit 2 (see the module docstring)."""
+
   def wrapped(argv):
     try:
       return main(argv)
@@ -87,13 +95,17 @@ def report_errors(main: Callable, prog: Optional[str] = None,
       print(f"{name}: error: {one_line(e, flag_paths() if flag_paths else None)}", file=sys.stderr)
       sys.stderr.flush()
       raise SystemExit(EXIT_ERROR) from None
+
   return wrapped
 
 
 def config_names() -> list[str]:
   """The configs addressable by name: tiny, demo, benchmark, paper."""
-  return sorted(n.removesuffix(".py") for n in os.listdir(CONFIG_DIR)
-                if n.endswith(".py") and not n.startswith("_"))
+  return sorted(
+    n.removesuffix(".py")
+    for n in os.listdir(CONFIG_DIR)
+    if n.endswith(".py") and not n.startswith("_")
+  )
 
 
 def config_file(value: str) -> str:
@@ -107,17 +119,20 @@ def config_file(value: str) -> str:
     return os.path.join(CONFIG_DIR, f"{value}.py")
   if not os.path.isfile(value.split(":", 1)[0]):
     raise flags.IllegalFlagValueError(
-        f"--config {value}: neither a config name ({', '.join(config_names())}) nor a file")
+      f"--config {value}: neither a config name ({', '.join(config_names())}) nor a file"
+    )
   return value
 
 
-def define_config(default: Optional[str], help_string: str):
+def define_config(default: str | None, help_string: str):
   """Defines `--config` (see the module docstring); `default` is a name or None."""
   global _config_flag_defined
   _config_flag_defined = True
   return config_flags.DEFINE_config_file(
-      "config", None if default is None else config_file(default),
-      f"{help_string} A name ({', '.join(config_names())}) or a config file.")
+    "config",
+    None if default is None else config_file(default),
+    f"{help_string} A name ({', '.join(config_names())}) or a config file.",
+  )
 
 
 def _config_names_to_files(argv: list[str]) -> list[str]:
@@ -133,6 +148,7 @@ def _config_names_to_files(argv: list[str]) -> list[str]:
 
 def parse_flags(prog: str) -> Callable:
   """absl's flags parser, with a bad or missing flag reported as one line (exit 2)."""
+
   def parse(argv):
     try:
       if _config_flag_defined:
@@ -141,18 +157,25 @@ def parse_flags(prog: str) -> Callable:
     except flags.Error as e:
       print(f"{prog}: error: {e} (--help lists the flags)", file=sys.stderr)
       raise SystemExit(EXIT_ERROR) from None
+
   return parse
 
 
-def run(main: Callable, prog: Optional[str] = None,
-        flag_paths: Optional[Callable[[], Mapping[str, Optional[str]]]] = None) -> None:
+def run(
+  main: Callable,
+  prog: str | None = None,
+  flag_paths: Callable[[], Mapping[str, str | None]] | None = None,
+) -> None:
   """`absl.app.run(main)` with `report_errors`; `prog` defaults to the module's short name
   (`python -m launch.score`: "score") or the console script's name ("cac-score")."""
   if prog is None:
     module = sys.modules.get("__main__")
     spec = getattr(module, "__spec__", None)
-    prog = (spec.name.rsplit(".", 1)[-1] if spec and spec.name else
-            os.path.basename(sys.argv[0]).removesuffix(".py"))
+    prog = (
+      spec.name.rsplit(".", 1)[-1]
+      if spec and spec.name
+      else os.path.basename(sys.argv[0]).removesuffix(".py")
+    )
   _help_from(sys.modules[main.__module__])
   app.run(report_errors(main, prog, flag_paths), flags_parser=parse_flags(prog))
 

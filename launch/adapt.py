@@ -10,13 +10,11 @@ and the adapted inference export (WORKDIR/export).
 (From a checkout also `python -m launch.adapt ...`.)
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from cac_jax import atomic
-from cac_jax import checkpoints
-from cac_jax import train
+from cac_jax import atomic, checkpoints, train
 from cac_jax.train import data as data_lib
+
 from . import _cli
 from . import train_flags as common
 
@@ -24,10 +22,16 @@ flags.adopt_module_key_flags(common)  # --split, --multihost, --quiet_orbax in -
 
 _CONFIG = _cli.define_config(None, "Project config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the export go here.")
-_SOURCE_CHECKPOINT = flags.DEFINE_string("source_checkpoint", None, "Exported source model (train_source's WORKDIR/export).")
+_SOURCE_CHECKPOINT = flags.DEFINE_string(
+  "source_checkpoint", None, "Exported source model (train_source's WORKDIR/export)."
+)
 _RESUME = flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir.")
-_SOURCE_MANIFEST = flags.DEFINE_string("source_manifest", None, "Labelled source manifest CSV (default: synthetic).")
-_TARGET_MANIFEST = flags.DEFINE_string("target_manifest", None, "Target-domain manifest CSV (default: synthetic).")
+_SOURCE_MANIFEST = flags.DEFINE_string(
+  "source_manifest", None, "Labelled source manifest CSV (default: synthetic)."
+)
+_TARGET_MANIFEST = flags.DEFINE_string(
+  "target_manifest", None, "Target-domain manifest CSV (default: synthetic)."
+)
 flags.mark_flags_as_required(["config", "workdir", "source_checkpoint"])
 
 
@@ -39,20 +43,30 @@ def main(argv):
   with atomic.claim_dir(_WORKDIR.value, "--workdir"):  # checked and locked before any computation
     params, source_config = checkpoints.load_inference(_SOURCE_CHECKPOINT.value)
     if source_config.model.to_json() != config.model.to_json():
-      raise app.UsageError(f"--config model section differs from the source checkpoint's "
-                           f"({_SOURCE_CHECKPOINT.value}/config.json)")
+      raise app.UsageError(
+        f"--config model section differs from the source checkpoint's "
+        f"({_SOURCE_CHECKPOINT.value}/config.json)"
+      )
     if bool(_SOURCE_MANIFEST.value) != bool(_TARGET_MANIFEST.value):
-      raise app.UsageError("give both --source_manifest and --target_manifest, or neither (synthetic data)")
+      raise app.UsageError(
+        "give both --source_manifest and --target_manifest, or neither (synthetic data)"
+      )
     data = None
     if _SOURCE_MANIFEST.value:
-      data = data_lib.manifest_streams(config, _SOURCE_MANIFEST.value, _TARGET_MANIFEST.value, split=common.split())
+      data = data_lib.manifest_streams(
+        config, _SOURCE_MANIFEST.value, _TARGET_MANIFEST.value, split=common.split()
+      )
     state = train.adapt(config, _WORKDIR.value, params, data, resume=_RESUME.value)
   print(f"adaptation done at generator step {int(state.step)}; export in {_WORKDIR.value}/export")
 
 
 def flag_paths():
-  return {"--source_checkpoint": _SOURCE_CHECKPOINT.value, "--source_manifest": _SOURCE_MANIFEST.value,
-          "--target_manifest": _TARGET_MANIFEST.value, "--workdir": _WORKDIR.value}
+  return {
+    "--source_checkpoint": _SOURCE_CHECKPOINT.value,
+    "--source_manifest": _SOURCE_MANIFEST.value,
+    "--target_manifest": _TARGET_MANIFEST.value,
+    "--workdir": _WORKDIR.value,
+  }
 
 
 def run() -> None:  # console script cac-adapt

@@ -29,25 +29,40 @@ import jax
 import numpy as np
 
 from cac_jax import models, synthetic
+from cac_jax.configs import demo, paper, tiny
 from cac_jax.train import adversarial, sharding, source
 from cac_jax.train import state as state_lib
-from cac_jax.configs import demo, paper, tiny
+
 from . import _cli
 
-_CONFIGS = flags.DEFINE_list("configs", ["tiny", "paper"], "Configs to benchmark (tiny, demo, paper).")
+_CONFIGS = flags.DEFINE_list(
+  "configs", ["tiny", "paper"], "Configs to benchmark (tiny, demo, paper)."
+)
 _ITERS = flags.DEFINE_integer("iters", 3, "Timed calls per step after one warm-up call.")
 _CRITIC_N = flags.DEFINE_integer("critic_n", 2, "Critic updates per timed critic scan.")
-_PEAK = flags.DEFINE_float("peak_gflops", 182.0, "Machine's fp32 matmul peak (GFLOP/s) for the ratio.")
-_TORCH = flags.DEFINE_string("torch_anchor", "", "PyTorch anchor script (../shared/bench/torch_anchor.py) to run "
-                             "first and compare with; empty: no comparison.")
-_TORCH_PYTHON = flags.DEFINE_string("torch_python", "python3", "Interpreter with PyTorch for --torch_anchor.")
-_TORCH_THREADS = flags.DEFINE_integer("torch_threads", 0, "PyTorch threads (0: the CPUs this process may use).")
+_PEAK = flags.DEFINE_float(
+  "peak_gflops", 182.0, "Machine's fp32 matmul peak (GFLOP/s) for the ratio."
+)
+_TORCH = flags.DEFINE_string(
+  "torch_anchor",
+  "",
+  "PyTorch anchor script (../shared/bench/torch_anchor.py) to run "
+  "first and compare with; empty: no comparison.",
+)
+_TORCH_PYTHON = flags.DEFINE_string(
+  "torch_python", "python3", "Interpreter with PyTorch for --torch_anchor."
+)
+_TORCH_THREADS = flags.DEFINE_integer(
+  "torch_threads", 0, "PyTorch threads (0: the CPUs this process may use)."
+)
 
 # The anchor's step names, also the keys of `bench`'s result (its critic row is per update).
 _TORCH_STEPS = ("source step", "critic update", "generator step")
 
 
-def _conv_flops(h: int, w: int, k: int, cin: int, cout: int, dilation: int = 1) -> tuple[int, int, int]:
+def _conv_flops(
+  h: int, w: int, k: int, cin: int, cout: int, dilation: int = 1
+) -> tuple[int, int, int]:
   """(FLOPs, out_h, out_w) of a VALID k x k conv."""
   span = dilation * (k - 1)
   oh, ow = h - span, w - span
@@ -110,31 +125,45 @@ class _Rows(list):
     super().append(row)
     label, n, dt, flops, comp = row
     rate = flops / dt / 1e9
-    print(f"{label:24s} {n:7d} {dt:8.3f} {n / dt:10.1f} {flops / n / 1e9:16.4f} "
-          f"{self.analytic.get(label, float('nan')) / 1e9:21.4f} {rate:14.1f} {100 * rate / _PEAK.value:6.1f}% "
-          f"{comp:9.1f}", flush=True)
+    print(
+      f"{label:24s} {n:7d} {dt:8.3f} {n / dt:10.1f} {flops / n / 1e9:16.4f} "
+      f"{self.analytic.get(label, float('nan')) / 1e9:21.4f} {rate:14.1f} {100 * rate / _PEAK.value:6.1f}% "
+      f"{comp:9.1f}",
+      flush=True,
+    )
 
 
 def bench(name: str, config, iters: int, critic_n: int) -> None:
   mesh = sharding.data_mesh()
   data = synthetic.SyntheticData(config, 0)
-  b = config.sampling.source_threshold + config.sampling.source_uniform + config.sampling.source_labelled
+  b = (
+    config.sampling.source_threshold
+    + config.sampling.source_uniform
+    + config.sampling.source_labelled
+  )
   bc = config.sampling.critic_batch
   fl = analytic_flops(config)
-  print(f"\n== {name}: patch {models.patch_size(config)}, output {config.data.output_size}, "
-        f"source batch {b}, critic batch {bc} per domain, devices {mesh.size} ({jax.devices()[0].platform})")
+  print(
+    f"\n== {name}: patch {models.patch_size(config)}, output {config.data.output_size}, "
+    f"source batch {b}, critic batch {bc} per domain, devices {mesh.size} ({jax.devices()[0].platform})"
+  )
   print("analytic forward GFLOP/patch: " + ", ".join(f"{k} {v / 1e9:.4f}" for k, v in fl.items()))
 
-  print(f"{'step':24s} {'patches':>7s} {'s/call':>8s} {'patches/s':>10s} {'XLA GFLOP/patch':>16s} "
-        f"{'analytic GFLOP/patch':>21s} {'GFLOP/s (XLA)':>14s} {'% peak':>7s} {'compile s':>9s}", flush=True)
+  print(
+    f"{'step':24s} {'patches':>7s} {'s/call':>8s} {'patches/s':>10s} {'XLA GFLOP/patch':>16s} "
+    f"{'analytic GFLOP/patch':>21s} {'GFLOP/s (XLA)':>14s} {'% peak':>7s} {'compile s':>9s}",
+    flush=True,
+  )
   rows = _Rows()
   # Analytic training FLOPs/patch ~ 3 x forward (backward = 2 x forward); the critic scan
   # runs G forward only; the generator step backpropagates through D into G.
   rows.analytic = {
-      "source step": 3 * (fl["generator"] + fl["heads"] + fl["classifier"]),
-      f"critic scan (n={critic_n})": fl["generator"] + 3 * fl["critic"],
-      "generator step": (b * 3 * (fl["generator"] + fl["classifier"])
-                         + bc * 3 * (fl["generator"] + fl["critic"])) / (b + bc),
+    "source step": 3 * (fl["generator"] + fl["heads"] + fl["classifier"]),
+    f"critic scan (n={critic_n})": fl["generator"] + 3 * fl["critic"],
+    "generator step": (
+      b * 3 * (fl["generator"] + fl["classifier"]) + bc * 3 * (fl["generator"] + fl["critic"])
+    )
+    / (b + bc),
   }
   state = sharding.replicate(state_lib.init_source_state(config), mesh)
   batch = sharding.shard_batch(data.source(0), mesh)
@@ -144,8 +173,10 @@ def bench(name: str, config, iters: int, critic_n: int) -> None:
   rows.append(("source step", b, dt, flops, comp))
 
   a = sharding.replicate(state_lib.init_adapt_state(config, state_lib.init_params(config, 0)), mesh)
-  cb = {"source_views": np.stack([data.source_critic(i)["views"] for i in range(critic_n)]),
-        "target_views": np.stack([data.target_critic(i)["views"] for i in range(critic_n)])}
+  cb = {
+    "source_views": np.stack([data.source_critic(i)["views"] for i in range(critic_n)]),
+    "target_views": np.stack([data.target_critic(i)["views"] for i in range(critic_n)]),
+  }
   cb = sharding.shard_batch(cb, mesh, batch_axis=2)
   fn = source.jit_step(adversarial.make_critic_steps(config), mesh, batch_axis=2)
   fn, flops, comp = _compile(fn, a, cb)
@@ -155,14 +186,23 @@ def bench(name: str, config, iters: int, critic_n: int) -> None:
   rows.append((f"critic scan (n={critic_n})", critic_n * 2 * bc, dt, flops, comp))
 
   s = data.source(0)
-  gb = sharding.shard_batch({"source_views": s["views"], "source_labels": s["labels"],
-                             "target_views": data.target_generator(0)["views"]}, mesh)
+  gb = sharding.shard_batch(
+    {
+      "source_views": s["views"],
+      "source_labels": s["labels"],
+      "target_views": data.target_generator(0)["views"],
+    },
+    mesh,
+  )
   fn = source.jit_step(adversarial.make_generator_step(config), mesh)
   fn, flops, comp = _compile(fn, a, gb)
   a, dt = _time(fn, a, gb, iters)
   rows.append(("generator step", b + bc, dt, flops, comp))
-  return {"source step": (b, rows[0][2]), "critic update": (2 * bc, rows[1][2] / critic_n),
-          "generator step": (b + bc, rows[2][2])}
+  return {
+    "source step": (b, rows[0][2]),
+    "critic update": (2 * bc, rows[1][2] / critic_n),
+    "generator step": (b + bc, rows[2][2]),
+  }
 
 
 def parse_torch(text: str) -> dict[str, tuple[int, float]]:
@@ -170,7 +210,9 @@ def parse_torch(text: str) -> dict[str, tuple[int, float]]:
   `<step>  <n> patches  <s> s  <rate> patches/s`."""
   out = {}
   for line in text.splitlines():
-    m = re.match(r"\s*(source step|critic update|generator step)\s+(\d+) patches\s+([0-9.]+) s", line)
+    m = re.match(
+      r"\s*(source step|critic update|generator step)\s+(\d+) patches\s+([0-9.]+) s", line
+    )
     if m:
       out[m.group(1)] = (int(m.group(2)), float(m.group(3)))
   return out
@@ -190,16 +232,23 @@ def run_torch(script: str, python: str, threads: int, iters: int) -> dict[str, t
   print(proc.stdout, end="", flush=True)
   steps = parse_torch(proc.stdout)
   if proc.returncode != 0 or len(steps) != len(_TORCH_STEPS):
-    raise ValueError(f"the PyTorch anchor failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}")
+    raise ValueError(
+      f"the PyTorch anchor failed (exit {proc.returncode}): {proc.stderr.strip()[-300:]}"
+    )
   return steps
 
 
 def ratio_table(ours: dict[str, tuple[int, float]], torch: dict[str, tuple[int, float]]) -> str:
   """Markdown table: per step PyTorch s/call, ours s/call, ratio of patches/s (ours / PyTorch)."""
-  lines = ["| step | PyTorch | cac-jax | ratio (patches/s, cac-jax / PyTorch) |", "|---|---|---|---|"]
+  lines = [
+    "| step | PyTorch | cac-jax | ratio (patches/s, cac-jax / PyTorch) |",
+    "|---|---|---|---|",
+  ]
   for step in _TORCH_STEPS:
     (nt, tt), (no, to) = torch[step], ours[step]
-    lines.append(f"| {step}, {nt} / {no} patches | {tt:.3f} s | {to:.3f} s | {(no / to) / (nt / tt):.2f}x |")
+    lines.append(
+      f"| {step}, {nt} / {no} patches | {tt:.3f} s | {to:.3f} s | {(no / to) / (nt / tt):.2f}x |"
+    )
   return "\n".join(lines)
 
 
@@ -209,12 +258,19 @@ def main(argv):
   unknown = [n for n in _CONFIGS.value if n not in configs]
   if unknown:
     raise ValueError(f"unknown --configs {unknown}; choose from {sorted(configs)}")
-  torch = run_torch(_TORCH.value, _TORCH_PYTHON.value, _TORCH_THREADS.value, _ITERS.value) if _TORCH.value else None
+  torch = (
+    run_torch(_TORCH.value, _TORCH_PYTHON.value, _TORCH_THREADS.value, _ITERS.value)
+    if _TORCH.value
+    else None
+  )
   for name in _CONFIGS.value:
     ours = bench(name, configs[name](), _ITERS.value, _CRITIC_N.value)
     if torch and name == "paper":
-      print(f"\npaper config vs PyTorch ({os.cpu_count()} CPUs, load average now "
-            f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}):\n" + ratio_table(ours, torch), flush=True)
+      print(
+        f"\npaper config vs PyTorch ({os.cpu_count()} CPUs, load average now "
+        f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}):\n" + ratio_table(ours, torch),
+        flush=True,
+      )
 
 
 def run() -> None:  # console script cac-benchmark

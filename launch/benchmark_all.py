@@ -23,33 +23,56 @@ from absl import flags
 
 from . import _cli
 
-_QUICK = flags.DEFINE_bool("quick", False, "The tiny config, one timed call, 4 naive slices (a CPU check).")
-_NAIVE_SLICES = flags.DEFINE_integer("naive_slices", 8, "Naive inference: slices per view, extrapolated (0: all).")
+_QUICK = flags.DEFINE_bool(
+  "quick", False, "The tiny config, one timed call, 4 naive slices (a CPU check)."
+)
+_NAIVE_SLICES = flags.DEFINE_integer(
+  "naive_slices", 8, "Naive inference: slices per view, extrapolated (0: all)."
+)
 # Named apart from launch.benchmark's own flags (both modules may share one process, as in tests).
-_ITERS = flags.DEFINE_integer("step_iters", 3, "Timed calls per training step (launch.benchmark --iters).")
-_TORCH = flags.DEFINE_string("anchor", "", "PyTorch anchor script (launch.benchmark --torch_anchor).")
-_TORCH_PYTHON = flags.DEFINE_string("anchor_python", "python3", "Its interpreter (launch.benchmark --torch_python).")
+_ITERS = flags.DEFINE_integer(
+  "step_iters", 3, "Timed calls per training step (launch.benchmark --iters)."
+)
+_TORCH = flags.DEFINE_string(
+  "anchor", "", "PyTorch anchor script (launch.benchmark --torch_anchor)."
+)
+_TORCH_PYTHON = flags.DEFINE_string(
+  "anchor_python", "python3", "Its interpreter (launch.benchmark --torch_python)."
+)
 
 
-def commands(quick: bool, iters: int, naive_slices: int, torch_anchor: str = "",
-             torch_python: str = "python3", package: str = "launch") -> list[list[str]]:
+def commands(
+  quick: bool,
+  iters: int,
+  naive_slices: int,
+  torch_anchor: str = "",
+  torch_python: str = "python3",
+  package: str = "launch",
+) -> list[list[str]]:
   """The two benchmark command lines (argument lists after `python -m`); `package` is where the
   launch scripts live (`launch` in a checkout, `cac_jax.launch` installed)."""
   config = "tiny" if quick else "paper"
   train = [f"{package}.benchmark", f"--configs={config}", f"--iters={1 if quick else iters}"]
   if torch_anchor:
     train += [f"--torch_anchor={torch_anchor}", f"--torch_python={torch_python}"]
-  infer = [f"{package}.benchmark_infer", f"--configs={config}", "--nophantom",
-           f"--naive_slices={4 if quick else naive_slices}"]
+  infer = [
+    f"{package}.benchmark_infer",
+    f"--configs={config}",
+    "--nophantom",
+    f"--naive_slices={4 if quick else naive_slices}",
+  ]
   return [train, infer]
 
 
 def _header() -> str:
   import jax  # pylint: disable=g-import-not-at-top  (after flag parsing: --help stays fast)
+
   devices = jax.devices()
-  return (f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, jax {jax.__version__}, "
-          f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), {os.cpu_count()} CPUs, "
-          f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+  return (
+    f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC, jax {jax.__version__}, "
+    f"{len(devices)} x {devices[0].device_kind} ({devices[0].platform}), {os.cpu_count()} CPUs, "
+    f"load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}"
+  )
 
 
 def main(argv):
@@ -58,8 +81,14 @@ def main(argv):
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
   start = time.perf_counter()
-  for args in commands(_QUICK.value, _ITERS.value, _NAIVE_SLICES.value, _TORCH.value, _TORCH_PYTHON.value,
-                       __spec__.parent):
+  for args in commands(
+    _QUICK.value,
+    _ITERS.value,
+    _NAIVE_SLICES.value,
+    _TORCH.value,
+    _TORCH_PYTHON.value,
+    __spec__.parent,
+  ):
     print(f"\n$ python -m {' '.join(args)}", flush=True)
     t = time.perf_counter()
     code = subprocess.run([sys.executable, "-m", *args], cwd=root, env=env, check=False).returncode

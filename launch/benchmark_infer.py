@@ -23,26 +23,49 @@ import tempfile
 import time
 
 from absl import flags
+
 from . import _cli
 
-_CONFIGS = flags.DEFINE_list("configs", ["tiny", "paper"], "Configs to benchmark (configs/<name>.py).")
+_CONFIGS = flags.DEFINE_list(
+  "configs", ["tiny", "paper"], "Configs to benchmark (configs/<name>.py)."
+)
 _SHAPE = flags.DEFINE_list("shape", ["80", "310", "310"], "Volume (z, y, x) at working spacing.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed for the volume and the random weights.")
-_NAIVE_SLICES = flags.DEFINE_integer("naive_slices", 0, "0: full naive run; N: N slices per view, extrapolated.")
-_CACHED = flags.DEFINE_bool("cached_run", True, "Also time the ROI method in a second fresh process whose "
-                            "persistent compilation cache the first one filled (cac_jax.jax_cache).")
-_CONV_IMPL = flags.DEFINE_string("conv_impl", "auto", "cac_jax.infer conv formulation for the ROI method.")
-_SLAB = flags.DEFINE_integer("slab", 0, "Slices per device call for the ROI method (0: library default).")
-_WORKER = flags.DEFINE_string("worker", "", "Internal: run one method ('roi' or 'naive') and print JSON.")
+_NAIVE_SLICES = flags.DEFINE_integer(
+  "naive_slices", 0, "0: full naive run; N: N slices per view, extrapolated."
+)
+_CACHED = flags.DEFINE_bool(
+  "cached_run",
+  True,
+  "Also time the ROI method in a second fresh process whose "
+  "persistent compilation cache the first one filled (cac_jax.jax_cache).",
+)
+_CONV_IMPL = flags.DEFINE_string(
+  "conv_impl", "auto", "cac_jax.infer conv formulation for the ROI method."
+)
+_SLAB = flags.DEFINE_integer(
+  "slab", 0, "Slices per device call for the ROI method (0: library default)."
+)
+_WORKER = flags.DEFINE_string(
+  "worker", "", "Internal: run one method ('roi' or 'naive') and print JSON."
+)
 _CONFIG = flags.DEFINE_string("config", "tiny", "Internal: config of the worker.")
 _OUT = flags.DEFINE_string("out", "", "Internal: .npy path for the worker's labels at candidates.")
-_PHANTOM = flags.DEFINE_bool("phantom", True, "Input: a full-resolution CCTA phantom (cac_jax.phantoms, ~512x512x336 "
-                             "at 0.3-0.5 mm) resampled to the paper's working spacing; False: the synthetic --shape volume.")
+_PHANTOM = flags.DEFINE_bool(
+  "phantom",
+  True,
+  "Input: a full-resolution CCTA phantom (cac_jax.phantoms, ~512x512x336 "
+  "at 0.3-0.5 mm) resampled to the paper's working spacing; False: the synthetic --shape volume.",
+)
 
 
-_NAIVE_DTYPE = flags.DEFINE_enum("naive_feature_dtype", "float32", ["float16", "float32"],
-                                  "Feature volume dtype of the naive method (float16: the reference "
-                                  "implementation's memory; float32: labels comparable exactly).")
+_NAIVE_DTYPE = flags.DEFINE_enum(
+  "naive_feature_dtype",
+  "float32",
+  ["float16", "float32"],
+  "Feature volume dtype of the naive method (float16: the reference "
+  "implementation's memory; float32: labels comparable exactly).",
+)
 _VOLUME = flags.DEFINE_string("volume", "", "Internal: .npz with the worker's input volume.")
 
 
@@ -54,13 +77,18 @@ def _phantom_volume(seed, spacing=(1.5, 0.66, 0.66)):
   """
   from cac_jax import phantoms, postprocess, preprocess, threshold  # pylint: disable=g-import-not-at-top
   from cac_jax.configs import paper  # pylint: disable=g-import-not-at-top
+
   cfg = paper.get_config()
   case = phantoms.generate_case("ccta", seed, cfg)
   scan = preprocess.resample(case.scan, spacing, order=1)
   heart = preprocess.resample_labels(case.heart_mask.astype("uint8"), case.scan, scan) > 0
   aorta = preprocess.resample_labels(case.aorta_mask.astype("uint8"), case.scan, scan) > 0
   thr = threshold.ccta_threshold(scan, aorta).threshold_hu
-  return scan.hu, (scan.hu >= thr) & postprocess.heart_region(heart, scan.spacing, 10.0), case.scan.shape
+  return (
+    scan.hu,
+    (scan.hu >= thr) & postprocess.heart_region(heart, scan.spacing, 10.0),
+    case.scan.shape,
+  )
 
 
 def _ccta_volume(shape, seed, spacing=(1.5, 0.66, 0.66)):
@@ -72,6 +100,7 @@ def _ccta_volume(shape, seed, spacing=(1.5, 0.66, 0.66)):
   SD 30 HU. Candidates: HU >= aorta mean + 3 SD inside the heart dilated by 10 mm.
   """
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   rng = np.random.RandomState(seed)
   nz, ny, nx = shape
   z, y, x = np.ogrid[:nz, :ny, :nx]
@@ -79,12 +108,16 @@ def _ccta_volume(shape, seed, spacing=(1.5, 0.66, 0.66)):
   cz, cy, cx = nz * spacing[0] / 2, ny * spacing[1] / 2, nx * spacing[2] / 2
   hu = np.full(shape, -1000.0, np.float32)
   dz, dy, dx = mm(cz, cy, cx)
-  hu[np.broadcast_to((dy / (0.42 * ny * spacing[1])) ** 2 + (dx / (0.48 * nx * spacing[2])) ** 2 <= 1, shape)] = 40
+  hu[
+    np.broadcast_to(
+      (dy / (0.42 * ny * spacing[1])) ** 2 + (dx / (0.48 * nx * spacing[2])) ** 2 <= 1, shape
+    )
+  ] = 40
   for side in (-1, 1):
     dz, dy, dx = mm(cz, cy - 10, cx + side * 0.24 * nx * spacing[2])
     hu[np.broadcast_to((dy / 55) ** 2 + (dx / 40) ** 2 <= 1, shape)] = -850
   dz, dy, dx = mm(cz, cy + 0.33 * ny * spacing[1], cx)
-  hu[np.broadcast_to(dy ** 2 + dx ** 2 <= 14 ** 2, shape)] = 700  # vertebra
+  hu[np.broadcast_to(dy**2 + dx**2 <= 14**2, shape)] = 700  # vertebra
   hz, hy, hx = cz + 10, cy - 12, cx - 8
   dz, dy, dx = mm(hz, hy, hx)
   rad = (55.0, 50.0, 62.0)
@@ -96,15 +129,18 @@ def _ccta_volume(shape, seed, spacing=(1.5, 0.66, 0.66)):
   dz, dy, dx = mm(hz, hy - 15, hx - 25)
   hu[heart & ((dz / 40) ** 2 + (dy / 25) ** 2 + (dx / 25) ** 2 <= 1)] = 250  # right chambers
   aorta = np.zeros(shape, bool)
-  for (ay, ax), zmax in (((cy - 10, cx + 5), cz + 5), ((cy + 0.22 * ny * spacing[1], cx + 18), nz * spacing[0])):
+  for (ay, ax), zmax in (
+    ((cy - 10, cx + 5), cz + 5),
+    ((cy + 0.22 * ny * spacing[1], cx + 18), nz * spacing[0]),
+  ):
     dz, dy, dx = mm(0, ay, ax)
-    aorta |= np.broadcast_to((dy ** 2 + dx ** 2 <= 14 ** 2) & (dz <= zmax), shape)
+    aorta |= np.broadcast_to((dy**2 + dx**2 <= 14**2) & (dz <= zmax), shape)
   hu[aorta] = 420
   for _ in range(8):  # calcifications on the AV groove (an ellipse around the heart's waist)
     t = rng.uniform(0, 2 * np.pi)
     p = (hz + rng.uniform(-20, 20), hy + 0.85 * rad[1] * np.sin(t), hx + 0.85 * rad[2] * np.cos(t))
     dz, dy, dx = mm(*p)
-    hu[(dz ** 2 + dy ** 2 + dx ** 2) <= rng.uniform(0.7, 2.0) ** 2] = rng.uniform(600, 1000)
+    hu[(dz**2 + dy**2 + dx**2) <= rng.uniform(0.7, 2.0) ** 2] = rng.uniform(600, 1000)
   hu += rng.normal(0, 30, shape).astype(np.float32)
   vals = hu[aorta]
   threshold = vals.mean() + 3 * vals.std()
@@ -113,10 +149,13 @@ def _ccta_volume(shape, seed, spacing=(1.5, 0.66, 0.66)):
 
 
 def _worker():
+  import importlib  # pylint: disable=g-import-not-at-top
+
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   from cac_jax import infer, models  # pylint: disable=g-import-not-at-top
-  import importlib  # pylint: disable=g-import-not-at-top
+
   config = importlib.import_module(f"cac_jax.configs.{_CONFIG.value}").get_config()
   if _VOLUME.value:  # made once by the parent, so the phantom's own memory is not in the peak
     with np.load(_VOLUME.value) as f:
@@ -129,7 +168,12 @@ def _worker():
   params = models.init_params(config, jax.random.PRNGKey(_SEED.value))
   params = {"generator": params["generator"], "classifier": params["classifier"]}
   rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-  res = {"candidates": int(cand.sum()), "shape": shape, "full_resolution_shape": full_shape, "rss_before_mb": rss0}
+  res = {
+    "candidates": int(cand.sum()),
+    "shape": shape,
+    "full_resolution_shape": full_shape,
+    "rss_before_mb": rss0,
+  }
   coords = np.argwhere(cand)
   if _WORKER.value == "roi":
     kw = {"conv_impl": _CONV_IMPL.value}
@@ -152,11 +196,20 @@ def _worker():
       pick = coords[rng.choice(len(coords), min(len(coords), _NAIVE_SLICES.value), replace=False)]
       slices = {v: np.unique(pick[:, a]) for a, v in enumerate(models.VIEWS)}
     t = time.perf_counter()
-    vol, st = infer.predict_naive(params, config, hu, cand, slices=slices, return_stats=True,
-                                  feature_dtype=np.dtype(_NAIVE_DTYPE.value))
+    vol, st = infer.predict_naive(
+      params,
+      config,
+      hu,
+      cand,
+      slices=slices,
+      return_stats=True,
+      feature_dtype=np.dtype(_NAIVE_DTYPE.value),
+    )
     res["measured_s"] = time.perf_counter() - t
-    towers_full = sum(st["view_s"][v] * st["slices_total"][v] / max(1, st["slices_computed"][v])
-                      for v in models.VIEWS)
+    towers_full = sum(
+      st["view_s"][v] * st["slices_total"][v] / max(1, st["slices_computed"][v])
+      for v in models.VIEWS
+    )
     res["extrapolated_s"] = res["measured_s"] - st["towers_s"] + towers_full
     res["stats"] = st
     labels = vol[tuple(coords.T)]
@@ -174,19 +227,33 @@ _VOLUME_PATH = None
 
 def _run(method, config, out, jax_cache="off"):
   """One worker in a fresh process, with its persistent compilation cache in `jax_cache`."""
-  args = [sys.executable, "-m", __spec__.name, f"--worker={method}", f"--config={config}", f"--out={out}",
-          f"--shape={','.join(_SHAPE.value)}", f"--seed={_SEED.value}", f"--volume={_VOLUME_PATH or ''}", f"--naive_slices={_NAIVE_SLICES.value}",
-          f"--conv_impl={_CONV_IMPL.value}", f"--slab={_SLAB.value}",
-          f"--naive_feature_dtype={_NAIVE_DTYPE.value}"]
+  args = [
+    sys.executable,
+    "-m",
+    __spec__.name,
+    f"--worker={method}",
+    f"--config={config}",
+    f"--out={out}",
+    f"--shape={','.join(_SHAPE.value)}",
+    f"--seed={_SEED.value}",
+    f"--volume={_VOLUME_PATH or ''}",
+    f"--naive_slices={_NAIVE_SLICES.value}",
+    f"--conv_impl={_CONV_IMPL.value}",
+    f"--slab={_SLAB.value}",
+    f"--naive_feature_dtype={_NAIVE_DTYPE.value}",
+  ]
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-             CAC_JAX_COMPILATION_CACHE=jax_cache)
+  env = dict(
+    os.environ,
+    PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    CAC_JAX_COMPILATION_CACHE=jax_cache,
+  )
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
   proc = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True)
   lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
   if proc.returncode != 0 or not lines:
     raise RuntimeError(f"{method}/{config} failed:\n{proc.stderr[-3000:]}")
-  return json.loads(lines[-1][len("RESULT "):])
+  return json.loads(lines[-1][len("RESULT ") :])
 
 
 def main(argv):
@@ -195,6 +262,7 @@ def main(argv):
     _worker()
     return
   import numpy as np  # pylint: disable=g-import-not-at-top
+
   global _VOLUME_PATH
   with tempfile.TemporaryDirectory() as tmp:
     if _PHANTOM.value:
@@ -202,12 +270,18 @@ def main(argv):
       hu, cand, full_shape = _phantom_volume(_SEED.value)
       _VOLUME_PATH = os.path.join(tmp, "volume.npz")
       np.savez(_VOLUME_PATH, hu=hu, cand=cand, full_shape=np.asarray(full_shape))
-      print(f"CCTA phantom {full_shape} at full resolution -> {hu.shape} at 1.5x0.66x0.66 mm "
-            f"({time.perf_counter() - t:.1f} s to generate and resample)")
+      print(
+        f"CCTA phantom {full_shape} at full resolution -> {hu.shape} at 1.5x0.66x0.66 mm "
+        f"({time.perf_counter() - t:.1f} s to generate and resample)"
+      )
     for config in _CONFIGS.value:
-      jax_cache = os.path.join(tmp, f"jax_cache_{config}")  # empty: the first run compiles everything
+      jax_cache = os.path.join(
+        tmp, f"jax_cache_{config}"
+      )  # empty: the first run compiles everything
       roi = _run("roi", config, os.path.join(tmp, "roi.npy"), jax_cache)
-      cached = _run("roi", config, os.path.join(tmp, "roi.npy"), jax_cache) if _CACHED.value else None
+      cached = (
+        _run("roi", config, os.path.join(tmp, "roi.npy"), jax_cache) if _CACHED.value else None
+      )
       naive = _run("naive", config, os.path.join(tmp, "naive.npy"))
       a, b = np.load(os.path.join(tmp, "roi.npy")), np.load(os.path.join(tmp, "naive.npy"))
       checked = b >= 0
@@ -215,22 +289,33 @@ def main(argv):
       naive_s = naive["extrapolated_s"]
       st = roi["stats"]
       print(f"== config {config}: volume {tuple(roi['shape'])}, {roi['candidates']} candidates")
-      print(f"  ROI   : {roi['warm_s']:.2f} s/scan warm ({roi['cold_s']:.2f} s cold, empty compilation cache, incl. "
-            f"{roi['compiles']['tower']} tower compiles), peak RSS {roi['peak_rss_mb']:.0f} MB "
-            f"(after setup {roi['rss_before_mb']:.0f} MB); slices/view {st['slices']}, shapes {st['shapes']}, "
-            f"tower calls {st['tower_calls']}, tower px {st['tower_pixels']/1e6:.1f} M")
+      print(
+        f"  ROI   : {roi['warm_s']:.2f} s/scan warm ({roi['cold_s']:.2f} s cold, empty compilation cache, incl. "
+        f"{roi['compiles']['tower']} tower compiles), peak RSS {roi['peak_rss_mb']:.0f} MB "
+        f"(after setup {roi['rss_before_mb']:.0f} MB); slices/view {st['slices']}, shapes {st['shapes']}, "
+        f"tower calls {st['tower_calls']}, tower px {st['tower_pixels'] / 1e6:.1f} M"
+      )
       if cached:
-        print(f"  ROI cold with the compilation cache filled by that run (a fresh process, the default "
-              f"from the second scoring process on): {cached['cold_s']:.2f} s first scan, "
-              f"{cached['warm_s']:.2f} s second")
-      kind = ("measured" if _NAIVE_SLICES.value <= 0 else
-              f"EXTRAPOLATED from {naive['stats']['slices_computed']} of {naive['stats']['slices_total']} slices "
-              f"(measured {naive['measured_s']:.1f} s)")
+        print(
+          f"  ROI cold with the compilation cache filled by that run (a fresh process, the default "
+          f"from the second scoring process on): {cached['cold_s']:.2f} s first scan, "
+          f"{cached['warm_s']:.2f} s second"
+        )
+      kind = (
+        "measured"
+        if _NAIVE_SLICES.value <= 0
+        else f"EXTRAPOLATED from {naive['stats']['slices_computed']} of {naive['stats']['slices_total']} slices "
+        f"(measured {naive['measured_s']:.1f} s)"
+      )
       print(f"  naive : {naive_s:.1f} s/scan ({kind}), peak RSS {naive['peak_rss_mb']:.0f} MB")
-      print(f"  speed-up (naive / ROI warm): {naive_s / roi['warm_s']:.1f}x, (naive / ROI cold): "
-            f"{naive_s / roi['cold_s']:.1f}x")
-      print(f"  labels identical at {same}/{int(checked.sum())} compared candidates "
-            f"({'all' if checked.all() else 'those whose 3 slices the naive run computed'})")
+      print(
+        f"  speed-up (naive / ROI warm): {naive_s / roi['warm_s']:.1f}x, (naive / ROI cold): "
+        f"{naive_s / roi['cold_s']:.1f}x"
+      )
+      print(
+        f"  labels identical at {same}/{int(checked.sum())} compared candidates "
+        f"({'all' if checked.all() else 'those whose 3 slices the naive run computed'})"
+      )
       sys.stdout.flush()
 
 

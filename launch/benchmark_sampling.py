@@ -1,6 +1,6 @@
 """Patch-sampler throughput on synthetic working-spacing cases (prints patches/s).
 
-  python -m launch.benchmark_sampling --num_cases=3 --shape=120,300,300 --batches=20
+python -m launch.benchmark_sampling --num_cases=3 --shape=120,300,300 --batches=20
 """
 
 import time
@@ -8,10 +8,10 @@ import time
 from absl import flags
 import numpy as np
 
-from cac_jax import models
-from cac_jax import sampling
-from cac_jax.scan import Case, Scan
+from cac_jax import models, sampling
 from cac_jax.configs import paper, tiny
+from cac_jax.scan import Case, Scan
+
 from . import _cli
 
 _NUM_CASES = flags.DEFINE_integer("num_cases", 3, "Synthetic cases.")
@@ -27,13 +27,16 @@ def synthetic_case(case_id: str, shape, seed: int) -> Case:
   z, y, x = shape
   hu = rng.normal(40.0, 25.0, size=shape).astype(np.float32)
   hu[:, : y // 8] = -1000.0  # air in front of the chest
-  hu[:, int(0.75 * y):int(0.85 * y), int(0.45 * x):int(0.55 * x)] = 700.0  # spine
+  hu[:, int(0.75 * y) : int(0.85 * y), int(0.45 * x) : int(0.55 * x)] = 700.0  # spine
   heart = np.zeros(shape, bool)
-  heart[z // 5:4 * z // 5, y // 4:3 * y // 4, x // 4:3 * x // 4] = True
+  heart[z // 5 : 4 * z // 5, y // 4 : 3 * y // 4, x // 4 : 3 * x // 4] = True
   labels = np.zeros(shape, np.int32)
   for k in range(40):
-    cz, cy, cx = (rng.integers(z // 5, 4 * z // 5), rng.integers(y // 4, 3 * y // 4),
-                  rng.integers(x // 4, 3 * x // 4))
+    cz, cy, cx = (
+      rng.integers(z // 5, 4 * z // 5),
+      rng.integers(y // 4, 3 * y // 4),
+      rng.integers(x // 4, 3 * x // 4),
+    )
     cls = 1 + k % 6
     sl = (slice(cz, cz + 2), slice(cy, cy + 3), slice(cx, cx + 3))
     hu[sl] = 300.0 + 40 * cls
@@ -66,9 +69,11 @@ def main(argv):
     p = models.patch_size(config)
     src = _rate(sampler.source_batch, _BATCHES.value, n_src)
     crit = _rate(sampler.critic_batch, _BATCHES.value, s.critic_batch)
-    line = (f"{name}: P={p} o={config.data.output_size} setup {setup:.2f} s | "
-            f"source B={n_src}: {src:.0f} patches/s ({src / n_src:.1f} batches/s) | "
-            f"critic B={s.critic_batch}: {crit:.0f} patches/s ({crit / s.critic_batch:.1f} batches/s)")
+    line = (
+      f"{name}: P={p} o={config.data.output_size} setup {setup:.2f} s | "
+      f"source B={n_src}: {src:.0f} patches/s ({src / n_src:.1f} batches/s) | "
+      f"critic B={s.critic_batch}: {crit:.0f} patches/s ({crit / s.critic_batch:.1f} batches/s)"
+    )
     if _PREFETCH.value:
       with sampler.source_batches() as it:
         pre = _rate(lambda: next(it), _BATCHES.value, n_src)

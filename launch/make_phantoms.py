@@ -12,6 +12,7 @@ import time
 from absl import app, flags, logging
 
 from cac_jax import phantoms
+
 from . import _cli
 
 _CONFIG = _cli.define_config("tiny", "Project config.")
@@ -38,9 +39,12 @@ def _benchmark(config):
         t0 = time.perf_counter()
         case = phantoms.generate_case(domain, seed, config)
         times.append(time.perf_counter() - t0)
-      print(f"{name:16s} {domain:13s} shape {case.scan.shape} spacing "
-            f"{tuple(round(s, 2) for s in case.scan.spacing)}: {min(times):.2f} s/case "
-            f"(best of {len(times)})", flush=True)
+      print(
+        f"{name:16s} {domain:13s} shape {case.scan.shape} spacing "
+        f"{tuple(round(s, 2) for s in case.scan.spacing)}: {min(times):.2f} s/case "
+        f"(best of {len(times)})",
+        flush=True,
+      )
 
 
 def main(argv):
@@ -50,8 +54,15 @@ def main(argv):
     _benchmark(config)
     return
   if _OUT.value:
-    path = phantoms.write_dataset(_OUT.value, _DOMAIN.value, _NUM.value, _SEED.value, config,
-                                  split=_SPLIT.value, progress=lambda cid: logging.info("wrote %s", cid))
+    path = phantoms.write_dataset(
+      _OUT.value,
+      _DOMAIN.value,
+      _NUM.value,
+      _SEED.value,
+      config,
+      split=_SPLIT.value,
+      progress=lambda cid: logging.info("wrote %s", cid),
+    )
     logging.info("manifest: %s", path)
   if _PREVIEW.value:
     cases = [phantoms.generate_case(d, _SEED.value, config) for d in phantoms.DOMAINS]

@@ -13,14 +13,20 @@ import os
 from absl import flags
 
 from cac_jax import experiment
-from . import _cli
-from . import train_flags
+
+from . import _cli, train_flags
 
 FLAGS = flags.FLAGS
 _cli.define_config("demo", "Experiment config.")
-flags.DEFINE_string("workdir", "runs/demo", "Where data, checkpoints and results go (reused when complete).")
-flags.DEFINE_list("seeds", None, "Experiment seeds (default: config.experiment.seeds, else config.seed); "
-                  "several give mean (SD) over seeds and one gap share over them.")
+flags.DEFINE_string(
+  "workdir", "runs/demo", "Where data, checkpoints and results go (reused when complete)."
+)
+flags.DEFINE_list(
+  "seeds",
+  None,
+  "Experiment seeds (default: config.experiment.seeds, else config.seed); "
+  "several give mean (SD) over seeds and one gap share over them.",
+)
 
 
 def main(argv):
@@ -28,9 +34,12 @@ def main(argv):
   train_flags.init_runtime()
   log = logging.getLogger("cac_jax.reproduce")
   seeds = experiment.seeds_of(FLAGS.config, FLAGS.seeds)
-  results = experiment.run_seeds(FLAGS.config, FLAGS.workdir, seeds,
-                                 log=lambda seed, s: log.info("[seed %d] %s", seed, s))
-  md, paths = experiment.write_results(results, FLAGS.config, os.path.join(FLAGS.workdir, "results"))
+  results = experiment.run_seeds(
+    FLAGS.config, FLAGS.workdir, seeds, log=lambda seed, s: log.info("[seed %d] %s", seed, s)
+  )
+  md, paths = experiment.write_results(
+    results, FLAGS.config, os.path.join(FLAGS.workdir, "results")
+  )
   print()
   print(md)
   print("\nfigures and reports:")

@@ -17,28 +17,54 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from cac_jax import atomic, scoring_cli
+
 from . import _cli
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("image", None, "Scan: NIfTI/MHA/NRRD file or DICOM series folder.")
-flags.DEFINE_string("heart_mask", "auto", "Heart mask file (any grid; resampled by physical coordinates), 'auto' "
-                    "(find the heart region in the scan; docs/scoring.md) or 'none' (classify every candidate). "
-                    "With --manifest: for rows without a heart mask ('auto' or 'none').")
-flags.DEFINE_string("masks_dir", None, "TotalSegmentator output folder: its heart.nii.gz (and aorta.nii.gz unless "
-                    "--aorta_mask is given) are used.")
+flags.DEFINE_string(
+  "heart_mask",
+  "auto",
+  "Heart mask file (any grid; resampled by physical coordinates), 'auto' "
+  "(find the heart region in the scan; docs/scoring.md) or 'none' (classify every candidate). "
+  "With --manifest: for rows without a heart mask ('auto' or 'none').",
+)
+flags.DEFINE_string(
+  "masks_dir",
+  None,
+  "TotalSegmentator output folder: its heart.nii.gz (and aorta.nii.gz unless "
+  "--aorta_mask is given) are used.",
+)
 flags.DEFINE_string("aorta_mask", None, "Aorta mask, used for the CCTA threshold ROI.")
-flags.DEFINE_string("manifest", None, "Data-set CSV (id,image,label,heart_mask,aorta_mask,domain,split).")
+flags.DEFINE_string(
+  "manifest", None, "Data-set CSV (id,image,label,heart_mask,aorta_mask,domain,split)."
+)
 flags.DEFINE_string("split", None, "With --manifest: only score rows of this split (e.g. test).")
 flags.DEFINE_string("checkpoint", None, "Exported inference checkpoint folder.", required=True)
 flags.DEFINE_string("output_dir", None, "Where outputs go.", required=True)
-flags.DEFINE_enum("domain", "auto", ["auto", "ncct", "ccta"], "Scan domain; auto decides from the aorta's HU.")
+flags.DEFINE_enum(
+  "domain", "auto", ["auto", "ncct", "ccta"], "Scan domain; auto decides from the aorta's HU."
+)
 flags.DEFINE_bool("overwrite", False, "Replace existing outputs.")
 flags.DEFINE_float("calibration", None, "Mass-score calibration factor (mg HA/cm³ per HU).")
 flags.DEFINE_bool("region_growing", True, "FP reduction: grow detections to 6-connected lesions.")
 flags.DEFINE_bool("size_limits", True, "FP reduction: drop lesions <1 mm³ or >500 mm³.")
-flags.DEFINE_string("series", None, "DICOM folder with several series: the SeriesInstanceUID to score (default: the series with the most files).")
-flags.DEFINE_bool("record_input_path", False, "Store the input's full path in scores.json (off: a path can carry a patient's name).")
-flags.DEFINE_bool("heart_filter", True, "FP reduction: drop lesions outside the dilated heart mask (inference then runs only there; --noheart_filter classifies every candidate).")
+flags.DEFINE_string(
+  "series",
+  None,
+  "DICOM folder with several series: the SeriesInstanceUID to score (default: the series with the most files).",
+)
+flags.DEFINE_bool(
+  "record_input_path",
+  False,
+  "Store the input's full path in scores.json (off: a path can carry a patient's name).",
+)
+flags.DEFINE_bool(
+  "heart_filter",
+  True,
+  "FP reduction: drop lesions outside the dilated heart mask (inference then runs only there; "
+  "--noheart_filter classifies every candidate).",
+)
 
 
 def main(argv):
@@ -47,34 +73,67 @@ def main(argv):
     raise app.UsageError("give exactly one of --image or --manifest")
   absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
   logging.getLogger("jax").setLevel(logging.WARNING)  # and JAX its backend probing
-  fp = dict(region_growing=FLAGS.region_growing, size_limits=FLAGS.size_limits, heart_filter=FLAGS.heart_filter)
+  fp = dict(
+    region_growing=FLAGS.region_growing,
+    size_limits=FLAGS.size_limits,
+    heart_filter=FLAGS.heart_filter,
+  )
   with atomic.claim_dir(FLAGS.output_dir):  # checked and locked before any computation
     _score(fp)
 
 
 def _score(fp):
   if FLAGS.image:
-    report = scoring_cli.score_file(FLAGS.image, FLAGS.checkpoint, FLAGS.output_dir, heart_mask=FLAGS.heart_mask,
-                                    aorta_mask=FLAGS.aorta_mask, masks_dir=FLAGS.masks_dir, domain=FLAGS.domain,
-                                    overwrite=FLAGS.overwrite, calibration=FLAGS.calibration, fp=fp,
-                                    series=FLAGS.series, record_input_path=FLAGS.record_input_path)
+    report = scoring_cli.score_file(
+      FLAGS.image,
+      FLAGS.checkpoint,
+      FLAGS.output_dir,
+      heart_mask=FLAGS.heart_mask,
+      aorta_mask=FLAGS.aorta_mask,
+      masks_dir=FLAGS.masks_dir,
+      domain=FLAGS.domain,
+      overwrite=FLAGS.overwrite,
+      calibration=FLAGS.calibration,
+      fp=fp,
+      series=FLAGS.series,
+      record_input_path=FLAGS.record_input_path,
+    )
     for line in report["warnings"]:
       absl_logging.warning(line)
     print(scoring_cli.summary_line(FLAGS.image, report))
     print(f"outputs in {FLAGS.output_dir}")
     print(report["notice"])
   else:
-    csv_path = scoring_cli.score_manifest(FLAGS.manifest, FLAGS.checkpoint, FLAGS.output_dir, split=FLAGS.split,
-                                          domain=FLAGS.domain, overwrite=FLAGS.overwrite,
-                                          calibration=FLAGS.calibration, fp=fp, progress=True,
-                                          heart_default=FLAGS.heart_mask, record_input_path=FLAGS.record_input_path)
+    csv_path = scoring_cli.score_manifest(
+      FLAGS.manifest,
+      FLAGS.checkpoint,
+      FLAGS.output_dir,
+      split=FLAGS.split,
+      domain=FLAGS.domain,
+      overwrite=FLAGS.overwrite,
+      calibration=FLAGS.calibration,
+      fp=fp,
+      progress=True,
+      heart_default=FLAGS.heart_mask,
+      record_input_path=FLAGS.record_input_path,
+    )
     print(f"scores of every scan: {csv_path}")
     print(scoring_cli.pipeline.RESEARCH_NOTICE)
 
 
 def flag_paths():
-  return {f"--{name}": FLAGS[name].value for name in ("image", "heart_mask", "aorta_mask", "masks_dir", "manifest",
-                                                      "checkpoint", "output_dir")}
+  return {
+    f"--{name}": FLAGS[name].value
+    for name in (
+      "image",
+      "heart_mask",
+      "aorta_mask",
+      "masks_dir",
+      "manifest",
+      "checkpoint",
+      "output_dir",
+    )
+  }
 
 
 def run() -> None:  # console script cac-score

@@ -15,20 +15,27 @@ checkpoint's config; every checkpoint must share its model and data sections.
 
 import os
 
-from absl import app
-from absl import flags
-from absl import logging
+from absl import app, flags, logging
 
 from cac_jax import atomic, checkpoints, experiment, postprocess
 from cac_jax import tissue_breakdown as tb
+
 from . import _cli
 
-_CHECKPOINTS = flags.DEFINE_list("checkpoints", None, "name=export_dir pairs (or bare export dirs).")
-_ROLE = flags.DEFINE_enum("role", "ccta_test", list(experiment.ROLES), "Experiment data role to re-simulate.")
+_CHECKPOINTS = flags.DEFINE_list(
+  "checkpoints", None, "name=export_dir pairs (or bare export dirs)."
+)
+_ROLE = flags.DEFINE_enum(
+  "role", "ccta_test", list(experiment.ROLES), "Experiment data role to re-simulate."
+)
 _SEED = flags.DEFINE_integer("experiment_seed", 0, "The experiment's --seed (launch.reproduce).")
 _NUM = flags.DEFINE_integer("num_cases", 8, "Number of cases of the role (from its first).")
-_FP = flags.DEFINE_bool("fp_reduction", False, "Apply the config's FP reduction (default: raw calls inside the "
-                        "dilated heart, no region growing or size limits).")
+_FP = flags.DEFINE_bool(
+  "fp_reduction",
+  False,
+  "Apply the config's FP reduction (default: raw calls inside the "
+  "dilated heart, no region growing or size limits).",
+)
 _OUT = flags.DEFINE_string("output_dir", None, "Also write <name>.md and <name>.csv here.")
 flags.mark_flags_as_required(["checkpoints"])
 
@@ -36,7 +43,11 @@ flags.mark_flags_as_required(["checkpoints"])
 def _named(entries):
   out = []
   for e in entries:
-    name, _, path = e.partition("=") if "=" in e else (os.path.basename(os.path.dirname(e.rstrip("/"))) or e, "", e)
+    name, _, path = (
+      e.partition("=")
+      if "=" in e
+      else (os.path.basename(os.path.dirname(e.rstrip("/"))) or e, "", e)
+    )
     out.append((name, path))
   return out
 
@@ -60,10 +71,15 @@ def main(argv):
   if _OUT.value:
     os.makedirs(_OUT.value, exist_ok=True)
   fp = postprocess.FPReductionSettings.from_config(config.scoring) if _FP.value else None
-  tables = tb.phantom_breakdown({name: params for name, params, _ in models}, config, domain, seeds, fp)
+  tables = tb.phantom_breakdown(
+    {name: params for name, params, _ in models}, config, domain, seeds, fp
+  )
   for name, b in tables.items():
-    text = tb.markdown(b, f"{name}: {_ROLE.value} ({domain}) phantoms {first}..{first + _NUM.value - 1}, "
-                          f"{'after FP reduction' if _FP.value else 'raw calls in the dilated heart'}")
+    text = tb.markdown(
+      b,
+      f"{name}: {_ROLE.value} ({domain}) phantoms {first}..{first + _NUM.value - 1}, "
+      f"{'after FP reduction' if _FP.value else 'raw calls in the dilated heart'}",
+    )
     print(text)
     if _OUT.value:
       atomic.write_text(os.path.join(_OUT.value, f"{name}.md"), text)

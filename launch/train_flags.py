@@ -3,12 +3,14 @@
 import logging
 import os
 
-import jax
 from absl import flags
+import jax
 
 MULTIHOST = flags.DEFINE_bool(
-    "multihost", os.environ.get("CAC_JAX_MULTIHOST", "") not in ("", "0"),
-    "Call jax.distributed.initialize() (multi-host data parallelism; env CAC_JAX_MULTIHOST=1).")
+  "multihost",
+  os.environ.get("CAC_JAX_MULTIHOST", "") not in ("", "0"),
+  "Call jax.distributed.initialize() (multi-host data parallelism; env CAC_JAX_MULTIHOST=1).",
+)
 QUIET_ORBAX = flags.DEFINE_bool("quiet_orbax", True, "Hide Orbax's INFO messages (absl logger).")
 SPLIT = flags.DEFINE_string("split", "train", "Manifest split to train on ('' for all rows).")
 
@@ -22,8 +24,13 @@ def init_runtime() -> None:
   if MULTIHOST.value:
     jax.distributed.initialize()
   logging.getLogger("cac_jax").info(
-      "process %d/%d, %d local / %d global devices (%s)", jax.process_index(), jax.process_count(),
-      jax.local_device_count(), jax.device_count(), jax.devices()[0].platform)
+    "process %d/%d, %d local / %d global devices (%s)",
+    jax.process_index(),
+    jax.process_count(),
+    jax.local_device_count(),
+    jax.device_count(),
+    jax.devices()[0].platform,
+  )
 
 
 def split() -> str | None:

@@ -9,12 +9,11 @@ metrics.jsonl, TensorBoard events and the inference export (WORKDIR/export).
 (From a checkout also `python -m launch.train_source ...`.)
 """
 
-from absl import app
-from absl import flags
+from absl import app, flags
 
-from cac_jax import atomic
-from cac_jax import train
+from cac_jax import atomic, train
 from cac_jax.train import data as data_lib
+
 from . import _cli
 from . import train_flags as common
 
@@ -23,7 +22,9 @@ flags.adopt_module_key_flags(common)  # --split, --multihost, --quiet_orbax in -
 _CONFIG = _cli.define_config(None, "Project config.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the export go here.")
 _RESUME = flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir.")
-_SOURCE_MANIFEST = flags.DEFINE_string("source_manifest", None, "Labelled source manifest CSV (default: synthetic).")
+_SOURCE_MANIFEST = flags.DEFINE_string(
+  "source_manifest", None, "Labelled source manifest CSV (default: synthetic)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 

@@ -46,8 +46,12 @@ def main():
       except BaseException:  # pylint: disable=broad-except
         rc = 1
         traceback.print_exc()
-    results[case_id] = {"rc": rc, "stdout": out.getvalue(), "stderr": err.getvalue(),
-                        "seconds": time.perf_counter() - start}
+    results[case_id] = {
+      "rc": rc,
+      "stdout": out.getvalue(),
+      "stderr": err.getvalue(),
+      "seconds": time.perf_counter() - start,
+    }
   with open(results_path, "w", encoding="utf-8") as f:
     json.dump(results, f)
 

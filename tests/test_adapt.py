@@ -9,12 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cac_jax import checkpoints
-from cac_jax import synthetic
-from cac_jax.train import adversarial
-from cac_jax.train import loop
-from cac_jax.train import sharding
-from cac_jax.train import source
+from cac_jax import checkpoints, synthetic
+from cac_jax.train import adversarial, loop, sharding, source
 from cac_jax.train import state as state_lib
 from configs import tiny
 
@@ -41,24 +37,36 @@ def data(config):
 @pytest.fixture(scope="module")
 def steps(config, mesh):
   """The jitted steps `adapt` itself runs (shared compile cache)."""
-  critic = loop.cached_step(adversarial.make_critic_steps, adversarial.CRITIC_STEP_READS, config, mesh, batch_axis=2)
-  generator = loop.cached_step(adversarial.make_generator_step, adversarial.GENERATOR_STEP_READS, config, mesh)
+  critic = loop.cached_step(
+    adversarial.make_critic_steps, adversarial.CRITIC_STEP_READS, config, mesh, batch_axis=2
+  )
+  generator = loop.cached_step(
+    adversarial.make_generator_step, adversarial.GENERATOR_STEP_READS, config, mesh
+  )
   return critic, generator
 
 
 def fresh_state(config, mesh):
-  return sharding.replicate(state_lib.init_adapt_state(config, state_lib.init_params(config, 0)), mesh)
+  return sharding.replicate(
+    state_lib.init_adapt_state(config, state_lib.init_params(config, 0)), mesh
+  )
 
 
 def critic_batches(data, mesh, first, n):
-  b = {"source_views": np.stack([data.source_critic(first + i)["views"] for i in range(n)]),
-       "target_views": np.stack([data.target_critic(first + i)["views"] for i in range(n)])}
+  b = {
+    "source_views": np.stack([data.source_critic(first + i)["views"] for i in range(n)]),
+    "target_views": np.stack([data.target_critic(first + i)["views"] for i in range(n)]),
+  }
   return sharding.shard_batch(b, mesh, batch_axis=2)
 
 
 def generator_batch(data, mesh, step):
   s = data.source(step)
-  b = {"source_views": s["views"], "source_labels": s["labels"], "target_views": data.target_generator(step)["views"]}
+  b = {
+    "source_views": s["views"],
+    "source_labels": s["labels"],
+    "target_views": data.target_generator(step)["views"],
+  }
   return sharding.shard_batch(b, mesh)
 
 
@@ -102,7 +110,9 @@ def test_scan_of_n_equals_n_single_steps(config, mesh, data, steps):
     b, _ = single(b, critic_batches(data, mesh, i, 1))
   ha, hb = host(a), host(b)
   assert int(ha.critic_step) == int(hb.critic_step) == 3
-  for x, y in zip(jax.tree.leaves((ha.critic, ha.critic_opt)), jax.tree.leaves((hb.critic, hb.critic_opt))):
+  for x, y in zip(
+    jax.tree.leaves((ha.critic, ha.critic_opt)), jax.tree.leaves((hb.critic, hb.critic_opt))
+  ):
     # The unrolled scan fuses differently from single steps; RMSProp's normalisation turns
     # float reassociation (~1e-7) into ~2e-6 differences on a few of 3456 weights after 3
     # updates, while one update moves weights by ~1e-3: atol 1e-5 still catches a wrong step.
@@ -122,7 +132,9 @@ def test_critic_loss_sign_convention(config):
   np.testing.assert_allclose(m["wasserstein"], score(src).mean() - score(tgt).mean(), rtol=1e-6)
 
 
-def test_critic_learns_to_score_source_high_and_generator_raises_target_score(config, mesh, data, steps):
+def test_critic_learns_to_score_source_high_and_generator_raises_target_score(
+  config, mesh, data, steps
+):
   critic_fn, generator_fn = steps
   g_model, _, _, d_model = __import__("cac_jax.models", fromlist=["build"]).build(config)
   state = fresh_state(config, mesh)
@@ -134,10 +146,14 @@ def test_critic_learns_to_score_source_high_and_generator_raises_target_score(co
     w.append(float(m["wasserstein"]))
   h = host(state)
   held_out = critic_batches(data, mesh, 1000, 1)
-  score = lambda gp, views: float(d_model.apply({"params": h.critic}, g_model.apply({"params": gp}, views)).mean())
+  score = lambda gp, views: float(
+    d_model.apply({"params": h.critic}, g_model.apply({"params": gp}, views)).mean()
+  )
   # The critic separates the domains with source high (its first updates are noisy).
   assert np.mean(w[-3:]) > 0 and np.mean(w[-3:]) > np.mean(w[:3])
-  assert score(h.generator, held_out["source_views"][0]) > score(h.generator, held_out["target_views"][0])
+  assert score(h.generator, held_out["source_views"][0]) > score(
+    h.generator, held_out["target_views"][0]
+  )
   batch = generator_batch(data, mesh, 0)
   target_views = np.asarray(jax.device_get(batch["target_views"]))
   before = score(h.generator, target_views)
@@ -187,14 +203,19 @@ def test_adapt_loop_resumes_exactly_and_exports(config, tmp_path):
   lines = [json.loads(l) for l in open(tmp_path / "straight" / "metrics.jsonl")]
   train_lines = [l for l in lines if "wasserstein" in l]
   assert [l["step"] for l in train_lines] == [1, 2]
-  assert {"critic_loss", "generator_adversarial_loss", "source_ce", "source_accuracy"} <= set(train_lines[0])
+  assert {"critic_loss", "generator_adversarial_loss", "source_ce", "source_accuracy"} <= set(
+    train_lines[0]
+  )
   assert any("pretrain/wasserstein" in l for l in lines)
   assert sorted(os.listdir(tmp_path / "straight" / "checkpoints")) == ["0", "1", "2"]
 
 
-def test_generator_step_is_the_gradient_of_generator_loss_and_logs_term_norms(config, mesh, data, steps):
+def test_generator_step_is_the_gradient_of_generator_loss_and_logs_term_norms(
+  config, mesh, data, steps
+):
   """Taking the two terms' gradients separately gives jax.grad(L_G); the logged norms are theirs."""
   import optax
+
   _, generator_fn = steps
   state = fresh_state(config, mesh)
   h = host(state)
@@ -210,9 +231,14 @@ def test_generator_step_is_the_gradient_of_generator_loss_and_logs_term_norms(co
   new_state, gm = generator_fn(state, batch)
   for a, b in zip(jax.tree.leaves(host(new_state).generator), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
-  np.testing.assert_allclose(float(gm["grad_norm_adversarial"]), float(optax.tree.norm(g_adv)), rtol=1e-4)
-  np.testing.assert_allclose(float(gm["grad_norm_classification"]),
-                             config.adapt.alpha * float(optax.tree.norm(g_cls)), rtol=1e-4)
+  np.testing.assert_allclose(
+    float(gm["grad_norm_adversarial"]), float(optax.tree.norm(g_adv)), rtol=1e-4
+  )
+  np.testing.assert_allclose(
+    float(gm["grad_norm_classification"]),
+    config.adapt.alpha * float(optax.tree.norm(g_cls)),
+    rtol=1e-4,
+  )
   assert float(gm["grad_norm_adversarial"]) > 0 and float(gm["grad_norm_classification"]) > 0
 
 
@@ -220,6 +246,7 @@ def test_rmsprop_with_weight_decay_matches_pytorch_formula(config):
   """PyTorch RMSprop(lr, alpha, eps, weight_decay): g += wd * p; v = alpha v + (1 - alpha) g^2;
   p -= lr g / (sqrt(v) + eps). Two updates by hand against the optax chain."""
   import optax
+
   assert config.adapt.weight_decay == 5e-4  # the reference's, inherited from configs/paper.py
   tx = state_lib.critic_optimizer(config)
   a = config.adapt
@@ -231,7 +258,7 @@ def test_rmsprop_with_weight_decay_matches_pytorch_formula(config):
     upd, opt = tx.update({"w": g}, opt, p)
     p = optax.apply_updates(p, upd)
     gg = np.asarray(g, np.float64) + a.weight_decay * want
-    v = a.rmsprop_decay * v + (1 - a.rmsprop_decay) * gg ** 2
+    v = a.rmsprop_decay * v + (1 - a.rmsprop_decay) * gg**2
     want = want - a.critic_lr * gg / (np.sqrt(v) + a.rmsprop_eps)
   np.testing.assert_allclose(np.asarray(p["w"]), want, rtol=1e-5, atol=1e-8)
   # The weight decay acts: with zero gradient a parameter still moves toward 0.

@@ -10,6 +10,7 @@ Inputs are tiny synthetic volumes (20 x 40 x 40 voxels) written into a temporary
 
 from __future__ import annotations
 
+from collections.abc import Callable
 import csv
 import dataclasses
 import fcntl
@@ -21,7 +22,6 @@ import shutil
 import struct
 import subprocess
 import sys
-from typing import Callable, Optional
 
 import numpy as np
 import pytest
@@ -40,19 +40,19 @@ SHAPE = (20, 40, 40)  # (z, y, x)
 
 def _volume() -> np.ndarray:
   """A CT-like int16 volume: air, a soft-tissue body, a 'spine' and three calcium spots (HU)."""
-  z, y, x = np.mgrid[:SHAPE[0], :SHAPE[1], :SHAPE[2]]
+  z, y, x = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
   rng = np.random.default_rng(0)
   hu = np.full(SHAPE, -1000.0) + rng.normal(0, 10, SHAPE)
   body = ((y - 20) / 17.0) ** 2 + ((x - 20) / 18.0) ** 2 <= 1
   hu[body] = 40 + rng.normal(0, 10, int(body.sum()))
   hu[(np.abs(y - 33) <= 2) & (np.abs(x - 20) <= 3)] = 700  # spine
   for cz, cy, cx in ((8, 18, 16), (10, 22, 24), (12, 15, 22)):
-    hu[cz - 1:cz + 2, cy - 1:cy + 2, cx - 1:cx + 2] = 450  # 27 voxels = 40.5 mm³ each
+    hu[cz - 1 : cz + 2, cy - 1 : cy + 2, cx - 1 : cx + 2] = 450  # 27 voxels = 40.5 mm³ each
   return np.round(hu).astype(np.int16)
 
 
 def _heart() -> np.ndarray:
-  z, y, x = np.mgrid[:SHAPE[0], :SHAPE[1], :SHAPE[2]]
+  z, y, x = np.mgrid[: SHAPE[0], : SHAPE[1], : SHAPE[2]]
   return ((((z - 10) * 1.5) ** 2 + (y - 19) ** 2 + (x - 20) ** 2) <= 81).astype(np.uint8)
 
 
@@ -80,7 +80,7 @@ def _write(path, array=None, **kw) -> str:
 def _truncate(path: str, keep: float) -> str:
   data = open(path, "rb").read()
   with open(path, "wb") as f:
-    f.write(data[:int(len(data) * keep)] if keep < 1 else data[:-10])
+    f.write(data[: int(len(data) * keep)] if keep < 1 else data[:-10])
   return path
 
 
@@ -99,8 +99,9 @@ def _nifti_rescaled_uint16(path) -> str:
   return path
 
 
-def _dicom_series(folder, array, uid="1.2.826.0.1.3680043.2.1125.1", skip=(), z0=0.0,
-                  name="Doe^Jane") -> str:
+def _dicom_series(
+  folder, array, uid="1.2.826.0.1.3680043.2.1125.1", skip=(), z0=0.0, name="Doe^Jane"
+) -> str:
   os.makedirs(folder, exist_ok=True)
   writer = sitk.ImageFileWriter()
   writer.KeepOriginalImageUIDOn()
@@ -109,9 +110,16 @@ def _dicom_series(folder, array, uid="1.2.826.0.1.3680043.2.1125.1", skip=(), z0
       continue
     sl = sitk.GetImageFromArray(array[z])
     sl.SetSpacing(SPACING_XYZ[:2])
-    for tag, value in [("0008|0060", "CT"), ("0010|0010", name), ("0020|000e", uid),
-                       ("0020|0013", str(z + 1)), ("0020|0032", f"-20\\-20\\{z0 + 1.5 * z}"),
-                       ("0020|0037", "1\\0\\0\\0\\1\\0"), ("0028|1052", "0"), ("0028|1053", "1")]:
+    for tag, value in [
+      ("0008|0060", "CT"),
+      ("0010|0010", name),
+      ("0020|000e", uid),
+      ("0020|0013", str(z + 1)),
+      ("0020|0032", f"-20\\-20\\{z0 + 1.5 * z}"),
+      ("0020|0037", "1\\0\\0\\0\\1\\0"),
+      ("0028|1052", "0"),
+      ("0028|1053", "1"),
+    ]:
       sl.SetMetaData(tag, value)
     writer.SetFileName(os.path.join(folder, f"{uid[-3:]}_{z:03d}.dcm"))
     writer.Execute(sl)
@@ -127,18 +135,28 @@ def _dicom_series(folder, array, uid="1.2.826.0.1.3680043.2.1125.1", skip=(), z0
 class Case:
   id: str
   build: Callable  # (d, env) -> list of args
-  error: Optional[tuple[str, ...]] = None  # substrings of the error line; None: succeeds
-  check: Optional[Callable] = None  # (d, result, env) -> None, extra assertions
+  error: tuple[str, ...] | None = None  # substrings of the error line; None: succeeds
+  check: Callable | None = None  # (d, result, env) -> None, extra assertions
   script: str = "launch.score"
 
 
 def _score(image, *extra, heart=None, out="out", domain="ncct"):
   def build(d, env):
-    args = ["--image", image(d) if callable(image) else image, "--checkpoint", env["ckpt"],
-            "--output_dir", str(d / out), "--domain", domain, *extra]
+    args = [
+      "--image",
+      image(d) if callable(image) else image,
+      "--checkpoint",
+      env["ckpt"],
+      "--output_dir",
+      str(d / out),
+      "--domain",
+      domain,
+      *extra,
+    ]
     if heart is not None:
       args += ["--heart_mask", heart(d)]
     return args
+
   return build
 
 
@@ -163,6 +181,7 @@ def _labels_on_input_grid(image_of):
     np.testing.assert_allclose(lab.GetDirection(), src.GetDirection(), atol=1e-6)
     values = set(np.unique(sitk.GetArrayFromImage(lab)).tolist())
     assert values <= set(labels.CLASS_TO_REFERENCE)
+
   return check
 
 
@@ -172,6 +191,7 @@ def _warns(*needles):
     text = " ".join(report["warnings"])
     for n in needles:
       assert n in text, text
+
   return check
 
 
@@ -179,6 +199,7 @@ def _all(*checks):
   def check(d, result, env):
     for c in checks:
       c(d, result, env)
+
   return check
 
 
@@ -190,14 +211,17 @@ def _text_file(name, text="hello"):
     os.makedirs(i, exist_ok=True)
     (i / name).write_text(text)
     return str(i / name)
+
   return _img(make)
 
 
 def _mk(fn):
   """Image builder from fn(i) that writes into the input folder i and returns the path."""
+
   def make(i):
     os.makedirs(i, exist_ok=True)
     return fn(i)
+
   return _img(make)
 
 
@@ -215,8 +239,9 @@ def _two_series(i):
 def _wrapped(n):
   def make(i):
     a = _volume().astype(np.int32)
-    a[0, :n // 40 + 1, :] = 64500
+    a[0, : n // 40 + 1, :] = 64500
     return _write(i / "wrapped.nii.gz", np.clip(a, None, 65000).astype(np.float32)[:, :, :])
+
   return make
 
 
@@ -226,128 +251,468 @@ def _oblique():
 
 
 SCORE_CASES = [
-    # Images that cannot be scored.
-    Case("missing_image", _score(lambda d: str(d / "in" / "missing.nii.gz")), ("--image", "not found")),
-    Case("empty_file", _score(_text_file("empty.nii.gz", "")), ("--image", "empty.nii.gz")),
-    Case("text_as_nifti", _score(_text_file("text.nii.gz")), ("--image", "text.nii.gz")),
-    Case("text_file", _score(_text_file("notes.txt")), ("--image", "notes.txt")),
-    Case("empty_folder", _score(_mk(lambda i: str(i))), ("no DICOM series",)),
-    Case("folder_of_text", _score(_mk(lambda i: (i / "a.txt").write_text("x") and str(i))), ("no DICOM series",)),
-    Case("2d_image", _score(_mk(lambda i: _write(i / "2d.nii.gz", _volume()[10]))), ("2D image",)),
-    Case("single_slice_3d", _score(_mk(lambda i: _write(i / "one.nii.gz", _volume()[10:11]))), ("single slice",)),
-    Case("rgb_image", _score(_mk(lambda i: sitk.WriteImage(sitk.Compose(*[_image(_volume()[10].astype(np.uint8))] * 3),
-                                                           str(i / "rgb.png")) or str(i / "rgb.png"))), ("components",)),
-    Case("truncated_nii_gz_half", _score(_mk(lambda i: _truncate(_write(i / "t.nii.gz"), 0.5))), ("truncated",)),
-    Case("truncated_nii_gz_tail", _score(_mk(lambda i: _truncate(_write(i / "t.nii.gz"), 1.0))), ("truncated",)),
-    Case("truncated_nii", _score(_mk(lambda i: _truncate(_write(i / "t.nii"), 0.7))), ("truncated",)),
-    Case("truncated_mha", _score(_mk(lambda i: _truncate(_write(i / "t.mha"), 0.7))), ("t.mha",)),
-    Case("nan_nifti", _score(_mk(lambda i: _nifti_with_nan(i / "nan.nii.gz", np.nan))), ("NaN",)),
-    Case("inf_nifti", _score(_mk(lambda i: _nifti_with_nan(i / "inf.nii.gz", np.inf))), ("NaN or infinite",)),
-    Case("nan_nifti_uncompressed", _score(_mk(lambda i: _nifti_with_nan(i / "nan.nii", np.nan))), ("NaN",)),
-    Case("nan_mha", _score(_mk(lambda i: _nifti_with_nan(i / "nan.mha", np.nan))), ("NaN",)),
-    Case("nan_nrrd", _score(_mk(lambda i: _nifti_with_nan(i / "nan.nrrd", np.nan))), ("NaN",)),
-    Case("all_air", _score(_mk(lambda i: _write(i / "air.nii.gz", np.full(SHAPE, -1000, np.int16)))), ("no tissue",)),
-    Case("raw_uint16_no_rescale", _score(_mk(lambda i: _write(i / "raw.nii.gz", np.clip(_volume().astype(np.int32) + 1024, 0, None)[:, 3:37, 3:37].astype(np.uint16)))),
-         ("does not look like CT",)),
-    Case("raw_uint16_with_air", _score(_mk(lambda i: _write(i / "rawair.nii.gz", np.clip(_volume().astype(np.int32) + 1024, 0, None).astype(np.uint16)))),
-         ("CT in HU",)),
-    Case("mr_like_values", _score(_mk(lambda i: _write(i / "mr.nii.gz", np.random.default_rng(1).integers(200, 3000, SHAPE).astype(np.int16)))),
-         ("does not look like CT",)),
-    Case("all_3000_hu", _score(_mk(lambda i: _write(i / "bright.nii.gz", np.where(_volume() > -500, 3000, -1000).astype(np.int16)))),
-         ("at or above the calcium threshold",)),
-    Case("huge_values", _score(_mk(lambda i: _write(i / "huge.nii.gz", np.full(SHAPE, 30000, np.int16)))), ("does not look like CT",)),
-    Case("wrong_spacing_100mm", _score(_mk(lambda i: _write(i / "sp.nii.gz", spacing=(100.0, 100.0, 100.0)))), ("grid", "spacing")),
-    Case("4d_two_frames", _score(_mk(lambda i: _write(i / "4d.nii.gz", np.stack([_volume()] * 2)))), ("4D",)),
-    Case("dicom_single_slice", _score(_mk(lambda i: os.path.join(_dicom_series(i / "one", _volume()[10:11]), "5.1_000.dcm"))), ("2D",)),
-    Case("dicom_missing_slices", _score(_mk(lambda i: _dicom_series(i / "gap", _volume(), skip=(5, 6, 12)))), ("not evenly spaced", "missing")),
-    Case("dicom_wrong_series_uid", _score(_mk(_two_series), "--series", "9.9.9"),
-         ("9.9.9", "1.2.826.0.1.3680043.2.1125.111")),
-    # Masks that cannot be used.
-    Case("heart_missing", _score(NII("img.nii.gz"), heart=lambda d: str(d / "in" / "nope.nii.gz")), ("--heart_mask", "not found")),
-    Case("heart_text", _score(NII("img.nii.gz"), heart=lambda d: _text_file("h.nii.gz")(d)), ("--heart_mask", "h.nii.gz")),
-    Case("heart_fractional", _score(NII("img.nii.gz"), heart=_heart_file(lambda: _heart() * 0.5)), ("non-integer",)),
-    Case("heart_nan", _score(NII("img.nii.gz"), heart=_heart_file(lambda: np.where(_heart() > 0, np.nan, 0).astype(np.float32))), ("NaN",)),
-    Case("heart_elsewhere", _score(NII("img.nii.gz"), heart=_heart_file(origin=(500.0, 500.0, 500.0))), ("does not overlap",)),
-    Case("heart_truncated", _score(NII("img.nii.gz"), heart=lambda d: _truncate(_heart_file()(d), 0.5)), ("--heart_mask", "truncated")),
-    Case("aorta_truncated", lambda d, env: _score(NII("img.nii.gz"), "--aorta_mask", _truncate(_heart_file(name="ao.nii.gz")(d), 0.5))(d, env),
-         ("--aorta_mask", "truncated")),
-    # Checkpoints that cannot be used.
-    Case("ckpt_missing", lambda d, env: _score(NII("img.nii.gz"))(d, {**env, "ckpt": str(d / "nockpt")}), ("--checkpoint", "does not exist")),
-    Case("ckpt_empty_dir", lambda d, env: (os.makedirs(d / "ck"), _score(NII("img.nii.gz"))(d, {**env, "ckpt": str(d / "ck")}))[1],
-         ("--checkpoint", "missing marker")),
-    Case("ckpt_is_file", lambda d, env: (os.makedirs(d), (d / "ck").write_text("x"), _score(NII("img.nii.gz"))(d, {**env, "ckpt": str(d / "ck")}))[2],
-         ("--checkpoint", "is not a directory")),
-    Case("ckpt_width_edited", lambda d, env: _score(NII("img.nii.gz"))(d, {**env, "ckpt": _edited_ckpt(env, d, "width")}),
-         ("stored shape", "config.json")),
-    Case("ckpt_bad_json", lambda d, env: _score(NII("img.nii.gz"))(d, {**env, "ckpt": _edited_ckpt(env, d, "json")}), ("not valid JSON",)),
-    Case("ckpt_no_marker", lambda d, env: _score(NII("img.nii.gz"))(d, {**env, "ckpt": _edited_ckpt(env, d, "marker")}), ("missing marker",)),
-    Case("ckpt_no_params", lambda d, env: _score(NII("img.nii.gz"))(d, {**env, "ckpt": _edited_ckpt(env, d, "params")}), ("params",)),
-    Case("ckpt_truncated_arrays", lambda d, env: _score(NII("img.nii.gz"))(d, {**env, "ckpt": _edited_ckpt(env, d, "truncate")}),
-         ("cannot restore params",)),
-    Case("ckpt_foreign_marker", lambda d, env: _score(NII("img.nii.gz"))(d, {**env, "ckpt": _edited_ckpt(env, d, "foreign")}),
-         ("does not describe",)),
-    # Output folders that cannot be used.
-    Case("output_is_file", lambda d, env: (os.makedirs(d), (d / "out").write_text("keep"), _score(NII("img.nii.gz"))(d, env))[2],
-         ("--output_dir", "is a file"), check=lambda d, r, e: (d / "out").read_text() == "keep" or pytest.fail("file changed")),
-    Case("output_under_file", lambda d, env: (os.makedirs(d), (d / "f").write_text("keep"), _score(NII("img.nii.gz"), out="f/sub")(d, env))[2],
-         ("--output_dir", "which is a file")),
-    Case("outputs_exist", lambda d, env: (_existing_outputs(d), _score(NII("img.nii.gz"))(d, env))[1], ("--overwrite",),
-         check=lambda d, r, e: (d / "out" / "scores.json").read_text() == "{}" or pytest.fail("scores.json changed")),
-    Case("output_locked", lambda d, env: (_lock(d / "out", env), _score(NII("img.nii.gz"))(d, env))[1], ("in use by another",),
-         check=lambda d, r, e: sorted(os.listdir(d / "out")) == [] or pytest.fail("files written")),
-    # Flags.
-    Case("no_image_no_manifest", lambda d, env: ["--checkpoint", env["ckpt"], "--output_dir", str(d / "out")], ("--image or --manifest",)),
-    Case("image_and_manifest", lambda d, env: _score(NII("img.nii.gz"), "--manifest", "m.csv")(d, env), ("--image or --manifest",)),
-    Case("unknown_domain_flag", _score(NII("img.nii.gz"), domain="mri"), ("--domain", "--help")),
-    Case("unknown_flag", _score(NII("img.nii.gz"), "--hear_mask", "x"), ("hear_mask",)),
-    Case("checkpoint_flag_missing", lambda d, env: ["--image", "x.nii.gz", "--output_dir", str(d / "out")], ("--checkpoint",)),
-    # Odd inputs that score correctly on the input grid.
-    Case("clean_nifti", _score(NII("img.nii.gz"), heart=_heart_file()),
-         check=_all(_labels_on_input_grid(lambda d: str(d / "in" / "img.nii.gz")), _same_scores_as_clean)),
-    Case("mha_int16", _score(NII("img.mha"), heart=_heart_file()), check=_same_scores_as_clean),
-    Case("nrrd", _score(NII("img.nrrd"), heart=_heart_file()), check=_same_scores_as_clean),
-    Case("float64", _score(_mk(lambda i: _write(i / "f64.nii.gz", _volume().astype(np.float64))), heart=_heart_file()),
-         check=_same_scores_as_clean),
-    Case("uint16_rescaled", _score(_mk(lambda i: _nifti_rescaled_uint16(i / "u16.nii")), heart=_heart_file()), check=_same_scores_as_clean),
-    Case("fov_padding_3024", _score(_mk(lambda i: _write(i / "pad.nii.gz", np.where(np.arange(40)[None, None, :] < 2, -3024, _volume()).astype(np.int16))),
-                                    heart=_heart_file())),
-    Case("flipped_ras", _score(_mk(lambda i: _write(i / "ras.nii.gz", _volume()[:, ::-1, ::-1], origin=(19.0, 19.0, 0.0),
-                                                    direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))), heart=_heart_file()),
-         check=_all(_same_scores_as_clean, _labels_on_input_grid(lambda d: str(d / "in" / "ras.nii.gz")))),
-    Case("oblique", _score(_mk(lambda i: _write(i / "obl.nii.gz", direction=_oblique())), heart=_heart_file(direction=_oblique())),
-         check=_labels_on_input_grid(lambda d: str(d / "in" / "obl.nii.gz"))),
-    Case("4d_one_frame", _score(_mk(lambda i: _write(i / "4d.nii.gz", _volume()[None]))),
-         check=_labels_on_input_grid(lambda d: str(d / "in" / "4d.nii.gz"))),
-    Case("spacing_0p1mm", _score(_mk(lambda i: _write(i / "fine.nii.gz", spacing=(0.1, 0.1, 0.15)))),
-         check=_all(_labels_on_input_grid(lambda d: str(d / "in" / "fine.nii.gz")), _warns("field of view is 4 x 4 mm"))),
-    Case("constant_soft_tissue", _score(_mk(lambda i: _write(i / "flat.nii.gz", np.full(SHAPE, 40, np.int16)))), check=_warns("no candidate")),
-    Case("heart_other_grid", _score(NII("img.nii.gz"), heart=_heart_file(lambda: _heart()[::2, ::2, ::2], spacing=(2.0, 2.0, 3.0))),
-         check=_labels_on_input_grid(lambda d: str(d / "in" / "img.nii.gz"))),
-    Case("heart_values_0_2", _score(NII("img.nii.gz"), heart=_heart_file(lambda: _heart() * 2)), check=_same_scores_as_clean),
-    Case("heart_float_0_1", _score(NII("img.nii.gz"), heart=_heart_file(lambda: _heart().astype(np.float32))), check=_same_scores_as_clean),
-    Case("heart_empty", _score(NII("img.nii.gz"), heart=_heart_file(lambda: np.zeros(SHAPE, np.uint8))), check=_warns("heart mask is empty")),
-    Case("low_values_warned", _score(_mk(lambda i: _write(i / "low.nii.gz", np.where(np.arange(40)[None, None, :] < 2, -3024,
-                                                                                    np.where(np.arange(40)[None, :, None] < 1, -1500, _volume())).astype(np.int16)))),
-         check=_warns("below -1100 HU other than FOV padding")),
-    Case("wrapped_values_warned", _score(_mk(_wrapped(200)), heart=_heart_file()), check=_warns("above 4000 HU")),
-    Case("dicom_series", _score(_mk(lambda i: _dicom_series(i / "dcm", _volume())), heart=_heart_file()),
-         check=lambda d, r, e: _no_phi(d) or _same_scores_as_clean(d, r, e)),
-    Case("dicom_two_series", _score(_mk(_two_series), heart=_heart_file()),
-         check=_all(_warns("holds 2 series", "--series"), _same_scores_as_clean, lambda d, r, e: _no_phi(d))),
-    Case("dicom_series_chosen", _score(_mk(_two_series), "--series", "1.2.826.0.1.3680043.2.1125.222"),
-         check=lambda d, r, e: json.loads((d / "out" / "scores.json").read_text())["input"]["shape_zyx"] == [8, 40, 40]
-         or pytest.fail("wrong series")),
-    Case("patient_name_in_path", _score(_mk(lambda i: _write(i / "DOE^JANE_19450101" / "scan.nii.gz"))),
-         check=lambda d, r, e: "DOE" not in (d / "out" / "scores.json").read_text() or pytest.fail("path stored")),
-    Case("record_input_path", _score(NII("img.nii.gz"), "--record_input_path"),
-         check=lambda d, r, e: json.loads((d / "out" / "scores.json").read_text())["input"]["image"] == str(d / "in" / "img.nii.gz")
-         or pytest.fail("path not stored")),
-    Case("overwrite", lambda d, env: (_existing_outputs(d), _score(NII("img.nii.gz"), "--overwrite")(d, env))[1],
-         check=lambda d, r, e: "scores" in json.loads((d / "out" / "scores.json").read_text()) or pytest.fail("not replaced")),
-    Case("stale_tmp_leftovers", lambda d, env: (_stale(d / "out"), _score(NII("img.nii.gz"))(d, env))[1],
-         check=lambda d, r, e: sorted(os.listdir(d / "out")) == sorted(pipeline.OUTPUT_FILES) or pytest.fail(str(os.listdir(d / "out")))),
-    Case("interrupted_set_replaced", lambda d, env: (_interrupted_set(d / "out"), _score(NII("img.nii.gz"))(d, env))[1],
-         check=lambda d, r, e: sorted(os.listdir(d / "out")) == sorted(pipeline.OUTPUT_FILES) or pytest.fail("not replaced")),
+  # Images that cannot be scored.
+  Case(
+    "missing_image", _score(lambda d: str(d / "in" / "missing.nii.gz")), ("--image", "not found")
+  ),
+  Case("empty_file", _score(_text_file("empty.nii.gz", "")), ("--image", "empty.nii.gz")),
+  Case("text_as_nifti", _score(_text_file("text.nii.gz")), ("--image", "text.nii.gz")),
+  Case("text_file", _score(_text_file("notes.txt")), ("--image", "notes.txt")),
+  Case("empty_folder", _score(_mk(lambda i: str(i))), ("no DICOM series",)),
+  Case(
+    "folder_of_text",
+    _score(_mk(lambda i: (i / "a.txt").write_text("x") and str(i))),
+    ("no DICOM series",),
+  ),
+  Case("2d_image", _score(_mk(lambda i: _write(i / "2d.nii.gz", _volume()[10]))), ("2D image",)),
+  Case(
+    "single_slice_3d",
+    _score(_mk(lambda i: _write(i / "one.nii.gz", _volume()[10:11]))),
+    ("single slice",),
+  ),
+  Case(
+    "rgb_image",
+    _score(
+      _mk(
+        lambda i: (
+          sitk.WriteImage(
+            sitk.Compose(*[_image(_volume()[10].astype(np.uint8))] * 3), str(i / "rgb.png")
+          )
+          or str(i / "rgb.png")
+        )
+      )
+    ),
+    ("components",),
+  ),
+  Case(
+    "truncated_nii_gz_half",
+    _score(_mk(lambda i: _truncate(_write(i / "t.nii.gz"), 0.5))),
+    ("truncated",),
+  ),
+  Case(
+    "truncated_nii_gz_tail",
+    _score(_mk(lambda i: _truncate(_write(i / "t.nii.gz"), 1.0))),
+    ("truncated",),
+  ),
+  Case("truncated_nii", _score(_mk(lambda i: _truncate(_write(i / "t.nii"), 0.7))), ("truncated",)),
+  Case("truncated_mha", _score(_mk(lambda i: _truncate(_write(i / "t.mha"), 0.7))), ("t.mha",)),
+  Case("nan_nifti", _score(_mk(lambda i: _nifti_with_nan(i / "nan.nii.gz", np.nan))), ("NaN",)),
+  Case(
+    "inf_nifti",
+    _score(_mk(lambda i: _nifti_with_nan(i / "inf.nii.gz", np.inf))),
+    ("NaN or infinite",),
+  ),
+  Case(
+    "nan_nifti_uncompressed",
+    _score(_mk(lambda i: _nifti_with_nan(i / "nan.nii", np.nan))),
+    ("NaN",),
+  ),
+  Case("nan_mha", _score(_mk(lambda i: _nifti_with_nan(i / "nan.mha", np.nan))), ("NaN",)),
+  Case("nan_nrrd", _score(_mk(lambda i: _nifti_with_nan(i / "nan.nrrd", np.nan))), ("NaN",)),
+  Case(
+    "all_air",
+    _score(_mk(lambda i: _write(i / "air.nii.gz", np.full(SHAPE, -1000, np.int16)))),
+    ("no tissue",),
+  ),
+  Case(
+    "raw_uint16_no_rescale",
+    _score(
+      _mk(
+        lambda i: _write(
+          i / "raw.nii.gz",
+          np.clip(_volume().astype(np.int32) + 1024, 0, None)[:, 3:37, 3:37].astype(np.uint16),
+        )
+      )
+    ),
+    ("does not look like CT",),
+  ),
+  Case(
+    "raw_uint16_with_air",
+    _score(
+      _mk(
+        lambda i: _write(
+          i / "rawair.nii.gz", np.clip(_volume().astype(np.int32) + 1024, 0, None).astype(np.uint16)
+        )
+      )
+    ),
+    ("CT in HU",),
+  ),
+  Case(
+    "mr_like_values",
+    _score(
+      _mk(
+        lambda i: _write(
+          i / "mr.nii.gz", np.random.default_rng(1).integers(200, 3000, SHAPE).astype(np.int16)
+        )
+      )
+    ),
+    ("does not look like CT",),
+  ),
+  Case(
+    "all_3000_hu",
+    _score(
+      _mk(
+        lambda i: _write(
+          i / "bright.nii.gz", np.where(_volume() > -500, 3000, -1000).astype(np.int16)
+        )
+      )
+    ),
+    ("at or above the calcium threshold",),
+  ),
+  Case(
+    "huge_values",
+    _score(_mk(lambda i: _write(i / "huge.nii.gz", np.full(SHAPE, 30000, np.int16)))),
+    ("does not look like CT",),
+  ),
+  Case(
+    "wrong_spacing_100mm",
+    _score(_mk(lambda i: _write(i / "sp.nii.gz", spacing=(100.0, 100.0, 100.0)))),
+    ("grid", "spacing"),
+  ),
+  Case(
+    "4d_two_frames",
+    _score(_mk(lambda i: _write(i / "4d.nii.gz", np.stack([_volume()] * 2)))),
+    ("4D",),
+  ),
+  Case(
+    "dicom_single_slice",
+    _score(_mk(lambda i: os.path.join(_dicom_series(i / "one", _volume()[10:11]), "5.1_000.dcm"))),
+    ("2D",),
+  ),
+  Case(
+    "dicom_missing_slices",
+    _score(_mk(lambda i: _dicom_series(i / "gap", _volume(), skip=(5, 6, 12)))),
+    ("not evenly spaced", "missing"),
+  ),
+  Case(
+    "dicom_wrong_series_uid",
+    _score(_mk(_two_series), "--series", "9.9.9"),
+    ("9.9.9", "1.2.826.0.1.3680043.2.1125.111"),
+  ),
+  # Masks that cannot be used.
+  Case(
+    "heart_missing",
+    _score(NII("img.nii.gz"), heart=lambda d: str(d / "in" / "nope.nii.gz")),
+    ("--heart_mask", "not found"),
+  ),
+  Case(
+    "heart_text",
+    _score(NII("img.nii.gz"), heart=lambda d: _text_file("h.nii.gz")(d)),
+    ("--heart_mask", "h.nii.gz"),
+  ),
+  Case(
+    "heart_fractional",
+    _score(NII("img.nii.gz"), heart=_heart_file(lambda: _heart() * 0.5)),
+    ("non-integer",),
+  ),
+  Case(
+    "heart_nan",
+    _score(
+      NII("img.nii.gz"),
+      heart=_heart_file(lambda: np.where(_heart() > 0, np.nan, 0).astype(np.float32)),
+    ),
+    ("NaN",),
+  ),
+  Case(
+    "heart_elsewhere",
+    _score(NII("img.nii.gz"), heart=_heart_file(origin=(500.0, 500.0, 500.0))),
+    ("does not overlap",),
+  ),
+  Case(
+    "heart_truncated",
+    _score(NII("img.nii.gz"), heart=lambda d: _truncate(_heart_file()(d), 0.5)),
+    ("--heart_mask", "truncated"),
+  ),
+  Case(
+    "aorta_truncated",
+    lambda d, env: _score(
+      NII("img.nii.gz"), "--aorta_mask", _truncate(_heart_file(name="ao.nii.gz")(d), 0.5)
+    )(d, env),
+    ("--aorta_mask", "truncated"),
+  ),
+  # Checkpoints that cannot be used.
+  Case(
+    "ckpt_missing",
+    lambda d, env: _score(NII("img.nii.gz"))(d, {**env, "ckpt": str(d / "nockpt")}),
+    ("--checkpoint", "does not exist"),
+  ),
+  Case(
+    "ckpt_empty_dir",
+    lambda d, env: (
+      os.makedirs(d / "ck"),
+      _score(NII("img.nii.gz"))(d, {**env, "ckpt": str(d / "ck")}),
+    )[1],
+    ("--checkpoint", "missing marker"),
+  ),
+  Case(
+    "ckpt_is_file",
+    lambda d, env: (
+      os.makedirs(d),
+      (d / "ck").write_text("x"),
+      _score(NII("img.nii.gz"))(d, {**env, "ckpt": str(d / "ck")}),
+    )[2],
+    ("--checkpoint", "is not a directory"),
+  ),
+  Case(
+    "ckpt_width_edited",
+    lambda d, env: _score(NII("img.nii.gz"))(d, {**env, "ckpt": _edited_ckpt(env, d, "width")}),
+    ("stored shape", "config.json"),
+  ),
+  Case(
+    "ckpt_bad_json",
+    lambda d, env: _score(NII("img.nii.gz"))(d, {**env, "ckpt": _edited_ckpt(env, d, "json")}),
+    ("not valid JSON",),
+  ),
+  Case(
+    "ckpt_no_marker",
+    lambda d, env: _score(NII("img.nii.gz"))(d, {**env, "ckpt": _edited_ckpt(env, d, "marker")}),
+    ("missing marker",),
+  ),
+  Case(
+    "ckpt_no_params",
+    lambda d, env: _score(NII("img.nii.gz"))(d, {**env, "ckpt": _edited_ckpt(env, d, "params")}),
+    ("params",),
+  ),
+  Case(
+    "ckpt_truncated_arrays",
+    lambda d, env: _score(NII("img.nii.gz"))(d, {**env, "ckpt": _edited_ckpt(env, d, "truncate")}),
+    ("cannot restore params",),
+  ),
+  Case(
+    "ckpt_foreign_marker",
+    lambda d, env: _score(NII("img.nii.gz"))(d, {**env, "ckpt": _edited_ckpt(env, d, "foreign")}),
+    ("does not describe",),
+  ),
+  # Output folders that cannot be used.
+  Case(
+    "output_is_file",
+    lambda d, env: (
+      os.makedirs(d),
+      (d / "out").write_text("keep"),
+      _score(NII("img.nii.gz"))(d, env),
+    )[2],
+    ("--output_dir", "is a file"),
+    check=lambda d, r, e: (d / "out").read_text() == "keep" or pytest.fail("file changed"),
+  ),
+  Case(
+    "output_under_file",
+    lambda d, env: (
+      os.makedirs(d),
+      (d / "f").write_text("keep"),
+      _score(NII("img.nii.gz"), out="f/sub")(d, env),
+    )[2],
+    ("--output_dir", "which is a file"),
+  ),
+  Case(
+    "outputs_exist",
+    lambda d, env: (_existing_outputs(d), _score(NII("img.nii.gz"))(d, env))[1],
+    ("--overwrite",),
+    check=lambda d, r, e: (
+      (d / "out" / "scores.json").read_text() == "{}" or pytest.fail("scores.json changed")
+    ),
+  ),
+  Case(
+    "output_locked",
+    lambda d, env: (_lock(d / "out", env), _score(NII("img.nii.gz"))(d, env))[1],
+    ("in use by another",),
+    check=lambda d, r, e: sorted(os.listdir(d / "out")) == [] or pytest.fail("files written"),
+  ),
+  # Flags.
+  Case(
+    "no_image_no_manifest",
+    lambda d, env: ["--checkpoint", env["ckpt"], "--output_dir", str(d / "out")],
+    ("--image or --manifest",),
+  ),
+  Case(
+    "image_and_manifest",
+    lambda d, env: _score(NII("img.nii.gz"), "--manifest", "m.csv")(d, env),
+    ("--image or --manifest",),
+  ),
+  Case("unknown_domain_flag", _score(NII("img.nii.gz"), domain="mri"), ("--domain", "--help")),
+  Case("unknown_flag", _score(NII("img.nii.gz"), "--hear_mask", "x"), ("hear_mask",)),
+  Case(
+    "checkpoint_flag_missing",
+    lambda d, env: ["--image", "x.nii.gz", "--output_dir", str(d / "out")],
+    ("--checkpoint",),
+  ),
+  # Odd inputs that score correctly on the input grid.
+  Case(
+    "clean_nifti",
+    _score(NII("img.nii.gz"), heart=_heart_file()),
+    check=_all(
+      _labels_on_input_grid(lambda d: str(d / "in" / "img.nii.gz")), _same_scores_as_clean
+    ),
+  ),
+  Case("mha_int16", _score(NII("img.mha"), heart=_heart_file()), check=_same_scores_as_clean),
+  Case("nrrd", _score(NII("img.nrrd"), heart=_heart_file()), check=_same_scores_as_clean),
+  Case(
+    "float64",
+    _score(
+      _mk(lambda i: _write(i / "f64.nii.gz", _volume().astype(np.float64))), heart=_heart_file()
+    ),
+    check=_same_scores_as_clean,
+  ),
+  Case(
+    "uint16_rescaled",
+    _score(_mk(lambda i: _nifti_rescaled_uint16(i / "u16.nii")), heart=_heart_file()),
+    check=_same_scores_as_clean,
+  ),
+  Case(
+    "fov_padding_3024",
+    _score(
+      _mk(
+        lambda i: _write(
+          i / "pad.nii.gz",
+          np.where(np.arange(40)[None, None, :] < 2, -3024, _volume()).astype(np.int16),
+        )
+      ),
+      heart=_heart_file(),
+    ),
+  ),
+  Case(
+    "flipped_ras",
+    _score(
+      _mk(
+        lambda i: _write(
+          i / "ras.nii.gz",
+          _volume()[:, ::-1, ::-1],
+          origin=(19.0, 19.0, 0.0),
+          direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1),
+        )
+      ),
+      heart=_heart_file(),
+    ),
+    check=_all(
+      _same_scores_as_clean, _labels_on_input_grid(lambda d: str(d / "in" / "ras.nii.gz"))
+    ),
+  ),
+  Case(
+    "oblique",
+    _score(
+      _mk(lambda i: _write(i / "obl.nii.gz", direction=_oblique())),
+      heart=_heart_file(direction=_oblique()),
+    ),
+    check=_labels_on_input_grid(lambda d: str(d / "in" / "obl.nii.gz")),
+  ),
+  Case(
+    "4d_one_frame",
+    _score(_mk(lambda i: _write(i / "4d.nii.gz", _volume()[None]))),
+    check=_labels_on_input_grid(lambda d: str(d / "in" / "4d.nii.gz")),
+  ),
+  Case(
+    "spacing_0p1mm",
+    _score(_mk(lambda i: _write(i / "fine.nii.gz", spacing=(0.1, 0.1, 0.15)))),
+    check=_all(
+      _labels_on_input_grid(lambda d: str(d / "in" / "fine.nii.gz")),
+      _warns("field of view is 4 x 4 mm"),
+    ),
+  ),
+  Case(
+    "constant_soft_tissue",
+    _score(_mk(lambda i: _write(i / "flat.nii.gz", np.full(SHAPE, 40, np.int16)))),
+    check=_warns("no candidate"),
+  ),
+  Case(
+    "heart_other_grid",
+    _score(
+      NII("img.nii.gz"), heart=_heart_file(lambda: _heart()[::2, ::2, ::2], spacing=(2.0, 2.0, 3.0))
+    ),
+    check=_labels_on_input_grid(lambda d: str(d / "in" / "img.nii.gz")),
+  ),
+  Case(
+    "heart_values_0_2",
+    _score(NII("img.nii.gz"), heart=_heart_file(lambda: _heart() * 2)),
+    check=_same_scores_as_clean,
+  ),
+  Case(
+    "heart_float_0_1",
+    _score(NII("img.nii.gz"), heart=_heart_file(lambda: _heart().astype(np.float32))),
+    check=_same_scores_as_clean,
+  ),
+  Case(
+    "heart_empty",
+    _score(NII("img.nii.gz"), heart=_heart_file(lambda: np.zeros(SHAPE, np.uint8))),
+    check=_warns("heart mask is empty"),
+  ),
+  Case(
+    "low_values_warned",
+    _score(
+      _mk(
+        lambda i: _write(
+          i / "low.nii.gz",
+          np.where(
+            np.arange(40)[None, None, :] < 2,
+            -3024,
+            np.where(np.arange(40)[None, :, None] < 1, -1500, _volume()),
+          ).astype(np.int16),
+        )
+      )
+    ),
+    check=_warns("below -1100 HU other than FOV padding"),
+  ),
+  Case(
+    "wrapped_values_warned",
+    _score(_mk(_wrapped(200)), heart=_heart_file()),
+    check=_warns("above 4000 HU"),
+  ),
+  Case(
+    "dicom_series",
+    _score(_mk(lambda i: _dicom_series(i / "dcm", _volume())), heart=_heart_file()),
+    check=lambda d, r, e: _no_phi(d) or _same_scores_as_clean(d, r, e),
+  ),
+  Case(
+    "dicom_two_series",
+    _score(_mk(_two_series), heart=_heart_file()),
+    check=_all(
+      _warns("holds 2 series", "--series"), _same_scores_as_clean, lambda d, r, e: _no_phi(d)
+    ),
+  ),
+  Case(
+    "dicom_series_chosen",
+    _score(_mk(_two_series), "--series", "1.2.826.0.1.3680043.2.1125.222"),
+    check=lambda d, r, e: (
+      json.loads((d / "out" / "scores.json").read_text())["input"]["shape_zyx"] == [8, 40, 40]
+      or pytest.fail("wrong series")
+    ),
+  ),
+  Case(
+    "patient_name_in_path",
+    _score(_mk(lambda i: _write(i / "DOE^JANE_19450101" / "scan.nii.gz"))),
+    check=lambda d, r, e: (
+      "DOE" not in (d / "out" / "scores.json").read_text() or pytest.fail("path stored")
+    ),
+  ),
+  Case(
+    "record_input_path",
+    _score(NII("img.nii.gz"), "--record_input_path"),
+    check=lambda d, r, e: (
+      json.loads((d / "out" / "scores.json").read_text())["input"]["image"]
+      == str(d / "in" / "img.nii.gz")
+      or pytest.fail("path not stored")
+    ),
+  ),
+  Case(
+    "overwrite",
+    lambda d, env: (_existing_outputs(d), _score(NII("img.nii.gz"), "--overwrite")(d, env))[1],
+    check=lambda d, r, e: (
+      "scores" in json.loads((d / "out" / "scores.json").read_text()) or pytest.fail("not replaced")
+    ),
+  ),
+  Case(
+    "stale_tmp_leftovers",
+    lambda d, env: (_stale(d / "out"), _score(NII("img.nii.gz"))(d, env))[1],
+    check=lambda d, r, e: (
+      sorted(os.listdir(d / "out")) == sorted(pipeline.OUTPUT_FILES)
+      or pytest.fail(str(os.listdir(d / "out")))
+    ),
+  ),
+  Case(
+    "interrupted_set_replaced",
+    lambda d, env: (_interrupted_set(d / "out"), _score(NII("img.nii.gz"))(d, env))[1],
+    check=lambda d, r, e: (
+      sorted(os.listdir(d / "out")) == sorted(pipeline.OUTPUT_FILES) or pytest.fail("not replaced")
+    ),
+  ),
 ]
 
 
@@ -409,6 +774,7 @@ def _lock(out, env):
 
 # Manifest mode of launch.score, launch.evaluate and launch.train_source.
 
+
 def _dataset(d, rows=None, header=None, raw=None) -> str:
   """A manifest with two NCCT cases (image, label, heart mask); rows/header override."""
   data = d / "data"
@@ -420,9 +786,14 @@ def _dataset(d, rows=None, header=None, raw=None) -> str:
     _write(data / f"{cid}_label.nii.gz", ref)
     _write(data / f"{cid}_heart.nii.gz", _heart())
   header = header or ["id", "image", "label", "heart_mask", "aorta_mask", "domain", "split"]
-  rows = rows if rows is not None else [
+  rows = (
+    rows
+    if rows is not None
+    else [
       ["a", "a.nii.gz", "a_label.nii.gz", "a_heart.nii.gz", "", "ncct", "test"],
-      ["b", "b.nii.gz", "b_label.nii.gz", "b_heart.nii.gz", "", "ncct", "test"]]
+      ["b", "b.nii.gz", "b_label.nii.gz", "b_heart.nii.gz", "", "ncct", "test"],
+    ]
+  )
   path = data / "manifest.csv"
   if raw is not None:
     path.write_bytes(raw)
@@ -436,20 +807,31 @@ def _dataset(d, rows=None, header=None, raw=None) -> str:
 
 def _manifest_case(id, rows=None, error=None, header=None, raw=None, extra=(), check=None):
   def build(d, env):
-    return ["--manifest", _dataset(d, rows, header, raw), "--checkpoint", env["ckpt"],
-            "--output_dir", str(d / "out"), *extra]
+    return [
+      "--manifest",
+      _dataset(d, rows, header, raw),
+      "--checkpoint",
+      env["ckpt"],
+      "--output_dir",
+      str(d / "out"),
+      *extra,
+    ]
+
   return Case(id, build, error, check)
 
 
 _A = ["a", "a.nii.gz", "a_label.nii.gz", "a_heart.nii.gz", "", "ncct", "test"]
 MANIFEST_ROWS = {
-    "unknown_domain": ([_A[:5] + ["mri", "test"]], ("unknown domain",)),
-    "duplicate_id": ([_A, _A], ("duplicate id",)),
-    "empty_id": ([[""] + _A[1:]], ("empty id",)),
-    "missing_image": ([["a", "nope.nii.gz"] + _A[2:]], ("image file not found",)),
-    "missing_label": ([_A[:2] + ["nope.nii.gz"] + _A[3:]], ("label file not found",)),
-    "label_other_grid": ([_A[:2] + ["a_heart_small.nii.gz"] + _A[3:]], ("not on the image's voxel grid",)),
-    "empty_image_path": ([["a", ""] + _A[2:]], ("empty image path",)),
+  "unknown_domain": ([_A[:5] + ["mri", "test"]], ("unknown domain",)),
+  "duplicate_id": ([_A, _A], ("duplicate id",)),
+  "empty_id": ([[""] + _A[1:]], ("empty id",)),
+  "missing_image": ([["a", "nope.nii.gz"] + _A[2:]], ("image file not found",)),
+  "missing_label": ([_A[:2] + ["nope.nii.gz"] + _A[3:]], ("label file not found",)),
+  "label_other_grid": (
+    [_A[:2] + ["a_heart_small.nii.gz"] + _A[3:]],
+    ("not on the image's voxel grid",),
+  ),
+  "empty_image_path": ([["a", ""] + _A[2:]], ("empty image path",)),
 }
 
 
@@ -471,14 +853,39 @@ def _manifest_cases():
   for name, (rows, error) in MANIFEST_ROWS.items():
     cases.append(_manifest_case(f"manifest_{name}", rows, error))
   cases += [
-      _manifest_case("manifest_missing_columns", header=["id", "image"], rows=[["a", "a.nii.gz"]], error=("missing column",)),
-      _manifest_case("manifest_empty_file", raw=b"", error=("missing column",)),
-      _manifest_case("manifest_binary", raw=b"\xff\xfe\x00\x01garbage\x00", error=("manifest",)),
-      _manifest_case("manifest_no_rows_in_split", extra=("--split", "val"), error=("no rows", "--split")),
-      Case("manifest_missing", lambda d, env: ["--manifest", str(d / "none.csv"), "--checkpoint", env["ckpt"],
-                                                "--output_dir", str(d / "out")], ("--manifest", "not found")),
-      _manifest_case("manifest_ok", check=lambda d, r, e: (d / "out" / "scores.csv").is_file() or pytest.fail("no csv")),
-      Case("manifest_second_image_truncated", _truncated_second_case, ("b.nii.gz", "truncated"), check=_first_case_kept),
+    _manifest_case(
+      "manifest_missing_columns",
+      header=["id", "image"],
+      rows=[["a", "a.nii.gz"]],
+      error=("missing column",),
+    ),
+    _manifest_case("manifest_empty_file", raw=b"", error=("missing column",)),
+    _manifest_case("manifest_binary", raw=b"\xff\xfe\x00\x01garbage\x00", error=("manifest",)),
+    _manifest_case(
+      "manifest_no_rows_in_split", extra=("--split", "val"), error=("no rows", "--split")
+    ),
+    Case(
+      "manifest_missing",
+      lambda d, env: [
+        "--manifest",
+        str(d / "none.csv"),
+        "--checkpoint",
+        env["ckpt"],
+        "--output_dir",
+        str(d / "out"),
+      ],
+      ("--manifest", "not found"),
+    ),
+    _manifest_case(
+      "manifest_ok",
+      check=lambda d, r, e: (d / "out" / "scores.csv").is_file() or pytest.fail("no csv"),
+    ),
+    Case(
+      "manifest_second_image_truncated",
+      _truncated_second_case,
+      ("b.nii.gz", "truncated"),
+      check=_first_case_kept,
+    ),
   ]
   return cases
 
@@ -497,22 +904,57 @@ def _evaluate(rows=None, pred=None, raw=None):
       _write(d / "preds" / cid / "calcium_labels.nii.gz", np.zeros(SHAPE, np.uint8))
     if pred:
       pred(d / "preds")
-    return ["--predictions", str(d / "preds"), "--manifest", manifest, "--output_dir", str(d / "out")]
+    return [
+      "--predictions",
+      str(d / "preds"),
+      "--manifest",
+      manifest,
+      "--output_dir",
+      str(d / "out"),
+    ]
+
   return build
 
 
 EVALUATE_CASES = [
-    Case("evaluate_unknown_domain", _evaluate([_A[:5] + ["CT-scan", "test"]]), ("unknown domain",), script="launch.evaluate"),
-    Case("evaluate_truncated_prediction", _evaluate(pred=lambda p: _truncate(str(p / "a" / "calcium_labels.nii.gz"), 0.5)),
-         ("truncated",), script="launch.evaluate"),
-    Case("evaluate_missing_prediction", _evaluate(pred=lambda p: os.remove(p / "b" / "calcium_labels.nii.gz")),
-         ("missing prediction", "--allow_missing"), script="launch.evaluate"),
-    Case("evaluate_prediction_other_grid", _evaluate(pred=lambda p: _write(p / "a" / "calcium_labels.nii.gz", np.zeros((10, 20, 20), np.uint8))),
-         ("not on the same voxel grid",), script="launch.evaluate"),
-    Case("evaluate_output_is_file", lambda d, env: (os.makedirs(d), (d / "out").write_text("x"), _evaluate()(d, env))[2],
-         ("--output_dir", "is a file"), script="launch.evaluate"),
-    Case("evaluate_ok", _evaluate(), script="launch.evaluate",
-         check=lambda d, r, e: (d / "out" / "results.md").is_file() or pytest.fail("no report")),
+  Case(
+    "evaluate_unknown_domain",
+    _evaluate([_A[:5] + ["CT-scan", "test"]]),
+    ("unknown domain",),
+    script="launch.evaluate",
+  ),
+  Case(
+    "evaluate_truncated_prediction",
+    _evaluate(pred=lambda p: _truncate(str(p / "a" / "calcium_labels.nii.gz"), 0.5)),
+    ("truncated",),
+    script="launch.evaluate",
+  ),
+  Case(
+    "evaluate_missing_prediction",
+    _evaluate(pred=lambda p: os.remove(p / "b" / "calcium_labels.nii.gz")),
+    ("missing prediction", "--allow_missing"),
+    script="launch.evaluate",
+  ),
+  Case(
+    "evaluate_prediction_other_grid",
+    _evaluate(
+      pred=lambda p: _write(p / "a" / "calcium_labels.nii.gz", np.zeros((10, 20, 20), np.uint8))
+    ),
+    ("not on the same voxel grid",),
+    script="launch.evaluate",
+  ),
+  Case(
+    "evaluate_output_is_file",
+    lambda d, env: (os.makedirs(d), (d / "out").write_text("x"), _evaluate()(d, env))[2],
+    ("--output_dir", "is a file"),
+    script="launch.evaluate",
+  ),
+  Case(
+    "evaluate_ok",
+    _evaluate(),
+    script="launch.evaluate",
+    check=lambda d, r, e: (d / "out" / "results.md").is_file() or pytest.fail("no report"),
+  ),
 ]
 
 
@@ -521,7 +963,14 @@ def _train(extra=(), workdir="wd", setup=None):
     os.makedirs(d, exist_ok=True)
     if setup:
       setup(d)
-    return ["--config", os.path.join(ROOT, "configs", "tiny.py"), "--workdir", str(d / workdir), *extra]
+    return [
+      "--config",
+      os.path.join(ROOT, "configs", "tiny.py"),
+      "--workdir",
+      str(d / workdir),
+      *extra,
+    ]
+
   return build
 
 
@@ -532,25 +981,68 @@ def _fake_checkpoint(d):
 
 
 TRAIN_CASES = [
-    Case("train_rerun_without_resume", _train(setup=_fake_checkpoint), ("already holds", "--resume"), script="launch.train_source"),
-    Case("train_workdir_is_file", _train(setup=lambda d: (d / "wd").write_text("x")), ("--workdir", "is a file"), script="launch.train_source"),
-    Case("train_manifest_missing", lambda d, env: _train(("--source_manifest", str(d / "none.csv")))(d, env),
-         ("--source_manifest", "not found"), script="launch.train_source"),
-    Case("train_manifest_bad_rows", lambda d, env: _train(("--source_manifest", _dataset(d, [_A[:5] + ["xray", "train"], ["b", "zz.nii.gz"] + _A[2:]])))(d, env),
-         ("2 problem(s)", "unknown domain", "image file not found"), script="launch.train_source"),
-    Case("train_manifest_truncated_image", lambda d, env: _train(("--source_manifest", _truncated_dataset(d)), )(d, env),
-         ("truncated",), script="launch.train_source"),
+  Case(
+    "train_rerun_without_resume",
+    _train(setup=_fake_checkpoint),
+    ("already holds", "--resume"),
+    script="launch.train_source",
+  ),
+  Case(
+    "train_workdir_is_file",
+    _train(setup=lambda d: (d / "wd").write_text("x")),
+    ("--workdir", "is a file"),
+    script="launch.train_source",
+  ),
+  Case(
+    "train_manifest_missing",
+    lambda d, env: _train(("--source_manifest", str(d / "none.csv")))(d, env),
+    ("--source_manifest", "not found"),
+    script="launch.train_source",
+  ),
+  Case(
+    "train_manifest_bad_rows",
+    lambda d, env: _train(
+      ("--source_manifest", _dataset(d, [_A[:5] + ["xray", "train"], ["b", "zz.nii.gz"] + _A[2:]]))
+    )(d, env),
+    ("2 problem(s)", "unknown domain", "image file not found"),
+    script="launch.train_source",
+  ),
+  Case(
+    "train_manifest_truncated_image",
+    lambda d, env: _train(
+      ("--source_manifest", _truncated_dataset(d)),
+    )(d, env),
+    ("truncated",),
+    script="launch.train_source",
+  ),
 ]
 
 
 ADAPT_CASES = [
-    Case("adapt_source_checkpoint_missing", lambda d, env: _train(("--source_checkpoint", str(d / "none")))(d, env),
-         ("--source_checkpoint", "does not exist"), script="launch.adapt"),
-    Case("adapt_workdir_under_file", lambda d, env: _train(("--source_checkpoint", env["ckpt"]), workdir="f/wd",
-                                                           setup=lambda d: (d / "f").write_text("x"))(d, env),
-         ("--workdir", "which is a file"), script="launch.adapt"),
-    Case("adapt_only_source_manifest", lambda d, env: _train(("--source_checkpoint", env["ckpt"], "--source_manifest", _dataset(d)))(d, env),
-         ("--target_manifest",), script="launch.adapt"),
+  Case(
+    "adapt_source_checkpoint_missing",
+    lambda d, env: _train(("--source_checkpoint", str(d / "none")))(d, env),
+    ("--source_checkpoint", "does not exist"),
+    script="launch.adapt",
+  ),
+  Case(
+    "adapt_workdir_under_file",
+    lambda d, env: _train(
+      ("--source_checkpoint", env["ckpt"]),
+      workdir="f/wd",
+      setup=lambda d: (d / "f").write_text("x"),
+    )(d, env),
+    ("--workdir", "which is a file"),
+    script="launch.adapt",
+  ),
+  Case(
+    "adapt_only_source_manifest",
+    lambda d, env: _train(("--source_checkpoint", env["ckpt"], "--source_manifest", _dataset(d)))(
+      d, env
+    ),
+    ("--target_manifest",),
+    script="launch.adapt",
+  ),
 ]
 
 
@@ -563,17 +1055,25 @@ def _truncated_dataset(d):
 def _full_disk(free_pages):
   """Output folder on a 256 KiB tmpfs filled up to `free_pages` 4 KiB pages (None: the pages
   the clean run's outputs but scores.json need, so scores.json does not fit)."""
+
   def build(d, env):
     fs = d / "fs"
     os.makedirs(fs)
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(fs)], capture_output=True).returncode:
+    if subprocess.run(
+      ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(fs)], capture_output=True
+    ).returncode:
       return None
     env["mounts"].append(fs)
     pages = free_pages
     if pages is None:
-      pages = sum(-(-os.path.getsize(env["clean_dir"] / n) // 4096) for n in pipeline.OUTPUT_FILES if n != "scores.json")
+      pages = sum(
+        -(-os.path.getsize(env["clean_dir"] / n) // 4096)
+        for n in pipeline.OUTPUT_FILES
+        if n != "scores.json"
+      )
     (fs / "filler").write_bytes(b"\0" * ((64 - pages) * 4096))
     return _score(NII("img.nii.gz"), heart=_heart_file(), out="fs/out")(d, env)
+
   return build
 
 
@@ -582,9 +1082,19 @@ def _only_filler(d, result, env):
 
 
 FAULT_CASES = [
-    Case("disk_full_nothing_fits", _full_disk(0), ("calcium_labels.nii.gz", "disk full"), check=_only_filler),
-    Case("disk_full_labels_fit", _full_disk(1), ("overlay.png", "No space left"), check=_only_filler),
-    Case("disk_full_json_does_not_fit", _full_disk(None), ("scores.json", "No space left"), check=_only_filler),
+  Case(
+    "disk_full_nothing_fits",
+    _full_disk(0),
+    ("calcium_labels.nii.gz", "disk full"),
+    check=_only_filler,
+  ),
+  Case("disk_full_labels_fit", _full_disk(1), ("overlay.png", "No space left"), check=_only_filler),
+  Case(
+    "disk_full_json_does_not_fit",
+    _full_disk(None),
+    ("scores.json", "No space left"),
+    check=_only_filler,
+  ),
 ]
 
 ALL_CASES = SCORE_CASES + EVALUATE_CASES + TRAIN_CASES + ADAPT_CASES + FAULT_CASES
@@ -601,7 +1111,9 @@ def corpus(tmp_path_factory, tiny_export):
   root = tmp_path_factory.mktemp("corpus")
   env = {"ckpt": tiny_export, "held_locks": [], "mounts": []}
   clean = root / "clean"
-  _run_batch("launch.score", {"clean": _score(NII("img.nii.gz"), heart=_heart_file())(clean, env)}, root)
+  _run_batch(
+    "launch.score", {"clean": _score(NII("img.nii.gz"), heart=_heart_file())(clean, env)}, root
+  )
   env["clean"] = json.loads((clean / "out" / "scores.json").read_text(encoding="utf-8"))
   env["clean_dir"] = clean / "out"
   folders, by_script, results = {}, {}, {}
@@ -631,14 +1143,30 @@ def corpus(tmp_path_factory, tiny_export):
 def _run_batch(script, cases, root):
   cases_path, results_path = root / f"{script}.cases.json", root / f"{script}.results.json"
   cases_path.write_text(json.dumps(cases), encoding="utf-8")
-  proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "cli_batch.py"), script, str(cases_path),
-                         str(results_path)], cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=900)
+  proc = subprocess.run(
+    [
+      sys.executable,
+      os.path.join(ROOT, "tests", "cli_batch.py"),
+      script,
+      str(cases_path),
+      str(results_path),
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    encoding="utf-8",
+    timeout=900,
+  )
   assert proc.returncode == 0, proc.stderr[-3000:]
   return json.loads(results_path.read_text(encoding="utf-8"))
 
 
 def _files_under(folder) -> list[str]:
-  return sorted(os.path.relpath(os.path.join(r, f), folder) for r, _, fs in os.walk(folder) for f in fs) if os.path.exists(folder) else []
+  return (
+    sorted(os.path.relpath(os.path.join(r, f), folder) for r, _, fs in os.walk(folder) for f in fs)
+    if os.path.exists(folder)
+    else []
+  )
 
 
 def test_corpus_size():
@@ -664,9 +1192,15 @@ def test_case(corpus, case):
     for needle in case.error:
       assert needle in errors[0], errors[0]
     out = d / ("out" if case.script in ("launch.score", "launch.evaluate") else "wd")
-    if case.id not in ("output_is_file", "outputs_exist", "output_locked", "train_workdir_is_file",
-                       "train_rerun_without_resume", "evaluate_output_is_file",
-                       "manifest_second_image_truncated"):
+    if case.id not in (
+      "output_is_file",
+      "outputs_exist",
+      "output_locked",
+      "train_workdir_is_file",
+      "train_rerun_without_resume",
+      "evaluate_output_is_file",
+      "manifest_second_image_truncated",
+    ):
       assert not out.exists(), _files_under(out)  # nothing left behind
   if case.check is not None:
     case.check(d, result, env)

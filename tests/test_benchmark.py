@@ -11,7 +11,11 @@ generator step    32 patches     7.740 s      4.13 patches/s
 
 def test_parse_torch_reads_the_three_steps():
   steps = benchmark.parse_torch(_ANCHOR)
-  assert steps == {"source step": (16, 4.64), "critic update": (32, 2.37), "generator step": (32, 7.74)}
+  assert steps == {
+    "source step": (16, 4.64),
+    "critic update": (32, 2.37),
+    "generator step": (32, 7.74),
+  }
   assert benchmark.parse_torch("torch 2.13.0+cpu, 2 threads\n") == {}
 
 
@@ -29,6 +33,14 @@ def test_benchmark_all_commands():
   train, infer = benchmark_all.commands(quick=False, iters=3, naive_slices=8)
   assert train == ["launch.benchmark", "--configs=paper", "--iters=3"]
   assert infer == ["launch.benchmark_infer", "--configs=paper", "--nophantom", "--naive_slices=8"]
-  train, infer = benchmark_all.commands(quick=True, iters=3, naive_slices=8, torch_anchor="a.py", torch_python="py")
-  assert train == ["launch.benchmark", "--configs=tiny", "--iters=1", "--torch_anchor=a.py", "--torch_python=py"]
+  train, infer = benchmark_all.commands(
+    quick=True, iters=3, naive_slices=8, torch_anchor="a.py", torch_python="py"
+  )
+  assert train == [
+    "launch.benchmark",
+    "--configs=tiny",
+    "--iters=1",
+    "--torch_anchor=a.py",
+    "--torch_python=py",
+  ]
   assert "--configs=tiny" in infer and "--naive_slices=4" in infer

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from cac_jax import checkpoints
-from cac_jax import models
 from cac_jax.train import state as state_lib
 from configs import tiny
 
@@ -33,7 +32,8 @@ def exported(config, params, tmp_path_factory):
 
 def _equal(a, b):
   return jax.tree.structure(a) == jax.tree.structure(b) and all(
-      np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)))
+    np.array_equal(x, y) for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b))
+  )
 
 
 def test_export_round_trip(config, params, exported):
@@ -89,7 +89,9 @@ def test_foreign_checkpoint(exported, tmp_path):
     checkpoints.load_inference(path)
 
 
-@pytest.mark.parametrize("victim", ["params/_METADATA", "params/manifest.ocdbt", "params/d", "params", "config.json"])
+@pytest.mark.parametrize(
+  "victim", ["params/_METADATA", "params/manifest.ocdbt", "params/d", "params", "config.json"]
+)
 def test_checkpoint_with_missing_files(exported, tmp_path, victim):
   path = _copy(exported, tmp_path)
   target = os.path.join(path, victim)
@@ -111,8 +113,11 @@ def test_truncated_array_data(exported, tmp_path):
 
 def test_training_state_round_trip(config, params, tmp_path):
   state = state_lib.SourceState(
-      step=jnp.asarray(7, jnp.int32), params={k: params[k] for k in ("generator", "classifier", "heads")},
-      opt_state=None, rng=jax.random.PRNGKey(5))
+    step=jnp.asarray(7, jnp.int32),
+    params={k: params[k] for k in ("generator", "classifier", "heads")},
+    opt_state=None,
+    rng=jax.random.PRNGKey(5),
+  )
   state = state.replace(opt_state=state_lib.source_optimizer(config).init(state.params))
   mgr = checkpoints.manager(str(tmp_path / "ckpts"))
   assert checkpoints.restore_latest(mgr, state) is None

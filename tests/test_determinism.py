@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 
 from cac_jax import models, synthetic
-from cac_jax.train import loop
 from cac_jax.train import data as data_lib
+from cac_jax.train import loop
 from configs import tiny
 
 
@@ -32,12 +32,16 @@ def _adapt(tmp_path, name, delay_s: float):
     def f(step):
       time.sleep(rnd.uniform(0.0, delay_s))  # the background thread falls behind at random
       return stream(step)
+
     return f
 
   names = ("source", "source_critic", "target_critic", "target_generator")
-  data = data_lib.prefetched(data_lib.Streams(*(delayed(getattr(streams, n)) for n in names)), depth=2)
-  state = loop.adapt(config, str(tmp_path / name), {"generator": p["generator"], "classifier": p["classifier"]},
-                            data)
+  data = data_lib.prefetched(
+    data_lib.Streams(*(delayed(getattr(streams, n)) for n in names)), depth=2
+  )
+  state = loop.adapt(
+    config, str(tmp_path / name), {"generator": p["generator"], "classifier": p["classifier"]}, data
+  )
   return jax.device_get({"generator": state.generator, "critic": state.critic})
 
 

@@ -6,12 +6,12 @@ import locale
 
 import numpy as np
 import pydicom
-import pytest
-import SimpleITK as sitk
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+import pytest
+import SimpleITK as sitk
 
-from cac_jax import checkpoints, dicom_seg, volume_io, labels, phantoms, scoring_cli
+from cac_jax import checkpoints, dicom_seg, labels, phantoms, scoring_cli, volume_io
 
 
 @pytest.fixture
@@ -36,10 +36,17 @@ def write_ct_series(scan, folder):
     ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, ds.file_meta.MediaStorageSOPInstanceUID
     ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series, frame
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "Phantom^Seven", "PH7", "19700101", "O"
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = (
+      "Phantom^Seven",
+      "PH7",
+      "19700101",
+      "O",
+    )
     ds.StudyDate, ds.StudyTime, ds.StudyID, ds.AccessionNumber = "20260101", "120000", "1", "ACC7"
     ds.ReferringPhysicianName = ""
-    ds.InstitutionName = "Secret Hospital"  # not required to reference the series: must not be copied
+    ds.InstitutionName = (
+      "Secret Hospital"  # not required to reference the series: must not be copied
+    )
     ds.Modality, ds.Manufacturer, ds.SeriesNumber, ds.InstanceNumber = "CT", "phantom", 1, k + 1
     ds.KVP = 120
     x0, y0, z0 = scan.origin
@@ -56,24 +63,37 @@ def write_ct_series(scan, folder):
   return folder
 
 
-def test_dicom_input_writes_a_seg_matching_the_labels(tmp_path, keep_locale, tiny_config, tiny_params):
+def test_dicom_input_writes_a_seg_matching_the_labels(
+  tmp_path, keep_locale, tiny_config, tiny_params
+):
   config = tiny_config
   case = phantoms.generate_case("ccta", 3, config)
   # A heart-centred crop keeps the test small (the network runs on every candidate near the heart).
-  crop = dataclasses.replace(case.scan, hu=case.scan.hu[10:40].copy(), source=None,
-                             origin=tuple(np.add(case.scan.origin, (0.0, 0.0, 10 * case.scan.spacing[0]))))
+  crop = dataclasses.replace(
+    case.scan,
+    hu=case.scan.hu[10:40].copy(),
+    source=None,
+    origin=tuple(np.add(case.scan.origin, (0.0, 0.0, 10 * case.scan.spacing[0]))),
+  )
   folder = write_ct_series(crop, tmp_path / "dicom")
   export = checkpoints.export_inference(tmp_path / "export", tiny_params, config)
   out = tmp_path / "out"
   report = scoring_cli.score_file(str(folder), export, str(out), heart_mask="none", domain="ccta")
-  assert report["scores"]["total"]["volume_mm3"] + report["scores"]["aorta"]["volume_mm3"] > 0  # not vacuous
+  assert (
+    report["scores"]["total"]["volume_mm3"] + report["scores"]["aorta"]["volume_mm3"] > 0
+  )  # not vacuous
   files = volume_io.dicom_series_files(folder)
   seg = pydicom.dcmread(out / dicom_seg.SEG_FILE)
-  assert seg.Modality == "SEG" and seg.SeriesInstanceUID != pydicom.dcmread(files[0]).SeriesInstanceUID
-  assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(files[0]).SeriesInstanceUID
+  assert (
+    seg.Modality == "SEG" and seg.SeriesInstanceUID != pydicom.dcmread(files[0]).SeriesInstanceUID
+  )
+  assert (
+    seg.ReferencedSeriesSequence[0].SeriesInstanceUID == pydicom.dcmread(files[0]).SeriesInstanceUID
+  )
   assert seg.PatientID == "PH7" and "InstitutionName" not in seg
   assert [s.SegmentLabel for s in seg.SegmentSequence] == [
-      f"{labels.CLASS_DISPLAY_NAMES[c]} calcium" for c in range(1, labels.NUM_CLASSES)]
+    f"{labels.CLASS_DISPLAY_NAMES[c]} calcium" for c in range(1, labels.NUM_CLASSES)
+  ]
   # Frame by frame (matched by SOP Instance UID) equal to the NIfTI labels on the same slice position.
   got = dicom_seg.read_seg_labels(str(out / dicom_seg.SEG_FILE), files)
   nifti = sitk.ReadImage(str(out / "calcium_labels.nii.gz"))
@@ -86,8 +106,12 @@ def test_dicom_input_writes_a_seg_matching_the_labels(tmp_path, keep_locale, tin
   assert got.any()
   # The SR carries the same scores (Agatston and volume per artery and in total).
   values = _sr_measurements(pydicom.dcmread(out / dicom_seg.SR_FILE))
-  for key, site in (("LAD", "Anterior Descending Branch of Left Coronary Artery"), ("LCX", "Circumflex Coronary Artery"),
-                    ("RCA", "Right Coronary Artery"), ("total", "Coronary artery")):
+  for key, site in (
+    ("LAD", "Anterior Descending Branch of Left Coronary Artery"),
+    ("LCX", "Circumflex Coronary Artery"),
+    ("RCA", "Right Coronary Artery"),
+    ("total", "Coronary artery"),
+  ):
     assert values[(site, "Calcium score")] == pytest.approx(report["scores"][key]["agatston"])
     assert values[(site, "Calcium Volume")] == pytest.approx(report["scores"][key]["volume_mm3"])
   assert ("Coronary artery", "Calcium Mass") not in values  # uncalibrated mass is not in mg
@@ -105,7 +129,9 @@ def _sr_measurements(ds):
         site = item.ConceptCodeSequence[0].CodeMeaning
     for item in items:
       if item.ValueType == "NUM":
-        out[(site, item.ConceptNameCodeSequence[0].CodeMeaning)] = float(item.MeasuredValueSequence[0].NumericValue)
+        out[(site, item.ConceptNameCodeSequence[0].CodeMeaning)] = float(
+          item.MeasuredValueSequence[0].NumericValue
+        )
       if "ContentSequence" in item:
         walk(item.ContentSequence, site)
 

@@ -66,8 +66,14 @@ def _make_dataset(root):
 
 
 def _run(*args):
-  return subprocess.run([sys.executable, "-m", "launch.evaluate", *args], cwd=REPO,
-                        capture_output=True, text=True, encoding="utf-8", timeout=120)
+  return subprocess.run(
+    [sys.executable, "-m", "launch.evaluate", *args],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    encoding="utf-8",
+    timeout=120,
+  )
 
 
 def test_evaluate_dataset_library(tmp_path):
@@ -92,8 +98,16 @@ def test_evaluate_dataset_library(tmp_path):
 def test_cli_end_to_end(tmp_path):
   manifest, preds = _make_dataset(tmp_path)
   out = tmp_path / "report"
-  proc = _run("--predictions", str(preds), "--manifest", str(manifest), "--output_dir", str(out),
-              "--split", "test")
+  proc = _run(
+    "--predictions",
+    str(preds),
+    "--manifest",
+    str(manifest),
+    "--output_dir",
+    str(out),
+    "--split",
+    "test",
+  )
   assert proc.returncode == 0, proc.stderr
   assert "| total | 2 |" in proc.stdout and "| LAD |" in proc.stdout
   md = (out / "results.md").read_text(encoding="utf-8")
@@ -113,13 +127,30 @@ def test_cli_missing_prediction(tmp_path):
   manifest, preds = _make_dataset(tmp_path)
   os.remove(preds / "b" / "calcium_labels.nii.gz")
   out = tmp_path / "report"
-  proc = _run("--predictions", str(preds), "--manifest", str(manifest), "--output_dir", str(out),
-              "--split", "test")
+  proc = _run(
+    "--predictions",
+    str(preds),
+    "--manifest",
+    str(manifest),
+    "--output_dir",
+    str(out),
+    "--split",
+    "test",
+  )
   assert proc.returncode != 0
   assert "missing prediction" in proc.stderr and "b" in proc.stderr
   assert not (out / "results.md").exists()
-  proc = _run("--predictions", str(preds), "--manifest", str(manifest), "--output_dir", str(out),
-              "--split", "test", "--allow_missing")
+  proc = _run(
+    "--predictions",
+    str(preds),
+    "--manifest",
+    str(manifest),
+    "--output_dir",
+    str(out),
+    "--split",
+    "test",
+    "--allow_missing",
+  )
   assert proc.returncode == 0, proc.stderr
   assert "Missing predictions (skipped): b" in (out / "results.md").read_text(encoding="utf-8")
   # 2 scans: Bland-Altman needs 3 -> noted in the report, figure still written.
@@ -132,5 +163,7 @@ def test_prediction_on_another_grid_is_refused(tmp_path):
   shifted = sitk.ReadImage(str(preds / "b" / "calcium_labels.nii.gz"))
   shifted.SetOrigin((0.0, 0.0, 0.0))  # same size and spacing, moved: not the image's grid
   sitk.WriteImage(shifted, str(preds / "b" / "calcium_labels.nii.gz"))
-  with pytest.raises(ValueError, match=r"case 'b': .*calcium_labels.nii.gz: not on the same voxel grid as the scan"):
+  with pytest.raises(
+    ValueError, match=r"case 'b': .*calcium_labels.nii.gz: not on the same voxel grid as the scan"
+  ):
     evaluation.evaluate_dataset(str(preds), str(manifest), split="test")

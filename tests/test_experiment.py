@@ -6,7 +6,6 @@ import os
 
 import jax
 import numpy as np
-
 import pytest
 
 from cac_jax import experiment
@@ -32,7 +31,11 @@ def toy(tmp_path_factory):
 def test_table_has_every_column_row_and_measure(toy):
   _, _, res = toy
   c, _, _ = toy
-  assert list(res["table"]) == [col.name for col in experiment.columns(c)] == [col.name for col in experiment.COLUMNS]
+  assert (
+    list(res["table"])
+    == [col.name for col in experiment.columns(c)]
+    == [col.name for col in experiment.COLUMNS]
+  )
   for col in res["table"].values():
     assert list(col) == list(experiment.ROWS)
     for row in col.values():
@@ -67,10 +70,16 @@ def test_rerun_reuses_data_and_models_and_combines_seeds(toy):
   c, wd, res = toy
   stamp = os.path.getmtime(os.path.join(res["exports"]["adv_cls"], "cac_jax_inference.json"))
   again = experiment.run(c, wd, seed=0)
-  assert os.path.getmtime(os.path.join(again["exports"]["adv_cls"], "cac_jax_inference.json")) == stamp
+  assert (
+    os.path.getmtime(os.path.join(again["exports"]["adv_cls"], "cac_jax_inference.json")) == stamp
+  )
   both = experiment.combine_seeds([res, again])
   mean, sd, n = both["CCTA no adaptation"]["total"]["fp_mm3"]
-  assert n == 2 and sd == 0 and math.isclose(mean, res["table"]["CCTA no adaptation"]["total"]["fp_mm3"][0])
+  assert (
+    n == 2
+    and sd == 0
+    and math.isclose(mean, res["table"]["CCTA no adaptation"]["total"]["fp_mm3"][0])
+  )
 
 
 def test_figures_are_written(toy, tmp_path):
@@ -83,11 +92,17 @@ def test_oracle_is_trained_on_the_labelled_target_and_scored(toy):
   """The oracle column scores a network trained from the adapt_target labels (the same
   schedule as the source network), on the same CCTA test scans as the source network."""
   from cac_jax import checkpoints
+
   c, _, res = toy
   oracle, _ = checkpoints.load_inference(res["exports"]["oracle"])
   source_params, _ = checkpoints.load_inference(res["exports"]["no_adaptation"])
-  assert any(not np.array_equal(a, b) for a, b in zip(jax.tree.leaves(oracle), jax.tree.leaves(source_params)))
-  with open(os.path.join(os.path.dirname(res["exports"]["oracle"]), "metrics.jsonl"), encoding="utf-8") as f:
+  assert any(
+    not np.array_equal(a, b)
+    for a, b in zip(jax.tree.leaves(oracle), jax.tree.leaves(source_params))
+  )
+  with open(
+    os.path.join(os.path.dirname(res["exports"]["oracle"]), "metrics.jsonl"), encoding="utf-8"
+  ) as f:
     steps = [json.loads(line)["step"] for line in f]
   assert max(steps) == c.source.num_steps
   a, b = res["per_scan"]["CCTA oracle"], res["per_scan"]["CCTA no adaptation"]
@@ -105,7 +120,9 @@ def test_validation_selection_is_recorded_and_scored(toy):
   for m in ("adv_cls", "adv_only"):
     sel = res["selection"][m]
     # tiny: snapshot_every > num_generator_steps, so the final step is the only snapshot.
-    assert sel["step"] == c.adapt.num_generator_steps and list(sel["f1_by_step"]) == [str(sel["step"])]
+    assert sel["step"] == c.adapt.num_generator_steps and list(sel["f1_by_step"]) == [
+      str(sel["step"])
+    ]
     assert "target (CCTA) labels" in sel["note"]
     assert os.path.exists(os.path.join(wd, m, "selection.json"))
   # The final generator was picked: its val-selected columns equal the final ones.
@@ -131,5 +148,7 @@ def test_write_results_writes_what_reproduce_prints(toy, tmp_path):
   with open(tmp_path / "table2.json", encoding="utf-8") as f:
     saved = json.load(f)
   assert saved["seeds"] == [0] and [g["name"] for g in saved["gates"][0]] == ["G1", "G2", "G3"]
-  assert paths["html_report"].endswith("report.html") and all(os.path.exists(p) for p in paths.values())
+  assert paths["html_report"].endswith("report.html") and all(
+    os.path.exists(p) for p in paths.values()
+  )
   assert experiment.seeds_of(c, ["3", "4"]) == [3, 4] and experiment.seeds_of(c) == [c.seed]

@@ -28,9 +28,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory, tiny_export):
   from tests import test_bad_inputs as corpus  # pylint: disable=import-outside-toplevel
+
   d = tmp_path_factory.mktemp("inputs")
-  return {"image": corpus._write(d / "img.nii.gz"), "heart": corpus._write(d / "heart.nii.gz", corpus._heart()),
-          "ckpt": tiny_export}
+  return {
+    "image": corpus._write(d / "img.nii.gz"),
+    "heart": corpus._write(d / "heart.nii.gz", corpus._heart()),
+    "ckpt": tiny_export,
+  }
 
 
 # A launcher that injects a fault into `python -m launch.score`: FAULT=write makes SimpleITK
@@ -62,19 +66,42 @@ runpy.run_module("launch.score", run_name="__main__")
 
 
 def _args(inputs, out, *extra):
-  return ["--image", inputs["image"], "--heart_mask", inputs["heart"], "--checkpoint", inputs["ckpt"],
-          "--output_dir", str(out), "--domain", "ncct", *extra]
+  return [
+    "--image",
+    inputs["image"],
+    "--heart_mask",
+    inputs["heart"],
+    "--checkpoint",
+    inputs["ckpt"],
+    "--output_dir",
+    str(out),
+    "--domain",
+    "ncct",
+    *extra,
+  ]
 
 
 def _score(inputs, out, *extra):
-  return subprocess.run([sys.executable, "-m", "launch.score", *_args(inputs, out, *extra)], cwd=ROOT,
-                        capture_output=True, text=True, encoding="utf-8", timeout=600)
+  return subprocess.run(
+    [sys.executable, "-m", "launch.score", *_args(inputs, out, *extra)],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    encoding="utf-8",
+    timeout=600,
+  )
 
 
 def _with_fault(inputs, out, fault, tmp_path):
   env = {**os.environ, "FAULT": fault, "READY": str(tmp_path / "ready"), "PYTHONPATH": ROOT}
-  return subprocess.Popen([sys.executable, "-c", _LAUNCHER, *_args(inputs, out)], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  return subprocess.Popen(
+    [sys.executable, "-c", _LAUNCHER, *_args(inputs, out)],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.PIPE,
+    text=True,
+  )
 
 
 def _complete_outputs(out):
@@ -130,14 +157,33 @@ def test_kill_between_moves_of_the_set(inputs, tmp_path):
 def test_one_line_without_debug_traceback_with_it(inputs, tmp_path):
   bad = tmp_path / "bad.nii.gz"
   bad.write_bytes(open(inputs["image"], "rb").read()[:5000])
-  args = ["--image", str(bad), "--checkpoint", inputs["ckpt"], "--output_dir", str(tmp_path / "out")]
-  plain = subprocess.run([sys.executable, "-m", "launch.score", *args], cwd=ROOT, capture_output=True, text=True,
-                         encoding="utf-8", timeout=600)
+  args = [
+    "--image",
+    str(bad),
+    "--checkpoint",
+    inputs["ckpt"],
+    "--output_dir",
+    str(tmp_path / "out"),
+  ]
+  plain = subprocess.run(
+    [sys.executable, "-m", "launch.score", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    encoding="utf-8",
+    timeout=600,
+  )
   assert plain.returncode == 2
   assert plain.stderr.strip().splitlines() == [plain.stderr.strip()]  # exactly one line
   assert plain.stderr.startswith("score: error: --image: ") and "truncated" in plain.stderr
-  debug = subprocess.run([sys.executable, "-m", "launch.score", *args, "--debug"], cwd=ROOT, capture_output=True,
-                         text=True, encoding="utf-8", timeout=600)
+  debug = subprocess.run(
+    [sys.executable, "-m", "launch.score", *args, "--debug"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    encoding="utf-8",
+    timeout=600,
+  )
   assert debug.returncode != 0 and "Traceback" in debug.stderr and "ScanReadError" in debug.stderr
   assert not (tmp_path / "out").exists()
 
@@ -157,8 +203,13 @@ def test_write_set_is_all_or_nothing(tmp_path):
     atomic.write_set(tmp_path, {"a.txt": lambda p: open(p, "w").write("a"), "b.txt": fail})
   assert e.value.filename == str(tmp_path / "b.txt")
   assert sorted(os.listdir(tmp_path)) == ["b.txt"] and (tmp_path / "b.txt").read_text() == "old b"
-  atomic.write_set(tmp_path, {"a.txt": lambda p: open(p, "w").write("a"), "b.txt": lambda p: open(p, "w").write("b")})
-  assert sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"] and (tmp_path / "b.txt").read_text() == "b"
+  atomic.write_set(
+    tmp_path,
+    {"a.txt": lambda p: open(p, "w").write("a"), "b.txt": lambda p: open(p, "w").write("b")},
+  )
+  assert (
+    sorted(os.listdir(tmp_path)) == ["a.txt", "b.txt"] and (tmp_path / "b.txt").read_text() == "b"
+  )
 
 
 def test_write_like_refuses_to_publish_a_short_file(tmp_path, monkeypatch):
@@ -168,7 +219,7 @@ def test_write_like_refuses_to_publish_a_short_file(tmp_path, monkeypatch):
   def short(img, path, *a):  # a full disk: SimpleITK stops early without an error
     real(img, path, *a)
     data = open(path, "rb").read()
-    open(path, "wb").write(data[:len(data) // 2])
+    open(path, "wb").write(data[: len(data) // 2])
 
   monkeypatch.setattr(sitk, "WriteImage", short)
   with pytest.raises(OSError, match="incomplete"):
@@ -177,26 +228,30 @@ def test_write_like_refuses_to_publish_a_short_file(tmp_path, monkeypatch):
 
 
 def test_overlay_and_outputs_are_world_readable(tmp_path):
-  path = plots.overlay_png(np.zeros((4, 8, 8), np.float32), np.zeros((4, 8, 8), np.int32), str(tmp_path / "o.png"),
-                           (1.0, 1.0, 1.0))
+  path = plots.overlay_png(
+    np.zeros((4, 8, 8), np.float32),
+    np.zeros((4, 8, 8), np.int32),
+    str(tmp_path / "o.png"),
+    (1.0, 1.0, 1.0),
+  )
   assert os.stat(path).st_mode & 0o777 == 0o644
 
 
 def test_claim_dir(tmp_path):
   out = tmp_path / "new"
-  with pytest.raises(RuntimeError):
-    with atomic.claim_dir(out):
-      assert out.is_dir()
-      raise RuntimeError("computation failed")
+  with pytest.raises(RuntimeError), atomic.claim_dir(out):
+    assert out.is_dir()
+    raise RuntimeError("computation failed")
   assert not out.exists()  # created for the run, removed with it
-  with atomic.claim_dir(out):
-    with pytest.raises(atomic.OutputDirError, match="in use by another"):
-      with atomic.claim_dir(out):
-        pass
+  with (
+    atomic.claim_dir(out),
+    pytest.raises(atomic.OutputDirError, match="in use by another"),
+    atomic.claim_dir(out),
+  ):
+    pass
   (tmp_path / "file").write_text("x")
-  with pytest.raises(atomic.OutputDirError, match="is a file"):
-    with atomic.claim_dir(tmp_path / "file"):
-      pass
+  with pytest.raises(atomic.OutputDirError, match="is a file"), atomic.claim_dir(tmp_path / "file"):
+    pass
 
 
 def test_split_boxes_planning_is_bounded():
@@ -218,5 +273,8 @@ def test_metrics_jsonl_truncated_to_restored_step(tmp_path):
     f.write('{"step": 50, "lo')  # a line cut short by a kill
   with writers.MetricWriter(str(tmp_path), keep=lambda r: r["step"] <= 20) as w:
     w.write(30, {"loss": 3.5})
-  steps = [json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()]
+  steps = [
+    json.loads(l)["step"]
+    for l in (tmp_path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
+  ]
   assert steps == [10, 20, 30]

@@ -29,9 +29,9 @@ def test_gates_pass_and_fail_on_their_thresholds():
 def test_gap_share_hand_computed_and_undefined_when_the_oracle_is_no_better():
   assert gates.gap_share(0.5, 0.2, 0.8) == pytest.approx(0.5)
   assert gates.gap_share(0.1, 0.2, 0.8) == pytest.approx(-1 / 6)
-  assert math.isnan(gates.gap_share(0.5, 0.2, 0.2))    # oracle = source
-  assert math.isnan(gates.gap_share(0.5, 0.2, 0.24))   # gap below 0.05
-  assert math.isnan(gates.gap_share(0.5, 0.3, 0.2))    # oracle worse
+  assert math.isnan(gates.gap_share(0.5, 0.2, 0.2))  # oracle = source
+  assert math.isnan(gates.gap_share(0.5, 0.2, 0.24))  # gap below 0.05
+  assert math.isnan(gates.gap_share(0.5, 0.3, 0.2))  # oracle worse
   assert math.isnan(gates.gap_share(math.nan, 0.2, 0.8))
 
 
@@ -44,7 +44,9 @@ def test_bootstrap_gap_share_point_interval_and_groups():
   # Identical per-scan differences: every resample gives exactly 0.5.
   assert r.high - r.low == pytest.approx(0.0, abs=1e-9)
   # NaN scans (no reference calcium) are skipped as in the table's means.
-  r2 = gates.bootstrap_gap_share([a + [math.nan]], [s + [math.nan]], [o + [math.nan]], n_resamples=200)
+  r2 = gates.bootstrap_gap_share(
+    [a + [math.nan]], [s + [math.nan]], [o + [math.nan]], n_resamples=200
+  )
   assert r2.share == pytest.approx(0.5)
   # Two seeds: the mean of the per-seed shares (0.5 and 0.0).
   r3 = gates.bootstrap_gap_share([a, s], [s, s], [o, o], n_resamples=200)

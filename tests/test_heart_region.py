@@ -5,12 +5,14 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cac_jax import heart_region, volume_io, phantoms, pipeline, postprocess
+from cac_jax import heart_region, phantoms, pipeline, postprocess, volume_io
 from cac_jax.labels import CORONARY_CLASSES
 from cac_jax.scan import Scan
 
 
-@pytest.mark.parametrize("domain,seed", [("chest_ncct", 1000), ("cardiac_ncct", 1011), ("ccta", 1000)])
+@pytest.mark.parametrize(
+  "domain,seed", [("chest_ncct", 1000), ("cardiac_ncct", 1011), ("ccta", 1000)]
+)
 def test_region_holds_the_coronary_calcium_and_is_heart_sized(tiny_config, domain, seed):
   # cardiac_ncct 1011: a field of view that cuts the spine off (the sternum must not be taken for it).
   case = phantoms.generate_case(domain, seed, tiny_config)
@@ -30,7 +32,11 @@ def test_abdominal_crop_has_no_heart_and_no_coronary_score(tiny_config, tiny_par
   assert not found.found and not found.mask.any() and "no heart" in found.notes[0]
   res = pipeline.score_scan(crop, tiny_params, tiny_config, domain="ncct", auto_heart=True)
   assert res.report["coronary_score"] is False and not res.classes.any()
-  assert res.report["heart_region"] == {"source": "auto", "found": False, "volume_ml": pytest.approx(found.volume_ml, abs=0.1)}
+  assert res.report["heart_region"] == {
+    "source": "auto",
+    "found": False,
+    "volume_ml": pytest.approx(found.volume_ml, abs=0.1),
+  }
   assert res.report["settings"]["heart_filter"] is False
   assert any("no heart found" in w for w in res.report["warnings"])
 

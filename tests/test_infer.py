@@ -34,8 +34,15 @@ def _patchwise_logits(config, params, hu, coords):
   padded = np.pad(vol, r, constant_values=infer.pad_value(config))
   views = []
   for z, y, x in coords:  # padded index of voxel v is v + r
-    views.append(np.stack([padded[z + r, y:y + p, x:x + p], padded[z:z + p, y + r, x:x + p],
-                           padded[z:z + p, y:y + p, x + r]]))
+    views.append(
+      np.stack(
+        [
+          padded[z + r, y : y + p, x : x + p],
+          padded[z : z + p, y + r, x : x + p],
+          padded[z : z + p, y : y + p, x + r],
+        ]
+      )
+    )
   views = np.stack(views, axis=1)[..., None]  # (3, K, P, P, 1)
   g, c, _, _ = models.build(config)
   feats = g.apply({"params": params["generator"]}, jnp.asarray(views))
@@ -168,10 +175,21 @@ def test_multi_device_equals_single_device():
       assert four.stats["tower_calls"] < one.stats["tower_calls"]  # batches of 4 slices
       print("OK")
   """)
-  env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu",
-             PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  res = subprocess.run([sys.executable, "-c", script], env=env, cwd=REPO, capture_output=True, text=True, encoding="utf-8",
-                       timeout=600)
+  env = dict(
+    os.environ,
+    XLA_FLAGS="--xla_force_host_platform_device_count=4",
+    JAX_PLATFORMS="cpu",
+    PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""),
+  )
+  res = subprocess.run(
+    [sys.executable, "-c", script],
+    env=env,
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    encoding="utf-8",
+    timeout=600,
+  )
   assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-3000:]
 
 

@@ -1,6 +1,5 @@
 """Tests for cac_jax.manifest: validation that reports every bad row, and case loading."""
 
-import os
 import shutil
 
 import numpy as np
@@ -13,8 +12,13 @@ from configs import paper
 HEADER = "id,image,label,heart_mask,aorta_mask,domain,split\n"
 
 
-def _write(array, path, spacing=(0.7, 0.7, 1.0), origin=(0.0, 0.0, 0.0),
-           direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)):
+def _write(
+  array,
+  path,
+  spacing=(0.7, 0.7, 1.0),
+  origin=(0.0, 0.0, 0.0),
+  direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
+):
   path.parent.mkdir(parents=True, exist_ok=True)
   img = sitk.GetImageFromArray(array)
   img.SetSpacing(spacing)
@@ -37,7 +41,7 @@ def _dataset(root, n=2):
     a = _ct()
     _write(a, root / "images" / f"case{i}.nii.gz")
     heart = np.zeros((12, 30, 30), np.uint8)  # larger grid, shifted by (-2, -5, -5) voxels
-    heart[2 + 2:2 + 6, 5 + 6:5 + 14, 5 + 6:5 + 14] = 1
+    heart[2 + 2 : 2 + 6, 5 + 6 : 5 + 14, 5 + 6 : 5 + 14] = 1
     _write(heart, root / "heart" / f"case{i}.nii.gz", origin=(-3.5, -3.5, -2.0))
     label = ""
     if i == 0:
@@ -64,14 +68,19 @@ def test_read_manifest_reports_every_bad_row(tmp_path):
   _dataset(tmp_path)
   # A label map on a different grid than its image.
   _write(np.zeros((8, 20, 20), np.uint8), tmp_path / "labels" / "shifted.nii.gz", origin=(5, 0, 0))
-  (tmp_path / "bad.csv").write_text(HEADER + "".join([
-      "case0,images/case0.nii.gz,labels/case0.nii.gz,heart/case0.nii.gz,,ncct,train\n",
-      "case0,images/case1.nii.gz,,,,ccta,train\n",                      # duplicate id
-      "case2,images/missing.nii.gz,,,,ccta,train\n",                    # missing image
-      "case3,images/case1.nii.gz,,,,mri,train\n",                       # unknown domain
-      "case4,images/case1.nii.gz,labels/shifted.nii.gz,,,ncct,train\n", # grid mismatch
-      "case5,images/case1.nii.gz,,heart/nope.nii.gz,,ccta,val\n",       # missing mask
-  ]))
+  (tmp_path / "bad.csv").write_text(
+    HEADER
+    + "".join(
+      [
+        "case0,images/case0.nii.gz,labels/case0.nii.gz,heart/case0.nii.gz,,ncct,train\n",
+        "case0,images/case1.nii.gz,,,,ccta,train\n",  # duplicate id
+        "case2,images/missing.nii.gz,,,,ccta,train\n",  # missing image
+        "case3,images/case1.nii.gz,,,,mri,train\n",  # unknown domain
+        "case4,images/case1.nii.gz,labels/shifted.nii.gz,,,ncct,train\n",  # grid mismatch
+        "case5,images/case1.nii.gz,,heart/nope.nii.gz,,ccta,val\n",  # missing mask
+      ]
+    )
+  )
   with pytest.raises(manifest.ManifestError) as info:
     manifest.read_manifest(tmp_path / "bad.csv")
   errors = info.value.errors
@@ -86,8 +95,11 @@ def test_read_manifest_reports_every_bad_row(tmp_path):
 
 def test_read_manifest_missing_columns(tmp_path):
   (tmp_path / "m.csv").write_text("id,image,domain\nx,y.nii.gz,ncct\n")
-  with pytest.raises(manifest.ManifestError, match=r"missing column\(s\) \['label', 'heart_mask', "
-                     r"'aorta_mask', 'split'\]"):
+  with pytest.raises(
+    manifest.ManifestError,
+    match=r"missing column\(s\) \['label', 'heart_mask', "
+    r"'aorta_mask', 'split'\]",
+  ):
     manifest.read_manifest(tmp_path / "m.csv")
   with pytest.raises(FileNotFoundError):
     manifest.read_manifest(tmp_path / "none.csv")
@@ -97,8 +109,12 @@ def test_label_in_other_orientation_same_grid_is_accepted(tmp_path):
   csv = _dataset(tmp_path, n=1)
   lab = np.zeros((8, 20, 20), np.uint8)
   # Same voxel centres as the image, stored flipped in x and y (RAS): the grid matches.
-  _write(lab[:, ::-1, ::-1].copy(), tmp_path / "labels" / "case0.nii.gz",
-         origin=(19 * 0.7, 19 * 0.7, 0.0), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+  _write(
+    lab[:, ::-1, ::-1].copy(),
+    tmp_path / "labels" / "case0.nii.gz",
+    origin=(19 * 0.7, 19 * 0.7, 0.0),
+    direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1),
+  )
   assert len(manifest.read_manifest(csv)) == 1
 
 

@@ -72,7 +72,13 @@ def test_artery_mixup_connectivity_and_total():
   assert t.f1 == pytest.approx(2 / 3)
   # lesions A, A2, A3, B, C; found all but A3; pred lesions 6, of which 2 touch nothing.
   # lesion sens 4/5; lesion F1 = 8 / (8 + 2 + 1) = 8/11.
-  assert (t.ref_lesions, t.found_lesions, t.missed_lesions, t.pred_lesions, t.fp_lesions) == (5, 4, 1, 6, 2)
+  assert (t.ref_lesions, t.found_lesions, t.missed_lesions, t.pred_lesions, t.fp_lesions) == (
+    5,
+    4,
+    1,
+    6,
+    2,
+  )
   assert t.lesion_sensitivity == pytest.approx(4 / 5)
   assert t.lesion_f1 == pytest.approx(8 / 11)
 
@@ -134,8 +140,11 @@ def test_aggregate_mean_sd_and_pooled():
   empty = np.zeros_like(ref)
   fp_only = np.zeros_like(ref)
   fp_only[0, 1, 1:3] = LAD
-  scans = [metrics.scan_metrics(ref, pred, SPACING), metrics.scan_metrics(empty, empty, SPACING),
-           metrics.scan_metrics(empty, fp_only, SPACING)]
+  scans = [
+    metrics.scan_metrics(ref, pred, SPACING),
+    metrics.scan_metrics(empty, empty, SPACING),
+    metrics.scan_metrics(empty, fp_only, SPACING),
+  ]
   agg = metrics.aggregate(scans)["total"]
   assert agg.n_scans == 3 and agg.n_with_reference == 1
   # sensitivity defined only in scan 1: mean 2/3, SD undefined (n = 1).
@@ -186,8 +195,9 @@ def test_bland_altman_exact_regression():
   half = 3.92 * math.sqrt(math.pi / 2)
   lo, hi = ba.limits(4.0)
   assert lo == pytest.approx(-0.25 - half) and hi == pytest.approx(-0.25 + half)
-  np.testing.assert_allclose(ba.upper(np.array([0.0, 16.0])),
-                             -0.25 + 1.96 * math.sqrt(math.pi / 2) * np.array([1.0, 3.0]))
+  np.testing.assert_allclose(
+    ba.upper(np.array([0.0, 16.0])), -0.25 + 1.96 * math.sqrt(math.pi / 2) * np.array([1.0, 3.0])
+  )
   with pytest.raises(ValueError, match="at least 3"):
     metrics.bland_altman([1, 2], [1, 2])
   # all means equal: slope undefined -> a = 0, b = mean |d| = (1 + 1 + 1) / 3.
@@ -228,7 +238,9 @@ def test_agatston_kappa_five_categories():
 
 
 def test_bland_altman_formula_text():
-  ba = metrics.bland_altman([0.25, 5.0, 7.75, 17.5], [1.75, 3.0, 10.25, 14.5], min_heteroskedastic_n=3)
+  ba = metrics.bland_altman(
+    [0.25, 5.0, 7.75, 17.5], [1.75, 3.0, 10.25, 14.5], min_heteroskedastic_n=3
+  )
   assert ba.formula() == "-0.25 ± 1.96·√(π/2)·(1 + 0.5·√m)"
   neg = metrics.BlandAltman(bias=0.0, a=-2.0, b=5.0, mean=np.zeros(3), diff=np.zeros(3))
   assert neg.formula() == "0 ± 1.96·√(π/2)·(5 - 2·√m)"

@@ -10,7 +10,9 @@ from cac_jax.train import state as state_lib
 from configs import paper, tiny
 
 
-@pytest.mark.parametrize("get_config, rf, patch", [(paper.get_config, 131, 155), (tiny.get_config, 17, 41)])
+@pytest.mark.parametrize(
+  "get_config, rf, patch", [(paper.get_config, 131, 155), (tiny.get_config, 17, 41)]
+)
 def test_receptive_field_and_patch_size(get_config, rf, patch):
   c = get_config()
   assert models.receptive_field(c.model.dilations) == rf
@@ -30,7 +32,9 @@ def test_shapes(get_config):
   assert feats.shape == (b, o, o, 3 * c.model.tower_features)
   heads = jax.eval_shape(lambda pr, f: h.apply({"params": pr}, f), params["heads"], feats)
   assert heads.shape == (3, b, o, o, c.model.num_classes)
-  logits = jax.eval_shape(lambda pr, f: models.centre_logits(cl, pr, f), params["classifier"], feats)
+  logits = jax.eval_shape(
+    lambda pr, f: models.centre_logits(cl, pr, f), params["classifier"], feats
+  )
   assert logits.shape == (b, c.model.num_classes)
   scores = jax.eval_shape(lambda pr, f: d.apply({"params": pr}, f), params["critic"], feats)
   assert scores.shape == (b,)
@@ -95,7 +99,11 @@ def _critic_and_feats(norm, seed=0):
   params = d.init(jax.random.PRNGKey(1), feats)["params"]
   # Non-trivial norm scales/biases (init is 1 / 0), within the clip range.
   params = jax.tree_util.tree_map_with_path(
-      lambda p, x: x * 0.07 + 0.03 if p[-1].key in ("scale", "bias") and p[0].key.startswith("norm") else x, params)
+    lambda p, x: (
+      x * 0.07 + 0.03 if p[-1].key in ("scale", "bias") and p[0].key.startswith("norm") else x
+    ),
+    params,
+  )
   return d, params, feats, f
 
 

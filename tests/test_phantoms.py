@@ -5,8 +5,8 @@ import os
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
 from scipy import ndimage
+import SimpleITK as sitk
 
 from cac_jax import labels as L
 from cac_jax import phantoms
@@ -66,7 +66,9 @@ def test_lumen_above_130_only_in_ccta(sims, domain):
     frac = (np.concatenate([lumen, aorta]) >= 130).mean()
     if domain == "ccta":
       assert frac > 0.9, frac
-      assert (lumen >= 130).mean() > 0.8  # thin distal lumen (20-40 % fall-off) and its partial-volume edge
+      assert (
+        lumen >= 130
+      ).mean() > 0.8  # thin distal lumen (20-40 % fall-off) and its partial-volume edge
     else:
       assert frac < 0.05, frac
 
@@ -189,14 +191,14 @@ def test_coronary_labels_by_territory(config):
   seen = {}
   for seed in range(40):
     p = anatomy.sample_patient(np.random.default_rng(seed))
-    c, a1 = p.heart.centre, p.heart.frame[:, 0]
+    c = p.heart.centre
     for name, cls in (("lad", L.LAD), ("lcx", L.LCX), ("rca", L.RCA)):
       mid = p.coronaries[name].at(0.5)[0] - c
       seen.setdefault(cls, []).append(mid)
   lad, lcx, rca = (np.mean(seen[k], axis=0) for k in (L.LAD, L.LCX, L.RCA))
-  assert lad[1] < -20      # anterior
+  assert lad[1] < -20  # anterior
   assert lcx[0] > 5 and lcx[1] > 10  # left-posterior (left AV groove)
-  assert rca[0] < -20      # right
+  assert rca[0] < -20  # right
   assert np.linalg.norm(lad - lcx) > 30 and np.linalg.norm(lad - rca) > 30
 
 
@@ -208,7 +210,15 @@ def test_write_dataset_layout(tmp_path, config):
   with open(path, newline="") as f:
     rows = list(csv.DictReader(f))
   assert [r["id"] for r in rows] == ["cardiac_ncct_000003", "ccta_000003"]
-  assert list(rows[0].keys()) == ["id", "image", "label", "heart_mask", "aorta_mask", "domain", "split"]
+  assert list(rows[0].keys()) == [
+    "id",
+    "image",
+    "label",
+    "heart_mask",
+    "aorta_mask",
+    "domain",
+    "split",
+  ]
   assert [(r["domain"], r["split"]) for r in rows] == [("ncct", "train"), ("ccta", "test")]
   case = phantoms.generate_case("ccta", 3, config)
   row = rows[1]
@@ -241,12 +251,18 @@ CCTA_FP_SEEDS = (30001, 30007, 30008, 30012, 30013, 30014)
 def _noncalcium_candidates(sim, config):
   """{category: mm^3}: svc_ra (venous contrast), lumen (other components > 2 voxels), specks, bone."""
   from cac_jax import postprocess
+
   case, T = sim.case, anatomy.TISSUE
   sp, vv = case.scan.spacing, case.scan.voxel_volume_mm3
   region = postprocess.heart_region(case.heart_mask, sp, config.scoring.heart_dilation_mm)
   core = sim.tissue == T["calcium"]
   near_ca = ndimage.distance_transform_edt(~core, sampling=sp) <= 2.0 if core.any() else core
-  cand = (case.scan.hu >= case.scan.meta["calcium_threshold_hu"]) & region & (case.labels == 0) & ~near_ca
+  cand = (
+    (case.scan.hu >= case.scan.meta["calcium_threshold_hu"])
+    & region
+    & (case.labels == 0)
+    & ~near_ca
+  )
   comp, _ = ndimage.label(cand, np.ones((3, 3, 3), bool))
   bone = [T["cortical_bone"], T["trabecular_bone"], T["cartilage"]]
   venous = [T["venous_contrast"], T["blood_right"]]
@@ -284,7 +300,9 @@ def test_ccta_noncalcium_candidates(config):
     half = np.asarray(config.scoring.roi_size_mm)[::-1] / 2.0
     grid = Grid(case.scan.origin, case.scan.spacing, case.scan.shape)
     bb = grid.bbox(c - half, c + half)
-    assert np.all(sim.tissue[bb] == anatomy.TISSUE["aorta_lumen"]), "aorta ROI left the aortic lumen"
+    assert np.all(sim.tissue[bb] == anatomy.TISSUE["aorta_lumen"]), (
+      "aorta ROI left the aortic lumen"
+    )
     cats, sizes = _noncalcium_candidates(sim, config)
     n_blobs += int(((sizes >= 1) & (sizes <= 500)).sum())
     per.append(cats)
@@ -292,23 +310,29 @@ def test_ccta_noncalcium_candidates(config):
       assert np.any(venous & (case.scan.hu >= meta["calcium_threshold_hu"])), (seed, cats)
   svc = np.mean([p["svc_ra"] for p in per])
   lumen = np.mean([p["lumen"] for p in per])
-  print("non-calcium candidates mm^3/scan:", {k: round(float(np.mean([p[k] for p in per])), 1) for k in per[0]})
+  print(
+    "non-calcium candidates mm^3/scan:",
+    {k: round(float(np.mean([p[k] for p in per])), 1) for k in per[0]},
+  )
   assert n_blobs >= 3 * len(CCTA_FP_SEEDS)
   assert SVC_RA_MM3 * 0.85 <= svc <= SVC_RA_MM3 * 1.15, svc
   assert LUMEN_MM3 * 0.85 <= lumen <= LUMEN_MM3 * 1.15, lumen
 
 
-SVC_RA_MM3 = 216.5   # measured; +-15 % allowed
-LUMEN_MM3 = 96.5   # lumen falling along the artery, no brighter segments (issue 13; was 301.5 with
-                   # 1-3 segments per artery at +15..45 %, 124.5 with 0-2 at +5..25 %)
+SVC_RA_MM3 = 216.5  # measured; +-15 % allowed
+LUMEN_MM3 = 96.5  # lumen falling along the artery, no brighter segments (issue 13; was 301.5 with
+# 1-3 segments per artery at +15..45 %, 124.5 with 0-2 at +5..25 %)
 
 
 def test_ncct_unchanged_by_ccta_contrast(config):
   """NCCT phantoms carry no contrast features; pinned figures (chest NCCT re-pinned when its
   noise became 20-40 HU, issue 13)."""
   from cac_jax import postprocess
-  pinned = {"chest_ncct": ((141, 246, 245), -3787869046.278495, 812, 101),
-            "cardiac_ncct": ((89, 185, 188), -1225850213.6393712, 2, 158)}
+
+  pinned = {
+    "chest_ncct": ((141, 246, 245), -3787869046.278495, 812, 101),
+    "cardiac_ncct": ((89, 185, 188), -1225850213.6393712, 2, 158),
+  }
   for domain, (shape, hu_sum, n_bright, n_lab) in pinned.items():
     sim = generate.simulate(domain, 0, config, track_tissue=True)
     case = sim.case

@@ -5,13 +5,12 @@ import json
 import os
 import subprocess
 import sys
-import warnings
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cac_jax import checkpoints, volume_io, labels, phantoms, pipeline, postprocess
+from cac_jax import checkpoints, labels, phantoms, pipeline, postprocess, volume_io
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -38,8 +37,15 @@ def ccta_case(config):
 
 def test_score_scan_ccta_detects_only_candidates(ccta_case, params, config):
   c = ccta_case
-  res = pipeline.score_scan(c.scan, params, config, domain="ccta", heart_mask=c.heart_mask, aorta_mask=c.aorta_mask,
-                            fp_settings=postprocess.FPReductionSettings(False, False, False))
+  res = pipeline.score_scan(
+    c.scan,
+    params,
+    config,
+    domain="ccta",
+    heart_mask=c.heart_mask,
+    aorta_mask=c.aorta_mask,
+    fp_settings=postprocess.FPReductionSettings(False, False, False),
+  )
   thr = res.report["threshold"]["threshold_hu"]
   # The ROI comes from the eroded aorta mask: its mean is the iodine lumen, not wall calcium.
   assert 200 < res.report["threshold"]["mean_hu"] < 700 and thr > res.report["threshold"]["mean_hu"]
@@ -53,8 +59,15 @@ def test_score_scan_ccta_detects_only_candidates(ccta_case, params, config):
   # the filter would keep), and nothing outside it is detected.
   region = postprocess.heart_region(c.heart_mask, c.scan.spacing, config.scoring.heart_dilation_mm)
   assert ((c.scan.hu >= thr) & ~region).any()  # the restriction is not vacuous
-  res_h = pipeline.score_scan(c.scan, params, config, domain="ccta", heart_mask=c.heart_mask, aorta_mask=c.aorta_mask,
-                              fp_settings=postprocess.FPReductionSettings(False, False, True))
+  res_h = pipeline.score_scan(
+    c.scan,
+    params,
+    config,
+    domain="ccta",
+    heart_mask=c.heart_mask,
+    aorta_mask=c.aorta_mask,
+    fp_settings=postprocess.FPReductionSettings(False, False, True),
+  )
   assert res_h.report["num_candidates"] == int(((c.scan.hu >= thr) & region).sum())
   assert not np.any((res_h.raw_classes > 0) & ~region)
   inside = region & (c.scan.hu >= thr)
@@ -64,11 +77,14 @@ def test_score_scan_ccta_detects_only_candidates(ccta_case, params, config):
 
 def test_fp_reduction_only_removes_or_grows_within_threshold(ccta_case, params, config):
   c = ccta_case
-  res = pipeline.score_scan(c.scan, params, config, domain="ccta", heart_mask=c.heart_mask, aorta_mask=c.aorta_mask)
+  res = pipeline.score_scan(
+    c.scan, params, config, domain="ccta", heart_mask=c.heart_mask, aorta_mask=c.aorta_mask
+  )
   thr = res.report["threshold"]["threshold_hu"]
   assert np.all(c.scan.hu[res.classes > 0] >= thr)
   # Size limits: no surviving lesion is larger than 500 mm^3.
   from scipy import ndimage
+
   lab, n = ndimage.label(res.classes > 0, structure=postprocess.CONNECTIVITY_6)
   if n:
     vols = np.bincount(lab.ravel())[1:] * c.scan.voxel_volume_mm3
@@ -77,8 +93,14 @@ def test_fp_reduction_only_removes_or_grows_within_threshold(ccta_case, params, 
 
 def test_empty_cases_give_zero_results_with_warnings(ccta_case, params, config):
   c = ccta_case
-  res = pipeline.score_scan(c.scan, params, config, domain="ccta", heart_mask=np.zeros_like(c.heart_mask),
-                            aorta_mask=c.aorta_mask)
+  res = pipeline.score_scan(
+    c.scan,
+    params,
+    config,
+    domain="ccta",
+    heart_mask=np.zeros_like(c.heart_mask),
+    aorta_mask=c.aorta_mask,
+  )
   assert not res.classes.any() and any("heart" in w for w in res.report["warnings"])
   flat = c.scan.with_array(np.full(c.scan.shape, 40.0, np.float32))
   res = pipeline.score_scan(flat, params, config, domain="ncct", heart_mask=c.heart_mask)
@@ -94,7 +116,10 @@ def test_working_spacing_resampling_returns_native_grid(params, config):
   img = sitk.GetImageFromArray(case.scan.hu)
   img.SetSpacing(tuple(float(s) for s in case.scan.spacing[::-1]))
   from cac_jax import preprocess
-  fine = preprocess.resample(case.scan, (case.scan.spacing[0], case.scan.spacing[1] / 2, case.scan.spacing[2] / 2))
+
+  fine = preprocess.resample(
+    case.scan, (case.scan.spacing[0], case.scan.spacing[1] / 2, case.scan.spacing[2] / 2)
+  )
   heart = preprocess.resample_labels(case.heart_mask.astype(np.uint8), case.scan, fine) > 0
   res = pipeline.score_scan(fine, params, config, domain="ncct", heart_mask=heart)
   assert res.classes.shape == fine.shape
@@ -104,20 +129,41 @@ def test_working_spacing_resampling_returns_native_grid(params, config):
 def _write_case(tmp_path, config):
   manifest = phantoms.write_dataset(str(tmp_path / "data"), "ccta", 2, 7, config, split="test")
   from cac_jax import manifest as manifest_lib
+
   return manifest, manifest_lib.read_manifest(manifest)
 
 
 def _run(args):
-  return subprocess.run([sys.executable, "-m", "launch.score", *args], cwd=ROOT, capture_output=True, text=True, encoding="utf-8",
-                        timeout=600)
+  return subprocess.run(
+    [sys.executable, "-m", "launch.score", *args],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    encoding="utf-8",
+    timeout=600,
+  )
 
 
 def test_score_cli_single_and_manifest(tmp_path, export_dir, config):
   manifest, rows = _write_case(tmp_path, config)
   row = rows[0]
   out = tmp_path / "out"
-  r = _run(["--image", row.image, "--heart_mask", row.heart_mask, "--aorta_mask", row.aorta_mask,
-            "--checkpoint", export_dir, "--output_dir", str(out), "--domain", "auto"])
+  r = _run(
+    [
+      "--image",
+      row.image,
+      "--heart_mask",
+      row.heart_mask,
+      "--aorta_mask",
+      row.aorta_mask,
+      "--checkpoint",
+      export_dir,
+      "--output_dir",
+      str(out),
+      "--domain",
+      "auto",
+    ]
+  )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "domain ccta" in r.stdout
   for f in pipeline.OUTPUT_FILES:
@@ -128,7 +174,9 @@ def test_score_cli_single_and_manifest(tmp_path, export_dir, config):
   # Labels overlay the input exactly: same geometry, reference encoding only.
   src, lab = sitk.ReadImage(row.image), sitk.ReadImage(str(out / "calcium_labels.nii.gz"))
   assert lab.GetSize() == src.GetSize() and np.allclose(lab.GetOrigin(), src.GetOrigin())
-  assert np.allclose(lab.GetDirection(), src.GetDirection()) and np.allclose(lab.GetSpacing(), src.GetSpacing())
+  assert np.allclose(lab.GetDirection(), src.GetDirection()) and np.allclose(
+    lab.GetSpacing(), src.GetSpacing()
+  )
   assert set(np.unique(sitk.GetArrayFromImage(lab))) <= set(labels.CLASS_TO_REFERENCE)
   # Refuses to overwrite; nothing is changed.
   before = (out / "scores.json").read_bytes()
@@ -146,7 +194,16 @@ def test_score_cli_single_and_manifest(tmp_path, export_dir, config):
 
 
 def test_score_cli_bad_inputs(tmp_path, export_dir):
-  r = _run(["--image", str(tmp_path / "missing.nii.gz"), "--checkpoint", export_dir, "--output_dir", str(tmp_path / "o")])
+  r = _run(
+    [
+      "--image",
+      str(tmp_path / "missing.nii.gz"),
+      "--checkpoint",
+      export_dir,
+      "--output_dir",
+      str(tmp_path / "o"),
+    ]
+  )
   assert r.returncode != 0 and "missing.nii.gz" in r.stderr
   bad = tmp_path / "bad_ckpt"
   bad.mkdir()

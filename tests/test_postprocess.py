@@ -19,9 +19,9 @@ def _vol(shape=(5, 10, 10)):
 
 def test_growing_joins_connected_region():
   hu, det = _vol()
-  hu[2, 2, 2:7] = 300.0            # a 5-voxel bright bar
-  hu[2, 8, 8] = 300.0              # a separate bright voxel, not detected
-  det[2, 2, 3] = LAD               # one detected voxel in the bar
+  hu[2, 2, 2:7] = 300.0  # a 5-voxel bright bar
+  hu[2, 8, 8] = 300.0  # a separate bright voxel, not detected
+  det[2, 2, 3] = LAD  # one detected voxel in the bar
   out = pp.grow_lesions(det, hu, T)
   assert np.all(out[2, 2, 2:7] == LAD)
   assert out[2, 8, 8] == 0
@@ -36,12 +36,12 @@ def test_detections_below_threshold_are_dropped():
 
 def test_six_connectivity_diagonal_voxels_are_separate():
   hu, det = _vol()
-  hu[2, 2, 2] = hu[2, 3, 3] = hu[3, 4, 4] = 300.0   # only edge/corner neighbours
+  hu[2, 2, 2] = hu[2, 3, 3] = hu[3, 4, 4] = 300.0  # only edge/corner neighbours
   det[2, 2, 2] = LAD
   out = pp.grow_lesions(det, hu, T)
   assert out[2, 2, 2] == LAD and out[2, 3, 3] == 0 and out[3, 4, 4] == 0
   lab, n = pp.label_lesions((hu > T).astype(np.int32))
-  assert n == 3                                      # 26-connectivity would give 1
+  assert n == 3  # 26-connectivity would give 1
   # the same with a face neighbour joins
   hu[2, 2, 3] = 300.0
   hu[2, 3, 3] = 300.0
@@ -56,23 +56,23 @@ def test_majority_label_and_tie_to_lowest_class():
   det[2, 2, 1] = RCA
   det[2, 2, 2] = RCA
   out = pp.grow_lesions(det, hu, T)
-  assert np.all(out[2, 2, 0:6] == RCA)   # 2 RCA votes vs 1 LCX
-  det[2, 2, 3] = LCX                      # 2 vs 2 -> lowest class (LCX)
+  assert np.all(out[2, 2, 0:6] == RCA)  # 2 RCA votes vs 1 LCX
+  det[2, 2, 3] = LCX  # 2 vs 2 -> lowest class (LCX)
   out = pp.grow_lesions(det, hu, T)
   assert np.all(out[2, 2, 0:6] == LCX)
 
 
 def test_size_limits_with_anisotropic_spacing():
-  spacing = (3.0, 0.5, 0.5)              # 0.75 mm³ per voxel
+  spacing = (3.0, 0.5, 0.5)  # 0.75 mm³ per voxel
   cls = np.zeros((4, 20, 20), np.int32)
-  cls[1, 1, 1] = LAD                      # 0.75 mm³ < 1 -> dropped
-  cls[1, 5, 5:7] = LCX                    # 1.5 mm³ -> kept
-  cls[1, 10:20, 10:20] = AORTA            # 100 voxels = 75 mm³
+  cls[1, 1, 1] = LAD  # 0.75 mm³ < 1 -> dropped
+  cls[1, 5, 5:7] = LCX  # 1.5 mm³ -> kept
+  cls[1, 10:20, 10:20] = AORTA  # 100 voxels = 75 mm³
   out = pp.size_filter(cls, spacing, min_mm3=1.0, max_mm3=500.0)
   assert out[1, 1, 1] == 0
   assert np.all(out[1, 5, 5:7] == LCX)
   assert out[1, 10, 10] == AORTA
-  out = pp.size_filter(cls, spacing, min_mm3=1.0, max_mm3=74.0)   # 75 mm³ > 74 -> dropped
+  out = pp.size_filter(cls, spacing, min_mm3=1.0, max_mm3=74.0)  # 75 mm³ > 74 -> dropped
   assert out[1, 10, 10] == 0 and np.all(out[1, 5, 5:7] == LCX)
   out = pp.size_filter(cls, spacing, min_mm3=0.75, max_mm3=75.0)  # limits are inclusive
   assert out[1, 1, 1] == LAD and out[1, 10, 10] == AORTA
@@ -81,11 +81,11 @@ def test_size_limits_with_anisotropic_spacing():
 def test_heart_filter_dilation_9mm_kept_11mm_dropped():
   spacing = (1.0, 1.0, 1.0)
   heart = np.zeros((3, 5, 40), bool)
-  heart[:, :, :10] = True                 # last heart voxel at x = 9
+  heart[:, :, :10] = True  # last heart voxel at x = 9
   cls = np.zeros(heart.shape, np.int32)
-  cls[1, 2, 18] = LAD                     # 9 mm from the heart -> kept
+  cls[1, 2, 18] = LAD  # 9 mm from the heart -> kept
   cls[1, 2, 20] = 0
-  cls[1, 4, 20] = RCA                     # 11 mm -> dropped
+  cls[1, 4, 20] = RCA  # 11 mm -> dropped
   out = pp.heart_filter(cls, heart, spacing, dilation_mm=10.0)
   assert out[1, 2, 18] == LAD and out[1, 4, 20] == 0
 
@@ -95,8 +95,8 @@ def test_heart_filter_anisotropic_spacing():
   heart = np.zeros((10, 4, 4), bool)
   heart[0] = True
   cls = np.zeros(heart.shape, np.int32)
-  cls[3, 1, 1] = LAD                      # 3 slices x 3 mm = 9 mm -> kept
-  cls[4, 2, 2] = RCA                      # 12 mm -> dropped
+  cls[3, 1, 1] = LAD  # 3 slices x 3 mm = 9 mm -> kept
+  cls[4, 2, 2] = RCA  # 12 mm -> dropped
   out = pp.heart_filter(cls, heart, spacing, dilation_mm=10.0)
   assert out[3, 1, 1] == LAD and out[4, 2, 2] == 0
 
@@ -113,9 +113,9 @@ def test_reduce_false_positives_switches():
   hu, det = _vol((6, 30, 30))
   scan = Scan(hu, (1.0, 1.0, 1.0))
   hu[2, 2, 2:6] = 300.0
-  det[2, 2, 2] = LAD                      # grows to 4 voxels = 4 mm³
+  det[2, 2, 2] = LAD  # grows to 4 voxels = 4 mm³
   hu[2, 20, 20] = 300.0
-  det[2, 20, 20] = RCA                    # 1 voxel = 1 mm³, far from the heart
+  det[2, 20, 20] = RCA  # 1 voxel = 1 mm³, far from the heart
   heart = np.zeros(hu.shape, bool)
   heart[:, :8, :8] = True
   out = pp.reduce_false_positives(det, hu, T, scan, heart)
@@ -125,16 +125,18 @@ def test_reduce_false_positives_switches():
   assert out[2, 20, 20] == RCA
   s = pp.FPReductionSettings(region_growing=False, heart_filter=False, min_mm3=2.0)
   out = pp.reduce_false_positives(det, hu, T, scan, None, s)
-  assert not out.any()                    # both single-voxel detections < 2 mm³
+  assert not out.any()  # both single-voxel detections < 2 mm³
   s = pp.FPReductionSettings(region_growing=False, size_limits=False, heart_filter=False)
   out = pp.reduce_false_positives(det, hu, T, scan, None, s)
   assert out[2, 2, 2] == LAD and out[2, 2, 3] == 0
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    pp.reduce_false_positives(det, hu, T, scan, heart)   # mask given: no warning
+    pp.reduce_false_positives(det, hu, T, scan, heart)  # mask given: no warning
 
 
 def test_settings_from_config():
-  sc = ml_collections.ConfigDict(dict(min_lesion_mm3=2.0, max_lesion_mm3=300.0, heart_dilation_mm=5.0))
+  sc = ml_collections.ConfigDict(
+    dict(min_lesion_mm3=2.0, max_lesion_mm3=300.0, heart_dilation_mm=5.0)
+  )
   s = pp.FPReductionSettings.from_config(sc, heart_filter=False)
   assert (s.min_mm3, s.max_mm3, s.dilation_mm, s.heart_filter) == (2.0, 300.0, 5.0, False)

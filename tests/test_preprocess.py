@@ -9,8 +9,13 @@ from cac_jax.scan import Case, Scan
 from configs import paper
 
 
-def _scan(shape=(10, 24, 20), spacing=(2.0, 0.8, 0.7), origin=(-5.0, 10.0, 100.0),
-          direction=(1, 0, 0, 0, 1, 0, 0, 0, 1), seed=0):
+def _scan(
+  shape=(10, 24, 20),
+  spacing=(2.0, 0.8, 0.7),
+  origin=(-5.0, 10.0, 100.0),
+  direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
+  seed=0,
+):
   rng = np.random.default_rng(seed)
   hu = rng.normal(40, 100, shape).astype(np.float32)
   return Scan(hu=hu, spacing=spacing, origin=origin, direction=tuple(float(d) for d in direction))
@@ -30,8 +35,12 @@ def test_resample_shape_extent_origin(order):
 
 def test_resample_linear_reproduces_linear_field():
   z, y, x = np.meshgrid(np.arange(10), np.arange(24), np.arange(20), indexing="ij")
-  s = Scan(hu=(3 * z * 2.0 + 2 * y * 0.8 - x * 0.7).astype(np.float32), spacing=(2.0, 0.8, 0.7),
-           origin=(1.0, 2.0, 3.0), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+  s = Scan(
+    hu=(3 * z * 2.0 + 2 * y * 0.8 - x * 0.7).astype(np.float32),
+    spacing=(2.0, 0.8, 0.7),
+    origin=(1.0, 2.0, 3.0),
+    direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1),
+  )
   r = preprocess.resample(s, (1.0, 0.5, 0.5), order=1)
   zz, yy, xx = np.meshgrid(*(np.arange(n) * sp for n, sp in zip(r.shape, r.spacing)), indexing="ij")
   expect = 3 * zz + 2 * yy - xx
@@ -82,7 +91,8 @@ def test_resample_case():
   assert vol_out == pytest.approx(vol_in)
   assert out.heart_mask.dtype == np.bool_
   assert out.heart_mask.sum() * out.scan.voxel_volume_mm3 == pytest.approx(
-      heart.sum() * s.voxel_volume_mm3)
+    heart.sum() * s.voxel_volume_mm3
+  )
 
 
 def test_thick_slices_ramp():
@@ -99,18 +109,29 @@ def test_thick_slices_ramp():
   # The origin is the first window's centre (1 mm below voxel 0 along +z).
   assert t.origin == pytest.approx((0.0, 0.0, 11.0))
   # Window centre physical z equals the averaged value everywhere.
-  np.testing.assert_allclose(t.index_to_physical(np.array([[k, 0, 0] for k in range(12)]))[:, 2] - 10,
-                             t.hu[:, 0, 0], atol=1e-5)
+  np.testing.assert_allclose(
+    t.index_to_physical(np.array([[k, 0, 0] for k in range(12)]))[:, 2] - 10,
+    t.hu[:, 0, 0],
+    atol=1e-5,
+  )
 
 
 def test_thick_slices_uniform_and_flipped_direction():
-  s = Scan(hu=np.full((9, 2, 2), 77.0, np.float32), spacing=(0.6, 1.0, 1.0),
-           origin=(0.0, 0.0, 0.0), direction=(1, 0, 0, 0, 1, 0, 0, 0, -1))
+  s = Scan(
+    hu=np.full((9, 2, 2), 77.0, np.float32),
+    spacing=(0.6, 1.0, 1.0),
+    origin=(0.0, 0.0, 0.0),
+    direction=(1, 0, 0, 0, 1, 0, 0, 0, -1),
+  )
   t = preprocess.thick_slices(s)
   np.testing.assert_allclose(t.hu, 77.0)
   assert t.origin[2] == pytest.approx(-(3.0 / 2 - 0.3))  # moved along -z (the scan's z axis)
-  short = preprocess.thick_slices(Scan(hu=np.arange(2, dtype=np.float32).reshape(2, 1, 1) * np.ones((2, 2, 2), np.float32),
-                                       spacing=(1.0, 1.0, 1.0)))
+  short = preprocess.thick_slices(
+    Scan(
+      hu=np.arange(2, dtype=np.float32).reshape(2, 1, 1) * np.ones((2, 2, 2), np.float32),
+      spacing=(1.0, 1.0, 1.0),
+    )
+  )
   assert short.shape[0] == 1 and short.hu[0, 0, 0] == pytest.approx(0.5)
 
 

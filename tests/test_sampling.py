@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cac_jax import models
-from cac_jax import sampling
+from cac_jax import models, sampling
 from cac_jax.scan import Case, Scan
 from configs import paper, tiny
 
@@ -75,7 +74,7 @@ def test_extract_views_padding_far_outside():
   assert np.all(got[0, h:, :h] == -1.0)
   assert got[0, h, h] == vol[0, 0, 0]
   # rows beyond the last slice (z) are padding in coronal/sagittal
-  assert np.all(got[1, h + vol.shape[0]:, :] == -1.0)
+  assert np.all(got[1, h + vol.shape[0] :, :] == -1.0)
 
 
 def test_extract_view_labels_contract():
@@ -90,8 +89,17 @@ def test_extract_view_labels_contract():
     assert np.all(got[:, b, o // 2, o // 2] == lab[tuple(c)])
 
 
-def _make_case(case_id, shape=(16, 40, 40), seed=0, domain="ncct", labelled=True, bright=True,
-               heart=True, calcium=True, meta=None):
+def _make_case(
+  case_id,
+  shape=(16, 40, 40),
+  seed=0,
+  domain="ncct",
+  labelled=True,
+  bright=True,
+  heart=True,
+  calcium=True,
+  meta=None,
+):
   rng = np.random.default_rng(seed)
   hu = rng.normal(40.0, 20.0, size=shape).astype(np.float32)
   labels = np.zeros(shape, np.int32) if labelled else None
@@ -99,9 +107,9 @@ def _make_case(case_id, shape=(16, 40, 40), seed=0, domain="ncct", labelled=True
     hu[2:4, 5:8, 30:33] = 700.0  # "bone" (bright, unlabelled)
   if calcium:
     for cls, (z, y, x) in zip((1, 2, 3, 6), ((5, 12, 12), (8, 20, 22), (10, 25, 15), (12, 30, 30))):
-      hu[z:z + 2, y:y + 2, x:x + 2] = 400.0 + 50 * cls
+      hu[z : z + 2, y : y + 2, x : x + 2] = 400.0 + 50 * cls
       if labelled:
-        labels[z:z + 2, y:y + 2, x:x + 2] = cls
+        labels[z : z + 2, y : y + 2, x : x + 2] = cls
     if labelled:
       labels[5, 12, 12] = 1
   heart_mask = None
@@ -123,8 +131,11 @@ def cfg():
 
 @pytest.fixture(scope="module")
 def cases():
-  return [_make_case("a", seed=1), _make_case("b", seed=2, shape=(12, 36, 44)),
-          _make_case("c", seed=3, calcium=False)]
+  return [
+    _make_case("a", seed=1),
+    _make_case("b", seed=2, shape=(12, 36, 44)),
+    _make_case("c", seed=3, calcium=False),
+  ]
 
 
 def test_source_batch_shapes_tiny(cfg, cases):
@@ -169,7 +180,11 @@ def test_views_are_normalised_hu_and_labels_match(cfg, cases):
 
 def test_policy_counts(cfg, cases):
   s = sampling.PatchSampler(cases, cfg, seed=0)
-  nt, nu, nl = cfg.sampling.source_threshold, cfg.sampling.source_uniform, cfg.sampling.source_labelled
+  nt, nu, nl = (
+    cfg.sampling.source_threshold,
+    cfg.sampling.source_uniform,
+    cfg.sampling.source_labelled,
+  )
   seen_classes = set()
   for _ in range(20):
     b = s.source_batch(with_info=True)
@@ -190,7 +205,10 @@ def test_policy_counts(cfg, cases):
   for _ in range(10):
     b = s.critic_batch(with_info=True)
     for k in range(nc // 2):
-      assert cases[b["case_index"][k]].scan.hu[tuple(b["centres"][k])] >= s.thresholds[b["case_index"][k]]
+      assert (
+        cases[b["case_index"][k]].scan.hu[tuple(b["centres"][k])]
+        >= s.thresholds[b["case_index"][k]]
+      )
 
 
 def test_class_balanced_vs_uniform_policy(cfg):
@@ -206,7 +224,7 @@ def test_class_balanced_vs_uniform_policy(cfg):
     hits = total = 0
     for _ in range(n // cfg.sampling.source_labelled):
       b = s.source_batch(with_info=True)
-      for c in b["centres"][-cfg.sampling.source_labelled:]:
+      for c in b["centres"][-cfg.sampling.source_labelled :]:
         hits += case.labels[tuple(c)] == 3
         total += 1
     return hits / total
@@ -221,13 +239,17 @@ def test_uniform_restricted_to_dilated_heart(cfg):
   hm = case.heart_mask
   for _ in range(20):
     b = s.critic_batch(with_info=True)
-    for z, y, x in b["centres"][cfg.sampling.critic_batch // 2:]:  # the uniform half
+    for z, y, x in b["centres"][cfg.sampling.critic_batch // 2 :]:  # the uniform half
       # heart box [4:13, 10:32, 10:32]; dilation 3 mm = 2 slices at 1.5 mm, 3 px in-plane
       assert 2 <= z < 15 and 7 <= y < 35 and 7 <= x < 35
   assert hm.any()
   free = sampling.PatchSampler([case], cfg, seed=0, uniform_in_heart=False)
-  zs = np.concatenate([free.critic_batch(with_info=True)["centres"][cfg.sampling.critic_batch // 2:]
-                       for _ in range(50)])
+  zs = np.concatenate(
+    [
+      free.critic_batch(with_info=True)["centres"][cfg.sampling.critic_batch // 2 :]
+      for _ in range(50)
+    ]
+  )
   assert (zs[:, 1] < 7).any() or (zs[:, 1] >= 35).any()
 
 
@@ -240,7 +262,9 @@ def test_bright_in_heart(cfg):
   def bright_centres(**kw):
     s = sampling.PatchSampler([case], cfg, seed=0, heart_dilation_mm=3.0, **kw)
     critic = [s.critic_batch(with_info=True)["centres"][:half] for _ in range(60)]
-    src = [s.source_batch(with_info=True)["centres"][:cfg.sampling.source_threshold] for _ in range(60)]
+    src = [
+      s.source_batch(with_info=True)["centres"][: cfg.sampling.source_threshold] for _ in range(60)
+    ]
     return np.concatenate(critic + src)
 
   assert (bright_centres()[:, 1] < 7).any()  # default: bright voxels over the whole volume
@@ -250,8 +274,10 @@ def test_bright_in_heart(cfg):
   c2 = ml_collections.ConfigDict(cfg.to_dict())
   c2.sampling.bright_in_heart = True  # the config default
   s2 = sampling.PatchSampler([case], c2, seed=0, heart_dilation_mm=3.0)
-  assert s2.bright_in_heart and not sampling.PatchSampler([case], c2, seed=0, bright_in_heart=False).bright_in_heart
-
+  assert (
+    s2.bright_in_heart
+    and not sampling.PatchSampler([case], c2, seed=0, bright_in_heart=False).bright_in_heart
+  )
 
 
 def test_critic_bright_in_heart_leaves_source_batches_whole_volume(cfg):
@@ -259,11 +285,13 @@ def test_critic_bright_in_heart_leaves_source_batches_whole_volume(cfg):
   bright negatives over the whole volume (bone included), as in source training."""
   case = _make_case("h", shape=(20, 60, 60))
   half = cfg.sampling.critic_batch // 2
-  s = sampling.PatchSampler([case], cfg, seed=0, heart_dilation_mm=3.0, bright_in_heart=False,
-                            critic_bright_in_heart=True)
+  s = sampling.PatchSampler(
+    [case], cfg, seed=0, heart_dilation_mm=3.0, bright_in_heart=False, critic_bright_in_heart=True
+  )
   critic = np.concatenate([s.critic_batch(with_info=True)["centres"][:half] for _ in range(60)])
-  src = np.concatenate([s.source_batch(with_info=True)["centres"][:cfg.sampling.source_threshold]
-                        for _ in range(60)])
+  src = np.concatenate(
+    [s.source_batch(with_info=True)["centres"][: cfg.sampling.source_threshold] for _ in range(60)]
+  )
   assert np.all((critic[:, 1] >= 7) & (critic[:, 1] < 35))
   assert (src[:, 1] < 7).any()
   assert np.all(case.scan.hu[tuple(src.T)] >= 130.0)
@@ -272,6 +300,7 @@ def test_critic_bright_in_heart_leaves_source_batches_whole_volume(cfg):
 
 def test_adaptation_streams_restrict_only_critic_bright_patches(cfg):
   from cac_jax.train import data as data_lib
+
   build = data_lib.sampler_streams  # the one builder: launch.adapt and the experiment
   case = _make_case("h", shape=(20, 60, 60))
   c2 = ml_collections.ConfigDict(cfg.to_dict())
@@ -292,23 +321,32 @@ def test_adaptation_streams_restrict_only_critic_bright_patches(cfg):
   src, targets = made[0], made[1:]
   assert not src.bright_in_heart and src.critic_bright_in_heart
   assert targets and all(t.bright_in_heart and t.critic_bright_in_heart for t in targets)
-  assert [s.seed for s in made] == [0, 1, 2]  # source seed, target critic seed + 1, target generator seed + 2
+  assert [s.seed for s in made] == [
+    0,
+    1,
+    2,
+  ]  # source seed, target critic seed + 1, target generator seed + 2
 
 
 def test_sampler_streams_are_pure_functions_of_seed_and_step(cfg, cases):
   """The one builder's batches: stream(step) is batch `step` of its sampler (source at seed,
   target critic at seed + 1, target generator at seed + 2), in any order and after close."""
   from cac_jax.train import data as data_lib
+
   target = [_make_case("t", seed=4, labelled=False)]
   streams = data_lib.sampler_streams(cases, target, cfg, seed=5)
-  want = {"source": sampling.PatchSampler(cases, cfg, seed=5).make_source_batch,
-          "source_critic": sampling.PatchSampler(cases, cfg, seed=5).make_critic_batch,
-          "target_critic": sampling.PatchSampler(target, cfg, seed=6).make_critic_batch,
-          "target_generator": sampling.PatchSampler(target, cfg, seed=7).make_critic_batch}
+  want = {
+    "source": sampling.PatchSampler(cases, cfg, seed=5).make_source_batch,
+    "source_critic": sampling.PatchSampler(cases, cfg, seed=5).make_critic_batch,
+    "target_critic": sampling.PatchSampler(target, cfg, seed=6).make_critic_batch,
+    "target_generator": sampling.PatchSampler(target, cfg, seed=7).make_critic_batch,
+  }
   for name, make in want.items():
     stream = getattr(streams, name)
     for step in (0, 1, 2, 7, 3):  # in order (prefetched), then out of order (resume)
-      np.testing.assert_array_equal(stream(step)["views"], make(step)["views"], err_msg=f"{name} {step}")
+      np.testing.assert_array_equal(
+        stream(step)["views"], make(step)["views"], err_msg=f"{name} {step}"
+      )
   data_lib.close(streams)
   np.testing.assert_array_equal(streams.source(4)["labels"], want["source"](4)["labels"])
   data_lib.close(streams)
@@ -335,8 +373,9 @@ def test_empty_candidates_do_not_crash(cfg):
   case.heart_mask[:] = False
   s = sampling.PatchSampler([case], cfg, seed=0)
   b = s.source_batch()
-  assert b["views"].shape[1] == (cfg.sampling.source_threshold + cfg.sampling.source_uniform
-                                 + cfg.sampling.source_labelled)
+  assert b["views"].shape[1] == (
+    cfg.sampling.source_threshold + cfg.sampling.source_uniform + cfg.sampling.source_labelled
+  )
   assert np.all(b["labels"] == 0)
   assert s.critic_batch()["views"].shape[1] == cfg.sampling.critic_batch
   reasons = " ".join(s.fallbacks["empty"])
@@ -370,8 +409,11 @@ def test_ccta_bright_patches_use_the_scoring_threshold(cfg):
   """Training's bright CCTA patches are drawn at the threshold scoring uses (aorta ROI), not
   at a statistic of the whole aorta mask (which includes the wall and arch: far higher)."""
   from cac_jax import phantoms, threshold
+
   case = phantoms.generate_case("ccta", 3, cfg)
-  case = dataclasses.replace(case, scan=dataclasses.replace(case.scan, meta={}))  # as read from files
+  case = dataclasses.replace(
+    case, scan=dataclasses.replace(case.scan, meta={})
+  )  # as read from files
   _, want, _, _ = threshold.choose_threshold(case.scan, "ccta", case.aorta_mask, cfg)
   assert sampling.threshold_and_note(case, cfg) == (want, None)
   whole = case.scan.hu[ndimage.binary_erosion(case.aorta_mask)]
@@ -437,7 +479,9 @@ def test_reference_critic_policy_is_the_default_and_draws_like_the_authors():
   heart mask plays no part."""
   c = tiny.get_config()
   assert c.adapt.critic_patches == "reference"
-  ccta = _make_case("t", domain="ccta", labelled=False, shape=(20, 60, 60), meta={"calcium_threshold_hu": 600.0})
+  ccta = _make_case(
+    "t", domain="ccta", labelled=False, shape=(20, 60, 60), meta={"calcium_threshold_hu": 600.0}
+  )
   ccta.scan.hu[:, :, :5] = -1000.0  # air at the side: only the uniform half can land there
   s = sampling.PatchSampler([ccta], c, seed=0)
   assert s.critic_policy == "reference" and s.thresholds == [600.0]

@@ -47,12 +47,12 @@ def test_slice_increment_normalisation():
 
 
 def test_area_threshold_and_peak_weight():
-  scan = _scan((3, 20, 20), (3.0, 0.5, 0.5))   # 0.25 mm² pixels
+  scan = _scan((3, 20, 20), (3.0, 0.5, 0.5))  # 0.25 mm² pixels
   hu = scan.hu.copy()
   cls = np.zeros(scan.shape, np.int32)
-  cls[1, 1, 1:4] = LCX                          # 3 px = 0.75 mm² < 1 mm² -> not counted
+  cls[1, 1, 1:4] = LCX  # 3 px = 0.75 mm² < 1 mm² -> not counted
   hu[1, 1, 1:4] = 500.0
-  cls[1, 10:12, 10:12] = LCX                    # 4 px = 1 mm², peak 450 -> weight 4
+  cls[1, 10:12, 10:12] = LCX  # 4 px = 1 mm², peak 450 -> weight 4
   hu[1, 10:12, 10:12] = 150.0
   hu[1, 10, 10] = 450.0
   r = scores.compute_scores(cls, hu, scan, "ncct")
@@ -68,8 +68,8 @@ def test_diagonal_pixels_are_separate_2d_lesions():
   scan = _scan((1, 6, 6), (3.0, 1.0, 1.0))
   hu = np.full(scan.shape, 250.0, np.float32)
   cls = np.zeros(scan.shape, np.int32)
-  cls[0, 1, 1] = cls[0, 2, 2] = LAD             # each 1 mm², weight 2 -> 2 + 2 = 4
-  cls[0, 4, 4] = cls[0, 4, 5] = LAD             # 2 mm² x 2 = 4
+  cls[0, 1, 1] = cls[0, 2, 2] = LAD  # each 1 mm², weight 2 -> 2 + 2 = 4
+  cls[0, 4, 4] = cls[0, 4, 5] = LAD  # 2 mm² x 2 = 4
   r = scores.compute_scores(cls, hu, scan, "ncct")
   assert r["LAD"]["agatston"] == pytest.approx(8.0)
   assert r["LAD"]["lesions"] == 3
@@ -79,13 +79,13 @@ def test_multi_vessel_categories_and_non_coronary():
   scan = _scan((6, 30, 30), (3.0, 1.0, 1.0))
   hu = scan.hu.copy()
   cls = np.zeros(scan.shape, np.int32)
-  cls[1:3, 1:3, 1:3] = LAD                      # 4 mm² x 3 (350 HU) x 2 slices = 24
+  cls[1:3, 1:3, 1:3] = LAD  # 4 mm² x 3 (350 HU) x 2 slices = 24
   hu[1:3, 1:3, 1:3] = 350.0
-  cls[1:4, 10:20, 10:20] = RCA                  # 100 mm² x 4 (500 HU) x 3 slices = 1200
+  cls[1:4, 10:20, 10:20] = RCA  # 100 mm² x 4 (500 HU) x 3 slices = 1200
   hu[1:4, 10:20, 10:20] = 500.0
-  cls[5, 25:28, 25:28] = AORTA                  # 9 voxels x 3 mm³ = 27 mm³
-  cls[5, 0:2, 25] = AORTIC_VALVE                # 2 voxels = 6 mm³
-  cls[5, 0, 0] = MITRAL_VALVE                   # 3 mm³
+  cls[5, 25:28, 25:28] = AORTA  # 9 voxels x 3 mm³ = 27 mm³
+  cls[5, 0:2, 25] = AORTIC_VALVE  # 2 voxels = 6 mm³
+  cls[5, 0, 0] = MITRAL_VALVE  # 3 mm³
   hu[5] = 300.0
   r = scores.compute_scores(cls, hu, scan, "ncct", calibration=0.001)
   assert r["total"]["agatston"] == pytest.approx(1224.0)
@@ -115,19 +115,39 @@ def test_zero_and_ccta_flags():
     scores.compute_scores(np.zeros(scan.shape, np.int32), scan.hu, scan, "mri")
 
 
-@pytest.mark.parametrize("a,risk,drs", [
-    (0, "0", "A0"), (0.5, "1-10", "A1/N1"), (10, "1-10", "A1/N1"), (10.5, "11-100", "A1/N1"),
-    (99.9, "11-100", "A1/N1"), (100, "11-100", "A2/N1"), (101, "101-400", "A2/N1"),
-    (299, "101-400", "A2/N1"), (300, "101-400", "A3/N1"), (400, "101-400", "A3/N1"),
-    (401, ">400", "A3/N1")])
+@pytest.mark.parametrize(
+  "a,risk,drs",
+  [
+    (0, "0", "A0"),
+    (0.5, "1-10", "A1/N1"),
+    (10, "1-10", "A1/N1"),
+    (10.5, "11-100", "A1/N1"),
+    (99.9, "11-100", "A1/N1"),
+    (100, "11-100", "A2/N1"),
+    (101, "101-400", "A2/N1"),
+    (299, "101-400", "A2/N1"),
+    (300, "101-400", "A3/N1"),
+    (400, "101-400", "A3/N1"),
+    (401, ">400", "A3/N1"),
+  ],
+)
 def test_category_boundaries(a, risk, drs):
   assert scores.risk_category(a) == risk
   assert scores.cac_drs(a, 1) == drs
 
 
 def test_weights():
-  assert [scores.agatston_weight(h) for h in (129, 130, 199, 200, 299, 300, 399, 400, 2000)] == \
-      [0, 1, 1, 2, 2, 3, 3, 4, 4]
+  assert [scores.agatston_weight(h) for h in (129, 130, 199, 200, 299, 300, 399, 400, 2000)] == [
+    0,
+    1,
+    1,
+    2,
+    2,
+    3,
+    3,
+    4,
+    4,
+  ]
 
 
 def test_agatston_standard_only_for_the_defined_protocol():
@@ -136,9 +156,11 @@ def test_agatston_standard_only_for_the_defined_protocol():
   hu = np.where(cls > 0, 300.0, 0.0)
   standard = scores.compute_scores(cls, hu, _scan(cls.shape, (3.0, 1.0, 1.0), kvp=120.0), "ncct")
   assert standard["agatston_standard"] is True and standard["agatston_protocol_notes"] == []
-  for spacing, meta, why in (((1.5, 1.0, 1.0), {"kvp": 120.0}, "1.5 mm"),
-                             ((3.0, 1.0, 1.0), {"kvp": 100.0}, "100 kVp"),
-                             ((3.0, 1.0, 1.0), {}, "unknown")):
+  for spacing, meta, why in (
+    ((1.5, 1.0, 1.0), {"kvp": 120.0}, "1.5 mm"),
+    ((3.0, 1.0, 1.0), {"kvp": 100.0}, "100 kVp"),
+    ((3.0, 1.0, 1.0), {}, "unknown"),
+  ):
     r = scores.compute_scores(cls, hu, _scan(cls.shape, spacing, **meta), "ncct")
     assert r["agatston_standard"] is False
     assert any(why in n for n in r["agatston_protocol_notes"]), r["agatston_protocol_notes"]
@@ -147,10 +169,10 @@ def test_agatston_standard_only_for_the_defined_protocol():
 def test_empty_class_mean_hu_is_null_and_valve_agatston():
   scan = _scan((3, 8, 8), (3.0, 1.0, 1.0), kvp=120.0)
   cls = np.zeros(scan.shape, np.int32)
-  cls[1, 2:5, 2:5] = AORTIC_VALVE                # 9 mm² at 450 HU, 1 slice: 9 x 4 x 3/3 = 36
+  cls[1, 2:5, 2:5] = AORTIC_VALVE  # 9 mm² at 450 HU, 1 slice: 9 x 4 x 3/3 = 36
   hu = np.where(cls > 0, 450.0, 0.0)
   r = scores.compute_scores(cls, hu, scan, "ncct")
   assert r["aortic_valve"]["agatston"] == pytest.approx(36.0)
-  assert r["total"]["agatston"] == 0.0           # valve calcium is not coronary
+  assert r["total"]["agatston"] == 0.0  # valve calcium is not coronary
   assert r["LAD"]["mean_hu"] is None and r["LAD"]["mass"] == 0.0
   assert json.loads(json.dumps(r))["RCA"]["mean_hu"] is None

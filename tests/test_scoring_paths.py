@@ -5,17 +5,21 @@ import os
 import numpy as np
 import pytest
 
-from cac_jax import checkpoints, experiment, volume_io, manifest, phantoms, scoring_cli
+from cac_jax import checkpoints, experiment, manifest, phantoms, scoring_cli, volume_io
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory, tiny_config):
   """A CCTA phantom (at the tiny config's working spacing, as the experiment writes them)."""
-  return phantoms.write_dataset(str(tmp_path_factory.mktemp("phantoms")), "ccta", 1, 3, tiny_config, split="test")
+  return phantoms.write_dataset(
+    str(tmp_path_factory.mktemp("phantoms")), "ccta", 1, 3, tiny_config, split="test"
+  )
 
 
 @pytest.mark.parametrize("fp_reduction", [True, False])
-def test_launch_score_and_reproduce_give_identical_labels(data, tiny_config, tiny_export, tmp_path, fp_reduction):
+def test_launch_score_and_reproduce_give_identical_labels(
+  data, tiny_config, tiny_export, tmp_path, fp_reduction
+):
   """A Table 2 column's classes (`experiment.predict_raw` + `evaluate_predictions`, as
   `experiment.run` computes them) equal the calcium_labels.nii.gz that `launch.score
   --manifest` writes for the same scan and weights with that column's FP-reduction flags."""
@@ -27,7 +31,9 @@ def test_launch_score_and_reproduce_give_identical_labels(data, tiny_config, tin
   params, _ = checkpoints.load_inference(tiny_export)
   [raw] = experiment.predict_raw({"m": params}, tiny_config, [case], fp_reduction)["m"]
   [scan] = experiment.evaluate_predictions(tiny_config, [case], [raw], fp_reduction)
-  written = volume_io.read_labels(os.path.join(out, case.case_id, "calcium_labels.nii.gz"), case.scan)
+  written = volume_io.read_labels(
+    os.path.join(out, case.case_id, "calcium_labels.nii.gz"), case.scan
+  )
   assert written.shape == scan["classes"].shape
   np.testing.assert_array_equal(written, scan["classes"])
   assert scan["classes"].any()  # the random network calls some calcium

@@ -13,10 +13,7 @@ import jax
 import numpy as np
 
 from cac_jax import synthetic
-from cac_jax.train import adversarial
-from cac_jax.train import loop
-from cac_jax.train import sharding
-from cac_jax.train import source
+from cac_jax.train import adversarial, loop, sharding, source
 from cac_jax.train import state as state_lib
 from configs import tiny
 
@@ -42,16 +39,33 @@ def run_steps(mesh) -> dict:
   state = sharding.replicate(state_lib.init_source_state(config), mesh)
   step = loop.cached_step(source.make_source_step, source.STEP_READS, config, mesh)
   state, m = step(state, sharding.shard_batch(data.source(0), mesh))
-  out.update({f"source/{i}": np.asarray(x) for i, x in enumerate(jax.tree.leaves(jax.device_get((state, m))))})
+  out.update(
+    {
+      f"source/{i}": np.asarray(x)
+      for i, x in enumerate(jax.tree.leaves(jax.device_get((state, m))))
+    }
+  )
 
-  adapt_state = sharding.replicate(state_lib.init_adapt_state(config, state_lib.init_params(config, 0)), mesh)
-  critic = loop.cached_step(adversarial.make_critic_steps, adversarial.CRITIC_STEP_READS, config, mesh, batch_axis=2)
-  batches = {"source_views": np.stack([data.source_critic(i)["views"] for i in range(3)]),
-             "target_views": np.stack([data.target_critic(i)["views"] for i in range(3)])}
+  adapt_state = sharding.replicate(
+    state_lib.init_adapt_state(config, state_lib.init_params(config, 0)), mesh
+  )
+  critic = loop.cached_step(
+    adversarial.make_critic_steps, adversarial.CRITIC_STEP_READS, config, mesh, batch_axis=2
+  )
+  batches = {
+    "source_views": np.stack([data.source_critic(i)["views"] for i in range(3)]),
+    "target_views": np.stack([data.target_critic(i)["views"] for i in range(3)]),
+  }
   adapt_state, cm = critic(adapt_state, sharding.shard_batch(batches, mesh, batch_axis=2))
-  generator = loop.cached_step(adversarial.make_generator_step, adversarial.GENERATOR_STEP_READS, config, mesh)
+  generator = loop.cached_step(
+    adversarial.make_generator_step, adversarial.GENERATOR_STEP_READS, config, mesh
+  )
   s = data.source(0)
-  batch = {"source_views": s["views"], "source_labels": s["labels"], "target_views": data.target_generator(0)["views"]}
+  batch = {
+    "source_views": s["views"],
+    "source_labels": s["labels"],
+    "target_views": data.target_generator(0)["views"],
+  }
   adapt_state, gm = generator(adapt_state, sharding.shard_batch(batch, mesh))
   leaves = jax.tree.leaves(jax.device_get((adapt_state, cm, gm)))
   out.update({f"adapt/{i}": np.asarray(x) for i, x in enumerate(leaves)})
@@ -61,8 +75,14 @@ def run_steps(mesh) -> dict:
 def test_four_devices_match_one(tmp_path):
   path = str(tmp_path / "four.npz")
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-  proc = subprocess.Popen([sys.executable, "-c", SCRIPT, path], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  proc = subprocess.Popen(
+    [sys.executable, "-c", SCRIPT, path],
+    cwd=ROOT,
+    env=env,
+    stdout=subprocess.PIPE,
+    stderr=subprocess.STDOUT,
+    text=True,
+  )
   one = run_steps(sharding.data_mesh(jax.devices()[:1]))
   log, _ = proc.communicate(timeout=600)
   assert proc.returncode == 0, log[-3000:]

@@ -12,9 +12,9 @@ from cac_jax.scan import Scan
 REALDATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 
 SPACING = (1.5, 1.0, 1.0)
-ASC = dict(y=30, x=40, r=13.0, z0=5)    # ascending aorta: anterior (small y), patient right (small x)
-DESC = dict(y=72, x=60, r=10.0, z0=0)   # descending aorta: posterior
-ARCH_Z = 40                             # arch slices ARCH_Z..end join both
+ASC = dict(y=30, x=40, r=13.0, z0=5)  # ascending aorta: anterior (small y), patient right (small x)
+DESC = dict(y=72, x=60, r=10.0, z0=0)  # descending aorta: posterior
+ARCH_Z = 40  # arch slices ARCH_Z..end join both
 
 
 def _phantom(lumen_hu=400.0, lumen_sd=20.0, wall_calcium=False, seed=0):
@@ -35,9 +35,15 @@ def _phantom(lumen_hu=400.0, lumen_sd=20.0, wall_calcium=False, seed=0):
     lumen |= (d <= v["r"]) & (z >= v["z0"])
     mask |= (d <= v["r"] + 1.5) & (z >= v["z0"])
   # arch: a band joining both at the top (not round in axial slices)
-  t = np.clip(((y - ASC["y"]) * (DESC["y"] - ASC["y"]) + (x - ASC["x"]) * (DESC["x"] - ASC["x"]))
-              / float((DESC["y"] - ASC["y"]) ** 2 + (DESC["x"] - ASC["x"]) ** 2), 0, 1)
-  dseg = np.hypot(y - (ASC["y"] + t * (DESC["y"] - ASC["y"])), x - (ASC["x"] + t * (DESC["x"] - ASC["x"])))
+  t = np.clip(
+    ((y - ASC["y"]) * (DESC["y"] - ASC["y"]) + (x - ASC["x"]) * (DESC["x"] - ASC["x"]))
+    / float((DESC["y"] - ASC["y"]) ** 2 + (DESC["x"] - ASC["x"]) ** 2),
+    0,
+    1,
+  )
+  dseg = np.hypot(
+    y - (ASC["y"] + t * (DESC["y"] - ASC["y"])), x - (ASC["x"] + t * (DESC["x"] - ASC["x"]))
+  )
   lumen |= (dseg <= 10) & (z >= ARCH_Z)
   mask |= (dseg <= 11.5) & (z >= ARCH_Z)
   hu[lumen] = lumen_hu + rng.normal(0, lumen_sd, lumen.sum())
@@ -73,7 +79,7 @@ def test_mask_threshold_excludes_wall_calcium_and_picks_ascending():
 def test_robust_stats_drop_outliers_surviving_erosion():
   scan, mask = _phantom()
   hu = scan.hu.copy()
-  hu[ASC["z0"] + 6, ASC["y"], ASC["x"] - 3:ASC["x"] + 4] = 2000.0  # a streak inside the lumen
+  hu[ASC["z0"] + 6, ASC["y"], ASC["x"] - 3 : ASC["x"] + 4] = 2000.0  # a streak inside the lumen
   roi = threshold.ccta_threshold(scan.with_array(hu), aorta_mask=mask)
   assert roi.threshold_hu < 480
 
@@ -122,8 +128,8 @@ def test_automatic_roi_on_real_contrast_ct_lands_in_aortic_lumen():
   assert roi.source == "auto"
   vals = hu[roi.voxels]
   assert vals.size >= 200
-  assert 200 < vals.mean() < 600, vals.mean()   # contrast-filled lumen
-  assert vals.std() < 0.2 * vals.mean()          # homogeneous: no wall, no calcium, no myocardium
+  assert 200 < vals.mean() < 600, vals.mean()  # contrast-filled lumen
+  assert vals.std() < 0.2 * vals.mean()  # homogeneous: no wall, no calcium, no myocardium
   assert roi.threshold_hu > 300
   # not in the pulmonary artery (same grid)
   _, pa_img = _read_real("contrast_chest_ct_1_pulmonary_artery.nii.gz")

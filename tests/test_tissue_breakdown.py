@@ -26,9 +26,9 @@ def test_breakdown_hand_computed():
   counted = np.array([[[False, True, True, True], [True, True, False, True]]])
   rows = tb.breakdown(tissue, reference, predicted, counted, (0.5, 1.0, 2.0), NAMES)
   assert set(rows) == {"fat", "lumen", "air", "reference LAD", "reference RCA"}
-  np.testing.assert_array_equal(rows["fat"], [0, 1, 0, 0, 0, 0, 0])       # (0,1): fat called LAD
-  np.testing.assert_array_equal(rows["lumen"], [1, 0, 1, 0, 0, 0, 0])     # (0,3) LCX, (1,0) background
-  np.testing.assert_array_equal(rows["air"], [0, 0, 0, 0, 1, 0, 0])       # (1,3) called aorta
+  np.testing.assert_array_equal(rows["fat"], [0, 1, 0, 0, 0, 0, 0])  # (0,1): fat called LAD
+  np.testing.assert_array_equal(rows["lumen"], [1, 0, 1, 0, 0, 0, 0])  # (0,3) LCX, (1,0) background
+  np.testing.assert_array_equal(rows["air"], [0, 0, 0, 0, 1, 0, 0])  # (1,3) called aorta
   np.testing.assert_array_equal(rows["reference LAD"], [0, 1, 0, 0, 0, 0, 0])
   np.testing.assert_array_equal(rows["reference RCA"], [1, 0, 0, 0, 0, 0, 0])  # missed
 
@@ -51,8 +51,10 @@ def test_breakdown_accumulates_means_and_writes(tmp_path):
   np.testing.assert_allclose(per["lumen"], [0, 0, 0, 5, 0, 0, 0])
   text = tb.markdown(b, "t")
   assert text.startswith("t (2 scans, mm³ per scan)")
-  assert text.rstrip().splitlines()[-2:] == ["| lumen | 0.0 | 0.0 | 0.0 | 5.0 | 0.0 | 0.0 | 0.0 | 5.0 |",
-                                             "| fat | 1.0 | 3.0 | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 | 3.0 |"]
+  assert text.rstrip().splitlines()[-2:] == [
+    "| lumen | 0.0 | 0.0 | 0.0 | 5.0 | 0.0 | 0.0 | 0.0 | 5.0 |",
+    "| fat | 1.0 | 3.0 | 0.0 | 0.0 | 0.0 | 0.0 | 0.0 | 3.0 |",
+  ]
   tb.write_csv(b, str(tmp_path / "b.csv"))
   with open(tmp_path / "b.csv", encoding="utf-8") as f:
     got = {r["row"]: float(r["LAD"]) for r in csv.DictReader(f)}
@@ -76,8 +78,10 @@ def test_phantom_breakdown_of_a_perfect_detector(monkeypatch):
   assert b.num_scans == 1
   for name, v in rows.items():
     if name.startswith("reference "):
-      k = labels.CLASS_NAMES.index(name[len("reference "):])
-      assert v[k] == pytest.approx((case.labels == k).sum() * vox) and v.sum() == pytest.approx(v[k])
+      k = labels.CLASS_NAMES.index(name[len("reference ") :])
+      assert v[k] == pytest.approx((case.labels == k).sum() * vox) and v.sum() == pytest.approx(
+        v[k]
+      )
     else:
       assert name in anatomy.TISSUES and v[1:].sum() == 0
   assert sum(v.sum() for v in rows.values()) >= (case.labels > 0).sum() * vox > 0
@@ -86,18 +90,38 @@ def test_phantom_breakdown_of_a_perfect_detector(monkeypatch):
 def test_cli_writes_one_table_per_checkpoint(tmp_path):
   config = tiny.get_config()
   p = models.init_params(config, jax.random.key(0))
-  export = checkpoints.export_inference(tmp_path / "export", {"generator": p["generator"],
-                                                              "classifier": p["classifier"]}, config)
+  export = checkpoints.export_inference(
+    tmp_path / "export", {"generator": p["generator"], "classifier": p["classifier"]}, config
+  )
   out = tmp_path / "out"
-  r = subprocess.run([sys.executable, "-m", "launch.tissue_breakdown", f"--checkpoints=a={export},b={export}",
-                      "--role=ccta_test", "--num_cases=1", f"--output_dir={out}"],
-                     cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=600)
+  r = subprocess.run(
+    [
+      sys.executable,
+      "-m",
+      "launch.tissue_breakdown",
+      f"--checkpoints=a={export},b={export}",
+      "--role=ccta_test",
+      "--num_cases=1",
+      f"--output_dir={out}",
+    ],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    encoding="utf-8",
+    timeout=600,
+  )
   assert r.returncode == 0, r.stderr[-2000:]
   first = experiment.first_case_seed("ccta_test", 0)
   assert f"a: ccta_test (ccta) phantoms {first}..{first}" in r.stdout
   assert sorted(os.listdir(out)) == ["a.csv", "a.md", "b.csv", "b.md"]
   a, b = ((out / f"{n}.md").read_text(encoding="utf-8").split("\n", 1) for n in "ab")
   assert a[1] == b[1] and "| true tissue |" in a[1]  # same checkpoint, same table
-  bad = subprocess.run([sys.executable, "-m", "launch.tissue_breakdown", f"--checkpoints={tmp_path / 'nope'}"],
-                       cwd=ROOT, capture_output=True, text=True, encoding="utf-8", timeout=300)
+  bad = subprocess.run(
+    [sys.executable, "-m", "launch.tissue_breakdown", f"--checkpoints={tmp_path / 'nope'}"],
+    cwd=ROOT,
+    capture_output=True,
+    text=True,
+    encoding="utf-8",
+    timeout=300,
+  )
   assert bad.returncode != 0 and "tissue_breakdown: error" in bad.stderr

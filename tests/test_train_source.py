@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 
 from cac_jax import synthetic
-from cac_jax.train import loop
-from cac_jax.train import sharding
-from cac_jax.train import source
+from cac_jax.train import loop, sharding, source
 from cac_jax.train import state as state_lib
 from configs import tiny
 
@@ -55,7 +53,9 @@ def test_step_traces_once_and_loss_falls(config, mesh):
 
 
 def test_step_is_pure(config, mesh):
-  step = loop.cached_step(source.make_source_step, source.STEP_READS, config, mesh)  # what train_source runs
+  step = loop.cached_step(
+    source.make_source_step, source.STEP_READS, config, mesh
+  )  # what train_source runs
   state = sharding.replicate(state_lib.init_source_state(config), mesh)
   batch = sharding.shard_batch(synthetic.source_batch(config, 0, 0), mesh)
   copy = lambda t: jax.tree.map(lambda x: x.copy(), t)  # the step donates its state
@@ -63,7 +63,9 @@ def test_step_is_pure(config, mesh):
   b, mb = step(copy(state), batch)  # same inputs -> same outputs (dropout rng is in the state)
   chex.assert_trees_all_equal((a, ma), (b, mb))
   assert int(a.step) == 1 and not np.array_equal(a.rng, state.rng)
-  assert not np.array_equal(a.params["heads"]["axial_head"]["kernel"], state.params["heads"]["axial_head"]["kernel"])
+  assert not np.array_equal(
+    a.params["heads"]["axial_head"]["kernel"], state.params["heads"]["axial_head"]["kernel"]
+  )
 
 
 def test_step_cache_keys_on_what_the_step_reads(config, mesh):
@@ -78,8 +80,11 @@ def test_step_cache_keys_on_what_the_step_reads(config, mesh):
   math.source.learning_rate *= 2
   assert loop.cached_step(source.make_source_step, source.STEP_READS, math, mesh) is not step
   seen = loop.step_config(config, source.STEP_READS)
-  assert set(seen) == {"model", "source"} and set(seen.source) == {"deep_supervision_weight", "learning_rate",
-                                                                   "weight_decay"}
+  assert set(seen) == {"model", "source"} and set(seen.source) == {
+    "deep_supervision_weight",
+    "learning_rate",
+    "weight_decay",
+  }
 
 
 def _leaves_equal(a, b):

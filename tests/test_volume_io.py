@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cac_jax import volume_io
 from cac_jax import labels as labels_lib
-from cac_jax import preprocess
+from cac_jax import preprocess, volume_io
 from cac_jax.scan import Scan
 
 
@@ -23,8 +22,13 @@ def _ct_like(shape=(12, 20, 16), seed=0):
   return a
 
 
-def _write(array, path, spacing=(0.8, 0.7, 2.0), origin=(-10.0, 5.0, 100.0),
-           direction=(1, 0, 0, 0, 1, 0, 0, 0, 1)):
+def _write(
+  array,
+  path,
+  spacing=(0.8, 0.7, 2.0),
+  origin=(-10.0, 5.0, 100.0),
+  direction=(1, 0, 0, 0, 1, 0, 0, 0, 1),
+):
   img = sitk.GetImageFromArray(array)
   img.SetSpacing(spacing)  # (x, y, z)
   img.SetOrigin(origin)
@@ -81,10 +85,17 @@ def test_read_scan_dicom_series_folder(tmp_path, keep_locale):
   for k, z in enumerate([3, 0, 4, 1, 2]):
     sl = sitk.GetImageFromArray(a[z])
     sl.SetSpacing((0.5, 0.5))
-    for tag, value in [("0008|0060", "CT"), ("0018|0060", "120"), ("0010|0010", "Doe^Jane"),
-                       ("0020|000e", "1.2.3.4.5"), ("0020|0013", str(z + 1)),
-                       ("0020|0032", f"0\\0\\{2.5 * z}"), ("0020|0037", "1\\0\\0\\0\\1\\0"),
-                       ("0028|1052", "0"), ("0028|1053", "1")]:
+    for tag, value in [
+      ("0008|0060", "CT"),
+      ("0018|0060", "120"),
+      ("0010|0010", "Doe^Jane"),
+      ("0020|000e", "1.2.3.4.5"),
+      ("0020|0013", str(z + 1)),
+      ("0020|0032", f"0\\0\\{2.5 * z}"),
+      ("0020|0037", "1\\0\\0\\0\\1\\0"),
+      ("0028|1052", "0"),
+      ("0028|1053", "1"),
+    ]:
       sl.SetMetaData(tag, value)
     writer.SetFileName(str(folder / f"f{k}.dcm"))
     writer.Execute(sl)
@@ -126,15 +137,18 @@ def _write_mha_header(path, dim_size, spacing):
   n = int(np.prod(dim_size))
   np.full(n, 40, np.int16).tofile(str(path) + ".raw")
   path.write_text(
-      "ObjectType = Image\nNDims = 3\n"
-      f"DimSize = {' '.join(map(str, dim_size))}\n"
-      f"ElementSpacing = {' '.join(map(str, spacing))}\n"
-      f"ElementType = MET_SHORT\nElementDataFile = {path.name}.raw\n")
+    "ObjectType = Image\nNDims = 3\n"
+    f"DimSize = {' '.join(map(str, dim_size))}\n"
+    f"ElementSpacing = {' '.join(map(str, spacing))}\n"
+    f"ElementType = MET_SHORT\nElementDataFile = {path.name}.raw\n"
+  )
 
 
 def test_read_scan_non_positive_spacing(tmp_path):
   _write_mha_header(tmp_path / "sp.mha", (6, 5, 4), (1, 0, 1))
-  with pytest.raises(volume_io.ScanReadError, match="sp.mha: non-positive or invalid voxel spacing"):
+  with pytest.raises(
+    volume_io.ScanReadError, match="sp.mha: non-positive or invalid voxel spacing"
+  ):
     volume_io.read_scan(tmp_path / "sp.mha")
   # A negative spacing is read by ITK as a flipped axis (spacing 0.5, direction -y): a valid grid.
   _write_mha_header(tmp_path / "neg.mha", (6, 5, 4), (1, -0.5, 1))
@@ -184,8 +198,11 @@ def test_read_labels_unknown_values(tmp_path):
   _write(lab, tmp_path / "lab.nii.gz")
   cls = volume_io.read_labels(tmp_path / "lab.nii.gz", scan)
   assert cls.dtype == np.int32
-  assert (cls[1, 1, 1], cls[2, 2, 2], cls[3, 3, 3]) == (labels_lib.LAD, labels_lib.AORTIC_VALVE,
-                                                       labels_lib.MITRAL_VALVE)
+  assert (cls[1, 1, 1], cls[2, 2, 2], cls[3, 3, 3]) == (
+    labels_lib.LAD,
+    labels_lib.AORTIC_VALVE,
+    labels_lib.MITRAL_VALVE,
+  )
   lab[4, 4, 4], lab[5, 5, 5] = 7, 99
   _write(lab, tmp_path / "bad.nii.gz")
   with pytest.raises(volume_io.ScanReadError, match=r"bad.nii.gz.*\[7, 99\]"):
@@ -195,9 +212,14 @@ def test_read_labels_unknown_values(tmp_path):
 # --- write-back -------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("direction,code", [((-1, 0, 0, 0, -1, 0, 0, 0, 1), "RAS"),
-                                            ((0, 0, 1, 1, 0, 0, 0, 1, 0), "PSL"),
-                                            ((1, 0, 0, 0, 1, 0, 0, 0, -1), "LPI")])
+@pytest.mark.parametrize(
+  "direction,code",
+  [
+    ((-1, 0, 0, 0, -1, 0, 0, 0, 1), "RAS"),
+    ((0, 0, 1, 1, 0, 0, 0, 1, 0), "PSL"),
+    ((1, 0, 0, 0, 1, 0, 0, 0, -1), "LPI"),
+  ],
+)
 def test_write_like_restores_source_geometry(tmp_path, direction, code):
   a = _ct_like()
   img = _write(a, tmp_path / "in.nii.gz", origin=(12.25, -7.5, 33.0), direction=direction)
@@ -229,7 +251,9 @@ def test_write_like_restores_source_geometry(tmp_path, direction, code):
 
 def test_write_like_after_resampling(tmp_path):
   a = _ct_like(shape=(12, 20, 16))
-  _write(a, tmp_path / "in.nii.gz", spacing=(1.0, 1.0, 2.0), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1))
+  _write(
+    a, tmp_path / "in.nii.gz", spacing=(1.0, 1.0, 2.0), direction=(-1, 0, 0, 0, -1, 0, 0, 0, 1)
+  )
   scan = volume_io.read_scan(tmp_path / "in.nii.gz")
   small = preprocess.resample(scan, (1.0, 0.5, 0.5))
   volume_io.write_like((small.hu > 500).astype(np.uint8), small, tmp_path / "o.mha")
@@ -305,5 +329,9 @@ def test_real_write_like_overlays_input(realdata, tmp_path):
   r.SetFileName(str(ct_path))
   r.ReadImageInformation()
   assert (w.GetSize(), w.GetSpacing(), w.GetOrigin(), w.GetDirection()) == (
-      r.GetSize(), r.GetSpacing(), r.GetOrigin(), r.GetDirection())
+    r.GetSize(),
+    r.GetSpacing(),
+    r.GetOrigin(),
+    r.GetDirection(),
+  )
   np.testing.assert_array_equal(volume_io.read_mask(tmp_path / "heart_on_ct.nii.gz", scan), heart)

@@ -3,8 +3,8 @@
 import json
 import struct
 
-from tensorboardX.record_writer import masked_crc32c
 from tensorboardX.proto import event_pb2
+from tensorboardX.record_writer import masked_crc32c
 
 from cac_jax.train import writers
 
@@ -14,7 +14,7 @@ def _records(path):
   out = []
   with open(path, "rb") as f:
     while header := f.read(12):
-      length, = struct.unpack("<Q", header[:8])
+      (length,) = struct.unpack("<Q", header[:8])
       assert struct.unpack("<I", header[8:])[0] == masked_crc32c(header[:8])
       data, footer = f.read(length), f.read(4)
       assert struct.unpack("<I", footer)[0] == masked_crc32c(data)

@@ -59,9 +59,17 @@ def test_cache_dir_from_environment(monkeypatch, tmp_path):
 
 
 def _python(code: str, env: dict) -> str:
-  env = dict(env, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu")
-  res = subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, cwd=REPO, capture_output=True,
-                       text=True, timeout=600)
+  env = dict(
+    env, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), JAX_PLATFORMS="cpu"
+  )
+  res = subprocess.run(
+    [sys.executable, "-c", textwrap.dedent(code)],
+    env=env,
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=600,
+  )
   assert res.returncode == 0, res.stderr[-3000:]
   return res.stdout
 
@@ -78,7 +86,9 @@ _COMPILE = """
 
 
 def test_import_turns_the_cache_on_in_the_user_folder(tmp_path):
-  env = {k: v for k, v in os.environ.items() if k not in (jax_cache.ENV, "JAX_COMPILATION_CACHE_DIR")}
+  env = {
+    k: v for k, v in os.environ.items() if k not in (jax_cache.ENV, "JAX_COMPILATION_CACHE_DIR")
+  }
   env.update(HOME=str(tmp_path / "home"), XDG_CACHE_HOME=str(tmp_path / "xdg"))
   env.pop("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", None)
   out = _python(_COMPILE, env)
@@ -93,7 +103,10 @@ def test_cache_off_and_jax_own_setting_respected(tmp_path):
   env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), CAC_JAX_COMPILATION_CACHE="off")
   assert "DIR None" in _python(_COMPILE, env)
   assert not (tmp_path / "xdg").exists()
-  env.update(CAC_JAX_COMPILATION_CACHE=str(tmp_path / "ours"), JAX_COMPILATION_CACHE_DIR=str(tmp_path / "theirs"))
+  env.update(
+    CAC_JAX_COMPILATION_CACHE=str(tmp_path / "ours"),
+    JAX_COMPILATION_CACHE_DIR=str(tmp_path / "theirs"),
+  )
   assert f"DIR {tmp_path / 'theirs'}" in _python(_COMPILE, env)
   assert not (tmp_path / "ours").exists()
 

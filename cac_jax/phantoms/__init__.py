@@ -21,8 +21,17 @@ from cac_jax.phantoms.writer import write_dataset
 
 def plots_preview(cases, png_path, **kwargs):
   from cac_jax.phantoms import preview
+
   return preview.plots_preview(cases, png_path, **kwargs)
 
 
-__all__ = ["DOMAINS", "case_id", "generate_case", "plan_case_calcium", "simulate",
-           "sample_lesion_volumes", "write_dataset", "plots_preview"]
+__all__ = [
+  "DOMAINS",
+  "case_id",
+  "generate_case",
+  "plan_case_calcium",
+  "simulate",
+  "sample_lesion_volumes",
+  "write_dataset",
+  "plots_preview",
+]

@@ -44,9 +44,9 @@ class Protocol:
   pixel_mm: float
   increment_mm: float
   thickness_mm: float
-  psf_fwhm_mm: float          # in-plane
+  psf_fwhm_mm: float  # in-plane
   noise_sd_hu: float
-  iodine_hu: float            # left-heart / aortic lumen (0 for NCCT)
+  iodine_hu: float  # left-heart / aortic lumen (0 for NCCT)
   right_heart_fraction: float  # right-heart enhancement relative to the left
 
 
@@ -68,15 +68,42 @@ def iodine_factor(kvp: float) -> float:
 def sample_protocol(domain: str, rng: np.random.Generator) -> Protocol:
   check_domain(domain)
   if domain == "chest_ncct":
-    return Protocol(domain, 120, rng.uniform(0.6, 0.8), 1.5, 3.0, rng.uniform(1.0, 1.4),
-                    rng.uniform(*NOISE_SD_HU[domain]), 0.0, 0.0)
+    return Protocol(
+      domain,
+      120,
+      rng.uniform(0.6, 0.8),
+      1.5,
+      3.0,
+      rng.uniform(1.0, 1.4),
+      rng.uniform(*NOISE_SD_HU[domain]),
+      0.0,
+      0.0,
+    )
   if domain == "cardiac_ncct":
-    return Protocol(domain, 120, rng.uniform(0.3, 0.5), 1.5, 3.0, rng.uniform(0.7, 0.9),
-                    rng.uniform(*NOISE_SD_HU[domain]), 0.0, 0.0)
+    return Protocol(
+      domain,
+      120,
+      rng.uniform(0.3, 0.5),
+      1.5,
+      3.0,
+      rng.uniform(0.7, 0.9),
+      rng.uniform(*NOISE_SD_HU[domain]),
+      0.0,
+      0.0,
+    )
   kvp = int(rng.choice(CCTA_KVP, p=CCTA_KVP_P))
   iodine = float(np.clip(rng.uniform(250.0, 330.0) * iodine_factor(kvp), 250.0, 600.0))
-  return Protocol(domain, kvp, rng.uniform(0.3, 0.5), 0.4, 0.6, rng.uniform(0.6, 0.8),
-                  rng.uniform(*NOISE_SD_HU[domain]), iodine, rng.uniform(0.3, 0.75))
+  return Protocol(
+    domain,
+    kvp,
+    rng.uniform(0.3, 0.5),
+    0.4,
+    0.6,
+    rng.uniform(0.6, 0.8),
+    rng.uniform(*NOISE_SD_HU[domain]),
+    iodine,
+    rng.uniform(0.3, 0.75),
+  )
 
 
 def materials(protocol: Protocol, rng: np.random.Generator) -> dict:
@@ -85,12 +112,22 @@ def materials(protocol: Protocol, rng: np.random.Generator) -> dict:
   fat_f = 1.0 + 0.1 * (120.0 - protocol.kvp) / 50.0
   blood = rng.uniform(36.0, 46.0)
   m = {
-      "air": -1000.0, "fat": rng.uniform(-110.0, -85.0) * fat_f, "muscle": rng.uniform(40.0, 55.0),
-      "lung": rng.uniform(-870.0, -820.0), "soft_tissue": rng.uniform(45.0, 60.0),
-      "cortical": rng.uniform(700.0, 1100.0) * cf, "trabecular": rng.uniform(150.0, 280.0) * cf,
-      "disc": 80.0, "csf": 15.0, "cartilage": rng.uniform(90.0, 115.0),
-      "myocardium": rng.uniform(32.0, 42.0), "blood_left": blood, "blood_right": blood,
-      "vessel_wall": rng.uniform(38.0, 50.0), "coronary_lumen": blood, "calcium_factor": cf,
+    "air": -1000.0,
+    "fat": rng.uniform(-110.0, -85.0) * fat_f,
+    "muscle": rng.uniform(40.0, 55.0),
+    "lung": rng.uniform(-870.0, -820.0),
+    "soft_tissue": rng.uniform(45.0, 60.0),
+    "cortical": rng.uniform(700.0, 1100.0) * cf,
+    "trabecular": rng.uniform(150.0, 280.0) * cf,
+    "disc": 80.0,
+    "csf": 15.0,
+    "cartilage": rng.uniform(90.0, 115.0),
+    "myocardium": rng.uniform(32.0, 42.0),
+    "blood_left": blood,
+    "blood_right": blood,
+    "vessel_wall": rng.uniform(38.0, 50.0),
+    "coronary_lumen": blood,
+    "calcium_factor": cf,
   }
   if protocol.iodine_hu > 0:
     io = protocol.iodine_hu
@@ -102,16 +139,23 @@ def materials(protocol: Protocol, rng: np.random.Generator) -> dict:
   return m
 
 
-def domain_box(domain: str, protocol: Protocol, patient, centre_xy) -> tuple[np.ndarray, np.ndarray]:
+def domain_box(
+  domain: str, protocol: Protocol, patient, centre_xy
+) -> tuple[np.ndarray, np.ndarray]:
   """Full-resolution field of view (lo, hi) xyz mm of a domain."""
   if domain == "chest_ncct":
     half = MATRIX * protocol.pixel_mm / 2.0
-    return (np.array([-half, -half, patient.z_range[0]]), np.array([half, half, patient.z_range[1]]))
+    return (
+      np.array([-half, -half, patient.z_range[0]]),
+      np.array([half, half, patient.z_range[1]]),
+    )
   half = MATRIX * protocol.pixel_mm / 2.0
   hlo, hhi = patient.heart_box(margin=5.0)
   z_lo, z_hi = hlo[2], patient.root_centre[2] + 35.0
-  return (np.array([centre_xy[0] - half, centre_xy[1] - half, z_lo]),
-          np.array([centre_xy[0] + half, centre_xy[1] + half, z_hi]))
+  return (
+    np.array([centre_xy[0] - half, centre_xy[1] - half, z_lo]),
+    np.array([centre_xy[0] + half, centre_xy[1] + half, z_hi]),
+  )
 
 
 def make_grid(domain: str, protocol: Protocol, patient, config, rng: np.random.Generator) -> Grid:
@@ -148,10 +192,12 @@ def _kernel_energy(sigma: float) -> float:
   x = np.arange(-r, r + 1, dtype=np.float64)
   w = np.exp(-0.5 * (x / sigma) ** 2)
   w /= w.sum()
-  return float((w ** 2).sum())
+  return float((w**2).sum())
 
 
-def blur_and_noise(hu: np.ndarray, protocol: Protocol, grid: Grid, rng: np.random.Generator) -> np.ndarray:
+def blur_and_noise(
+  hu: np.ndarray, protocol: Protocol, grid: Grid, rng: np.random.Generator
+) -> np.ndarray:
   """In place: hu <- PSF * (hu + white noise), noise scaled so its SD after the PSF is the protocol's."""
   sig = psf_sigma_vox(protocol, grid)
   gain = np.sqrt(np.prod([_kernel_energy(s) for s in sig]))
@@ -163,7 +209,9 @@ def blur_and_noise(hu: np.ndarray, protocol: Protocol, grid: Grid, rng: np.rando
   return hu
 
 
-def aorta_threshold(hu: np.ndarray, grid: Grid, centre_xyz, roi_size_mm) -> tuple[float, float, float]:
+def aorta_threshold(
+  hu: np.ndarray, grid: Grid, centre_xyz, roi_size_mm
+) -> tuple[float, float, float]:
   """(mean + 3 SD, mean, SD) of a box ROI (z, y, x) mm centred at `centre_xyz` (ascending aorta)."""
   half = np.asarray(roi_size_mm, dtype=np.float64)[::-1] / 2.0  # -> x, y, z
   c = np.asarray(centre_xyz, dtype=np.float64)

@@ -17,15 +17,31 @@ from cac_jax.phantoms import raster
 from cac_jax.phantoms.raster import Ellipsoid, Tube, ZCylinder, frame_from, unit
 
 # Tissue ids of the optional tissue map (tests measure HU per tissue with it).
-TISSUES = ("air", "fat", "muscle", "lung", "cortical_bone", "trabecular_bone", "soft_tissue",
-           "myocardium", "blood_left", "blood_right", "aorta_lumen", "vessel_wall", "coronary_lumen",
-           "calcium", "cartilage", "venous_contrast")
+TISSUES = (
+  "air",
+  "fat",
+  "muscle",
+  "lung",
+  "cortical_bone",
+  "trabecular_bone",
+  "soft_tissue",
+  "myocardium",
+  "blood_left",
+  "blood_right",
+  "aorta_lumen",
+  "vessel_wall",
+  "coronary_lumen",
+  "calcium",
+  "cartilage",
+  "venous_contrast",
+)
 TISSUE = {name: i for i, name in enumerate(TISSUES)}
 
 
 @dataclasses.dataclass
 class Vessel:
   """A coronary artery: centreline (N, 3) mm, lumen radius (N,) mm, network class."""
+
   name: str
   points: np.ndarray
   radii: np.ndarray
@@ -49,23 +65,24 @@ class Vessel:
 @dataclasses.dataclass
 class Patient:
   """Sampled anatomy (all mm, LPS)."""
-  body: tuple                # (ax, ay) semi-axes of the body ellipse
+
+  body: tuple  # (ax, ay) semi-axes of the body ellipse
   fat_mm: float
   muscle_mm: float
-  z_range: tuple             # (z_lo, z_hi) of the chest (lung apex to upper abdomen)
-  heart: Ellipsoid           # epicardial surface
+  z_range: tuple  # (z_lo, z_hi) of the chest (lung apex to upper abdomen)
+  heart: Ellipsoid  # epicardial surface
   heart_fat_mm: float
-  chambers: dict             # name -> Ellipsoid (rv, ra, la, lv_myo, lv)
-  root: Ellipsoid            # aortic sinus
+  chambers: dict  # name -> Ellipsoid (rv, ra, la, lv_myo, lv)
+  root: Ellipsoid  # aortic sinus
   root_centre: np.ndarray
-  aorta: Tube                # ascending, arch, descending (lumen radii)
+  aorta: Tube  # ascending, arch, descending (lumen radii)
   aorta_wall_mm: float
   pulmonary: Tube
-  coronaries: dict           # name -> Vessel (lm, lad, lcx, rca)
-  mitral_ring: tuple         # (centre, normal, radius)
+  coronaries: dict  # name -> Vessel (lm, lad, lcx, rca)
+  mitral_ring: tuple  # (centre, normal, radius)
   spine_y: float
-  ribs: list                 # list of (Tube bone, Tube cartilage)
-  sternum: tuple             # (cx, cy, ax, ay, z0, z1)
+  ribs: list  # list of (Tube bone, Tube cartilage)
+  sternum: tuple  # (cx, cy, ax, ay, z0, z1)
   lm_ostium: np.ndarray
 
   def heart_box(self, margin: float = 10.0):
@@ -102,11 +119,11 @@ def sample_patient(rng: np.random.Generator) -> Patient:
   s = A / 60.0
   lv_c = centre + 10 * s * a1 + 12 * perp([1.0, 0.5, 0.0])
   chambers = {
-      "rv": Ellipsoid(centre + 2 * s * a1 + 21 * perp([-0.5, -1.0, 0.0]), (36 * s, 21, 21), frame),
-      "ra": Ellipsoid(centre - 30 * s * a1 + 24 * perp([-1.0, 0.1, 0.0]), (23, 21, 21), frame),
-      "la": Ellipsoid(centre - 38 * s * a1 + 16 * perp([0.3, 1.0, 0.0]), (19, 21, 21), frame),
-      "lv_myo": Ellipsoid(lv_c, (44 * s, 27, 27), frame),
-      "lv": Ellipsoid(lv_c, (35 * s, 17.5, 17.5), frame),
+    "rv": Ellipsoid(centre + 2 * s * a1 + 21 * perp([-0.5, -1.0, 0.0]), (36 * s, 21, 21), frame),
+    "ra": Ellipsoid(centre - 30 * s * a1 + 24 * perp([-1.0, 0.1, 0.0]), (23, 21, 21), frame),
+    "la": Ellipsoid(centre - 38 * s * a1 + 16 * perp([0.3, 1.0, 0.0]), (19, 21, 21), frame),
+    "lv_myo": Ellipsoid(lv_c, (44 * s, 27, 27), frame),
+    "lv": Ellipsoid(lv_c, (35 * s, 17.5, 17.5), frame),
   }
   mitral = (lv_c - 33 * s * a1, a1, 13.0)
   root_c = centre - 44 * s * a1 + 14 * perp([-0.1, -1.0, 0.0])
@@ -117,9 +134,16 @@ def sample_patient(rng: np.random.Generator) -> Patient:
   desc = np.array([rng.uniform(18.0, 26.0), spine_y - 27.0])
   top = root_c[2] + rng.uniform(65.0, 80.0)
   z_lo = centre[2] - 110.0
-  ctrl = [root_c + [0, 0, -2], root_c + [-3, -2, 25], root_c + [-4, 0, 50],
-          [root_c[0] + 2, root_c[1] + 15, top], [desc[0] - 2, desc[1] - 12, top - 4],
-          [desc[0], desc[1], top - 25], [desc[0], desc[1], top - 70], [desc[0] - 2, desc[1], z_lo - 20]]
+  ctrl = [
+    root_c + [0, 0, -2],
+    root_c + [-3, -2, 25],
+    root_c + [-4, 0, 50],
+    [root_c[0] + 2, root_c[1] + 15, top],
+    [desc[0] - 2, desc[1] - 12, top - 4],
+    [desc[0], desc[1], top - 25],
+    [desc[0], desc[1], top - 70],
+    [desc[0] - 2, desc[1], z_lo - 20],
+  ]
   pts, t = _smooth(ctrl, 6.0)
   r_asc, r_desc = rng.uniform(13.0, 16.0), rng.uniform(10.0, 12.5)
   radii = np.interp(t, [0.0, 0.35, 0.55, 1.0], [r_root * 0.95, r_asc, (r_asc + r_desc) / 2, r_desc])
@@ -157,23 +181,28 @@ def sample_patient(rng: np.random.Generator) -> Patient:
   lad_ctrl = [bif] + [surf(u, d, 1.5) for u, d in zip(us[1:], lad_dirs[1:])]
   lad_pts, lt = _smooth(lad_ctrl, 1.0)
   # LCX: left AV groove, from anterior-left round to the posterior-left.
-  lcx_dirs = slerp_dirs([bif_dir, [1.0, 0.0, 0.0] + jit(), [0.8, 1.0, 0.0] + jit(), [0.2, 1.0, 0.0]], 14)
-  lcx_ctrl = [surf(u_av + 0.1 * i / 13 * rng.uniform(0.5, 1.5), d, 1.4) for i, d in enumerate(lcx_dirs)]
-  lcx_pts, ct = _smooth([bif] + lcx_ctrl[1:int(rng.integers(10, 15))], 1.0)
+  lcx_dirs = slerp_dirs(
+    [bif_dir, [1.0, 0.0, 0.0] + jit(), [0.8, 1.0, 0.0] + jit(), [0.2, 1.0, 0.0]], 14
+  )
+  lcx_ctrl = [
+    surf(u_av + 0.1 * i / 13 * rng.uniform(0.5, 1.5), d, 1.4) for i, d in enumerate(lcx_dirs)
+  ]
+  lcx_pts, ct = _smooth([bif] + lcx_ctrl[1 : int(rng.integers(10, 15))], 1.0)
   # RCA: right sinus -> right AV groove -> crux -> posterior descending.
   rca_ost = root_c + r_root * unit(perp([-0.8, -1.0, 0.0]) * [1, 1, 0.2])
-  rca_dirs = slerp_dirs([[-0.4, -1.0, 0.0], [-1.0, -0.3, 0.0] + jit(), [-1.0, 0.6, 0.0] + jit(),
-                         [-0.2, 1.0, 0.0]], 14)
+  rca_dirs = slerp_dirs(
+    [[-0.4, -1.0, 0.0], [-1.0, -0.3, 0.0] + jit(), [-1.0, 0.6, 0.0] + jit(), [-0.2, 1.0, 0.0]], 14
+  )
   rca_ctrl = [rca_ost] + [surf(u_av, d, 1.6) for d in rca_dirs]
   crux_dir = rca_dirs[-1]
   rca_ctrl += [surf(u, crux_dir, 1.0) for u in np.linspace(u_av + 0.2, rng.uniform(0.3, 0.6), 4)]
   rca_pts, rt = _smooth(rca_ctrl, 1.0)
   r_lm = rng.uniform(2.0, 2.4)
   coronaries = {
-      "lm": Vessel("lm", lm_pts, np.full(len(lm_pts), r_lm), 1),
-      "lad": Vessel("lad", lad_pts, np.interp(lt, [0, 1], [rng.uniform(1.8, 2.1), 0.7]), 1),
-      "lcx": Vessel("lcx", lcx_pts, np.interp(ct, [0, 1], [rng.uniform(1.6, 1.9), 0.7]), 2),
-      "rca": Vessel("rca", rca_pts, np.interp(rt, [0, 1], [rng.uniform(1.8, 2.2), 0.7]), 3),
+    "lm": Vessel("lm", lm_pts, np.full(len(lm_pts), r_lm), 1),
+    "lad": Vessel("lad", lad_pts, np.interp(lt, [0, 1], [rng.uniform(1.8, 2.1), 0.7]), 1),
+    "lcx": Vessel("lcx", lcx_pts, np.interp(ct, [0, 1], [rng.uniform(1.6, 1.9), 0.7]), 2),
+    "rca": Vessel("rca", rca_pts, np.interp(rt, [0, 1], [rng.uniform(1.8, 2.2), 0.7]), 3),
   }
 
   # Ribs: 11 pairs from the spine round the chest wall, dropping anteriorly; cartilage to sternum.
@@ -187,20 +216,52 @@ def sample_patient(rng: np.random.Generator) -> Patient:
       psi = np.radians(np.linspace(75.0, -55.0, 14))
       pts = [[side * 24.0, spine_y + 4.0, z_post + 4.0]]
       for p in psi:
-        pts.append([side * (ax - d_in - 4.0) * np.cos(p), (ay - d_in - 4.0) * np.sin(p),
-                    z_post - drop * (np.radians(75.0) - p) / np.radians(130.0)])
+        pts.append(
+          [
+            side * (ax - d_in - 4.0) * np.cos(p),
+            (ay - d_in - 4.0) * np.sin(p),
+            z_post - drop * (np.radians(75.0) - p) / np.radians(130.0),
+          ]
+        )
       bone, _ = _smooth(pts, 4.0)
       cart_end = [side * 16.0, -(ay - d_in - 4.0) * 0.97, pts[-1][2] - 10.0]
-      cart, _ = _smooth([pts[-1], [side * (ax - d_in) * 0.35, -(ay - d_in - 4.0) * 0.93, pts[-1][2] - 6.0],
-                         cart_end], 4.0)
+      cart, _ = _smooth(
+        [
+          pts[-1],
+          [side * (ax - d_in) * 0.35, -(ay - d_in - 4.0) * 0.93, pts[-1][2] - 6.0],
+          cart_end,
+        ],
+        4.0,
+      )
       ribs.append((Tube(bone, rng.uniform(4.0, 5.0)), Tube(cart, 3.5)))
-  sternum = (0.0, -(ay - fat - muscle * 0.4 - 7.0), rng.uniform(13.0, 17.0), 6.5,
-             centre[2] - 45.0, centre[2] + 125.0)
-  return Patient(body=(ax, ay), fat_mm=fat, muscle_mm=muscle, z_range=(z_lo, z_hi), heart=heart,
-                 heart_fat_mm=rng.uniform(5.0, 11.0), chambers=chambers, root=root, root_centre=root_c,
-                 aorta=aorta, aorta_wall_mm=rng.uniform(1.5, 2.5), pulmonary=pulmonary,
-                 coronaries=coronaries, mitral_ring=mitral, spine_y=spine_y, ribs=ribs,
-                 sternum=sternum, lm_ostium=lm_ostium)
+  sternum = (
+    0.0,
+    -(ay - fat - muscle * 0.4 - 7.0),
+    rng.uniform(13.0, 17.0),
+    6.5,
+    centre[2] - 45.0,
+    centre[2] + 125.0,
+  )
+  return Patient(
+    body=(ax, ay),
+    fat_mm=fat,
+    muscle_mm=muscle,
+    z_range=(z_lo, z_hi),
+    heart=heart,
+    heart_fat_mm=rng.uniform(5.0, 11.0),
+    chambers=chambers,
+    root=root,
+    root_centre=root_c,
+    aorta=aorta,
+    aorta_wall_mm=rng.uniform(1.5, 2.5),
+    pulmonary=pulmonary,
+    coronaries=coronaries,
+    mitral_ring=mitral,
+    spine_y=spine_y,
+    ribs=ribs,
+    sternum=sternum,
+    lm_ostium=lm_ostium,
+  )
 
 
 def paint_anatomy(canvas: raster.Canvas, p: Patient, hu: dict) -> None:
@@ -226,20 +287,32 @@ def paint_anatomy(canvas: raster.Canvas, p: Patient, hu: dict) -> None:
   z = p.z_range[0] - 30.0
   while z < p.z_range[1] + 30.0:
     canvas.fill(ZCylinder(0, ys, 21, 17, z, z + 22.0), hu["cortical"], T["cortical_bone"])
-    canvas.fill(ZCylinder(0, ys, 19.3, 15.3, z + 1.6, z + 20.4), hu["trabecular"], T["trabecular_bone"])
+    canvas.fill(
+      ZCylinder(0, ys, 19.3, 15.3, z + 1.6, z + 20.4), hu["trabecular"], T["trabecular_bone"]
+    )
     canvas.fill(ZCylinder(0, ys, 20, 16, z + 22.0, z + 27.0), hu["disc"], T["soft_tissue"])
-    canvas.fill(ZCylinder(0, ys + 27, 15, 13, z + 2.0, z + 24.0), hu["cortical"], T["cortical_bone"])
-    canvas.fill_tube(Tube([[0, ys + 36, z + 18], [0, ys + 60, z + 4]], 5.0), hu["cortical"], T["cortical_bone"])
+    canvas.fill(
+      ZCylinder(0, ys + 27, 15, 13, z + 2.0, z + 24.0), hu["cortical"], T["cortical_bone"]
+    )
+    canvas.fill_tube(
+      Tube([[0, ys + 36, z + 18], [0, ys + 60, z + 4]], 5.0), hu["cortical"], T["cortical_bone"]
+    )
     for side in (-1, 1):
-      canvas.fill_tube(Tube([[side * 12, ys + 24, z + 12], [side * 40, ys + 28, z + 12]], 5.0),
-                  hu["cortical"], T["cortical_bone"])
+      canvas.fill_tube(
+        Tube([[side * 12, ys + 24, z + 12], [side * 40, ys + 28, z + 12]], 5.0),
+        hu["cortical"],
+        T["cortical_bone"],
+      )
     z += 27.0
   canvas.fill(ZCylinder(0, ys + 27, 9.5, 8.5, z0, z1), hu["csf"], T["soft_tissue"])
   # Sternum and ribs.
   cx, cy, sax, say, sz0, sz1 = p.sternum
   canvas.fill(ZCylinder(cx, cy, sax, say, sz0, sz1), hu["cortical"], T["cortical_bone"])
-  canvas.fill(ZCylinder(cx, cy, sax - 1.3, say - 1.3, sz0 + 1.3, sz1 - 1.3), hu["trabecular"],
-              T["trabecular_bone"])
+  canvas.fill(
+    ZCylinder(cx, cy, sax - 1.3, say - 1.3, sz0 + 1.3, sz1 - 1.3),
+    hu["trabecular"],
+    T["trabecular_bone"],
+  )
   for bone, cart in p.ribs:
     canvas.fill_tube(bone, hu["cortical"], T["cortical_bone"])
     canvas.fill_tube(Tube(bone.points, bone.radii - 1.4), hu["trabecular"], T["trabecular_bone"])
@@ -274,8 +347,9 @@ def paint_coronaries(canvas: raster.Canvas, p: Patient, hu: dict, wall_mm: float
     idx, sd = canvas.tube_distance(Tube(v.points, v.radii), band=wall_mm + h)
     sparse.append((idx, sd))
   for idx, sd in sparse:
-    canvas.blend_sparse(idx, np.clip(0.5 - (sd - wall_mm) / h, 0.0, 1.0), hu["vessel_wall"],
-                        TISSUE["vessel_wall"])
+    canvas.blend_sparse(
+      idx, np.clip(0.5 - (sd - wall_mm) / h, 0.0, 1.0), hu["vessel_wall"], TISSUE["vessel_wall"]
+    )
   lumens = {}
   for name, (idx, sd) in zip(p.coronaries, sparse):
     frac = np.clip(0.5 - sd / h, 0.0, 1.0)

@@ -31,7 +31,6 @@ fields use child seeds, so the features sit at the same physical place at any gr
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import numpy as np
 from scipy import ndimage
@@ -51,7 +50,7 @@ STREAK_HU = (50.0, 150.0)
 # the aortic root is not what CCTA shows (attenuation falls along the artery: CORONARY_FALLOFF).
 # Kept as a knob for trials (docs/results.md).
 CORONARY_BUMPS_P = (1.0, 0.0, 0.0, 0.0)  # P(0, 1, 2, 3 brighter segments) per coronary artery
-CORONARY_GAIN = (0.15, 0.45)             # peak HU of a bright segment: (1 + gain) x aortic lumen HU
+CORONARY_GAIN = (0.15, 0.45)  # peak HU of a bright segment: (1 + gain) x aortic lumen HU
 # Transluminal attenuation gradient: the lumen HU falls linearly with the distance from the
 # ostium along the artery (through the left main for LAD and LCX), by `fall` x the drawn coronary
 # lumen HU per FALLOFF_LENGTH_MM. Normal coronaries lose about 10-15 HU per 10 mm (TAG;
@@ -64,6 +63,7 @@ FALLOFF_LENGTH_MM = 120.0
 @dataclasses.dataclass
 class Bump:
   """A Gaussian hot spot: centre (x, y, z) mm, sigma mm, peak gain (fraction of the aorta HU)."""
+
   centre: np.ndarray
   sigma: float
   gain: float
@@ -72,11 +72,12 @@ class Bump:
 @dataclasses.dataclass
 class StreakSource:
   """In-plane streaks from a dense object: centre (x, y) per z via `path` (K, 3) points."""
-  path: np.ndarray            # (K, 3) mm; the source centre at a slice is interpolated in z
-  z_range: tuple              # (z0, z1) mm where the source emits
-  radius: float               # mm, streaks start outside this radius
-  angles: np.ndarray          # (L,) rad
-  amps: np.ndarray            # (L,) HU, signed (bright / dark)
+
+  path: np.ndarray  # (K, 3) mm; the source centre at a slice is interpolated in z
+  z_range: tuple  # (z0, z1) mm where the source emits
+  radius: float  # mm, streaks start outside this radius
+  angles: np.ndarray  # (L,) rad
+  amps: np.ndarray  # (L,) HU, signed (bright / dark)
   decay_mm: float
   width_mm: float
   seed: int
@@ -85,27 +86,30 @@ class StreakSource:
 @dataclasses.dataclass
 class ContrastFeatures:
   """One CCTA case's contrast heterogeneity (all mm, LPS; HU)."""
+
   phase: str
-  injection_side: str         # "right" or "left" arm
-  dense_hu: float             # undiluted contrast HU
-  column: float               # SVC mean contrast fraction (0: venous blood only)
-  mixing: float               # amplitude of streaming/layering in the SVC
-  layering: float             # gravity-dependent (posterior) excess fraction
-  junction: float             # mixed HU near the cavo-atrial junction / aorta lumen HU
-  swirl: float                # relative amplitude of the swirls of the mixed blood
-  mix_start_mm: float         # height above the caval orifice where the dilution starts
-  mix_mm: float               # height over which the column dilutes to its junction fraction
+  injection_side: str  # "right" or "left" arm
+  dense_hu: float  # undiluted contrast HU
+  column: float  # SVC mean contrast fraction (0: venous blood only)
+  mixing: float  # amplitude of streaming/layering in the SVC
+  layering: float  # gravity-dependent (posterior) excess fraction
+  junction: float  # mixed HU near the cavo-atrial junction / aorta lumen HU
+  swirl: float  # relative amplitude of the swirls of the mixed blood
+  mix_start_mm: float  # height above the caval orifice where the dilution starts
+  mix_mm: float  # height over which the column dilutes to its junction fraction
   svc: Tube
-  bcv: Tube                   # brachiocephalic vein of the injection side (usually above the FOV)
-  orifice: np.ndarray         # SVC -> right-atrium inflow point
-  plume_mm: float             # e-folding distance of the mixing plume in the right heart
+  bcv: Tube  # brachiocephalic vein of the injection side (usually above the FOV)
+  orifice: np.ndarray  # SVC -> right-atrium inflow point
+  plume_mm: float  # e-folding distance of the mixing plume in the right heart
   plume_gain: float
-  flushed_factor: float       # SVC HU relative to right-heart blood in the flushed phase
-  ventricle_bumps: list       # Bump in the left ventricle / atrium blood pool
-  coronary_bumps: dict        # vessel name -> list of Bump on its centreline
-  streaks: list               # StreakSource
-  seeds: tuple                # child seeds of the smooth random fields (svc, plume)
-  coronary_falloff: dict = dataclasses.field(default_factory=dict)  # name -> (centreline (n, 3), loss (n,))
+  flushed_factor: float  # SVC HU relative to right-heart blood in the flushed phase
+  ventricle_bumps: list  # Bump in the left ventricle / atrium blood pool
+  coronary_bumps: dict  # vessel name -> list of Bump on its centreline
+  streaks: list  # StreakSource
+  seeds: tuple  # child seeds of the smooth random fields (svc, plume)
+  coronary_falloff: dict = dataclasses.field(
+    default_factory=dict
+  )  # name -> (centreline (n, 3), loss (n,))
 
 
 def _ellipsoid_point(rng, e: raster.Ellipsoid, scale: float) -> np.ndarray:
@@ -132,8 +136,11 @@ def _aorta_at_z(patient, z: float):
   zs = pts[:k, 2]
   order = np.argsort(zs)
   zz = float(np.clip(z, zs.min(), zs.max()))
-  return (float(np.interp(zz, zs[order], pts[:k, 0][order])),
-          float(np.interp(zz, zs[order], pts[:k, 1][order])), float(np.interp(zz, zs[order], r[:k][order])))
+  return (
+    float(np.interp(zz, zs[order], pts[:k, 0][order])),
+    float(np.interp(zz, zs[order], pts[:k, 1][order])),
+    float(np.interp(zz, zs[order], r[:k][order])),
+  )
 
 
 def _venous_geometry(rng, patient):
@@ -146,7 +153,12 @@ def _venous_geometry(rng, patient):
 
   def column(z):
     ax, ay, ar = _aorta_at_z(patient, z)
-    off = max(ar, patient.root.semi[0] if z < root_z + patient.root.semi[2] else 0.0) + wall + 1.5 + r_svc
+    off = (
+      max(ar, patient.root.semi[0] if z < root_z + patient.root.semi[2] else 0.0)
+      + wall
+      + 1.5
+      + r_svc
+    )
     return np.array([ax + off * side[0], ay + off * side[1], z])
 
   top_ra = ra.centre + _ray_to_surface(ra, [0.0, 0.0, 1.0]) * np.array([0.0, 0.0, 1.0])
@@ -156,12 +168,19 @@ def _venous_geometry(rng, patient):
   junction = ra.centre + _ray_to_surface(ra, d) * d
   orifice = ra.centre + 0.75 * _ray_to_surface(ra, d) * d
   z_top = root_z + rng.uniform(60.0, 75.0)
-  ctrl = [orifice, junction, c1, column(z1 + 18.0), column(root_z + 40.0),
-          column(z_top) + [-3.0, 0.0, 0.0]]
+  ctrl = [
+    orifice,
+    junction,
+    c1,
+    column(z1 + 18.0),
+    column(root_z + 40.0),
+    column(z_top) + [-3.0, 0.0, 0.0],
+  ]
   zs = [p[2] for p in ctrl]
   if np.any(np.diff(zs[1:]) <= 0):  # keep the column monotone in z above the junction
     ctrl = ctrl[:2] + sorted(ctrl[2:], key=lambda p: p[2])
   from cac_jax.phantoms.anatomy import _smooth  # local import: anatomy imports nothing from here
+
   pts, t = _smooth(ctrl, 2.0)
   radii = np.interp(t, [0.0, 0.08, 1.0], [r_svc * 0.9, r_svc, r_svc * 0.95])
   svc = Tube(pts, radii)
@@ -169,19 +188,26 @@ def _venous_geometry(rng, patient):
   if rng.random() < 0.85:  # right arm: right brachiocephalic vein, up and to the right
     bcv_pts = [top, top + [-12.0, 2.0, 22.0], top + [-28.0, 4.0, 40.0]]
     side_name = "right"
-  else:                    # left arm: left brachiocephalic vein crossing in front of the arch
+  else:  # left arm: left brachiocephalic vein crossing in front of the arch
     y_ant = patient.root_centre[1] - 18.0
-    bcv_pts = [top, [top[0] + 20.0, y_ant, top[2] + 8.0], [top[0] + 60.0, y_ant + 2.0, top[2] + 14.0],
-               [top[0] + 85.0, y_ant + 6.0, top[2] + 22.0]]
+    bcv_pts = [
+      top,
+      [top[0] + 20.0, y_ant, top[2] + 8.0],
+      [top[0] + 60.0, y_ant + 2.0, top[2] + 14.0],
+      [top[0] + 85.0, y_ant + 6.0, top[2] + 22.0],
+    ]
     side_name = "left"
   bpts, _ = _smooth(bcv_pts, 2.0)
   bcv = Tube(bpts, rng.uniform(5.5, 7.5))
   return svc, bcv, orifice, side_name
 
 
-def sample_features(rng: np.random.Generator, patient, protocol, plans, materials: dict) -> ContrastFeatures:
+def sample_features(
+  rng: np.random.Generator, patient, protocol, plans, materials: dict
+) -> ContrastFeatures:
   """Draws one CCTA case's contrast heterogeneity (cheap: no grid work)."""
   from cac_jax.phantoms import lesions
+
   svc, bcv, orifice, side = _venous_geometry(rng, patient)
   phase = str(rng.choice(PHASES, p=PHASE_P))
   # Undiluted contrast: log-uniform 800..2000 HU, brighter at low kVp.
@@ -189,7 +215,11 @@ def sample_features(rng: np.random.Generator, patient, protocol, plans, material
   u = float(np.clip(rng.uniform(0.0, 1.0) * 0.75 + 0.25 * kv, 0.0, 1.0))
   dense = float(DENSE_HU[0] * (DENSE_HU[1] / DENSE_HU[0]) ** u)
   if phase == "dense":
-    column, mixing, layering = rng.uniform(0.75, 1.0), rng.uniform(0.15, 0.3), rng.uniform(0.0, 0.15)
+    column, mixing, layering = (
+      rng.uniform(0.75, 1.0),
+      rng.uniform(0.15, 0.3),
+      rng.uniform(0.0, 0.15),
+    )
     junction = rng.uniform(0.7, 1.15)
   elif phase == "streaming":
     column, mixing, layering = rng.uniform(0.3, 0.55), rng.uniform(0.3, 0.5), rng.uniform(0.1, 0.35)
@@ -208,8 +238,9 @@ def sample_features(rng: np.random.Generator, patient, protocol, plans, material
   vbumps = []
   for name, n_max, scale in (("lv", 3, 0.75), ("la", 2, 0.7)):
     for _ in range(int(rng.integers(0, n_max + 1))):
-      vbumps.append(Bump(_ellipsoid_point(rng, ch[name], scale), rng.uniform(1.5, 3.5),
-                         rng.uniform(0.05, 0.25)))
+      vbumps.append(
+        Bump(_ellipsoid_point(rng, ch[name], scale), rng.uniform(1.5, 3.5), rng.uniform(0.05, 0.25))
+      )
   cbumps = {}
   for name, v in patient.coronaries.items():
     bl = []
@@ -226,9 +257,18 @@ def sample_features(rng: np.random.Generator, patient, protocol, plans, material
     ang = rng.uniform(0.0, np.pi, n)
     amps = rng.uniform(*STREAK_HU, n) * rng.choice([-1.0, 1.0], n, p=[0.45, 0.55]) * strength
     pts = svc.points
-    streaks.append(StreakSource(pts, (float(orifice[2]), float(pts[:, 2].max())), float(svc.radii.max()),
-                                ang, amps, rng.uniform(18.0, 35.0), rng.uniform(0.5, 0.9),
-                                int(rng.integers(2 ** 31))))
+    streaks.append(
+      StreakSource(
+        pts,
+        (float(orifice[2]), float(pts[:, 2].max())),
+        float(svc.radii.max()),
+        ang,
+        amps,
+        rng.uniform(18.0, 35.0),
+        rng.uniform(0.5, 0.9),
+        int(rng.integers(2**31)),
+      )
+    )
   cf = materials["calcium_factor"]
   for plan in plans:
     mass = plan.volume_mm3 * plan.density_hu * cf
@@ -240,18 +280,43 @@ def sample_features(rng: np.random.Generator, patient, protocol, plans, material
     strength = min(1.0, np.sqrt(mass / 150_000.0))
     n = int(rng.integers(2, 6))
     amps = rng.uniform(*STREAK_HU, n) * rng.choice([-1.0, 1.0], n) * strength
-    streaks.append(StreakSource(np.array([c, c + [0.0, 0.0, 1.0]]), (c[2] - size, c[2] + size), size,
-                                rng.uniform(0.0, np.pi, n), amps, rng.uniform(8.0, 16.0),
-                                rng.uniform(0.4, 0.7), int(rng.integers(2 ** 31))))
-  seeds = tuple(int(s) for s in rng.integers(2 ** 31, size=2))
+    streaks.append(
+      StreakSource(
+        np.array([c, c + [0.0, 0.0, 1.0]]),
+        (c[2] - size, c[2] + size),
+        size,
+        rng.uniform(0.0, np.pi, n),
+        amps,
+        rng.uniform(8.0, 16.0),
+        rng.uniform(0.4, 0.7),
+        int(rng.integers(2**31)),
+      )
+    )
+  seeds = tuple(int(s) for s in rng.integers(2**31, size=2))
   falloff = _falloff(patient, float(rng.uniform(*CORONARY_FALLOFF)))
-  return ContrastFeatures(phase=phase, injection_side=side, dense_hu=dense, column=float(column),
-                          mixing=float(mixing), layering=float(layering), junction=float(junction),
-                          swirl=float(swirl), mix_start_mm=float(mix_start_mm), mix_mm=float(mix_mm),
-                          svc=svc, bcv=bcv,
-                          orifice=orifice, plume_mm=float(plume_mm), plume_gain=float(plume_gain),
-                          flushed_factor=float(flushed), ventricle_bumps=vbumps, coronary_bumps=cbumps,
-                          streaks=streaks, seeds=seeds, coronary_falloff=falloff)
+  return ContrastFeatures(
+    phase=phase,
+    injection_side=side,
+    dense_hu=dense,
+    column=float(column),
+    mixing=float(mixing),
+    layering=float(layering),
+    junction=float(junction),
+    swirl=float(swirl),
+    mix_start_mm=float(mix_start_mm),
+    mix_mm=float(mix_mm),
+    svc=svc,
+    bcv=bcv,
+    orifice=orifice,
+    plume_mm=float(plume_mm),
+    plume_gain=float(plume_gain),
+    flushed_factor=float(flushed),
+    ventricle_bumps=vbumps,
+    coronary_bumps=cbumps,
+    streaks=streaks,
+    seeds=seeds,
+    coronary_falloff=falloff,
+  )
 
 
 def _arc_mm(points: np.ndarray) -> np.ndarray:
@@ -269,7 +334,9 @@ def _falloff(patient, fall: float) -> dict:
   return out
 
 
-def smooth_noise(seed: int, grid: raster.Grid, bb, corr_mm: float, coarse_mm: float = 2.0) -> np.ndarray:
+def smooth_noise(
+  seed: int, grid: raster.Grid, bb, corr_mm: float, coarse_mm: float = 2.0
+) -> np.ndarray:
   """Unit-SD smooth random field on bbox `bb`, anchored in physical space (spacing-independent).
 
   White noise on a `coarse_mm` lattice aligned to multiples of coarse_mm, Gaussian-smoothed to
@@ -281,9 +348,13 @@ def smooth_noise(seed: int, grid: raster.Grid, bb, corr_mm: float, coarse_mm: fl
   n = [int(np.ceil(a.max() / coarse_mm) - l) + 3 for a, l in zip(axes, lo)]
   # Seed from (seed, lattice origin) so overlapping boxes of the same seed agree approximately.
   rng = np.random.default_rng([seed] + [int(v) + 10_000 for v in lo])
-  w = ndimage.gaussian_filter(rng.standard_normal(n).astype(np.float32), corr_mm / coarse_mm, mode="nearest")
+  w = ndimage.gaussian_filter(
+    rng.standard_normal(n).astype(np.float32), corr_mm / coarse_mm, mode="nearest"
+  )
   w /= max(float(w.std()), 1e-6)
-  idx = np.meshgrid(*[(a / coarse_mm - l).astype(np.float32) for a, l in zip(axes, lo)], indexing="ij")
+  idx = np.meshgrid(
+    *[(a / coarse_mm - l).astype(np.float32) for a, l in zip(axes, lo)], indexing="ij"
+  )
   return ndimage.map_coordinates(w, idx, order=1, mode="nearest")
 
 
@@ -361,7 +432,7 @@ def _bump_sum(bumps, X, Y, Z):
   for b in bumps:
     c = b.centre.astype(np.float32)
     r2 = (X - c[0]) ** 2 + (Y - c[1]) ** 2 + (Z - c[2]) ** 2
-    g += np.float32(b.gain) * np.exp(-0.5 * r2 / np.float32(b.sigma ** 2))
+    g += np.float32(b.gain) * np.exp(-0.5 * r2 / np.float32(b.sigma**2))
   return g
 
 
@@ -399,7 +470,9 @@ def enhance_coronaries(canvas: raster.Canvas, f: ContrastFeatures, lumens: dict,
     Z = (grid.origin[2] + grid.spacing[0] * k).astype(np.float32)
     w = np.zeros(idx.shape, np.float32)
     for b in bumps:  # peak HU io * (1 + gain) at the bump centre
-      w += np.float32((io * (1.0 + b.gain) - lum) / io) * _bump_sum([dataclasses.replace(b, gain=1.0)], X, Y, Z)
+      w += np.float32((io * (1.0 + b.gain) - lum) / io) * _bump_sum(
+        [dataclasses.replace(b, gain=1.0)], X, Y, Z
+      )
     if name in f.coronary_falloff:  # lumen HU x (1 - loss at the nearest centreline point)
       pts, loss = f.coronary_falloff[name]
       nearest = cKDTree(pts).query(np.stack([X, Y, Z], axis=1))[1]
@@ -407,7 +480,9 @@ def enhance_coronaries(canvas: raster.Canvas, f: ContrastFeatures, lumens: dict,
     hu[idx] += frac * np.float32(io) * w
 
 
-def add_streaks(canvas: raster.Canvas, f: ContrastFeatures, record: Optional[np.ndarray] = None) -> None:
+def add_streaks(
+  canvas: raster.Canvas, f: ContrastFeatures, record: np.ndarray | None = None
+) -> None:
   """Adds in-plane streaks to canvas.hu (and to `record`, a full-grid float32 array, if given).
 
   Each source emits lines through its centre at fixed angles (same projections in every slice),
@@ -420,7 +495,10 @@ def add_streaks(canvas: raster.Canvas, f: ContrastFeatures, record: Optional[np.
     pz = s.path[:, 2]
     order = np.argsort(pz)
     z0, z1 = s.z_range
-    cx, cy = np.interp((z0 + z1) / 2, pz[order], s.path[order, 0]), np.interp((z0 + z1) / 2, pz[order], s.path[order, 1])
+    cx, cy = (
+      np.interp((z0 + z1) / 2, pz[order], s.path[order, 0]),
+      np.interp((z0 + z1) / 2, pz[order], s.path[order, 1]),
+    )
     xs = s.path[(pz >= z0) & (pz <= z1), 0] if np.any((pz >= z0) & (pz <= z1)) else np.array([cx])
     ys = s.path[(pz >= z0) & (pz <= z1), 1] if np.any((pz >= z0) & (pz <= z1)) else np.array([cy])
     lo = np.array([min(xs.min(), cx) - reach, min(ys.min(), cy) - reach, z0])
@@ -440,8 +518,12 @@ def add_streaks(canvas: raster.Canvas, f: ContrastFeatures, record: Optional[np.
     acc = np.zeros(np.broadcast_shapes(Z.shape, Y.shape, X.shape), np.float32)
     for theta, amp in zip(s.angles, s.amps):
       # Slice-to-slice flicker (projection noise) and a small angular wobble.
-      flick = np.clip(1.0 + 0.6 * rng.standard_normal(len(zc)), 0.0, 2.0).astype(np.float32)[:, None, None]
-      th = (theta + np.radians(0.6) * rng.standard_normal(len(zc))).astype(np.float32)[:, None, None]
+      flick = np.clip(1.0 + 0.6 * rng.standard_normal(len(zc)), 0.0, 2.0).astype(np.float32)[
+        :, None, None
+      ]
+      th = (theta + np.radians(0.6) * rng.standard_normal(len(zc))).astype(np.float32)[
+        :, None, None
+      ]
       v = -dx * np.sin(th) + dy * np.cos(th)
       acc += np.float32(amp) * flick * np.exp(-0.5 * (v / np.float32(w)) ** 2)
     acc *= envelope

@@ -13,7 +13,6 @@ left-coronary origin level for CCTA) that touch the lesion's core, within 2.5 mm
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
 
 import numpy as np
 from scipy import ndimage
@@ -28,16 +27,17 @@ _STRUCT = np.ones((3, 3, 3), dtype=bool)
 @dataclasses.dataclass
 class Simulation:
   """A generated case plus what tests and previews need to measure it."""
+
   case: Case
   patient: anatomy.Patient
   protocol: acquisition.Protocol
-  plans: list                     # LesionPlan per planned lesion
+  plans: list  # LesionPlan per planned lesion
   lesion_volumes_mm3: np.ndarray  # labelled volume per planned lesion (0: invisible / outside)
-  lesion_peaks_hu: np.ndarray     # max HU inside each labelled lesion (nan if none)
-  tissue: Optional[np.ndarray]    # uint8 (z, y, x) tissue ids (anatomy.TISSUES) or None
+  lesion_peaks_hu: np.ndarray  # max HU inside each labelled lesion (nan if none)
+  tissue: np.ndarray | None  # uint8 (z, y, x) tissue ids (anatomy.TISSUES) or None
   materials: dict
-  contrast: Optional[contrast.ContrastFeatures] = None  # CCTA only
-  streak_hu: Optional[np.ndarray] = None  # CCTA with track_tissue: the streak field added (pre-blur)
+  contrast: contrast.ContrastFeatures | None = None  # CCTA only
+  streak_hu: np.ndarray | None = None  # CCTA with track_tissue: the streak field added (pre-blur)
 
 
 def _domain_key(domain: str) -> int:
@@ -73,8 +73,13 @@ def simulate(domain: str, seed: int, config, track_tissue: bool = False) -> Simu
   anatomy.paint_anatomy(canvas, patient, mat)
   feats = None
   if protocol.iodine_hu > 0:
-    feats = contrast.sample_features(np.random.default_rng([0xCAC, 4, int(seed), _domain_key(domain)]),
-                                     patient, protocol, plans, mat)
+    feats = contrast.sample_features(
+      np.random.default_rng([0xCAC, 4, int(seed), _domain_key(domain)]),
+      patient,
+      protocol,
+      plans,
+      mat,
+    )
     contrast.paint_venous(canvas, feats, mat, anatomy.TISSUE["venous_contrast"])
     contrast.enhance_ventricles(canvas, feats, mat)
   lumens = anatomy.paint_coronaries(canvas, patient, mat)
@@ -111,7 +116,9 @@ def simulate(domain: str, seed: int, config, track_tissue: bool = False) -> Simu
   if protocol.iodine_hu > 0:
     c = patient.root_centre.copy()
     c[2] = patient.lm_ostium[2]
-    threshold, roi_mean, roi_sd = acquisition.aorta_threshold(hu, grid, c, config.scoring.roi_size_mm)
+    threshold, roi_mean, roi_sd = acquisition.aorta_threshold(
+      hu, grid, c, config.scoring.roi_size_mm
+    )
   else:
     threshold = float(config.scoring.ncct_threshold)
     roi_mean = roi_sd = float("nan")
@@ -146,19 +153,42 @@ def simulate(domain: str, seed: int, config, track_tissue: bool = False) -> Simu
     vols[i] = sel.sum() * grid.voxel_volume
     peaks[i] = float(hu[box][sel].max())
 
-  meta = {"kvp": int(protocol.kvp), "phantom_domain": domain, "domain": acquisition.CASE_DOMAIN[domain],
-          "calcium_threshold_hu": float(threshold), "seed": int(seed),
-          "noise_sd_hu": float(protocol.noise_sd_hu), "psf_fwhm_mm": float(protocol.psf_fwhm_mm),
-          "slice_thickness_mm": float(protocol.thickness_mm), "iodine_hu": float(protocol.iodine_hu),
-          "aorta_roi_mean_hu": roi_mean, "aorta_roi_sd_hu": roi_sd}
+  meta = {
+    "kvp": int(protocol.kvp),
+    "phantom_domain": domain,
+    "domain": acquisition.CASE_DOMAIN[domain],
+    "calcium_threshold_hu": float(threshold),
+    "seed": int(seed),
+    "noise_sd_hu": float(protocol.noise_sd_hu),
+    "psf_fwhm_mm": float(protocol.psf_fwhm_mm),
+    "slice_thickness_mm": float(protocol.thickness_mm),
+    "iodine_hu": float(protocol.iodine_hu),
+    "aorta_roi_mean_hu": roi_mean,
+    "aorta_roi_sd_hu": roi_sd,
+  }
   scan = Scan(hu=hu, spacing=grid.spacing, origin=tuple(float(v) for v in grid.origin), meta=meta)
   heart = canvas.masks["heart"]
-  case = Case(case_id=case_id(domain, seed), scan=scan, domain=acquisition.CASE_DOMAIN[domain],
-              labels=labels, heart_mask=heart, aorta_mask=canvas.masks["aorta"],
-              left_main=left_main if left_main.any() else None)
-  return Simulation(case=case, patient=patient, protocol=protocol, plans=plans,
-                    lesion_volumes_mm3=vols, lesion_peaks_hu=peaks, tissue=canvas.tissue, materials=mat,
-                    contrast=feats, streak_hu=streak)
+  case = Case(
+    case_id=case_id(domain, seed),
+    scan=scan,
+    domain=acquisition.CASE_DOMAIN[domain],
+    labels=labels,
+    heart_mask=heart,
+    aorta_mask=canvas.masks["aorta"],
+    left_main=left_main if left_main.any() else None,
+  )
+  return Simulation(
+    case=case,
+    patient=patient,
+    protocol=protocol,
+    plans=plans,
+    lesion_volumes_mm3=vols,
+    lesion_peaks_hu=peaks,
+    tissue=canvas.tissue,
+    materials=mat,
+    contrast=feats,
+    streak_hu=streak,
+  )
 
 
 def generate_case(domain: str, seed: int, config) -> Case:

@@ -22,28 +22,41 @@ DENSITY_RANGE_120KVP = (250.0, 1500.0)
 P_NO_CORONARY_CALCIUM = 1.0 / 3.0
 CORONARY_SITES = ("lm", "lad", "lcx", "rca")
 CORONARY_SITE_P = (0.06, 0.42, 0.22, 0.30)
-SITE_CLASS = {"lm": L.LAD, "lad": L.LAD, "lcx": L.LCX, "rca": L.RCA, "aorta": L.AORTA,
-              "aortic_valve": L.AORTIC_VALVE, "mitral_valve": L.MITRAL_VALVE}
+SITE_CLASS = {
+  "lm": L.LAD,
+  "lad": L.LAD,
+  "lcx": L.LCX,
+  "rca": L.RCA,
+  "aorta": L.AORTA,
+  "aortic_valve": L.AORTIC_VALVE,
+  "mitral_valve": L.MITRAL_VALVE,
+}
 
 
 @dataclasses.dataclass(frozen=True)
 class LesionPlan:
   """A planned calcification; positions are relative (fraction along vessel, angle)."""
-  site: str            # lm, lad, lcx, rca, aorta, aortic_valve, mitral_valve
-  volume_mm3: float    # analytic volume
-  density_hu: float    # material HU at 120 kVp
-  t: float             # fraction of the vessel length (or ring position for valves)
-  angle: float         # radial direction around the vessel axis, rad
-  protrude: float      # fraction of the lesion's radial extent inside the lumen
-  split: float         # >0: share of volume in a satellite blob
+
+  site: str  # lm, lad, lcx, rca, aorta, aortic_valve, mitral_valve
+  volume_mm3: float  # analytic volume
+  density_hu: float  # material HU at 120 kVp
+  t: float  # fraction of the vessel length (or ring position for valves)
+  angle: float  # radial direction around the vessel axis, rad
+  protrude: float  # fraction of the lesion's radial extent inside the lumen
+  split: float  # >0: share of volume in a satellite blob
 
   @property
   def cls(self) -> int:
     return SITE_CLASS[self.site]
 
 
-def sample_lesion_volumes(rng: np.random.Generator, n: int, median: float = LESION_MEDIAN_MM3,
-                          sigma: float = LESION_SIGMA, vmax: float = LESION_MAX_MM3) -> np.ndarray:
+def sample_lesion_volumes(
+  rng: np.random.Generator,
+  n: int,
+  median: float = LESION_MEDIAN_MM3,
+  sigma: float = LESION_SIGMA,
+  vmax: float = LESION_MAX_MM3,
+) -> np.ndarray:
   """Draws `n` lesion volumes (mm^3) from the truncated log-normal."""
   v = median * np.exp(sigma * rng.standard_normal(n))
   bad = v > vmax
@@ -58,9 +71,15 @@ def _lesion(rng, site, median=LESION_MEDIAN_MM3, sigma=LESION_SIGMA, vmax=LESION
   lo, hi = np.log(DENSITY_RANGE_120KVP)
   dens = float(np.exp(rng.uniform(lo, hi)))
   tt = float(rng.beta(1.4, 2.4)) if t is None else float(t)
-  return LesionPlan(site=site, volume_mm3=vol, density_hu=dens, t=tt,
-                    angle=float(rng.uniform(0, 2 * np.pi)), protrude=float(rng.uniform(0.15, 0.45)),
-                    split=float(rng.uniform(0.2, 0.4)) if (vol > 15 and rng.random() < 0.5) else 0.0)
+  return LesionPlan(
+    site=site,
+    volume_mm3=vol,
+    density_hu=dens,
+    t=tt,
+    angle=float(rng.uniform(0, 2 * np.pi)),
+    protrude=float(rng.uniform(0.15, 0.45)),
+    split=float(rng.uniform(0.2, 0.4)) if (vol > 15 and rng.random() < 0.5) else 0.0,
+  )
 
 
 def plan_calcium(rng: np.random.Generator) -> list[LesionPlan]:
@@ -72,13 +91,19 @@ def plan_calcium(rng: np.random.Generator) -> list[LesionPlan]:
       plans.append(_lesion(rng, str(site), t=rng.uniform(0.1, 0.9) if site == "lm" else None))
   if rng.random() < 0.5:
     for _ in range(1 + int(rng.poisson(1.5))):
-      plans.append(_lesion(rng, "aorta", median=15.0, sigma=1.3, vmax=400.0, t=rng.uniform(0.1, 1.0)))
+      plans.append(
+        _lesion(rng, "aorta", median=15.0, sigma=1.3, vmax=400.0, t=rng.uniform(0.1, 1.0))
+      )
   if rng.random() < 0.18:
     for _ in range(1 + int(rng.poisson(0.8))):
-      plans.append(_lesion(rng, "aortic_valve", median=10.0, sigma=1.2, vmax=300.0, t=rng.uniform()))
+      plans.append(
+        _lesion(rng, "aortic_valve", median=10.0, sigma=1.2, vmax=300.0, t=rng.uniform())
+      )
   if rng.random() < 0.12:
     for _ in range(1 + int(rng.poisson(0.8))):
-      plans.append(_lesion(rng, "mitral_valve", median=15.0, sigma=1.2, vmax=400.0, t=rng.uniform()))
+      plans.append(
+        _lesion(rng, "mitral_valve", median=15.0, sigma=1.2, vmax=400.0, t=rng.uniform())
+      )
   return plans
 
 
@@ -89,6 +114,7 @@ def lesion_shapes(plan: LesionPlan, patient) -> list[Ellipsoid]:
   if plan.site in CORONARY_SITES or plan.site == "aorta":
     if plan.site == "aorta":
       from cac_jax.phantoms.anatomy import Vessel
+
       vessel = Vessel("aorta", patient.aorta.points, patient.aorta.radii, L.AORTA)
       ratios, wall = np.array([2.5, 0.6, 2.0]), patient.aorta_wall_mm
     else:

@@ -2,27 +2,35 @@
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
 from cac_jax import atomic
 from cac_jax.scan import Case
 
-CLASS_COLOURS = ((0, 0, 0), (1.0, 0.15, 0.15), (0.1, 0.9, 0.1), (0.2, 0.5, 1.0), (1.0, 0.9, 0.0),
-                 (1.0, 0.2, 1.0), (0.0, 1.0, 1.0))
+CLASS_COLOURS = (
+  (0, 0, 0),
+  (1.0, 0.15, 0.15),
+  (0.1, 0.9, 0.1),
+  (0.2, 0.5, 1.0),
+  (1.0, 0.9, 0.0),
+  (1.0, 0.2, 1.0),
+  (0.0, 1.0, 1.0),
+)
 WINDOW = (-200.0, 800.0)
 
 
 def _venous_contrast_y(case: Case, lab: np.ndarray):
   """Coronal index through dense venous contrast (>= 800 HU, unlabelled) beside the ascending aorta."""
   from scipy import ndimage
+
   aorta = case.aorta_mask
   if aorta is None or not aorta.any():
     return None
   ys = np.nonzero(aorta)[1]
   asc = aorta.copy()
-  asc[:, int(np.median(ys)):, :] = False  # the anterior half: ascending aorta, not the descending
+  asc[:, int(np.median(ys)) :, :] = False  # the anterior half: ascending aorta, not the descending
   if not asc.any():
     return None
   near = ndimage.distance_transform_edt(~asc, sampling=case.scan.spacing) <= 15.0
@@ -67,9 +75,10 @@ def plots_preview(cases: Sequence[Case], png_path: str, dpi: int = 80) -> str:
   Coronal slices are drawn with the correct physical aspect (z spacing vs x spacing), superior up.
   """
   import matplotlib
+
   matplotlib.use("Agg")
-  import matplotlib.pyplot as plt
   from matplotlib.patches import Patch
+  import matplotlib.pyplot as plt
 
   n = len(cases)
   fig, axes = plt.subplots(n, 2, figsize=(9, 4.4 * n), squeeze=False)
@@ -91,8 +100,12 @@ def plots_preview(cases: Sequence[Case], png_path: str, dpi: int = 80) -> str:
       a.set_xticks([])
       a.set_yticks([])
   names = ("LAD", "LCX", "RCA", "aorta", "aortic valve", "mitral valve")
-  fig.legend(handles=[Patch(color=CLASS_COLOURS[k + 1], label=nm) for k, nm in enumerate(names)],
-             loc="lower center", ncol=6, fontsize=8)
+  fig.legend(
+    handles=[Patch(color=CLASS_COLOURS[k + 1], label=nm) for k, nm in enumerate(names)],
+    loc="lower center",
+    ncol=6,
+    fontsize=8,
+  )
   fig.tight_layout(rect=(0, 0.03, 1, 1))
   try:
     return atomic.write_png(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))

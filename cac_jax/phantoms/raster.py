@@ -9,7 +9,7 @@ small ones (coronary lumen and wall, calcium) with anti-aliased fractions
 
 from __future__ import annotations
 
-from typing import Optional, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -41,8 +41,11 @@ class Grid:
     z = self.origin[2] + self.spacing[0] * np.arange(bb[0].start, bb[0].stop)
     y = self.origin[1] + self.spacing[1] * np.arange(bb[1].start, bb[1].stop)
     x = self.origin[0] + self.spacing[2] * np.arange(bb[2].start, bb[2].stop)
-    return (z.astype(np.float32)[:, None, None], y.astype(np.float32)[None, :, None],
-            x.astype(np.float32)[None, None, :])
+    return (
+      z.astype(np.float32)[:, None, None],
+      y.astype(np.float32)[None, :, None],
+      x.astype(np.float32)[None, None, :],
+    )
 
   def z_index(self, z_mm: float) -> int:
     return int(np.clip(round((z_mm - self.origin[2]) / self.spacing[0]), 0, self.shape[0] - 1))
@@ -51,7 +54,9 @@ class Grid:
     """Nearest voxel (z, y, x) of a physical point, clipped into the grid."""
     out = []
     for ax, k in enumerate((2, 1, 0)):
-      out.append(int(np.clip(round((xyz[k] - self.origin[k]) / self.spacing[ax]), 0, self.shape[ax] - 1)))
+      out.append(
+        int(np.clip(round((xyz[k] - self.origin[k]) / self.spacing[ax]), 0, self.shape[ax] - 1))
+      )
     return tuple(out)
 
 
@@ -72,7 +77,7 @@ def frame_from(axis) -> np.ndarray:
 class Ellipsoid:
   """Ellipsoid with centre (x, y, z), semi-axes along the columns of `frame` (identity: x, y, z)."""
 
-  def __init__(self, centre, semi, frame: Optional[np.ndarray] = None):
+  def __init__(self, centre, semi, frame: np.ndarray | None = None):
     self.centre = np.asarray(centre, dtype=np.float64)
     self.semi = np.asarray(semi, dtype=np.float64)
     self.frame = None if frame is None else np.asarray(frame, dtype=np.float64)
@@ -96,7 +101,7 @@ class Ellipsoid:
     m = (f / self.semi[None, :] ** 2) @ f.T  # M = F diag(1/a^2) F^T
     m = m.astype(np.float32)
     a2d = m[0, 0] * dx * dx + m[1, 1] * dy * dy + (2 * m[0, 1]) * (dy * dx)  # (1, ny, nx)
-    b2d = (2 * m[0, 2]) * dx + (2 * m[1, 2]) * dy                            # (1, ny, nx)
+    b2d = (2 * m[0, 2]) * dx + (2 * m[1, 2]) * dy  # (1, ny, nx)
     rho2 = dz * b2d
     rho2 += a2d
     rho2 += m[2, 2] * dz * dz
@@ -126,7 +131,7 @@ class ZCylinder:
 
   def inside(self, Z, Y, X):
     m2 = ((X - self.c[0]) / self.a[0]) ** 2 + ((Y - self.c[1]) / self.a[1]) ** 2 < 1.0
-    mz = (Z >= self.z[0]) & (Z <= self.z[1])
+    mz = (self.z[0] <= Z) & (self.z[1] >= Z)
     return m2 & mz
 
 
@@ -167,8 +172,13 @@ def _local_view(bb, outer):
 class Canvas:
   """HU volume being painted, with optional tissue-id map and named boolean masks."""
 
-  def __init__(self, grid: Grid, fill: float, track_tissue: bool = False,
-               masks: Sequence[str] = ("heart", "aorta")):
+  def __init__(
+    self,
+    grid: Grid,
+    fill: float,
+    track_tissue: bool = False,
+    masks: Sequence[str] = ("heart", "aorta"),
+  ):
     self.grid = grid
     self.hu = np.full(grid.shape, fill, dtype=np.float32)
     self.tissue = np.zeros(grid.shape, dtype=np.uint8) if track_tissue else None

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import csv
-import os
 import io
+import os
 
 import numpy as np
 import SimpleITK as sitk
@@ -33,13 +33,21 @@ def _write_array(array_zyx: np.ndarray, case: Case, path: str) -> None:
 
 def write_case(case: Case, output_dir: str) -> dict:
   """Writes image (int16 HU), labels (reference encoding, left main as 11), heart and aorta masks; returns the row."""
-  rel = {"image": f"images/{case.case_id}.nii.gz", "label": f"labels/{case.case_id}.nii.gz",
-         "heart_mask": f"heart/{case.case_id}.nii.gz", "aorta_mask": f"aorta/{case.case_id}.nii.gz"}
+  rel = {
+    "image": f"images/{case.case_id}.nii.gz",
+    "label": f"labels/{case.case_id}.nii.gz",
+    "heart_mask": f"heart/{case.case_id}.nii.gz",
+    "aorta_mask": f"aorta/{case.case_id}.nii.gz",
+  }
   for sub in ("images", "labels", "heart", "aorta"):
     os.makedirs(os.path.join(output_dir, sub), exist_ok=True)
   hu = np.clip(np.round(case.scan.hu), -1024, 3071).astype(np.int16)
   _write_array(hu, case, os.path.join(output_dir, rel["image"]))
-  _write_array(L.classes_to_reference(case.labels, case.left_main), case, os.path.join(output_dir, rel["label"]))
+  _write_array(
+    L.classes_to_reference(case.labels, case.left_main),
+    case,
+    os.path.join(output_dir, rel["label"]),
+  )
   _write_array(case.heart_mask.astype(np.uint8), case, os.path.join(output_dir, rel["heart_mask"]))
   _write_array(case.aorta_mask.astype(np.uint8), case, os.path.join(output_dir, rel["aorta_mask"]))
   return {"id": case.case_id, **rel, "domain": case.domain}
@@ -62,8 +70,15 @@ def merge_manifest(path: str, rows: list[dict]) -> str:
   return path
 
 
-def write_dataset(output_dir: str, domain: str, num_cases: int, seed: int, config,
-                  split: str = "train", progress=None) -> str:
+def write_dataset(
+  output_dir: str,
+  domain: str,
+  num_cases: int,
+  seed: int,
+  config,
+  split: str = "train",
+  progress=None,
+) -> str:
   """Generates cases with seeds seed..seed+num_cases-1 and writes them; returns the manifest path.
 
   Args:
@@ -86,5 +101,7 @@ def write_dataset(output_dir: str, domain: str, num_cases: int, seed: int, confi
       progress(case.case_id)
   marker = os.path.join(output_dir, PHANTOM_MARKER)
   if not os.path.exists(marker):  # training on this folder is recorded as phantoms-only
-    atomic.write_text(marker, '{"generator": "cac_jax.phantoms", "note": "synthetic phantoms, no patient data"}\n')
+    atomic.write_text(
+      marker, '{"generator": "cac_jax.phantoms", "note": "synthetic phantoms, no patient data"}\n'
+    )
   return merge_manifest(os.path.join(output_dir, "manifest.csv"), rows)

@@ -13,7 +13,7 @@ running that schedule is `cac_jax.train.loop.adapt`.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -27,22 +27,41 @@ from cac_jax.train import state as state_lib
 AdaptState = state_lib.AdaptState
 # The config fields each step reads (losses and optimisers): `cac_jax.train.loop.cached_step` keys on them.
 _RMSPROP_READS = ("adapt.rmsprop_decay", "adapt.rmsprop_eps", "adapt.weight_decay")
-CRITIC_STEP_READS = ("model", "adapt.clip", "adapt.unroll_critic_scan", "adapt.critic_lr", *_RMSPROP_READS)
-GENERATOR_STEP_READS = ("model", "adapt.alpha", "adapt.classifier_dropout", "adapt.generator_lr", *_RMSPROP_READS)
+CRITIC_STEP_READS = (
+  "model",
+  "adapt.clip",
+  "adapt.unroll_critic_scan",
+  "adapt.critic_lr",
+  *_RMSPROP_READS,
+)
+GENERATOR_STEP_READS = (
+  "model",
+  "adapt.alpha",
+  "adapt.classifier_dropout",
+  "adapt.generator_lr",
+  *_RMSPROP_READS,
+)
 
 
-def critic_loss(critic_params, source_feats: jax.Array, target_feats: jax.Array, config: ml_collections.ConfigDict):
+def critic_loss(
+  critic_params, source_feats: jax.Array, target_feats: jax.Array, config: ml_collections.ConfigDict
+):
   """L_D = mean D(target) - mean D(source) on (B, h, w, F) features -> (loss, metrics)."""
   d = models.build(config)[3]
   s = d.apply({"params": critic_params}, source_feats)
   t = d.apply({"params": critic_params}, target_feats)
   loss = t.mean() - s.mean()
-  return loss, {"critic_loss": loss, "wasserstein": -loss, "critic_source_score": s.mean(),
-                "critic_target_score": t.mean()}
+  return loss, {
+    "critic_loss": loss,
+    "wasserstein": -loss,
+    "critic_source_score": s.mean(),
+    "critic_target_score": t.mean(),
+  }
 
 
-def make_critic_steps(config: ml_collections.ConfigDict,
-                      tx: optax.GradientTransformation | None = None) -> Callable[[AdaptState, dict], tuple[AdaptState, dict]]:
+def make_critic_steps(
+  config: ml_collections.ConfigDict, tx: optax.GradientTransformation | None = None
+) -> Callable[[AdaptState, dict], tuple[AdaptState, dict]]:
   """Pure `critic_steps(state, batches) -> (state, metrics)` for n stacked batches.
 
   batches: {"source_views": (n, 3, B, P, P, 1), "target_views": (n, 3, B', P, P, 1)}.
@@ -60,7 +79,8 @@ def make_critic_steps(config: ml_collections.ConfigDict,
     def body(carry, batch):
       params, opt_state = carry
       grads, metrics = jax.grad(critic_loss, has_aux=True)(
-          params, features(batch["source_views"]), features(batch["target_views"]), config)
+        params, features(batch["source_views"]), features(batch["target_views"]), config
+      )
       updates, opt_state = tx.update(grads, opt_state, params)
       params = state_lib.clip_critic(optax.apply_updates(params, updates), clip)
       return (params, opt_state), metrics
@@ -68,35 +88,52 @@ def make_critic_steps(config: ml_collections.ConfigDict,
     n = batches["source_views"].shape[0]
     # Fully unrolled by default: on XLA:CPU the convolutions inside a rolled while loop run
     # several times slower (docs/performance.md has the measurement).
-    (params, opt_state), metrics = jax.lax.scan(body, (state.critic, state.critic_opt), batches,
-                                                unroll=bool(config.adapt.get("unroll_critic_scan", True)))
+    (params, opt_state), metrics = jax.lax.scan(
+      body,
+      (state.critic, state.critic_opt),
+      batches,
+      unroll=bool(config.adapt.get("unroll_critic_scan", True)),
+    )
     metrics = jax.tree.map(jnp.mean, metrics)
-    return state.replace(critic=params, critic_opt=opt_state, critic_step=state.critic_step + n), metrics
+    return state.replace(
+      critic=params, critic_opt=opt_state, critic_step=state.critic_step + n
+    ), metrics
 
   return critic_steps
 
 
-def adversarial_term(generator_params, state: AdaptState, target_views: jax.Array, config) -> jax.Array:
+def adversarial_term(
+  generator_params, state: AdaptState, target_views: jax.Array, config
+) -> jax.Array:
   """L_adv = -mean D(G(x_t)) (the critic's params fixed)."""
   g, _, _, d = models.build(config)
-  return -d.apply({"params": state.critic}, g.apply({"params": generator_params}, target_views)).mean()
+  return -d.apply(
+    {"params": state.critic}, g.apply({"params": generator_params}, target_views)
+  ).mean()
 
 
-def classification_term(generator_params, state: AdaptState, batch: dict, rng: jax.Array,
-                        config) -> tuple[jax.Array, dict]:
+def classification_term(
+  generator_params, state: AdaptState, batch: dict, rng: jax.Array, config
+) -> tuple[jax.Array, dict]:
   """L_cls = CE(C(G(x_s))[centre], y_s) on the labelled source batch -> (loss, metrics)."""
   g, c, _, _ = models.build(config)
   dropout = bool(config.adapt.get("classifier_dropout", False))
   source_feats = g.apply({"params": generator_params}, batch["source_views"])
-  logits = models.centre_logits(c, state.classifier, source_feats, deterministic=not dropout,
-                                rng=rng if dropout else None)
+  logits = models.centre_logits(
+    c, state.classifier, source_feats, deterministic=not dropout, rng=rng if dropout else None
+  )
   y = source_lib.centre_labels(batch["source_labels"])
   ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
   return ce, {"source_ce": ce, "source_accuracy": (jnp.argmax(logits, -1) == y).mean()}
 
 
-def generator_loss(generator_params, state: AdaptState, batch: dict, rng: jax.Array,
-                   config: ml_collections.ConfigDict):
+def generator_loss(
+  generator_params,
+  state: AdaptState,
+  batch: dict,
+  rng: jax.Array,
+  config: ml_collections.ConfigDict,
+):
   """L_G = L_adv + alpha * L_cls for one batch {"source_views", "source_labels", "target_views"}
   -> (loss, metrics)."""
   adversarial = adversarial_term(generator_params, state, batch["target_views"], config)
@@ -104,13 +141,16 @@ def generator_loss(generator_params, state: AdaptState, batch: dict, rng: jax.Ar
   return _combine(adversarial, ce, metrics, config.adapt.alpha)
 
 
-def _combine(adversarial: jax.Array, ce: jax.Array, cls_metrics: dict, alpha: float) -> tuple[jax.Array, dict]:
+def _combine(
+  adversarial: jax.Array, ce: jax.Array, cls_metrics: dict, alpha: float
+) -> tuple[jax.Array, dict]:
   loss = adversarial + alpha * ce
   return loss, {"generator_loss": loss, "generator_adversarial_loss": adversarial, **cls_metrics}
 
 
-def make_generator_step(config: ml_collections.ConfigDict,
-                        tx: optax.GradientTransformation | None = None) -> Callable[[AdaptState, dict], tuple[AdaptState, dict]]:
+def make_generator_step(
+  config: ml_collections.ConfigDict, tx: optax.GradientTransformation | None = None
+) -> Callable[[AdaptState, dict], tuple[AdaptState, dict]]:
   """Pure `generator_step(state, batch) -> (state, metrics)`: updates only G (and step, rng).
 
   The gradients of L_adv (target batch) and alpha * L_cls (source batch) are taken separately
@@ -128,15 +168,24 @@ def make_generator_step(config: ml_collections.ConfigDict,
   def generator_step(state: AdaptState, batch: dict):
     # The key only advances when C uses dropout (no PRNG work otherwise).
     rng, step_rng = jax.random.split(state.rng) if dropout else (state.rng, state.rng)
-    adversarial, g_adv = jax.value_and_grad(adversarial_term)(state.generator, state, batch["target_views"], config)
+    adversarial, g_adv = jax.value_and_grad(adversarial_term)(
+      state.generator, state, batch["target_views"], config
+    )
     (ce, metrics), g_cls = jax.value_and_grad(classification_term, has_aux=True)(
-        state.generator, state, batch, step_rng, config)
+      state.generator, state, batch, step_rng, config
+    )
     g_cls = jax.tree.map(lambda x: alpha * x, g_cls)
     grads = jax.tree.map(jnp.add, g_adv, g_cls)
     updates, opt_state = tx.update(grads, state.generator_opt, state.generator)
     _, metrics = _combine(adversarial, ce, metrics, alpha)
-    metrics.update(grad_norm_adversarial=optax.tree.norm(g_adv), grad_norm_classification=optax.tree.norm(g_cls))
-    return state.replace(step=state.step + 1, generator=optax.apply_updates(state.generator, updates),
-                         generator_opt=opt_state, rng=rng), metrics
+    metrics.update(
+      grad_norm_adversarial=optax.tree.norm(g_adv), grad_norm_classification=optax.tree.norm(g_cls)
+    )
+    return state.replace(
+      step=state.step + 1,
+      generator=optax.apply_updates(state.generator, updates),
+      generator_opt=opt_state,
+      rng=rng,
+    ), metrics
 
   return generator_step

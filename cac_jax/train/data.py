@@ -21,10 +21,11 @@ uninterrupted one.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 import dataclasses
 import hashlib
 import os
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -67,14 +68,18 @@ def as_stream(x: Any) -> Stream:
 
 def as_streams(data: Any) -> Streams:
   """`Streams` from a Streams, or an object with source/source_critic/... attributes."""
-  return Streams(*(None if s is None else as_stream(s) for s in _members(data)),
-                 provenance=getattr(data, "provenance", None))
+  return Streams(
+    *(None if s is None else as_stream(s) for s in _members(data)),
+    provenance=getattr(data, "provenance", None),
+  )
 
 
 def prefetched(streams: Streams, depth: int) -> Streams:
   """Every stream of `streams` prefetched (`cac_jax.prefetch.Prefetched`): the same batches."""
-  return Streams(*(None if s is None else Prefetched(s, depth) for s in _members(streams)),
-                 provenance=streams.provenance)
+  return Streams(
+    *(None if s is None else Prefetched(s, depth) for s in _members(streams)),
+    provenance=streams.provenance,
+  )
 
 
 def close(streams: Streams) -> None:
@@ -94,7 +99,9 @@ def adapt_bright_in_heart(config, target_cases) -> bool | None:
   return bool(config.adapt.get("bright_in_heart", False))
 
 
-def sampler_streams(source_cases, target_cases, config, seed: int, provenance: dict | None = None) -> Streams:
+def sampler_streams(
+  source_cases, target_cases, config, seed: int, provenance: dict | None = None
+) -> Streams:
   """The one builder of training batches over `cac_jax.sampling.PatchSampler`s (imported lazily).
 
   Samplers: the source cases with `seed`; with target cases, one with `seed + 1` for the
@@ -115,14 +122,25 @@ def sampler_streams(source_cases, target_cases, config, seed: int, provenance: d
   src = sampling.PatchSampler(source_cases, config, seed, critic_bright_in_heart=bright)
   streams = dict(source=src.make_source_batch, source_critic=src.make_critic_batch)
   if target_cases is not None:
-    critic, generator = (sampling.PatchSampler(target_cases, config, seed + k, bright_in_heart=bright) for k in (1, 2))
-    streams.update(target_critic=critic.make_critic_batch, target_generator=generator.make_critic_batch)
+    critic, generator = (
+      sampling.PatchSampler(target_cases, config, seed + k, bright_in_heart=bright) for k in (1, 2)
+    )
+    streams.update(
+      target_critic=critic.make_critic_batch, target_generator=generator.make_critic_batch
+    )
   return prefetched(Streams(**streams, provenance=provenance), int(config.sampling.prefetch))
 
 
-def manifest_streams(config, source_manifest: str, target_manifest: str | None = None, *, split: str | None = "train",
-                     source_domain: str | None = "ncct", target_domain: str | None = "ccta",
-                     seed: int | None = None) -> Streams:
+def manifest_streams(
+  config,
+  source_manifest: str,
+  target_manifest: str | None = None,
+  *,
+  split: str | None = "train",
+  source_domain: str | None = "ncct",
+  target_domain: str | None = "ccta",
+  seed: int | None = None,
+) -> Streams:
   """`sampler_streams` over the cases of data-set manifests (`cac_jax.manifest.load_cases`).
 
   Args:
@@ -141,20 +159,33 @@ def manifest_streams(config, source_manifest: str, target_manifest: str | None =
   if target_manifest is not None:
     target_cases = manifest.load_cases(target_manifest, config, split=split, domain=target_domain)
     if not target_cases:
-      raise ValueError(f"{target_manifest}: no cases with split={split!r}, domain={target_domain!r}")
+      raise ValueError(
+        f"{target_manifest}: no cases with split={split!r}, domain={target_domain!r}"
+      )
   manifests = [m for m in (source_manifest, target_manifest) if m is not None]
-  return sampler_streams(source_cases, target_cases, config, config.seed if seed is None else seed,
-                         manifest_provenance(manifests, split))
+  return sampler_streams(
+    source_cases,
+    target_cases,
+    config,
+    config.seed if seed is None else seed,
+    manifest_provenance(manifests, split),
+  )
 
 
 def manifest_provenance(manifests: list[str], split: str | None = None) -> dict:
   """Provenance of batches drawn from data-set manifests: their paths and SHA-256, and
   phantoms_only when every manifest's folder carries the phantom writer's marker."""
-  phantoms = all(os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(m)), writer.PHANTOM_MARKER))
-                 for m in manifests)
-  return {"description": ("phantom data set " if phantoms else "manifest ") + ", ".join(manifests)
-                         + (f" (split {split})" if split else ""),
-          "manifest_sha256": [_file_sha256(m) for m in manifests], "phantoms_only": True if phantoms else None}
+  phantoms = all(
+    os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(m)), writer.PHANTOM_MARKER))
+    for m in manifests
+  )
+  return {
+    "description": ("phantom data set " if phantoms else "manifest ")
+    + ", ".join(manifests)
+    + (f" (split {split})" if split else ""),
+    "manifest_sha256": [_file_sha256(m) for m in manifests],
+    "phantoms_only": True if phantoms else None,
+  }
 
 
 def _file_sha256(path: str) -> str:
@@ -170,5 +201,10 @@ def describe_training_data(data: Any, config) -> dict:
   is "not recorded".
   """
   if data is None:
-    return {"description": f"phantoms (cac_jax.synthetic), seed {int(config.seed)}", "phantoms_only": True}
-  return dict(getattr(data, "provenance", None) or {"description": "not recorded", "phantoms_only": None})
+    return {
+      "description": f"phantoms (cac_jax.synthetic), seed {int(config.seed)}",
+      "phantoms_only": True,
+    }
+  return dict(
+    getattr(data, "provenance", None) or {"description": "not recorded", "phantoms_only": None}
+  )

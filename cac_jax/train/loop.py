@@ -13,22 +13,21 @@ Each run builds its optimisers once and hands them to both the state and the ste
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 import logging
 import os
 import time
-from typing import Any, Callable, Optional, Sequence
+from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 
 from cac_jax import checkpoints
-from cac_jax.train import adversarial
+from cac_jax.train import adversarial, sharding, writers
 from cac_jax.train import data as data_lib
-from cac_jax.train import sharding
 from cac_jax.train import source as source_lib
 from cac_jax.train import state as state_lib
-from cac_jax.train import writers
 
 logger = logging.getLogger(__name__)
 # Below this median ratio |grad L_adv| / |alpha grad L_cls|, `adapt` warns that L_adv barely acted.
@@ -36,7 +35,9 @@ WEAK_ADVERSARIAL_RATIO = 0.01
 _COMPILED: dict = {}
 
 
-def step_config(config: ml_collections.ConfigDict, reads: Sequence[str]) -> ml_collections.ConfigDict:
+def step_config(
+  config: ml_collections.ConfigDict, reads: Sequence[str]
+) -> ml_collections.ConfigDict:
   """The part of `config` a step reads: whole sections ("model") or fields ("adapt.alpha");
   optional fields absent from `config` stay absent (the step's `.get` default applies)."""
   full, out = config.to_dict(), {}
@@ -49,8 +50,14 @@ def step_config(config: ml_collections.ConfigDict, reads: Sequence[str]) -> ml_c
   return ml_collections.ConfigDict(out)
 
 
-def cached_step(make: Callable, reads: Sequence[str], config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh,
-                batch_axis: int = 1, **optimizers) -> Callable:
+def cached_step(
+  make: Callable,
+  reads: Sequence[str],
+  config: ml_collections.ConfigDict,
+  mesh: jax.sharding.Mesh,
+  batch_axis: int = 1,
+  **optimizers,
+) -> Callable:
   """`source.jit_step(make(step_config(config, reads), **optimizers), mesh, batch_axis)`, reused
   for the same maker, step config, mesh and axis. `optimizers` are built from the same fields."""
   cfg = step_config(config, reads)
@@ -84,8 +91,10 @@ def _streams(data: Any, config: ml_collections.ConfigDict) -> tuple[data_lib.Str
   training_data = data_lib.describe_training_data(data, config)
   if data is None:
     from cac_jax import synthetic  # pylint: disable=g-import-not-at-top
-    data = data_lib.prefetched(data_lib.as_streams(synthetic.SyntheticData(config, config.seed)),
-                               config.sampling.prefetch)
+
+    data = data_lib.prefetched(
+      data_lib.as_streams(synthetic.SyntheticData(config, config.seed)), config.sampling.prefetch
+    )
   return data_lib.as_streams(data), training_data
 
 
@@ -95,13 +104,26 @@ def _restore(mgr, state, mesh, workdir: str, resume: bool, what: str):
   if latest is None:
     return state
   if not resume:
-    raise ValueError(f"{workdir} already holds {what} checkpoints (latest step {latest}); "
-                     "pass --resume (resume=True) to continue, or use a fresh --workdir")
+    raise ValueError(
+      f"{workdir} already holds {what} checkpoints (latest step {latest}); "
+      "pass --resume (resume=True) to continue, or use a fresh --workdir"
+    )
   return checkpoints.restore_latest(mgr, state, sharding.replicated(mesh))
 
 
-def _run(state, steps: range, body: Callable, *, what: str, section, mgr, writer, rate_key: str,
-         on_log: Callable[[int, dict], None], after_step: Optional[Callable[[int, Any], None]] = None):
+def _run(
+  state,
+  steps: range,
+  body: Callable,
+  *,
+  what: str,
+  section,
+  mgr,
+  writer,
+  rate_key: str,
+  on_log: Callable[[int, dict], None],
+  after_step: Callable[[int, Any], None] | None = None,
+):
   """Steps `steps` of `body(state, step) -> (state, metrics)`: mean metrics and the rate every
   `section.log_every` steps and at the last (`on_log`), checkpoints every
   `section.checkpoint_every` and at the last, then `after_step(done, state)`."""
@@ -124,15 +146,24 @@ def _run(state, steps: range, body: Callable, *, what: str, section, mgr, writer
   return state
 
 
-def _finish(writer, mgr, streams: data_lib.Streams, workdir: str, params: dict, config, info: dict) -> None:
+def _finish(
+  writer, mgr, streams: data_lib.Streams, workdir: str, params: dict, config, info: dict
+) -> None:
   writer.close()
   mgr.close()
   data_lib.close(streams)
-  checkpoints.export_inference(os.path.join(workdir, "export"), jax.device_get(params), config, info)
+  checkpoints.export_inference(
+    os.path.join(workdir, "export"), jax.device_get(params), config, info
+  )
 
 
-def train_source(config: ml_collections.ConfigDict, workdir: str, data: Any = None, resume: bool = False,
-                 mesh: jax.sharding.Mesh | None = None) -> state_lib.SourceState:
+def train_source(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  data: Any = None,
+  resume: bool = False,
+  mesh: jax.sharding.Mesh | None = None,
+) -> state_lib.SourceState:
   """Train G, C and heads for `config.source.num_steps` steps; export `workdir/export`.
 
   Args:
@@ -156,24 +187,52 @@ def train_source(config: ml_collections.ConfigDict, workdir: str, data: Any = No
   cfg = config.source
   tx = state_lib.source_optimizer(config)
   mgr = checkpoints.manager(os.path.join(workdir, "checkpoints"))
-  state = _restore(mgr, sharding.replicate(state_lib.init_source_state(config, tx=tx), mesh), mesh, workdir,
-                   resume, "source")
+  state = _restore(
+    mgr,
+    sharding.replicate(state_lib.init_source_state(config, tx=tx), mesh),
+    mesh,
+    workdir,
+    resume,
+    "source",
+  )
   start = int(state.step)
   if start:
     logger.info("resumed source training at step %d", start)
   step_fn = cached_step(source_lib.make_source_step, source_lib.STEP_READS, config, mesh, tx=tx)
-  writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0, keep=lambda r: r.get("step", 0) <= start)
+  writer = writers.MetricWriter(
+    workdir, enabled=jax.process_index() == 0, keep=lambda r: r.get("step", 0) <= start
+  )
 
   def log(done, m):
-    logger.info("source step %d: loss %.4f acc %.3f (%.2f steps/s)", done, m["loss"], m["accuracy"],
-                 m["steps_per_second"])
+    logger.info(
+      "source step %d: loss %.4f acc %.3f (%.2f steps/s)",
+      done,
+      m["loss"],
+      m["accuracy"],
+      m["steps_per_second"],
+    )
 
   logger.info("compiling the source training step (the first step waits for XLA)…")
-  state = _run(state, range(start, cfg.num_steps),
-               lambda s, step: step_fn(s, sharding.shard_batch(streams.source(step), mesh)),
-               what="source", section=cfg, mgr=mgr, writer=writer, rate_key="steps_per_second", on_log=log)
-  _finish(writer, mgr, streams, workdir, state.params, config,
-          {"stage": "source", "steps": int(state.step), "training_data": training_data})
+  state = _run(
+    state,
+    range(start, cfg.num_steps),
+    lambda s, step: step_fn(s, sharding.shard_batch(streams.source(step), mesh)),
+    what="source",
+    section=cfg,
+    mgr=mgr,
+    writer=writer,
+    rate_key="steps_per_second",
+    on_log=log,
+  )
+  _finish(
+    writer,
+    mgr,
+    streams,
+    workdir,
+    state.params,
+    config,
+    {"stage": "source", "steps": int(state.step), "training_data": training_data},
+  )
   return state
 
 
@@ -205,13 +264,23 @@ def snapshots(workdir: str) -> dict[int, str]:
     return {}
   out = {}
   for name in sorted(os.listdir(root)):
-    if name.startswith("step_") and name[5:].isdigit() and checkpoints.is_exported(os.path.join(root, name)):
+    if (
+      name.startswith("step_")
+      and name[5:].isdigit()
+      and checkpoints.is_exported(os.path.join(root, name))
+    ):
       out[int(name[5:])] = os.path.join(root, name)
   return out
 
 
-def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, data: Any = None,
-          resume: bool = False, mesh: jax.sharding.Mesh | None = None) -> state_lib.AdaptState:
+def adapt(
+  config: ml_collections.ConfigDict,
+  workdir: str,
+  source_params: dict,
+  data: Any = None,
+  resume: bool = False,
+  mesh: jax.sharding.Mesh | None = None,
+) -> state_lib.AdaptState:
   """Adapt G to the target domain; export {"generator", "classifier"} to `workdir/export`.
 
   Args:
@@ -232,18 +301,38 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
   missing = [k for k in data_lib.STREAM_NAMES if getattr(streams, k) is None]
   if missing:
     raise ValueError(f"adapt needs data streams {missing}")
-  critic_tx, generator_tx = state_lib.critic_optimizer(config), state_lib.generator_optimizer(config)
+  critic_tx, generator_tx = (
+    state_lib.critic_optimizer(config),
+    state_lib.generator_optimizer(config),
+  )
   mgr = checkpoints.manager(os.path.join(workdir, "checkpoints"))
-  state = sharding.replicate(state_lib.init_adapt_state(config, source_params, critic_tx=critic_tx,
-                                                        generator_tx=generator_tx), mesh)
+  state = sharding.replicate(
+    state_lib.init_adapt_state(
+      config, source_params, critic_tx=critic_tx, generator_tx=generator_tx
+    ),
+    mesh,
+  )
   state = _restore(mgr, state, mesh, workdir, resume, "adaptation")
   if int(state.step) or int(state.critic_step):
-    logger.info("resumed adaptation at generator step %d (critic step %d)", int(state.step), int(state.critic_step))
-  critic_fn = cached_step(adversarial.make_critic_steps, adversarial.CRITIC_STEP_READS, config, mesh, batch_axis=2,
-                          tx=critic_tx)
-  generator_fn = cached_step(adversarial.make_generator_step, adversarial.GENERATOR_STEP_READS, config, mesh,
-                             tx=generator_tx)
-  writer = writers.MetricWriter(workdir, enabled=jax.process_index() == 0, keep=writers.resumed_adaptation(state))
+    logger.info(
+      "resumed adaptation at generator step %d (critic step %d)",
+      int(state.step),
+      int(state.critic_step),
+    )
+  critic_fn = cached_step(
+    adversarial.make_critic_steps,
+    adversarial.CRITIC_STEP_READS,
+    config,
+    mesh,
+    batch_axis=2,
+    tx=critic_tx,
+  )
+  generator_fn = cached_step(
+    adversarial.make_generator_step, adversarial.GENERATOR_STEP_READS, config, mesh, tx=generator_tx
+  )
+  writer = writers.MetricWriter(
+    workdir, enabled=jax.process_index() == 0, keep=writers.resumed_adaptation(state)
+  )
 
   def critic_round(state, n):
     first = int(state.critic_step)
@@ -254,7 +343,9 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
 
   # Critic pre-training, in chunks of `critic_steps` so the compiled scan is reused.
   if int(state.step) == 0 and int(state.critic_step) < a.critic_pretrain_steps:
-    logger.info("compiling the critic step, then %d critic pre-training steps…", a.critic_pretrain_steps)
+    logger.info(
+      "compiling the critic step, then %d critic pre-training steps…", a.critic_pretrain_steps
+    )
     chunk = max(a.critic_steps, 1)
     while (done := int(state.critic_step)) < a.critic_pretrain_steps:
       state, m = critic_round(state, min(chunk, a.critic_pretrain_steps - done))
@@ -269,7 +360,11 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
     if n > 0:
       state, metrics = critic_round(state, n)
     src, tgt = streams.source(j), streams.target_generator(j)
-    batch = {"source_views": src["views"], "source_labels": src["labels"], "target_views": tgt["views"]}
+    batch = {
+      "source_views": src["views"],
+      "source_labels": src["labels"],
+      "target_views": tgt["views"],
+    }
     state, gm = generator_fn(state, sharding.shard_batch(batch, mesh))
     return state, {**metrics, **gm}
 
@@ -278,25 +373,56 @@ def adapt(config: ml_collections.ConfigDict, workdir: str, source_params: dict, 
   def log(done, m):
     if m["grad_norm_classification"] > 0:
       grad_ratio.append(m["grad_norm_adversarial"] / m["grad_norm_classification"])
-    logger.info("adapt step %d: W %.4f, L_G adv %.4f, source CE %.4f, |grad| adv %.2g / alpha*cls %.2g "
-                 "(%.2f G steps/s)", done, m.get("wasserstein", float("nan")), m["generator_adversarial_loss"],
-                 m["source_ce"], m["grad_norm_adversarial"], m["grad_norm_classification"],
-                 m["generator_steps_per_second"])
+    logger.info(
+      "adapt step %d: W %.4f, L_G adv %.4f, source CE %.4f, |grad| adv %.2g / alpha*cls %.2g "
+      "(%.2f G steps/s)",
+      done,
+      m.get("wasserstein", float("nan")),
+      m["generator_adversarial_loss"],
+      m["source_ce"],
+      m["grad_norm_adversarial"],
+      m["grad_norm_classification"],
+      m["generator_steps_per_second"],
+    )
 
   def snapshot(done, state):
     if snapshot_due(config, done):
-      checkpoints.export_inference(snapshot_dir(workdir, done),
-                                   jax.device_get({"generator": state.generator, "classifier": state.classifier}),
-                                   config, {"stage": "adapted", "steps": done, "training_data": training_data})
+      checkpoints.export_inference(
+        snapshot_dir(workdir, done),
+        jax.device_get({"generator": state.generator, "classifier": state.classifier}),
+        config,
+        {"stage": "adapted", "steps": done, "training_data": training_data},
+      )
 
   logger.info("compiling the generator step (the first step waits for XLA)…")
-  state = _run(state, range(int(state.step), a.num_generator_steps), body, what="adapt", section=a, mgr=mgr,
-               writer=writer, rate_key="generator_steps_per_second", on_log=log, after_step=snapshot)
+  state = _run(
+    state,
+    range(int(state.step), a.num_generator_steps),
+    body,
+    what="adapt",
+    section=a,
+    mgr=mgr,
+    writer=writer,
+    rate_key="generator_steps_per_second",
+    on_log=log,
+    after_step=snapshot,
+  )
   if grad_ratio and float(np.median(grad_ratio)) < WEAK_ADVERSARIAL_RATIO:
-    logger.warning("L_adv barely moved G: its gradient norm was %.2g x that of alpha * L_cls (median over "
-                    "the run, alpha = %g), so this adaptation was mostly fine-tuning on the labelled source. "
-                    "The balance depends on the critic's output scale (clip, architecture); a smaller alpha "
-                    "gives L_adv more weight.", float(np.median(grad_ratio)), float(a.alpha))
-  _finish(writer, mgr, streams, workdir, {"generator": state.generator, "classifier": state.classifier}, config,
-          {"stage": "adapted", "steps": int(state.step), "training_data": training_data})
+    logger.warning(
+      "L_adv barely moved G: its gradient norm was %.2g x that of alpha * L_cls (median over "
+      "the run, alpha = %g), so this adaptation was mostly fine-tuning on the labelled source. "
+      "The balance depends on the critic's output scale (clip, architecture); a smaller alpha "
+      "gives L_adv more weight.",
+      float(np.median(grad_ratio)),
+      float(a.alpha),
+    )
+  _finish(
+    writer,
+    mgr,
+    streams,
+    workdir,
+    {"generator": state.generator, "classifier": state.classifier},
+    config,
+    {"stage": "adapted", "steps": int(state.step), "training_data": training_data},
+  )
   return state

@@ -8,11 +8,13 @@ to the order of floating-point sums.
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 AXIS = "data"
 
@@ -49,8 +51,10 @@ def shard_batch(batch: Any, mesh: Mesh, batch_axis: int = 1) -> Any:
   def put(x):
     x = np.asarray(x)
     if x.shape[batch_axis] % n_local:
-      raise ValueError(f"batch of {x.shape[batch_axis]} (axis {batch_axis} of {x.shape}) does not split "
-                       f"over {n_local} local devices")
+      raise ValueError(
+        f"batch of {x.shape[batch_axis]} (axis {batch_axis} of {x.shape}) does not split "
+        f"over {n_local} local devices"
+      )
     if jax.process_count() == 1:
       return jax.device_put(x, sharding)
     return jax.make_array_from_process_local_data(sharding, x)

@@ -8,21 +8,25 @@ Optimiser: Adam with L2 weight decay added to the gradient (`state.source_optimi
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
 
-from cac_jax import models
-from cac_jax import xla_options
+from cac_jax import models, xla_options
 from cac_jax.train import sharding
 from cac_jax.train import state as state_lib
 
 SourceState = state_lib.SourceState
 # The config fields the source step reads (loss and optimiser): `cac_jax.train.loop.cached_step` keys on them.
-STEP_READS = ("model", "source.deep_supervision_weight", "source.learning_rate", "source.weight_decay")
+STEP_READS = (
+  "model",
+  "source.deep_supervision_weight",
+  "source.learning_rate",
+  "source.weight_decay",
+)
 
 
 def centre_labels(labels: jax.Array) -> jax.Array:
@@ -47,15 +51,18 @@ def source_loss(params: dict, batch: dict, rng: jax.Array, config: ml_collection
   y = centre_labels(batch["labels"])
   centre_ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
   head_logits = h.apply({"params": params["heads"]}, feats)  # (3, B, o, o, K)
-  per_view = optax.softmax_cross_entropy_with_integer_labels(head_logits, batch["labels"]).mean(axis=(1, 2, 3))
+  per_view = optax.softmax_cross_entropy_with_integer_labels(head_logits, batch["labels"]).mean(
+    axis=(1, 2, 3)
+  )
   ds_ce = per_view.sum()
   loss = centre_ce + config.source.deep_supervision_weight * ds_ce
   acc = (jnp.argmax(logits, -1) == y).mean()
   return loss, {"loss": loss, "centre_ce": centre_ce, "deep_supervision_ce": ds_ce, "accuracy": acc}
 
 
-def make_source_step(config: ml_collections.ConfigDict,
-                     tx: optax.GradientTransformation | None = None) -> Callable[[SourceState, dict], tuple[SourceState, dict]]:
+def make_source_step(
+  config: ml_collections.ConfigDict, tx: optax.GradientTransformation | None = None
+) -> Callable[[SourceState, dict], tuple[SourceState, dict]]:
   """Pure `train_step(state, batch) -> (state, metrics)` (not jitted); `tx` defaults to
   `state.source_optimizer(config)` (the loop passes the one it initialised the state with)."""
   tx = tx or state_lib.source_optimizer(config)
@@ -73,6 +80,10 @@ def make_source_step(config: ml_collections.ConfigDict,
 def jit_step(step_fn: Callable, mesh: jax.sharding.Mesh, batch_axis: int = 1) -> Callable:
   """jit a `(state, batch) -> (state, metrics)` step: state replicated and donated, batch split."""
   rep = sharding.replicated(mesh)
-  return xla_options.jit(step_fn, mesh.devices.flat[0].platform,
-                         in_shardings=(rep, sharding.batch_sharding(mesh, batch_axis)),
-                         out_shardings=(rep, rep), donate_argnums=0)
+  return xla_options.jit(
+    step_fn,
+    mesh.devices.flat[0].platform,
+    in_shardings=(rep, sharding.batch_sharding(mesh, batch_axis)),
+    out_shardings=(rep, rep),
+    donate_argnums=0,
+  )

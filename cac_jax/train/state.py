@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import zlib
 
+from flax import struct
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
-from flax import struct
 
 from cac_jax import models
 
@@ -66,7 +66,9 @@ def source_optimizer(config: ml_collections.ConfigDict) -> optax.GradientTransfo
   return optax.chain(optax.add_decayed_weights(s.weight_decay), optax.adam(s.learning_rate))
 
 
-def rmsprop(config: ml_collections.ConfigDict, learning_rate: float) -> optax.GradientTransformation:
+def rmsprop(
+  config: ml_collections.ConfigDict, learning_rate: float
+) -> optax.GradientTransformation:
   """PyTorch's `RMSprop(lr, alpha=decay, eps, weight_decay)` without momentum.
 
   eps is added outside the square root (`eps_in_sqrt=False`), and weight decay adds
@@ -130,21 +132,34 @@ def init_params(config: ml_collections.ConfigDict, seed: int, host: bool = True)
   return models.init_params(config, jax.random.PRNGKey(seed))
 
 
-def init_source_state(config: ml_collections.ConfigDict, seed: int | None = None, host_init: bool = True,
-                      tx: optax.GradientTransformation | None = None) -> SourceState:
+def init_source_state(
+  config: ml_collections.ConfigDict,
+  seed: int | None = None,
+  host_init: bool = True,
+  tx: optax.GradientTransformation | None = None,
+) -> SourceState:
   """Fresh source state from `config.seed` (or `seed`); see `init_params` for `host_init`.
   `tx` (default `source_optimizer(config)`): the optimiser the step will run."""
   seed = config.seed if seed is None else seed
   k_run = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
   p = init_params(config, seed, host_init)
   params = {"generator": p["generator"], "classifier": p["classifier"], "heads": p["heads"]}
-  return SourceState(step=jnp.zeros((), jnp.int32), params=params,
-                     opt_state=(tx or source_optimizer(config)).init(params), rng=k_run)
+  return SourceState(
+    step=jnp.zeros((), jnp.int32),
+    params=params,
+    opt_state=(tx or source_optimizer(config)).init(params),
+    rng=k_run,
+  )
 
 
-def init_adapt_state(config: ml_collections.ConfigDict, source_params: dict, seed: int | None = None,
-                     host_init: bool = True, critic_tx: optax.GradientTransformation | None = None,
-                     generator_tx: optax.GradientTransformation | None = None) -> AdaptState:
+def init_adapt_state(
+  config: ml_collections.ConfigDict,
+  source_params: dict,
+  seed: int | None = None,
+  host_init: bool = True,
+  critic_tx: optax.GradientTransformation | None = None,
+  generator_tx: optax.GradientTransformation | None = None,
+) -> AdaptState:
   """Adaptation state: G and C from `source_params`, a fresh (clipped) critic D.
 
   Args:
@@ -159,7 +174,13 @@ def init_adapt_state(config: ml_collections.ConfigDict, source_params: dict, see
   # Copies: train steps donate the state, which must not free the caller's arrays.
   g = jax.tree.map(jnp.array, source_params["generator"])
   c = jax.tree.map(jnp.array, source_params["classifier"])
-  return AdaptState(step=jnp.zeros((), jnp.int32), critic_step=jnp.zeros((), jnp.int32),
-                    generator=g, critic=critic, classifier=c,
-                    generator_opt=(generator_tx or generator_optimizer(config)).init(g),
-                    critic_opt=(critic_tx or critic_optimizer(config)).init(critic), rng=k_run)
+  return AdaptState(
+    step=jnp.zeros((), jnp.int32),
+    critic_step=jnp.zeros((), jnp.int32),
+    generator=g,
+    critic=critic,
+    classifier=c,
+    generator_opt=(generator_tx or generator_optimizer(config)).init(g),
+    critic_opt=(critic_tx or critic_optimizer(config)).init(critic),
+    rng=k_run,
+  )

@@ -7,11 +7,11 @@ TensorBoard event file `workdir/events.out.tfevents.*` written by `tensorboardX.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 import glob
 import json
 import os
 import time
-from typing import Callable, Mapping
 import uuid
 
 import tensorboardX
@@ -50,6 +50,7 @@ def resumed_adaptation(state) -> Callable[[dict], bool]:
   def keep(record: dict) -> bool:
     pretrain = any(k.startswith("pretrain/") for k in record)
     return record.get("step", 0) <= (critic_step if pretrain else step)
+
   return keep
 
 
@@ -62,7 +63,9 @@ class MetricWriter:
   the steps logged after its last checkpoint (a line cut short by a kill is dropped too).
   """
 
-  def __init__(self, workdir: str, enabled: bool = True, keep: Callable[[dict], bool] | None = None):
+  def __init__(
+    self, workdir: str, enabled: bool = True, keep: Callable[[dict], bool] | None = None
+  ):
     self.enabled = enabled
     self.jsonl_path = os.path.join(workdir, "metrics.jsonl")
     self.events_path = None  # the event file, once written
@@ -74,8 +77,9 @@ class MetricWriter:
       # A unique suffix finds this run's file among those of earlier (resumed) runs.
       suffix = f".{os.getpid()}.{uuid.uuid4().hex[:8]}"
       self._events = tensorboardX.SummaryWriter(workdir, filename_suffix=suffix)
-      self.events_path, = glob.glob(os.path.join(glob.escape(workdir),
-                                                 f"events.out.tfevents.*{suffix}"))
+      (self.events_path,) = glob.glob(
+        os.path.join(glob.escape(workdir), f"events.out.tfevents.*{suffix}")
+      )
 
   def write(self, step: int, scalars: Mapping[str, float]) -> None:
     if not self.enabled:
@@ -93,7 +97,7 @@ class MetricWriter:
       self._jsonl.close()
       self._events.close()
 
-  def __enter__(self) -> "MetricWriter":
+  def __enter__(self) -> MetricWriter:
     return self
 
   def __exit__(self, *exc) -> None:
@@ -104,5 +108,12 @@ def progress(steps: range, desc: str, total: int, enabled: bool = True):
   """`steps` wrapped in a tqdm bar (count, rate, ETA) over `total` steps, shown from `steps`'
   first step (so a resumed run shows its true position); on stderr, and only on a terminal
   (tqdm's `disable=None`), so logs and tests are not flooded."""
-  return tqdm(steps, desc=desc, total=total, initial=steps.start, unit="step", disable=None if enabled else True,
-              dynamic_ncols=True)
+  return tqdm(
+    steps,
+    desc=desc,
+    total=total,
+    initial=steps.start,
+    unit="step",
+    disable=None if enabled else True,
+    dynamic_ncols=True,
+  )
