@@ -65,6 +65,21 @@ def _make_dataset(root):
   return manifest, root / "preds"
 
 
+def _evaluate(preds, manifest, out, *extra):
+  """`launch.evaluate` on the test split of `manifest` with predictions `preds`, report in `out`."""
+  return _run(
+    "--predictions",
+    str(preds),
+    "--manifest",
+    str(manifest),
+    "--output_dir",
+    str(out),
+    "--split",
+    "test",
+    *extra,
+  )
+
+
 def _run(*args):
   return subprocess.run(
     [sys.executable, "-m", "launch.evaluate", *args],
@@ -98,16 +113,7 @@ def test_evaluate_dataset_library(tmp_path):
 def test_cli_end_to_end(tmp_path):
   manifest, preds = _make_dataset(tmp_path)
   out = tmp_path / "report"
-  proc = _run(
-    "--predictions",
-    str(preds),
-    "--manifest",
-    str(manifest),
-    "--output_dir",
-    str(out),
-    "--split",
-    "test",
-  )
+  proc = _evaluate(preds, manifest, out)
   assert proc.returncode == 0, proc.stderr
   assert "| total | 2 |" in proc.stdout and "| LAD |" in proc.stdout
   md = (out / "results.md").read_text(encoding="utf-8")
@@ -127,30 +133,11 @@ def test_cli_missing_prediction(tmp_path):
   manifest, preds = _make_dataset(tmp_path)
   os.remove(preds / "b" / "calcium_labels.nii.gz")
   out = tmp_path / "report"
-  proc = _run(
-    "--predictions",
-    str(preds),
-    "--manifest",
-    str(manifest),
-    "--output_dir",
-    str(out),
-    "--split",
-    "test",
-  )
+  proc = _evaluate(preds, manifest, out)
   assert proc.returncode != 0
   assert "missing prediction" in proc.stderr and "b" in proc.stderr
   assert not (out / "results.md").exists()
-  proc = _run(
-    "--predictions",
-    str(preds),
-    "--manifest",
-    str(manifest),
-    "--output_dir",
-    str(out),
-    "--split",
-    "test",
-    "--allow_missing",
-  )
+  proc = _evaluate(preds, manifest, out, "--allow_missing")
   assert proc.returncode == 0, proc.stderr
   assert "Missing predictions (skipped): b" in (out / "results.md").read_text(encoding="utf-8")
   # 2 scans: Bland-Altman needs 3 -> noted in the report, figure still written.
