@@ -37,15 +37,19 @@ def ccta_case(config):
 
 def test_score_scan_ccta_detects_only_candidates(ccta_case, params, config):
   c = ccta_case
-  res = pipeline.score_scan(
-    c.scan,
-    params,
-    config,
-    domain="ccta",
-    heart_mask=c.heart_mask,
-    aorta_mask=c.aorta_mask,
-    fp_settings=postprocess.FPReductionSettings(False, False, False),
-  )
+
+  def score(heart_filter):
+    return pipeline.score_scan(
+      c.scan,
+      params,
+      config,
+      domain="ccta",
+      heart_mask=c.heart_mask,
+      aorta_mask=c.aorta_mask,
+      fp_settings=postprocess.FPReductionSettings(False, False, heart_filter),
+    )
+
+  res = score(False)
   thr = res.report["threshold"]["threshold_hu"]
   # The ROI comes from the eroded aorta mask: its mean is the iodine lumen, not wall calcium.
   assert 200 < res.report["threshold"]["mean_hu"] < 700 and thr > res.report["threshold"]["mean_hu"]
@@ -59,15 +63,7 @@ def test_score_scan_ccta_detects_only_candidates(ccta_case, params, config):
   # the filter would keep), and nothing outside it is detected.
   region = postprocess.heart_region(c.heart_mask, c.scan.spacing, config.scoring.heart_dilation_mm)
   assert ((c.scan.hu >= thr) & ~region).any()  # the restriction is not vacuous
-  res_h = pipeline.score_scan(
-    c.scan,
-    params,
-    config,
-    domain="ccta",
-    heart_mask=c.heart_mask,
-    aorta_mask=c.aorta_mask,
-    fp_settings=postprocess.FPReductionSettings(False, False, True),
-  )
+  res_h = score(True)
   assert res_h.report["num_candidates"] == int(((c.scan.hu >= thr) & region).sum())
   assert not np.any((res_h.raw_classes > 0) & ~region)
   inside = region & (c.scan.hu >= thr)
