@@ -6,7 +6,7 @@ voxel, stacked as (3, B, 155, 155, 1) in view order (axial, coronal, sagittal). 
 maps its (B, 155, 155, 1) view to (B, 25, 25, 32); G concatenates the three to
 (B, 25, 25, 96). The centre position (12, 12) is where the three views meet: the classifier
 applied there gives the voxel's 7 class logits. Intensities are normalised HU
-(see `cac_jax.preprocess.normalize_hu`).
+(see `cac_jax.data.preprocess.normalize_hu`).
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ def get_config() -> ml_collections.ConfigDict:
   # (networks/Gan.py:141-167, never in eval mode); "layer": per-sample LayerNorm (see models.Critic).
   c.model.critic_norm = "batch"
 
-  # Data geometry (cac_jax.preprocess, cac_jax.sampling).
+  # Data geometry (cac_jax.data.preprocess, cac_jax.data.sampling).
   c.data = ml_collections.ConfigDict()
   c.data.working_spacing = (1.5, 0.66, 0.66)  # (z, y, x) mm
   c.data.output_size = 25  # output window per view; patch = RF + output - 1 = 155
@@ -30,7 +30,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.hu_scale = 1130.0
   c.data.thick_slice = False  # chest NCCT: 3 mm thickness every 1.5 mm by averaging
 
-  # Batch policies (cac_jax.sampling).
+  # Batch policies (cac_jax.data.sampling).
   c.sampling = ml_collections.ConfigDict()
   c.sampling.source_threshold = 2  # patches centred on voxels >= 130 HU
   c.sampling.source_uniform = 6  # uniformly random voxels
@@ -70,7 +70,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.adapt.num_generator_steps = 10_000  # 200 epochs x 50 generator updates
   # Critic and generator-target patches: "reference" = half >= 130 HU, half uniform, in a random
   # slice of either domain (dataset/CalciumDataset.py:335-387); "scan_threshold" = this project's
-  # earlier policy (CCTA bright patches at the aortic-ROI threshold). See cac_jax.sampling.
+  # earlier policy (CCTA bright patches at the aortic-ROI threshold). See cac_jax.data.sampling.
   c.adapt.critic_patches = "reference"
   c.adapt.bright_in_heart = (
     False  # "scan_threshold" only: critic bright patches only in the dilated heart
@@ -82,7 +82,7 @@ def get_config() -> ml_collections.ConfigDict:
   # reference saves G every 5 epochs = 250 steps (:285-287) and tests G_15 (TestNet_transf.py:89).
   c.adapt.snapshot_every = 250
 
-  # Scoring (cac_jax.threshold, cac_jax.postprocess, cac_jax.infer).
+  # Scoring (cac_jax.data.threshold, cac_jax.scoring.postprocess, cac_jax.scoring.infer).
   c.scoring = ml_collections.ConfigDict()
   c.scoring.ncct_threshold = 130.0
   c.scoring.roi_size_mm = (18.0, 14.0, 14.0)  # (z, y, x) ascending-aorta lumen ROI
@@ -96,7 +96,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.phantoms.at_working_spacing = False  # True: generate directly at working spacing
   c.phantoms.fov_scale = 1.0  # <1 shrinks the field of view towards the heart (fast CI)
   c.phantoms.paired_patients = False  # True: same seed -> same patient/calcium in every domain
-  # The phantom experiment (cac_jax.experiment): cases per data role.
+  # The phantom experiment (cac_jax.studies.experiment): cases per data role.
   c.experiment = ml_collections.ConfigDict()
   c.experiment.n_source_train = 40
   c.experiment.n_adapt_source = 20

@@ -3,7 +3,7 @@ r"""Unsupervised adaptation of the source model to the target domain (WGAN criti
   cac-adapt --config tiny --workdir /tmp/adapt \
       --source_checkpoint /tmp/src/export [--source_manifest A.csv --target_manifest B.csv] [--resume]
 
-Without manifests it adapts on `cac_jax.synthetic` patches. The network sizes of --config
+Without manifests it adapts on `cac_jax.data.synthetic` patches. The network sizes of --config
 must match the source checkpoint's. Writes checkpoints, metrics.jsonl, TensorBoard events
 and the adapted inference export (WORKDIR/export).
 
@@ -18,21 +18,21 @@ from cac_jax.train import data as data_lib
 from . import _cli
 from . import train_flags as common
 
-flags.adopt_module_key_flags(common)  # --split, --multihost, --quiet_orbax in --help
-
-_CONFIG = _cli.define_config(None, "Project config.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the export go here.")
+_RUN = common.define_run_flags()
+flags.adopt_module_key_flags(common)  # the run flags, --split, --multihost, --quiet_orbax in --help
+_CONFIG, _WORKDIR, _RESUME, _SOURCE_MANIFEST = (
+  _RUN.config,
+  _RUN.workdir,
+  _RUN.resume,
+  _RUN.source_manifest,
+)
 _SOURCE_CHECKPOINT = flags.DEFINE_string(
   "source_checkpoint", None, "Exported source model (train_source's WORKDIR/export)."
-)
-_RESUME = flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir.")
-_SOURCE_MANIFEST = flags.DEFINE_string(
-  "source_manifest", None, "Labelled source manifest CSV (default: synthetic)."
 )
 _TARGET_MANIFEST = flags.DEFINE_string(
   "target_manifest", None, "Target-domain manifest CSV (default: synthetic)."
 )
-flags.mark_flags_as_required(["config", "workdir", "source_checkpoint"])
+flags.mark_flag_as_required("source_checkpoint")
 
 
 def main(argv):

@@ -28,8 +28,9 @@ from absl import flags
 import jax
 import numpy as np
 
-from cac_jax import models, synthetic
+from cac_jax import models
 from cac_jax.configs import demo, paper, tiny
+from cac_jax.data import synthetic
 from cac_jax.train import adversarial, sharding, source
 from cac_jax.train import state as state_lib
 

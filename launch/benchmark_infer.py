@@ -1,4 +1,4 @@
-r"""Benchmark whole-scan inference: ROI-restricted dense (cac_jax.infer) vs the naive reference.
+r"""Benchmark whole-scan inference: ROI-restricted dense (cac_jax.scoring.infer) vs the naive reference.
 
 A synthetic CCTA-like volume at working spacing (body, lungs, heart with contrast-filled
 chambers, a bright aorta, spine, a few coronary calcifications; Gaussian noise), candidates =
@@ -41,7 +41,7 @@ _CACHED = flags.DEFINE_bool(
   "persistent compilation cache the first one filled (cac_jax.jax_cache).",
 )
 _CONV_IMPL = flags.DEFINE_string(
-  "conv_impl", "auto", "cac_jax.infer conv formulation for the ROI method."
+  "conv_impl", "auto", "cac_jax.scoring.infer conv formulation for the ROI method."
 )
 _SLAB = flags.DEFINE_integer(
   "slab", 0, "Slices per device call for the ROI method (0: library default)."
@@ -73,10 +73,12 @@ def _phantom_volume(seed, spacing=(1.5, 0.66, 0.66)):
   """Full-resolution CCTA phantom resampled to working spacing and its candidate mask.
 
   Candidates: HU >= the scan's aorta-ROI threshold (mean + 3 SD, from its aorta mask) inside
-  the heart mask dilated by 10 mm, as `cac_jax.pipeline` computes them.
+  the heart mask dilated by 10 mm, as `cac_jax.scoring.pipeline` computes them.
   """
-  from cac_jax import phantoms, postprocess, preprocess, threshold  # pylint: disable=g-import-not-at-top
+  from cac_jax import phantoms  # pylint: disable=g-import-not-at-top
   from cac_jax.configs import paper  # pylint: disable=g-import-not-at-top
+  from cac_jax.data import preprocess, threshold
+  from cac_jax.scoring import postprocess
 
   cfg = paper.get_config()
   case = phantoms.generate_case("ccta", seed, cfg)
@@ -154,7 +156,8 @@ def _worker():
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  from cac_jax import infer, models  # pylint: disable=g-import-not-at-top
+  from cac_jax import models  # pylint: disable=g-import-not-at-top
+  from cac_jax.scoring import infer
 
   config = importlib.import_module(f"cac_jax.configs.{_CONFIG.value}").get_config()
   if _VOLUME.value:  # made once by the parent, so the phantom's own memory is not in the peak

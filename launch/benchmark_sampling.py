@@ -8,9 +8,10 @@ import time
 from absl import flags
 import numpy as np
 
-from cac_jax import models, sampling
+from cac_jax import models
 from cac_jax.configs import paper, tiny
-from cac_jax.scan import Case, Scan
+from cac_jax.data import sampling
+from cac_jax.data.scan import Case, Scan
 
 from . import _cli
 

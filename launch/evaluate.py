@@ -4,14 +4,15 @@
 
 DIR/<id>/calcium_labels.nii.gz per case (reference encoding, input grid). Writes results.md,
 results.csv, bland_altman.png and report.html into --output_dir and prints the results table
-(see `cac_jax.evaluation`).
+(see `cac_jax.evaluation.dataset`).
 
 (From a checkout also `python -m launch.evaluate ...`.)
 """
 
 from absl import app, flags
 
-from cac_jax import atomic, evaluation
+from cac_jax import atomic
+from cac_jax.evaluation import dataset
 
 from . import _cli
 
@@ -33,11 +34,11 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   with atomic.claim_dir(_OUTPUT_DIR.value):  # checked and locked before any computation
-    results = evaluation.evaluate_dataset(
+    results = dataset.evaluate_dataset(
       _PREDICTIONS.value, _MANIFEST.value, split=_SPLIT.value, allow_missing=_ALLOW_MISSING.value
     )
     print(
-      evaluation.write_report(results, _OUTPUT_DIR.value, predictions_dir=_PREDICTIONS.value),
+      dataset.write_report(results, _OUTPUT_DIR.value, predictions_dir=_PREDICTIONS.value),
       end="",
     )
 

@@ -9,7 +9,7 @@ real scans with a reference heart mask; prints the markdown table of docs/scorin
 
 from absl import app, flags
 
-from cac_jax import heart_region_check
+from cac_jax.studies import heart_region_check
 
 from . import _cli
 

@@ -12,7 +12,7 @@ import os
 
 from absl import flags
 
-from cac_jax import experiment
+from cac_jax.studies import experiment
 
 from . import _cli, train_flags
 

@@ -16,7 +16,8 @@ import logging
 from absl import app, flags
 from absl import logging as absl_logging
 
-from cac_jax import atomic, scoring_cli
+from cac_jax import atomic
+from cac_jax.scoring import score_files
 
 from . import _cli
 
@@ -84,7 +85,7 @@ def main(argv):
 
 def _score(fp):
   if FLAGS.image:
-    report = scoring_cli.score_file(
+    report = score_files.score_file(
       FLAGS.image,
       FLAGS.checkpoint,
       FLAGS.output_dir,
@@ -100,11 +101,11 @@ def _score(fp):
     )
     for line in report["warnings"]:
       absl_logging.warning(line)
-    print(scoring_cli.summary_line(FLAGS.image, report))
+    print(score_files.summary_line(FLAGS.image, report))
     print(f"outputs in {FLAGS.output_dir}")
     print(report["notice"])
   else:
-    csv_path = scoring_cli.score_manifest(
+    csv_path = score_files.score_manifest(
       FLAGS.manifest,
       FLAGS.checkpoint,
       FLAGS.output_dir,
@@ -118,7 +119,7 @@ def _score(fp):
       record_input_path=FLAGS.record_input_path,
     )
     print(f"scores of every scan: {csv_path}")
-    print(scoring_cli.pipeline.RESEARCH_NOTICE)
+    print(score_files.pipeline.RESEARCH_NOTICE)
 
 
 def flag_paths():

@@ -6,7 +6,7 @@ r"""Where each network's calcium calls land on phantoms: predicted-class volume 
 
 Re-simulates the experiment's phantoms of --role (the same seeds `launch.reproduce` used, so the
 cases are those of its tables) with tissue bookkeeping, scores them with every checkpoint and
-prints one table per checkpoint (mm³ per scan; see `cac_jax.tissue_breakdown`). With
+prints one table per checkpoint (mm³ per scan; see `cac_jax.studies.tissue_breakdown`). With
 --output_dir, also writes <name>.md and <name>.csv there. Phantom settings come from the first
 checkpoint's config; every checkpoint must share its model and data sections.
 
@@ -17,8 +17,10 @@ import os
 
 from absl import app, flags, logging
 
-from cac_jax import atomic, checkpoints, experiment, postprocess
-from cac_jax import tissue_breakdown as tb
+from cac_jax import atomic, checkpoints
+from cac_jax.scoring import postprocess
+from cac_jax.studies import experiment
+from cac_jax.studies import tissue_breakdown as tb
 
 from . import _cli
 

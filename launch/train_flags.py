@@ -1,10 +1,18 @@
-"""Flags shared by the training launch scripts (thin absl apps)."""
+"""Flags shared by the training launch scripts (thin absl apps).
 
+Importing this module defines --multihost, --quiet_orbax and --split (also used by
+`launch.reproduce`); `define_run_flags` defines the flags of one training run (`launch.train_source`,
+`launch.adapt`).
+"""
+
+import dataclasses
 import logging
 import os
 
 from absl import flags
 import jax
+
+from . import _cli
 
 MULTIHOST = flags.DEFINE_bool(
   "multihost",
@@ -13,6 +21,30 @@ MULTIHOST = flags.DEFINE_bool(
 )
 QUIET_ORBAX = flags.DEFINE_bool("quiet_orbax", True, "Hide Orbax's INFO messages (absl logger).")
 SPLIT = flags.DEFINE_string("split", "train", "Manifest split to train on ('' for all rows).")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunFlags:
+  """The flags of one training run: --config, --workdir, --resume, --source_manifest."""
+
+  config: flags.FlagHolder
+  workdir: flags.FlagHolder
+  resume: flags.FlagHolder
+  source_manifest: flags.FlagHolder
+
+
+def define_run_flags() -> RunFlags:
+  """Define --config (required), --workdir (required), --resume and --source_manifest."""
+  run_flags = RunFlags(
+    config=_cli.define_config(None, "Project config."),
+    workdir=flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the export go here."),
+    resume=flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir."),
+    source_manifest=flags.DEFINE_string(
+      "source_manifest", None, "Labelled source manifest CSV (default: synthetic)."
+    ),
+  )
+  flags.mark_flags_as_required(["config", "workdir"])
+  return run_flags
 
 
 def init_runtime() -> None:

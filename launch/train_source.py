@@ -3,7 +3,7 @@ r"""Supervised source training of G, C and the deep-supervision heads.
   cac-train-source --config tiny --workdir /tmp/src \
       [--config.source.num_steps=100] [--source_manifest DIR/manifest.csv] [--resume]
 
-Without --source_manifest it trains on `cac_jax.synthetic` patches. Writes checkpoints,
+Without --source_manifest it trains on `cac_jax.data.synthetic` patches. Writes checkpoints,
 metrics.jsonl, TensorBoard events and the inference export (WORKDIR/export).
 
 (From a checkout also `python -m launch.train_source ...`.)
@@ -17,15 +17,14 @@ from cac_jax.train import data as data_lib
 from . import _cli
 from . import train_flags as common
 
-flags.adopt_module_key_flags(common)  # --split, --multihost, --quiet_orbax in --help
-
-_CONFIG = _cli.define_config(None, "Project config.")
-_WORKDIR = flags.DEFINE_string("workdir", None, "Checkpoints, metrics and the export go here.")
-_RESUME = flags.DEFINE_bool("resume", False, "Continue from the latest checkpoint in --workdir.")
-_SOURCE_MANIFEST = flags.DEFINE_string(
-  "source_manifest", None, "Labelled source manifest CSV (default: synthetic)."
+_RUN = common.define_run_flags()
+flags.adopt_module_key_flags(common)  # the run flags, --split, --multihost, --quiet_orbax in --help
+_CONFIG, _WORKDIR, _RESUME, _SOURCE_MANIFEST = (
+  _RUN.config,
+  _RUN.workdir,
+  _RUN.resume,
+  _RUN.source_manifest,
 )
-flags.mark_flags_as_required(["config", "workdir"])
 
 
 def main(argv):

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cac_jax import checkpoints, synthetic
+from cac_jax import checkpoints
+from cac_jax.data import synthetic
 from cac_jax.train import adversarial, loop, sharding, source
 from cac_jax.train import state as state_lib
 from configs import tiny

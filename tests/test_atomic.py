@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cac_jax import atomic, plots, volume_io
+from cac_jax import atomic
+from cac_jax.data import volume_io
+from cac_jax.data.scan import Case, Scan
+from cac_jax.evaluation import plots
 from cac_jax.phantoms import preview
-from cac_jax.scan import Case, Scan
 
 
 @pytest.fixture

@@ -27,7 +27,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cac_jax import checkpoints, labels, pipeline
+from cac_jax import checkpoints, labels
+from cac_jax.scoring import pipeline
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPACING_XYZ = (1.0, 1.0, 1.5)  # the tiny config's working spacing: no resampling

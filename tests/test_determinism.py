@@ -13,7 +13,8 @@ import jax
 import numpy as np
 import pytest
 
-from cac_jax import models, synthetic
+from cac_jax import models
+from cac_jax.data import synthetic
 from cac_jax.train import data as data_lib
 from cac_jax.train import loop
 from configs import tiny

@@ -11,7 +11,9 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 import pytest
 import SimpleITK as sitk
 
-from cac_jax import checkpoints, dicom_seg, labels, phantoms, scoring_cli, volume_io
+from cac_jax import checkpoints, labels, phantoms
+from cac_jax.data import volume_io
+from cac_jax.scoring import dicom_seg, score_files
 
 
 @pytest.fixture
@@ -78,7 +80,7 @@ def test_dicom_input_writes_a_seg_matching_the_labels(
   folder = write_ct_series(crop, tmp_path / "dicom")
   export = checkpoints.export_inference(tmp_path / "export", tiny_params, config)
   out = tmp_path / "out"
-  report = scoring_cli.score_file(str(folder), export, str(out), heart_mask="none", domain="ccta")
+  report = score_files.score_file(str(folder), export, str(out), heart_mask="none", domain="ccta")
   assert (
     report["scores"]["total"]["volume_mm3"] + report["scores"]["aorta"]["volume_mm3"] > 0
   )  # not vacuous

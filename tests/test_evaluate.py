@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cac_jax import evaluation
+from cac_jax.evaluation import dataset
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPACING_XYZ = (0.8, 0.8, 2.0)  # voxel volume 1.28 mm³
@@ -93,7 +93,7 @@ def _run(*args):
 
 def test_evaluate_dataset_library(tmp_path):
   manifest, preds = _make_dataset(tmp_path)
-  res = evaluation.evaluate_dataset(str(preds), str(manifest), split="test")
+  res = dataset.evaluate_dataset(str(preds), str(manifest), split="test")
   assert [c.case_id for c in res.cases] == ["a", "b", "c"] and res.unlabelled == ["u"]
   total = res.summary["total"]
   # sensitivity: a = 1, b = 2/3, c undefined -> mean 5/6 over n = 2 scans with reference calcium.
@@ -153,4 +153,4 @@ def test_prediction_on_another_grid_is_refused(tmp_path):
   with pytest.raises(
     ValueError, match=r"case 'b': .*calcium_labels.nii.gz: not on the same voxel grid as the scan"
   ):
-    evaluation.evaluate_dataset(str(preds), str(manifest), split="test")
+    dataset.evaluate_dataset(str(preds), str(manifest), split="test")

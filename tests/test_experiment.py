@@ -8,7 +8,7 @@ import jax
 import numpy as np
 import pytest
 
-from cac_jax import experiment
+from cac_jax.studies import experiment
 from configs import tiny
 
 

@@ -19,7 +19,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cac_jax import atomic, infer, pipeline, plots, volume_io
+from cac_jax import atomic
+from cac_jax.data import volume_io
+from cac_jax.scoring import infer, overlay, pipeline
 from cac_jax.train import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -228,7 +230,7 @@ def test_write_like_refuses_to_publish_a_short_file(tmp_path, monkeypatch):
 
 
 def test_overlay_and_outputs_are_world_readable(tmp_path):
-  path = plots.overlay_png(
+  path = overlay.overlay_png(
     np.zeros((4, 8, 8), np.float32),
     np.zeros((4, 8, 8), np.int32),
     str(tmp_path / "o.png"),

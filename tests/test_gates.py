@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from cac_jax import gates
+from cac_jax.evaluation import gates
 
 
 def test_gates_pass_and_fail_on_their_thresholds():

@@ -5,9 +5,11 @@ import dataclasses
 import numpy as np
 import pytest
 
-from cac_jax import heart_region, phantoms, pipeline, postprocess, volume_io
+from cac_jax import phantoms
+from cac_jax.data import volume_io
+from cac_jax.data.scan import Scan
 from cac_jax.labels import CORONARY_CLASSES
-from cac_jax.scan import Scan
+from cac_jax.scoring import heart_region, pipeline, postprocess
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,8 @@ import subprocess
 import numpy as np
 import pytest
 
-from cac_jax import evaluation, html_report, plots
+from cac_jax.evaluation import dataset, html_report, plots
+from cac_jax.scoring import overlay
 from tests import test_evaluate
 
 CHROMIUM = next(
@@ -21,14 +22,14 @@ def _evaluation_report(tmp_path):
   manifest, preds = test_evaluate._make_dataset(tmp_path)  # pylint: disable=protected-access
   rng = np.random.default_rng(0)
   for cid in ("a", "b"):  # overlays as launch.score writes them (none for case c)
-    plots.overlay_png(
+    overlay.overlay_png(
       rng.normal(0, 50, (3, 20, 20)),
       np.zeros((3, 20, 20), np.int32),
       str(preds / cid / "overlay.png"),
     )
-  results = evaluation.evaluate_dataset(str(preds), str(manifest), split="test")
+  results = dataset.evaluate_dataset(str(preds), str(manifest), split="test")
   out = tmp_path / "report"
-  evaluation.write_report(results, str(out), predictions_dir=str(preds))
+  dataset.write_report(results, str(out), predictions_dir=str(preds))
   return out / "report.html"
 
 

@@ -1,4 +1,4 @@
-"""Tests for cac_jax.infer: dense ROI inference equals the patch-wise network and the naive reference."""
+"""Tests for cac_jax.scoring.infer: dense ROI inference equals the patch-wise network and the naive reference."""
 
 import os
 import subprocess
@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cac_jax import infer, models
+from cac_jax import models
+from cac_jax.scoring import infer
 from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -160,7 +161,8 @@ def test_caches_are_per_owner(setup):
 def test_multi_device_equals_single_device():
   script = textwrap.dedent("""
       import jax, numpy as np
-      from cac_jax import infer, models
+      from cac_jax import models
+      from cac_jax.scoring import infer
       from configs import tiny
       assert len(jax.devices()) == 4, jax.devices()
       config = tiny.get_config()

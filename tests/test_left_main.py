@@ -3,9 +3,12 @@
 import numpy as np
 import pytest
 
-from cac_jax import evaluation, labels, manifest, scores
+from cac_jax import labels
+from cac_jax.data import manifest
+from cac_jax.data.scan import Scan
+from cac_jax.evaluation import dataset
 from cac_jax.phantoms import generate, writer
-from cac_jax.scan import Scan
+from cac_jax.scoring import scores
 from configs import tiny
 
 
@@ -79,18 +82,16 @@ def test_phantom_left_main_written_read_and_evaluated(tmp_path):
   loaded = manifest.load_case(mrow)
   np.testing.assert_array_equal(loaded.left_main, case.left_main)
   np.testing.assert_array_equal(loaded.labels, case.labels)
-  result = evaluation._evaluate_case(
-    mrow, str(tmp_path / row["label"])
-  )  # the reference as prediction
+  result = dataset._evaluate_case(mrow, str(tmp_path / row["label"]))  # the reference as prediction
   assert result.left_main_ref_mm3 == pytest.approx(
     case.left_main.sum() * np.prod(case.scan.spacing)
   )
   assert result.left_main_found_as_lad == 1.0 and result.left_main_ref_agatston > 0
-  assert "left_main_ref_mm3" in evaluation.results_csv_text(_results([result])).splitlines()[0]
+  assert "left_main_ref_mm3" in dataset.results_csv_text(_results([result])).splitlines()[0]
 
 
 def _results(cases):
-  return evaluation.EvaluationResults(
+  return dataset.EvaluationResults(
     cases=cases,
     summary={},
     spearman={},

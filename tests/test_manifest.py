@@ -1,4 +1,4 @@
-"""Tests for cac_jax.manifest: validation that reports every bad row, and case loading."""
+"""Tests for cac_jax.data.manifest: validation that reports every bad row, and case loading."""
 
 import shutil
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cac_jax import manifest
+from cac_jax.data import manifest
 from configs import paper
 
 HEADER = "id,image,label,heart_mask,aorta_mask,domain,split\n"

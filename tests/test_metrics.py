@@ -1,11 +1,11 @@
-"""Hand-computed checks of cac_jax.metrics (every expected number derived in the comments)."""
+"""Hand-computed checks of cac_jax.evaluation.metrics (every expected number derived in the comments)."""
 
 import math
 
 import numpy as np
 import pytest
 
-from cac_jax import metrics
+from cac_jax.evaluation import metrics
 
 LAD, LCX, RCA, AORTA = 1, 2, 3, 4
 SPACING = (0.5, 1.0, 1.0)  # voxel volume 0.5 mm³

@@ -105,3 +105,51 @@ def test_config_path_from_the_checkout(tmp_path):
   )
   assert r.returncode == 0, r.stderr
   assert (tmp_path / "d" / "manifest.csv").is_file()
+
+
+# The stages of `cac_jax` in flow order (docs/architecture.md): a module may import its own
+# stage, an earlier one, or the shared top-level modules; train and scoring are siblings (neither
+# imports the other).
+STAGES = {"": 0, "data": 1, "phantoms": 2, "train": 3, "scoring": 3, "evaluation": 4, "studies": 5}
+
+
+def _stage_of(module: str) -> str:
+  """ "cac_jax.scoring.infer" -> "scoring"; a top-level module ("cac_jax.models") -> ""."""
+  parts = module.split(".")
+  return parts[1] if len(parts) > 2 and parts[1] in STAGES else ""
+
+
+def _cac_jax_imports(path: str) -> set[str]:
+  """Every `cac_jax...` module a file imports (function-level imports included)."""
+  import ast  # pylint: disable=import-outside-toplevel
+
+  found = set()
+  for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+    if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("cac_jax"):
+      found |= {f"{node.module}.{a.name}" for a in node.names}
+    elif isinstance(node, ast.Import):
+      found |= {a.name for a in node.names if a.name.startswith("cac_jax")}
+  return found
+
+
+def test_imports_point_down_the_flow():
+  bad = []
+  for path in glob.glob(os.path.join(REPO, "cac_jax", "**", "*.py"), recursive=True):
+    rel = os.path.relpath(path, REPO)[:-3].replace(os.sep, ".").removesuffix(".__init__")
+    here = _stage_of(rel if "." in rel.removeprefix("cac_jax.") else rel + ".x")
+    for imported in _cac_jax_imports(path):
+      there = _stage_of(imported)
+      if imported.startswith(("cac_jax.launch", "cac_jax.configs")):
+        bad.append(f"{rel} imports the entry point / config {imported}")
+      elif there == here or STAGES[there] < STAGES[here]:  # train and scoring: siblings
+        continue
+      else:
+        bad.append(f"{rel} ({here or 'shared'}) imports {imported} ({there or 'shared'})")
+  assert not bad, "\n".join(sorted(bad))
+
+
+def test_stage_rule_catches_an_upward_import():
+  assert STAGES[_stage_of("cac_jax.studies.experiment")] > STAGES[_stage_of("cac_jax.scoring.x")]
+  assert STAGES[_stage_of("cac_jax.data.scan")] < STAGES[_stage_of("cac_jax.phantoms.generate")]
+  assert STAGES[_stage_of("cac_jax.train.loop")] == STAGES[_stage_of("cac_jax.scoring.infer")]
+  assert _stage_of("cac_jax.models") == "" and _stage_of("cac_jax.data.scan.Scan") == "data"

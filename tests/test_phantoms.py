@@ -250,7 +250,7 @@ CCTA_FP_SEEDS = (30001, 30007, 30008, 30012, 30013, 30014)
 
 def _noncalcium_candidates(sim, config):
   """{category: mm^3}: svc_ra (venous contrast), lumen (other components > 2 voxels), specks, bone."""
-  from cac_jax import postprocess
+  from cac_jax.scoring import postprocess
 
   case, T = sim.case, anatomy.TISSUE
   sp, vv = case.scan.spacing, case.scan.voxel_volume_mm3
@@ -327,7 +327,7 @@ LUMEN_MM3 = 96.5  # lumen falling along the artery, no brighter segments (issue 
 def test_ncct_unchanged_by_ccta_contrast(config):
   """NCCT phantoms carry no contrast features; pinned figures (chest NCCT re-pinned when its
   noise became 20-40 HU, issue 13)."""
-  from cac_jax import postprocess
+  from cac_jax.scoring import postprocess
 
   pinned = {
     "chest_ncct": ((141, 246, 245), -3787869046.278495, 812, 101),

@@ -10,7 +10,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from cac_jax import checkpoints, labels, phantoms, pipeline, postprocess, volume_io
+from cac_jax import checkpoints, labels, phantoms
+from cac_jax.data import volume_io
+from cac_jax.scoring import pipeline, postprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -111,7 +113,7 @@ def test_working_spacing_resampling_returns_native_grid(params, config):
   # Upsample in-plane by 2: inference runs at working spacing, labels come back on this grid.
   img = sitk.GetImageFromArray(case.scan.hu)
   img.SetSpacing(tuple(float(s) for s in case.scan.spacing[::-1]))
-  from cac_jax import preprocess
+  from cac_jax.data import preprocess
 
   fine = preprocess.resample(
     case.scan, (case.scan.spacing[0], case.scan.spacing[1] / 2, case.scan.spacing[2] / 2)
@@ -124,7 +126,7 @@ def test_working_spacing_resampling_returns_native_grid(params, config):
 
 def _write_case(tmp_path, config):
   manifest = phantoms.write_dataset(str(tmp_path / "data"), "ccta", 2, 7, config, split="test")
-  from cac_jax import manifest as manifest_lib
+  from cac_jax.data import manifest as manifest_lib
 
   return manifest, manifest_lib.read_manifest(manifest)
 

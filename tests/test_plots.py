@@ -1,4 +1,4 @@
-"""cac_jax.plots writes valid, non-trivial PNGs and never crashes on degenerate inputs."""
+"""cac_jax.evaluation.plots writes valid, non-trivial PNGs and never crashes on degenerate inputs."""
 
 import os
 
@@ -6,7 +6,8 @@ from matplotlib import image as mimage
 import numpy as np
 import pytest
 
-from cac_jax import plots
+from cac_jax.evaluation import plots
+from cac_jax.scoring import overlay
 
 
 def _check_png(path):
@@ -51,7 +52,7 @@ def test_overlay_png(tmp_path):
   ):
     classes[z, y : y + 3, x : x + 3] = c
     hu[z, y : y + 3, x : x + 3] = 600
-  path = plots.overlay_png(hu, classes, str(tmp_path / "ov.png"), spacing=(3.0, 0.5, 0.8))
+  path = overlay.overlay_png(hu, classes, str(tmp_path / "ov.png"), spacing=(3.0, 0.5, 0.8))
   img = _check_png(path)
   # the LAD colour (#e41a1c) is drawn somewhere
   rgb = img[..., :3]
@@ -61,7 +62,7 @@ def test_overlay_png(tmp_path):
 
 def test_overlay_png_no_lesions(tmp_path):
   hu = np.linspace(-300, 900, 4 * 20 * 20, dtype=np.float32).reshape(4, 20, 20)
-  path = plots.overlay_png(
+  path = overlay.overlay_png(
     hu,
     np.zeros(hu.shape, np.int32),
     str(tmp_path / "empty.png"),
@@ -73,9 +74,9 @@ def test_overlay_png_no_lesions(tmp_path):
 
 def test_overlay_png_bad_input(tmp_path):
   with pytest.raises(ValueError):
-    plots.overlay_png(np.zeros((2, 4, 4)), np.zeros((2, 4, 5), np.int32), str(tmp_path / "x.png"))
+    overlay.overlay_png(np.zeros((2, 4, 4)), np.zeros((2, 4, 5), np.int32), str(tmp_path / "x.png"))
   with pytest.raises(ValueError):
-    plots.overlay_png(np.zeros((2, 4, 4)), np.full((2, 4, 4), 9), str(tmp_path / "x.png"))
+    overlay.overlay_png(np.zeros((2, 4, 4)), np.full((2, 4, 4), 9), str(tmp_path / "x.png"))
 
 
 def test_overlay_slices_show_distinct_lesions():
@@ -84,11 +85,11 @@ def test_overlay_slices_show_distinct_lesions():
   classes[3, 2:4, 2:4] = 0  # ... fewer on slice 3
   classes[6, 8, 8] = 3  # a one-voxel lesion on slice 6
   # One slice per lesion (not three adjacent slices of the big one).
-  assert plots._pick_slices(classes, 3) == [1, 6]
+  assert overlay._pick_slices(classes, 3) == [1, 6]
   reference = np.zeros_like(classes)
   reference[0, 0, 0] = 2  # reference-only lesion: its slice is shown too
-  assert plots._pick_slices(classes, 3, reference) == [0, 1, 6]
-  assert plots._pick_slices(np.zeros_like(classes), 3) == [4]
+  assert overlay._pick_slices(classes, 3, reference) == [0, 1, 6]
+  assert overlay._pick_slices(np.zeros_like(classes), 3) == [4]
 
 
 def test_overlay_with_reference_region_and_positions(tmp_path):
@@ -101,10 +102,10 @@ def test_overlay_with_reference_region_and_positions(tmp_path):
   region = np.zeros(hu.shape, bool)
   region[:, 15:40, 15:40] = True
   full = _check_png(
-    plots.overlay_png(hu, pred, str(tmp_path / "a.png"), (2.0, 1.0, 1.0), title="t")
+    overlay.overlay_png(hu, pred, str(tmp_path / "a.png"), (2.0, 1.0, 1.0), title="t")
   )
   both = _check_png(
-    plots.overlay_png(
+    overlay.overlay_png(
       hu,
       pred,
       str(tmp_path / "b.png"),
@@ -119,4 +120,4 @@ def test_overlay_with_reference_region_and_positions(tmp_path):
   rca = np.array([0x37, 0x7E, 0xB8]) / 255.0
   assert np.any(np.all(np.abs(both[..., :3] - rca) < 0.08, axis=-1))  # the reference RCA is drawn
   with pytest.raises(ValueError):
-    plots.overlay_png(hu, pred, str(tmp_path / "c.png"), reference=ref[:2])
+    overlay.overlay_png(hu, pred, str(tmp_path / "c.png"), reference=ref[:2])

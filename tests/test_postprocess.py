@@ -1,4 +1,4 @@
-"""Tests for cac_jax.postprocess on hand-built volumes."""
+"""Tests for cac_jax.scoring.postprocess on hand-built volumes."""
 
 import warnings
 
@@ -6,9 +6,9 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cac_jax import postprocess as pp
+from cac_jax.data.scan import Scan
 from cac_jax.labels import AORTA, LAD, LCX, RCA
-from cac_jax.scan import Scan
+from cac_jax.scoring import postprocess as pp
 
 T = 130.0
 

@@ -1,11 +1,11 @@
-"""Tests for cac_jax.preprocess: resampling, thick slices, HU normalisation."""
+"""Tests for cac_jax.data.preprocess: resampling, thick slices, HU normalisation."""
 
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cac_jax import preprocess
-from cac_jax.scan import Case, Scan
+from cac_jax.data import preprocess
+from cac_jax.data.scan import Case, Scan
 from configs import paper
 
 

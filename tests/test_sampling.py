@@ -1,4 +1,4 @@
-"""Tests for cac_jax.sampling: view geometry, label windows, policies, seeds, prefetching."""
+"""Tests for cac_jax.data.sampling: view geometry, label windows, policies, seeds, prefetching."""
 
 import dataclasses
 import threading
@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cac_jax import models, sampling
-from cac_jax.scan import Case, Scan
+from cac_jax import models
+from cac_jax.data import patches, sampling
+from cac_jax.data.scan import Case, Scan
 from configs import paper, tiny
 
 
 def _normalize(hu, data_config):
-  """The contract of cac_jax.preprocess.normalize_hu, from the config values."""
+  """The contract of cac_jax.data.preprocess.normalize_hu, from the config values."""
   lo, hi = data_config.hu_clip
   return (np.clip(hu, lo, hi) - data_config.hu_center) / data_config.hu_scale
 
@@ -47,7 +48,7 @@ def _coded_volume(shape=(9, 11, 13)):
 def test_extract_views_matches_hand_indexing_including_borders(p):
   vol = _coded_volume()
   centres = np.array([[4, 5, 6], [0, 0, 0], [8, 10, 12], [0, 10, 3], [8, 1, 12], [2, 5, 0]])
-  got = sampling.extract_views(vol, centres, p, -7.0)
+  got = patches.extract_views(vol, centres, p, -7.0)
   assert got.shape == (3, len(centres), p, p, 1) and got.dtype == np.float32
   for b, c in enumerate(centres):
     np.testing.assert_array_equal(got[:, b, :, :, 0], _reference_views(vol, c, p, -7.0))
@@ -57,7 +58,7 @@ def test_extract_views_matches_hand_indexing_including_borders(p):
 
 def test_extract_views_orientation_explicit():
   vol = _coded_volume()
-  got = sampling.extract_views(vol, np.array([[4, 5, 6]]), 3, -1.0)[:, 0, :, :, 0]
+  got = patches.extract_views(vol, np.array([[4, 5, 6]]), 3, -1.0)[:, 0, :, :, 0]
   # axial: row +1 moves y, col +1 moves x
   assert got[0, 2, 1] == vol[4, 6, 6] and got[0, 1, 2] == vol[4, 5, 7]
   # coronal: row +1 moves z, col +1 moves x
@@ -68,7 +69,7 @@ def test_extract_views_orientation_explicit():
 
 def test_extract_views_padding_far_outside():
   vol = _coded_volume()
-  got = sampling.extract_views(vol, np.array([[0, 0, 0]]), 31, -1.0)[:, 0, :, :, 0]
+  got = patches.extract_views(vol, np.array([[0, 0, 0]]), 31, -1.0)[:, 0, :, :, 0]
   h = 15
   assert np.all(got[:, :h, :] == -1.0)  # rows before the volume start
   assert np.all(got[0, h:, :h] == -1.0)
@@ -82,7 +83,7 @@ def test_extract_view_labels_contract():
   lab = rng.integers(0, 7, size=(9, 11, 13)).astype(np.int32)
   centres = np.array([[4, 5, 6], [0, 0, 0], [8, 10, 12], [1, 9, 2]])
   o = 5
-  got = sampling.extract_view_labels(lab, centres, o)
+  got = patches.extract_view_labels(lab, centres, o)
   assert got.shape == (3, 4, o, o) and got.dtype == np.int32
   for b, c in enumerate(centres):
     np.testing.assert_array_equal(got[:, b], _reference_views(lab, c, o, 0).astype(np.int32))
@@ -408,7 +409,8 @@ def test_case_threshold(cfg):
 def test_ccta_bright_patches_use_the_scoring_threshold(cfg):
   """Training's bright CCTA patches are drawn at the threshold scoring uses (aorta ROI), not
   at a statistic of the whole aorta mask (which includes the wall and arch: far higher)."""
-  from cac_jax import phantoms, threshold
+  from cac_jax import phantoms
+  from cac_jax.data import threshold
 
   case = phantoms.generate_case("ccta", 3, cfg)
   case = dataclasses.replace(
@@ -465,12 +467,12 @@ def test_prefetch_propagates_errors(cfg):
 def test_inplace_normalisation_equals_generic_path(cfg, cases):
   fast = sampling.PatchSampler(cases, cfg, seed=2)
   slow = sampling.PatchSampler(cases, cfg, seed=2)
-  slow._inplace_normalize = False  # pylint: disable=protected-access
+  slow.patches._inplace = False  # pylint: disable=protected-access
   np.testing.assert_array_equal(fast.source_batch()["views"], slow.source_batch()["views"])
   np.testing.assert_array_equal(fast.critic_batch()["views"], slow.critic_batch()["views"])
   # a normaliser that differs from the in-place formula is detected and used as is
   odd = lambda hu, d: _normalize(hu, d).astype(np.float32) * np.float32(2.0)
-  assert not sampling._inplace_matches(odd, cfg.data)  # pylint: disable=protected-access
+  assert not patches._inplace_matches(odd, cfg.data)  # pylint: disable=protected-access
 
 
 def test_reference_critic_policy_is_the_default_and_draws_like_the_authors():

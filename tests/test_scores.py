@@ -1,13 +1,13 @@
-"""Tests for cac_jax.scores with hand-computed expected values."""
+"""Tests for cac_jax.scoring.scores with hand-computed expected values."""
 
 import json
 
 import numpy as np
 import pytest
 
-from cac_jax import scores
+from cac_jax.data.scan import Scan
 from cac_jax.labels import AORTA, AORTIC_VALVE, LAD, LCX, MITRAL_VALVE, RCA
-from cac_jax.scan import Scan
+from cac_jax.scoring import scores
 
 
 def _scan(shape, spacing, **meta):

@@ -11,8 +11,9 @@ import shutil
 import numpy as np
 import pytest
 
-from cac_jax import checkpoints, labels, phantoms, pipeline, scores, scoring_cli
-from cac_jax.scan import Scan
+from cac_jax import checkpoints, labels, phantoms
+from cac_jax.data.scan import Scan
+from cac_jax.scoring import pipeline, score_files, scores
 from cac_jax.train import data as data_lib
 
 
@@ -30,7 +31,7 @@ def phantom_export(tmp_path_factory, tiny_params, tiny_config):
 
 @pytest.fixture(scope="module")
 def case_files(tmp_path_factory, tiny_config):
-  from cac_jax import manifest
+  from cac_jax.data import manifest
 
   path = phantoms.write_dataset(
     str(tmp_path_factory.mktemp("data")), "ccta", 1, 7, tiny_config, split="test"
@@ -45,7 +46,7 @@ def _read_csv(path):
 
 def test_score_file_auto_heart_provenance_and_outputs(tmp_path, phantom_export, case_files):
   out = tmp_path / "out"
-  report = scoring_cli.score_file(case_files.image, phantom_export, str(out))
+  report = score_files.score_file(case_files.image, phantom_export, str(out))
   for name in pipeline.OUTPUT_FILES:
     assert (out / name).exists(), name
   saved = json.loads((out / "scores.json").read_text(encoding="utf-8"))
@@ -86,7 +87,7 @@ def test_masks_dir_and_unrecorded_training(tmp_path, tiny_params, tiny_config, c
   seg.mkdir()
   shutil.copy(case_files.heart_mask, seg / "heart.nii.gz")
   shutil.copy(case_files.aorta_mask, seg / "aorta.nii.gz")
-  report = scoring_cli.score_file(
+  report = score_files.score_file(
     case_files.image,
     bare,
     str(tmp_path / "o"),
@@ -100,7 +101,7 @@ def test_masks_dir_and_unrecorded_training(tmp_path, tiny_params, tiny_config, c
   assert any("does not record its training data" in w for w in report["warnings"])
   os.remove(seg / "heart.nii.gz")
   with pytest.raises(FileNotFoundError, match="heart.nii.gz"):
-    scoring_cli.score_file(case_files.image, bare, str(tmp_path / "o2"), masks_dir=str(seg))
+    score_files.score_file(case_files.image, bare, str(tmp_path / "o2"), masks_dir=str(seg))
 
 
 def test_no_heart_region_means_heart_filter_false(tiny_params, tiny_config):
@@ -166,8 +167,8 @@ def test_csv_row_rounds_and_carries_per_artery_scores():
     "scores": scores.compute_scores(cls, hu, scan, "ncct"),
     "warnings": [],
   }
-  row = scoring_cli.csv_row("a", report)
-  assert set(row) == set(scoring_cli.CSV_FIELDS)
+  row = score_files.csv_row("a", report)
+  assert set(row) == set(score_files.CSV_FIELDS)
   assert row["threshold_hu"] == 566.7 and row["LCX_lesions"] == 1 and row["LAD_lesions"] == 0
   assert row["LCX_mm3"] == round(9 * 3.0 * 0.49, 2) and row["LCX_agatston"] == round(
     9 * 0.49 * 3, 2

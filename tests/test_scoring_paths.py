@@ -5,7 +5,10 @@ import os
 import numpy as np
 import pytest
 
-from cac_jax import checkpoints, experiment, manifest, phantoms, scoring_cli, volume_io
+from cac_jax import checkpoints, phantoms
+from cac_jax.data import manifest, volume_io
+from cac_jax.scoring import score_files
+from cac_jax.studies import experiment
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +29,7 @@ def test_launch_score_and_reproduce_give_identical_labels(
   out = str(tmp_path / "scored")
   s = experiment.column_settings(tiny_config, fp_reduction)
   fp = dict(region_growing=s.region_growing, size_limits=s.size_limits, heart_filter=s.heart_filter)
-  scoring_cli.score_manifest(data, tiny_export, out, fp=fp)
+  score_files.score_manifest(data, tiny_export, out, fp=fp)
   [case] = manifest.load_cases(data, tiny_config)  # what experiment.run scores
   params, _ = checkpoints.load_inference(tiny_export)
   [raw] = experiment.predict_raw({"m": params}, tiny_config, [case], fp_reduction)["m"]

@@ -12,7 +12,7 @@ import sys
 import jax
 import numpy as np
 
-from cac_jax import synthetic
+from cac_jax.data import synthetic
 from cac_jax.train import adversarial, loop, sharding, source
 from cac_jax.train import state as state_lib
 from configs import tiny

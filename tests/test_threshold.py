@@ -1,4 +1,4 @@
-"""Tests for cac_jax.threshold: fixed NCCT and aorta-derived CCTA thresholds."""
+"""Tests for cac_jax.data.threshold: fixed NCCT and aorta-derived CCTA thresholds."""
 
 import pathlib
 
@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from scipy import ndimage
 
-from cac_jax import threshold
-from cac_jax.scan import Scan
+from cac_jax.data import threshold
+from cac_jax.data.scan import Scan
 
 REALDATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 

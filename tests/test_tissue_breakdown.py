@@ -1,4 +1,4 @@
-"""Predicted-class volume by true phantom tissue (`cac_jax.tissue_breakdown`, `launch.tissue_breakdown`)."""
+"""Predicted-class volume by true phantom tissue (`cac_jax.studies.tissue_breakdown`, `launch.tissue_breakdown`)."""
 
 import csv
 import os
@@ -9,9 +9,11 @@ import jax
 import numpy as np
 import pytest
 
-from cac_jax import checkpoints, experiment, labels, models, pipeline
-from cac_jax import tissue_breakdown as tb
+from cac_jax import checkpoints, labels, models
 from cac_jax.phantoms import anatomy, generate
+from cac_jax.scoring import pipeline
+from cac_jax.studies import experiment
+from cac_jax.studies import tissue_breakdown as tb
 from configs import tiny
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -9,7 +9,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from cac_jax import synthetic
+from cac_jax.data import synthetic
 from cac_jax.train import loop, sharding, source
 from cac_jax.train import state as state_lib
 from configs import tiny

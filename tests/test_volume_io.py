@@ -1,4 +1,4 @@
-"""Tests for cac_jax.volume_io: reading/validating scans, masks by physical coordinates, write-back."""
+"""Tests for cac_jax.data.volume_io: reading/validating scans, masks by physical coordinates, write-back."""
 
 import locale
 import os
@@ -8,8 +8,8 @@ import pytest
 import SimpleITK as sitk
 
 from cac_jax import labels as labels_lib
-from cac_jax import preprocess, volume_io
-from cac_jax.scan import Scan
+from cac_jax.data import preprocess, volume_io
+from cac_jax.data.scan import Scan
 
 
 def _ct_like(shape=(12, 20, 16), seed=0):

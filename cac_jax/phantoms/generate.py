@@ -18,8 +18,8 @@ import numpy as np
 from scipy import ndimage
 
 from cac_jax import labels as L
+from cac_jax.data.scan import Case, Scan
 from cac_jax.phantoms import acquisition, anatomy, contrast, lesions, raster
-from cac_jax.scan import Case, Scan
 
 _STRUCT = np.ones((3, 3, 3), dtype=bool)
 

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from cac_jax import atomic
-from cac_jax.scan import Case
+from cac_jax.data.scan import Case
 
 CLASS_COLOURS = (
   (0, 0, 0),

@@ -11,8 +11,8 @@ import SimpleITK as sitk
 
 from cac_jax import atomic
 from cac_jax import labels as L
+from cac_jax.data.scan import Case
 from cac_jax.phantoms import generate
-from cac_jax.scan import Case
 
 MANIFEST_COLUMNS = ("id", "image", "label", "heart_mask", "aorta_mask", "domain", "split")
 

@@ -3,7 +3,7 @@
 A stream is a callable `stream(step) -> batch` (dict of numpy arrays, layouts in
 `docs/architecture.md`). Loops call it with consecutive steps, starting at the step a restored
 state resumes from, so a stream that is a pure function of (seed, step) — like
-`cac_jax.synthetic.SyntheticData` — makes `--resume` exact.
+`cac_jax.data.synthetic.SyntheticData` — makes `--resume` exact.
 
 `Streams` groups what the loops use:
   source          labelled source batches {"views", "labels"} (source training; the
@@ -12,7 +12,7 @@ state resumes from, so a stream that is a pure function of (seed, step) — like
   target_critic   target batches {"views"} for the critic
   target_generator target batches {"views"} for the generator step
 
-`sampler_streams` builds them over `cac_jax.sampling.PatchSampler` for every caller (the
+`sampler_streams` builds them over `cac_jax.data.sampling.PatchSampler` for every caller (the
 experiment and `launch.train_source`/`launch.adapt` alike; batch i of a sampler stream is a
 pure function of (seed, i), so resuming is exact there too). Plain iterators are adapted by
 `as_stream`; they ignore the step, so a run resumed on them sees other batches than the
@@ -29,9 +29,9 @@ from typing import Any
 
 import numpy as np
 
-from cac_jax import manifest, sampling
+from cac_jax.data import manifest, sampling
+from cac_jax.data.prefetch import Prefetched
 from cac_jax.phantoms import writer
-from cac_jax.prefetch import Prefetched
 
 Batch = dict[str, np.ndarray]
 Stream = Callable[[int], Batch]
@@ -75,7 +75,7 @@ def as_streams(data: Any) -> Streams:
 
 
 def prefetched(streams: Streams, depth: int) -> Streams:
-  """Every stream of `streams` prefetched (`cac_jax.prefetch.Prefetched`): the same batches."""
+  """Every stream of `streams` prefetched (`cac_jax.data.prefetch.Prefetched`): the same batches."""
   return Streams(
     *(None if s is None else Prefetched(s, depth) for s in _members(streams)),
     provenance=streams.provenance,
@@ -102,7 +102,7 @@ def adapt_bright_in_heart(config, target_cases) -> bool | None:
 def sampler_streams(
   source_cases, target_cases, config, seed: int, provenance: dict | None = None
 ) -> Streams:
-  """The one builder of training batches over `cac_jax.sampling.PatchSampler`s (imported lazily).
+  """The one builder of training batches over `cac_jax.data.sampling.PatchSampler`s (imported lazily).
 
   Samplers: the source cases with `seed`; with target cases, one with `seed + 1` for the
   critic's target batches and one with `seed + 2` for the generator's. Source batch j, source
@@ -113,7 +113,7 @@ def sampler_streams(
   labelled batches keep `config.sampling`'s.
 
   Args:
-    source_cases: labelled source-domain cases (`cac_jax.manifest.load_cases`).
+    source_cases: labelled source-domain cases (`cac_jax.data.manifest.load_cases`).
     target_cases: target-domain cases, or None for source training only.
     provenance: what the cases are, for the exports (`manifest_provenance`).
   """
@@ -141,7 +141,7 @@ def manifest_streams(
   target_domain: str | None = "ccta",
   seed: int | None = None,
 ) -> Streams:
-  """`sampler_streams` over the cases of data-set manifests (`cac_jax.manifest.load_cases`).
+  """`sampler_streams` over the cases of data-set manifests (`cac_jax.data.manifest.load_cases`).
 
   Args:
     config: full config.
@@ -196,13 +196,13 @@ def _file_sha256(path: str) -> str:
 def describe_training_data(data: Any, config) -> dict:
   """What a training run learned from, for the export's provenance.json.
 
-  None (the loops' default) is `cac_jax.synthetic` phantom patches with `config.seed`;
+  None (the loops' default) is `cac_jax.data.synthetic` phantom patches with `config.seed`;
   `manifest_streams` tag their streams with the manifests and their SHA-256; anything else
   is "not recorded".
   """
   if data is None:
     return {
-      "description": f"phantoms (cac_jax.synthetic), seed {int(config.seed)}",
+      "description": f"phantoms (cac_jax.data.synthetic), seed {int(config.seed)}",
       "phantoms_only": True,
     }
   return dict(

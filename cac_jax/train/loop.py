@@ -1,6 +1,6 @@
 """The training loop: the one frame around source training and adversarial adaptation.
 
-Both runs share it: default data (`cac_jax.synthetic`), the checkpoint manager and its resume
+Both runs share it: default data (`cac_jax.data.synthetic`), the checkpoint manager and its resume
 guard, the metric writer, the logging and checkpoint cadence, stream closing and the inference
 export. `source.py` and `adversarial.py` hold only the losses and the pure steps.
 
@@ -87,10 +87,10 @@ def mean_metrics(history: list[dict]) -> dict[str, float]:
 
 
 def _streams(data: Any, config: ml_collections.ConfigDict) -> tuple[data_lib.Streams, dict]:
-  """(the loop's streams, their provenance); `data` None is `cac_jax.synthetic` phantom patches."""
+  """(the loop's streams, their provenance); `data` None is `cac_jax.data.synthetic` phantom patches."""
   training_data = data_lib.describe_training_data(data, config)
   if data is None:
-    from cac_jax import synthetic  # pylint: disable=g-import-not-at-top
+    from cac_jax.data import synthetic  # pylint: disable=g-import-not-at-top
 
     data = data_lib.prefetched(
       data_lib.as_streams(synthetic.SyntheticData(config, config.seed)), config.sampling.prefetch
@@ -171,7 +171,7 @@ def train_source(
     workdir: checkpoints in `workdir/checkpoints`, metrics in `workdir/metrics.jsonl` and
       TensorBoard events; the inference export in `workdir/export`.
     data: labelled batches: a `Streams`/object with `.source`, a `stream(step)` callable or
-      an iterator; default `cac_jax.synthetic.SyntheticData(config, config.seed)`.
+      an iterator; default `cac_jax.data.synthetic.SyntheticData(config, config.seed)`.
     resume: continue from the latest checkpoint in `workdir` (exact for step-indexed data).
       Without it, a workdir that already holds checkpoints is an error.
     mesh: device mesh (default: all devices).
@@ -289,7 +289,7 @@ def adapt(
       `adapt.snapshot_every`, inference snapshots of G (`snapshots`) for checkpoint selection.
     source_params: {"generator", "classifier"} of the source model (`load_inference`).
     data: `Streams` (or an object with source, source_critic, target_critic and
-      target_generator streams); default `cac_jax.synthetic.SyntheticData(config, seed)`.
+      target_generator streams); default `cac_jax.data.synthetic.SyntheticData(config, seed)`.
       Critic update i uses source_critic(i), target_critic(i); generator update j uses
       source(j) and target_generator(j).
     resume: continue from the latest checkpoint in `workdir/checkpoints`.

@@ -205,5 +205,5 @@ def bootstrap_gap_share(
 
 
 def per_scan_f1(per_scan_metrics: Sequence[Mapping], structure: str = "total") -> list[float]:
-  """Per-scan F1 of `structure` from `cac_jax.metrics.scan_metrics` outputs (NaN: no reference)."""
+  """Per-scan F1 of `structure` from `cac_jax.evaluation.metrics.scan_metrics` outputs (NaN: no reference)."""
   return [float(m[structure].f1) for m in per_scan_metrics]

@@ -21,9 +21,11 @@ import io
 
 import numpy as np
 
-from cac_jax import atomic, experiment, pipeline
+from cac_jax import atomic
 from cac_jax import labels as labels_lib
 from cac_jax.phantoms import anatomy, generate
+from cac_jax.scoring import pipeline
+from cac_jax.studies import experiment
 
 CLASS_NAMES = labels_lib.CLASS_NAMES
 

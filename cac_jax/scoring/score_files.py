@@ -10,7 +10,9 @@ from typing import Any
 
 from tqdm import tqdm
 
-from cac_jax import atomic, checkpoints, dicom_seg, manifest, pipeline, postprocess, volume_io
+from cac_jax import atomic, checkpoints
+from cac_jax.data import manifest, volume_io
+from cac_jax.scoring import dicom_seg, pipeline, postprocess
 
 ARTERIES = ("LAD", "LCX", "RCA")
 CSV_FIELDS = (
@@ -97,12 +99,12 @@ def score_file(
 ) -> dict[str, Any]:
   """Score one scan file and write its outputs into output_dir; returns the report dict.
 
-  heart_mask: a mask file, "auto" (find the heart region in the scan, `cac_jax.heart_region`)
+  heart_mask: a mask file, "auto" (find the heart region in the scan, `cac_jax.scoring.heart_region`)
   or "none"/None (no heart region: every candidate is classified). masks_dir: a
   TotalSegmentator output folder whose heart.nii.gz (and aorta.nii.gz, unless `aorta_mask` is
   given) are used instead. loaded: `load_model`'s result (or `checkpoints.load_inference`'s
   (params, config)), to score many scans with one load. A DICOM folder also gets a DICOM
-  SEG and SR (`cac_jax.dicom_seg`) referencing the series scored.
+  SEG and SR (`cac_jax.scoring.dicom_seg`) referencing the series scored.
   Outputs are checked before any work so an existing result is never half-replaced (the
   caller claims output_dir with `atomic.claim_dir`). The input path is stored in scores.json
   only with `record_input_path` (a file or folder name can carry a patient's name). `series`

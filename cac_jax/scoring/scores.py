@@ -43,8 +43,8 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from cac_jax.data.scan import Scan
 from cac_jax.labels import AORTA, AORTIC_VALVE, CLASS_NAMES, CORONARY_CLASSES, LAD, MITRAL_VALVE
-from cac_jax.scan import Scan
 
 CONNECTIVITY_6 = ndimage.generate_binary_structure(3, 1)
 CONNECTIVITY_4_2D = ndimage.generate_binary_structure(2, 1)

@@ -29,19 +29,12 @@ import jax
 import ml_collections
 import numpy as np
 
-from cac_jax import (
-  atomic,
-  checkpoints,
-  html_report,
-  manifest,
-  metrics,
-  phantoms,
-  pipeline,
-  plots,
-  postprocess,
-)
-from cac_jax import gates as gates_lib
+from cac_jax import atomic, checkpoints, phantoms
 from cac_jax import labels as labels_lib
+from cac_jax.data import manifest
+from cac_jax.evaluation import gates as gates_lib
+from cac_jax.evaluation import html_report, metrics, plots
+from cac_jax.scoring import overlay, pipeline, postprocess
 from cac_jax.train import data as data_lib
 from cac_jax.train import loop
 
@@ -398,7 +391,7 @@ def _same_params(a: dict, b: dict) -> bool:
 
 
 def benchmark_gates(table: dict) -> list[gates_lib.Gate]:
-  """G1-G3 (`cac_jax.gates`) from one seed's table (total coronary, FP reduction on)."""
+  """G1-G3 (`cac_jax.evaluation.gates`) from one seed's table (total coronary, FP reduction on)."""
 
   def cell(col, m):
     return table[col]["total"][m][0] if col in table else float("nan")
@@ -551,7 +544,7 @@ def write_figures(result: dict, config, out_dir: str) -> dict[str, str]:
     ("CCTA no adaptation+FP red.", "no_adaptation"),
   ):
     p = os.path.join(out_dir, f"overlay_ccta_{tag}.png")
-    plots.overlay_png(
+    overlay.overlay_png(
       case.scan.hu,
       result["per_scan"][col][0]["classes"],
       p,
@@ -560,7 +553,7 @@ def write_figures(result: dict, config, out_dir: str) -> dict[str, str]:
     )
     paths[f"overlay_{tag}"] = p
   p = os.path.join(out_dir, "overlay_ccta_reference.png")
-  plots.overlay_png(
+  overlay.overlay_png(
     case.scan.hu, case.labels, p, case.scan.spacing, title=f"{case.case_id}: reference"
   )
   paths["overlay_reference"] = p

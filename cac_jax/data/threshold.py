@@ -5,7 +5,7 @@ voxels brighter than the lumen: threshold = mean + 3 SD of the HU in a box of ab
 14 x 14 x 18 mm (y, x, z) inside the ascending-aorta lumen at the level of the left coronary
 origin.
 
-Conventions: arrays are (z, y, x), geometry from a `cac_jax.scan.Scan` in canonical LPS
+Conventions: arrays are (z, y, x), geometry from a `cac_jax.data.scan.Scan` in canonical LPS
 orientation (identity direction): +x = patient left, +y = posterior, +z = superior. For a
 non-identity direction matrix the anatomical tests ("anterior", "right", "lower") use the
 direction cosines, so a scan in another orientation still works.
@@ -48,7 +48,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
-from cac_jax.scan import Scan
+from cac_jax.data.scan import Scan
 
 NCCT_THRESHOLD_HU = 130.0
 # Mean lumen HU above which a scan is taken as contrast-enhanced.

@@ -25,10 +25,12 @@ import ml_collections
 import numpy as np
 
 import cac_jax
-from cac_jax import atomic, postprocess, scores, threshold
-from cac_jax import heart_region as heart_region_lib
+from cac_jax import atomic
 from cac_jax import labels as labels_lib
-from cac_jax.scan import Scan
+from cac_jax.data import threshold
+from cac_jax.data.scan import Scan
+from cac_jax.scoring import heart_region as heart_region_lib
+from cac_jax.scoring import postprocess, scores
 
 OUTPUT_FILES = (
   "calcium_labels.nii.gz",
@@ -38,7 +40,10 @@ OUTPUT_FILES = (
   "scores.json",
   "overlay.png",
 )
-DICOM_OUTPUT_FILES = ("calcium_seg.dcm", "calcium_sr.dcm")  # DICOM input only (`cac_jax.dicom_seg`)
+DICOM_OUTPUT_FILES = (
+  "calcium_seg.dcm",
+  "calcium_sr.dcm",
+)  # DICOM input only (`cac_jax.scoring.dicom_seg`)
 RESEARCH_NOTICE = (
   "Research use only; not a medical device. These scores come from a research model and "
   "must not be used for diagnosis or treatment decisions."
@@ -128,7 +133,8 @@ def detect(
 
   Returns int32 (z, y, x) classes 0..6, 0 outside candidates.
   """
-  from cac_jax import infer, preprocess  # jax import deferred: numpy-only callers stay light
+  from cac_jax.data import preprocess  # jax import deferred: numpy-only callers stay light
+  from cac_jax.scoring import infer
 
   native_cand = candidate_mask(scan.hu, threshold_hu, region)
   if not native_cand.any():
@@ -327,7 +333,7 @@ def score_scan(
     fp_settings: which false-positive reduction steps to run (default: all).
     calibration: mass-score calibration factor (mg/cm³ per HU), optional.
     auto_heart: without a heart mask, find the heart region from the scan itself
-      (`cac_jax.heart_region`); when none is found (no heart in view) there is no coronary
+      (`cac_jax.scoring.heart_region`); when none is found (no heart in view) there is no coronary
       score: all zero, `report["coronary_score"]` False and a warning.
 
   A scan with no aorta (CCTA), an empty heart mask, no heart found or no candidate voxels
@@ -401,7 +407,7 @@ def check_grid_size(scan: Scan, config) -> None:
   spacing in a header, e.g. 10 mm for 1 mm, would otherwise make resampling try to allocate
   many GiB and die).
   """
-  from cac_jax import preprocess  # SimpleITK only; keeps this module's imports light
+  from cac_jax.data import preprocess  # SimpleITK only; keeps this module's imports light
 
   working = preprocess.resampled_shape(scan.shape, scan.spacing, tuple(config.data.working_spacing))
   for what, shape in (("native", scan.shape), ("working", working)):
@@ -455,9 +461,10 @@ def write_outputs(
   calcium_labels.itksnap.txt (ITK-SNAP label descriptions) and calcium_labels.slicer.ctbl
   (3D Slicer colour table) with the class names and colours; lesions.csv
   (`scores.lesion_table`); overlay.png; `extra` {name: write(path)} files (e.g. the DICOM SEG
-  and SR of `cac_jax.dicom_seg.writers`); scores.json (the report).
+  and SR of `cac_jax.scoring.dicom_seg.writers`); scores.json (the report).
   """
-  from cac_jax import plots, volume_io
+  from cac_jax.data import volume_io
+  from cac_jax.scoring import overlay  # matplotlib: imported only when an overlay is drawn
 
   os.makedirs(output_dir, exist_ok=True)
   check_outputs_free(output_dir, overwrite)
@@ -471,7 +478,7 @@ def write_outputs(
       "calcium_labels.nii.gz": lambda p: volume_io.write_like(
         labels_lib.classes_to_reference(result.classes), scan, p
       ),
-      "overlay.png": lambda p: plots.overlay_png(
+      "overlay.png": lambda p: overlay.overlay_png(
         scan.hu,
         result.classes,
         p,
@@ -505,7 +512,7 @@ def _z_positions_mm(scan: Scan) -> np.ndarray:
 
 def overlay_title(report: dict) -> str:
   """ "<image>: total Agatston A (category), threshold T HU, window -200..800 HU"."""
-  from cac_jax import plots  # pylint: disable=g-import-not-at-top
+  from cac_jax.scoring import overlay  # matplotlib: imported only when an overlay is drawn
 
   s = report["scores"]
   thr = report.get("threshold", {}).get("threshold_hu")
@@ -518,7 +525,7 @@ def overlay_title(report: dict) -> str:
   )
   return (
     f"{name}: {score}, threshold {'n/a' if thr is None else f'{thr:.0f} HU'}, "
-    f"window {plots.HU_WINDOW[0]:.0f}..{plots.HU_WINDOW[1]:.0f} HU"
+    f"window {overlay.HU_WINDOW[0]:.0f}..{overlay.HU_WINDOW[1]:.0f} HU"
   )
 
 

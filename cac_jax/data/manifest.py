@@ -21,8 +21,8 @@ import csv
 import dataclasses
 import os
 
-from cac_jax import preprocess, volume_io
-from cac_jax.scan import Case
+from cac_jax.data import preprocess, volume_io
+from cac_jax.data.scan import Case
 
 COLUMNS = ("id", "image", "label", "heart_mask", "aorta_mask", "domain", "split")
 DOMAINS = ("ncct", "ccta")

@@ -42,9 +42,10 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from cac_jax import models, preprocess, xla_options
+from cac_jax import models, xla_options
+from cac_jax.data import preprocess
+from cac_jax.data.patches import PAD_HU
 
-PAD_HU = -1000.0
 # View order as in `models.VIEWS`: axes permutation bringing (slice, row, col) to the front.
 # axial: slices z, rows y, cols x; coronal: slices y, (z, x); sagittal: slices x, (z, y).
 _PERMS = {"axial": (0, 1, 2), "coronal": (1, 0, 2), "sagittal": (2, 0, 1)}

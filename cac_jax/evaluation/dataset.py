@@ -4,13 +4,13 @@
 row (optionally of one split), the reference label map (manifest `label` column, reference
 encoding 8/9/10/15/53/58, paths relative to the manifest) and the prediction
 `predictions_dir/<id>/calcium_labels.nii.gz` (same encoding, on the input image's grid), and
-computes `cac_jax.metrics` per scan and aggregated. Rows without a label are skipped and listed.
+computes `cac_jax.evaluation.metrics` per scan and aggregated. Rows without a label are skipped and listed.
 A missing prediction raises ValueError naming every missing case, unless `allow_missing=True`
 (then the cases are skipped and listed in the report).
 
-Files are read by `cac_jax.volume_io` (the image validated as CT in HU, canonical LPS
+Files are read by `cac_jax.data.volume_io` (the image validated as CT in HU, canonical LPS
 orientation); reference and prediction must lie on the image's voxel grid (checked; no
-resampling here). Agatston scores (for the risk-category kappa) use `cac_jax.scores.agatston`
+resampling here). Agatston scores (for the risk-category kappa) use `cac_jax.scoring.scores.agatston`
 on the manifest's image.
 
 `write_report(results, output_dir)` writes results.md (markdown tables), results.csv (one row per
@@ -29,9 +29,12 @@ import os
 
 import numpy as np
 
-from cac_jax import atomic, html_report, metrics, plots, scores, volume_io
+from cac_jax import atomic
 from cac_jax import labels as labels_lib
-from cac_jax import manifest as manifest_lib
+from cac_jax.data import manifest as manifest_lib
+from cac_jax.data import volume_io
+from cac_jax.evaluation import html_report, metrics, plots
+from cac_jax.scoring import scores
 
 PREDICTION_FILE = "calcium_labels.nii.gz"
 _CSV_FIELDS = tuple(f.name for f in dataclasses.fields(metrics.StructureMetrics))
@@ -299,7 +302,7 @@ def write_report(
   results: EvaluationResults, output_dir: str, predictions_dir: str | None = None
 ) -> str:
   """Write results.md, results.csv, bland_altman.png and report.html into output_dir; return
-  the markdown. report.html (`cac_jax.html_report`) holds the tables, a per-scan table, the
+  the markdown. report.html (`cac_jax.evaluation.html_report`) holds the tables, a per-scan table, the
   Bland-Altman plot and, when `predictions_dir` is given, each case's overlay.png from
   `launch.score` (linked, not copied)."""
   os.makedirs(output_dir, exist_ok=True)

@@ -14,7 +14,7 @@ import dataclasses
 import numpy as np
 import SimpleITK as sitk
 
-from cac_jax.scan import Case, Scan
+from cac_jax.data.scan import Case, Scan
 
 AIR_HU = -1024.0
 

@@ -60,6 +60,7 @@ import numpy as np
 from scipy import ndimage, stats
 
 from cac_jax import labels as labels_lib
+from cac_jax.data import scan as scan_lib
 
 STRUCTURES = ("total", "LAD", "LCX", "RCA")
 _STRUCTURE_CLASSES = {
@@ -74,14 +75,6 @@ _SIX_CONNECTED = ndimage.generate_binary_structure(3, 1)
 # Agatston risk categories: 0, 1-10, 11-100, 101-400, >400 (upper bounds inclusive).
 AGATSTON_CATEGORY_NAMES = ("0", "1-10", "11-100", "101-400", ">400")
 AGATSTON_CATEGORY_UPPER = (0.0, 10.0, 100.0, 400.0)
-
-
-def voxel_volume_mm3(spacing: Sequence[float]) -> float:
-  """Volume of one voxel in mm³ from a (z, y, x) spacing in mm."""
-  spacing = tuple(float(s) for s in spacing)
-  if len(spacing) != 3 or any(not math.isfinite(s) or s <= 0 for s in spacing):
-    raise ValueError(f"spacing must be three positive numbers (z, y, x) in mm; got {spacing}")
-  return float(np.prod(spacing))
 
 
 def _ratio(num: float, den: float) -> float:
@@ -167,7 +160,7 @@ def scan_metrics(
       f"reference {reference.shape} and prediction {prediction.shape} must be 3D (z, y, x) "
       "arrays of the same shape"
     )
-  voxel_mm3 = voxel_volume_mm3(spacing)
+  voxel_mm3 = scan_lib.voxel_volume_mm3(spacing)
   out = {}
   for name in STRUCTURES:
     classes = _STRUCTURE_CLASSES[name]

@@ -14,9 +14,11 @@ import os
 
 import numpy as np
 
-from cac_jax import heart_region, phantoms, volume_io
+from cac_jax import phantoms
+from cac_jax.data import volume_io
 from cac_jax.labels import CORONARY_CLASSES
 from cac_jax.phantoms.anatomy import TISSUE
+from cac_jax.scoring import heart_region
 
 
 def run(config, n: int, first_seed: int, real_pairs=()) -> list[dict]:

@@ -26,8 +26,8 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
+from cac_jax.data.scan import Scan
 from cac_jax.labels import NUM_CLASSES
-from cac_jax.scan import Scan
 
 # 6-connectivity (faces only) in 3D.
 CONNECTIVITY_6 = ndimage.generate_binary_structure(3, 1)

@@ -67,7 +67,7 @@ def build_seg(classes_source: np.ndarray, sources: Sequence):
 
   Args:
     classes_source: int (n_files, rows, columns) classes 0..6 on the source series' own grid,
-      frame k on `sources[k]` (`cac_jax.volume_io.source_array` of the classes: slices in the order
+      frame k on `sources[k]` (`cac_jax.data.volume_io.source_array` of the classes: slices in the order
       GDCM sorted the files).
     sources: the series' pydicom datasets (pixel data not needed) in that order
       (`read_sources`).
@@ -166,7 +166,7 @@ def build_sr(scores: dict, sources: Sequence):
 
   One measurement group per LAD, LCX, RCA, all coronaries and the aortic valve, each with
   "Calcium score" (DCM 112058, Agatston scoring method, no units), "Calcium Volume" (mm3) and,
-  only when calibrated, "Calcium Mass" (mg). `scores`: `cac_jax.scores.compute_scores`'s dict.
+  only when calibrated, "Calcium Mass" (mg). `scores`: `cac_jax.scoring.scores.compute_scores`'s dict.
   The SR is marked neither complete nor verified (research output).
   """
   import highdicom as hd  # pylint: disable=g-import-not-at-top

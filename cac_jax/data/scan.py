@@ -7,15 +7,26 @@ Every stage takes and returns a `Scan`. Conventions:
   * `direction` is ITK's 3x3 direction matrix (row-major); column k is the physical direction
     of the k-th ITK index axis (i.e. array axis x, y, z for k = 0, 1, 2).
   * `source`, when set, remembers the geometry and orientation of the file the scan was read
-    from, so outputs can be written back on the input's own grid (see `cac_jax.volume_io`).
+    from, so outputs can be written back on the input's own grid (see `cac_jax.data.volume_io`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 import dataclasses
+import math
 from typing import Any
 
 import numpy as np
+
+
+def voxel_volume_mm3(spacing: Sequence[float]) -> float:
+  """Volume of one voxel in mm³ from a (z, y, x) spacing in mm; ValueError unless it is three
+  positive finite numbers."""
+  spacing = tuple(float(s) for s in spacing)
+  if len(spacing) != 3 or any(not math.isfinite(s) or s <= 0 for s in spacing):
+    raise ValueError(f"spacing must be three positive numbers (z, y, x) in mm; got {spacing}")
+  return float(np.prod(spacing))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,7 +76,7 @@ class Scan:
   @property
   def voxel_volume_mm3(self) -> float:
     """Volume of one voxel in mm³."""
-    return float(np.prod(self.spacing))
+    return voxel_volume_mm3(self.spacing)
 
   @property
   def direction_matrix(self) -> np.ndarray:

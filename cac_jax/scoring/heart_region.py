@@ -32,7 +32,7 @@ Steps, on a coarse copy of the scan (block means to about `COARSE_MM` per axis, 
      and the pipeline reports no coronary score, with a warning.
 
 Conventions: arrays (z, y, x); `Scan` geometry in canonical LPS orientation (+y posterior),
-which is what `cac_jax.volume_io.read_scan` returns. Nothing here prints.
+which is what `cac_jax.data.volume_io.read_scan` returns. Nothing here prints.
 """
 
 from __future__ import annotations
@@ -42,8 +42,8 @@ import dataclasses
 import numpy as np
 from scipy import ndimage
 
-from cac_jax import postprocess
-from cac_jax.scan import Scan
+from cac_jax.data.scan import Scan
+from cac_jax.scoring import postprocess
 
 COARSE_MM = 3.0
 AIR_HU = -400.0

@@ -1,9 +1,8 @@
-"""Figures for evaluation: Bland-Altman plots and lesion overlays (matplotlib, Agg backend).
+"""The lesion overlay PNG written with every scored scan: one axial slice per lesion, classes in
+fixed colours, optionally the reference and the heart region (matplotlib, Agg backend).
 
-Every function writes one PNG atomically (`atomic.write_png`), so a reader never sees a
-half-written figure, and returns the path written.
-Degenerate inputs never crash a report: a Bland-Altman plot with fewer than 3 scans, and an
-overlay without lesions, still produce a figure that states why it is (nearly) empty.
+Written atomically (`atomic.write_png`); an overlay without lesions still states why it is
+empty. Used by `scoring.pipeline` (overlay.png of `launch.score`) and the experiment's figures.
 """
 
 from __future__ import annotations
@@ -19,11 +18,9 @@ from matplotlib import patches as mpatches  # noqa: E402
 import numpy as np  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from cac_jax import (
-  atomic,  # noqa: E402
-  metrics,  # noqa: E402
-)
+from cac_jax import atomic  # noqa: E402
 from cac_jax import labels as labels_lib  # noqa: E402
+from cac_jax.data import scan as scan_lib  # noqa: E402
 
 HU_WINDOW = (-200.0, 800.0)
 # Fixed legend colours for classes 1..6 (LAD, LCX, RCA, aorta, aortic valve, mitral valve).
@@ -31,68 +28,9 @@ CLASS_COLOURS = labels_lib.CLASS_COLOURS
 CLASS_LABELS = labels_lib.CLASS_DISPLAY_NAMES
 
 
-def _save(fig: mfigure.Figure, path: str, dpi: int = 100) -> str:
+def save_figure(fig: mfigure.Figure, path: str, dpi: int = 100) -> str:
+  """Write `fig` as a PNG atomically; returns `path`."""
   return atomic.write_png(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
-
-
-def bland_altman_plot(
-  ref: Sequence[float], pred: Sequence[float], path: str, title: str = "", units: str = "mm³"
-) -> str:
-  """Bland-Altman plot: mean vs difference (pred − ref), bias and 95 % limits (heteroskedastic,
-  or constant with a note when `metrics.bland_altman` falls back).
-
-  Args:
-    ref, pred: paired per-scan values (e.g. calcium volume in mm³), non-negative.
-    path: PNG file to write.
-    title: figure title.
-    units: unit of the values, for the axis labels.
-
-  Returns:
-    path. With fewer than 3 scans (or values `metrics.bland_altman` rejects) the figure shows the
-    points that exist and a message explaining why no limits are drawn, instead of raising.
-  """
-  ref = np.asarray(ref, dtype=np.float64).ravel()
-  pred = np.asarray(pred, dtype=np.float64).ravel()
-  if ref.shape != pred.shape:
-    raise ValueError(f"bland_altman_plot needs paired values; got {ref.size} and {pred.size}")
-  fig = mfigure.Figure(figsize=(6.4, 4.8))
-  ax = fig.add_subplot(1, 1, 1)
-  m = (ref + pred) / 2.0
-  d = pred - ref
-  try:
-    ba = metrics.bland_altman(ref, pred)
-  except ValueError as e:
-    ba = None
-    ax.scatter(m, d, s=18, color="k", alpha=0.7)
-    ax.axhline(0.0, color="0.6", lw=0.8)
-    ax.text(
-      0.5,
-      0.5,
-      f"No Bland-Altman limits:\n{e}",
-      transform=ax.transAxes,
-      ha="center",
-      va="center",
-      fontsize=11,
-      color="tab:red",
-      bbox=dict(boxstyle="round", facecolor="white", edgecolor="tab:red"),
-    )
-  if ba is not None:
-    ax.scatter(ba.mean, ba.diff, s=18, color="k", alpha=0.7, label=f"scans (n={ba.n})")
-    ax.axhline(0.0, color="0.6", lw=0.8)
-    ax.axhline(ba.bias, color="tab:blue", lw=1.5, label=f"bias {ba.bias:.3g} {units}")
-    grid = np.linspace(0.0, max(float(ba.mean.max()), 1e-9) * 1.05, 200)
-    lo, hi = ba.limits(grid)
-    ax.plot(grid, hi, color="tab:red", ls="--", lw=1.2, label=f"95% limits: {ba.formula()}")
-    ax.plot(grid, lo, color="tab:red", ls="--", lw=1.2)
-    ax.legend(loc="best", fontsize=8)
-    if ba.note:  # constant limits instead of the heteroskedastic fit: say so on the figure
-      ax.text(0.01, 0.01, ba.note, transform=ax.transAxes, fontsize=7, color="0.3", va="bottom")
-  ax.set_xlabel(f"mean of reference and prediction ({units})")
-  ax.set_ylabel(f"prediction − reference ({units})")
-  ax.set_title(title or "Bland-Altman")
-  ax.grid(True, alpha=0.3)
-  fig.tight_layout()
-  return _save(fig, path)
 
 
 def _pick_slices(
@@ -192,7 +130,7 @@ def overlay_png(
       raise ValueError(
         f"classes holds values {bad.tolist()} outside 0..{labels_lib.NUM_CLASSES - 1}"
       )
-  metrics.voxel_volume_mm3(spacing)  # validates spacing
+  scan_lib.voxel_volume_mm3(spacing)  # validates spacing
   sz, sy, sx = (float(s) for s in spacing)
   slices = _pick_slices(classes, max(1, int(n_slices)), reference)
   ny, nx = hu.shape[1:]
@@ -258,4 +196,4 @@ def overlay_png(
   if title:
     fig.suptitle(title, fontsize=10)
   fig.tight_layout(rect=(0, 0, 1.0 - 1.6 / fig.get_figwidth(), 1))
-  return _save(fig, path)
+  return save_figure(fig, path)

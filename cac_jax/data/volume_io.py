@@ -38,7 +38,7 @@ import SimpleITK as sitk
 
 from cac_jax import atomic
 from cac_jax import labels as labels_lib
-from cac_jax.scan import Scan, SourceGeometry
+from cac_jax.data.scan import Scan, SourceGeometry
 
 PathLike = str | os.PathLike
 

@@ -1,0 +1,6 @@
+"""Stage 1, data: scans with geometry, reading and writing volumes, manifests, resampling and HU
+normalisation, the calcium threshold policy, and the patches and batches the networks train on.
+
+Imports only `cac_jax.labels`, `cac_jax.atomic` and `cac_jax.models` (patch geometry) from the
+rest of the package: every later stage reads its inputs through here.
+"""
