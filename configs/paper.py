@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling.bright_in_heart = (
     False  # source training: ">= threshold" patches only in the dilated heart
   )
+  # Of the source batch's ">= threshold" patches, how many in the dilated heart (the rest over the
+  # whole volume); 0 = the reference's draw (a voxel >= 130 HU anywhere in a random slice).
+  c.sampling.source_threshold_in_heart = 0
 
   # Supervised source training (cac_jax.train.source).
   c.source = ml_collections.ConfigDict()
