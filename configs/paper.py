@@ -103,7 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.experiment = ml_collections.ConfigDict()
   c.experiment.n_source_train = 40
   c.experiment.n_adapt_source = 20
-  c.experiment.n_adapt_target = 20
+  c.experiment.n_adapt_target = 40  # = n_source_train: the oracle trains on these, labelled
   c.experiment.n_ccta_test = 20
   c.experiment.n_ncct_test = 10
   # Labelled CCTA used only to pick an adaptation snapshot (the reference validates every epoch

@@ -12,7 +12,8 @@ Data roles mirror the paper:
 
 Models: "no adaptation" (source network), "Ladv" (adapted with alpha = 0), "Ladv+Lcls"
 (adapted with the configured alpha), the "oracle" (source architecture and schedule trained
-on the labelled adapt_target CCTA: the ceiling the gates need) and, with a validation split,
+on the labelled adapt_target CCTA, which the configs size like source_train so that the oracle
+has the source network's data: the ceiling the gates need) and, with a validation split,
 the adapted snapshots that validation picks ("val-selected": these used target labels). Each
 is scored with or without false-positive reduction. All volumes in mm³, per scan.
 """
