@@ -128,13 +128,23 @@ def heart_region(
 ) -> np.ndarray:
   """The heart mask dilated by a `dilation_mm` ball in physical units (bool (z, y, x)).
 
-  Exact Euclidean distances with anisotropic spacing (distance transform of the complement).
+  Exact Euclidean distances with anisotropic spacing (distance transform of the complement),
+  computed in the heart's bounding box grown by the dilation: it holds every heart voxel, so
+  distances inside it are the whole scan's, and every voxel outside it is farther away.
   """
   heart = np.asarray(heart_mask) > 0
   if not heart.any():
     return heart
-  dist = ndimage.distance_transform_edt(~heart, sampling=tuple(float(s) for s in spacing))
-  return dist <= dilation_mm + 1e-6
+  box = []
+  for axis, s in enumerate(spacing):
+    hit = np.flatnonzero(heart.any(axis=tuple(a for a in range(heart.ndim) if a != axis)))
+    grow = int(np.ceil(dilation_mm / float(s))) + 1
+    box.append(slice(max(int(hit[0]) - grow, 0), int(hit[-1]) + 1 + grow))
+  box = tuple(box)
+  dist = ndimage.distance_transform_edt(~heart[box], sampling=tuple(float(s) for s in spacing))
+  out = np.zeros_like(heart)
+  out[box] = dist <= dilation_mm + 1e-6
+  return out
 
 
 def heart_filter(
