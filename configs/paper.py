@@ -40,6 +40,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.sampling.bright_in_heart = (
     False  # source training: ">= threshold" patches only in the dilated heart
   )
+  # Of the source batch's ">= threshold" patches, how many in the dilated heart (the rest over the
+  # whole volume); 0 = the reference's draw (a voxel >= 130 HU anywhere in a random slice).
+  c.sampling.source_threshold_in_heart = 0
 
   # Supervised source training (cac_jax.train.source).
   c.source = ml_collections.ConfigDict()
@@ -100,7 +103,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.experiment = ml_collections.ConfigDict()
   c.experiment.n_source_train = 40
   c.experiment.n_adapt_source = 20
-  c.experiment.n_adapt_target = 20
+  c.experiment.n_adapt_target = 40  # = n_source_train: the oracle trains on these, labelled
   c.experiment.n_ccta_test = 20
   c.experiment.n_ncct_test = 10
   # Labelled CCTA used only to pick an adaptation snapshot (the reference validates every epoch

@@ -20,12 +20,6 @@ from . import train_flags as common
 
 _RUN = common.define_run_flags()
 flags.adopt_module_key_flags(common)  # the run flags, --split, --multihost, --quiet_orbax in --help
-_CONFIG, _WORKDIR, _RESUME, _SOURCE_MANIFEST = (
-  _RUN.config,
-  _RUN.workdir,
-  _RUN.resume,
-  _RUN.source_manifest,
-)
 _SOURCE_CHECKPOINT = flags.DEFINE_string(
   "source_checkpoint", None, "Exported source model (train_source's WORKDIR/export)."
 )
@@ -39,33 +33,37 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   common.init_runtime()
-  config = _CONFIG.value
-  with atomic.claim_dir(_WORKDIR.value, "--workdir"):  # checked and locked before any computation
+  config = _RUN.config.value
+  with atomic.claim_dir(
+    _RUN.workdir.value, "--workdir"
+  ):  # checked and locked before any computation
     params, source_config = checkpoints.load_inference(_SOURCE_CHECKPOINT.value)
     if source_config.model.to_json() != config.model.to_json():
       raise app.UsageError(
         f"--config model section differs from the source checkpoint's "
         f"({_SOURCE_CHECKPOINT.value}/config.json)"
       )
-    if bool(_SOURCE_MANIFEST.value) != bool(_TARGET_MANIFEST.value):
+    if bool(_RUN.source_manifest.value) != bool(_TARGET_MANIFEST.value):
       raise app.UsageError(
         "give both --source_manifest and --target_manifest, or neither (synthetic data)"
       )
     data = None
-    if _SOURCE_MANIFEST.value:
+    if _RUN.source_manifest.value:
       data = data_lib.manifest_streams(
-        config, _SOURCE_MANIFEST.value, _TARGET_MANIFEST.value, split=common.split()
+        config, _RUN.source_manifest.value, _TARGET_MANIFEST.value, split=common.split()
       )
-    state = train.adapt(config, _WORKDIR.value, params, data, resume=_RESUME.value)
-  print(f"adaptation done at generator step {int(state.step)}; export in {_WORKDIR.value}/export")
+    state = train.adapt(config, _RUN.workdir.value, params, data, resume=_RUN.resume.value)
+  print(
+    f"adaptation done at generator step {int(state.step)}; export in {_RUN.workdir.value}/export"
+  )
 
 
 def flag_paths():
   return {
     "--source_checkpoint": _SOURCE_CHECKPOINT.value,
-    "--source_manifest": _SOURCE_MANIFEST.value,
+    "--source_manifest": _RUN.source_manifest.value,
     "--target_manifest": _TARGET_MANIFEST.value,
-    "--workdir": _WORKDIR.value,
+    "--workdir": _RUN.workdir.value,
   }
 
 

@@ -19,29 +19,25 @@ from . import train_flags as common
 
 _RUN = common.define_run_flags()
 flags.adopt_module_key_flags(common)  # the run flags, --split, --multihost, --quiet_orbax in --help
-_CONFIG, _WORKDIR, _RESUME, _SOURCE_MANIFEST = (
-  _RUN.config,
-  _RUN.workdir,
-  _RUN.resume,
-  _RUN.source_manifest,
-)
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments {argv[1:]}")
   common.init_runtime()
-  config = _CONFIG.value
-  with atomic.claim_dir(_WORKDIR.value, "--workdir"):  # checked and locked before any computation
+  config = _RUN.config.value
+  with atomic.claim_dir(
+    _RUN.workdir.value, "--workdir"
+  ):  # checked and locked before any computation
     data = None
-    if _SOURCE_MANIFEST.value:
-      data = data_lib.manifest_streams(config, _SOURCE_MANIFEST.value, split=common.split())
-    state = train.train_source(config, _WORKDIR.value, data, resume=_RESUME.value)
-  print(f"source training done at step {int(state.step)}; export in {_WORKDIR.value}/export")
+    if _RUN.source_manifest.value:
+      data = data_lib.manifest_streams(config, _RUN.source_manifest.value, split=common.split())
+    state = train.train_source(config, _RUN.workdir.value, data, resume=_RUN.resume.value)
+  print(f"source training done at step {int(state.step)}; export in {_RUN.workdir.value}/export")
 
 
 def flag_paths():
-  return {"--source_manifest": _SOURCE_MANIFEST.value, "--workdir": _WORKDIR.value}
+  return {"--source_manifest": _RUN.source_manifest.value, "--workdir": _RUN.workdir.value}
 
 
 def run() -> None:  # console script cac-train-source

@@ -181,6 +181,30 @@ def test_aggregate_mean_sd_and_pooled():
   assert agg.pooled_lesion_f1 == pytest.approx(0.5) and agg.fp_lesions_total == 2
   assert f1.format() == "0.25 (0.35)"
   assert metrics.summarize([math.nan]).format() == "n/a (n=0)"
+  # The authors' averaging: every scan counts; the empty scan is sensitivity 1 and F1 1, the
+  # FP-only scan sensitivity 1 and F1 0 -> sensitivity (2/3 + 1 + 1) / 3 = 8/9, F1 (0.5 + 1 + 0) / 3.
+  assert agg.per_scan["sensitivity_authors"].n == 3
+  assert agg.per_scan["sensitivity_authors"].mean == pytest.approx(8 / 9)
+  assert agg.per_scan["f1_authors"].n == 3
+  assert agg.per_scan["f1_authors"].mean == pytest.approx(0.5)
+
+
+def test_authors_averaging_is_the_limit_of_their_epsilon_formula():
+  """utils/util.py:113-114 of the authors' code: (TP + 1e-5) / (TP + FN + 1e-5) and
+  (2 TP + 1e-5) / (2 TP + FP + FN + 1e-5) per scan, in voxels."""
+  ref, pred = _volume_case()
+  empty = np.zeros_like(ref)
+  fp_only = np.zeros_like(ref)
+  fp_only[0, 1, 1:3] = LAD
+  for r, p in ((ref, pred), (empty, empty), (empty, fp_only), (ref, empty)):
+    m = metrics.scan_metrics(r, p, SPACING)["total"]
+    tp, fn, fp = (
+      int(np.sum(np.isin(r, (1, 2, 3)) & np.isin(p, (1, 2, 3)))),
+      int(np.sum(np.isin(r, (1, 2, 3)) & ~np.isin(p, (1, 2, 3)))),
+      int(np.sum(~np.isin(r, (1, 2, 3)) & np.isin(p, (1, 2, 3)))),
+    )
+    assert m.sensitivity_authors == pytest.approx((tp + 1e-5) / (tp + fn + 1e-5), abs=1e-4)
+    assert m.f1_authors == pytest.approx((2 * tp + 1e-5) / (2 * tp + fp + fn + 1e-5), abs=1e-4)
 
 
 def test_spearman():

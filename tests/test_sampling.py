@@ -281,6 +281,21 @@ def test_bright_in_heart(cfg):
   )
 
 
+def test_source_threshold_in_heart_splits_the_bright_patches(cfg):
+  """`source_threshold_in_heart` = 1 of 2: the first bright patch of every source batch lies in
+  the dilated heart, the second is drawn over the whole volume (it reaches the "bone" block)."""
+  case = _make_case("h", shape=(20, 60, 60))
+  c2 = ml_collections.ConfigDict(cfg.to_dict())
+  c2.sampling.source_threshold = 2
+  c2.sampling.source_threshold_in_heart = 1
+  s = sampling.PatchSampler([case], c2, seed=0, heart_dilation_mm=3.0)
+  got = np.stack([s.source_batch(with_info=True)["centres"][:2] for _ in range(80)])
+  first, second = got[:, 0], got[:, 1]
+  assert np.all(case.scan.hu[tuple(got.reshape(-1, 3).T)] >= 130.0)
+  assert np.all((first[:, 0] >= 2) & (first[:, 0] < 15) & (first[:, 1] >= 7) & (first[:, 1] < 35))
+  assert (second[:, 1] < 7).any()
+
+
 def test_critic_bright_in_heart_leaves_source_batches_whole_volume(cfg):
   """Adaptation's setting: critic bright patches in the dilated heart, labelled source batches'
   bright negatives over the whole volume (bone included), as in source training."""

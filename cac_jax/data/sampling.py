@@ -7,7 +7,10 @@ Batch policies (`PatchSampler`, counts from config.sampling):
   * source batch, in this order within the batch:
       - `source_threshold` patches at voxels >= the case's calcium threshold (130 HU for NCCT,
         see `case_threshold`), over the whole volume (bone and calcium are the hard cases), or
-        only inside the dilated heart with `bright_in_heart` (where scoring classifies);
+        only inside the dilated heart with `bright_in_heart` (where scoring classifies); with
+        `source_threshold_in_heart` = k, the first k of them inside the dilated heart (noise
+        peaks in blood and myocardium, the candidates the heart filter keeps) and the rest
+        over the whole volume (bone stays a negative for scoring without the heart filter);
       - `source_uniform` patches at uniform voxels of the case's sampling region (the heart
         mask dilated by `heart_dilation_mm` when a non-empty heart mask is present and
         `uniform_in_heart` is set, else the whole volume);
@@ -200,6 +203,7 @@ class PatchSampler:
       int(s.source_labelled),
     )
     self.n_critic = int(s.critic_batch)
+    self.n_threshold_in_heart = min(int(s.get("source_threshold_in_heart", 0)), self.n_threshold)
     self.bright_in_heart = bool(
       s.get("bright_in_heart", False) if bright_in_heart is None else bright_in_heart
     )
@@ -268,9 +272,10 @@ class PatchSampler:
         lo, hi = np.searchsorted(cls_sorted, [c, c + 1])
         by_class[int(c)] = labelled_all[order[lo:hi]]
     # Only needed when bright patches are restricted to the region (intersect1d sorts every bright voxel).
+    in_heart = self.bright_in_heart or self.critic_bright_in_heart or self.n_threshold_in_heart
     in_region = (
       np.intersect1d(bright, region, assume_unique=True)
-      if (self.bright_in_heart or self.critic_bright_in_heart) and region is not None
+      if in_heart and region is not None
       else bright
     )
     bright_fixed = bright
@@ -332,12 +337,16 @@ class PatchSampler:
     n_uniform: int,
     n_labelled: int,
     bright_in_heart: bool,
+    n_bright_in_heart: int = 0,
   ) -> tuple[np.ndarray, np.ndarray]:
+    """Centres of `n_bright` bright (the first `n_bright_in_heart` of them inside the dilated
+    heart, the rest per `bright_in_heart`), `n_uniform` uniform and `n_labelled` labelled
+    patches from the cases in `pool`: (case index (B,), centres (B, 3) z, y, x)."""
     case_idx, flat_idx = [], []
-    for _ in range(n_bright):
+    for k in range(n_bright):
       i = pool[rng.integers(len(pool))]
       case_idx.append(i)
-      flat_idx.append(self._bright(rng, i, bright_in_heart))
+      flat_idx.append(self._bright(rng, i, bright_in_heart or k < n_bright_in_heart))
     for _ in range(n_uniform):
       i = pool[rng.integers(len(pool))]
       case_idx.append(i)
@@ -403,6 +412,7 @@ class PatchSampler:
       self.n_uniform,
       self.n_labelled,
       self.bright_in_heart,
+      self.n_threshold_in_heart,
     )
     batch = {"views": self._views(case_idx, centres), "labels": self._labels(case_idx, centres)}
     if with_info:

@@ -30,6 +30,13 @@ Undefined values (no epsilon tricks; they are NaN, never 0 or 1 by convention):
   * FP volume and FP lesions count normally in every scan (also without reference calcium).
   * F1 is NaN when TP + FP + FN = 0 (nothing in reference or prediction) and excluded from the
     mean; with an empty reference and FP > 0 it is 0 (the formula gives 0 / FP).
+The authors' averaging (`sensitivity_authors`, `f1_authors`): their evaluation script computes
+per scan (TP + 1e-5) / (TP + FN + 1e-5) and (2 TP + 1e-5) / (2 TP + FP + FN + 1e-5) in voxels
+and averages over every test scan (utils/util.py:113-114, Evaluation_senF1_volumeWise.py:75 and
+:92 of qurAI-amsterdam/CACscoringUsingDomainAdaptation at a8adf6d). So a scan without reference
+calcium counts sensitivity 1, and F1 1 when nothing is predicted or (to 1e-5) 0 when anything
+is. These two fields are those limits, defined for every scan; the paper's Table 2 numbers are
+means of them, so comparisons with the paper (and the benchmark gates) use them.
 Aggregation (`aggregate`): mean and sample SD (ddof = 1; NaN when fewer than 2 values) over the
 scans where the value is defined, with the n used, as reported in the paper; plus pooled variants
 (sums of TP/FN/FP volumes and lesion counts over all scans, then the same formulas).
@@ -107,6 +114,18 @@ class StructureMetrics:
   @property
   def has_reference(self) -> bool:
     return self.ref_lesions > 0
+
+  @property
+  def sensitivity_authors(self) -> float:
+    """Sensitivity as the authors' evaluation averages it: defined for every scan, 1 when the
+    scan has no reference calcium (see the module docstring)."""
+    return 1.0 if self.tp_mm3 + self.fn_mm3 == 0 else self.sensitivity
+
+  @property
+  def f1_authors(self) -> float:
+    """F1 as the authors' evaluation averages it: defined for every scan, 1 when neither
+    reference nor prediction holds calcium, 0 for predicted calcium without reference."""
+    return 1.0 if self.tp_mm3 + self.fn_mm3 + self.fp_mm3 == 0 else self.f1
 
 
 def _structure_metrics(
@@ -213,6 +232,8 @@ PER_SCAN_FIELDS = (
   "sensitivity",
   "fp_mm3",
   "f1",
+  "sensitivity_authors",
+  "f1_authors",
   "lesion_sensitivity",
   "fp_lesions",
   "lesion_f1",
