@@ -12,6 +12,14 @@ per scan, peak RSS and whether the labels at candidates are identical.
 (the slices through N random candidates, so labels there can still be compared) and
 extrapolates its tower time linearly to all slices (the classifier still runs on every
 voxel, and the full float16 feature volume is still allocated, so its memory is real).
+
+--test_sets times the experiment's scoring of Table 2 (`experiment.score_tests`: every column
+of the config's test sets, network and FP reduction and metrics) on phantoms it writes (the
+config's ccta_test and ncct_test roles, as `launch.reproduce` does) with one random network
+per model, against the scoring per column as it was before (each (test set, FP reduction)
+scored on its own, every model on its own ROI plan), alternating the two in one process:
+
+  python -m launch.benchmark_infer --test_sets --configs=demo --repeats=2
 """
 
 import json
@@ -67,6 +75,15 @@ _NAIVE_DTYPE = flags.DEFINE_enum(
   "implementation's memory; float32: labels comparable exactly).",
 )
 _VOLUME = flags.DEFINE_string("volume", "", "Internal: .npz with the worker's input volume.")
+_TEST_SETS = flags.DEFINE_bool(
+  "test_sets",
+  False,
+  "Instead: time the experiment's scoring of the test sets (Table 2) of each config, now "
+  "vs per column as before.",
+)
+_N_CCTA = flags.DEFINE_integer("n_ccta", -1, "--test_sets: CCTA test cases (-1: the config's).")
+_N_NCCT = flags.DEFINE_integer("n_ncct", -1, "--test_sets: NCCT test cases (-1: the config's).")
+_REPEATS = flags.DEFINE_integer("repeats", 2, "--test_sets: timed runs of each way.")
 
 
 def _phantom_volume(seed, spacing=(1.5, 0.66, 0.66)):
@@ -259,10 +276,98 @@ def _run(method, config, out, jax_cache="off"):
   return json.loads(lines[-1][len("RESULT ") :])
 
 
+def _score_per_column(config, cols, tests, params):
+  """Table 2's per-scan results as the experiment computed them before `predict_columns`: each
+  (test set, FP reduction) scored on its own, the network once per model on each case."""
+  from cac_jax.scoring import pipeline  # pylint: disable=g-import-not-at-top
+  from cac_jax.studies import experiment  # pylint: disable=g-import-not-at-top
+
+  raw = {}
+  for role, cases in tests.items():
+    for fp in (False, True):
+      names = sorted({c.model for c in cols if c.role == role and c.fp_reduction == fp})
+      settings = experiment.column_settings(config, fp)
+      for case in cases:
+        setup = pipeline.prepare(
+          case.scan,
+          config,
+          settings,
+          domain=case.domain,
+          heart_mask=case.heart_mask,
+          aorta_mask=case.aorta_mask,
+        )
+        for m in names:
+          got = pipeline.raw_classes(setup, case.scan, params[m], config)
+          raw.setdefault((m, role, fp), []).append((got, setup))
+  return {
+    c.name: experiment.evaluate_predictions(
+      config, tests[c.role], raw[(c.model, c.role, c.fp_reduction)], c.fp_reduction
+    )
+    for c in cols
+  }
+
+
+def _test_sets(config_name: str, tmp: str) -> None:
+  """Time the scoring of one config's test sets both ways (`--test_sets`), interleaved."""
+  import importlib  # pylint: disable=g-import-not-at-top
+
+  import jax  # pylint: disable=g-import-not-at-top
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  from cac_jax import models  # pylint: disable=g-import-not-at-top
+  from cac_jax.data import manifest  # pylint: disable=g-import-not-at-top
+  from cac_jax.studies import experiment  # pylint: disable=g-import-not-at-top
+
+  config = importlib.import_module(f"cac_jax.configs.{config_name}").get_config()
+  cols = experiment.columns(config)
+  only_tests = ml_collections.ConfigDict(config.to_dict())  # writes the test roles only
+  for role, (_, _, field, _) in experiment.ROLES.items():
+    n = {"ccta_test": _N_CCTA.value, "ncct_test": _N_NCCT.value}.get(role, 0)
+    only_tests.experiment[field] = int(config.experiment.get(field, 0)) if n < 0 else n
+  t = time.perf_counter()
+  csv = experiment.make_data(only_tests, os.path.join(tmp, f"data_{config_name}"), _SEED.value)
+  tests = {r: manifest.load_cases(csv, config, split=r) for r in sorted({c.role for c in cols})}
+  names = sorted({c.model for c in cols})
+  params = {m: models.init_params(config, jax.random.PRNGKey(i)) for i, m in enumerate(names)}
+  print(
+    f"== config {config_name}: {', '.join(f'{len(v)} {k}' for k, v in tests.items())} phantoms "
+    f"({time.perf_counter() - t:.0f} s to write and read), {len(names)} random networks, "
+    f"{len(cols)} columns; load average {os.getloadavg()[0]:.1f}"
+  )
+  ways = {
+    "before (per column)": lambda: _score_per_column(config, cols, tests, params),
+    "now (experiment.score_tests)": lambda: experiment.score_tests(config, cols, tests, params)[1],
+  }
+  times = {k: [] for k in ways}
+  results = {}
+  for rep in range(_REPEATS.value):
+    for k, fn in ways.items():
+      t = time.perf_counter()
+      results[k] = fn()
+      times[k].append(time.perf_counter() - t)
+      print(f"  run {rep + 1} {k}: {times[k][-1]:.1f} s (load {os.getloadavg()[0]:.1f})")
+      sys.stdout.flush()
+  a, b = results.values()
+  same = all(np.array_equal(x["classes"], y["classes"]) for c in a for x, y in zip(a[c], b[c]))
+  first = [v[0] for v in times.values()]
+  best = [min(v) for v in times.values()]
+  print(
+    f"  first run (compiles) {first[0]:.1f} -> {first[1]:.1f} s, min of {_REPEATS.value} "
+    f"{best[0]:.1f} -> {best[1]:.1f} s ({best[0] / best[1]:.2f}x); labels of every column "
+    f"{'identical' if same else 'DIFFERENT'}"
+  )
+
+
 def main(argv):
   del argv
   if _WORKER.value:
     _worker()
+    return
+  if _TEST_SETS.value:
+    with tempfile.TemporaryDirectory() as tmp:
+      for config in _CONFIGS.value:
+        _test_sets(config, tmp)
     return
   import numpy as np  # pylint: disable=g-import-not-at-top
 

@@ -123,6 +123,31 @@ def test_single_bounding_box_mode_matches(setup):
   np.testing.assert_allclose(a.logits, b.logits, rtol=1e-4, atol=1e-5)
 
 
+def test_many_models_equal_each_alone(setup):
+  """`predict_candidates_many` gives each model the logits it gets alone, bit for bit."""
+  config, params, hu = setup
+  other = models.init_params(config, jax.random.PRNGKey(7))
+  cand = np.random.RandomState(5).rand(*hu.shape) < 0.02
+  both = infer.predict_candidates_many([params, other], config, hu, cand)
+  for p, got in zip((params, other), both):
+    np.testing.assert_array_equal(got.logits, infer.predict_candidates(p, config, hu, cand).logits)
+  assert not np.array_equal(both[0].logits, both[1].logits)
+
+
+def test_outputs_do_not_depend_on_the_roi_plan(setup):
+  """A voxel's logits are the same bits whatever the other candidates and the ROI shapes (the
+  experiment restricts whole-scan outputs to the heart region instead of rerunning the network
+  there, and plans ROIs with more shapes than `launch.score`)."""
+  config, params, hu = setup
+  rng = np.random.RandomState(6)
+  cand = rng.rand(*hu.shape) < 0.03
+  sub = cand & (rng.rand(*hu.shape) < 0.3)
+  full = infer.predict_candidates(params, config, hu, cand)
+  part = infer.predict_candidates(params, config, hu, sub, max_shapes=1)
+  assert part.stats["shapes"] != full.stats["shapes"]
+  np.testing.assert_array_equal(part.logits, full.logits[sub[tuple(full.coords.T)]])
+
+
 def test_compile_count_bounded_for_varied_volumes(setup):
   config, params, _ = setup
   rng = np.random.RandomState(3)

@@ -1,5 +1,6 @@
 """Hand-computed checks of cac_jax.evaluation.metrics (every expected number derived in the comments)."""
 
+import dataclasses
 import math
 
 import numpy as np
@@ -46,6 +47,23 @@ def test_volume_and_lesion_single_artery():
     assert math.isnan(s.sensitivity) and math.isnan(s.f1)
     assert math.isnan(s.lesion_sensitivity) and math.isnan(s.lesion_f1)
     assert s.fp_mm3 == 0 and s.fp_lesions == 0 and not s.has_reference
+
+
+def test_metrics_ignore_empty_surroundings():
+  """The same class maps inside a larger all-zero scan give the same metrics (scan_metrics
+  works in the bounding box of the calcium); no calcium at all gives FP 0 and no lesions."""
+  ref, pred = _volume_case()
+  big_ref = np.zeros((5,) + ref.shape[1:2] + (ref.shape[2] + 9,), ref.dtype)
+  big_pred = np.zeros_like(big_ref)
+  big_ref[3, :, 4:-5], big_pred[3, :, 4:-5] = ref[0], pred[0]
+  got, want = (metrics.scan_metrics(r, p, SPACING) for r, p in ((big_ref, big_pred), (ref, pred)))
+  assert got["LAD"].pred_lesions == 2  # the maps are in there
+  np.testing.assert_equal(  # NaN == NaN here (undefined ratios of empty arteries)
+    {k: dataclasses.asdict(v) for k, v in got.items()},
+    {k: dataclasses.asdict(v) for k, v in want.items()},
+  )
+  empty = metrics.scan_metrics(np.zeros_like(big_ref), np.zeros_like(big_ref), SPACING)
+  assert empty["total"].fp_mm3 == 0 and empty["total"].pred_lesions == 0
 
 
 def test_artery_mixup_connectivity_and_total():

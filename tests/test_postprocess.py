@@ -17,6 +17,23 @@ def _vol(shape=(5, 10, 10)):
   return np.zeros(shape, np.float32), np.zeros(shape, np.int32)
 
 
+@pytest.mark.parametrize("where", ["middle", "border"])
+def test_heart_region_is_the_whole_scan_distance_transform(where):
+  """heart_region (a distance transform in the heart's grown bounding box) equals the
+  whole-scan distance transform of the complement thresholded at the dilation."""
+  from scipy import ndimage
+
+  rng = np.random.RandomState(0)
+  heart = np.zeros((30, 60, 50), bool)
+  z, y, x = (12, 25, 20) if where == "middle" else (0, 58, 0)
+  heart[z : z + 6, y - 8 : y + 2, x : x + 9] = rng.rand(6, 10, 9) < 0.7
+  spacing = (2.0, 0.7, 0.9)
+  want = ndimage.distance_transform_edt(~heart, sampling=spacing) <= 6.0 + 1e-6
+  got = pp.heart_region(heart, spacing, 6.0)
+  assert want.sum() > heart.sum()
+  np.testing.assert_array_equal(got, want)
+
+
 def test_growing_joins_connected_region():
   hu, det = _vol()
   hu[2, 2, 2:7] = 300.0  # a 5-voxel bright bar

@@ -23,8 +23,9 @@ def data(tmp_path_factory, tiny_config):
 def test_launch_score_and_reproduce_give_identical_labels(
   data, tiny_config, tiny_export, tmp_path, fp_reduction
 ):
-  """A Table 2 column's classes (`experiment.predict_raw` + `evaluate_predictions`, as
-  `experiment.run` computes them) equal the calcium_labels.nii.gz that `launch.score
+  """A Table 2 column's classes (`experiment.predict_columns` + `evaluate_predictions`, as
+  `experiment.run` computes them: the FP-reduction column from the whole-scan network outputs
+  restricted to the heart region) equal the calcium_labels.nii.gz that `launch.score
   --manifest` writes for the same scan and weights with that column's FP-reduction flags."""
   out = str(tmp_path / "scored")
   s = experiment.column_settings(tiny_config, fp_reduction)
@@ -32,7 +33,8 @@ def test_launch_score_and_reproduce_give_identical_labels(
   score_files.score_manifest(data, tiny_export, out, fp=fp)
   [case] = manifest.load_cases(data, tiny_config)  # what experiment.run scores
   params, _ = checkpoints.load_inference(tiny_export)
-  [raw] = experiment.predict_raw({"m": params}, tiny_config, [case], fp_reduction)["m"]
+  got = experiment.predict_columns({"m": params}, tiny_config, [case], {"m": {False, True}})
+  [raw] = got[("m", fp_reduction)]
   [scan] = experiment.evaluate_predictions(tiny_config, [case], [raw], fp_reduction)
   written = volume_io.read_labels(
     os.path.join(out, case.case_id, "calcium_labels.nii.gz"), case.scan

@@ -67,12 +67,12 @@ def test_phantom_breakdown_of_a_perfect_detector(monkeypatch):
   """A detector returning the reference: reference rows are diagonal, tissue rows background."""
   config = tiny.get_config()
 
-  def perfect(scan, params, config, threshold_hu, region):
+  def perfect(scan, params_list, config, threshold_hu, region, **infer_options):
     case = generate.generate_case("ccta", 5, config)
     assert np.array_equal(case.scan.hu, scan.hu)
-    return case.labels.astype(np.int32)
+    return [case.labels.astype(np.int32) for _ in params_list]
 
-  monkeypatch.setattr(pipeline, "detect", perfect)
+  monkeypatch.setattr(pipeline, "detect_many", perfect)
   b = tb.phantom_breakdown({"perfect": None}, config, "ccta", [5])["perfect"]
   case = generate.generate_case("ccta", 5, config)
   vox = float(np.prod(case.scan.spacing))

@@ -496,6 +496,28 @@ def predict_candidates(
   config: ml_collections.ConfigDict,
   hu: np.ndarray,
   candidates: np.ndarray,
+  **kwargs,
+) -> CandidatePredictions:
+  """Logits at candidate voxels, computing tower features only in candidate ROIs.
+
+  Args:
+    params: {"generator": ..., "classifier": ...} (as `models.init_params`; extra keys ignored).
+    config: the model's config (model and data sections).
+    hu: (z, y, x) HU volume at the working spacing.
+    candidates: bool (z, y, x) voxels to classify.
+    **kwargs: the options of `predict_candidates_many`.
+
+  Returns:
+    CandidatePredictions with (N, 3) coords and (N, num_classes) logits.
+  """
+  return predict_candidates_many([params], config, hu, candidates, **kwargs)[0]
+
+
+def predict_candidates_many(
+  params_list: Sequence[dict],
+  config: ml_collections.ConfigDict,
+  hu: np.ndarray,
+  candidates: np.ndarray,
   *,
   slab: int | None = None,
   devices: Sequence[jax.Device] | None = None,
@@ -507,12 +529,18 @@ def predict_candidates(
   split: bool = True,
   classifier_chunk: int = 16384,
   cache: InferenceCache | None = None,
-) -> CandidatePredictions:
-  """Logits at candidate voxels, computing tower features only in candidate ROIs.
+) -> list[CandidatePredictions]:
+  """`predict_candidates` for several models of one architecture (`config.model`) on one scan.
+
+  The ROI plan and each ROI's input crop are made once and fed to every model's towers in
+  turn, so scoring a scan with k models costs k times the tower work but only once the
+  planning, cropping and gathering. Each model's logits are those `predict_candidates` gives
+  it alone (same ROIs, same jitted towers).
 
   Args:
-    params: {"generator": ..., "classifier": ...} (as `models.init_params`; extra keys ignored).
-    config: the model's config (model and data sections).
+    params_list: per model, {"generator": ..., "classifier": ...} (as `models.init_params`;
+      extra keys ignored).
+    config: the models' config (model and data sections).
     hu: (z, y, x) HU volume at the working spacing.
     candidates: bool (z, y, x) voxels to classify.
     slab: max slices per device call. Default: one per device on CPU (batching slices does
@@ -534,7 +562,8 @@ def predict_candidates(
       `DEFAULT_CACHE`, shared by every caller in the process).
 
   Returns:
-    CandidatePredictions with (N, 3) coords and (N, num_classes) logits.
+    per model, CandidatePredictions with (N, 3) coords and (N, num_classes) logits; the
+    stats (timings, work counters) cover all models together.
   """
   cache = DEFAULT_CACHE if cache is None else cache
   hu, candidates = _check_inputs(hu, candidates)
@@ -550,13 +579,12 @@ def predict_candidates(
   n = coords.shape[0]
   stats = {"candidates": int(n), "tower_calls": 0, "tower_pixels": 0, "slices": {}}
   if n == 0:
-    return CandidatePredictions(
-      coords, np.zeros((0, config.model.num_classes), np.float32), hu.shape, stats
-    )
+    empty = np.zeros((0, config.model.num_classes), np.float32)
+    return [CandidatePredictions(coords, empty, hu.shape, stats) for _ in params_list]
 
   vol = _normalize(hu, config)
   pad = pad_value(config)
-  feats = np.zeros((n, 3 * nf), np.float32)
+  feats = [np.zeros((n, 3 * nf), np.float32) for _ in params_list]
   tower = _tower_fn(
     config, resolve_conv_impl(config, conv_impl, _platform(devices)), devices, cache
   )
@@ -564,11 +592,10 @@ def predict_candidates(
     from jax.sharding import NamedSharding  # pylint: disable=g-import-not-at-top
     from jax.sharding import PartitionSpec as P
 
-    gparams = jax.device_put(params["generator"], NamedSharding(_mesh(devices), P()))  # replicated
+    place = NamedSharding(_mesh(devices), P())  # replicated
   else:
-    gparams = jax.device_put(
-      params["generator"], devices[0] if devices else None
-    )  # once, not per call
+    place = devices[0] if devices else None
+  gparams = [jax.device_put(p["generator"], place) for p in params_list]  # once, not per call
 
   rois, shapes, assign, n_slices = plan_rois(
     coords, half, split=split, bucket=bucket, max_shapes=max_shapes, min_gain=min_gain, cache=cache
@@ -577,14 +604,15 @@ def predict_candidates(
   stats["rois"] = len(rois)
   stats["shapes"] = [tuple(int(v) for v in sh) for sh in shapes]
 
-  pending = None  # (device result, rois) of the call in flight; gathered after the next dispatch
+  pending = None  # (device results per model, rois) of the call in flight; gathered after the next
 
   def gather(p):
-    out, items = p
-    out = np.asarray(out)
-    for k, (v_i, _, r0, c0, idx, _, _) in enumerate(items):
-      c = coords[idx][:, _PERMS[models.VIEWS[v_i]]]
-      feats[idx, v_i * nf : (v_i + 1) * nf] = out[k, c[:, 1] - r0, c[:, 2] - c0]
+    outs, items = p
+    for f, out in zip(feats, outs):
+      out = np.asarray(out)
+      for k, (v_i, _, r0, c0, idx, _, _) in enumerate(items):
+        c = coords[idx][:, _PERMS[models.VIEWS[v_i]]]
+        f[idx, v_i * nf : (v_i + 1) * nf] = out[k, c[:, 1] - r0, c[:, 2] - c0]
 
   vols_t = [np.transpose(vol, _PERMS[v]) for v in models.VIEWS]
   for sh_i, (hb, wb) in enumerate(shapes):
@@ -601,19 +629,19 @@ def predict_candidates(
         x = np.full((b, hin, win, 1), pad, np.float32)
         for k, (_, s, r0, c0, _, _, _) in enumerate(chunk):
           x[k, :, :, 0] = _crop(vols_t[v_i], s, r0 - half, c0 - half, hin, win, pad)
-        out = tower(gparams[f"{view}_tower"], x)
-        stats["tower_calls"] += 1
-        stats["tower_pixels"] += b * hin * win
+        outs = [tower(g[f"{view}_tower"], x) for g in gparams]
+        stats["tower_calls"] += len(outs)
+        stats["tower_pixels"] += len(outs) * b * hin * win
         if pending is not None:
           gather(pending)
-        pending = (out, chunk)
+        pending = (outs, chunk)
   if pending is not None:
     gather(pending)
   t_towers = time.perf_counter()
-  logits = _classify(params, config, feats, classifier_chunk, cache)
+  logits = [_classify(p, config, f, classifier_chunk, cache) for p, f in zip(params_list, feats)]
   t_end = time.perf_counter()
   stats.update(towers_s=t_towers - t_start, classifier_s=t_end - t_towers, total_s=t_end - t_start)
-  return CandidatePredictions(coords, logits, hu.shape, stats)
+  return [CandidatePredictions(coords, lg, hu.shape, stats) for lg in logits]
 
 
 def predict_classes(

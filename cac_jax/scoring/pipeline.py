@@ -133,15 +133,34 @@ def detect(
 
   Returns int32 (z, y, x) classes 0..6, 0 outside candidates.
   """
+  return detect_many(scan, [params], config, threshold_hu, region)[0]
+
+
+def detect_many(
+  scan: Scan,
+  params_list,
+  config: ml_collections.ConfigDict,
+  threshold_hu: float,
+  region: np.ndarray | None,
+  **infer_options,
+) -> list[np.ndarray]:
+  """`detect` for several models of one architecture: the resampling, candidates and ROI plan
+  are made once (`infer.predict_candidates_many`). `infer_options` go to it (ROI shapes).
+
+  Returns per model int32 (z, y, x) classes 0..6, 0 outside candidates.
+  """
   from cac_jax.data import preprocess  # jax import deferred: numpy-only callers stay light
   from cac_jax.scoring import infer
 
   native_cand = candidate_mask(scan.hu, threshold_hu, region)
   if not native_cand.any():
-    return np.zeros(scan.shape, np.int32)
+    return [np.zeros(scan.shape, np.int32) for _ in params_list]
   working = preprocess.resample(scan, tuple(config.data.working_spacing), order=1)
   if working.shape == scan.shape and np.allclose(working.spacing, scan.spacing):
-    return infer.predict_classes(params, config, scan.hu, native_cand).astype(np.int32)
+    preds = infer.predict_candidates_many(
+      params_list, config, scan.hu, native_cand, **infer_options
+    )
+    return [p.class_volume() for p in preds]
   w_region = (
     None
     if region is None
@@ -151,9 +170,12 @@ def detect(
   # Candidates near the threshold may vanish under interpolation: also keep any working voxel
   # that is the nearest neighbour of a native candidate.
   w_cand |= preprocess.resample_labels(native_cand.astype(np.uint8), scan, working) > 0
-  w_classes = infer.predict_classes(params, config, working.hu, w_cand)
-  back = preprocess.resample_labels(w_classes.astype(np.int32), working, scan)
-  return np.where(native_cand, back, 0).astype(np.int32)
+  preds = infer.predict_candidates_many(params_list, config, working.hu, w_cand, **infer_options)
+  out = []
+  for p in preds:
+    back = preprocess.resample_labels(p.class_volume(), working, scan)
+    out.append(np.where(native_cand, back, 0).astype(np.int32))
+  return out
 
 
 @dataclasses.dataclass
@@ -169,6 +191,8 @@ class Setup:
     reduction) the network sees every candidate, as in the paper.
   empty: why the result is all zero without inference, or None.
   report: the report so far; notes: its warnings so far.
+  region_dilation_mm: the heart dilation (mm) that made `region`, or None without a region
+    (`reduce` reuses the region for the heart filter when its dilation is the same).
   """
 
   domain: str
@@ -178,6 +202,7 @@ class Setup:
   empty: str | None
   report: dict[str, Any]
   notes: list[str]
+  region_dilation_mm: float | None = None
 
 
 def prepare(
@@ -259,14 +284,31 @@ def prepare(
   )
   if report["num_candidates"] == 0:
     return empty(f"no candidate voxels >= {thr:.1f} HU; result is all zero", domain, thr)
-  return Setup(domain, thr, heart_mask, region, None, report, notes)
+  return Setup(
+    domain,
+    thr,
+    heart_mask,
+    region,
+    None,
+    report,
+    notes,
+    None if region is None else settings.dilation_mm,
+  )
 
 
 def raw_classes(setup: Setup, scan: Scan, params, config: ml_collections.ConfigDict) -> np.ndarray:
   """Network classes at the candidates of `setup` before FP reduction: int32 (z, y, x) 0..6."""
+  return raw_classes_many(setup, scan, [params], config)[0]
+
+
+def raw_classes_many(
+  setup: Setup, scan: Scan, params_list, config: ml_collections.ConfigDict, **infer_options
+) -> list[np.ndarray]:
+  """`raw_classes` of several models of one architecture (`detect_many`; `infer_options` go to
+  `infer.predict_candidates_many`): per model int32 (z, y, x) classes 0..6."""
   if setup.empty:
-    return np.zeros(scan.shape, np.int32)
-  return detect(scan, params, config, setup.threshold_hu, setup.region)
+    return [np.zeros(scan.shape, np.int32) for _ in params_list]
+  return detect_many(scan, params_list, config, setup.threshold_hu, setup.region, **infer_options)
 
 
 def reduce(
@@ -275,10 +317,11 @@ def reduce(
   """False-positive reduction of `raw_classes` with `settings`: (int32 (z, y, x) classes, warnings)."""
   if setup.empty:
     return raw, []
+  region = setup.region if setup.region_dilation_mm == settings.dilation_mm else None
   with warnings.catch_warnings(record=True) as caught:
     warnings.simplefilter("always")
     final = postprocess.reduce_false_positives(
-      raw, scan.hu, setup.threshold_hu, scan.spacing, setup.heart, settings
+      raw, scan.hu, setup.threshold_hu, scan.spacing, setup.heart, settings, region
     )
   return final.astype(np.int32), [str(w.message) for w in caught]
 

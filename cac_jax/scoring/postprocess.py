@@ -128,13 +128,23 @@ def heart_region(
 ) -> np.ndarray:
   """The heart mask dilated by a `dilation_mm` ball in physical units (bool (z, y, x)).
 
-  Exact Euclidean distances with anisotropic spacing (distance transform of the complement).
+  Exact Euclidean distances with anisotropic spacing (distance transform of the complement),
+  computed in the heart's bounding box grown by the dilation: it holds every heart voxel, so
+  distances inside it are the whole scan's, and every voxel outside it is farther away.
   """
   heart = np.asarray(heart_mask) > 0
   if not heart.any():
     return heart
-  dist = ndimage.distance_transform_edt(~heart, sampling=tuple(float(s) for s in spacing))
-  return dist <= dilation_mm + 1e-6
+  box = []
+  for axis, s in enumerate(spacing):
+    hit = np.flatnonzero(heart.any(axis=tuple(a for a in range(heart.ndim) if a != axis)))
+    grow = int(np.ceil(dilation_mm / float(s))) + 1
+    box.append(slice(max(int(hit[0]) - grow, 0), int(hit[-1]) + 1 + grow))
+  box = tuple(box)
+  dist = ndimage.distance_transform_edt(~heart[box], sampling=tuple(float(s) for s in spacing))
+  out = np.zeros_like(heart)
+  out[box] = dist <= dilation_mm + 1e-6
+  return out
 
 
 def heart_filter(
@@ -142,11 +152,14 @@ def heart_filter(
   heart_mask: np.ndarray | None,
   spacing: Sequence[float],
   dilation_mm: float = 10.0,
+  region: np.ndarray | None = None,
 ) -> np.ndarray:
   """Drop lesions with no voxel inside the heart mask dilated by `dilation_mm`.
 
-  Without a heart mask (None or empty) a UserWarning is issued and `classes` is returned
-  unchanged.
+  `region`, when given, is that dilated mask already computed (`heart_region(heart_mask,
+  spacing, dilation_mm)`, bool (z, y, x)): scoring has it from choosing where the network
+  runs, and a distance transform of the whole scan is not cheap. Without a heart mask (None or
+  empty) a UserWarning is issued and `classes` is returned unchanged.
   """
   classes = np.asarray(classes)
   if heart_mask is None or not np.any(heart_mask):
@@ -163,7 +176,8 @@ def heart_filter(
   lab, n = label_lesions(classes)
   if n == 0:
     return classes.copy()
-  region = heart_region(heart_mask, spacing, dilation_mm)
+  if region is None:
+    region = heart_region(heart_mask, spacing, dilation_mm)
   keep = np.zeros(n + 1, dtype=bool)
   keep[np.unique(lab[region & (lab > 0)])] = True
   keep[0] = False
@@ -177,6 +191,7 @@ def reduce_false_positives(
   scan_or_spacing: Scan | Sequence[float],
   heart_mask: np.ndarray | None = None,
   settings: FPReductionSettings | None = None,
+  heart_region_mask: np.ndarray | None = None,
 ) -> np.ndarray:
   """Run the enabled false-positive reduction steps; returns int32 classes (z, y, x).
 
@@ -187,6 +202,8 @@ def reduce_false_positives(
     scan_or_spacing: a `Scan` or a (z, y, x) spacing in mm.
     heart_mask: optional heart mask on the same grid.
     settings: which steps to run (default: all, with the paper's limits).
+    heart_region_mask: optional `heart_region(heart_mask, spacing, settings.dilation_mm)`,
+      computed already (saves the heart filter a distance transform).
   """
   settings = settings or FPReductionSettings()
   spacing = scan_or_spacing.spacing if isinstance(scan_or_spacing, Scan) else tuple(scan_or_spacing)
@@ -198,5 +215,5 @@ def reduce_false_positives(
   if settings.size_limits:
     out = size_filter(out, spacing, settings.min_mm3, settings.max_mm3)
   if settings.heart_filter:
-    out = heart_filter(out, heart_mask, spacing, settings.dilation_mm)
+    out = heart_filter(out, heart_mask, spacing, settings.dilation_mm, heart_region_mask)
   return out

@@ -75,6 +75,11 @@ COLUMNS = (
   Column("CCTA Ladv, val-selected", "ccta_test", "adv_only_val", False, "selected"),
 )
 ROWS = ("total", "LAD", "LCX", "RCA")
+# ROI shapes of the experiment's scoring (`infer.predict_candidates_many`): every ROI at its own
+# bucket size instead of at most 4 shapes per scan (`launch.score`'s default). The compiled
+# shapes are shared by every scan and model of the experiment, and the towers process about a
+# quarter fewer pixels; the outputs are the same bits (docs/performance.md).
+INFER_OPTIONS = {"max_shapes": 64, "min_gain": 0.0}
 MEASURES = (("sensitivity", "sensitivity"), ("fp_mm3", "FP volume (mm³)"), ("f1", "F1"))
 # The same, averaged as the authors' evaluation script does (every test scan counts; a scan
 # without reference calcium is sensitivity 1 and F1 1 or 0: `metrics.StructureMetrics.f1_authors`).
@@ -285,25 +290,80 @@ def predict_raw(
   """Raw network classes (before FP reduction) per model and case, as `launch.score` computes them
   with the settings of `column_settings(config, fp_reduction)` (`pipeline.prepare` and
   `pipeline.raw_classes`; the case's manifest domain, heart and aorta masks). The setup (threshold,
-  heart region) of a case is computed once for all models.
+  heart region) and ROI plan of a case are made once for all models (`predict_columns`).
 
   Returns {model: [(int32 (z, y, x) classes, `pipeline.Setup`) per case]}; a case scoring
   cannot score (CCTA without an aorta, empty heart mask) gives all-zero classes.
   """
-  settings = column_settings(config, fp_reduction)
-  out = {m: [] for m in params_by_model}
+  got = predict_columns(
+    params_by_model, config, cases, {m: {fp_reduction} for m in params_by_model}
+  )
+  return {m: got[(m, fp_reduction)] for m in params_by_model}
+
+
+def predict_columns(
+  params_by_model: dict[str, Any],
+  config,
+  cases,
+  wanted: dict[str, set[bool]],
+  infer_options: dict[str, Any] | None = None,
+) -> dict[tuple[str, bool], list[tuple[np.ndarray, pipeline.Setup]]]:
+  """`predict_raw` for several FP-reduction settings at once: {(model, fp_reduction): [(int32
+  (z, y, x) classes, `pipeline.Setup`) per case]} for each model's flags in `wanted`.
+
+  Per case, every model runs on one ROI plan (`pipeline.raw_classes_many`). A model wanted
+  with and without FP reduction runs once, over the whole scan's candidates: its classes with
+  FP reduction are those restricted to the heart region, which is what `launch.score` computes
+  there, because a voxel's network output depends only on the scan around it, not on which
+  other voxels are candidates or on the ROI that holds it (XLA's convolutions and the
+  classifier give each output the same arithmetic whatever the ROI's shape;
+  tests/test_scoring_paths.py checks the labels). `infer_options` go to
+  `infer.predict_candidates_many` (default `INFER_OPTIONS`: ROI shapes, which do not change
+  the outputs).
+  """
+  infer_options = INFER_OPTIONS if infer_options is None else infer_options
+  out = {(m, fp): [] for m, flags in wanted.items() for fp in flags}
+  both = [m for m, flags in wanted.items() if flags == {False, True}]
   for case in cases:
-    setup = pipeline.prepare(
-      case.scan,
-      config,
-      settings,
-      domain=case.domain,
-      heart_mask=case.heart_mask,
-      aorta_mask=case.aorta_mask,
-    )
-    for m, params in params_by_model.items():
-      out[m].append((pipeline.raw_classes(setup, case.scan, params, config), setup))
+    setups = {
+      fp: pipeline.prepare(
+        case.scan,
+        config,
+        column_settings(config, fp),
+        domain=case.domain,
+        heart_mask=case.heart_mask,
+        aorta_mask=case.aorta_mask,
+      )
+      for fp in set().union(*wanted.values())
+    }
+    shared = both if len(setups) == 2 and _nested(setups[True], setups[False]) else []
+    for fp, setup in setups.items():
+      names = [m for m, flags in wanted.items() if fp in flags and not (fp and m in shared)]
+      if not names:
+        continue
+      raws = pipeline.raw_classes_many(
+        setup, case.scan, [params_by_model[m] for m in names], config, **infer_options
+      )
+      for m, raw in zip(names, raws):
+        out[(m, fp)].append((raw, setup))
+    for m in shared:
+      raw = out[(m, False)][-1][0]
+      out[(m, True)].append((_restrict(raw, setups[True]), setups[True]))
   return out
+
+
+def _nested(inner: pipeline.Setup, outer: pipeline.Setup) -> bool:
+  """Whether `inner`'s candidates are `outer`'s restricted to `inner.region` (same threshold)."""
+  return bool(inner.empty) or (
+    not outer.empty and outer.region is None and outer.threshold_hu == inner.threshold_hu
+  )
+
+
+def _restrict(raw: np.ndarray, setup: pipeline.Setup) -> np.ndarray:
+  """Whole-scan raw classes restricted to the candidates of `setup` (its region)."""
+  if setup.empty:
+    return np.zeros_like(raw)
+  return raw if setup.region is None else np.where(setup.region, raw, 0).astype(raw.dtype)
 
 
 def evaluate_predictions(
@@ -352,29 +412,8 @@ def run(
   alias = {
     m: m[:-4] for m in params if m.endswith("_val") and _same_params(params[m], params[m[:-4]])
   }
-  table, per_scan, raw = {}, {}, {}
   log("scoring the test sets")
-  # Each column is what launch.score gives with its settings: raw predictions per (model, test
-  # set, FP reduction on/off); with FP reduction the network classifies only the heart region.
-  wanted = {(alias.get(c.model, c.model), c.role, c.fp_reduction) for c in cols}
-  for role in tests:
-    for fp in (False, True):
-      names = sorted(m for (m, r, f) in wanted if r == role and f == fp)
-      if names:
-        got = predict_raw({m: params[m] for m in names}, config, tests[role], fp)
-        raw.update({(m, role, fp): v for m, v in got.items()})
-  for c in cols:
-    scans = evaluate_predictions(
-      config,
-      tests[c.role],
-      raw[(alias.get(c.model, c.model), c.role, c.fp_reduction)],
-      c.fp_reduction,
-    )
-    agg = metrics.aggregate([s["metrics"] for s in scans])
-    table[c.name] = {
-      r: {m: _cell(agg[r].per_scan[m]) for m, _ in MEASURES + AUTHORS_MEASURES} for r in ROWS
-    }
-    per_scan[c.name] = scans
+  table, per_scan = score_tests(config, cols, tests, params, alias)
   selection = {}
   for m in ("adv_cls", "adv_only"):
     p = os.path.join(workdir, m, "selection.json")
@@ -391,6 +430,40 @@ def run(
     "gates": benchmark_gates(table),
     "selection": selection,
   }
+
+
+def score_tests(
+  config, cols, tests: dict[str, list], params: dict[str, Any], alias: dict[str, str] | None = None
+) -> tuple[dict, dict]:
+  """Table 2's columns `cols` on the test sets `tests` ({role: cases}) with `params` ({model:
+  inference params}; `alias` maps a model to one whose predictions it shares).
+
+  Each column is what `launch.score` gives with its settings; the network runs once per test
+  set for all models and both FP-reduction settings (`predict_columns`).
+  Returns (table {column: {row: {measure: (mean, sd, n)}}}, per_scan {column: [scan dicts]}).
+  """
+  alias = alias or {}
+  raw, table, per_scan = {}, {}, {}
+  for role in tests:
+    wanted = {}
+    for c in cols:
+      if c.role == role:
+        wanted.setdefault(alias.get(c.model, c.model), set()).add(c.fp_reduction)
+    got = predict_columns({m: params[m] for m in wanted}, config, tests[role], wanted)
+    raw.update({(m, role, fp): v for (m, fp), v in got.items()})
+  for c in cols:
+    scans = evaluate_predictions(
+      config,
+      tests[c.role],
+      raw[(alias.get(c.model, c.model), c.role, c.fp_reduction)],
+      c.fp_reduction,
+    )
+    agg = metrics.aggregate([s["metrics"] for s in scans])
+    table[c.name] = {
+      r: {m: _cell(agg[r].per_scan[m]) for m, _ in MEASURES + AUTHORS_MEASURES} for r in ROWS
+    }
+    per_scan[c.name] = scans
+  return table, per_scan
 
 
 def _same_params(a: dict, b: dict) -> bool:
