@@ -3,11 +3,13 @@
 import json
 import math
 import os
+import types
 
 import jax
 import numpy as np
 import pytest
 
+from cac_jax import checkpoints
 from cac_jax.studies import experiment
 from configs import tiny
 
@@ -155,3 +157,24 @@ def test_write_results_writes_what_reproduce_prints(toy, tmp_path):
     os.path.exists(p) for p in paths.values()
   )
   assert experiment.seeds_of(c, ["3", "4"]) == [3, 4] and experiment.seeds_of(c) == [c.seed]
+
+
+def test_a_recorded_selection_is_found_again_after_the_work_folder_moves(tmp_path):
+  """selection.json from a run started elsewhere (relative, now stale path) is reused with the
+  snapshot under the current folder, without rescoring (no config or cases needed)."""
+  adapt_dir = tmp_path / "moved" / "adv_cls"
+  for step in (50, 100):
+    snap = adapt_dir / "snapshots" / f"step_{step:06d}"
+    snap.mkdir(parents=True)
+    (snap / checkpoints.MARKER).write_text("", encoding="utf-8")
+  recorded = {
+    "step": 100,
+    "export": "runs/demo/adv_cls/snapshots/step_000100",
+    "f1_by_step": {"50": 0.5, "100": 0.75},
+    "val_cases": ["v0"],
+  }
+  (adapt_dir / "selection.json").write_text(json.dumps(recorded), encoding="utf-8")
+  val = [types.SimpleNamespace(case_id="v0")]
+  got = experiment.select_snapshot(None, str(adapt_dir), val)
+  assert got["step"] == 100 and got["f1_by_step"] == recorded["f1_by_step"]
+  assert got["export"] == str(adapt_dir / "snapshots" / "step_000100")

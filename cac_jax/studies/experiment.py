@@ -195,7 +195,9 @@ def select_snapshot(
     with open(path, encoding="utf-8") as f:
       done = json.load(f)
     if done.get("val_cases") == ids and sorted(int(k) for k in done["f1_by_step"]) == sorted(snaps):
-      return done
+      # The stored path is as the first run spelled it (relative to its working folder); the
+      # snapshot is found again under this `adapt_dir`, wherever the work folder now is.
+      return {**done, "export": snaps[int(done["step"])]}
   log(
     f"selecting an adaptation snapshot of {os.path.basename(adapt_dir)} on {len(val_cases)} labelled CCTA "
     f"validation scans ({len(snaps)} snapshots)"
