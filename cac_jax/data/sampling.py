@@ -214,6 +214,8 @@ class PatchSampler:
     self.fallbacks: dict[str, list[str]] = {}
     self._cases = [self._index_case(c) for c in cases]
     self.thresholds = [ci.threshold for ci in self._cases]
+    self._volumes = [ci.hu for ci in self._cases]  # what the patch extractor reads, per case
+    self._label_maps = [ci.labels for ci in self._cases]
     self._labelled_cases = [i for i, ci in enumerate(self._cases) if ci.labels is not None]
     self._calcium_cases = [i for i in self._labelled_cases if self._cases[i].labelled_all.size]
     self._class_cases = {
@@ -386,10 +388,10 @@ class PatchSampler:
   # -- batches --------------------------------------------------------------------------------
 
   def _views(self, case_idx: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    return self.patches.views([ci.hu for ci in self._cases], case_idx, centres)
+    return self.patches.views(self._volumes, case_idx, centres)
 
   def _labels(self, case_idx: np.ndarray, centres: np.ndarray) -> np.ndarray:
-    return self.patches.labels([ci.labels for ci in self._cases], case_idx, centres)
+    return self.patches.labels(self._label_maps, case_idx, centres)
 
   def _rng(self, stream: int, index: int) -> np.random.Generator:
     return np.random.default_rng([self.seed, stream, int(index)])

@@ -644,23 +644,12 @@ def predict_candidates_many(
   return [CandidatePredictions(coords, lg, hu.shape, stats) for lg in logits]
 
 
-def predict_classes(
-  params: dict,
-  config: ml_collections.ConfigDict,
-  hu: np.ndarray,
-  candidates: np.ndarray,
-  *,
-  slab: int | None = None,
-  devices: Sequence[jax.Device] | None = None,
-  **kwargs,
-) -> np.ndarray:
+def predict_classes(params: dict, config, hu: np.ndarray, candidates: np.ndarray, **kwargs):
   """int32 (z, y, x) classes 0..6 at candidate voxels (argmax of logits), 0 elsewhere.
 
-  See `predict_candidates` for the arguments; `kwargs` are passed on to it.
+  See `predict_candidates` for the arguments; `kwargs` are its options.
   """
-  return predict_candidates(
-    params, config, hu, candidates, slab=slab, devices=devices, **kwargs
-  ).class_volume()
+  return predict_candidates(params, config, hu, candidates, **kwargs).class_volume()
 
 
 def predict_probabilities(
