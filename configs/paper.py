@@ -43,6 +43,13 @@ def get_config() -> ml_collections.ConfigDict:
   # Of the source batch's ">= threshold" patches, how many in the dilated heart (the rest over the
   # whole volume); 0 = the reference's draw (a voxel >= 130 HU anywhere in a random slice).
   c.sampling.source_threshold_in_heart = 0
+  # ">= threshold" patches of supervised batches at the fixed 130 HU (scoring.ncct_threshold) in
+  # every domain, as the reference draws its bright patches (CalciumDataset.py:308, T=130 for both
+  # domains in trainGAN_adv_cls_MMD.py:161-162), instead of the case's scoring threshold (the
+  # aortic-lumen mean + 3 SD in CCTA). Only the CCTA oracle sees a difference: it learns the
+  # contrast lumen between 130 HU and the lumen threshold as background, which scoring without
+  # FP reduction classifies (FPReductionSettings.aorta_threshold).
+  c.sampling.fixed_threshold = True
 
   # Supervised source training (cac_jax.train.source).
   c.source = ml_collections.ConfigDict()

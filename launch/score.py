@@ -50,6 +50,12 @@ flags.DEFINE_bool("overwrite", False, "Replace existing outputs.")
 flags.DEFINE_float("calibration", None, "Mass-score calibration factor (mg HA/cm³ per HU).")
 flags.DEFINE_bool("region_growing", True, "FP reduction: grow detections to 6-connected lesions.")
 flags.DEFINE_bool("size_limits", True, "FP reduction: drop lesions <1 mm³ or >500 mm³.")
+flags.DEFINE_bool(
+  "aorta_threshold",
+  True,
+  "FP reduction, CCTA: candidates at or above the aortic-lumen mean + 3 SD "
+  "(--noaorta_threshold: 130 HU, contrast lumen included, as the paper without FP reduction).",
+)
 flags.DEFINE_string(
   "series",
   None,
@@ -78,6 +84,7 @@ def main(argv):
     region_growing=FLAGS.region_growing,
     size_limits=FLAGS.size_limits,
     heart_filter=FLAGS.heart_filter,
+    aorta_threshold=FLAGS.aorta_threshold,
   )
   with atomic.claim_dir(FLAGS.output_dir):  # checked and locked before any computation
     _score(fp)

@@ -143,6 +143,10 @@ def test_report_prints_gates_table_and_gap_shares(toy):
   assert res["gates"][0].passed == (ncct["f1_authors"][0] >= 0.6 and ncct["fp_mm3"][0] <= 100)
   assert f"F1 {ncct['f1_authors'][0]:.2f}" in res["gates"][0].value
   assert "averaged as the authors' evaluation does" in md
+  # G2 and G3 read the CCTA columns without FP reduction (the paper's source-only scoring).
+  for gate, col in (("G2", "CCTA no adaptation"), ("G3", "CCTA oracle")):
+    [g] = [g for g in res["gates"] if g.name == gate]
+    assert g.value == f"F1 {res['table'][col]['total']['f1_authors'][0]:.2f}"
 
 
 def test_write_results_writes_what_reproduce_prints(toy, tmp_path):

@@ -73,6 +73,29 @@ def test_score_scan_ccta_detects_only_candidates(ccta_case, params, config):
   assert np.mean(res_h.raw_classes[inside] == res.classes[inside]) >= 0.99
 
 
+def test_aorta_threshold_off_scores_ccta_at_130_hu(ccta_case, params, config):
+  """--noaorta_threshold: CCTA candidates are every voxel >= 130 HU (contrast lumen included,
+  the authors' scoring without FP reduction); the report keeps the ROI's threshold beside it."""
+  c = ccta_case
+  res = pipeline.score_scan(
+    c.scan,
+    params,
+    config,
+    domain="ccta",
+    heart_mask=c.heart_mask,
+    aorta_mask=c.aorta_mask,
+    fp_settings=postprocess.FPReductionSettings(False, False, False, aorta_threshold=False),
+  )
+  t = res.report["threshold"]
+  assert t["threshold_hu"] == 130.0 and t["aorta_threshold_hu"] > 200.0
+  assert res.report["num_candidates"] == int((c.scan.hu >= 130.0).sum())
+  assert res.report["settings"]["aorta_threshold"] is False
+  assert "aortic-lumen threshold off" in " ".join(res.report["warnings"])
+  lumen = (c.scan.hu >= 130.0) & (c.scan.hu < t["aorta_threshold_hu"])
+  assert lumen.sum() > 0.5 * res.report["num_candidates"]  # mostly contrast below the ROI's
+  assert np.all(c.scan.hu[res.classes > 0] >= 130.0)
+
+
 def test_fp_reduction_only_removes_or_grows_within_threshold(ccta_case, params, config):
   c = ccta_case
   res = pipeline.score_scan(

@@ -127,6 +127,7 @@ def cfg():
   below check; the reference policy (the default) has tests of its own."""
   c = tiny.get_config()
   c.adapt.critic_patches = "scan_threshold"
+  c.sampling.fixed_threshold = False  # bright patches at each case's scoring threshold
   return c
 
 
@@ -437,6 +438,29 @@ def test_ccta_bright_patches_use_the_scoring_threshold(cfg):
   assert want < whole.mean() + 3 * whole.std()
 
 
+def test_fixed_threshold_draws_supervised_ccta_patches_at_130_hu():
+  """With `sampling.fixed_threshold` (the configs' default) a labelled CCTA case's bright source
+  patches are drawn at 130 HU, not at its scoring threshold: lumen-like voxels between the two
+  (here 150-450 HU) become centres, so an oracle learns them as background."""
+  c = tiny.get_config()
+  assert c.sampling.fixed_threshold
+  case = _make_case("c", domain="ccta", bright=False, meta={"calcium_threshold_hu": 500.0})
+  case.scan.hu[:, 35:, :] = 300.0  # "contrast lumen": above 130 HU, below the scan threshold
+  fixed = sampling.PatchSampler([case], c, seed=0)
+  c.sampling.fixed_threshold = False
+  scan_thr = sampling.PatchSampler([case], c, seed=0)
+  assert fixed.thresholds == [130.0] and scan_thr.thresholds == [500.0]
+  n = c.sampling.source_threshold
+
+  def bright_hu(s):
+    centres = np.concatenate([s.source_batch(with_info=True)["centres"][:n] for _ in range(40)])
+    return case.scan.hu[tuple(centres.T)]
+
+  got_fixed, got_scan = bright_hu(fixed), bright_hu(scan_thr)
+  assert got_fixed.min() >= 130.0 and (got_fixed < 500.0).mean() > 0.5
+  assert got_scan.min() >= 500.0
+
+
 def test_prefetch_matches_direct_calls(cfg, cases):
   direct = sampling.PatchSampler(cases, cfg, seed=11)
   pre = sampling.PatchSampler(cases, cfg, seed=11)
@@ -495,6 +519,7 @@ def test_reference_critic_policy_is_the_default_and_draws_like_the_authors():
   CCTA (whose scoring threshold is higher), half uniform over that slice, air included; the
   heart mask plays no part."""
   c = tiny.get_config()
+  c.sampling.fixed_threshold = False  # the scan threshold (600) differs from the critic's 130
   assert c.adapt.critic_patches == "reference"
   ccta = _make_case(
     "t", domain="ccta", labelled=False, shape=(20, 60, 60), meta={"calcium_threshold_hu": 600.0}

@@ -29,7 +29,8 @@ def test_launch_score_and_reproduce_give_identical_labels(
   --manifest` writes for the same scan and weights with that column's FP-reduction flags."""
   out = str(tmp_path / "scored")
   s = experiment.column_settings(tiny_config, fp_reduction)
-  fp = dict(region_growing=s.region_growing, size_limits=s.size_limits, heart_filter=s.heart_filter)
+  steps = ("region_growing", "size_limits", "heart_filter", "aorta_threshold")
+  fp = {k: getattr(s, k) for k in steps}
   score_files.score_manifest(data, tiny_export, out, fp=fp)
   [case] = manifest.load_cases(data, tiny_config)  # what experiment.run scores
   params, _ = checkpoints.load_inference(tiny_export)

@@ -6,7 +6,8 @@ label windows, HU normalisation); this module decides the centres and assembles 
 Batch policies (`PatchSampler`, counts from config.sampling):
   * source batch, in this order within the batch:
       - `source_threshold` patches at voxels >= the case's calcium threshold (130 HU for NCCT,
-        see `case_threshold`), over the whole volume (bone and calcium are the hard cases), or
+        see `case_threshold`; with `fixed_threshold` 130 HU in every domain, so CCTA contrast
+        lumen too, as the reference draws), over the whole volume (bone and calcium are the hard cases), or
         only inside the dilated heart with `bright_in_heart` (where scoring classifies); with
         `source_threshold_in_heart` = k, the first k of them inside the dilated heart (noise
         peaks in blood and myocardium, the candidates the heart filter keeps) and the rest
@@ -31,7 +32,8 @@ Batch policies (`PatchSampler`, counts from config.sampling):
         CCTA patches are mostly contrast lumen, blood pool and bone. A slice without a voxel
         >= 130 HU gives a uniform voxel of that slice (the reference would fail there).
       - "scan_threshold" (this project's earlier policy): `critic_batch // 2` patches at
-        voxels >= the case's scoring threshold (the aortic-ROI threshold in CCTA), over the
+        voxels >= the case's scoring threshold (the aortic-ROI threshold in CCTA; 130 HU with
+        `fixed_threshold`), over the
         whole volume or inside the dilated heart with `critic_bright_in_heart` (default
         `bright_in_heart`), the rest uniform in the sampling region; cases drawn uniformly.
   Cases are drawn uniformly (except for the class-balanced draw above and the slice draw of
@@ -203,6 +205,7 @@ class PatchSampler:
       int(s.source_labelled),
     )
     self.n_critic = int(s.critic_batch)
+    self.fixed_threshold = bool(s.get("fixed_threshold", False))
     self.n_threshold_in_heart = min(int(s.get("source_threshold_in_heart", 0)), self.n_threshold)
     self.bright_in_heart = bool(
       s.get("bright_in_heart", False) if bright_in_heart is None else bright_in_heart
@@ -241,7 +244,10 @@ class PatchSampler:
     hu = np.ascontiguousarray(case.scan.hu, dtype=np.float32)
     n = hu.size
     idt = _index_dtype(n)
-    thr, note = threshold_and_note(case, self.config)
+    if self.fixed_threshold:
+      thr, note = self.reference_threshold, None
+    else:
+      thr, note = threshold_and_note(case, self.config)
     if note:
       self._note(case, note)
     bright = np.flatnonzero(hu.reshape(-1) >= thr).astype(idt)

@@ -2,8 +2,10 @@
 
 A domain-adaptation result means something only between two fixed points: the source
 network must be good at home and fail on the target, and an oracle trained with target labels
-must succeed there. The gates (issue 13; total coronary calcium, FP reduction on, mean over
-test scans):
+must succeed there. The gates (issue 13; total coronary calcium, mean over test scans; which
+Table 2 column each reads is `cac_jax.studies.experiment.GATE_COLUMNS`: G1 after FP reduction,
+G2 and G3 without it, where CCTA is classified at every voxel >= 130 HU as the paper's
+source-only row, which sets G2's threshold, was scored):
 
   G1 source at home      NCCT network on NCCT test: F1 >= 0.60 and FP <= 100 mm³/scan
                          (the paper: 0.66 and 73.6)
@@ -56,7 +58,7 @@ def _fmt(x: float, digits: int = 2) -> str:
 def evaluate_gates(
   source_ncct_f1: float, source_ncct_fp_mm3: float, source_ccta_f1: float, oracle_ccta_f1: float
 ) -> list[Gate]:
-  """G1-G3 from mean total-coronary F1 (and FP volume in mm³/scan) after FP reduction.
+  """G1-G3 from mean total-coronary F1 (and FP volume in mm³/scan).
 
   Args:
     source_ncct_f1, source_ncct_fp_mm3: the NCCT network on the NCCT test scans.

@@ -244,6 +244,18 @@ def prepare(
     )
   notes += more
   report.update(info)
+  if domain == "ccta" and not settings.aorta_threshold:
+    roi = report["threshold"]
+    thr = float(config.scoring.ncct_threshold)
+    roi.update(
+      method=f"fixed {thr:g} HU, aortic-lumen threshold off ({roi['method']} not used)",
+      aorta_threshold_hu=roi["threshold_hu"],
+      threshold_hu=thr,
+    )
+    notes.append(
+      f"aortic-lumen threshold off: CCTA candidates are voxels >= {thr:.0f} HU, contrast lumen "
+      "included (the paper's scoring without FP reduction)"
+    )
   if heart_mask is None and auto_heart:
     found = heart_region_lib.find_heart(scan, settings.dilation_mm)
     notes += list(found.notes)

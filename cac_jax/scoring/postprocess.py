@@ -41,6 +41,14 @@ class FPReductionSettings:
     region_growing: grow detections to connected above-threshold regions.
     size_limits: drop lesions outside [min_mm3, max_mm3].
     heart_filter: drop lesions farther than dilation_mm from the heart mask.
+    aorta_threshold: CCTA only: candidates are the voxels at or above the aortic-lumen
+      threshold (mean + 3 SD). Off: the NCCT 130 HU, so the contrast lumen is classified
+      too. The authors score CCTA this way without FP reduction: their test script thresholds
+      the network's output at 130 HU unless `--use_aorta_T` is given (TestNet_transf.py:51,
+      127-130; its README command does not give it; validation also uses 130,
+      utils/GAN_validation.py:19, :120), and the lumen threshold is the first step of their FP
+      reduction (Post_processing_FPreduction.ipynb, cell 1: `mask[image < imT] = 0` with
+      `imT = get_T(...)` = mean + 3 SD, utils/util.py:85-96). NCCT is unaffected.
     min_mm3: smallest kept lesion volume (mm³).
     max_mm3: largest kept lesion volume (mm³).
     dilation_mm: heart-mask dilation radius (mm).
@@ -49,6 +57,7 @@ class FPReductionSettings:
   region_growing: bool = True
   size_limits: bool = True
   heart_filter: bool = True
+  aorta_threshold: bool = True
   min_mm3: float = 1.0
   max_mm3: float = 500.0
   dilation_mm: float = 10.0
