@@ -2,7 +2,7 @@ r"""Where each network's calcium calls land on phantoms: predicted-class volume 
 
   cac-tissue-breakdown --checkpoints no_adaptation=runs/demo/source/export,\
       adv_cls=runs/demo/adv_cls/export --role ccta_test --experiment_seed 0 --num_cases 8 \
-      [--fp_reduction] [--output_dir DIR]
+      [--fp_reduction | --whole_scan] [--output_dir DIR]
 
 Re-simulates the experiment's phantoms of --role (the same seeds `launch.reproduce` used, so the
 cases are those of its tables) with tissue bookkeeping, scores them with every checkpoint and
@@ -38,6 +38,12 @@ _FP = flags.DEFINE_bool(
   "Apply the config's FP reduction (default: raw calls inside the "
   "dilated heart, no region growing or size limits).",
 )
+_WHOLE = flags.DEFINE_bool(
+  "whole_scan",
+  False,
+  "Score as Table 2's columns without FP reduction: every voxel >= 130 HU of the whole scan "
+  "(CCTA contrast lumen included). Not with --fp_reduction.",
+)
 _OUT = flags.DEFINE_string("output_dir", None, "Also write <name>.md and <name>.csv here.")
 flags.mark_flags_as_required(["checkpoints"])
 
@@ -59,6 +65,8 @@ def main(argv):
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
   if _NUM.value < 1:
     raise app.UsageError("--num_cases must be >= 1")
+  if _WHOLE.value and _FP.value:
+    raise app.UsageError("--whole_scan is the scoring without FP reduction: drop --fp_reduction")
   logging.set_verbosity(logging.WARNING)  # Orbax logs every restore at INFO
   if _OUT.value:
     atomic.check_dir(_OUT.value)  # before any computation
@@ -74,18 +82,24 @@ def main(argv):
     os.makedirs(_OUT.value, exist_ok=True)
   fp = postprocess.FPReductionSettings.from_config(config.scoring) if _FP.value else None
   tables = tb.phantom_breakdown(
-    {name: params for name, params, _ in models}, config, domain, seeds, fp
+    {name: params for name, params, _ in models}, config, domain, seeds, fp, _WHOLE.value
   )
   for name, b in tables.items():
     text = tb.markdown(
       b,
       f"{name}: {_ROLE.value} ({domain}) phantoms {first}..{first + _NUM.value - 1}, "
-      f"{'after FP reduction' if _FP.value else 'raw calls in the dilated heart'}",
+      f"{_scoring_name()}",
     )
     print(text)
     if _OUT.value:
       atomic.write_text(os.path.join(_OUT.value, f"{name}.md"), text)
       tb.write_csv(b, os.path.join(_OUT.value, f"{name}.csv"))
+
+
+def _scoring_name() -> str:
+  if _WHOLE.value:
+    return "raw calls at every voxel >= 130 HU of the whole scan (Table 2 without FP reduction)"
+  return "after FP reduction" if _FP.value else "raw calls in the dilated heart"
 
 
 def run() -> None:  # console script cac-tissue-breakdown

@@ -89,6 +89,25 @@ def test_phantom_breakdown_of_a_perfect_detector(monkeypatch):
   assert sum(v.sum() for v in rows.values()) >= (case.labels > 0).sum() * vox > 0
 
 
+def test_whole_scan_breakdown_classifies_every_voxel_from_130_hu(monkeypatch):
+  """whole_scan: the Table 2 scoring without FP reduction (CCTA at 130 HU, no heart region);
+  by default the calls inside the dilated heart at the lumen threshold."""
+  config = tiny.get_config()
+  seen = []
+
+  def spy(scan, params_list, config, threshold_hu, region, **infer_options):
+    seen.append((threshold_hu, region is None))
+    return [np.zeros(scan.shape, np.int32) for _ in params_list]
+
+  monkeypatch.setattr(pipeline, "detect_many", spy)
+  tb.phantom_breakdown({"m": None}, config, "ccta", [5], whole_scan=True)
+  tb.phantom_breakdown({"m": None}, config, "ccta", [5])
+  assert seen[0] == (130.0, True)
+  assert seen[1][0] > 200.0 and seen[1][1] is False
+  with pytest.raises(ValueError, match="whole_scan"):
+    tb.phantom_breakdown({"m": None}, config, "ccta", [5], fp_settings=object(), whole_scan=True)
+
+
 def test_cli_writes_one_table_per_checkpoint(tmp_path):
   config = tiny.get_config()
   p = models.init_params(config, jax.random.key(0))

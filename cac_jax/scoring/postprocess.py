@@ -46,7 +46,7 @@ class FPReductionSettings:
       too. The authors score CCTA this way without FP reduction: their test script thresholds
       the network's output at 130 HU unless `--use_aorta_T` is given (TestNet_transf.py:51,
       127-130; its README command does not give it; validation also uses 130,
-      utils/GAN_validation.py:19, :120), and the lumen threshold is the first step of their FP
+      utils/GAN_validation.py:19, :121), and the lumen threshold is the first step of their FP
       reduction (Post_processing_FPreduction.ipynb, cell 1: `mask[image < imT] = 0` with
       `imT = get_T(...)` = mean + 3 SD, utils/util.py:85-96). NCCT is unaffected.
     min_mm3: smallest kept lesion volume (mm³).

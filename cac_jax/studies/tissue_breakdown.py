@@ -124,7 +124,12 @@ def write_csv(b: Breakdown, path: str) -> None:
 
 
 def phantom_breakdown(
-  params_by_model: dict, config, domain: str, seeds: Sequence[int], fp_settings=None
+  params_by_model: dict,
+  config,
+  domain: str,
+  seeds: Sequence[int],
+  fp_settings=None,
+  whole_scan: bool = False,
 ) -> dict[str, Breakdown]:
   """Simulate phantoms `seeds` of `domain` once, score them with every model, attribute counted voxels.
 
@@ -135,14 +140,18 @@ def phantom_breakdown(
     seeds: phantom case seeds (an experiment's role r uses `experiment.first_case_seed(r, seed)` + k).
     fp_settings: `postprocess.FPReductionSettings` to apply; None: the raw calls of scoring with
       config.scoring's settings (`experiment.predict_raw`: inside the dilated heart).
+    whole_scan: instead, the calls of Table 2's columns without FP reduction (every voxel >=
+      130 HU of the whole scan, CCTA contrast lumen included; `fp_settings` must be None).
   Returns:
     {name: Breakdown}.
   """
+  if whole_scan and fp_settings is not None:
+    raise ValueError("whole_scan is the column without FP reduction: give no fp_settings")
   out = {m: Breakdown() for m in params_by_model}
   for seed in seeds:
     sim = generate.simulate(domain, int(seed), config, track_tissue=True)
     c = sim.case
-    raw = experiment.predict_raw(params_by_model, config, [c], True)
+    raw = experiment.predict_raw(params_by_model, config, [c], not whole_scan)
     reference = c.labels if c.labels is not None else np.zeros(c.scan.shape, np.int32)
     for m, [(classes, setup)] in raw.items():
       if fp_settings is not None:
