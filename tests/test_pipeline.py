@@ -37,19 +37,18 @@ def ccta_case(config):
   return phantoms.generate_case("ccta", 3, config)
 
 
+def _score_ccta(case, params, config, **kw):
+  """`pipeline.score_scan` of a CCTA phantom with its heart and aorta masks (override in kw)."""
+  kw = {"heart_mask": case.heart_mask, "aorta_mask": case.aorta_mask, **kw}
+  return pipeline.score_scan(case.scan, params, config, domain="ccta", **kw)
+
+
 def test_score_scan_ccta_detects_only_candidates(ccta_case, params, config):
   c = ccta_case
 
   def score(heart_filter):
-    return pipeline.score_scan(
-      c.scan,
-      params,
-      config,
-      domain="ccta",
-      heart_mask=c.heart_mask,
-      aorta_mask=c.aorta_mask,
-      fp_settings=postprocess.FPReductionSettings(False, False, heart_filter),
-    )
+    fp = postprocess.FPReductionSettings(False, False, heart_filter)
+    return _score_ccta(c, params, config, fp_settings=fp)
 
   res = score(False)
   thr = res.report["threshold"]["threshold_hu"]
@@ -77,15 +76,8 @@ def test_aorta_threshold_off_scores_ccta_at_130_hu(ccta_case, params, config):
   """--noaorta_threshold: CCTA candidates are every voxel >= 130 HU (contrast lumen included,
   the authors' scoring without FP reduction); the report keeps the ROI's threshold beside it."""
   c = ccta_case
-  res = pipeline.score_scan(
-    c.scan,
-    params,
-    config,
-    domain="ccta",
-    heart_mask=c.heart_mask,
-    aorta_mask=c.aorta_mask,
-    fp_settings=postprocess.FPReductionSettings(False, False, False, aorta_threshold=False),
-  )
+  fp = postprocess.FPReductionSettings(False, False, False, aorta_threshold=False)
+  res = _score_ccta(c, params, config, fp_settings=fp)
   t = res.report["threshold"]
   assert t["threshold_hu"] == 130.0 and t["aorta_threshold_hu"] > 200.0
   assert res.report["num_candidates"] == int((c.scan.hu >= 130.0).sum())
@@ -98,9 +90,7 @@ def test_aorta_threshold_off_scores_ccta_at_130_hu(ccta_case, params, config):
 
 def test_fp_reduction_only_removes_or_grows_within_threshold(ccta_case, params, config):
   c = ccta_case
-  res = pipeline.score_scan(
-    c.scan, params, config, domain="ccta", heart_mask=c.heart_mask, aorta_mask=c.aorta_mask
-  )
+  res = _score_ccta(c, params, config)
   thr = res.report["threshold"]["threshold_hu"]
   assert np.all(c.scan.hu[res.classes > 0] >= thr)
   # Size limits: no surviving lesion is larger than 500 mm^3.
@@ -114,14 +104,7 @@ def test_fp_reduction_only_removes_or_grows_within_threshold(ccta_case, params, 
 
 def test_empty_cases_give_zero_results_with_warnings(ccta_case, params, config):
   c = ccta_case
-  res = pipeline.score_scan(
-    c.scan,
-    params,
-    config,
-    domain="ccta",
-    heart_mask=np.zeros_like(c.heart_mask),
-    aorta_mask=c.aorta_mask,
-  )
+  res = _score_ccta(c, params, config, heart_mask=np.zeros_like(c.heart_mask))
   assert not res.classes.any() and any("heart" in w for w in res.report["warnings"])
   flat = c.scan.with_array(np.full(c.scan.shape, 40.0, np.float32))
   res = pipeline.score_scan(flat, params, config, domain="ncct", heart_mask=c.heart_mask)
