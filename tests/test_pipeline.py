@@ -86,6 +86,14 @@ def test_aorta_threshold_off_scores_ccta_at_130_hu(ccta_case, params, config):
   lumen = (c.scan.hu >= 130.0) & (c.scan.hu < t["aorta_threshold_hu"])
   assert lumen.sum() > 0.5 * res.report["num_candidates"]  # mostly contrast below the ROI's
   assert np.all(c.scan.hu[res.classes > 0] >= 130.0)
+  # No aorta to be found: the fixed 130 HU needs none, so the scan is still scored.
+  hu = np.where(c.scan.hu >= 130.0, 40.0, c.scan.hu).astype(np.float32)
+  hu[tuple(slice(s // 2, s // 2 + 2) for s in hu.shape)] = 900.0  # one bright spot, no lumen
+  res = pipeline.score_scan(c.scan.with_array(hu), params, config, domain="ccta", fp_settings=fp)
+  t = res.report["threshold"]
+  assert t["threshold_hu"] == 130.0 and t["aorta_threshold_hu"] is None
+  assert not any("no aorta found" in w for w in res.report["warnings"])
+  assert res.report["num_candidates"] == int((hu >= 130.0).sum())
 
 
 def test_fp_reduction_only_removes_or_grows_within_threshold(ccta_case, params, config):

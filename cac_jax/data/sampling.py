@@ -7,11 +7,12 @@ Batch policies (`PatchSampler`, counts from config.sampling):
   * source batch, in this order within the batch:
       - `source_threshold` patches at voxels >= the case's calcium threshold (130 HU for NCCT,
         see `case_threshold`; with `fixed_threshold` 130 HU in every domain, so CCTA contrast
-        lumen too, as the reference draws), over the whole volume (bone and calcium are the hard cases), or
-        only inside the dilated heart with `bright_in_heart` (where scoring classifies); with
-        `source_threshold_in_heart` = k, the first k of them inside the dilated heart (noise
-        peaks in blood and myocardium, the candidates the heart filter keeps) and the rest
-        over the whole volume (bone stays a negative for scoring without the heart filter);
+        lumen too, as the reference draws), over the whole volume (bone and calcium are the
+        hard cases), or only inside the dilated heart with `bright_in_heart` (where scoring
+        classifies); with `source_threshold_in_heart` = k, the first k of them inside the
+        dilated heart (noise peaks in blood and myocardium, the candidates the heart filter
+        keeps) and the rest over the whole volume (bone stays a negative for scoring without
+        the heart filter);
       - `source_uniform` patches at uniform voxels of the case's sampling region (the heart
         mask dilated by `heart_dilation_mm` when a non-empty heart mask is present and
         `uniform_in_heart` is set, else the whole volume);
@@ -33,8 +34,7 @@ Batch policies (`PatchSampler`, counts from config.sampling):
         >= 130 HU gives a uniform voxel of that slice (the reference would fail there).
       - "scan_threshold" (this project's earlier policy): `critic_batch // 2` patches at
         voxels >= the case's scoring threshold (the aortic-ROI threshold in CCTA; 130 HU with
-        `fixed_threshold`), over the
-        whole volume or inside the dilated heart with `critic_bright_in_heart` (default
+        `fixed_threshold`), over the whole volume or inside the dilated heart with `critic_bright_in_heart` (default
         `bright_in_heart`), the rest uniform in the sampling region; cases drawn uniformly.
   Cases are drawn uniformly (except for the class-balanced draw above and the slice draw of
   the reference critic policy).

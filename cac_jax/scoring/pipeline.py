@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import platform
 from typing import Any
@@ -238,24 +239,16 @@ def prepare(
   try:
     domain, thr, info, more = threshold.choose_threshold(scan, domain, aorta_mask, config)
   except threshold.NoAortaError as e:
-    return empty(
-      f"no aorta found, so no CCTA threshold; result is all zero ({e})",
-      "ccta" if domain == "auto" else domain,
-    )
+    if domain != "ccta" or settings.aorta_threshold:
+      return empty(
+        f"no aorta found, so no CCTA threshold; result is all zero ({e})",
+        "ccta" if domain == "auto" else domain,
+      )
+    thr, info, more = math.nan, {"threshold": {"method": f"none ({e})", "threshold_hu": None}}, []
   notes += more
   report.update(info)
   if domain == "ccta" and not settings.aorta_threshold:
-    roi = report["threshold"]
-    thr = float(config.scoring.ncct_threshold)
-    roi.update(
-      method=f"fixed {thr:g} HU, aortic-lumen threshold off ({roi['method']} not used)",
-      aorta_threshold_hu=roi["threshold_hu"],
-      threshold_hu=thr,
-    )
-    notes.append(
-      f"aortic-lumen threshold off: CCTA candidates are voxels >= {thr:.0f} HU, contrast lumen "
-      "included (the paper's scoring without FP reduction)"
-    )
+    thr = _without_aorta_threshold(report["threshold"], config, notes)
   if heart_mask is None and auto_heart:
     found = heart_region_lib.find_heart(scan, settings.dilation_mm)
     notes += list(found.notes)
@@ -306,6 +299,22 @@ def prepare(
     notes,
     None if region is None else settings.dilation_mm,
   )
+
+
+def _without_aorta_threshold(info: dict, config: ml_collections.ConfigDict, notes: list) -> float:
+  """CCTA with `FPReductionSettings.aorta_threshold` off: the fixed NCCT threshold (HU), with the
+  aortic-lumen ROI's threshold (None without an ROI) kept in the report's `info` beside it."""
+  thr = float(config.scoring.ncct_threshold)
+  info.update(
+    method=f"fixed {thr:g} HU, aortic-lumen threshold off (ROI: {info['method']})",
+    aorta_threshold_hu=info["threshold_hu"],
+    threshold_hu=thr,
+  )
+  notes.append(
+    f"aortic-lumen threshold off: CCTA candidates are voxels >= {thr:.0f} HU, contrast lumen "
+    "included (the paper's scoring without FP reduction)"
+  )
+  return thr
 
 
 def raw_classes(setup: Setup, scan: Scan, params, config: ml_collections.ConfigDict) -> np.ndarray:

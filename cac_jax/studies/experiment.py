@@ -325,8 +325,7 @@ def predict_columns(
   threshold), which is what `launch.score` computes there, because a voxel's network output
   depends only on the scan around it, not on which other voxels are candidates or on the ROI
   that holds it (XLA's convolutions and the classifier give each output the same arithmetic
-  whatever the ROI's shape;
-  tests/test_scoring_paths.py checks the labels). `infer_options` go to
+  whatever the ROI's shape; tests/test_scoring_paths.py checks the labels). `infer_options` go to
   `infer.predict_candidates_many` (default `INFER_OPTIONS`: ROI shapes, which do not change
   the outputs).
   """
