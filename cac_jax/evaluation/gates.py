@@ -2,10 +2,9 @@
 
 A domain-adaptation result means something only between two fixed points: the source
 network must be good at home and fail on the target, and an oracle trained with target labels
-must succeed there. The gates (issue 13; total coronary calcium, mean over test scans; which
-Table 2 column each reads is `cac_jax.studies.experiment.GATE_COLUMNS`: G1 after FP reduction,
-G2 and G3 without it, where CCTA is classified at every voxel >= 130 HU as the paper's
-source-only row, which sets G2's threshold, was scored):
+must succeed there. The gates (issue 13; total coronary calcium, mean over test scans; the
+experiment evaluates them twice, like with like, on Table 2's columns after FP reduction and on
+those without it: `cac_jax.studies.experiment.GATE_SETS`):
 
   G1 source at home      NCCT network on NCCT test: F1 >= 0.60 and FP <= 100 mm³/scan
                          (the paper: 0.66 and 73.6)

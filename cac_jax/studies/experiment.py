@@ -63,6 +63,7 @@ class Column:
 
 COLUMNS = (
   Column("NCCT test", "ncct_test", "no_adaptation", True),
+  Column("NCCT test, no FP red.", "ncct_test", "no_adaptation", False),
   Column("CCTA Ladv+Lcls+FP red.", "ccta_test", "adv_cls", True),
   Column("CCTA Ladv+Lcls", "ccta_test", "adv_cls", False),
   Column("CCTA Ladv", "ccta_test", "adv_only", False),
@@ -409,7 +410,7 @@ def run(
   """Data, training, adaptation, selection and evaluation for one experiment seed.
 
   Returns {"table": {column: {row: {measure: (mean, sd, n)}}}, "per_scan", "exports",
-  "columns", "gates", "selection"}.
+  "columns", "gates" (after FP reduction), "gates_no_fp" (without), "selection"}.
   """
   seed = int(config.seed if seed is None else seed)
   config = ml_collections.ConfigDict(config.to_dict())
@@ -440,6 +441,7 @@ def run(
     "manifest": manifest_csv,
     "columns": [c.name for c in cols],
     "gates": benchmark_gates(table),
+    "gates_no_fp": benchmark_gates(table, "without FP reduction"),
     "selection": selection,
   }
 
@@ -483,17 +485,30 @@ def _same_params(a: dict, b: dict) -> bool:
   return len(la) == len(lb) and all(np.array_equal(x, y) for x, y in zip(la, lb))
 
 
-# The columns each gate reads (`cac_jax.evaluation.gates`): G1 the NCCT test after FP reduction;
-# G2 and G3 the CCTA columns without it, scored as the paper's source-only row was (every voxel
-# >= 130 HU, FPReductionSettings.aorta_threshold), whose numbers set the G2 threshold.
-GATE_COLUMNS = {"G1": "NCCT test", "G2": "CCTA no adaptation", "G3": "CCTA oracle"}
+# The columns each set of gates reads (`cac_jax.evaluation.gates`), like with like: after FP
+# reduction (the issue's definition; the lumen threshold removes most of what the shift breaks)
+# and without it (CCTA classified at every voxel >= 130 HU, as the authors' test script scored
+# the paper's source-only row, which sets G2's threshold; NCCT at 130 HU over the whole scan).
+GATE_SETS = {
+  "after FP reduction": {
+    "G1": "NCCT test",
+    "G2": "CCTA no adaptation+FP red.",
+    "G3": "CCTA oracle+FP red.",
+  },
+  "without FP reduction": {
+    "G1": "NCCT test, no FP red.",
+    "G2": "CCTA no adaptation",
+    "G3": "CCTA oracle",
+  },
+}
 
 
-def benchmark_gates(table: dict) -> list[gates_lib.Gate]:
-  """G1-G3 (`cac_jax.evaluation.gates`) from one seed's table (total coronary, `GATE_COLUMNS`)."""
+def benchmark_gates(table: dict, which: str = "after FP reduction") -> list[gates_lib.Gate]:
+  """G1-G3 (`cac_jax.evaluation.gates`) from one seed's table (total coronary calcium), reading
+  the columns of `GATE_SETS[which]`."""
 
   def cell(gate, m):
-    col = GATE_COLUMNS[gate]
+    col = GATE_SETS[which][gate]
     return table[col]["total"][m][0] if col in table else float("nan")
 
   return gates_lib.evaluate_gates(
@@ -607,20 +622,22 @@ def report_markdown(results: list[dict]) -> str:
     table, over = results[0]["table"], "scans"
   else:
     table, over = combine_seeds(results), f"seeds {seeds} (per-seed means)"
-  parts = [
-    "## Benchmark gates (total coronary calcium, mean over test scans; G1 after FP reduction, "
-    "G2 and G3 without it, as the paper's source-only row)"
-  ]
+  parts = ["## Benchmark gates (total coronary calcium, mean over test scans)"]
   for r in results:
-    parts += [f"\nseed {r['seed']}:\n", gates_lib.gates_markdown(r["gates"])]
+    parts += [
+      f"\nseed {r['seed']}, after FP reduction (the gates as defined):\n",
+      gates_lib.gates_markdown(r["gates"]),
+      f"\nseed {r['seed']}, without FP reduction (as the paper's source-only row was scored):\n",
+      gates_lib.gates_markdown(r["gates_no_fp"]),
+    ]
   parts.append(
     "\nGate F1 is averaged as the authors' evaluation script averages it (every test scan "
     "counts; a scan without reference calcium counts F1 1 if nothing is predicted, else 0), "
     "because the thresholds are the paper's numbers, which were averaged that way; the table "
-    "below the main one gives both averagings. G2 and G3 read the columns without FP reduction, "
-    "where CCTA is classified at every voxel >= 130 HU (contrast lumen included), because the "
-    "paper's source-only numbers (0.41 / 140 mm³ / 0.16), which set G2, were scored that way "
-    "(the authors' test script's default; the lumen threshold is their FP reduction's first step)."
+    "below the main one gives both averagings. Each set reads like with like: the columns "
+    "after FP reduction, or those without it, where every voxel >= 130 HU of the scan is "
+    "classified (CCTA contrast lumen included), as the authors' test script scored the paper's "
+    "source-only numbers (0.41 / 140 mm³ / 0.16) that set G2's threshold."
   )
   parts += [
     "\n## Table 2 on phantoms (CCTA test set never used in training or selection)\n",
@@ -735,6 +752,7 @@ def write_results(
         "seeds": [r["seed"] for r in results],
         "tables": [r["table"] for r in results],
         "gates": [[dataclasses.asdict(g) for g in r["gates"]] for r in results],
+        "gates_no_fp": [[dataclasses.asdict(g) for g in r["gates_no_fp"]] for r in results],
         "selection": [r["selection"] for r in results],
       },
       indent=1,
