@@ -88,7 +88,7 @@ def main(argv):
     text = tb.markdown(
       b,
       f"{name}: {_ROLE.value} ({domain}) phantoms {first}..{first + _NUM.value - 1}, "
-      f"{_scoring_name()}",
+      + _scoring_name(),
     )
     print(text)
     if _OUT.value:

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import platform
 from typing import Any
@@ -244,7 +243,8 @@ def prepare(
         f"no aorta found, so no CCTA threshold; result is all zero ({e})",
         "ccta" if domain == "auto" else domain,
       )
-    thr, info, more = math.nan, {"threshold": {"method": f"none ({e})", "threshold_hu": None}}, []
+    # 130 HU needs no ROI: the threshold is set just below, as for a CCTA with one.
+    info, more = {"threshold": {"method": f"none ({e})", "threshold_hu": None}}, []
   notes += more
   report.update(info)
   if domain == "ccta" and not settings.aorta_threshold:

@@ -355,9 +355,15 @@ def predict_columns(
       )
       for m, raw in zip(names, raws):
         out[(m, fp)].append((raw, setup))
-    for m in shared:
-      raw = out[(m, False)][-1][0]
-      out[(m, True)].append((_restrict(raw, case.scan.hu, setups[True]), setups[True]))
+    if shared:
+      inner = setups[True]  # its candidates, once per case for every shared model
+      keep = (
+        None
+        if inner.empty
+        else pipeline.candidate_mask(case.scan.hu, inner.threshold_hu, inner.region)
+      )
+      for m in shared:
+        out[(m, True)].append((_restrict(out[(m, False)][-1][0], keep), inner))
   return out
 
 
@@ -368,14 +374,12 @@ def _nested(inner: pipeline.Setup, outer: pipeline.Setup) -> bool:
   )
 
 
-def _restrict(raw: np.ndarray, hu: np.ndarray, setup: pipeline.Setup) -> np.ndarray:
-  """Whole-scan raw classes restricted to the candidates of `setup`: its region and HU >= its
-  threshold (a CCTA column with the aortic-lumen threshold from one classified at 130 HU)."""
-  if setup.empty:
+def _restrict(raw: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
+  """Whole-scan raw classes kept at `keep`, the candidates (`pipeline.candidate_mask`: region and
+  HU >= threshold) of the FP-reduced setup, e.g. a CCTA column at the aortic-lumen threshold from
+  one classified at 130 HU; None (an empty setup): all zero."""
+  if keep is None:
     return np.zeros_like(raw)
-  keep = hu >= setup.threshold_hu
-  if setup.region is not None:
-    keep &= setup.region
   return np.where(keep, raw, 0).astype(raw.dtype)
 
 
