@@ -17,6 +17,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.num_classes = 7
   c.model.dropout = 0.35
   c.model.critic_channels = (128, 128, 256, 128, 64, 32, 1)
+  # Dilated tower convs: "auto" = space-to-batch on GPU (fast gradients), XLA's conv elsewhere
+  # (cac_jax.dilated_conv; the same function and params either way).
+  c.model.tower_conv = "auto"
   # "batch": per-call batch statistics + ReLU after all seven critic convs, as the reference
   # (networks/Gan.py:141-167, never in eval mode); "layer": per-sample LayerNorm (see models.Critic).
   c.model.critic_norm = "batch"

@@ -13,6 +13,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.dilations = (1, 2, 4)  # RF = 1 + 2*(1+2+4+1) = 17
   c.model.classifier_hidden = 16
   c.model.critic_channels = (16, 16, 16, 16, 16, 8, 1)
+  # Dilated tower convs: "auto" = space-to-batch on GPU (fast gradients), XLA's conv elsewhere
+  # (cac_jax.dilated_conv; the same function and params either way).
+  c.model.tower_conv = "auto"
   # The batch-statistics critic needs a final map > 1x1: 25 gives 11x11, as the paper; patch = 41.
   c.data.output_size = 25
   c.data.working_spacing = (1.5, 1.0, 1.0)

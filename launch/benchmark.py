@@ -1,6 +1,6 @@
 r"""Throughput of the training steps on this machine, and FLOPs per patch.
 
-  python -m launch.benchmark [--configs=tiny,paper] [--iters=3] [--critic_n=2]
+  python -m launch.benchmark [--configs=tiny,paper] [--iters=3] [--critic_n=2] [--tower_conv=xla]
   python -m launch.benchmark --configs=paper \
       --torch_anchor=../shared/bench/torch_anchor.py --torch_python=../torch-venv/bin/python
 
@@ -17,6 +17,9 @@ its own interpreter (--torch_python, e.g. a separate venv) with --torch_threads 
 then this project's steps, and a last table prints per step the ratio of patches/s
 (this project / PyTorch; > 1: this project is faster) for the paper config. The critic
 row compares one critic update (the scan's time / n) with PyTorch's one update.
+--torch_device=cuda runs the same anchor on the GPU: its tensors and modules are made there
+(`torch.set_default_device`) and each timed loop ends with `torch.cuda.synchronize()`, as
+block_until_ready ends this project's.
 """
 
 import os
@@ -28,7 +31,7 @@ from absl import flags
 import jax
 import numpy as np
 
-from cac_jax import models
+from cac_jax import dilated_conv, models
 from cac_jax.configs import demo, paper, tiny
 from cac_jax.data import synthetic
 from cac_jax.train import adversarial, sharding, source
@@ -44,6 +47,12 @@ _CRITIC_N = flags.DEFINE_integer("critic_n", 2, "Critic updates per timed critic
 _PEAK = flags.DEFINE_float(
   "peak_gflops", 182.0, "Machine's fp32 matmul peak (GFLOP/s) for the ratio."
 )
+_TOWER_CONV = flags.DEFINE_enum(
+  "tower_conv",
+  "",
+  ["", "auto", "xla", "space_to_batch"],
+  "Override the configs' model.tower_conv (cac_jax.dilated_conv); empty: the config's.",
+)
 _TORCH = flags.DEFINE_string(
   "torch_anchor",
   "",
@@ -56,6 +65,30 @@ _TORCH_PYTHON = flags.DEFINE_string(
 _TORCH_THREADS = flags.DEFINE_integer(
   "torch_threads", 0, "PyTorch threads (0: the CPUs this process may use)."
 )
+_TORCH_DEVICE = flags.DEFINE_enum(
+  "torch_device", "cpu", ["cpu", "cuda"], "Where the PyTorch anchor runs (cuda: a GPU machine)."
+)
+
+# Runs the anchor script (argv[1]) on a CUDA device: every tensor and module it makes goes
+# there, and its `timed` helper waits for the device before reading the clock.
+_CUDA_WRAPPER = """
+import importlib.util, sys, time, torch
+torch.set_default_device("cuda")
+spec = importlib.util.spec_from_file_location("torch_anchor", sys.argv[1])
+anchor = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(anchor)
+def timed(fn, iters):
+  fn(); torch.cuda.synchronize()
+  t = time.perf_counter()
+  for _ in range(iters):
+    fn()
+  torch.cuda.synchronize()
+  return (time.perf_counter() - t) / iters
+anchor.timed = timed
+sys.argv = [sys.argv[1]] + sys.argv[2:]
+print("device", torch.cuda.get_device_name())
+anchor.main()
+"""
 
 # The anchor's step names, also the keys of `bench`'s result (its critic row is per update).
 _TORCH_STEPS = ("source step", "critic update", "generator step")
@@ -146,7 +179,8 @@ def bench(name: str, config, iters: int, critic_n: int) -> None:
   fl = analytic_flops(config)
   print(
     f"\n== {name}: patch {models.patch_size(config)}, output {config.data.output_size}, "
-    f"source batch {b}, critic batch {bc} per domain, devices {mesh.size} ({jax.devices()[0].platform})"
+    f"source batch {b}, critic batch {bc} per domain, devices {mesh.size} ({jax.devices()[0].platform}), "
+    f"tower conv {dilated_conv.resolve(config.model.get('tower_conv', 'auto'))}"
   )
   print("analytic forward GFLOP/patch: " + ", ".join(f"{k} {v / 1e9:.4f}" for k, v in fl.items()))
 
@@ -219,13 +253,23 @@ def parse_torch(text: str) -> dict[str, tuple[int, float]]:
   return out
 
 
-def run_torch(script: str, python: str, threads: int, iters: int) -> dict[str, tuple[int, float]]:
+def torch_command(script: str, python: str, threads: int, iters: int, device: str) -> list[str]:
+  """The anchor's command line: the script itself on CPU, through `_CUDA_WRAPPER` on cuda."""
+  args = ["--threads", str(threads), "--iters", str(iters)]
+  if device == "cuda":
+    return [python, "-c", _CUDA_WRAPPER, script, *args]
+  return [python, script, *args]
+
+
+def run_torch(
+  script: str, python: str, threads: int, iters: int, device: str = "cpu"
+) -> dict[str, tuple[int, float]]:
   """Run the PyTorch anchor in its own interpreter, echo its output, return `parse_torch` of it."""
   if not os.path.isfile(script):
     raise ValueError(f"--torch_anchor {script} does not exist")
   threads = threads or len(os.sched_getaffinity(0))
-  cmd = [python, script, "--threads", str(threads), "--iters", str(iters)]
-  print("$ " + " ".join(cmd), flush=True)
+  cmd = torch_command(script, python, threads, iters, device)
+  print("$ " + " ".join(a if a != _CUDA_WRAPPER else "-c <cuda wrapper>" for a in cmd), flush=True)
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   except OSError as e:
@@ -260,15 +304,20 @@ def main(argv):
   if unknown:
     raise ValueError(f"unknown --configs {unknown}; choose from {sorted(configs)}")
   torch = (
-    run_torch(_TORCH.value, _TORCH_PYTHON.value, _TORCH_THREADS.value, _ITERS.value)
+    run_torch(
+      _TORCH.value, _TORCH_PYTHON.value, _TORCH_THREADS.value, _ITERS.value, _TORCH_DEVICE.value
+    )
     if _TORCH.value
     else None
   )
   for name in _CONFIGS.value:
-    ours = bench(name, configs[name](), _ITERS.value, _CRITIC_N.value)
+    config = configs[name]()
+    if _TOWER_CONV.value:
+      config.model.tower_conv = _TOWER_CONV.value
+    ours = bench(name, config, _ITERS.value, _CRITIC_N.value)
     if torch and name == "paper":
       print(
-        f"\npaper config vs PyTorch ({os.cpu_count()} CPUs, load average now "
+        f"\npaper config vs PyTorch on {_TORCH_DEVICE.value} ({os.cpu_count()} CPUs, load average now "
         f"{', '.join(f'{x:.1f}' for x in os.getloadavg())}):\n" + ratio_table(ours, torch),
         flush=True,
       )

@@ -4,13 +4,17 @@ r"""Every figure of `launch.benchmark` and `launch.benchmark_infer` in one go.
   python -m launch.benchmark_all --quick         # tiny config: checks the whole chain on a CPU
   python -m launch.benchmark_all --anchor=../shared/bench/torch_anchor.py \
       --anchor_python=../torch-venv/bin/python   # also the PyTorch ratios (launch.benchmark)
+  python -m launch.benchmark_all --step_iters=20 --peak_gflops=67000 \
+      --anchor=torch_anchor.py --anchor_device=cuda   # a GPU machine with PyTorch beside JAX
 
 Runs, one after the other, each in its own process: the training steps
 (`launch.benchmark --configs=<config>`) and whole-scan inference on the synthetic
 80x310x310 CCTA at working spacing (`launch.benchmark_infer --configs=<config> --nophantom`:
 cold with an empty compilation cache, cold with a filled one, warm, the naive reference on
 --naive_slices slices per view, extrapolated). First it prints the date, the machine's
-devices and load, so the output can be pasted into docs/performance.md as it is.
+devices and load, so the output can be pasted into docs/performance.md as it is. A failing
+benchmark does not stop the other (a device call is too short to lose); the exit status
+is then non-zero.
 """
 
 import datetime
@@ -39,6 +43,12 @@ _TORCH = flags.DEFINE_string(
 _TORCH_PYTHON = flags.DEFINE_string(
   "anchor_python", "python3", "Its interpreter (launch.benchmark --torch_python)."
 )
+_TORCH_DEVICE = flags.DEFINE_enum(
+  "anchor_device", "cpu", ["cpu", "cuda"], "Its device (launch.benchmark --torch_device)."
+)
+_PEAK = flags.DEFINE_float(
+  "step_peak_gflops", 0.0, "fp32 peak for the steps' '% peak' (0: launch.benchmark's default)."
+)
 
 
 def commands(
@@ -48,6 +58,8 @@ def commands(
   torch_anchor: str = "",
   torch_python: str = "python3",
   package: str = "launch",
+  torch_device: str = "cpu",
+  peak_gflops: float = 0.0,
 ) -> list[list[str]]:
   """The two benchmark command lines (argument lists after `python -m`); `package` is where the
   launch scripts live (`launch` in a checkout, `cac_jax.launch` installed)."""
@@ -55,6 +67,10 @@ def commands(
   train = [f"{package}.benchmark", f"--configs={config}", f"--iters={1 if quick else iters}"]
   if torch_anchor:
     train += [f"--torch_anchor={torch_anchor}", f"--torch_python={torch_python}"]
+    if torch_device != "cpu":
+      train.append(f"--torch_device={torch_device}")
+  if peak_gflops:
+    train.append(f"--peak_gflops={peak_gflops:g}")
   infer = [
     f"{package}.benchmark_infer",
     f"--configs={config}",
@@ -80,7 +96,7 @@ def main(argv):
   print(_header(), flush=True)
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
   env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""))
-  start = time.perf_counter()
+  start, failed = time.perf_counter(), []
   for args in commands(
     _QUICK.value,
     _ITERS.value,
@@ -88,14 +104,18 @@ def main(argv):
     _TORCH.value,
     _TORCH_PYTHON.value,
     __spec__.parent,
+    _TORCH_DEVICE.value,
+    _PEAK.value,
   ):
     print(f"\n$ python -m {' '.join(args)}", flush=True)
     t = time.perf_counter()
     code = subprocess.run([sys.executable, "-m", *args], cwd=root, env=env, check=False).returncode
-    print(f"({time.perf_counter() - t:.0f} s)", flush=True)
+    print(f"({time.perf_counter() - t:.0f} s{f', exit {code}' if code else ''})", flush=True)
     if code:
-      raise SystemExit(code)
+      failed.append(args[0])
   print(f"\nall benchmarks: {time.perf_counter() - start:.0f} s", flush=True)
+  if failed:
+    raise SystemExit(f"failed: {', '.join(failed)}")
 
 
 def run() -> None:  # console script cac-benchmark-all

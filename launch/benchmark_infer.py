@@ -239,7 +239,18 @@ def _worker():
       valid = np.all([np.isin(coords[:, a], slices[v]) for a, v in enumerate(models.VIEWS)], axis=0)
   np.save(_OUT.value, np.where(valid, labels, -1).astype(np.int32))
   res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+  res["device_peak_mb"] = _device_peak_mb(jax.devices()[0])
   print("RESULT " + json.dumps(res, default=str))
+
+
+def _device_peak_mb(device) -> float | None:
+  """Peak bytes the accelerator's allocator held in this process (MB); None on CPU, where the
+  peak RSS is the figure, or where the backend keeps no statistics."""
+  if device.platform == "cpu":
+    return None
+  stats = device.memory_stats() or {}
+  peak = stats.get("peak_bytes_in_use")
+  return None if peak is None else peak / 2**20
 
 
 _VOLUME_PATH = None
@@ -359,6 +370,11 @@ def _test_sets(config_name: str, tmp: str) -> None:
   )
 
 
+def _device_peak(res: dict) -> str:
+  peak = res.get("device_peak_mb")
+  return "" if peak is None else f", accelerator peak {peak:.0f} MB"
+
+
 def main(argv):
   del argv
   if _WORKER.value:
@@ -400,7 +416,8 @@ def main(argv):
       print(
         f"  ROI   : {roi['warm_s']:.2f} s/scan warm ({roi['cold_s']:.2f} s cold, empty compilation cache, incl. "
         f"{roi['compiles']['tower']} tower compiles), peak RSS {roi['peak_rss_mb']:.0f} MB "
-        f"(after setup {roi['rss_before_mb']:.0f} MB); slices/view {st['slices']}, shapes {st['shapes']}, "
+        f"(after setup {roi['rss_before_mb']:.0f} MB){_device_peak(roi)}; "
+        f"slices/view {st['slices']}, shapes {st['shapes']}, "
         f"tower calls {st['tower_calls']}, tower px {st['tower_pixels'] / 1e6:.1f} M"
       )
       if cached:
@@ -415,7 +432,10 @@ def main(argv):
         else f"EXTRAPOLATED from {naive['stats']['slices_computed']} of {naive['stats']['slices_total']} slices "
         f"(measured {naive['measured_s']:.1f} s)"
       )
-      print(f"  naive : {naive_s:.1f} s/scan ({kind}), peak RSS {naive['peak_rss_mb']:.0f} MB")
+      print(
+        f"  naive : {naive_s:.1f} s/scan ({kind}), peak RSS {naive['peak_rss_mb']:.0f} MB"
+        f"{_device_peak(naive)}"
+      )
       print(
         f"  speed-up (naive / ROI warm): {naive_s / roi['warm_s']:.1f}x, (naive / ROI cold): "
         f"{naive_s / roi['cold_s']:.1f}x"

@@ -44,3 +44,25 @@ def test_benchmark_all_commands():
     "--torch_python=py",
   ]
   assert "--configs=tiny" in infer and "--naive_slices=4" in infer
+
+
+def test_benchmark_all_forwards_the_gpu_options():
+  train, _ = benchmark_all.commands(
+    quick=False,
+    iters=20,
+    naive_slices=8,
+    torch_anchor="a.py",
+    torch_device="cuda",
+    peak_gflops=67000.0,
+  )
+  assert "--torch_device=cuda" in train and "--peak_gflops=67000" in train
+  train, _ = benchmark_all.commands(quick=False, iters=3, naive_slices=8)
+  assert not any(a.startswith(("--torch_device", "--peak_gflops")) for a in train)
+
+
+def test_torch_command_wraps_the_anchor_only_on_cuda():
+  cpu = benchmark.torch_command("a.py", "py", 2, 3, "cpu")
+  assert cpu == ["py", "a.py", "--threads", "2", "--iters", "3"]
+  cuda = benchmark.torch_command("a.py", "py", 2, 3, "cuda")
+  assert cuda[:2] == ["py", "-c"] and cuda[3:] == cpu[1:]
+  assert 'set_default_device("cuda")' in cuda[2] and "synchronize" in cuda[2]
