@@ -198,7 +198,8 @@ def test_adapt_loop_resumes_exactly_and_exports(config, tmp_path):
   straight = loop.adapt(config, str(tmp_path / "straight"), source_params)
   assert int(resumed.step) == int(straight.step) == 2
   assert int(straight.critic_step) == 3 + 2 * 3
-  assert same(host(resumed), host(straight))
+  if jax.default_backend() == "cpu":  # bit for bit on XLA:CPU; a GPU's kernels need not be
+    assert same(host(resumed), host(straight))
   params, cfg = checkpoints.load_inference(str(tmp_path / "straight" / "export"))
   assert same(params["generator"], host(straight.generator))
   lines = [json.loads(l) for l in open(tmp_path / "straight" / "metrics.jsonl")]

@@ -134,6 +134,7 @@ def test_many_models_equal_each_alone(setup):
   assert not np.array_equal(both[0].logits, both[1].logits)
 
 
+@pytest.mark.cpu_bits
 def test_outputs_do_not_depend_on_the_roi_plan(setup):
   """A voxel's logits are the same bits whatever the other candidates and the ROI shapes (the
   experiment restricts whole-scan outputs to the heart region instead of rerunning the network
