@@ -269,7 +269,7 @@ def run_torch(
     raise ValueError(f"--torch_anchor {script} does not exist")
   threads = threads or len(os.sched_getaffinity(0))
   cmd = torch_command(script, python, threads, iters, device)
-  print("$ " + " ".join(a if a != _CUDA_WRAPPER else "-c <cuda wrapper>" for a in cmd), flush=True)
+  print("$ " + " ".join(a if a != _CUDA_WRAPPER else "<cuda wrapper>" for a in cmd), flush=True)
   try:
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
   except OSError as e:

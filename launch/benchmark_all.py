@@ -4,7 +4,7 @@ r"""Every figure of `launch.benchmark` and `launch.benchmark_infer` in one go.
   python -m launch.benchmark_all --quick         # tiny config: checks the whole chain on a CPU
   python -m launch.benchmark_all --anchor=../shared/bench/torch_anchor.py \
       --anchor_python=../torch-venv/bin/python   # also the PyTorch ratios (launch.benchmark)
-  python -m launch.benchmark_all --step_iters=20 --peak_gflops=67000 \
+  python -m launch.benchmark_all --step_iters=20 --step_peak_gflops=67000 \
       --anchor=torch_anchor.py --anchor_device=cuda   # a GPU machine with PyTorch beside JAX
 
 Runs, one after the other, each in its own process: the training steps
