@@ -211,14 +211,19 @@ class Critic(nn.Module):
     return nn.Dense(1, name="score")(x)[:, 0]
 
 
+def tower_conv(config: ml_collections.ConfigDict) -> str:
+  """How G's dilated convs are computed here: `dilated_conv.resolve(model.tower_conv)` on the
+  default backend ("auto" where a config predates the field)."""
+  return dilated_conv.resolve(config.model.get("tower_conv", "auto"))
+
+
 def build(
   config: ml_collections.ConfigDict,
 ) -> tuple[Generator, Classifier, DeepSupervisionHeads, Critic]:
   """Construct (G, C, heads, D) from a config's `model` section; G's dilated convs as
-  `dilated_conv.resolve(model.tower_conv)` on the default backend ("auto" if unset)."""
+  `tower_conv(config)`."""
   m = config.model
-  conv = dilated_conv.resolve(m.get("tower_conv", "auto"))
-  g = Generator(m.tower_width, m.tower_features, tuple(m.dilations), conv)
+  g = Generator(m.tower_width, m.tower_features, tuple(m.dilations), tower_conv(config))
   c = Classifier(m.classifier_hidden, m.num_classes, m.dropout)
   h = DeepSupervisionHeads(m.num_classes)
   d = Critic(tuple(m.critic_channels), m.get("critic_norm", "batch"))

@@ -50,7 +50,7 @@ _PEAK = flags.DEFINE_float(
 _TOWER_CONV = flags.DEFINE_enum(
   "tower_conv",
   "",
-  ["", "auto", "xla", "space_to_batch"],
+  ["", *dilated_conv.TOWER_CONVS],
   "Override the configs' model.tower_conv (cac_jax.dilated_conv); empty: the config's.",
 )
 _TORCH = flags.DEFINE_string(
@@ -180,7 +180,7 @@ def bench(name: str, config, iters: int, critic_n: int) -> None:
   print(
     f"\n== {name}: patch {models.patch_size(config)}, output {config.data.output_size}, "
     f"source batch {b}, critic batch {bc} per domain, devices {mesh.size} ({jax.devices()[0].platform}), "
-    f"tower conv {dilated_conv.resolve(config.model.get('tower_conv', 'auto'))}"
+    f"tower conv {models.tower_conv(config)}"
   )
   print("analytic forward GFLOP/patch: " + ", ".join(f"{k} {v / 1e9:.4f}" for k, v in fl.items()))
 
