@@ -217,6 +217,37 @@ def tower_conv(config: ml_collections.ConfigDict) -> str:
   return dilated_conv.resolve(config.model.get("tower_conv", "auto"))
 
 
+# `features_no_grad` with chunk -1 goes one patch at a time on CPU when one layer's activations
+# for the whole batch exceed this many bytes (the paper config's critic batch: about 140 MB;
+# the demo's: 5 MB, where the loop only adds overhead and compile time).
+AUTO_CHUNK_BYTES = 32 << 20
+
+
+def features_no_grad(g: Generator, g_params, views: jax.Array, chunk: int = -1) -> jax.Array:
+  """G's features of (3, B, P, P, 1) view stacks -> (B, o, o, 3F), with no gradient, computed
+  `chunk` patches at a time in a `lax.map` when 0 < chunk < B and chunk divides B; 0: the whole
+  batch at once; -1 (auto): 1 on CPU when the batch's first-layer activations (3 B P^2 width
+  floats) exceed `AUTO_CHUNK_BYTES`, else 0.
+
+  Why: on XLA:CPU a large batch's activations do not stay in the caches, and the bias + ELU
+  passes between the convolutions then cost about as much as the convolutions; one patch at a
+  time they do. The outputs are the same bits (each patch's arithmetic is unchanged). Forward
+  only: differentiating through the rolled loop is many times slower on XLA:CPU, so the steps
+  that need G's gradient apply G to the whole batch. docs/performance.md has the measurements.
+  """
+  b = views.shape[1]
+  if chunk < 0:
+    big = 3 * b * views.shape[2] * views.shape[3] * g.width * 4 > AUTO_CHUNK_BYTES
+    chunk = 1 if big and jax.default_backend() == "cpu" else 0
+  if chunk <= 0 or chunk >= b or b % chunk:
+    out = g.apply({"params": g_params}, views)
+  else:
+    groups = jnp.moveaxis(views.reshape((3, b // chunk, chunk) + views.shape[2:]), 1, 0)
+    out = jax.lax.map(lambda v: g.apply({"params": g_params}, v), groups)
+    out = out.reshape((b,) + out.shape[2:])
+  return jax.lax.stop_gradient(out)
+
+
 def build(
   config: ml_collections.ConfigDict,
 ) -> tuple[Generator, Classifier, DeepSupervisionHeads, Critic]:

@@ -89,6 +89,10 @@ def get_config() -> ml_collections.ConfigDict:
     False  # "scan_threshold" only: critic bright patches only in the dilated heart
   )
   c.adapt.unroll_critic_scan = True  # unroll the lax.scan of critic steps (faster on XLA:CPU)
+  # Patches per iteration of the critic update's G forward (`models.features_no_grad`): -1 =
+  # one at a time on CPU for large batches (activations stay in the caches), else the whole
+  # batch; 0 = the whole batch. Results are the same bits either way.
+  c.adapt.critic_feature_chunk = -1
   c.adapt.log_every = 10
   c.adapt.checkpoint_every = 500
   # Inference snapshots of G every N generator steps (0: none) for checkpoint selection; the

@@ -7,9 +7,12 @@ r"""Throughput of the training steps on this machine, and FLOPs per patch.
 For each config: patches/s of the source step (B source patches), the critic scan (n
 updates of Bc source + Bc target patches each) and the generator step (B source + Bc
 target patches), timed over --iters calls after one warm-up call (block_until_ready).
-FLOPs: XLA's compiled cost_analysis of each step (a rolled scan body counts once, so then
-the critic scan's is multiplied by n), and an analytic count (multiply-add = 2 FLOPs;
-training ~ 3x forward), for comparison with the machine's fp32 peak (--peak_gflops).
+FLOPs: XLA's compiled cost_analysis of each step (a rolled loop body counts once: the critic
+scan's rolled scan is multiplied by n, but the critic update's per-patch G forward
+(`models.features_no_grad`) stays counted once), and an analytic count (multiply-add = 2
+FLOPs; training ~ 3x forward). GFLOP/s and "% peak" use the analytic count, against the
+machine's fp32 peak: --peak_gflops, or by default the best of five 2048 x 2048 float32 matmuls
+measured first (`matmul_peak_gflops`).
 
 With --torch_anchor (a plain PyTorch version of the paper-size network and its three
 steps, kept outside this project; PyTorch is not a dependency), that script runs first in
@@ -31,7 +34,7 @@ from absl import flags
 import jax
 import numpy as np
 
-from cac_jax import dilated_conv, models
+from cac_jax import dilated_conv, models, xla_options
 from cac_jax.configs import demo, paper, tiny
 from cac_jax.data import synthetic
 from cac_jax.train import adversarial, sharding, source
@@ -45,7 +48,9 @@ _CONFIGS = flags.DEFINE_list(
 _ITERS = flags.DEFINE_integer("iters", 3, "Timed calls per step after one warm-up call.")
 _CRITIC_N = flags.DEFINE_integer("critic_n", 2, "Critic updates per timed critic scan.")
 _PEAK = flags.DEFINE_float(
-  "peak_gflops", 182.0, "Machine's fp32 matmul peak (GFLOP/s) for the ratio."
+  "peak_gflops",
+  0.0,
+  "Machine's fp32 peak (GFLOP/s) for '% peak'; 0: measure it (matmul_peak_gflops).",
 )
 _TOWER_CONV = flags.DEFINE_enum(
   "tower_conv",
@@ -150,24 +155,41 @@ def _time(fn, state, batch, iters: int):
   return state, (time.perf_counter() - t0) / iters
 
 
+def matmul_peak_gflops(n: int = 2048, tries: int = 5) -> float:
+  """The best GFLOP/s of `tries` (n, n) x (n, n) float32 matmuls on the default device (jitted
+  with this project's compiler options): the fp32 rate the steps' '% peak' is read against."""
+  a = jax.numpy.ones((n, n), jax.numpy.float32)
+  f = xla_options.jit(lambda x, y: x @ y)
+  f(a, a).block_until_ready()
+  best = float("inf")
+  for _ in range(tries):
+    t0 = time.perf_counter()
+    f(a, a).block_until_ready()
+    best = min(best, time.perf_counter() - t0)
+  return 2 * n**3 / best / 1e9
+
+
 class _Rows(list):
-  """Rows printed as soon as they are appended; analytic counts filled in by the caller."""
+  """Rows printed as soon as they are appended; analytic counts (FLOPs per patch) and the
+  peak (GFLOP/s) filled in by the caller."""
 
   analytic: dict = {}
+  peak: float = float("nan")
 
   def append(self, row):
     super().append(row)
     label, n, dt, flops, comp = row
-    rate = flops / dt / 1e9
+    analytic = self.analytic.get(label, float("nan"))
+    rate = analytic * n / dt / 1e9
     print(
       f"{label:24s} {n:7d} {dt:8.3f} {n / dt:10.1f} {flops / n / 1e9:16.4f} "
-      f"{self.analytic.get(label, float('nan')) / 1e9:21.4f} {rate:14.1f} {100 * rate / _PEAK.value:6.1f}% "
+      f"{analytic / 1e9:21.4f} {rate:14.1f} {100 * rate / self.peak:6.1f}% "
       f"{comp:9.1f}",
       flush=True,
     )
 
 
-def bench(name: str, config, iters: int, critic_n: int) -> None:
+def bench(name: str, config, iters: int, critic_n: int, peak_gflops: float) -> None:
   mesh = sharding.data_mesh()
   data = synthetic.SyntheticData(config, 0)
   b = (
@@ -186,10 +208,11 @@ def bench(name: str, config, iters: int, critic_n: int) -> None:
 
   print(
     f"{'step':24s} {'patches':>7s} {'s/call':>8s} {'patches/s':>10s} {'XLA GFLOP/patch':>16s} "
-    f"{'analytic GFLOP/patch':>21s} {'GFLOP/s (XLA)':>14s} {'% peak':>7s} {'compile s':>9s}",
+    f"{'analytic GFLOP/patch':>21s} {'GFLOP/s':>14s} {'% peak':>7s} {'compile s':>9s}",
     flush=True,
   )
   rows = _Rows()
+  rows.peak = peak_gflops
   # Analytic training FLOPs/patch ~ 3 x forward (backward = 2 x forward); the critic scan
   # runs G forward only; the generator step backpropagates through D into G.
   rows.analytic = {
@@ -310,11 +333,15 @@ def main(argv):
     if _TORCH.value
     else None
   )
+  peak = _PEAK.value
+  if not peak:
+    peak = matmul_peak_gflops()
+    print(f"fp32 matmul peak here (2048 x 2048, best of 5): {peak:.0f} GFLOP/s", flush=True)
   for name in _CONFIGS.value:
     config = configs[name]()
     if _TOWER_CONV.value:
       config.model.tower_conv = _TOWER_CONV.value
-    ours = bench(name, config, _ITERS.value, _CRITIC_N.value)
+    ours = bench(name, config, _ITERS.value, _CRITIC_N.value, peak)
     if torch and name == "paper":
       print(
         f"\npaper config vs PyTorch on {_TORCH_DEVICE.value} ({os.cpu_count()} CPUs, load average now "

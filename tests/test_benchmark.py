@@ -1,5 +1,7 @@
 """The benchmark scripts' pure parts: the PyTorch anchor's output, the ratio table, the command list."""
 
+import numpy as np
+
 from launch import benchmark, benchmark_all
 
 _ANCHOR = """torch 2.13.0+cpu, 2 threads
@@ -66,3 +68,18 @@ def test_torch_command_wraps_the_anchor_only_on_cuda():
   cuda = benchmark.torch_command("a.py", "py", 2, 3, "cuda")
   assert cuda[:2] == ["py", "-c"] and cuda[3:] == cpu[1:]
   assert 'set_default_device("cuda")' in cuda[2] and "synchronize" in cuda[2]
+
+
+def test_rows_rate_uses_the_analytic_count_and_the_given_peak(capsys):
+  """GFLOP/s = analytic FLOPs/patch x patches / s, whatever XLA's count (a rolled loop's body
+  counts once there); % peak against rows.peak."""
+  rows = benchmark._Rows()
+  rows.analytic, rows.peak = {"step": 2e9}, 50.0
+  rows.append(("step", 4, 0.08, 1e6, 0.1))  # XLA's count 1e6: ignored for the rate
+  line = capsys.readouterr().out.split()
+  assert line[-3] == "100.0" and line[-2] == "200.0%"
+
+
+def test_matmul_peak_is_a_rate():
+  peak = benchmark.matmul_peak_gflops(n=128, tries=2)
+  assert np.isfinite(peak) and peak > 0

@@ -138,3 +138,35 @@ def test_batch_critic_refuses_a_one_pixel_final_map():
   d = models.build(c)[3]
   with pytest.raises(ValueError, match="larger than 1x1"):
     d.init(jax.random.PRNGKey(0), jnp.zeros((2, 15, 15, 24)))
+
+
+@pytest.mark.cpu_bits
+def test_features_no_grad_chunks_give_the_same_bits():
+  """One patch (or two) at a time in a lax.map gives G's whole-batch features exactly, and
+  no gradient flows through them; a chunk that does not divide the batch falls back to it."""
+  c = tiny.get_config()
+  g = models.build(c)[0]
+  gp = models.init_params(c, jax.random.PRNGKey(0))["generator"]
+  p = models.patch_size(c)
+  views = jax.random.normal(jax.random.PRNGKey(1), (3, 4, p, p, 1))
+  whole = g.apply({"params": gp}, views)
+  for chunk in (0, 1, 2, 3, -1):
+    got = jax.jit(lambda v, k=chunk: models.features_no_grad(g, gp, v, k))(views)
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(whole))
+  grads = jax.grad(lambda q: models.features_no_grad(g, q, views, 1).sum())(gp)
+  assert all(not np.asarray(x).any() for x in jax.tree.leaves(grads))
+
+
+def test_features_no_grad_auto_chunks_only_large_cpu_batches(monkeypatch):
+  """Auto (-1) maps over patches on CPU only when the batch's activations exceed
+  AUTO_CHUNK_BYTES: the traced function holds a loop then, and not for a small batch."""
+  c = tiny.get_config()
+  g = models.build(c)[0]
+  gp = models.init_params(c, jax.random.PRNGKey(0))["generator"]
+  p = models.patch_size(c)
+  views = jnp.zeros((3, 4, p, p, 1))
+  small = str(jax.make_jaxpr(lambda v: models.features_no_grad(g, gp, v))(views))
+  monkeypatch.setattr(models, "AUTO_CHUNK_BYTES", 1)
+  large = str(jax.make_jaxpr(lambda v: models.features_no_grad(g, gp, v))(views))
+  on_cpu = jax.default_backend() == "cpu"
+  assert "scan" not in small and ("scan" in large) == on_cpu

@@ -31,6 +31,7 @@ CRITIC_STEP_READS = (
   "model",
   "adapt.clip",
   "adapt.unroll_critic_scan",
+  "adapt.critic_feature_chunk",
   "adapt.critic_lr",
   *_RMSPROP_READS,
 )
@@ -71,10 +72,11 @@ def make_critic_steps(
   g = models.build(config)[0]
   tx = tx or state_lib.critic_optimizer(config)
   clip = config.adapt.clip
+  chunk = int(config.adapt.get("critic_feature_chunk", -1))
 
   def critic_steps(state: AdaptState, batches: dict):
     def features(views):
-      return jax.lax.stop_gradient(g.apply({"params": state.generator}, views))
+      return models.features_no_grad(g, state.generator, views, chunk)
 
     def body(carry, batch):
       params, opt_state = carry
