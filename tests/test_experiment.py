@@ -3,6 +3,7 @@
 import json
 import math
 import os
+import re
 import types
 
 import jax
@@ -149,6 +150,21 @@ def test_report_prints_gates_table_and_gap_shares(toy):
       col = experiment.GATE_SETS[which][g.name]
       assert f"F1 {res['table'][col]['total']['f1_authors'][0]:.2f}" in g.value
   assert experiment.GATE_SETS["without FP reduction"]["G1"] in res["table"]
+  # Each gate value carries its bootstrap interval over the test scans, which holds the mean.
+  for g in res["gates"] + res["gates_no_fp"]:
+    lo, hi = (
+      float(x) for x in re.search(r"F1 ([\d.]+) \[([\d.]+), ([\d.]+)\]", g.value).groups()[1:]
+    )
+    assert lo <= float(g.value.split()[1]) <= hi, g.value
+  assert "In brackets: 95 % bootstrap interval" in md
+  # Two seeds pooled (here the same seed twice): the same means, printed after the per-seed sets.
+  assert not experiment.pooled_gates([res])
+  pooled = experiment.pooled_gates([res, res])
+  assert [g.passed for g in pooled["after FP reduction"]] == [g.passed for g in res["gates"]]
+  assert [g.value.split(" [")[0] for g in pooled["without FP reduction"]] == [
+    g.value.split(" [")[0] for g in res["gates_no_fp"]
+  ]
+  assert "pooled, after FP reduction" in experiment.report_markdown([res, res])
   assert "without FP reduction (as the paper's source-only row was scored)" in md
 
 

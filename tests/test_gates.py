@@ -67,3 +67,26 @@ def test_bootstrap_gap_share_undefined_is_reported_not_divided():
   r = gates.bootstrap_gap_share([src + 0.01], [src], [orc], n_resamples=300)
   assert np.isfinite(r.share) and math.isnan(r.low) and "resamples" in r.note
   assert "interval undefined" in r.format()
+
+
+def test_bootstrap_mean_of_groups_hand_computed():
+  m, lo, hi = gates.bootstrap_mean([[0.0, 1.0, 1.0, 0.0]], n_resamples=400)
+  assert m == pytest.approx(0.5) and 0.0 <= lo < 0.5 < hi <= 1.0
+  # Identical scans: no spread. NaN scans are skipped as in the table's means.
+  assert gates.bootstrap_mean([[0.3, 0.3, math.nan]], n_resamples=50) == pytest.approx(
+    (0.3, 0.3, 0.3)
+  )
+  # Two seeds: the mean of the per-seed means (0.2 over 2 scans, 0.8 over 4), not of all 6 scans.
+  m, lo, hi = gates.bootstrap_mean([[0.2, 0.2], [0.8, 0.8, 0.8, 0.8]], n_resamples=50)
+  assert m == pytest.approx(0.5) and lo == pytest.approx(0.5) and hi == pytest.approx(0.5)
+  assert all(math.isnan(x) for x in gates.bootstrap_mean([[0.1], [math.nan]]))
+
+
+def test_gate_intervals_are_printed_and_do_not_change_pass_or_fail():
+  ci = {"G1 F1": (0.31, 0.86), "G1 FP": (12.04, 130.0), "G2 F1": (0.5, 0.95)}
+  g = gates.evaluate_gates(0.58, 64.7, 0.8, 0.87, intervals=ci)
+  assert [x.passed for x in g] == [x.passed for x in gates.evaluate_gates(0.58, 64.7, 0.8, 0.87)]
+  assert g[0].value == "F1 0.58 [0.31, 0.86], FP 64.7 [12.0, 130.0] mm³/scan"
+  assert g[1].value == "F1 0.80 [0.50, 0.95]" and g[2].value == "F1 0.87"  # none given for G3
+  g = gates.evaluate_gates(0.7, 50.0, 0.1, 0.9, intervals={"G1 F1": (math.nan, math.nan)})
+  assert g[0].value.startswith("F1 0.70, FP") and all(x.passed for x in g)
