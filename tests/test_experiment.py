@@ -166,6 +166,14 @@ def test_report_prints_gates_table_and_gap_shares(toy):
   ]
   assert "pooled, after FP reduction" in experiment.report_markdown([res, res])
   assert "without FP reduction (as the paper's source-only row was scored)" in md
+  # Under each seed's gates: how each gate's mean splits between scans with and without calcium.
+  for which, cols in experiment.GATE_SETS.items():
+    lines = experiment.gate_readings_markdown(res["per_scan"], which)
+    assert lines in md
+    for gate, col in cols.items():
+      scans = res["per_scan"][col]
+      free = [s for s in scans if not s["metrics"]["total"].has_reference]
+      assert f"- {gate} ({col}): {len(free)} of {len(scans)} scans without reference" in lines
 
 
 def test_write_results_writes_what_reproduce_prints(toy, tmp_path):

@@ -538,6 +538,17 @@ def benchmark_gates(
   )
 
 
+def gate_readings_markdown(per_scan: dict, which: str) -> str:
+  """Lines under a seed's gate table: for each gate's test set, how its mean F1 splits between
+  scans with and without reference calcium (`gates.calcium_free_reading`)."""
+  lines = []
+  for gate, col in GATE_SETS[which].items():
+    if col in per_scan:
+      reading = gates_lib.calcium_free_reading([s["metrics"] for s in per_scan[col]])
+      lines.append(f"- {gate} ({col}): {reading.format()}")
+  return "\n" + "\n".join(lines) if lines else ""
+
+
 def gap_shares(results: list[dict], n_resamples: int = 2000) -> dict[str, gates_lib.GapShare]:
   """Share of the oracle gap closed by each adapted model (`GAP_SHARES`), mean over the seeds
   of `results` with a 95 % bootstrap interval over test scans. Only rows whose columns exist."""
@@ -658,8 +669,10 @@ def report_markdown(results: list[dict]) -> str:
     parts += [
       f"\nseed {r['seed']}, after FP reduction (the gates as defined):\n",
       gates_lib.gates_markdown(r["gates"]),
+      gate_readings_markdown(r["per_scan"], "after FP reduction"),
       f"\nseed {r['seed']}, without FP reduction (as the paper's source-only row was scored):\n",
       gates_lib.gates_markdown(r["gates_no_fp"]),
+      gate_readings_markdown(r["per_scan"], "without FP reduction"),
     ]
   for which, gates in pooled_gates(results).items():
     parts += [
