@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 
+from cac_jax import labels
 from cac_jax.evaluation import gates, metrics
 
 
@@ -92,33 +93,20 @@ def test_gate_intervals_are_printed_and_do_not_change_pass_or_fail():
   assert g[0].value.startswith("F1 0.70, FP") and all(x.passed for x in g)
 
 
-def _scan(ref_mm3: float, tp_mm3: float, fp_mm3: float) -> dict:
-  """One scan's metrics as `metrics.scan_metrics` gives them (total only; volumes in mm³)."""
-  fn = ref_mm3 - tp_mm3
-  den = 2 * tp_mm3 + fp_mm3 + fn
-  return {
-    "total": metrics.StructureMetrics(
-      tp_mm3=tp_mm3,
-      fn_mm3=fn,
-      fp_mm3=fp_mm3,
-      ref_mm3=ref_mm3,
-      pred_mm3=tp_mm3 + fp_mm3,
-      sensitivity=tp_mm3 / ref_mm3 if ref_mm3 else math.nan,
-      f1=2 * tp_mm3 / den if den else math.nan,
-      ref_lesions=int(ref_mm3 > 0),
-      found_lesions=int(tp_mm3 > 0),
-      missed_lesions=int(ref_mm3 > 0 and tp_mm3 == 0),
-      pred_lesions=int(tp_mm3 + fp_mm3 > 0),
-      fp_lesions=int(fp_mm3 > 0),
-      lesion_sensitivity=math.nan,
-      lesion_f1=math.nan,
-    )
-  }
+def _scan(ref_vox: int, tp_vox: int, fp_vox: int) -> dict:
+  """`metrics.scan_metrics` of a one-row scan at 1 mm³ voxels: `ref_vox` reference LAD voxels,
+  `tp_vox` of them predicted, and `fp_vox` predicted voxels beyond them."""
+  ref = np.zeros((1, 1, 40), np.int32)
+  pred = np.zeros_like(ref)
+  ref[0, 0, :ref_vox] = labels.LAD
+  pred[0, 0, :tp_vox] = labels.LAD
+  pred[0, 0, ref_vox + 1 : ref_vox + 1 + fp_vox] = labels.LAD
+  return metrics.scan_metrics(ref, pred, (1.0, 1.0, 1.0))
 
 
 def test_calcium_free_reading_bounds_the_authors_mean():
   # 8 scans: 5 with calcium scored perfectly, 3 calcium-free of which 1 has no predicted voxel.
-  scans = [_scan(10.0, 10.0, 0.0)] * 5 + [_scan(0.0, 0.0, 1.5)] * 2 + [_scan(0.0, 0.0, 0.0)]
+  scans = [_scan(10, 10, 0)] * 5 + [_scan(0, 0, 2)] * 2 + [_scan(0, 0, 0)]
   r = gates.calcium_free_reading(scans, n_resamples=100)
   assert (r.n_scans, r.n_free, r.n_free_clean) == (8, 3, 1)
   assert r.ceiling == pytest.approx(6 / 8) and r.floor == pytest.approx(1 / 8)
@@ -129,11 +117,11 @@ def test_calcium_free_reading_bounds_the_authors_mean():
   text = r.format()
   assert "3 of 8 scans without reference calcium, 1 of them" in text and "[0.12, 0.75]" in text
   # Scans with calcium at F1 0.5 (TP 5 of 10, no FP: 2*5 / (10 + 5)) = 2/3.
-  r2 = gates.calcium_free_reading([_scan(10.0, 5.0, 0.0), _scan(0.0, 0.0, 3.0)], n_resamples=50)
+  r2 = gates.calcium_free_reading([_scan(10, 5, 0), _scan(0, 0, 3)], n_resamples=50)
   assert (r2.floor, r2.ceiling) == (0.0, 0.5) and r2.f1_with_calcium == pytest.approx(2 / 3)
   # Every calcium-free scan clean, every calcium scan missed: the mean is the floor.
-  r3 = gates.calcium_free_reading([_scan(10.0, 0.0, 0.0), _scan(0.0, 0.0, 0.0)], n_resamples=50)
+  r3 = gates.calcium_free_reading([_scan(10, 0, 0), _scan(0, 0, 0)], n_resamples=50)
   assert r3.floor == pytest.approx(0.5) and r3.f1_with_calcium == 0.0
   assert np.mean(
-    gates.per_scan_values([_scan(10.0, 0.0, 0.0), _scan(0.0, 0.0, 0.0)], "f1_authors")
+    gates.per_scan_values([_scan(10, 0, 0), _scan(0, 0, 0)], "f1_authors")
   ) == pytest.approx(r3.floor)
