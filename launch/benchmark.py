@@ -111,15 +111,8 @@ def _conv_flops(
 def analytic_flops(config) -> dict[str, float]:
   """Forward FLOPs per patch: G (three towers), C at the centre, heads, critic D."""
   m = config.model
-  p = models.patch_size(config)
-  tower, h, cin = 0, p, 1
-  for d in m.dilations:
-    f, h, _ = _conv_flops(h, h, 3, cin, m.tower_width, d)
-    tower, cin = tower + f, m.tower_width
-  f, h, _ = _conv_flops(h, h, 3, cin, m.tower_width)
-  tower += f
-  f, h, _ = _conv_flops(h, h, 1, m.tower_width, m.tower_features)
-  tower += f
+  tower, h = _tower_flops(m, models.patch_size(config))
+  centre, _ = _tower_flops(m, models.receptive_field(m.dilations))
   feats = 3 * m.tower_features
   classifier = 2 * (feats * m.classifier_hidden + m.classifier_hidden * m.num_classes)
   heads = 2 * h * h * feats * m.num_classes
@@ -128,7 +121,25 @@ def analytic_flops(config) -> dict[str, float]:
     f, ch, _ = _conv_flops(ch, ch, 3, cin, c)
     critic, cin = critic + f, c
   critic += 2 * ch * ch * cin
-  return {"generator": 3 * tower, "classifier": classifier, "heads": heads, "critic": critic}
+  return {
+    "generator": 3 * tower,
+    "generator_centre": 3 * centre,  # G on the centre window only (`models.centre_window`)
+    "classifier": classifier,
+    "heads": heads,
+    "critic": critic,
+  }
+
+
+def _tower_flops(m, side: int) -> tuple[int, int]:
+  """(FLOPs, output side) of one view tower of model config `m` on a (side, side) input."""
+  tower, h, cin = 0, side, 1
+  for d in m.dilations:
+    f, h, _ = _conv_flops(h, h, 3, cin, m.tower_width, d)
+    tower, cin = tower + f, m.tower_width
+  f, h, _ = _conv_flops(h, h, 3, cin, m.tower_width)
+  tower += f
+  f, h, _ = _conv_flops(h, h, 1, m.tower_width, m.tower_features)
+  return tower + f, h
 
 
 def _compile(jitted, *args):
@@ -214,12 +225,14 @@ def bench(name: str, config, iters: int, critic_n: int, peak_gflops: float) -> N
   rows = _Rows()
   rows.peak = peak_gflops
   # Analytic training FLOPs/patch ~ 3 x forward (backward = 2 x forward); the critic scan
-  # runs G forward only; the generator step backpropagates through D into G.
+  # runs G forward only; the generator step backpropagates through D into G on the target
+  # patches and through C into G's centre window on the source patches.
   rows.analytic = {
     "source step": 3 * (fl["generator"] + fl["heads"] + fl["classifier"]),
     f"critic scan (n={critic_n})": fl["generator"] + 3 * fl["critic"],
     "generator step": (
-      b * 3 * (fl["generator"] + fl["classifier"]) + bc * 3 * (fl["generator"] + fl["critic"])
+      b * 3 * (fl["generator_centre"] + fl["classifier"])
+      + bc * 3 * (fl["generator"] + fl["critic"])
     )
     / (b + bc),
   }

@@ -244,6 +244,29 @@ def test_generator_step_is_the_gradient_of_generator_loss_and_logs_term_norms(
   assert float(gm["grad_norm_adversarial"]) > 0 and float(gm["grad_norm_classification"]) > 0
 
 
+def test_generator_step_with_alpha_zero_follows_l_adv_alone_and_logs_source_ce(config, mesh, data):
+  """alpha = 0 (the "Ladv" model): G moves by L_adv's gradient only; L_cls is still logged."""
+  import optax
+
+  cfg = config.copy_and_resolve_references()
+  cfg.adapt.alpha = 0.0
+  state = fresh_state(cfg, mesh)
+  h = host(state)
+  batch = generator_batch(data, mesh, 3)
+  hb = host(batch)
+  g_adv = jax.grad(adversarial.adversarial_term)(h.generator, h, hb["target_views"], cfg)
+  ce, _ = adversarial.classification_term(h.generator, h, hb, h.rng, cfg)
+  tx = state_lib.generator_optimizer(cfg)
+  updates, _ = tx.update(g_adv, h.generator_opt, h.generator)
+  want = optax.apply_updates(h.generator, updates)
+  new_state, gm = source.jit_step(adversarial.make_generator_step(cfg), mesh)(state, batch)
+  for a, b in zip(jax.tree.leaves(host(new_state).generator), jax.tree.leaves(want)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert float(gm["grad_norm_classification"]) == 0.0
+  np.testing.assert_allclose(float(gm["source_ce"]), float(ce), rtol=1e-5)
+  np.testing.assert_allclose(float(gm["generator_loss"]), float(gm["generator_adversarial_loss"]))
+
+
 def test_rmsprop_with_weight_decay_matches_pytorch_formula(config):
   """PyTorch RMSprop(lr, alpha, eps, weight_decay): g += wd * p; v = alpha v + (1 - alpha) g^2;
   p -= lr g / (sqrt(v) + eps). Two updates by hand against the optax chain."""

@@ -67,6 +67,26 @@ def test_tiny_receptive_field_is_what_the_centre_output_sees():
     assert (ys.min() + ys.max()) / 2 == (xs.min() + xs.max()) / 2 == p // 2
 
 
+@pytest.mark.parametrize("name", ["tiny", "demo"])
+def test_centre_window_gives_the_centre_of_the_full_map(name):
+  """G on the receptive-field window equals the centre of G's map over the whole patch."""
+  import importlib
+
+  c = importlib.import_module(f"configs.{name}").get_config()
+  g = models.build(c)[0]
+  params = state_lib.init_params(c, 0)["generator"]
+  p, rf, o = models.patch_size(c), models.receptive_field(c.model.dilations), c.data.output_size
+  views = jax.random.normal(jax.random.PRNGKey(2), (3, 2, p, p, 1))
+  window = models.centre_window(views, rf)
+  assert window.shape == (3, 2, rf, rf, 1)
+  full = g.apply({"params": params}, views)[:, o // 2, o // 2]
+  centre = g.apply({"params": params}, window)
+  assert centre.shape == (2, 1, 1, 3 * c.model.tower_features)
+  np.testing.assert_allclose(centre[:, 0, 0], full, rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="smaller than the receptive field"):
+    models.centre_window(views[:, :, : rf - 1, : rf - 1], rf)
+
+
 def test_classifier_dropout_only_when_asked():
   c = tiny.get_config()
   _, cl, _, _ = models.build(c)

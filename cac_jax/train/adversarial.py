@@ -117,10 +117,16 @@ def adversarial_term(
 def classification_term(
   generator_params, state: AdaptState, batch: dict, rng: jax.Array, config
 ) -> tuple[jax.Array, dict]:
-  """L_cls = CE(C(G(x_s))[centre], y_s) on the labelled source batch -> (loss, metrics)."""
+  """L_cls = CE(C(G(x_s))[centre], y_s) on the labelled source batch -> (loss, metrics).
+
+  G runs on the centre window only (`models.centre_window`): C reads the centre of G's map.
+  """
   g, c, _, _ = models.build(config)
   dropout = bool(config.adapt.get("classifier_dropout", False))
-  source_feats = g.apply({"params": generator_params}, batch["source_views"])
+  window = models.centre_window(
+    batch["source_views"], models.receptive_field(config.model.dilations)
+  )
+  source_feats = g.apply({"params": generator_params}, window)
   logits = models.centre_logits(
     c, state.classifier, source_feats, deterministic=not dropout, rng=rng if dropout else None
   )
@@ -173,10 +179,14 @@ def make_generator_step(
     adversarial, g_adv = jax.value_and_grad(adversarial_term)(
       state.generator, state, batch["target_views"], config
     )
-    (ce, metrics), g_cls = jax.value_and_grad(classification_term, has_aux=True)(
-      state.generator, state, batch, step_rng, config
-    )
-    g_cls = jax.tree.map(lambda x: alpha * x, g_cls)
+    if alpha:
+      (ce, metrics), g_cls = jax.value_and_grad(classification_term, has_aux=True)(
+        state.generator, state, batch, step_rng, config
+      )
+      g_cls = jax.tree.map(lambda x: alpha * x, g_cls)
+    else:  # L_adv alone: L_cls is only logged, so no gradient for it
+      ce, metrics = classification_term(state.generator, state, batch, step_rng, config)
+      g_cls = jax.tree.map(jnp.zeros_like, g_adv)
     grads = jax.tree.map(jnp.add, g_adv, g_cls)
     updates, opt_state = tx.update(grads, state.generator_opt, state.generator)
     _, metrics = _combine(adversarial, ce, metrics, alpha)
