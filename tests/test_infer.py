@@ -114,6 +114,54 @@ def test_split_boxes():
   assert len(infer.split_boxes(rows, cols, 1000)) == 1  # huge margin: one bounding box
 
 
+def _greedy_boxes_by_recomputation(rows, cols, margin):
+  """split_boxes's merge rule, recomputing every live pair's saving at each merge (the spec)."""
+  cell = max(4, margin // 4)
+  while True:
+    uniq, inv = np.unique((rows // cell) * (1 << 20) + cols // cell, return_inverse=True)
+    if len(uniq) <= infer.MAX_CELLS:
+      break
+    cell *= 2
+  inv = inv.reshape(-1)
+  boxes = {
+    u: [rows[inv == u].min(), rows[inv == u].max(), cols[inv == u].min(), cols[inv == u].max()]
+    for u in range(len(uniq))
+  }
+  members = {u: [u] for u in boxes}
+  area = lambda b: (b[1] - b[0] + 1 + margin) * (b[3] - b[2] + 1 + margin)  # noqa: E731
+  while len(boxes) > 1:
+    best = None
+    for a in sorted(boxes):
+      for b in sorted(boxes):
+        if a == b:
+          continue
+        x, y = boxes[a], boxes[b]
+        union = [min(x[0], y[0]), max(x[1], y[1]), min(x[2], y[2]), max(x[3], y[3])]
+        save = area(x) + area(y) - area(union)
+        if best is None or save > best[0]:
+          best = (save, a, b, union)
+    if best[0] < 0:
+      break
+    _, a, b, union = best
+    boxes[a] = union
+    members[a] += members.pop(b)
+    del boxes[b]
+  return sorted(sorted(np.flatnonzero(np.isin(inv, m)).tolist()) for m in members.values())
+
+
+def test_split_boxes_merges_as_the_full_recomputation_would():
+  """The incremental saving matrix picks the same merges as recomputing all pairs each time."""
+  rng = np.random.RandomState(7)
+  for trial in range(60):
+    n = rng.randint(2, 400)
+    centres = rng.randint(0, 250, (rng.randint(1, 6), 2))
+    pick = centres[rng.randint(0, len(centres), n)] + rng.randint(-25, 26, (n, 2))
+    rows, cols = np.clip(pick[:, 0], 0, 299), np.clip(pick[:, 1], 0, 299)
+    margin = int(rng.choice([16, 34, 66, 130]))
+    got = sorted(sorted(b.tolist()) for b in infer.split_boxes(rows, cols, margin))
+    assert got == _greedy_boxes_by_recomputation(rows, cols, margin), trial
+
+
 def test_single_bounding_box_mode_matches(setup):
   config, params, hu = setup
   rng = np.random.RandomState(4)

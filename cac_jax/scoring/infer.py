@@ -275,6 +275,11 @@ def bucket_ladder(limit: int, bucket: int = 16, ratio: float = 1.25) -> np.ndarr
 MAX_CELLS = 64  # split_boxes: most grid cells merged greedily per slice
 
 
+def _box_cost(r0, r1, c0, c1, margin: int):
+  """Padded input pixels of boxes with inclusive row/col bounds (arrays or ints)."""
+  return (r1 - r0 + 1 + margin) * (c1 - c0 + 1 + margin)
+
+
 def split_boxes(
   rows: np.ndarray, cols: np.ndarray, margin: int, cell: int | None = None
 ) -> list[np.ndarray]:
@@ -309,25 +314,46 @@ def split_boxes(
   np.maximum.at(hi_c, inv, cols)
   label = np.arange(k)  # box of each cell
   alive = np.ones(k, bool)
-  cost = lambda r0, r1, c0, c1: (r1 - r0 + 1 + margin) * (c1 - c0 + 1 + margin)  # noqa: E731
-  while alive.sum() > 1:
-    ids = np.flatnonzero(alive)
-    a, b = ids[:, None], ids[None, :]
-    merged = cost(
-      np.minimum(lo_r[a], lo_r[b]),
-      np.maximum(hi_r[a], hi_r[b]),
-      np.minimum(lo_c[a], lo_c[b]),
-      np.maximum(hi_c[a], hi_c[b]),
+  # saving[i, j]: padded pixels saved by merging boxes i and j. Kept for all k x k pairs and
+  # updated in the merged box's row and column only (a merge changes nothing else); dead boxes
+  # and the diagonal are below any real saving, so the first largest entry in row-major order
+  # is the pair the full recomputation over the live boxes would pick (integer arithmetic).
+  dead = np.iinfo(np.int64).min // 4
+  single = _box_cost(lo_r, hi_r, lo_c, hi_c, margin)
+  saving = (
+    single[:, None]
+    + single[None, :]
+    - _box_cost(
+      np.minimum.outer(lo_r, lo_r),
+      np.maximum.outer(hi_r, hi_r),
+      np.minimum.outer(lo_c, lo_c),
+      np.maximum.outer(hi_c, hi_c),
+      margin,
     )
-    single = cost(lo_r[ids], hi_r[ids], lo_c[ids], hi_c[ids])
-    saving = single[:, None] + single[None, :] - merged
-    np.fill_diagonal(saving, -1)
+  )
+  np.fill_diagonal(saving, dead)
+  for _ in range(k - 1):
     i, j = np.unravel_index(np.argmax(saving), saving.shape)
     if saving[i, j] < 0:
       break
-    i, j = ids[i], ids[j]
     lo_r[i], hi_r[i] = min(lo_r[i], lo_r[j]), max(hi_r[i], hi_r[j])
     lo_c[i], hi_c[i] = min(lo_c[i], lo_c[j]), max(hi_c[i], hi_c[j])
+    single[i] = _box_cost(lo_r[i], hi_r[i], lo_c[i], hi_c[i], margin)
+    row = (
+      single[i]
+      + single
+      - _box_cost(
+        np.minimum(lo_r[i], lo_r),
+        np.maximum(hi_r[i], hi_r),
+        np.minimum(lo_c[i], lo_c),
+        np.maximum(hi_c[i], hi_c),
+        margin,
+      )
+    )
+    row[~alive] = dead
+    row[i] = dead
+    saving[i, :], saving[:, i] = row, row
+    saving[j, :], saving[:, j] = dead, dead
     alive[j] = False
     label[label == j] = i
   box_of = label[inv]
@@ -584,7 +610,9 @@ def predict_candidates_many(
 
   vol = _normalize(hu, config)
   pad = pad_value(config)
-  feats = [np.zeros((n, 3 * nf), np.float32) for _ in params_list]
+  # Per model, each view's features in its own (N, nf) block (contiguous rows to scatter
+  # into); concatenated to (N, 3 nf) in view order for the classifier.
+  feats = [np.zeros((3, n, nf), np.float32) for _ in params_list]
   tower = _tower_fn(
     config, resolve_conv_impl(config, conv_impl, _platform(devices)), devices, cache
   )
@@ -607,12 +635,19 @@ def predict_candidates_many(
   pending = None  # (device results per model, rois) of the call in flight; gathered after the next
 
   def gather(p):
+    # Every candidate of the call's ROIs (one view) at once: its ROI in the batch and its row
+    # and column in that ROI's output, computed once for all models.
     outs, items = p
+    v_i = items[0][0]
+    sizes = [len(it[4]) for it in items]
+    idx = np.concatenate([it[4] for it in items])
+    k = np.repeat(np.arange(len(items)), sizes)
+    c = coords[idx][:, _PERMS[models.VIEWS[v_i]]]
+    r = c[:, 1] - np.repeat([it[2] for it in items], sizes)
+    q = c[:, 2] - np.repeat([it[3] for it in items], sizes)
     for f, out in zip(feats, outs):
       out = np.asarray(out)
-      for k, (v_i, _, r0, c0, idx, _, _) in enumerate(items):
-        c = coords[idx][:, _PERMS[models.VIEWS[v_i]]]
-        f[idx, v_i * nf : (v_i + 1) * nf] = out[k, c[:, 1] - r0, c[:, 2] - c0]
+      f[v_i][idx] = out.reshape(-1, nf)[(k * out.shape[1] + r) * out.shape[2] + q]
 
   vols_t = [np.transpose(vol, _PERMS[v]) for v in models.VIEWS]
   for sh_i, (hb, wb) in enumerate(shapes):
@@ -638,7 +673,10 @@ def predict_candidates_many(
   if pending is not None:
     gather(pending)
   t_towers = time.perf_counter()
-  logits = [_classify(p, config, f, classifier_chunk, cache) for p, f in zip(params_list, feats)]
+  logits = [
+    _classify(p, config, np.concatenate(f, axis=1), classifier_chunk, cache)
+    for p, f in zip(params_list, feats)
+  ]
   t_end = time.perf_counter()
   stats.update(towers_s=t_towers - t_start, classifier_s=t_end - t_towers, total_s=t_end - t_start)
   return [CandidatePredictions(coords, lg, hu.shape, stats) for lg in logits]
