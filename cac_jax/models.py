@@ -283,7 +283,8 @@ def centre_window(views: jax.Array, receptive_field: int) -> jax.Array:
 
   G is VALID convolutions only, so its output at the centre (o // 2, o // 2) of the
   (o = P - RF + 1)-wide map is a function of the RF-wide input window starting at o // 2 and
-  nothing else: G on this window gives a (B, 1, 1, 3F) map equal to that centre. Where only the
+  nothing else: G on this window gives a (B, 1, 1, 3F) map equal to that centre (to float
+  rounding: the tests compare at 1e-5). Where only the
   centre is used (the generator step's L_cls) this skips the rest of the map: the window costs
   about 23 % of the full map's arithmetic for the demo tower and 66 % for the paper's (sums of
   the layers' output areas).

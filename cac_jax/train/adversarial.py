@@ -165,7 +165,8 @@ def make_generator_step(
   (their inputs are disjoint, so this costs nothing extra) and summed; their global norms are
   logged as `grad_norm_adversarial` and `grad_norm_classification`: with weight clipping the
   critic's output scale, and so the balance the paper's alpha = 2 strikes, depends on the
-  critic's architecture, and these two numbers show which term actually moves G.
+  critic's architecture, and these two numbers show which term actually moves G. At alpha = 0
+  L_cls is computed for the log only (no gradient; its norm is logged as 0).
   The classifier C runs without dropout unless `config.adapt.classifier_dropout` is True.
   `tx` defaults to `state.generator_optimizer(config)`.
   """
