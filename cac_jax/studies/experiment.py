@@ -656,9 +656,11 @@ def pooled_gates(results: list[dict]) -> dict[str, list[gates_lib.Gate]]:
   return {which: benchmark_gates([r["per_scan"] for r in results], which) for which in GATE_SETS}
 
 
-def report_markdown(results: list[dict]) -> str:
+def report_markdown(results: list[dict], pooled: dict | None = None) -> str:
   """Everything `launch.reproduce` prints: the gates per seed, Table 2 (+ oracle), the
-  validation-selected columns with the chosen steps, and the gap shares."""
+  validation-selected columns with the chosen steps, and the gap shares. `pooled`:
+  `pooled_gates(results)` where the caller has it already (it bootstraps every seed's scans)."""
+  pooled = pooled_gates(results) if pooled is None else pooled
   seeds = [r["seed"] for r in results]
   if len(results) == 1:
     table, over = results[0]["table"], "scans"
@@ -674,7 +676,7 @@ def report_markdown(results: list[dict]) -> str:
       gates_lib.gates_markdown(r["gates_no_fp"]),
       gate_readings_markdown(r["per_scan"], "without FP reduction"),
     ]
-  for which, gates in pooled_gates(results).items():
+  for which, gates in pooled.items():
     parts += [
       f"\nseeds {seeds} pooled, {which} (each value the mean over the seeds of each seed's mean; "
       "interval: bootstrap over every seed's test scans):\n",
@@ -794,7 +796,8 @@ def write_results(
   Returns (the markdown report, {name: path} of every file a user opens).
   """
   figures = write_figures(results[0], config, out_dir)
-  md = report_markdown(results)
+  pooled = pooled_gates(results)
+  md = report_markdown(results, pooled)
   paths = dict(figures, table=os.path.join(out_dir, "table2.md"))
   atomic.write_text(paths["table"], md + "\n")
   atomic.write_text(
@@ -806,8 +809,7 @@ def write_results(
         "gates": [[dataclasses.asdict(g) for g in r["gates"]] for r in results],
         "gates_no_fp": [[dataclasses.asdict(g) for g in r["gates_no_fp"]] for r in results],
         "gates_pooled": {
-          which: [dataclasses.asdict(g) for g in gates]
-          for which, gates in pooled_gates(results).items()
+          which: [dataclasses.asdict(g) for g in gates] for which, gates in pooled.items()
         },
         "selection": [r["selection"] for r in results],
       },
