@@ -113,6 +113,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.phantoms.at_working_spacing = False  # True: generate directly at working spacing
   c.phantoms.fov_scale = 1.0  # <1 shrinks the field of view towards the heart (fast CI)
   c.phantoms.paired_patients = False  # True: same seed -> same patient/calcium in every domain
+  # Probability that a phantom patient has no coronary calcium planned (lesions.plan_calcium);
+  # the experiment overrides it per data role (experiment.p_no_coronary_calcium).
+  c.phantoms.p_no_coronary_calcium = 1.0 / 3.0
   # The phantom experiment (cac_jax.studies.experiment): cases per data role.
   c.experiment = ml_collections.ConfigDict()
   c.experiment.n_source_train = 40
@@ -126,4 +129,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.experiment.n_ccta_val = 5
   # The oracle: the source architecture and schedule trained on the labelled adapt_target CCTA.
   c.experiment.oracle = True
+  # Per data role, the phantoms' probability of no planned coronary calcium (roles not listed:
+  # phantoms.p_no_coronary_calcium). The test and validation roles draw fewer calcium-free
+  # patients so that their scans with labelled calcium, over which the gates read F1, are
+  # enough to decide them (experiment.MIN_CALCIUM_SCANS).
+  c.experiment.p_no_coronary_calcium = ml_collections.ConfigDict(
+    {"ncct_test": 0.0, "ccta_test": 0.0, "ccta_val": 0.0}
+  )
   return c

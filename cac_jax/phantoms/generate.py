@@ -52,7 +52,8 @@ def _patient_key(domain: str, seed: int, stream: int, config) -> list:
 def plan_case_calcium(domain: str, seed: int, config) -> list:
   """The calcifications `generate_case(domain, seed, config)` will place (cheap)."""
   acquisition.check_domain(domain)
-  return lesions.plan_calcium(np.random.default_rng(_patient_key(domain, seed, 2, config)))
+  p_free = float(config.phantoms.get("p_no_coronary_calcium", lesions.P_NO_CORONARY_CALCIUM))
+  return lesions.plan_calcium(np.random.default_rng(_patient_key(domain, seed, 2, config)), p_free)
 
 
 def case_id(domain: str, seed: int) -> str:

@@ -82,10 +82,16 @@ def _lesion(rng, site, median=LESION_MEDIAN_MM3, sigma=LESION_SIGMA, vmax=LESION
   )
 
 
-def plan_calcium(rng: np.random.Generator) -> list[LesionPlan]:
-  """Draws the calcifications of one patient (no geometry needed: cheap)."""
+def plan_calcium(
+  rng: np.random.Generator, p_no_coronary_calcium: float = P_NO_CORONARY_CALCIUM
+) -> list[LesionPlan]:
+  """Draws the calcifications of one patient (no geometry needed: cheap).
+
+  `p_no_coronary_calcium`: probability that the patient has no coronary calcium planned (the
+  experiment's test roles use a lower one than training, so that their scans with calcium are
+  enough to decide the gates)."""
   plans = []
-  if rng.random() >= P_NO_CORONARY_CALCIUM:
+  if rng.random() >= p_no_coronary_calcium:
     n = 1 + min(int(rng.poisson(rng.gamma(1.2, 3.5))), 19)
     for site in rng.choice(CORONARY_SITES, size=n, p=CORONARY_SITE_P):
       plans.append(_lesion(rng, str(site), t=rng.uniform(0.1, 0.9) if site == "lm" else None))

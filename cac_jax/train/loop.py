@@ -205,11 +205,13 @@ def train_source(
 
   def log(done, m):
     logger.info(
-      "source step %d: loss %.4f acc %.3f (%.2f steps/s)",
+      "source step %d/%d: loss %.4f acc %.3f (%.2f steps/s, %s)",
       done,
+      cfg.num_steps,
       m["loss"],
       m["accuracy"],
       m["steps_per_second"],
+      eta(cfg.num_steps - done, m["steps_per_second"]),
     )
 
   logger.info("compiling the source training step (the first step waits for XLA)…")
@@ -234,6 +236,15 @@ def train_source(
     {"stage": "source", "steps": int(state.step), "training_data": training_data},
   )
   return state
+
+
+def eta(remaining: float, rate: float) -> str:
+  """'ETA 3 min 20 s' for `remaining` units at `rate` units per second ('ETA n/a' without a
+  rate)."""
+  if not (rate > 0 and np.isfinite(rate)):
+    return "ETA n/a"
+  minutes, seconds = divmod(int(round(remaining / rate)), 60)
+  return f"ETA {minutes} min {seconds:02d} s" if minutes else f"ETA {seconds} s"
 
 
 def critic_steps_at(config: ml_collections.ConfigDict, generator_step: int) -> int:
@@ -374,15 +385,17 @@ def adapt(
     if m["grad_norm_classification"] > 0:
       grad_ratio.append(m["grad_norm_adversarial"] / m["grad_norm_classification"])
     logger.info(
-      "adapt step %d: W %.4f, L_G adv %.4f, source CE %.4f, |grad| adv %.2g / alpha*cls %.2g "
-      "(%.2f G steps/s)",
+      "adapt step %d/%d: W %.4f, L_G adv %.4f, source CE %.4f, |grad| adv %.2g / alpha*cls %.2g "
+      "(%.2f G steps/s, %s)",
       done,
+      a.num_generator_steps,
       m.get("wasserstein", float("nan")),
       m["generator_adversarial_loss"],
       m["source_ce"],
       m["grad_norm_adversarial"],
       m["grad_norm_classification"],
       m["generator_steps_per_second"],
+      eta(a.num_generator_steps - done, m["generator_steps_per_second"]),
     )
 
   def snapshot(done, state):
