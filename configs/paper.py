@@ -59,6 +59,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.source.learning_rate = 5e-4
   c.source.weight_decay = 5e-5  # L2 added to the gradient (as PyTorch Adam weight_decay)
   c.source.deep_supervision_weight = 0.05
+  c.source.init_seed = -1  # seed of the parameter initialisation; -1: config.seed
   c.source.num_steps = 200_000
   c.source.log_every = 100
   c.source.checkpoint_every = 5_000

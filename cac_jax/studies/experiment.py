@@ -354,7 +354,7 @@ def predict_raw(
   `pipeline.raw_classes`; the case's manifest domain, heart and aorta masks). The setup (threshold,
   heart region) and ROI plan of a case are made once for all models (`predict_columns`).
 
-  Returns {model: [(int32 (z, y, x) classes, `pipeline.Setup`) per case]}; a case scoring
+  Returns {model: [(uint8 (z, y, x) classes 0..6, `pipeline.Setup`) per case]}; a case scoring
   cannot score (CCTA without an aorta, empty heart mask) gives all-zero classes.
   """
   got = predict_columns(
@@ -371,7 +371,7 @@ def predict_columns(
   infer_options: dict[str, Any] | None = None,
   progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> dict[tuple[str, bool], list[tuple[np.ndarray, pipeline.Setup]]]:
-  """`predict_raw` for several FP-reduction settings at once: {(model, fp_reduction): [(int32
+  """`predict_raw` for several FP-reduction settings at once: {(model, fp_reduction): [(uint8
   (z, y, x) classes, `pipeline.Setup`) per case]} for each model's flags in `wanted`.
 
   Per case, every model runs on one ROI plan (`pipeline.raw_classes_many`). A model wanted
@@ -408,7 +408,7 @@ def predict_columns(
         setup, case.scan, [params_by_model[m] for m in names], config, **infer_options
       )
       for m, raw in zip(names, raws):
-        out[(m, fp)].append((raw, setup))
+        out[(m, fp)].append((raw.astype(np.uint8), setup))
     if shared:
       inner = setups[True]  # its candidates, once per case for every shared model
       keep = (
@@ -454,7 +454,7 @@ def evaluate_predictions(
         "metrics": metrics.scan_metrics(case.labels, classes, case.scan.spacing),
         "ref_mm3": float(np.isin(case.labels, labels_lib.CORONARY_CLASSES).sum() * vox),
         "pred_mm3": float(np.isin(classes, labels_lib.CORONARY_CLASSES).sum() * vox),
-        "classes": classes,
+        "classes": classes.astype(np.uint8),
       }
     )
   return out

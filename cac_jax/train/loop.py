@@ -157,6 +157,13 @@ def _finish(
   )
 
 
+def init_seed(config: ml_collections.ConfigDict) -> int:
+  """Seed of the source network's initial parameters: config.source.init_seed, or config.seed
+  when it is negative (two trainings on the same batches can differ only in initialisation)."""
+  seed = int(config.source.get("init_seed", -1))
+  return int(config.seed) if seed < 0 else seed
+
+
 def train_source(
   config: ml_collections.ConfigDict,
   workdir: str,
@@ -189,7 +196,7 @@ def train_source(
   mgr = checkpoints.manager(os.path.join(workdir, "checkpoints"))
   state = _restore(
     mgr,
-    sharding.replicate(state_lib.init_source_state(config, tx=tx), mesh),
+    sharding.replicate(state_lib.init_source_state(config, init_seed(config), tx=tx), mesh),
     mesh,
     workdir,
     resume,
