@@ -300,9 +300,9 @@ def test_ccta_noncalcium_candidates(config):
     half = np.asarray(config.scoring.roi_size_mm)[::-1] / 2.0
     grid = Grid(case.scan.origin, case.scan.spacing, case.scan.shape)
     bb = grid.bbox(c - half, c + half)
-    assert np.all(sim.tissue[bb] == anatomy.TISSUE["aorta_lumen"]), (
-      "aorta ROI left the aortic lumen"
-    )
+    # Inside the aortic lumen (a voxel of a calcification reaching into it is still lumen).
+    lumen = np.isin(sim.tissue[bb], [anatomy.TISSUE["aorta_lumen"], anatomy.TISSUE["calcium"]])
+    assert np.all(lumen), "aorta ROI left the aortic lumen"
     cats, sizes = _noncalcium_candidates(sim, config)
     n_blobs += int(((sizes >= 1) & (sizes <= 500)).sum())
     per.append(cats)
@@ -325,13 +325,13 @@ LUMEN_MM3 = 96.5  # lumen falling along the artery, no brighter segments (issue 
 
 
 def test_ncct_unchanged_by_ccta_contrast(config):
-  """NCCT phantoms carry no contrast features; pinned figures (chest NCCT re-pinned when its
-  noise became 20-40 HU, issue 13)."""
+  """NCCT phantoms carry no contrast features; pinned figures (re-pinned when the coronary
+  anatomy began to vary: dominance, LM length, heart axis)."""
   from cac_jax.scoring import postprocess
 
   pinned = {
-    "chest_ncct": ((141, 246, 245), -3787869046.278495, 812, 101),
-    "cardiac_ncct": ((89, 185, 188), -1225850213.6393712, 2, 158),
+    "chest_ncct": ((145, 246, 245), -3871509353.7807283, 263, 100),
+    "cardiac_ncct": ((90, 187, 195), -1285611705.5433705, 0, 198),
   }
   for domain, (shape, hu_sum, n_bright, n_lab) in pinned.items():
     sim = generate.simulate(domain, 0, config, track_tissue=True)
@@ -343,3 +343,53 @@ def test_ncct_unchanged_by_ccta_contrast(config):
     assert float(case.scan.hu.astype(np.float64).sum()) == pytest.approx(hu_sum, rel=1e-9)
     assert int(((case.scan.hu >= 130) & region & (case.labels == 0)).sum()) == n_bright
     assert int((case.labels > 0).sum()) == n_lab
+
+
+def test_coronary_variants_follow_the_published_frequencies():
+  patients = [anatomy.sample_patient(np.random.default_rng(seed)) for seed in range(600)]
+  share = {d: np.mean([p.dominance == d for p in patients]) for d in anatomy.DOMINANCE}
+  for d, p in anatomy.DOMINANCE.items():
+    assert abs(share[d] - p) < 4 * np.sqrt(p * (1 - p) / len(patients)), share
+  lm = np.array([p.coronaries["lm"].length() for p in patients])
+  assert lm.min() >= 2.5 and np.mean((lm >= 6) & (lm <= 16)) > 0.7
+  assert np.mean(lm < 6) > 0.04 and np.mean(lm > 15) > 0.03
+  # Left dominance: the LCX runs on to the crux and the RCA stops short; right: the reverse.
+  by = {d: [p for p in patients if p.dominance == d] for d in anatomy.DOMINANCE}
+  length = lambda d, v: np.median([p.coronaries[v].length() for p in by[d]])
+  assert length("left", "lcx") > length("right", "lcx") + 40
+  assert length("left", "rca") < length("right", "rca") - 60
+  # The heart's long axis varies by several degrees around its mean.
+  axes = np.array([p.heart.frame[:, 0] for p in patients])
+  angles = np.degrees(np.arccos(np.clip(axes @ axes.mean(0) / np.linalg.norm(axes.mean(0)), -1, 1)))
+  assert 5 < np.median(angles) < 20
+
+
+def test_a_lesion_takes_the_class_of_the_vessel_it_sits_on(config):
+  """Every labelled coronary voxel lies near the centreline of the vessel whose class it
+  carries, in left-dominant hearts too (the PDA's lesions are LCX)."""
+  from cac_jax.phantoms import generate
+
+  checked = 0
+  for seed in range(400):
+    p = anatomy.sample_patient(np.random.default_rng([0xCAC, 1, seed, 0]))
+    if p.dominance != "left":
+      continue
+    sim = generate.simulate("chest_ncct", seed, config)
+    assert sim.patient.dominance == "left"
+    grid_z, grid_y, grid_x = np.nonzero(np.isin(sim.case.labels, (L.LAD, L.LCX, L.RCA)))
+    if grid_z.size == 0:
+      continue
+    spacing, origin = np.asarray(sim.case.scan.spacing), np.asarray(sim.case.scan.origin)
+    xyz = np.stack([grid_x, grid_y, grid_z], 1) * spacing[::-1] + origin
+    owners = {L.LAD: ("lad", "lm"), L.LCX: ("lcx",), L.RCA: ("rca",)}
+    for cls, names in owners.items():
+      pts = xyz[sim.case.labels[grid_z, grid_y, grid_x] == cls]
+      if not len(pts):
+        continue
+      own = np.concatenate([sim.patient.coronaries[n].points for n in names])
+      d = np.min(np.linalg.norm(pts[:, None] - own[None], axis=2), axis=1)
+      assert d.max() < 9.0, (seed, cls, d.max())
+    checked += 1
+    if checked == 2:
+      break
+  assert checked == 2
