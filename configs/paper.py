@@ -32,6 +32,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.data.hu_center = 130.0
   c.data.hu_scale = 1130.0
   c.data.thick_slice = False  # chest NCCT: 3 mm thickness every 1.5 mm by averaging
+  c.data.thick_slice_mm = 3.0  # with thick_slice: reconstructed slice thickness
+  c.data.thick_increment_mm = 1.5  # with thick_slice: slice increment
+  c.data.interp_order = 1  # spline order of the resampling to working spacing (1: linear)
 
   # Batch policies (cac_jax.data.sampling).
   c.sampling = ml_collections.ConfigDict()
@@ -74,6 +77,7 @@ def get_config() -> ml_collections.ConfigDict:
   c.adapt.rmsprop_eps = 1e-8
   c.adapt.clip = 0.1  # critic params clamped to [-clip, clip] after each update (:66, :231)
   c.adapt.alpha = 2.0  # weight of the source classification loss (run_bash.sh --w_cls 2)
+  c.adapt.classifier_dropout = False  # dropout in the frozen C during adaptation's L_cls
   # Critic pre-training: N_Diters (10; 20 in run_bash.sh:5) x 100 x batch_size (10) critic updates (:145-180).
   c.adapt.critic_pretrain_steps = 10_000
   # Then per epoch 5 x (d_iters x 10 critic updates, 10 generator updates) (:203-261): 20 critic
