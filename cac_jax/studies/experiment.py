@@ -218,14 +218,30 @@ def _load(manifest_csv: str, config, role: str, labels: bool = False):
   return cases
 
 
-def mean_f1(config, params_by_model: dict[str, Any], cases) -> dict[str, float]:
+def mean_f1(
+  config,
+  params_by_model: dict[str, Any],
+  cases,
+  log: Callable[[str], None] = lambda s: None,
+) -> dict[str, float]:
   """Mean total-coronary F1 over `cases` (labelled) after FP reduction, per model (`launch.score`'s
   labels with config.scoring's settings)."""
-  raw = predict_raw(params_by_model, config, cases, True)
+  started = time.monotonic()
+
+  def progress(done: int, total: int) -> None:
+    rate = done / max(time.monotonic() - started, 1e-9)
+    log(
+      f"scoring {done}/{total} scans x {len(params_by_model)} networks "
+      f"({1 / rate:.1f} s/scan, {loop.eta(total - done, rate)})"
+    )
+
+  raw = predict_columns(
+    params_by_model, config, cases, {m: {True} for m in params_by_model}, progress=progress
+  )
   out = {}
-  for m, preds in raw.items():
-    per_scan = [s["metrics"] for s in evaluate_predictions(config, cases, preds, True)]
-    out[m] = float(metrics.aggregate(per_scan)["total"].per_scan["f1"].mean)
+  for m in params_by_model:
+    scans = evaluate_predictions(config, cases, raw[(m, True)], True)
+    out[m] = float(metrics.aggregate([s["metrics"] for s in scans])["total"].per_scan["f1"].mean)
   return out
 
 
@@ -257,7 +273,7 @@ def select_snapshot(
     f"validation scans ({len(snaps)} snapshots)"
   )
   f1 = mean_f1(
-    config, {str(k): checkpoints.load_inference(v)[0] for k, v in snaps.items()}, val_cases
+    config, {str(k): checkpoints.load_inference(v)[0] for k, v in snaps.items()}, val_cases, log
   )
   f1_by_step = {int(k): v for k, v in f1.items()}
   best = min(snaps, key=lambda k: (-np.nan_to_num(f1_by_step[k], nan=-1.0), k))

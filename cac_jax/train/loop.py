@@ -365,10 +365,22 @@ def adapt(
       "compiling the critic step, then %d critic pre-training steps…", a.critic_pretrain_steps
     )
     chunk = max(a.critic_steps, 1)
+    rate, next_log = Rate(int(state.critic_step)), int(state.critic_step) + a.log_every * chunk
     while (done := int(state.critic_step)) < a.critic_pretrain_steps:
       state, m = critic_round(state, min(chunk, a.critic_pretrain_steps - done))
       m = {f"pretrain/{k}": v for k, v in jax.device_get(m).items()}
       writer.write(int(state.critic_step), m)
+      if int(state.critic_step) >= next_log:
+        next_log += a.log_every * chunk
+        per_s = rate(int(state.critic_step))
+        logger.info(
+          "critic pre-training step %d/%d: W %.4f (%.1f critic steps/s, %s)",
+          int(state.critic_step),
+          a.critic_pretrain_steps,
+          m["pretrain/wasserstein"],
+          per_s,
+          eta(a.critic_pretrain_steps - int(state.critic_step), per_s),
+        )
     logger.info("critic pre-training done: W %.4f", m["pretrain/wasserstein"])
     checkpoints.save(mgr, 0, state)
 
