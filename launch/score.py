@@ -46,7 +46,16 @@ flags.DEFINE_string("output_dir", None, "Where outputs go.", required=True)
 flags.DEFINE_enum(
   "domain", "auto", ["auto", "ncct", "ccta"], "Scan domain; auto decides from the aorta's HU."
 )
-flags.DEFINE_bool("overwrite", False, "Replace existing outputs.")
+flags.DEFINE_bool(
+  "overwrite",
+  False,
+  "Replace existing outputs (with --manifest: re-score every case instead of resuming).",
+)
+flags.DEFINE_bool(
+  "fail_fast",
+  False,
+  "With --manifest: stop at the first case that fails (default: record it and go on).",
+)
 flags.DEFINE_float("calibration", None, "Mass-score calibration factor (mg HA/cm³ per HU).")
 flags.DEFINE_bool("region_growing", True, "FP reduction: grow detections to 6-connected lesions.")
 flags.DEFINE_bool("size_limits", True, "FP reduction: drop lesions <1 mm³ or >500 mm³.")
@@ -112,7 +121,7 @@ def _score(fp):
     print(f"outputs in {FLAGS.output_dir}")
     print(report["notice"])
   else:
-    csv_path = score_files.score_manifest(
+    batch = score_files.score_manifest(
       FLAGS.manifest,
       FLAGS.checkpoint,
       FLAGS.output_dir,
@@ -124,9 +133,16 @@ def _score(fp):
       progress=True,
       heart_default=FLAGS.heart_mask,
       record_input_path=FLAGS.record_input_path,
+      fail_fast=FLAGS.fail_fast,
     )
-    print(f"scores of every scan: {csv_path}")
+    print(f"scores of every scan: {batch.csv_path}")
     print(score_files.pipeline.RESEARCH_NOTICE)
+    if batch.failed:  # one line, exit status 2; the others are scored and in scores.csv
+      raise ValueError(
+        f"{batch.summary()} (scores.csv lists each; fix and run the same command again: "
+        "finished cases are skipped)"
+      )
+    print(batch.summary())
 
 
 def flag_paths():

@@ -843,10 +843,14 @@ def _truncated_second_case(d, env):
 
 
 def _first_case_kept(d, result, env):
-  """A manifest run stopped by a bad case keeps the complete outputs of the cases before it
-  (each written all or nothing) and writes no scores.csv."""
-  assert sorted(os.listdir(d / "out")) == ["a"]
+  """A bad case does not stop the manifest: the other cases are scored (each written all or
+  nothing), scores.csv lists the bad one with status "error", and the exit status is 2."""
+  assert sorted(os.listdir(d / "out")) == ["a", "scores.csv"]
   assert sorted(os.listdir(d / "out" / "a")) == sorted(pipeline.OUTPUT_FILES)
+  with open(d / "out" / "scores.csv", encoding="utf-8") as f:
+    rows = {r["id"]: r for r in csv.DictReader(f)}
+  assert rows["a"]["status"] == "ok" and rows["b"]["status"] == "error"
+  assert "truncated" in rows["b"]["error"]
 
 
 def _manifest_cases():

@@ -5,6 +5,8 @@ Keeps the launch script thin; everything here returns values and never prints.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import os
 from typing import Any
 
@@ -17,6 +19,7 @@ from cac_jax.scoring import dicom_seg, pipeline, postprocess
 ARTERIES = ("LAD", "LCX", "RCA")
 CSV_FIELDS = (
   "id",
+  "status",  # "ok" or "error" (then `error` holds the reason)
   "domain",
   "threshold_hu",
   "num_candidates",
@@ -35,6 +38,7 @@ CSV_FIELDS = (
   "aortic_valve_agatston",
   "mitral_valve_mm3",
   "warnings",
+  "error",
 )
 AUTO, NONE = "auto", "none"
 # File names of a TotalSegmentator output folder (`TotalSegmentator -i ct.nii.gz -o DIR`).
@@ -139,6 +143,9 @@ def score_file(
   if heart is not None and record_input_path:
     result.report["heart_region"]["file"] = os.path.abspath(str(heart_mask))
   result.report["provenance"] = prov
+  result.report["request"] = request_record(
+    prov, domain, fp, calibration, heart_mask, aorta_mask, masks_dir
+  )
   result.report["warnings"] = provenance_warnings(prov) + result.report["warnings"]
   extra = {}
   if os.path.isdir(image):  # DICOM input: also a DICOM SEG and SR referencing the source series
@@ -150,6 +157,32 @@ def score_file(
     result.report["warnings"] += notes
   pipeline.write_outputs(result, scan, output_dir, overwrite=overwrite, extra=extra)
   return result.report
+
+
+def request_record(
+  prov: dict,
+  domain: str,
+  fp: dict | None,
+  calibration: float | None,
+  heart_mask: str | None,
+  aorta_mask: str | None,
+  masks_dir: str | None = None,
+) -> dict[str, Any]:
+  """What a scan was scored with, as scores.json records it under "request": the checkpoint's
+  content hash and the options that change the result (mask files as "file", not their paths).
+  A re-run of a batch skips a case only when this record is the same."""
+
+  def kind(mask: str | None) -> str | None:
+    return mask if mask in (None, AUTO, NONE) else "file"
+
+  return {
+    "checkpoint_sha256": prov.get("checkpoint_sha256"),
+    "domain": domain,
+    "fp_reduction": dict(sorted((fp or {}).items())),
+    "calibration": calibration,
+    "heart_mask": "masks_dir" if masks_dir else kind(heart_mask),
+    "aorta_mask": kind(aorta_mask),
+  }
 
 
 def summary_line(name: str, report: dict) -> str:
@@ -180,6 +213,7 @@ def csv_row(case_id: str, report: dict) -> dict[str, Any]:
   scored = report.get("coronary_score", True)
   row = {
     "id": case_id,
+    "status": "ok",
     "domain": report.get("domain"),
     "threshold_hu": _r(report.get("threshold", {}).get("threshold_hu"), 1),
     "num_candidates": report.get("num_candidates", 0),
@@ -211,6 +245,47 @@ def csv_row(case_id: str, report: dict) -> dict[str, Any]:
   return row
 
 
+@dataclasses.dataclass
+class BatchResult:
+  """What a manifest run did: the CSV it wrote, the cases scored now, those skipped (complete
+  outputs with the same request from an earlier run) and those that failed ({id: reason})."""
+
+  csv_path: str
+  scored: list[str]
+  skipped: list[str]
+  failed: dict[str, str]
+
+  def summary(self) -> str:
+    text = (
+      f"{len(self.scored)} scored, {len(self.skipped)} skipped (already scored), "
+      f"{len(self.failed)} failed"
+    )
+    if self.failed:
+      text += ": " + "; ".join(f"{k}: {v}" for k, v in self.failed.items())
+    return text
+
+
+def finished_report(case_dir: str) -> dict | None:
+  """The scores.json of a complete case folder (written last of its outputs), else None."""
+  path = os.path.join(case_dir, "scores.json")
+  if not os.path.isfile(path):
+    return None
+  with open(path, encoding="utf-8") as f:
+    return json.load(f)
+
+
+def _differences(stored: dict | None, wanted: dict) -> list[str]:
+  if stored is None:
+    return ["no request record (scored by an older version)"]
+  return [f"{k} {stored.get(k)!r} -> {wanted[k]!r}" for k in wanted if stored.get(k) != wanted[k]]
+
+
+def _one_line(e: BaseException) -> str:
+  text = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
+  known = isinstance(e, ValueError | OSError | MemoryError | checkpoints.CheckpointError)
+  return text if known and text else f"{type(e).__name__}: {text}"
+
+
 def score_manifest(
   manifest_csv: str,
   checkpoint: str,
@@ -224,40 +299,84 @@ def score_manifest(
   progress: bool = False,
   heart_default: str | None = AUTO,
   record_input_path: bool = False,
-) -> str:
-  """Score every (selected) row of a manifest into output_dir/<id>/; writes output_dir/scores.csv.
+  fail_fast: bool = False,
+) -> BatchResult:
+  """Score every (selected) row of a manifest into output_dir/<id>/ and write
+  output_dir/scores.csv, a row per case.
 
-  domain "auto" uses each row's manifest domain; rows without a heart mask use
-  `heart_default` ("auto" or "none", as `score_file`'s heart_mask). Returns the CSV path.
+  A batch survives its cases: a case that fails is recorded (status "error" and the one-line
+  reason in scores.csv) and the others are scored; `fail_fast` stops at the first failure
+  instead. A re-run resumes: a case whose complete outputs exist (scores.json, moved into place
+  last) and were made with the same request (`request_record`: checkpoint hash, options) is
+  skipped; a different request is refused before anything is scored, naming the difference
+  (`overwrite` re-scores everything). scores.csv is rebuilt, atomically, from every finished
+  case's scores.json at the end of each run. domain "auto" uses each row's manifest domain;
+  rows without a heart mask use `heart_default` ("auto" or "none").
   """
   rows = manifest.read_manifest(manifest_csv, split=split)
   if not rows:
     raise ValueError(
       f"{manifest_csv}: no rows" + (f" with split {split!r} (--split)" if split else "")
     )
-  csv_path = os.path.join(output_dir, "scores.csv")
-  if os.path.exists(csv_path) and not overwrite:
-    raise pipeline.OutputExistsError(f"{csv_path} exists (pass --overwrite to replace it)")
   loaded = load_model(checkpoint)
-  it = rows
-  if progress:
-    it = tqdm(rows, desc="scoring", unit="scan")
-  out_rows = []
-  for row in it:
-    report = score_file(
-      row.image,
-      checkpoint,
-      os.path.join(output_dir, row.id),
-      heart_mask=row.heart_mask or heart_default,
-      aorta_mask=row.aorta_mask,
-      domain=row.domain if domain == "auto" else domain,
-      overwrite=overwrite,
-      calibration=calibration,
-      fp=fp,
-      loaded=loaded,
-      record_input_path=record_input_path,
+
+  def request(row) -> dict:
+    return request_record(
+      loaded[2],
+      row.domain if domain == "auto" else domain,
+      fp,
+      calibration,
+      row.heart_mask or heart_default,
+      row.aorta_mask,
     )
-    out_rows.append(csv_row(row.id, report))
-  os.makedirs(output_dir, exist_ok=True)
-  atomic.write_csv(csv_path, CSV_FIELDS, out_rows)
-  return csv_path
+
+  done = {} if overwrite else {r.id: finished_report(os.path.join(output_dir, r.id)) for r in rows}
+  for row in rows:
+    if done.get(row.id) is not None:
+      diff = _differences(done[row.id].get("request"), request(row))
+      if diff:
+        raise pipeline.OutputExistsError(
+          f"{os.path.join(output_dir, row.id)} was scored with other settings ("
+          + "; ".join(diff)
+          + "): pass --overwrite to re-score every case, or use another --output_dir"
+        )
+  result = BatchResult(os.path.join(output_dir, "scores.csv"), [], [], {})
+  it = tqdm(rows, desc="scoring", unit="scan") if progress else rows
+  for row in it:
+    if done.get(row.id) is not None:
+      result.skipped.append(row.id)
+      continue
+    try:
+      done[row.id] = score_file(
+        row.image,
+        checkpoint,
+        os.path.join(output_dir, row.id),
+        heart_mask=row.heart_mask or heart_default,
+        aorta_mask=row.aorta_mask,
+        domain=row.domain if domain == "auto" else domain,
+        overwrite=True,  # a folder without scores.json holds no result; --overwrite: all
+        calibration=calibration,
+        fp=fp,
+        loaded=loaded,
+        record_input_path=record_input_path,
+      )
+      result.scored.append(row.id)
+    except Exception as e:  # pylint: disable=broad-except  (one case never stops the batch)
+      if fail_fast:
+        raise
+      result.failed[row.id] = _one_line(e)
+  write_scores_csv(result.csv_path, rows, done, result.failed)
+  return result
+
+
+def write_scores_csv(csv_path: str, rows, reports: dict, failed: dict[str, str]) -> None:
+  """scores.csv over the manifest's `rows`: a row per finished case (`reports`: {id: report}),
+  status "error" with the reason for a failed one; written atomically."""
+  out = []
+  for row in rows:
+    if reports.get(row.id) is not None:
+      out.append(csv_row(row.id, reports[row.id]))
+    elif row.id in failed:
+      out.append({"id": row.id, "status": "error", "error": failed[row.id]})
+  os.makedirs(os.path.dirname(csv_path) or ".", exist_ok=True)
+  atomic.write_csv(csv_path, CSV_FIELDS, out)
