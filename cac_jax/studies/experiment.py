@@ -300,7 +300,9 @@ def train_models(
   exports = {}
   src_dir = os.path.join(workdir, "source")
   exports["no_adaptation"] = os.path.join(src_dir, "export")
-  if not checkpoints.is_exported(exports["no_adaptation"]):
+  if checkpoints.is_exported(exports["no_adaptation"]):
+    log(f"reusing the source network {exports['no_adaptation']}")
+  else:
     log("training the source network on labelled chest NCCT")
     loop.train_source(
       config,
@@ -312,11 +314,14 @@ def train_models(
         config.seed,
         _provenance(manifest_csv, "source_train"),
       ),
+      resume=True,  # a run killed mid-training continues from its last checkpoint
     )
   models_wanted = {c.model for c in columns(config)}
   if "oracle" in models_wanted:
     exports["oracle"] = os.path.join(workdir, "oracle", "export")
-    if not checkpoints.is_exported(exports["oracle"]):
+    if checkpoints.is_exported(exports["oracle"]):
+      log(f"reusing the oracle {exports['oracle']}")
+    else:
       log("training the oracle on labelled CCTA (adapt_target labels; adaptation never reads them)")
       labelled = _load(manifest_csv, config, "adapt_target", labels=True)
       loop.train_source(
@@ -325,6 +330,7 @@ def train_models(
         data_lib.sampler_streams(
           labelled, None, config, config.seed, _provenance(manifest_csv, "adapt_target")
         ),
+        resume=True,
       )
   source_params, _ = checkpoints.load_inference(exports["no_adaptation"])
   adapt_data = data_lib.sampler_streams(
@@ -337,11 +343,13 @@ def train_models(
   for name, alpha in (("adv_cls", float(config.adapt.alpha)), ("adv_only", 0.0)):
     d = os.path.join(workdir, name)
     exports[name] = os.path.join(d, "export")
-    if not checkpoints.is_exported(exports[name]):
+    if checkpoints.is_exported(exports[name]):
+      log(f"reusing the adapted network {exports[name]}")
+    else:
       log(f"adapting to CCTA ({name}: alpha = {alpha})")
       cfg = ml_collections.ConfigDict(config.to_dict())
       cfg.adapt.alpha = alpha
-      loop.adapt(cfg, d, source_params, adapt_data)
+      loop.adapt(cfg, d, source_params, adapt_data, resume=True)
     if f"{name}_val" in models_wanted:
       chosen = select_snapshot(config, d, _load(manifest_csv, config, "ccta_val"), log)
       exports[f"{name}_val"] = chosen["export"]

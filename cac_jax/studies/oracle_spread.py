@@ -35,7 +35,10 @@ def train_oracle(config, manifest_csv: str, workdir: str, init_seed: int) -> str
     labelled = experiment._load(manifest_csv, cfg, "adapt_target", labels=True)
     provenance = data_lib.manifest_provenance([manifest_csv], "adapt_target")
     loop.train_source(
-      cfg, workdir, data_lib.sampler_streams(labelled, None, cfg, cfg.seed, provenance)
+      cfg,
+      workdir,
+      data_lib.sampler_streams(labelled, None, cfg, cfg.seed, provenance),
+      resume=True,
     )
   return export
 
