@@ -49,7 +49,8 @@ def test_statistics_equal_a_direct_computation(tiny_config, all_params):
   maps = np.asarray(g.apply({"params": all_params["generator"]}, views))
   o = maps.shape[1]
   f = maps[:, o // 2, o // 2, :].astype(np.float64)
-  want = np.mean([(v - mean) @ prec @ (v - mean) for v in f]) / f.shape[1]
+  m = f.sum(axis=0) / len(f) - mean
+  want = sum(m[i] * prec[i, j] * m[j] for i in range(m.size) for j in range(m.size)) / m.size
   critic = float(np.mean(d.apply({"params": all_params["critic"]}, maps)))
   np.testing.assert_allclose(feats, f, rtol=1e-5, atol=1e-6)
   assert got["mahalanobis"] == pytest.approx(want, rel=1e-4)
@@ -128,6 +129,10 @@ def test_percentile_and_auc_by_hand():
   assert dc.percentile_in(-1.0, q) == 0.0 and dc.percentile_in(99.0, q) == 100.0
   assert dc.percentile_in(0.5, q) == pytest.approx(0.5)  # halfway between levels 0 and 1 %
   assert dc.outside_central(0.5, q) and not dc.outside_central(1.0, q)
+  assert not dc.outside_central(0.5, q, "mahalanobis") and dc.outside_central(
+    11.5, q, "mahalanobis"
+  )
+  assert dc.outlyingness(q[11], q, "mahalanobis") == pytest.approx(1.0)
   assert dc.separation_auc([3, 4], [1, 2]) == 1.0
   assert dc.separation_auc([1, 2], [1, 2]) == 0.5
   assert dc.separation_auc([2, 0], [1]) == 0.5

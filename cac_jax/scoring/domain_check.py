@@ -9,17 +9,21 @@ An adapted export carries, in `EXPORT/domain_check/`, what the check needs:
 Two per-scan statistics over `CANDIDATES_PER_SCAN` candidate voxels (those scoring classifies:
 HU >= the scan's threshold inside the dilated heart region), sampled evenly in `np.argwhere`
 order so a scan always gives the same value:
-  "mahalanobis"  mean over the candidates of (f - mu)^T S^-1 (f - mu) / C, f the (C,) centre
-                 features of G at the candidate, mu and S (shrunk towards a scaled identity)
-                 the target's; it sees a shift in any feature channel's mean or scale.
+  "mahalanobis"  (m - mu)^T S^-1 (m - mu) / C, m the mean over the candidates of G's (C,)
+                 centre features (what C classifies), mu and S (shrunk towards a scaled
+                 identity) the mean and covariance of the target's candidate features: a
+                 shift of the scan's features in any channel. A distance: only its upper tail
+                 warns. (The mean over candidates of each candidate's own distance separated
+                 the phantom sets worse: within-scan spread dominates it; docs/scoring.md.)
   "critic"       mean critic score of the candidates' (o, o, C) feature maps, scored as one
                  batch. The reference critic normalises each call by that call's own batch
                  statistics, so it cannot see a per-channel shift of a whole scan's features.
 `reference.json` names the statistic the report leads with: the one whose per-scan values
 separate the export's own source and target scans better (AUC), Mahalanobis on a tie.
 
-A scan whose value lies outside the target's central 98 % (below the 1 % or above the 99 %
-quantile) is flagged with `WARNING`. A source export says `NOT_ADAPTED`.
+A scan whose value lies outside the target's central 98 % is flagged with `WARNING`: above the
+99 % quantile for the distance, below the 1 % or above the 99 % quantile for the critic. A
+source export says `NOT_ADAPTED`.
 """
 
 from __future__ import annotations
@@ -146,10 +150,10 @@ def shrunk_precision(covariance: np.ndarray, shrink: float = SHRINK) -> np.ndarr
 
 
 def mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> float:
-  """Mean over rows of (f - mean)^T precision (f - mean) / C for (K, C) features (about 1 in
-  distribution, larger when the scan's features are shifted or scaled)."""
-  d = np.asarray(features, np.float64) - np.asarray(mean, np.float64)
-  return float(np.mean(np.einsum("kc,cd,kd->k", d, precision, d)) / d.shape[1])
+  """(m - mean)^T precision (m - mean) / C for m the mean of (K, C) features: about 1/K for a
+  scan drawn like the reference, larger when the scan's features are shifted (or scaled)."""
+  d = np.asarray(features, np.float64).mean(axis=0) - np.asarray(mean, np.float64)
+  return float(d @ precision @ d / d.size)
 
 
 def sample_candidates(candidates: np.ndarray, n: int = CANDIDATES_PER_SCAN) -> np.ndarray:
@@ -260,17 +264,24 @@ def percentile_in(value: float, q: Sequence[float]) -> float:
   return float(np.interp(value, q, LEVELS))
 
 
-def outside_central(value: float, q: Sequence[float]) -> bool:
-  """True when `value` is below the 1 % or above the 99 % quantile of `q` (at `LEVELS`)."""
+ONE_SIDED = ("mahalanobis",)  # distances: only large values are unlike the target
+
+
+def outside_central(value: float, q: Sequence[float], statistic: str = "critic") -> bool:
+  """True when `value` lies outside the central 98 % of `q` (at `LEVELS`): above the 99 %
+  quantile, or (two-sided statistics) below the 1 % quantile."""
   lo, hi = (q[LEVELS.index(p)] for p in CENTRAL)
-  return bool(value < lo or value > hi)
+  return bool(value > hi or (statistic not in ONE_SIDED and value < lo))
 
 
-def outlyingness(value: float, q: Sequence[float]) -> float:
-  """|value - median| / (half the 1..99 % range) of a distribution at `LEVELS`: 0 at the
-  median, 1 at the edge of the central 98 %; a two-sided score for ranking scans."""
+def outlyingness(value: float, q: Sequence[float], statistic: str = "critic") -> float:
+  """A score for ranking scans by how unlike the target they are, 1 at the warning's edge:
+  (value - median) / (99 % quantile - median) for a distance, |value - median| / half the
+  1..99 % range for a two-sided statistic."""
   med = q[LEVELS.index(50.0)]
   lo, hi = (q[LEVELS.index(p)] for p in CENTRAL)
+  if statistic in ONE_SIDED:
+    return float((value - med) / max(hi - med, 1e-12))
   return float(abs(value - med) / max((hi - lo) / 2.0, 1e-12))
 
 
@@ -325,8 +336,8 @@ def build_reference(
   for stat in STATISTICS:
     tq = q[stat]["target"]
     aucs[stat] = separation_auc(
-      [outlyingness(s[stat], tq) for s in per_scan["source"]],
-      [outlyingness(s[stat], tq) for s in per_scan["target"]],
+      [outlyingness(s[stat], tq, stat) for s in per_scan["source"]],
+      [outlyingness(s[stat], tq, stat) for s in per_scan["target"]],
     )
   best = "critic" if aucs["critic"] > aucs["mahalanobis"] else "mahalanobis"
   return Reference(
@@ -477,7 +488,7 @@ def verdict(model: DomainModel, values: dict) -> dict:
     )
   tq = ref.quantiles[stat]["target"]
   entry["percentile_in_target"] = percentile_in(value, tq)
-  entry["verdict"] = WARNING if outside_central(value, tq) else IN_DOMAIN
+  entry["verdict"] = WARNING if outside_central(value, tq, stat) else IN_DOMAIN
   entry["other_statistics"] = {
     s: {
       "value": values[s],

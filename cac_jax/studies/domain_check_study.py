@@ -4,9 +4,9 @@ For each held-apart phantom set (`cac_jax.phantoms.variants`), every case is sco
 (candidates as scoring selects them: the phantom's heart and aorta masks, the aortic-lumen
 threshold), both statistics of `cac_jax.scoring.domain_check` are computed, and per set and
 statistic the study gives:
-  auc     P(a set's scan is more outlying than an in-domain scan) + 0.5 P(tie), outlyingness
-          = |value - target median| / half the target's 1..99 % range (two-sided, as the
-          verdict); the in-domain set itself gets no AUC
+  auc     P(a set's scan is more outlying than an in-domain scan) + 0.5 P(tie), by
+          `domain_check.outlyingness` (one-sided for the distance, two-sided for the critic,
+          as the verdict); the in-domain set itself gets no AUC
   warned  the share of the set's scans outside the target's central 98 % (the warning)
 The in-domain set is fresh CCTA drawn as the adaptation's target was ("ccta"), at seeds the
 experiment roles never use.
@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 import dataclasses
+import math
 
 import numpy as np
 
@@ -84,11 +85,11 @@ def measure(
     auc, warned = {}, {}
     for s in dc.STATISTICS:
       tq = model.reference.quantiles[s]["target"]
-      mine = [dc.outlyingness(v, tq) for v in values[s] if np.isfinite(v)]
-      ref = [dc.outlyingness(v[s], tq) for v in raw[IN_DOMAIN] if np.isfinite(v[s])]
+      mine = [dc.outlyingness(v, tq, s) for v in values[s] if np.isfinite(v)]
+      ref = [dc.outlyingness(v[s], tq, s) for v in raw[IN_DOMAIN] if np.isfinite(v[s])]
       auc[s] = float("nan") if name == IN_DOMAIN else dc.separation_auc(mine, ref)
       fin = [v for v in values[s] if np.isfinite(v)]
-      warned[s] = float(np.mean([dc.outside_central(v, tq) for v in fin])) if fin else float("nan")
+      warned[s] = float(np.mean([dc.outside_central(v, tq, s) for v in fin])) if fin else math.nan
     out.append(SetResult(name, values, auc, warned))
   return out
 
