@@ -5,14 +5,18 @@ r"""Unsupervised adaptation of the source model to the target domain (WGAN criti
 
 Without manifests it adapts on `cac_jax.data.synthetic` patches. The network sizes of --config
 must match the source checkpoint's. Writes checkpoints, metrics.jsonl, TensorBoard events
-and the adapted inference export (WORKDIR/export).
+and the adapted inference export (WORKDIR/export); with manifests the export also carries the
+per-scan domain check (WORKDIR/export/domain_check, `cac_jax.scoring.domain_check`).
 
 (From a checkout also `python -m launch.adapt ...`.)
 """
 
+import os
+
 from absl import app, flags
 
 from cac_jax import atomic, checkpoints, train
+from cac_jax.scoring import domain_check
 from cac_jax.train import data as data_lib
 
 from . import _cli
@@ -53,6 +57,15 @@ def main(argv):
         config, _RUN.source_manifest.value, _TARGET_MANIFEST.value, split=common.split()
       )
     state = train.adapt(config, _RUN.workdir.value, params, data, resume=_RUN.resume.value)
+    if data is not None:  # the per-scan domain check of every scores.json from this export
+      domain_check.write_for_manifests(
+        os.path.join(_RUN.workdir.value, "export"),
+        {"generator": state.generator, "critic": state.critic},
+        config,
+        _RUN.source_manifest.value,
+        _TARGET_MANIFEST.value,
+        split=common.split(),
+      )
   print(
     f"adaptation done at generator step {int(state.step)}; export in {_RUN.workdir.value}/export"
   )

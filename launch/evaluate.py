@@ -1,10 +1,14 @@
 """Evaluate calcium predictions against the manifest's reference labels.
 
   cac-evaluate --predictions DIR --manifest CSV --output_dir DIR [--split test]
+  cac-evaluate --predictions DIR --paired CSV --output_dir DIR [--split test]
 
 DIR/<id>/calcium_labels.nii.gz per case (reference encoding, input grid). Writes results.md,
 results.csv, bland_altman.png and report.html into --output_dir and prints the results table
-(see `cac_jax.evaluation.dataset`).
+(see `cac_jax.evaluation.dataset`). With --paired (a manifest with a `patient` column linking
+each patient's ncct and ccta rows) it writes paired.md, paired.csv, paired_confusion.png and
+paired_bland_altman.png instead: the CCTA scores against the same patients' NCCT Agatston
+(`cac_jax.evaluation.paired`).
 
 (From a checkout also `python -m launch.evaluate ...`.)
 """
@@ -12,7 +16,7 @@ results.csv, bland_altman.png and report.html into --output_dir and prints the r
 from absl import app, flags
 
 from cac_jax import atomic
-from cac_jax.evaluation import dataset
+from cac_jax.evaluation import dataset, paired
 
 from . import _cli
 
@@ -27,13 +31,26 @@ _SPLIT = flags.DEFINE_string(
 _ALLOW_MISSING = flags.DEFINE_bool(
   "allow_missing", False, "Skip (and list) cases without a prediction instead of failing."
 )
-flags.mark_flags_as_required(["predictions", "manifest", "output_dir"])
+_PAIRED = flags.DEFINE_string(
+  "paired", None, "Paired manifest CSV (a `patient` column): CCTA vs the same patient's NCCT."
+)
+flags.mark_flags_as_required(["predictions", "output_dir"])  # and one of --manifest, --paired
+
+
+def _paired(out: str) -> None:
+  agreement, _ = paired.evaluate_paired(_PREDICTIONS.value, _PAIRED.value, split=_SPLIT.value)
+  print(paired.write_report(agreement, out), end="")
 
 
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if bool(_MANIFEST.value) == bool(_PAIRED.value):
+    raise app.UsageError("give exactly one of --manifest and --paired")
   with atomic.claim_dir(_OUTPUT_DIR.value):  # checked and locked before any computation
+    if _PAIRED.value:
+      _paired(_OUTPUT_DIR.value)
+      return
     results = dataset.evaluate_dataset(
       _PREDICTIONS.value, _MANIFEST.value, split=_SPLIT.value, allow_missing=_ALLOW_MISSING.value
     )
@@ -47,6 +64,7 @@ def flag_paths():
   return {
     "--predictions": _PREDICTIONS.value,
     "--manifest": _MANIFEST.value,
+    "--paired": _PAIRED.value,
     "--output_dir": _OUTPUT_DIR.value,
   }
 

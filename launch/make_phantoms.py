@@ -2,6 +2,7 @@ r"""Writes a phantom data set (or benchmarks the generator).
 
   cac-phantoms --output_dir DIR --domain ccta --num_cases 8 --seed 100 \
       [--split test] [--config tiny] [--config.phantoms.fov_scale=1.0] [--preview P.png]
+  cac-phantoms --paired --output_dir DIR --num_cases 16 --seed 700000 [--config tiny]
   cac-phantoms --benchmark [--config tiny]
 
 (From a checkout also `python -m launch.make_phantoms ...`.)
@@ -12,6 +13,7 @@ import time
 from absl import app, flags, logging
 
 from cac_jax import phantoms
+from cac_jax.phantoms import variants
 
 from . import _cli
 
@@ -21,6 +23,12 @@ _DOMAIN = flags.DEFINE_enum("domain", "ccta", list(phantoms.DOMAINS), "Phantom d
 _NUM = flags.DEFINE_integer("num_cases", 4, "Number of cases.")
 _SEED = flags.DEFINE_integer("seed", 0, "Seed of the first case (cases use seed..seed+N-1).")
 _SPLIT = flags.DEFINE_string("split", "train", "Manifest split column.")
+_PAIRED = flags.DEFINE_bool(
+  "paired",
+  False,
+  "Write --num_cases patients each as cardiac NCCT and CCTA (same anatomy and calcium), with a "
+  "`patient` manifest column (cac-evaluate --paired); --domain is ignored.",
+)
 _PREVIEW = flags.DEFINE_string("preview", None, "PNG: axial/coronal slices of one case per domain.")
 _BENCH = flags.DEFINE_boolean("benchmark", False, "Print seconds per case per domain and exit.")
 _BENCH_FULL = flags.DEFINE_boolean("benchmark_full", True, "Benchmark also at full resolution.")
@@ -53,7 +61,17 @@ def main(argv):
   if _BENCH.value:
     _benchmark(config)
     return
-  if _OUT.value:
+  if _OUT.value and _PAIRED.value:
+    path = variants.write_paired_dataset(
+      _OUT.value,
+      _NUM.value,
+      _SEED.value,
+      config,
+      split=_SPLIT.value,
+      progress=lambda cid: logging.info("wrote %s", cid),
+    )
+    logging.info("paired manifest: %s", path)
+  elif _OUT.value:
     path = phantoms.write_dataset(
       _OUT.value,
       _DOMAIN.value,

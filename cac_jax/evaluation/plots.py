@@ -1,5 +1,6 @@
-"""Figures for evaluation: the Bland-Altman plot (matplotlib, Agg backend). The lesion overlay
-written with every scored scan is `cac_jax.scoring.overlay`.
+"""Figures for evaluation: the Bland-Altman plot and the risk-category confusion table
+(matplotlib, Agg backend). The lesion overlay written with every scored scan is
+`cac_jax.scoring.overlay`.
 
 The figure is written atomically (`overlay.save_figure`), so a reader never sees a half-written
 PNG. Degenerate inputs never crash a report: with fewer than 3 scans the plot still states why
@@ -14,6 +15,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 from matplotlib import figure as mfigure  # noqa: E402  (after selecting the backend)
+from matplotlib import patches as mpatches  # noqa: E402
 import numpy as np  # noqa: E402
 
 from cac_jax.evaluation import metrics  # noqa: E402
@@ -76,5 +78,34 @@ def bland_altman_plot(
   ax.set_ylabel(f"prediction − reference ({units})")
   ax.set_title(title or "Bland-Altman")
   ax.grid(True, alpha=0.3)
+  fig.tight_layout()
+  return overlay.save_figure(fig, path)
+
+
+def confusion_plot(
+  confusion: np.ndarray,
+  path: str,
+  names: Sequence[str] = metrics.AGATSTON_CATEGORY_NAMES,
+  title: str = "",
+  row_label: str = "reference",
+  col_label: str = "prediction",
+) -> str:
+  """A confusion table as a figure: (k, k) counts (rows `row_label`, columns `col_label`),
+  each cell's count written in it, the diagonal outlined. Returns path."""
+  cm = np.asarray(confusion)
+  k = cm.shape[0]
+  fig = mfigure.Figure(figsize=(1.2 * k + 1.6, 1.0 * k + 1.4))
+  ax = fig.add_subplot(1, 1, 1)
+  ax.imshow(cm, cmap="Blues", vmin=0, vmax=max(int(cm.max()), 1))
+  for i in range(k):
+    for j in range(k):
+      dark = cm[i, j] > 0.6 * max(int(cm.max()), 1)
+      ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", color="w" if dark else "k")
+    ax.add_patch(mpatches.Rectangle((i - 0.5, i - 0.5), 1, 1, fill=False, ec="tab:orange", lw=1.5))
+  ax.set_xticks(range(k), names)
+  ax.set_yticks(range(k), names)
+  ax.set_xlabel(col_label)
+  ax.set_ylabel(row_label)
+  ax.set_title(title or "Agatston risk categories")
   fig.tight_layout()
   return overlay.save_figure(fig, path)

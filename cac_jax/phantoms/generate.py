@@ -60,13 +60,22 @@ def case_id(domain: str, seed: int) -> str:
   return f"{domain}_{int(seed):06d}"
 
 
-def simulate(domain: str, seed: int, config, track_tissue: bool = False) -> Simulation:
-  """Generates one case with its bookkeeping (see `generate_case`)."""
+def simulate(
+  domain: str, seed: int, config, track_tissue: bool = False, protocol_fn=None
+) -> Simulation:
+  """Generates one case with its bookkeeping (see `generate_case`).
+
+  protocol_fn: optional `(Protocol, seed) -> Protocol` applied to the drawn protocol (held-apart
+  acquisitions such as a fixed kVp, `cac_jax.phantoms.variants`); the patient and every other
+  draw are those of the unmodified case.
+  """
   acquisition.check_domain(domain)
   patient = anatomy.sample_patient(np.random.default_rng(_patient_key(domain, seed, 1, config)))
   plans = plan_case_calcium(domain, seed, config)
   rng = np.random.default_rng([0xCAC, 3, int(seed), _domain_key(domain)])
   protocol = acquisition.sample_protocol(domain, rng)
+  if protocol_fn is not None:
+    protocol = protocol_fn(protocol, int(seed))
   mat = acquisition.materials(protocol, rng)
   grid = acquisition.make_grid(domain, protocol, patient, config, rng)
 

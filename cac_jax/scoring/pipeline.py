@@ -403,7 +403,9 @@ def score_scan(
   A scan with no aorta (CCTA), an empty heart mask, no heart found or no candidate voxels
   gives an all-zero result with a warning in `report["warnings"]`, not an exception.
   `report["heart_region"]` says where the region came from ("mask", "auto" or "none") and
-  `report["settings"]["heart_filter"]` whether the heart filter actually ran.
+  `report["settings"]["heart_filter"]` whether the heart filter actually ran. With a
+  `domain_check.attach`ed model in `params`, `report["domain_check"]` says whether the scan is
+  like the adaptation's target domain (`cac_jax.scoring.domain_check`).
   """
   settings = fp_settings or postprocess.FPReductionSettings.from_config(config.scoring)
   setup = prepare(
@@ -415,7 +417,14 @@ def score_scan(
     aorta_mask=aorta_mask,
     auto_heart=auto_heart,
   )
-  return finish(setup, scan, raw_classes(setup, scan, params, config), settings, calibration)
+  result = finish(setup, scan, raw_classes(setup, scan, params, config), settings, calibration)
+  if "domain_check" in params:  # attached by `domain_check.attach` (file scoring)
+    from cac_jax.scoring import domain_check  # jax: imported only when a check runs
+
+    result.report["domain_check"] = domain_check.for_setup(
+      params["domain_check"], params, config, scan, setup
+    )
+  return result
 
 
 def plausibility_warnings(

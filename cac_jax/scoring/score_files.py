@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from cac_jax import atomic, checkpoints
 from cac_jax.data import manifest, volume_io
-from cac_jax.scoring import dicom_seg, pipeline, postprocess
+from cac_jax.scoring import dicom_seg, domain_check, pipeline, postprocess
 
 ARTERIES = ("LAD", "LCX", "RCA")
 CSV_FIELDS = (
@@ -52,6 +52,7 @@ def _fp_settings(config, fp: dict | None) -> postprocess.FPReductionSettings:
 def load_model(checkpoint: str) -> tuple[dict, Any, dict]:
   """(params, config, provenance) of an exported checkpoint (`checkpoints.provenance`)."""
   params, config = checkpoints.load_inference(checkpoint)
+  params = domain_check.attach(params, checkpoint, config)
   return params, config, checkpoints.provenance(checkpoint, config)
 
 
@@ -120,6 +121,7 @@ def score_file(
   ):  # (params, config) as checkpoints.load_inference returns
     loaded = (*loaded, checkpoints.provenance(checkpoint, loaded[1]))
   params, config, prov = loaded or load_model(checkpoint)
+  params = domain_check.attach(params, checkpoint, config)  # every scores.json says
   if masks_dir:
     heart_mask, dir_aorta = masks_from_dir(masks_dir)
     aorta_mask = aorta_mask or dir_aorta
