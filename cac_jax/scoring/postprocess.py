@@ -26,6 +26,7 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
+from cac_jax import labels as labels_lib
 from cac_jax.data.scan import Scan
 from cac_jax.labels import NUM_CLASSES
 
@@ -182,11 +183,16 @@ def heart_filter(
     raise ValueError(
       f"heart mask shape {np.shape(heart_mask)} differs from classes shape {classes.shape}"
     )
+  if region is None:
+    region = heart_region(heart_mask, spacing, dilation_mm)
+  return _touching(classes, region)
+
+
+def _touching(classes: np.ndarray, region: np.ndarray) -> np.ndarray:
+  """`classes` without the lesions that have no voxel in `region` (bool, same shape)."""
   lab, n = label_lesions(classes)
   if n == 0:
     return classes.copy()
-  if region is None:
-    region = heart_region(heart_mask, spacing, dilation_mm)
   keep = np.zeros(n + 1, dtype=bool)
   keep[np.unique(lab[region & (lab > 0)])] = True
   keep[0] = False
@@ -221,8 +227,19 @@ def reduce_false_positives(
     out = grow_lesions(classes, hu, threshold_hu)
   else:
     out = np.where(hu >= threshold_hu, np.asarray(classes), 0).astype(np.int32)
+  # Lesions lie in the box of the labelled voxels: the size limits and the heart filter label
+  # only that box (the same lesions as the whole map's, outside it everything is 0).
+  box = labels_lib.labelled_box(out)
+  inner = out[box]
   if settings.size_limits:
-    out = size_filter(out, spacing, settings.min_mm3, settings.max_mm3)
+    inner = size_filter(inner, spacing, settings.min_mm3, settings.max_mm3)
   if settings.heart_filter:
-    out = heart_filter(out, heart_mask, spacing, settings.dilation_mm, heart_region_mask)
+    if heart_mask is None or not np.any(heart_mask):
+      inner = heart_filter(inner, None, spacing, settings.dilation_mm)  # warns, keeps all
+    else:
+      region = heart_region_mask
+      if region is None:
+        region = heart_region(heart_mask, spacing, settings.dilation_mm)
+      inner = _touching(inner, np.asarray(region)[box])
+  out[box] = inner
   return out

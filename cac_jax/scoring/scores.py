@@ -43,6 +43,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from cac_jax import labels as labels_lib
 from cac_jax.data.scan import Scan
 from cac_jax.labels import AORTA, AORTIC_VALVE, CLASS_NAMES, CORONARY_CLASSES, LAD, MITRAL_VALVE
 
@@ -180,6 +181,18 @@ def _split_left_main(
   return [("LM", left_main), (CLASS_NAMES[LAD], lad)] + arteries[1:]
 
 
+def _cropped(classes, hu, scan: Scan, left_main):
+  """`classes`, float64 `hu` and `left_main` in `labels.labelled_box(classes)`, and the box."""
+  classes = np.asarray(classes)
+  if classes.shape != np.shape(hu) or classes.shape != scan.shape:
+    raise ValueError(
+      f"shapes differ: classes {classes.shape}, hu {np.shape(hu)}, scan {scan.shape}"
+    )
+  box = labels_lib.labelled_box(classes)
+  lm = None if left_main is None else np.asarray(left_main)[box]
+  return classes[box], np.asarray(np.asarray(hu)[box], dtype=np.float64), lm, box
+
+
 def compute_scores(
   classes: np.ndarray,
   hu: np.ndarray,
@@ -208,10 +221,7 @@ def compute_scores(
   """
   if domain not in ("ncct", "ccta"):
     raise ValueError(f"domain must be 'ncct' or 'ccta'; got {domain!r}")
-  classes = np.asarray(classes)
-  hu = np.asarray(hu, dtype=np.float64)
-  if classes.shape != hu.shape or classes.shape != scan.shape:
-    raise ValueError(f"shapes differ: classes {classes.shape}, hu {hu.shape}, scan {scan.shape}")
+  classes, hu, left_main, _ = _cropped(classes, hu, scan, left_main)
   c_ha = 1.0 if calibration is None else float(calibration)
   result: dict[str, Any] = {"domain": domain}
   arteries = _split_left_main(classes, left_main)
@@ -283,8 +293,8 @@ def lesion_table(
   (3D Slicer shows RAS: negate x and y).
   Values are rounded for reading (0.01 mm³, 0.1 HU, 0.01 Agatston, 0.1 mass, 0.1 mm).
   """
-  classes = np.asarray(classes)
-  hu = np.asarray(hu, dtype=np.float64)
+  classes, hu, left_main, box = _cropped(classes, hu, scan, left_main)
+  offset = np.array([b.start for b in box])
   c_ha = 1.0 if calibration is None else float(calibration)
   rows: list[dict] = []
   structures = _split_left_main(classes, left_main)
@@ -297,7 +307,7 @@ def lesion_table(
       one = lab[sl] == i
       vals = hu[sl][one]
       vol = float(one.sum()) * scan.voxel_volume_mm3
-      centre = np.array([s.start for s in sl]) + np.mean(np.nonzero(one), axis=1)
+      centre = offset + np.array([s.start for s in sl]) + np.mean(np.nonzero(one), axis=1)
       x, y, z = scan.index_to_physical(centre)
       score = None
       if name not in (CLASS_NAMES[AORTA], CLASS_NAMES[MITRAL_VALVE]):
