@@ -73,7 +73,7 @@ class OutputExistsError(FileExistsError):
 class ScoringResult:
   """Everything the scoring of one scan produced.
 
-  classes: int32 (z, y, x) classes 0..6 on the scan's (canonical) grid after FP reduction.
+  classes: uint8 (z, y, x) classes 0..6 on the scan's (canonical) grid after FP reduction.
   raw_classes: the same before FP reduction (for the ablation).
   report: JSON-serialisable dict (scores, threshold, ROI, domain decision, settings, warnings).
   heart: bool (z, y, x) heart mask or automatic region used (undilated), or None.
@@ -107,7 +107,7 @@ def _versions() -> dict[str, str]:
 
 
 def _empty_result(setup: Setup, scan: Scan) -> ScoringResult:
-  zeros = np.zeros(scan.shape, np.int32)
+  zeros = np.zeros(scan.shape, np.uint8)
   report = dict(
     setup.report,
     domain=setup.domain,
@@ -131,7 +131,7 @@ def detect(
   the scan's own candidate voxels (HU >= threshold inside `region`), so volumes and Agatston
   are measured at the scan's native resolution.
 
-  Returns int32 (z, y, x) classes 0..6, 0 outside candidates.
+  Returns uint8 (z, y, x) classes 0..6, 0 outside candidates.
   """
   return detect_many(scan, [params], config, threshold_hu, region)[0]
 
@@ -154,7 +154,7 @@ def detect_many(
   `working` (the scan at `config.data.working_spacing`, `working_scan`), `working_region`
   (`region` on that grid) and `native_candidates` (`candidate_mask(scan.hu, threshold_hu,
   region)`): what `prepare` computed already, so that the scan is resampled once.
-  Returns per model int32 (z, y, x) classes 0..6, 0 outside candidates.
+  Returns per model uint8 (z, y, x) classes 0..6, 0 outside candidates.
   """
   from cac_jax.data import preprocess  # jax import deferred: numpy-only callers stay light
   from cac_jax.scoring import infer
@@ -163,14 +163,14 @@ def detect_many(
   if native_cand is None:
     native_cand = candidate_mask(scan.hu, threshold_hu, region)
   if not native_cand.any():
-    return [np.zeros(scan.shape, np.int32) for _ in params_list]
+    return [np.zeros(scan.shape, np.uint8) for _ in params_list]
   if working is None:
     working = working_scan(scan, config)
   if working is scan:
     preds = infer.predict_candidates_many(
       params_list, config, scan.hu, native_cand, **infer_options
     )
-    return [p.class_volume() for p in preds]
+    return [p.class_volume().astype(np.uint8) for p in preds]
   w_region = working_region
   if w_region is None and region is not None:
     w_region = preprocess.resample_labels(region.astype(np.uint8), scan, working) > 0
@@ -183,7 +183,7 @@ def detect_many(
   for p in preds:
     back = preprocess.resample_labels(p.class_volume().astype(np.uint8), working, scan)
     back[~native_cand] = 0
-    out.append(back.astype(np.int32))
+    out.append(back)
   return out
 
 
@@ -369,7 +369,7 @@ def _without_aorta_threshold(info: dict, config: ml_collections.ConfigDict, note
 
 
 def raw_classes(setup: Setup, scan: Scan, params, config: ml_collections.ConfigDict) -> np.ndarray:
-  """Network classes at the candidates of `setup` before FP reduction: int32 (z, y, x) 0..6."""
+  """Network classes at the candidates of `setup` before FP reduction: uint8 (z, y, x) 0..6."""
   return raw_classes_many(setup, scan, [params], config)[0]
 
 
@@ -377,9 +377,9 @@ def raw_classes_many(
   setup: Setup, scan: Scan, params_list, config: ml_collections.ConfigDict, **infer_options
 ) -> list[np.ndarray]:
   """`raw_classes` of several models of one architecture (`detect_many`; `infer_options` go to
-  `infer.predict_candidates_many`): per model int32 (z, y, x) classes 0..6."""
+  `infer.predict_candidates_many`): per model uint8 (z, y, x) classes 0..6."""
   if setup.empty:
-    return [np.zeros(scan.shape, np.int32) for _ in params_list]
+    return [np.zeros(scan.shape, np.uint8) for _ in params_list]
   return detect_many(
     scan,
     params_list,
@@ -396,7 +396,7 @@ def raw_classes_many(
 def reduce(
   setup: Setup, scan: Scan, raw: np.ndarray, settings: postprocess.FPReductionSettings
 ) -> tuple[np.ndarray, list[str]]:
-  """False-positive reduction of `raw_classes` with `settings`: (int32 (z, y, x) classes, warnings)."""
+  """False-positive reduction of `raw_classes` with `settings`: (uint8 (z, y, x) classes, warnings)."""
   if setup.empty:
     return raw, []
   region = setup.region if setup.region_dilation_mm == settings.dilation_mm else None
@@ -405,7 +405,7 @@ def reduce(
     final = postprocess.reduce_false_positives(
       raw, scan.hu, setup.threshold_hu, scan.spacing, setup.heart, settings, region
     )
-  return final.astype(np.int32), [str(w.message) for w in caught]
+  return final.astype(np.uint8, copy=False), [str(w.message) for w in caught]
 
 
 def finish(

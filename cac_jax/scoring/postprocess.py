@@ -90,7 +90,7 @@ def grow_lesions(detected_classes: np.ndarray, hu: np.ndarray, threshold_hu: flo
     threshold_hu: calcium threshold (130 for NCCT, lumen mean + 3 SD for CCTA).
 
   Returns:
-    int32 (z, y, x) classes: every 6-connected component of `hu >= threshold_hu` that holds
+    uint8 (z, y, x) classes: every 6-connected component of `hu >= threshold_hu` that holds
     at least one detected (class > 0) voxel, labelled with the majority class of the detected
     voxels in it; ties go to the lowest class index (so a coronary class wins over aorta or
     valves). Detected voxels below the threshold are dropped.
@@ -100,13 +100,13 @@ def grow_lesions(detected_classes: np.ndarray, hu: np.ndarray, threshold_hu: flo
     raise ValueError(f"classes shape {detected_classes.shape} differs from hu shape {np.shape(hu)}")
   above = np.asarray(hu) >= threshold_hu
   lab, n = ndimage.label(above, structure=CONNECTIVITY_6)
-  out = np.zeros(detected_classes.shape, dtype=np.int32)
+  out = np.zeros(detected_classes.shape, dtype=np.uint8)
   if n == 0:
     return out
   det = (detected_classes > 0) & above
   counts = np.zeros((n + 1, NUM_CLASSES), dtype=np.int64)
   np.add.at(counts, (lab[det], detected_classes[det].astype(np.int64)), 1)
-  lut = np.zeros(n + 1, dtype=np.int32)
+  lut = np.zeros(n + 1, dtype=np.uint8)
   has = counts[:, 1:].sum(axis=1) > 0
   lut[has] = 1 + np.argmax(counts[has, 1:], axis=1)  # argmax: first (lowest class) on ties
   lut[0] = 0
@@ -208,7 +208,7 @@ def reduce_false_positives(
   settings: FPReductionSettings | None = None,
   heart_region_mask: np.ndarray | None = None,
 ) -> np.ndarray:
-  """Run the enabled false-positive reduction steps; returns int32 classes (z, y, x).
+  """Run the enabled false-positive reduction steps; returns uint8 classes (z, y, x).
 
   Args:
     classes: network classes 0..6 (z, y, x).
@@ -226,7 +226,7 @@ def reduce_false_positives(
   if settings.region_growing:
     out = grow_lesions(classes, hu, threshold_hu)
   else:
-    out = np.where(hu >= threshold_hu, np.asarray(classes), 0).astype(np.int32)
+    out = np.where(hu >= threshold_hu, np.asarray(classes), 0).astype(np.uint8)
   # Lesions lie in the box of the labelled voxels: the size limits and the heart filter label
   # only that box (the same lesions as the whole map's, outside it everything is 0).
   box = labels_lib.labelled_box(out)
