@@ -8,6 +8,14 @@ and `finish` (`reduce`: FP reduction; scores and warnings). `write_outputs` writ
 calcium_labels.nii.gz, its viewer colour tables, lesions.csv, scores.json and overlay.png
 atomically.
 
+Grids: `prepare` resamples the scan to the working spacing once (`working_scan`) and keeps it
+for the network; the heart dilation runs there and is mapped to the scan's voxels
+(`dilated_heart`). The aorta search runs on its own 1.5 mm copy, its ROI statistics on the
+scan's voxels (`cac_jax.data.threshold`). Candidates, region growing, size limits, the heart
+filter, the scores and the written labels stay on the scan's own grid: volumes and Agatston
+are measured at native resolution, and FP reduction and scores touch only the box of the
+labelled voxels.
+
 Every report carries `RESEARCH_NOTICE` and plausibility warnings (`plausibility_warnings`):
 the numbers come from a research model and are never silently implausible.
 """

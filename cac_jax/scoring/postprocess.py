@@ -126,11 +126,15 @@ def size_filter(
   lab, n = label_lesions(classes)
   if n == 0:
     return classes.copy()
-  vol = _lesion_volumes(lab, n, spacing)
-  eps = 1e-9 * max(1.0, float(max_mm3))
-  keep = (vol >= min_mm3 - eps) & (vol <= max_mm3 + eps)
+  keep = _within_size(_lesion_volumes(lab, n, spacing), min_mm3, max_mm3)
   keep[0] = False
   return np.where(keep[lab], classes, 0).astype(classes.dtype)
+
+
+def _within_size(vol: np.ndarray, min_mm3: float, max_mm3: float) -> np.ndarray:
+  """Bool per lesion: volume (mm³) within [min_mm3, max_mm3], up to float round-off."""
+  eps = 1e-9 * max(1.0, float(max_mm3))
+  return (vol >= min_mm3 - eps) & (vol <= max_mm3 + eps)
 
 
 def heart_region(
@@ -229,17 +233,31 @@ def reduce_false_positives(
     out = np.where(hu >= threshold_hu, np.asarray(classes), 0).astype(np.uint8)
   # Lesions lie in the box of the labelled voxels: the size limits and the heart filter label
   # only that box (the same lesions as the whole map's, outside it everything is 0).
+  # Both steps keep or drop whole lesions, so one labelling serves both (the lesions left by the
+  # size limits are the same components of the map they leave).
   box = labels_lib.labelled_box(out)
   inner = out[box]
-  if settings.size_limits:
-    inner = size_filter(inner, spacing, settings.min_mm3, settings.max_mm3)
+  region = None
   if settings.heart_filter:
     if heart_mask is None or not np.any(heart_mask):
-      inner = heart_filter(inner, None, spacing, settings.dilation_mm)  # warns, keeps all
+      heart_filter(inner, None, spacing, settings.dilation_mm)  # warns; keeps every lesion
     else:
       region = heart_region_mask
       if region is None:
         region = heart_region(heart_mask, spacing, settings.dilation_mm)
-      inner = _touching(inner, np.asarray(region)[box])
-  out[box] = inner
+      region = np.asarray(region)[box]
+  if not settings.size_limits and region is None:
+    return out
+  lab, n = label_lesions(inner)
+  if n == 0:
+    return out
+  keep = np.ones(n + 1, dtype=bool)
+  if settings.size_limits:
+    keep &= _within_size(_lesion_volumes(lab, n, spacing), settings.min_mm3, settings.max_mm3)
+  if region is not None:
+    touching = np.zeros(n + 1, dtype=bool)
+    touching[np.unique(lab[region & (lab > 0)])] = True
+    keep &= touching
+  keep[0] = False
+  inner[~keep[lab]] = 0
   return out

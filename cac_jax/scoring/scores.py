@@ -81,26 +81,36 @@ def agatston(
     slice_increment_mm: defaults to spacing[0].
   """
   mask = np.asarray(mask, dtype=bool)
+  return float(_agatston_sums(mask, hu, spacing, slice_increment_mm, mask.view(np.uint8))[1])
+
+
+def _agatston_sums(mask, hu, spacing, slice_increment_mm, groups: np.ndarray) -> np.ndarray:
+  """Agatston score of each group of 2D lesions: `groups` int (z, y, x) gives each voxel of
+  `mask` its group (1..); returns float64 (max group + 1,) with [0] = 0.
+
+  Each 2D lesion lies in one group (e.g. the 3D lesion that holds it); its term is added to
+  its group's sum in array order, as a per-slice loop over one group alone adds them.
+  """
+  mask = np.asarray(mask, dtype=bool)
   hu = np.asarray(hu)
+  groups = np.asarray(groups)
   inc = float(spacing[0] if slice_increment_mm is None else slice_increment_mm)
   pixel_area = float(spacing[1]) * float(spacing[2])
+  sums = [0.0] * (max(int(groups.max()) if groups.size else 0, 1) + 1)
   # Every slice's 4-connected components at once (no link across slices), numbered in array
   # order: slice by slice, as a per-slice loop would visit them.
   lab, n = ndimage.label(mask, structure=_IN_SLICE_4)
-  if n == 0:
-    return 0.0
-  areas = np.bincount(lab[mask], minlength=n + 1)[1:] * pixel_area
-  peaks = np.full(n + 1, -np.inf)
-  np.maximum.at(peaks, lab[mask], hu[mask])
-  terms = [
-    area * agatston_weight(float(peak))
-    for area, peak in zip(areas, peaks[1:])
-    if area >= AGATSTON_MIN_AREA_MM2 - 1e-9
-  ]
-  total = 0.0
-  for t in terms:  # added in order, as scores have always been summed
-    total += t
-  return float(total * inc / AGATSTON_REFERENCE_SLICE_MM)
+  if n:
+    at = lab[mask]
+    areas = np.bincount(at, minlength=n + 1)[1:] * pixel_area
+    peaks = np.full(n + 1, -np.inf)
+    np.maximum.at(peaks, at, hu[mask])
+    group_of = np.zeros(n + 1, np.int64)
+    group_of[at] = groups[mask]
+    for area, peak, g in zip(areas, peaks[1:], group_of[1:]):
+      if area >= AGATSTON_MIN_AREA_MM2 - 1e-9:
+        sums[g] += area * agatston_weight(float(peak))
+  return np.array([float(v * inc / AGATSTON_REFERENCE_SLICE_MM) for v in sums])
 
 
 def risk_category(total_agatston: float) -> str:
@@ -309,6 +319,7 @@ def lesion_table(
     if not mask.any():
       continue
     lab, n = ndimage.label(mask, structure=CONNECTIVITY_6)
+    per_lesion = _agatston_sums(mask, hu, scan.spacing, None, lab)
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
       one = lab[sl] == i
       vals = hu[sl][one]
@@ -317,7 +328,7 @@ def lesion_table(
       x, y, z = scan.index_to_physical(centre)
       score = None
       if name not in (CLASS_NAMES[AORTA], CLASS_NAMES[MITRAL_VALVE]):
-        score = round(agatston(one, hu[sl], scan.spacing), 2)
+        score = round(float(per_lesion[i]), 2)
       rows.append(
         {
           "id": len(rows) + 1,
