@@ -168,6 +168,8 @@ def _count_lesions(mask: np.ndarray) -> int:
 
 
 def _region_scores(mask, hu, scan: Scan, c_ha: float, with_agatston: bool) -> dict[str, Any]:
+  box = labels_lib.labelled_box(mask)  # its lesions lie in the box of its voxels
+  mask, hu = mask[box], hu[box]
   n = int(mask.sum())
   vol = n * scan.voxel_volume_mm3
   mean_hu = float(hu[mask].mean()) if n else None
@@ -318,13 +320,16 @@ def lesion_table(
   for name, mask in structures:
     if not mask.any():
       continue
+    box = labels_lib.labelled_box(mask)  # the structure's lesions lie in the box of its voxels
+    mask, hu_box = mask[box], hu[box]
+    start = offset + np.array([b.start for b in box])
     lab, n = ndimage.label(mask, structure=CONNECTIVITY_6)
-    per_lesion = _agatston_sums(mask, hu, scan.spacing, None, lab)
+    per_lesion = _agatston_sums(mask, hu_box, scan.spacing, None, lab)
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
       one = lab[sl] == i
-      vals = hu[sl][one]
+      vals = hu_box[sl][one]
       vol = float(one.sum()) * scan.voxel_volume_mm3
-      centre = offset + np.array([s.start for s in sl]) + np.mean(np.nonzero(one), axis=1)
+      centre = start + np.array([s.start for s in sl]) + np.mean(np.nonzero(one), axis=1)
       x, y, z = scan.index_to_physical(centre)
       score = None
       if name not in (CLASS_NAMES[AORTA], CLASS_NAMES[MITRAL_VALVE]):
