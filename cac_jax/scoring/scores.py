@@ -104,7 +104,7 @@ def _agatston_sums(mask, hu, spacing, slice_increment_mm, groups: np.ndarray) ->
     at = lab[mask]
     areas = np.bincount(at, minlength=n + 1)[1:] * pixel_area
     peaks = np.full(n + 1, -np.inf)
-    np.maximum.at(peaks, at, hu[mask])
+    np.maximum.at(peaks, at, hu[mask].astype(np.float64))
     group_of = np.zeros(n + 1, np.int64)
     group_of[at] = groups[mask]
     for area, peak, g in zip(areas, peaks[1:], group_of[1:]):
@@ -172,7 +172,7 @@ def _region_scores(mask, hu, scan: Scan, c_ha: float, with_agatston: bool) -> di
   mask, hu = mask[box], hu[box]
   n = int(mask.sum())
   vol = n * scan.voxel_volume_mm3
-  mean_hu = float(hu[mask].mean()) if n else None
+  mean_hu = float(hu[mask].astype(np.float64).mean()) if n else None
   out = {
     "volume_mm3": float(vol),
     "lesions": _count_lesions(mask),
@@ -200,7 +200,8 @@ def _split_left_main(
 
 
 def _cropped(classes, hu, scan: Scan, left_main):
-  """`classes`, float64 `hu` and `left_main` in `labels.labelled_box(classes)`, and the box."""
+  """`classes`, `hu` and `left_main` in `labels.labelled_box(classes)`, and the box (views: HU
+  are taken as float64 where they are gathered, not copied as a volume)."""
   classes = np.asarray(classes)
   if classes.shape != np.shape(hu) or classes.shape != scan.shape:
     raise ValueError(
@@ -208,7 +209,7 @@ def _cropped(classes, hu, scan: Scan, left_main):
     )
   box = labels_lib.labelled_box(classes)
   lm = None if left_main is None else np.asarray(left_main)[box]
-  return classes[box], np.asarray(np.asarray(hu)[box], dtype=np.float64), lm, box
+  return classes[box], np.asarray(hu)[box], lm, box
 
 
 def compute_scores(
@@ -327,7 +328,7 @@ def lesion_table(
     per_lesion = _agatston_sums(mask, hu_box, scan.spacing, None, lab)
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
       one = lab[sl] == i
-      vals = hu_box[sl][one]
+      vals = hu_box[sl][one].astype(np.float64)
       vol = float(one.sum()) * scan.voxel_volume_mm3
       centre = start + np.array([s.start for s in sl]) + np.mean(np.nonzero(one), axis=1)
       x, y, z = scan.index_to_physical(centre)
