@@ -147,3 +147,15 @@ def slicer_colour_table() -> str:
     r, g, b = _rgb(colour)
     lines.append(f"{value} {name.replace(' ', '_')} {r} {g} {b} 255")
   return "\n".join(lines) + "\n"
+
+
+def labelled_box(classes: np.ndarray) -> tuple[slice, slice, slice]:
+  """The bounding box (z, y, x slices) of the voxels with a class (> 0); one voxel at the
+  origin when there are none. Every score and lesion of `classes` lies inside it, so scoring
+  the box gives the whole map's results while touching only its voxels."""
+  labelled = np.asarray(classes) > 0
+  box = []
+  for axis in range(labelled.ndim):
+    hit = np.flatnonzero(labelled.any(axis=tuple(a for a in range(labelled.ndim) if a != axis)))
+    box.append(slice(int(hit[0]), int(hit[-1]) + 1) if hit.size else slice(0, 1))
+  return tuple(box)

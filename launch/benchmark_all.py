@@ -11,7 +11,9 @@ Runs, one after the other, each in its own process: the training steps
 (`launch.benchmark --configs=<config>`) and whole-scan inference on the synthetic
 80x310x310 CCTA at working spacing (`launch.benchmark_infer --configs=<config> --nophantom`:
 cold with an empty compilation cache, cold with a filled one, warm, the naive reference on
---naive_slices slices per view, extrapolated). First it prints the date, the machine's
+--naive_slices slices per view, extrapolated) and `cac-score` end to end with its stage table
+(`launch.benchmark_score`: a 512 x 512 x 600 CCTA file from the shared real CT, or a
+full-resolution CCTA phantom where that is absent). First it prints the date, the machine's
 devices and load, so the output can be pasted into docs/performance.md as it is. A failing
 benchmark does not stop the other (a device call is too short to lose); the exit status
 is then non-zero.
@@ -61,7 +63,7 @@ def commands(
   torch_device: str = "cpu",
   peak_gflops: float = 0.0,
 ) -> list[list[str]]:
-  """The two benchmark command lines (argument lists after `python -m`); `package` is where the
+  """The three benchmark command lines (argument lists after `python -m`); `package` is where the
   launch scripts live (`launch` in a checkout, `cac_jax.launch` installed)."""
   config = "tiny" if quick else "paper"
   train = [f"{package}.benchmark", f"--configs={config}", f"--iters={1 if quick else iters}"]
@@ -77,7 +79,13 @@ def commands(
     "--nophantom",
     f"--naive_slices={4 if quick else naive_slices}",
   ]
-  return [train, infer]
+  score = [
+    f"{package}.benchmark_score",
+    f"--e2e_configs={config}",
+    f"--e2e_slices={300 if quick else 600}",
+    f"--e2e_scans={1 if quick else 2}",
+  ]
+  return [train, infer, score]
 
 
 def _header() -> str:

@@ -32,10 +32,16 @@ def test_ratio_is_patches_per_second_ours_over_torch():
 
 
 def test_benchmark_all_commands():
-  train, infer = benchmark_all.commands(quick=False, iters=3, naive_slices=8)
+  train, infer, score = benchmark_all.commands(quick=False, iters=3, naive_slices=8)
   assert train == ["launch.benchmark", "--configs=paper", "--iters=3"]
   assert infer == ["launch.benchmark_infer", "--configs=paper", "--nophantom", "--naive_slices=8"]
-  train, infer = benchmark_all.commands(
+  assert score == [
+    "launch.benchmark_score",
+    "--e2e_configs=paper",
+    "--e2e_slices=600",
+    "--e2e_scans=2",
+  ]
+  train, infer, score = benchmark_all.commands(
     quick=True, iters=3, naive_slices=8, torch_anchor="a.py", torch_python="py"
   )
   assert train == [
@@ -46,10 +52,11 @@ def test_benchmark_all_commands():
     "--torch_python=py",
   ]
   assert "--configs=tiny" in infer and "--naive_slices=4" in infer
+  assert "--e2e_configs=tiny" in score and "--e2e_scans=1" in score
 
 
 def test_benchmark_all_forwards_the_gpu_options():
-  train, _ = benchmark_all.commands(
+  train, _, _ = benchmark_all.commands(
     quick=False,
     iters=20,
     naive_slices=8,
@@ -58,7 +65,7 @@ def test_benchmark_all_forwards_the_gpu_options():
     peak_gflops=67000.0,
   )
   assert "--torch_device=cuda" in train and "--peak_gflops=67000" in train
-  train, _ = benchmark_all.commands(quick=False, iters=3, naive_slices=8)
+  train, _, _ = benchmark_all.commands(quick=False, iters=3, naive_slices=8)
   assert not any(a.startswith(("--torch_device", "--peak_gflops")) for a in train)
 
 
@@ -83,3 +90,31 @@ def test_rows_rate_uses_the_analytic_count_and_the_given_peak(capsys):
 def test_matmul_peak_is_a_rate():
   peak = benchmark.matmul_peak_gflops(n=128, tries=2)
   assert np.isfinite(peak) and peak > 0
+
+
+def test_stage_timer_nests_stages_and_the_table_lists_them():
+  import types
+
+  from launch import benchmark_score
+
+  mod = types.SimpleNamespace()
+  mod.inner = lambda: None
+  mod.outer = lambda: [mod.inner(), mod.inner()]
+  timer = benchmark_score.StageTimer()
+  mod.inner = timer.wrap(mod.inner, "inner")
+  mod.outer = timer.wrap(mod.outer, "outer")
+  mod.outer()
+  mod.inner()
+  assert timer.order == ["outer", "inner"] and timer.depth == {"outer": 0, "inner": 1}
+  assert timer.seconds["outer"] >= 0 and timer.seconds["inner"] >= 0
+  run = {
+    "stages": [("outer", 0, 2.0), ("inner", 1, 0.5)],
+    "total_s": 3.0,
+    "peak_rss_mb": 900.0,
+  }
+  table = benchmark_score.stage_table({"a": run, "b": dict(run, stages=[("outer", 0, 1.0)])})
+  lines = table.splitlines()
+  assert lines[0] == "| stage | a | b |"
+  assert lines[2] == "| outer | 2.00 | 1.00 |"
+  assert lines[3] == "|   └ inner | 0.50 |  |"
+  assert lines[-2:] == ["| **total s** | 3.0 | 3.0 |", "| **peak RSS MB** | 900 | 900 |"]

@@ -239,3 +239,60 @@ def test_real_contrast_ct_scores_in_aortic_lumen(realdata, params, config):
   assert not pa[z, y, x]
   assert res.classes.shape == scan.shape
   assert np.all(scan.hu[res.classes > 0] >= t["threshold_hu"])
+
+
+def test_prepare_searches_the_aorta_once(ccta_case, config, monkeypatch):
+  """Domain decision and threshold share one automatic aorta search per scan."""
+  from cac_jax.data import threshold
+
+  calls = []
+  search = threshold._chain_lumen
+  monkeypatch.setattr(threshold, "_chain_lumen", lambda *a, **k: calls.append(1) or search(*a, **k))
+  settings = postprocess.FPReductionSettings.from_config(config.scoring)
+  setup = pipeline.prepare(ccta_case.scan, config, settings, domain="auto", auto_heart=True)
+  assert setup.domain == "ccta" and setup.report["threshold"]["method"].endswith("(auto)")
+  assert len(calls) == 1
+
+
+def test_labels_identical_to_the_whole_volume_steps(ccta_case, params, config):
+  """A phantom scored on its own (working) grid: `score_scan`'s labels and scores equal the
+  whole-volume steps composed one by one (the exact heart dilation, detection, region growing,
+  size limits and heart filter on the full map, scores of the full map)."""
+  from cac_jax.scoring import scores
+
+  c = ccta_case
+  settings = postprocess.FPReductionSettings.from_config(config.scoring)
+  res = _score_ccta(c, params, config)
+  thr = res.report["threshold"]["threshold_hu"]
+  region = postprocess.heart_region(c.heart_mask, c.scan.spacing, settings.dilation_mm)
+  raw = pipeline.detect(c.scan, params, config, thr, region)
+  ref = postprocess.grow_lesions(raw, c.scan.hu, thr)
+  ref = postprocess.size_filter(ref, c.scan.spacing, settings.min_mm3, settings.max_mm3)
+  ref = postprocess.heart_filter(ref, c.heart_mask, c.scan.spacing, settings.dilation_mm)
+  assert ref.any() and np.array_equal(res.raw_classes, raw)
+  assert np.array_equal(res.classes, ref)
+  assert res.report["scores"] == scores.compute_scores(ref, c.scan.hu, c.scan, "ccta")
+
+
+def test_heart_dilation_on_the_working_grid_is_exact_to_half_a_working_voxel(ccta_case, config):
+  """On a grid finer than the working grid, the dilated heart (computed on the working grid)
+  differs from the exact dilation only where the distance to the heart is within half a
+  working voxel's diagonal (plus the heart's own nearest-neighbour mapping) of the dilation."""
+  from scipy import ndimage
+
+  from cac_jax.data import preprocess
+
+  fine = preprocess.resample(ccta_case.scan, (0.75, 0.5, 0.5), order=1)
+  heart = (
+    preprocess.resample_labels(ccta_case.heart_mask.astype(np.uint8), ccta_case.scan, fine) > 0
+  )
+  working = pipeline.working_scan(fine, config)
+  assert working is not fine
+  got, on_working = pipeline.dilated_heart(heart, fine, working, 10.0)
+  assert on_working.shape == working.shape
+  exact = postprocess.heart_region(heart, fine.spacing, 10.0)
+  dist = ndimage.distance_transform_edt(~heart, sampling=fine.spacing)
+  diff = got != exact
+  tol = float(np.linalg.norm(working.spacing))  # half a diagonal each way: heart and region
+  assert diff.any() and diff.mean() < 0.05
+  assert np.all(np.abs(dist[diff] - 10.0) <= tol)

@@ -176,3 +176,26 @@ def test_empty_class_mean_hu_is_null_and_valve_agatston():
   assert r["total"]["agatston"] == 0.0  # valve calcium is not coronary
   assert r["LAD"]["mean_hu"] is None and r["LAD"]["mass"] == 0.0
   assert json.loads(json.dumps(r))["RCA"]["mean_hu"] is None
+
+
+def test_scores_and_lesion_table_do_not_depend_on_the_zero_margin():
+  """Scores and the lesion table are computed in the box of the labelled voxels: the same
+  class map with a wide margin of 0 (and other HU there) gives the same results, centroids
+  included (the padded scan's origin moved by the margin)."""
+  rng = np.random.default_rng(4)
+  classes = np.where(rng.random((6, 20, 24)) < 0.15, rng.integers(1, 7, (6, 20, 24)), 0)
+  hu = rng.uniform(100, 900, classes.shape).astype(np.float32)
+  spacing = (0.5, 0.25, 0.5)  # binary fractions: the moved origin is exact
+  small = Scan(hu, spacing, origin=(10.0, 20.0, 30.0))
+  pad = ((3, 5), (7, 2), (4, 6))
+  big_hu = np.pad(hu, pad, constant_values=-500.0)
+  big_hu[: pad[0][0]] = 2000.0  # bright voxels outside the labels count for nothing
+  origin = tuple(o - p[0] * s for o, p, s in zip((10.0, 20.0, 30.0), pad[::-1], spacing[::-1]))
+  big = Scan(big_hu, spacing, origin=origin)
+  big_classes = np.pad(classes, pad)
+  for domain in ("ncct", "ccta"):
+    assert scores.compute_scores(big_classes, big_hu, big, domain) == scores.compute_scores(
+      classes, hu, small, domain
+    )
+  assert scores.lesion_table(big_classes, big_hu, big) == scores.lesion_table(classes, hu, small)
+  assert len(scores.lesion_table(classes, hu, small)) > 10

@@ -157,3 +157,61 @@ def test_erode_mm_on_bounding_box_equals_whole_volume(touch_border):
   got = threshold._erode_mm(mask, spacing, 1.4)
   assert got.any() and np.array_equal(got, whole)
   assert not threshold._erode_mm(np.zeros_like(mask), spacing, 1.4).any()
+
+
+def _count_searches(monkeypatch):
+  """Counts calls of the automatic search (`threshold._chain_lumen`, whatever grid it runs on)."""
+  calls = []
+  search = threshold._chain_lumen
+
+  def counted(*args, **kwargs):
+    calls.append(args[0].shape)
+    return search(*args, **kwargs)
+
+  monkeypatch.setattr(threshold, "_chain_lumen", counted)
+  return calls
+
+
+@pytest.mark.parametrize("domain", ["auto", "ccta"])
+def test_choose_threshold_searches_the_aorta_once(monkeypatch, tiny_config, domain):
+  scan, _ = _phantom()
+  calls = _count_searches(monkeypatch)
+  got_domain, thr, info, _ = threshold.choose_threshold(scan, domain, None, tiny_config)
+  assert got_domain == "ccta" and info["threshold"]["method"].endswith("(auto)")
+  assert len(calls) == 1
+  # on the search grid, not the scan's own (1.5 x 1 x 1 mm -> 1.5 mm)
+  assert calls[0] == (48, 67, 67)
+  assert thr == threshold.ccta_threshold(scan).threshold_hu
+
+
+def _native_search_threshold(scan):
+  """The threshold of the search run on the scan's own grid (`find_ascending_aorta`)."""
+  lumen = threshold.find_ascending_aorta(scan)
+  return threshold._roi_from_lumen(scan, lumen, (18.0, 14.0, 14.0), "auto").threshold_hu
+
+
+# The coarse search's threshold agrees with the search on the scan's own grid within this (HU).
+COARSE_TOLERANCE_HU = 2.0
+
+
+@pytest.mark.parametrize("seed,lumen_hu", [(0, 400.0), (1, 300.0), (2, 550.0)])
+def test_coarse_search_threshold_matches_the_native_search_on_phantoms(seed, lumen_hu):
+  scan, _ = _phantom(lumen_hu=lumen_hu, lumen_sd=25.0, seed=seed)
+  native = _native_search_threshold(scan)
+  coarse = threshold.ccta_threshold(scan).threshold_hu
+  assert native != coarse  # the two searches ran on different grids
+  assert abs(native - coarse) <= COARSE_TOLERANCE_HU, (native, coarse)
+
+
+def test_coarse_search_threshold_matches_the_native_search_on_real_contrast_ct():
+  from cac_jax.data import preprocess
+
+  sitk, img = _read_real("contrast_chest_ct_1.nii.gz")
+  hu = sitk.GetArrayFromImage(img).astype(np.float32)
+  scan = Scan(hu, tuple(img.GetSpacing()[::-1]), tuple(img.GetOrigin()), tuple(img.GetDirection()))
+  # On its own 1.5 mm grid the search grid is the scan's: the same threshold.
+  assert threshold.ccta_threshold(scan).threshold_hu == _native_search_threshold(scan)
+  fine = preprocess.resample(scan, (0.6, 0.6, 0.7), order=1)
+  native = _native_search_threshold(fine)
+  coarse = threshold.ccta_threshold(fine).threshold_hu
+  assert abs(native - coarse) <= COARSE_TOLERANCE_HU, (native, coarse)

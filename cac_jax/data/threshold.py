@@ -38,6 +38,14 @@ spine region) are scored by radius x sqrt(length), with a penalty for lying to t
 left of the body centre (pulmonary trunk) and for small radius (superior vena cava); the best
 chain is taken as the ascending aorta and the ROI is placed as in step 3 on that chain's
 lumen. `NoAortaError` is raised when nothing qualifies.
+
+Coarse search, native statistics (`find_ascending_aorta_coarse`, what scoring and sampling
+use): the search above runs on a copy of the scan no finer than `SEARCH_SPACING_MM` (linear
+resampling; the paper's ROI is about 35 x 36 x 44 voxels, the search needs no 0.3 mm voxels),
+its lumen is mapped back to the scan's own grid by nearest neighbour and eroded there, and the
+domain decision and the ROI statistics use the scan's own voxels. On a scan no finer than that
+grid it is the search itself. The lumen is found once per scan (`choose_threshold`) and shared
+by the domain decision and the threshold.
 """
 
 from __future__ import annotations
@@ -53,6 +61,12 @@ from cac_jax.data.scan import Scan
 NCCT_THRESHOLD_HU = 130.0
 # Mean lumen HU above which a scan is taken as contrast-enhanced.
 CONTRAST_LUMEN_HU = 150.0
+# Finest grid (z, y, x) mm the automatic aorta search runs on (coarser axes are kept): the
+# shared real CT's own grid, on which the search was tuned.
+SEARCH_SPACING_MM = (1.5, 1.5, 1.5)
+# Slices without a candidate a chain bridges on that grid (3 mm): interpolation onto it can
+# drop a cross-section that the finer grid showed round.
+SEARCH_MAX_GAP = 2
 
 
 class NoAortaError(RuntimeError):
@@ -142,16 +156,14 @@ def _roi_from_lumen(scan: Scan, lumen: np.ndarray, roi_size_mm, source: str) -> 
     slice(max(cy_i - half[1], 0), cy_i + half[1] + 1),
     slice(max(cx_i - half[2], 0), cx_i + half[2] + 1),
   )
-  inbox = np.zeros(lumen.shape, dtype=bool)
-  inbox[box] = True
-  used = inbox & lumen
+  used = lumen[box]
   if used.sum() < 10:
     raise NoAortaError(f"only {int(used.sum())} lumen voxels in the aortic ROI")
-  vals = scan.hu[used]
+  vals = scan.hu[box][used]
   mean, sd, keep = _robust_stats(vals)
   idx = np.nonzero(used)
   voxels = np.zeros(lumen.shape, dtype=bool)
-  voxels[tuple(i[keep] for i in idx)] = True
+  voxels[tuple(i[keep] + b.start for i, b in zip(idx, box))] = True
   return AortaROI(
     centre=(cz, cy_i, cx_i),
     box=box,
@@ -285,7 +297,29 @@ def find_ascending_aorta(
 ) -> np.ndarray:
   """Automatic ascending-aorta lumen (bool (z, y, x), eroded by 3 mm); see module docstring.
 
-  Raises NoAortaError when no round, bright, tubular anterior structure is found.
+  The search runs on every slice of `scan` at its own resolution (`find_ascending_aorta_coarse`
+  runs it on a coarse copy). Raises NoAortaError when no round, bright, tubular anterior
+  structure is found.
+  """
+  return _eroded_lumen(
+    scan,
+    _chain_lumen(scan, hu_range, diameter_mm, open_mm, min_roundness, min_length_mm),
+  )
+
+
+def _eroded_lumen(scan: Scan, lumen: np.ndarray) -> np.ndarray:
+  """The chain's lumen eroded by 3 mm (wall and wall calcium out), or whole when that would
+  leave fewer than 20 voxels."""
+  eroded = _erode_mm(lumen, scan.spacing, 3.0)
+  return eroded if eroded.sum() >= 20 else lumen
+
+
+def _chain_lumen(
+  scan: Scan, hu_range, diameter_mm, open_mm, min_roundness, min_length_mm, max_gap=1
+) -> np.ndarray:
+  """The best chain's cross-sections, not eroded (bool (z, y, x)); see `find_ascending_aorta`.
+
+  `max_gap`: slices without a candidate a chain may bridge.
   """
   sz, sy, sx = _axis_signs(scan)
   spz = scan.spacing[0]
@@ -297,7 +331,7 @@ def find_ascending_aorta(
     still_open = []
     for ch in open_chains:
       last = ch[-1]
-      if z - last.z > 2:
+      if z - last.z > max_gap + 1:
         chains.append(ch)
         continue
       best, best_d = None, None
@@ -356,8 +390,43 @@ def find_ascending_aorta(
       for z in range(prev.z + 1, c.z):
         lumen[z] = prev.mask & (scan.hu[z] >= hu_range[0]) & (scan.hu[z] <= hu_range[1])
     lumen[c.z] = c.mask
-  eroded = _erode_mm(lumen, scan.spacing, 3.0)
-  return eroded if eroded.sum() >= 20 else lumen
+  return lumen
+
+
+def search_spacing(spacing) -> tuple[float, float, float]:
+  """The grid (z, y, x) mm the automatic aorta search of a scan with `spacing` runs on."""
+  return tuple(max(float(s), c) for s, c in zip(spacing, SEARCH_SPACING_MM))
+
+
+def find_ascending_aorta_coarse(scan: Scan, search: Scan | None = None) -> np.ndarray:
+  """`find_ascending_aorta` searched on the `search_spacing` grid, the lumen on `scan`'s grid.
+
+  The search's lumen (not eroded) is mapped to `scan`'s voxels by nearest neighbour and eroded
+  by 3 mm there, so statistics taken on it use the scan's own voxels. `search`: the scan
+  already resampled (linear) to `search_spacing(scan.spacing)`, when the caller has it.
+  Returns bool (z, y, x) on `scan`'s grid; raises NoAortaError as the search does.
+  """
+  from cac_jax.data import preprocess  # SimpleITK: this module stays numpy/scipy otherwise
+
+  spacing = search_spacing(scan.spacing)
+  if np.allclose(spacing, scan.spacing, rtol=1e-6, atol=0):
+    return find_ascending_aorta(scan)
+  if search is None or not np.allclose(search.spacing, spacing, rtol=1e-6, atol=0):
+    search = preprocess.resample(scan, spacing, order=1)
+  coarse = _chain_lumen(search, (150.0, 700.0), (18.0, 45.0), 3.0, 0.7, 15.0, SEARCH_MAX_GAP)
+  lumen = preprocess.resample_labels(coarse.astype(np.uint8), search, scan) > 0
+  return _eroded_lumen(scan, lumen)
+
+
+def aorta_lumen(
+  scan: Scan, aorta_mask: np.ndarray | None = None, search: Scan | None = None
+) -> tuple[np.ndarray, str]:
+  """The ascending-aorta lumen of a scan, bool (z, y, x), and where it came from: "mask"
+  (`ascending_aorta_from_mask`; an all-zero mask counts as none) or "auto"
+  (`find_ascending_aorta_coarse`, `search` as there). Raises NoAortaError."""
+  if aorta_mask is not None and np.any(aorta_mask):
+    return ascending_aorta_from_mask(scan, aorta_mask), "mask"
+  return find_ascending_aorta_coarse(scan, search), "auto"
 
 
 def ccta_threshold(
@@ -378,11 +447,8 @@ def ccta_threshold(
       turns this into a warning and an all-zero result). An empty mask (all zero) is treated
       as no mask (automatic detection).
   """
-  if aorta_mask is not None and np.any(aorta_mask):
-    lumen = ascending_aorta_from_mask(scan, aorta_mask)
-    return _roi_from_lumen(scan, lumen, roi_size_mm, "mask")
-  lumen = find_ascending_aorta(scan)
-  return _roi_from_lumen(scan, lumen, roi_size_mm, "auto")
+  lumen, source = aorta_lumen(scan, aorta_mask)
+  return _roi_from_lumen(scan, lumen, roi_size_mm, source)
 
 
 def decide_domain(scan: Scan, aorta_mask: np.ndarray | None = None) -> tuple[str, str]:
@@ -392,14 +458,18 @@ def decide_domain(scan: Scan, aorta_mask: np.ndarray | None = None) -> tuple[str
     ("ccta" | "ncct", human-readable reason).
   """
   try:
-    if aorta_mask is not None and np.any(aorta_mask):
-      lumen = ascending_aorta_from_mask(scan, aorta_mask)
-      how = "aorta mask"
-    else:
-      lumen = find_ascending_aorta(scan)
-      how = "automatic aorta detection"
+    lumen, source = aorta_lumen(scan, aorta_mask)
   except NoAortaError as e:
-    return "ncct", f"no contrast-filled aorta found ({e}); assuming non-contrast CT"
+    return _domain_without_lumen(e)
+  return _domain_from_lumen(scan, lumen, source)
+
+
+def _domain_without_lumen(e: NoAortaError) -> tuple[str, str]:
+  return "ncct", f"no contrast-filled aorta found ({e}); assuming non-contrast CT"
+
+
+def _domain_from_lumen(scan: Scan, lumen: np.ndarray, source: str) -> tuple[str, str]:
+  how = {"mask": "aorta mask", "auto": "automatic aorta detection"}[source]
   mean, _, _ = _robust_stats(scan.hu[lumen])
   if mean > CONTRAST_LUMEN_HU:
     return "ccta", f"aortic lumen mean {mean:.0f} HU > {CONTRAST_LUMEN_HU:.0f} HU ({how})"
@@ -420,7 +490,7 @@ def roi_report(roi: AortaROI) -> dict[str, Any]:
 
 
 def choose_threshold(
-  scan: Scan, domain: str, aorta_mask: np.ndarray | None, config
+  scan: Scan, domain: str, aorta_mask: np.ndarray | None, config, search: Scan | None = None
 ) -> tuple[str, float, dict, list[str]]:
   """The calcium threshold policy shared by scoring and training's patch sampling.
 
@@ -428,14 +498,30 @@ def choose_threshold(
   `config.scoring.ncct_threshold` (HU) for NCCT, the aorta-lumen mean + 3 SD in a
   `config.scoring.roi_size_mm` box (`ccta_threshold`) for CCTA.
 
-  Returns (domain, threshold_hu, info dict for a report, notes).
+  The aorta's lumen is found once (`aorta_lumen`; `search` as in `find_ascending_aorta_coarse`)
+  and shared by both. Returns (domain, threshold_hu, info dict for a report, notes).
   Raises NoAortaError when a CCTA threshold cannot be found: what to do then is the caller's
   (scoring reports an all-zero result, sampling falls back to the NCCT threshold).
   """
   info: dict[str, Any] = {}
   notes: list[str] = []
+  found: list = []
+
+  def lumen() -> tuple[np.ndarray, str]:
+    if not found:
+      try:
+        found.append(aorta_lumen(scan, aorta_mask, search))
+      except NoAortaError as e:
+        found.append(e)
+    if isinstance(found[0], NoAortaError):
+      raise found[0]
+    return found[0]
+
   if domain == "auto":
-    domain, reason = decide_domain(scan, aorta_mask)
+    try:
+      domain, reason = _domain_from_lumen(scan, *lumen())
+    except NoAortaError as e:
+      domain, reason = _domain_without_lumen(e)
     info["domain_decision"] = reason
     notes.append(f"domain auto-detected as {domain}: {reason}")
   if domain not in ("ncct", "ccta"):
@@ -444,7 +530,8 @@ def choose_threshold(
     thr = float(config.scoring.ncct_threshold)
     info["threshold"] = {"method": "fixed NCCT threshold", "threshold_hu": thr}
   else:
-    roi = ccta_threshold(scan, aorta_mask, tuple(config.scoring.roi_size_mm))
+    asc, source = lumen()
+    roi = _roi_from_lumen(scan, asc, tuple(config.scoring.roi_size_mm), source)
     thr = float(roi.threshold_hu)
     info["threshold"] = roi_report(roi)
   return domain, thr, info, notes

@@ -461,8 +461,9 @@ def read_scan(path: PathLike, allow_2d: bool = False, series: str | None = None)
   source = _source_geometry(img, path)
   if source.orientation != CANONICAL:
     img = _canonical(img)  # on the stored pixel type (int16 for most CT: half the memory)
-  hu = sitk.GetArrayViewFromImage(img).astype(np.float32)  # (z, y, x), a copy
-  if not np.all(np.isfinite(hu)):
+  stored = sitk.GetArrayViewFromImage(img)
+  hu = stored.astype(np.float32)  # (z, y, x), a copy
+  if stored.dtype.kind == "f" and not np.all(np.isfinite(hu)):  # integers are always finite
     n_bad = int(np.size(hu) - np.count_nonzero(np.isfinite(hu)))
     raise ScanReadError(f"{path}: {n_bad} voxels hold NaN or infinite values")
   meta["warnings"] += _out_of_range_warnings(hu) + _extent_warnings(img)

@@ -43,6 +43,10 @@ def _pick_slices(
   several lesions rather than adjacent slices of the biggest one.
   """
   calcium = classes > 0 if reference is None else (classes > 0) | (reference > 0)
+  z0 = 0
+  if calcium.any():  # lesions lie in the box of the calcium voxels: label only that
+    box = labels_lib.labelled_box(calcium)
+    calcium, z0 = calcium[box], box[0].start
   lab, n = ndimage.label(calcium, structure=ndimage.generate_binary_structure(3, 1))
   if n == 0:
     return [classes.shape[0] // 2]
@@ -52,7 +56,7 @@ def _pick_slices(
   for i in np.argsort(-sizes, kind="stable"):
     box = boxes[i]
     per_slice = np.count_nonzero(lab[box] == i + 1, axis=(1, 2))
-    z = int(box[0].start + np.argmax(per_slice))
+    z = int(z0 + box[0].start + np.argmax(per_slice))
     if z not in picked:
       picked.append(z)
     if len(picked) == n_slices:

@@ -8,6 +8,14 @@ and `finish` (`reduce`: FP reduction; scores and warnings). `write_outputs` writ
 calcium_labels.nii.gz, its viewer colour tables, lesions.csv, scores.json and overlay.png
 atomically.
 
+Grids: `prepare` resamples the scan to the working spacing once (`working_scan`) and keeps it
+for the network; the heart dilation runs there and is mapped to the scan's voxels
+(`dilated_heart`). The aorta search runs on its own 1.5 mm copy, its ROI statistics on the
+scan's voxels (`cac_jax.data.threshold`). Candidates, region growing, size limits, the heart
+filter, the scores and the written labels stay on the scan's own grid: volumes and Agatston
+are measured at native resolution, and FP reduction and scores touch only the box of the
+labelled voxels.
+
 Every report carries `RESEARCH_NOTICE` and plausibility warnings (`plausibility_warnings`):
 the numbers come from a research model and are never silently implausible.
 """
@@ -73,7 +81,7 @@ class OutputExistsError(FileExistsError):
 class ScoringResult:
   """Everything the scoring of one scan produced.
 
-  classes: int32 (z, y, x) classes 0..6 on the scan's (canonical) grid after FP reduction.
+  classes: uint8 (z, y, x) classes 0..6 on the scan's (canonical) grid after FP reduction.
   raw_classes: the same before FP reduction (for the ablation).
   report: JSON-serialisable dict (scores, threshold, ROI, domain decision, settings, warnings).
   heart: bool (z, y, x) heart mask or automatic region used (undilated), or None.
@@ -107,7 +115,7 @@ def _versions() -> dict[str, str]:
 
 
 def _empty_result(setup: Setup, scan: Scan) -> ScoringResult:
-  zeros = np.zeros(scan.shape, np.int32)
+  zeros = np.zeros(scan.shape, np.uint8)
   report = dict(
     setup.report,
     domain=setup.domain,
@@ -131,7 +139,7 @@ def detect(
   the scan's own candidate voxels (HU >= threshold inside `region`), so volumes and Agatston
   are measured at the scan's native resolution.
 
-  Returns int32 (z, y, x) classes 0..6, 0 outside candidates.
+  Returns uint8 (z, y, x) classes 0..6, 0 outside candidates.
   """
   return detect_many(scan, [params], config, threshold_hu, region)[0]
 
@@ -142,40 +150,79 @@ def detect_many(
   config: ml_collections.ConfigDict,
   threshold_hu: float,
   region: np.ndarray | None,
+  *,
+  working: Scan | None = None,
+  working_region: np.ndarray | None = None,
+  native_candidates: np.ndarray | None = None,
   **infer_options,
 ) -> list[np.ndarray]:
   """`detect` for several models of one architecture: the resampling, candidates and ROI plan
   are made once (`infer.predict_candidates_many`). `infer_options` go to it (ROI shapes).
 
-  Returns per model int32 (z, y, x) classes 0..6, 0 outside candidates.
+  `working` (the scan at `config.data.working_spacing`, `working_scan`), `working_region`
+  (`region` on that grid) and `native_candidates` (`candidate_mask(scan.hu, threshold_hu,
+  region)`): what `prepare` computed already, so that the scan is resampled once.
+  Returns per model uint8 (z, y, x) classes 0..6, 0 outside candidates.
   """
   from cac_jax.data import preprocess  # jax import deferred: numpy-only callers stay light
   from cac_jax.scoring import infer
 
-  native_cand = candidate_mask(scan.hu, threshold_hu, region)
+  native_cand = native_candidates
+  if native_cand is None:
+    native_cand = candidate_mask(scan.hu, threshold_hu, region)
   if not native_cand.any():
-    return [np.zeros(scan.shape, np.int32) for _ in params_list]
-  working = preprocess.resample(scan, tuple(config.data.working_spacing), order=1)
-  if working.shape == scan.shape and np.allclose(working.spacing, scan.spacing):
+    return [np.zeros(scan.shape, np.uint8) for _ in params_list]
+  if working is None:
+    working = working_scan(scan, config)
+  if working is scan:
     preds = infer.predict_candidates_many(
       params_list, config, scan.hu, native_cand, **infer_options
     )
-    return [p.class_volume() for p in preds]
-  w_region = (
-    None
-    if region is None
-    else preprocess.resample_labels(region.astype(np.uint8), scan, working) > 0
-  )
+    return [p.class_volume().astype(np.uint8) for p in preds]
+  w_region = working_region
+  if w_region is None and region is not None:
+    w_region = preprocess.resample_labels(region.astype(np.uint8), scan, working) > 0
   w_cand = candidate_mask(working.hu, threshold_hu, w_region)
   # Candidates near the threshold may vanish under interpolation: also keep any working voxel
   # that is the nearest neighbour of a native candidate.
-  w_cand |= preprocess.resample_labels(native_cand.astype(np.uint8), scan, working) > 0
+  w_cand |= preprocess.resample_labels(native_cand.view(np.uint8), scan, working) > 0
   preds = infer.predict_candidates_many(params_list, config, working.hu, w_cand, **infer_options)
   out = []
   for p in preds:
-    back = preprocess.resample_labels(p.class_volume(), working, scan)
-    out.append(np.where(native_cand, back, 0).astype(np.int32))
+    back = preprocess.resample_labels(p.class_volume().astype(np.uint8), working, scan)
+    back[~native_cand] = 0
+    out.append(back)
   return out
+
+
+def working_scan(scan: Scan, config: ml_collections.ConfigDict) -> Scan:
+  """The scan at `config.data.working_spacing` (linear), or `scan` itself when it is on it."""
+  from cac_jax.data import preprocess
+
+  working = preprocess.resample(scan, tuple(config.data.working_spacing), order=1)
+  if working.shape == scan.shape and np.allclose(working.spacing, scan.spacing):
+    return scan
+  return working
+
+
+def dilated_heart(
+  heart: np.ndarray, scan: Scan, working: Scan, dilation_mm: float
+) -> tuple[np.ndarray, np.ndarray]:
+  """The heart dilated by `dilation_mm` on the scan's and on the working grid (bool each).
+
+  The distance transform runs on the working grid (the heart mapped there by nearest
+  neighbour) and the result is mapped back to the scan's voxels by nearest neighbour, so its
+  edge lies within half a working voxel of the exact dilation on the scan's grid; on a scan
+  already on the working grid both are `postprocess.heart_region(heart, ...)` exactly.
+  """
+  from cac_jax.data import preprocess
+
+  if working is scan:
+    region = postprocess.heart_region(heart, scan.spacing, dilation_mm)
+    return region, region
+  w_heart = preprocess.resample_labels(heart.view(np.uint8), scan, working) > 0
+  w_region = postprocess.heart_region(w_heart, working.spacing, dilation_mm)
+  return preprocess.resample_labels(w_region.view(np.uint8), working, scan) > 0, w_region
 
 
 @dataclasses.dataclass
@@ -193,6 +240,8 @@ class Setup:
   report: the report so far; notes: its warnings so far.
   region_dilation_mm: the heart dilation (mm) that made `region`, or None without a region
     (`reduce` reuses the region for the heart filter when its dilation is the same).
+  working, working_region, candidates: the scan on the working grid (`working_scan`), `region`
+    there, and the candidate voxels on the scan's grid (`detect_many` uses them).
   """
 
   domain: str
@@ -203,6 +252,9 @@ class Setup:
   report: dict[str, Any]
   notes: list[str]
   region_dilation_mm: float | None = None
+  working: Scan | None = dataclasses.field(default=None, repr=False)
+  working_region: np.ndarray | None = dataclasses.field(default=None, repr=False)
+  candidates: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
 
 def prepare(
@@ -235,8 +287,11 @@ def prepare(
   def empty(why: str, dom: str, thr: float = float("inf")) -> Setup:
     return Setup(dom, thr, None, None, why, report, notes + [why])
 
+  working = working_scan(scan, config)
   try:
-    domain, thr, info, more = threshold.choose_threshold(scan, domain, aorta_mask, config)
+    domain, thr, info, more = threshold.choose_threshold(
+      scan, domain, aorta_mask, config, search=working
+    )
   except threshold.NoAortaError as e:
     if domain != "ccta" or settings.aorta_threshold:
       return empty(
@@ -273,17 +328,18 @@ def prepare(
       "heart region found automatically from the scan (lungs and mediastinum, "
       "docs/scoring.md); check it in overlay.png"
     )
-  region = None
+  region = w_region = None
   if heart_mask is not None:
     if not heart_mask.any():
       report["coronary_score"] = False
       return empty("heart mask is empty (no heart in view); result is all zero", domain)
     if settings.heart_filter:
-      region = postprocess.heart_region(heart_mask, scan.spacing, settings.dilation_mm)
+      region, w_region = dilated_heart(heart_mask, scan, working, settings.dilation_mm)
   else:
     report["settings"]["heart_filter"] = False  # no region: the filter cannot run
     notes.append("no heart mask given: candidates are not restricted to the heart region")
-  report["num_candidates"] = int(candidate_mask(scan.hu, thr, region).sum())
+  cand = candidate_mask(scan.hu, thr, region)
+  report["num_candidates"] = int(np.count_nonzero(cand))
   _check_candidate_fraction(
     report["num_candidates"], scan.hu.size if region is None else int(region.sum()), thr
   )
@@ -298,6 +354,9 @@ def prepare(
     report,
     notes,
     None if region is None else settings.dilation_mm,
+    working,
+    w_region,
+    cand,
   )
 
 
@@ -318,7 +377,7 @@ def _without_aorta_threshold(info: dict, config: ml_collections.ConfigDict, note
 
 
 def raw_classes(setup: Setup, scan: Scan, params, config: ml_collections.ConfigDict) -> np.ndarray:
-  """Network classes at the candidates of `setup` before FP reduction: int32 (z, y, x) 0..6."""
+  """Network classes at the candidates of `setup` before FP reduction: uint8 (z, y, x) 0..6."""
   return raw_classes_many(setup, scan, [params], config)[0]
 
 
@@ -326,16 +385,26 @@ def raw_classes_many(
   setup: Setup, scan: Scan, params_list, config: ml_collections.ConfigDict, **infer_options
 ) -> list[np.ndarray]:
   """`raw_classes` of several models of one architecture (`detect_many`; `infer_options` go to
-  `infer.predict_candidates_many`): per model int32 (z, y, x) classes 0..6."""
+  `infer.predict_candidates_many`): per model uint8 (z, y, x) classes 0..6."""
   if setup.empty:
-    return [np.zeros(scan.shape, np.int32) for _ in params_list]
-  return detect_many(scan, params_list, config, setup.threshold_hu, setup.region, **infer_options)
+    return [np.zeros(scan.shape, np.uint8) for _ in params_list]
+  return detect_many(
+    scan,
+    params_list,
+    config,
+    setup.threshold_hu,
+    setup.region,
+    working=setup.working,
+    working_region=setup.working_region,
+    native_candidates=setup.candidates,
+    **infer_options,
+  )
 
 
 def reduce(
   setup: Setup, scan: Scan, raw: np.ndarray, settings: postprocess.FPReductionSettings
 ) -> tuple[np.ndarray, list[str]]:
-  """False-positive reduction of `raw_classes` with `settings`: (int32 (z, y, x) classes, warnings)."""
+  """False-positive reduction of `raw_classes` with `settings`: (uint8 (z, y, x) classes, warnings)."""
   if setup.empty:
     return raw, []
   region = setup.region if setup.region_dilation_mm == settings.dilation_mm else None
@@ -344,7 +413,7 @@ def reduce(
     final = postprocess.reduce_false_positives(
       raw, scan.hu, setup.threshold_hu, scan.spacing, setup.heart, settings, region
     )
-  return final.astype(np.int32), [str(w.message) for w in caught]
+  return final.astype(np.uint8, copy=False), [str(w.message) for w in caught]
 
 
 def finish(

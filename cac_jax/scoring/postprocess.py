@@ -26,6 +26,7 @@ import warnings
 import numpy as np
 from scipy import ndimage
 
+from cac_jax import labels as labels_lib
 from cac_jax.data.scan import Scan
 from cac_jax.labels import NUM_CLASSES
 
@@ -89,7 +90,7 @@ def grow_lesions(detected_classes: np.ndarray, hu: np.ndarray, threshold_hu: flo
     threshold_hu: calcium threshold (130 for NCCT, lumen mean + 3 SD for CCTA).
 
   Returns:
-    int32 (z, y, x) classes: every 6-connected component of `hu >= threshold_hu` that holds
+    uint8 (z, y, x) classes: every 6-connected component of `hu >= threshold_hu` that holds
     at least one detected (class > 0) voxel, labelled with the majority class of the detected
     voxels in it; ties go to the lowest class index (so a coronary class wins over aorta or
     valves). Detected voxels below the threshold are dropped.
@@ -99,13 +100,13 @@ def grow_lesions(detected_classes: np.ndarray, hu: np.ndarray, threshold_hu: flo
     raise ValueError(f"classes shape {detected_classes.shape} differs from hu shape {np.shape(hu)}")
   above = np.asarray(hu) >= threshold_hu
   lab, n = ndimage.label(above, structure=CONNECTIVITY_6)
-  out = np.zeros(detected_classes.shape, dtype=np.int32)
+  out = np.zeros(detected_classes.shape, dtype=np.uint8)
   if n == 0:
     return out
   det = (detected_classes > 0) & above
   counts = np.zeros((n + 1, NUM_CLASSES), dtype=np.int64)
   np.add.at(counts, (lab[det], detected_classes[det].astype(np.int64)), 1)
-  lut = np.zeros(n + 1, dtype=np.int32)
+  lut = np.zeros(n + 1, dtype=np.uint8)
   has = counts[:, 1:].sum(axis=1) > 0
   lut[has] = 1 + np.argmax(counts[has, 1:], axis=1)  # argmax: first (lowest class) on ties
   lut[0] = 0
@@ -125,11 +126,15 @@ def size_filter(
   lab, n = label_lesions(classes)
   if n == 0:
     return classes.copy()
-  vol = _lesion_volumes(lab, n, spacing)
-  eps = 1e-9 * max(1.0, float(max_mm3))
-  keep = (vol >= min_mm3 - eps) & (vol <= max_mm3 + eps)
+  keep = _within_size(_lesion_volumes(lab, n, spacing), min_mm3, max_mm3)
   keep[0] = False
   return np.where(keep[lab], classes, 0).astype(classes.dtype)
+
+
+def _within_size(vol: np.ndarray, min_mm3: float, max_mm3: float) -> np.ndarray:
+  """Bool per lesion: volume (mm³) within [min_mm3, max_mm3], up to float round-off."""
+  eps = 1e-9 * max(1.0, float(max_mm3))
+  return (vol >= min_mm3 - eps) & (vol <= max_mm3 + eps)
 
 
 def heart_region(
@@ -182,11 +187,16 @@ def heart_filter(
     raise ValueError(
       f"heart mask shape {np.shape(heart_mask)} differs from classes shape {classes.shape}"
     )
+  if region is None:
+    region = heart_region(heart_mask, spacing, dilation_mm)
+  return _touching(classes, region)
+
+
+def _touching(classes: np.ndarray, region: np.ndarray) -> np.ndarray:
+  """`classes` without the lesions that have no voxel in `region` (bool, same shape)."""
   lab, n = label_lesions(classes)
   if n == 0:
     return classes.copy()
-  if region is None:
-    region = heart_region(heart_mask, spacing, dilation_mm)
   keep = np.zeros(n + 1, dtype=bool)
   keep[np.unique(lab[region & (lab > 0)])] = True
   keep[0] = False
@@ -202,7 +212,7 @@ def reduce_false_positives(
   settings: FPReductionSettings | None = None,
   heart_region_mask: np.ndarray | None = None,
 ) -> np.ndarray:
-  """Run the enabled false-positive reduction steps; returns int32 classes (z, y, x).
+  """Run the enabled false-positive reduction steps; returns uint8 classes (z, y, x).
 
   Args:
     classes: network classes 0..6 (z, y, x).
@@ -220,9 +230,34 @@ def reduce_false_positives(
   if settings.region_growing:
     out = grow_lesions(classes, hu, threshold_hu)
   else:
-    out = np.where(hu >= threshold_hu, np.asarray(classes), 0).astype(np.int32)
-  if settings.size_limits:
-    out = size_filter(out, spacing, settings.min_mm3, settings.max_mm3)
+    out = np.where(hu >= threshold_hu, np.asarray(classes), 0).astype(np.uint8)
+  # Lesions lie in the box of the labelled voxels: the size limits and the heart filter label
+  # only that box (the same lesions as the whole map's, outside it everything is 0).
+  # Both steps keep or drop whole lesions, so one labelling serves both (the lesions left by the
+  # size limits are the same components of the map they leave).
+  box = labels_lib.labelled_box(out)
+  inner = out[box]
+  region = None
   if settings.heart_filter:
-    out = heart_filter(out, heart_mask, spacing, settings.dilation_mm, heart_region_mask)
+    if heart_mask is None or not np.any(heart_mask):
+      heart_filter(inner, None, spacing, settings.dilation_mm)  # warns; keeps every lesion
+    else:
+      region = heart_region_mask
+      if region is None:
+        region = heart_region(heart_mask, spacing, settings.dilation_mm)
+      region = np.asarray(region)[box]
+  if not settings.size_limits and region is None:
+    return out
+  lab, n = label_lesions(inner)
+  if n == 0:
+    return out
+  keep = np.ones(n + 1, dtype=bool)
+  if settings.size_limits:
+    keep &= _within_size(_lesion_volumes(lab, n, spacing), settings.min_mm3, settings.max_mm3)
+  if region is not None:
+    touching = np.zeros(n + 1, dtype=bool)
+    touching[np.unique(lab[region & (lab > 0)])] = True
+    keep &= touching
+  keep[0] = False
+  inner[~keep[lab]] = 0
   return out

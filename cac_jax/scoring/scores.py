@@ -43,11 +43,13 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from cac_jax import labels as labels_lib
 from cac_jax.data.scan import Scan
 from cac_jax.labels import AORTA, AORTIC_VALVE, CLASS_NAMES, CORONARY_CLASSES, LAD, MITRAL_VALVE
 
 CONNECTIVITY_6 = ndimage.generate_binary_structure(3, 1)
 CONNECTIVITY_4_2D = ndimage.generate_binary_structure(2, 1)
+_IN_SLICE_4 = np.stack([np.zeros((3, 3), bool), CONNECTIVITY_4_2D, np.zeros((3, 3), bool)])
 AGATSTON_REFERENCE_SLICE_MM = 3.0
 AGATSTON_MIN_AREA_MM2 = 1.0
 AGATSTON_SLICE_TOLERANCE_MM = 0.25
@@ -79,21 +81,36 @@ def agatston(
     slice_increment_mm: defaults to spacing[0].
   """
   mask = np.asarray(mask, dtype=bool)
+  return float(_agatston_sums(mask, hu, spacing, slice_increment_mm, mask.view(np.uint8))[1])
+
+
+def _agatston_sums(mask, hu, spacing, slice_increment_mm, groups: np.ndarray) -> np.ndarray:
+  """Agatston score of each group of 2D lesions: `groups` int (z, y, x) gives each voxel of
+  `mask` its group (1..); returns float64 (max group + 1,) with [0] = 0.
+
+  Each 2D lesion lies in one group (e.g. the 3D lesion that holds it); its term is added to
+  its group's sum in array order, as a per-slice loop over one group alone adds them.
+  """
+  mask = np.asarray(mask, dtype=bool)
   hu = np.asarray(hu)
+  groups = np.asarray(groups)
   inc = float(spacing[0] if slice_increment_mm is None else slice_increment_mm)
   pixel_area = float(spacing[1]) * float(spacing[2])
-  total = 0.0
-  for z in np.flatnonzero(mask.any(axis=(1, 2))):
-    lab, n = ndimage.label(mask[z], structure=CONNECTIVITY_4_2D)
-    if n == 0:
-      continue
-    idx = np.arange(1, n + 1)
-    areas = np.bincount(lab.ravel(), minlength=n + 1)[1:] * pixel_area
-    peaks = ndimage.maximum(hu[z], lab, index=idx)
-    for area, peak in zip(areas, np.atleast_1d(peaks)):
+  sums = [0.0] * (max(int(groups.max()) if groups.size else 0, 1) + 1)
+  # Every slice's 4-connected components at once (no link across slices), numbered in array
+  # order: slice by slice, as a per-slice loop would visit them.
+  lab, n = ndimage.label(mask, structure=_IN_SLICE_4)
+  if n:
+    at = lab[mask]
+    areas = np.bincount(at, minlength=n + 1)[1:] * pixel_area
+    peaks = np.full(n + 1, -np.inf)
+    np.maximum.at(peaks, at, hu[mask].astype(np.float64))
+    group_of = np.zeros(n + 1, np.int64)
+    group_of[at] = groups[mask]
+    for area, peak, g in zip(areas, peaks[1:], group_of[1:]):
       if area >= AGATSTON_MIN_AREA_MM2 - 1e-9:
-        total += area * agatston_weight(float(peak))
-  return float(total * inc / AGATSTON_REFERENCE_SLICE_MM)
+        sums[g] += area * agatston_weight(float(peak))
+  return np.array([float(v * inc / AGATSTON_REFERENCE_SLICE_MM) for v in sums])
 
 
 def risk_category(total_agatston: float) -> str:
@@ -151,9 +168,11 @@ def _count_lesions(mask: np.ndarray) -> int:
 
 
 def _region_scores(mask, hu, scan: Scan, c_ha: float, with_agatston: bool) -> dict[str, Any]:
+  box = labels_lib.labelled_box(mask)  # its lesions lie in the box of its voxels
+  mask, hu = mask[box], hu[box]
   n = int(mask.sum())
   vol = n * scan.voxel_volume_mm3
-  mean_hu = float(hu[mask].mean()) if n else None
+  mean_hu = float(hu[mask].astype(np.float64).mean()) if n else None
   out = {
     "volume_mm3": float(vol),
     "lesions": _count_lesions(mask),
@@ -178,6 +197,19 @@ def _split_left_main(
     raise ValueError("left_main must be a mask of LAD-class voxels on the class map's grid")
   lad = arteries[0][1] & ~left_main
   return [("LM", left_main), (CLASS_NAMES[LAD], lad)] + arteries[1:]
+
+
+def _cropped(classes, hu, scan: Scan, left_main):
+  """`classes`, `hu` and `left_main` in `labels.labelled_box(classes)`, and the box (views: HU
+  are taken as float64 where they are gathered, not copied as a volume)."""
+  classes = np.asarray(classes)
+  if classes.shape != np.shape(hu) or classes.shape != scan.shape:
+    raise ValueError(
+      f"shapes differ: classes {classes.shape}, hu {np.shape(hu)}, scan {scan.shape}"
+    )
+  box = labels_lib.labelled_box(classes)
+  lm = None if left_main is None else np.asarray(left_main)[box]
+  return classes[box], np.asarray(hu)[box], lm, box
 
 
 def compute_scores(
@@ -208,10 +240,7 @@ def compute_scores(
   """
   if domain not in ("ncct", "ccta"):
     raise ValueError(f"domain must be 'ncct' or 'ccta'; got {domain!r}")
-  classes = np.asarray(classes)
-  hu = np.asarray(hu, dtype=np.float64)
-  if classes.shape != hu.shape or classes.shape != scan.shape:
-    raise ValueError(f"shapes differ: classes {classes.shape}, hu {hu.shape}, scan {scan.shape}")
+  classes, hu, left_main, _ = _cropped(classes, hu, scan, left_main)
   c_ha = 1.0 if calibration is None else float(calibration)
   result: dict[str, Any] = {"domain": domain}
   arteries = _split_left_main(classes, left_main)
@@ -283,8 +312,8 @@ def lesion_table(
   (3D Slicer shows RAS: negate x and y).
   Values are rounded for reading (0.01 mm³, 0.1 HU, 0.01 Agatston, 0.1 mass, 0.1 mm).
   """
-  classes = np.asarray(classes)
-  hu = np.asarray(hu, dtype=np.float64)
+  classes, hu, left_main, box = _cropped(classes, hu, scan, left_main)
+  offset = np.array([b.start for b in box])
   c_ha = 1.0 if calibration is None else float(calibration)
   rows: list[dict] = []
   structures = _split_left_main(classes, left_main)
@@ -292,16 +321,20 @@ def lesion_table(
   for name, mask in structures:
     if not mask.any():
       continue
+    box = labels_lib.labelled_box(mask)  # the structure's lesions lie in the box of its voxels
+    mask, hu_box = mask[box], hu[box]
+    start = offset + np.array([b.start for b in box])
     lab, n = ndimage.label(mask, structure=CONNECTIVITY_6)
+    per_lesion = _agatston_sums(mask, hu_box, scan.spacing, None, lab)
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
       one = lab[sl] == i
-      vals = hu[sl][one]
+      vals = hu_box[sl][one].astype(np.float64)
       vol = float(one.sum()) * scan.voxel_volume_mm3
-      centre = np.array([s.start for s in sl]) + np.mean(np.nonzero(one), axis=1)
+      centre = start + np.array([s.start for s in sl]) + np.mean(np.nonzero(one), axis=1)
       x, y, z = scan.index_to_physical(centre)
       score = None
       if name not in (CLASS_NAMES[AORTA], CLASS_NAMES[MITRAL_VALVE]):
-        score = round(agatston(one, hu[sl], scan.spacing), 2)
+        score = round(float(per_lesion[i]), 2)
       rows.append(
         {
           "id": len(rows) + 1,
