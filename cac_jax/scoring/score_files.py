@@ -242,6 +242,7 @@ def csv_row(case_id: str, report: dict) -> dict[str, Any]:
       },
       "aortic_valve_agatston": _r(s.get("aortic_valve", {}).get("agatston"), 2),
       "warnings": " | ".join(report.get("warnings", [])),
+      "error": None,
     }
   )
   return row
