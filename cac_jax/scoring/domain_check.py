@@ -364,14 +364,7 @@ def reference_from_cases(params: dict, config, source_cases, target_cases) -> Re
   def items(cases):
     out = []
     for case in cases:
-      setup = pipeline.prepare(
-        case.scan,
-        config,
-        settings,
-        domain=case.domain,
-        heart_mask=case.heart_mask,
-        aorta_mask=case.aorta_mask,
-      )
+      setup = pipeline.prepare_case(case, config, settings)
       if not setup.empty:
         out.append(scan_candidates(case.scan, setup.threshold_hu, setup.region, config))
     return out

@@ -257,6 +257,19 @@ class Setup:
   candidates: np.ndarray | None = dataclasses.field(default=None, repr=False)
 
 
+def prepare_case(case, config, settings, domain: str | None = None) -> Setup:
+  """`prepare` of a labelled `Case` with its own heart and aorta masks and domain (or
+  `domain`): how the experiment and the studies set up a phantom or manifest case."""
+  return prepare(
+    case.scan,
+    config,
+    settings,
+    domain=case.domain if domain is None else domain,
+    heart_mask=case.heart_mask,
+    aorta_mask=case.aorta_mask,
+  )
+
+
 def prepare(
   scan: Scan,
   config: ml_collections.ConfigDict,

@@ -42,14 +42,7 @@ class SetResult:
 def case_values(model: dc.DomainModel, params: dict, config, case) -> dict[str, float]:
   """Both statistics of one case scored as CCTA with its own heart and aorta masks."""
   settings = postprocess.FPReductionSettings.from_config(config.scoring)
-  setup = pipeline.prepare(
-    case.scan,
-    config,
-    settings,
-    domain="ccta",
-    heart_mask=case.heart_mask,
-    aorta_mask=case.aorta_mask,
-  )
+  setup = pipeline.prepare_case(case, config, settings, domain="ccta")
   if setup.empty:
     return {s: float("nan") for s in dc.STATISTICS}
   hu, cand = dc.scan_candidates(case.scan, setup.threshold_hu, setup.region, config)

@@ -413,14 +413,7 @@ def predict_columns(
   both = [m for m, flags in wanted.items() if flags == {False, True}]
   for k, case in enumerate(cases):
     setups = {
-      fp: pipeline.prepare(
-        case.scan,
-        config,
-        column_settings(config, fp),
-        domain=case.domain,
-        heart_mask=case.heart_mask,
-        aorta_mask=case.aorta_mask,
-      )
+      fp: pipeline.prepare_case(case, config, column_settings(config, fp))
       for fp in set().union(*wanted.values())
     }
     shared = both if len(setups) == 2 and _nested(setups[True], setups[False]) else []
