@@ -226,21 +226,12 @@ def mean_f1(
 ) -> dict[str, float]:
   """Mean total-coronary F1 over `cases` (labelled) after FP reduction, per model (`launch.score`'s
   labels with config.scoring's settings)."""
-  started = time.monotonic()
-
-  def progress(done: int, total: int) -> None:
-    rate = done / max(time.monotonic() - started, 1e-9)
-    log(
-      f"scoring {done}/{total} scans x {len(params_by_model)} networks "
-      f"({1 / rate:.1f} s/scan, {loop.eta(total - done, rate)})"
-    )
-
-  raw = predict_columns(
-    params_by_model, config, cases, {m: {True} for m in params_by_model}, progress=progress
+  raw = predict_raw(
+    params_by_model, config, cases, True, progress=scoring_progress(log, "", len(params_by_model))
   )
   out = {}
   for m in params_by_model:
-    scans = evaluate_predictions(config, cases, raw[(m, True)], True)
+    scans = evaluate_predictions(config, cases, raw[m], True)
     out[m] = float(metrics.aggregate([s["metrics"] for s in scans])["total"].per_scan["f1"].mean)
   return out
 
@@ -370,8 +361,29 @@ def column_settings(config, fp_reduction: bool) -> postprocess.FPReductionSettin
   return postprocess.FPReductionSettings.from_config(config.scoring, **off)
 
 
+def scoring_progress(
+  log: Callable[[str], None], what: str, n_models: int
+) -> Callable[[int, int], None]:
+  """A `predict_columns` progress callback that logs 'scoring <what>k/n scans x m networks
+  (s/scan, ETA)', timed from its creation."""
+  started = time.monotonic()
+
+  def progress(done: int, total: int) -> None:
+    rate = done / max(time.monotonic() - started, 1e-9)
+    log(
+      f"scoring {what}{done}/{total} scans x {n_models} networks "
+      f"({1 / rate:.1f} s/scan, {loop.eta(total - done, rate)})"
+    )
+
+  return progress
+
+
 def predict_raw(
-  params_by_model: dict[str, Any], config, cases, fp_reduction: bool
+  params_by_model: dict[str, Any],
+  config,
+  cases,
+  fp_reduction: bool,
+  progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> dict[str, list[tuple[np.ndarray, pipeline.Setup]]]:
   """Raw network classes (before FP reduction) per model and case, as `launch.score` computes them
   with the settings of `column_settings(config, fp_reduction)` (`pipeline.prepare` and
@@ -382,7 +394,7 @@ def predict_raw(
   cannot score (CCTA without an aorta, empty heart mask) gives all-zero classes.
   """
   got = predict_columns(
-    params_by_model, config, cases, {m: {fp_reduction} for m in params_by_model}
+    params_by_model, config, cases, {m: {fp_reduction} for m in params_by_model}, progress=progress
   )
   return {m: got[(m, fp_reduction)] for m in params_by_model}
 
@@ -544,17 +556,12 @@ def score_tests(
     for c in cols:
       if c.role == role:
         wanted.setdefault(alias.get(c.model, c.model), set()).add(c.fp_reduction)
-    started, n_models = time.monotonic(), len(wanted)
-
-    def progress(done: int, total: int, role=role, started=started, n_models=n_models) -> None:
-      rate = done / max(time.monotonic() - started, 1e-9)
-      log(
-        f"scoring {role}: {done}/{total} scans x {n_models} networks "
-        f"({1 / rate:.1f} s/scan, {loop.eta(total - done, rate)})"
-      )
-
     got = predict_columns(
-      {m: params[m] for m in wanted}, config, tests[role], wanted, progress=progress
+      {m: params[m] for m in wanted},
+      config,
+      tests[role],
+      wanted,
+      progress=scoring_progress(log, f"{role}: ", len(wanted)),
     )
     raw.update({(m, role, fp): v for (m, fp), v in got.items()})
   for c in cols:
