@@ -85,6 +85,35 @@ def test_rerun_reuses_data_and_models_and_combines_seeds(toy):
   )
 
 
+def test_rerun_reuses_the_test_scores_of_the_same_weights_and_settings(toy):
+  c, wd, res = toy
+  calls = []
+
+  def compute():
+    calls.append(1)
+    return res["table"], res["per_scan"]
+
+  path = os.path.join(wd, "scores.pkl")
+  key = experiment.scores_key(c, {"m": {"w": np.ones(3)}})
+  assert os.path.exists(path)  # written by the toy run
+  table, per_scan = experiment.cached_scores(path, key, compute)
+  again = experiment.cached_scores(path, key, compute)
+  assert len(calls) == 1  # the first call had another key (the toy's models), the second reused
+  col = "CCTA Ladv+Lcls+FP red."
+  for a, b in zip(again[1][col], res["per_scan"][col]):
+    assert a["id"] == b["id"] and np.array_equal(a["classes"], b["classes"])
+  assert json.dumps(again[0], sort_keys=True) == json.dumps(
+    res["table"], sort_keys=True
+  )  # NaN-safe
+  renamed = c.copy_and_resolve_references()
+  renamed.name = "benchmark"
+  assert experiment.scores_key(renamed, {"m": {"w": np.ones(3)}}) == key
+  assert experiment.scores_key(c, {"m": {"w": np.zeros(3)}}) != key
+  changed = c.copy_and_resolve_references()
+  changed.scoring.slab_slices += 1
+  assert experiment.scores_key(changed, {"m": {"w": np.ones(3)}}) != key
+
+
 def test_figures_are_written(toy, tmp_path):
   c, _, res = toy
   paths = experiment.write_figures(res, c, str(tmp_path))

@@ -22,8 +22,10 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 import dataclasses
+import hashlib
 import json
 import os
+import pickle
 import time
 from typing import Any
 
@@ -513,8 +515,12 @@ def run(
   alias = {
     m: m[:-4] for m in params if m.endswith("_val") and _same_params(params[m], params[m[:-4]])
   }
-  log("scoring the test sets")
-  table, per_scan = score_tests(config, cols, tests, params, alias, log)
+  table, per_scan = cached_scores(
+    os.path.join(workdir, "scores.pkl"),
+    scores_key(config, params),
+    lambda: score_tests(config, cols, tests, params, alias, log),
+    log,
+  )
   selection = {}
   for m in ("adv_cls", "adv_only"):
     p = os.path.join(workdir, m, "selection.json")
@@ -577,6 +583,74 @@ def score_tests(
     }
     per_scan[c.name] = scans
   return table, per_scan
+
+
+def scores_key(config: ml_collections.ConfigDict, params: dict[str, Any]) -> str:
+  """A digest of everything the test scores depend on: the config (less its name and seed
+  list, so that a demo folder serves as the benchmark's seed folder) and every model's
+  weights."""
+  cfg = config.to_dict()
+  cfg.pop("name", None)
+  cfg.get("experiment", {}).pop("seeds", None)
+  h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
+  for model in sorted(params):
+    h.update(model.encode())
+    for leaf in jax.tree.leaves(params[model]):
+      h.update(np.ascontiguousarray(leaf).tobytes())
+  return h.hexdigest()
+
+
+def cached_scores(
+  path: str,
+  key: str,
+  compute: Callable[[], tuple[dict, dict]],
+  log: Callable[[str], None] = lambda s: None,
+) -> tuple[dict, dict]:
+  """`compute()`'s (table, per_scan), stored at `path` under `key` and reused while the key
+  matches, so that a stopped benchmark resumes after its scored seeds (scoring is its longest
+  phase). Class maps are stored sparse (their nonzero voxels): they are mostly background.
+  The file is a pickle of this package's own results, read only from the run's own folder."""
+  if os.path.exists(path):
+    with open(path, "rb") as f:
+      stored = pickle.load(f)
+    if stored.get("key") == key:
+      log(f"reusing the test scores {path}")
+      return stored["table"], _unpack_classes(stored["per_scan"])
+    log(f"{path}: scored with other settings or weights; scoring again")
+  log("scoring the test sets")
+  table, per_scan = compute()
+  stored = {"key": key, "table": table, "per_scan": _pack_classes(per_scan)}
+  atomic.write_with(path, lambda tmp: _dump_pickle(tmp, stored))
+  return table, per_scan
+
+
+def _dump_pickle(path: str, obj) -> None:
+  with open(path, "wb") as f:
+    pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _pack_classes(per_scan: dict) -> dict:
+  """per_scan with each (z, y, x) uint8 class map as (shape, flat nonzero indices, values)."""
+  out = {}
+  for col, scans in per_scan.items():
+    out[col] = []
+    for s in scans:
+      c = s["classes"]
+      idx = np.flatnonzero(c)
+      out[col].append({**s, "classes": (c.shape, idx, c.reshape(-1)[idx])})
+  return out
+
+
+def _unpack_classes(per_scan: dict) -> dict:
+  out = {}
+  for col, scans in per_scan.items():
+    out[col] = []
+    for s in scans:
+      shape, idx, values = s["classes"]
+      c = np.zeros(shape, np.uint8)
+      c.reshape(-1)[idx] = values
+      out[col].append({**s, "classes": c})
+  return out
 
 
 def _same_params(a: dict, b: dict) -> bool:
