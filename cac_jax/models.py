@@ -116,16 +116,21 @@ class Classifier(nn.Module):
 
 
 class DeepSupervisionHeads(nn.Module):
-  """One 1x1 conv per view on that view's features (source training only).
+  """One dropout + 1x1 conv per view on that view's features (source training only).
 
-  (B, h, w, 3 * f) -> (3, B, h, w, num_classes) logits.
+  (B, h, w, 3 * f) -> (3, B, h, w, num_classes) logits. The reference puts dropout 0.35
+  before each auxiliary head (networks/ConvNet.py:87-105); `dropout` 0 leaves it out.
   """
 
   num_classes: int = 7
+  dropout: float = 0.0
 
   @nn.compact
-  def __call__(self, features: jax.Array) -> jax.Array:
+  def __call__(self, features: jax.Array, deterministic: bool = True) -> jax.Array:
     per_view = jnp.split(features, 3, axis=-1)
+    if self.dropout > 0:
+      drop = nn.Dropout(self.dropout, deterministic=deterministic)
+      per_view = [drop(f) for f in per_view]
     return jnp.stack(
       [nn.Dense(self.num_classes, name=f"{v}_head")(f) for v, f in zip(VIEWS, per_view)]
     )
@@ -256,7 +261,7 @@ def build(
   m = config.model
   g = Generator(m.tower_width, m.tower_features, tuple(m.dilations), tower_conv(config))
   c = Classifier(m.classifier_hidden, m.num_classes, m.dropout)
-  h = DeepSupervisionHeads(m.num_classes)
+  h = DeepSupervisionHeads(m.num_classes, float(m.get("head_dropout", 0.0)))
   d = Critic(tuple(m.critic_channels), m.get("critic_norm", "batch"))
   return g, c, h, d
 

@@ -16,6 +16,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.model.classifier_hidden = 128
   c.model.num_classes = 7
   c.model.dropout = 0.35
+  # Dropout before each deep-supervision head, as the reference (networks/ConvNet.py:87-105).
+  c.model.head_dropout = 0.35
   c.model.critic_channels = (128, 128, 256, 128, 64, 32, 1)
   # Dilated tower convs: "auto" = space-to-batch on GPU (fast gradients), XLA's conv elsewhere
   # (cac_jax.dilated_conv; the same function and params either way).
@@ -111,6 +113,10 @@ def get_config() -> ml_collections.ConfigDict:
   c.scoring.min_lesion_mm3 = 1.0
   c.scoring.max_lesion_mm3 = 500.0
   c.scoring.heart_dilation_mm = 10.0
+  # "voxel": calcium outside the dilated heart is zeroed voxel by voxel, as the reference
+  # (Post_processing_FPreduction.ipynb, cell 5); "lesion": whole lesions are kept or dropped by
+  # whether they touch it (postprocess.FPReductionSettings.heart_filter_mode).
+  c.scoring.heart_filter = "voxel"
   c.scoring.slab_slices = 16  # slices per streamed slab in dense inference
 
   # Phantoms (cac_jax.phantoms).

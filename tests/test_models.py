@@ -98,6 +98,22 @@ def test_classifier_dropout_only_when_asked():
   assert not np.allclose(a, b)
 
 
+def test_head_dropout_only_in_training_and_only_when_configured():
+  c = tiny.get_config()
+  c.model.head_dropout = 0.35
+  heads = models.build(c)[2]
+  params = state_lib.init_params(c, 0)["heads"]
+  feats = jnp.ones((4, 3, 3, 3 * c.model.tower_features))
+  plain = models.DeepSupervisionHeads(c.model.num_classes)  # no dropout, same params
+  a = heads.apply({"params": params}, feats)
+  np.testing.assert_array_equal(a, plain.apply({"params": params}, feats))
+  b = heads.apply(
+    {"params": params}, feats, deterministic=False, rngs={"dropout": jax.random.PRNGKey(3)}
+  )
+  assert b.shape == a.shape and not np.allclose(a, b)
+  assert paper.get_config().model.head_dropout == 0.35  # the reference's value
+
+
 def test_host_init_matches_flax_structure_and_scale():
   c = tiny.get_config()
   host = state_lib.init_params(c, 0)

@@ -118,6 +118,44 @@ def test_heart_filter_anisotropic_spacing():
   assert out[3, 1, 1] == LAD and out[4, 2, 2] == 0
 
 
+def test_voxel_heart_filter_cuts_an_edge_lesion_where_the_lesion_filter_keeps_it_whole():
+  spacing = (1.0, 1.0, 1.0)
+  hu = np.zeros((3, 5, 40), np.float32)
+  heart = np.zeros(hu.shape, bool)
+  heart[:, :, :10] = True  # the dilated region ends at x = 19
+  cls = np.zeros(hu.shape, np.int32)
+  hu[1, 2, 17:23] = 400.0
+  cls[1, 2, 17:23] = LAD  # 6 voxels, x = 17..22: 3 inside the region, 3 outside
+  hu[1, 4, 25:28] = 400.0
+  cls[1, 4, 25:28] = RCA  # wholly outside
+  only_heart = dict(region_growing=False, size_limits=False)
+  lesion = pp.reduce_false_positives(
+    cls, hu, T, spacing, heart, pp.FPReductionSettings(**only_heart)
+  )
+  voxel = pp.reduce_false_positives(
+    cls, hu, T, spacing, heart, pp.FPReductionSettings(**only_heart, heart_filter_mode="voxel")
+  )
+  assert (lesion[1, 2, 17:23] == LAD).all() and not lesion[1, 4].any()
+  assert (voxel[1, 2, 17:20] == LAD).all() and not voxel[1, 2, 20:].any()
+  assert not voxel[1, 4].any()
+  # The size limits then read the cut lesion: 3 mm³ survives a 1-3 mm³ window, 6 mm³ would not.
+  sized = pp.FPReductionSettings(
+    region_growing=False, heart_filter_mode="voxel", min_mm3=1.0, max_mm3=3.0
+  )
+  assert (pp.reduce_false_positives(cls, hu, T, spacing, heart, sized)[1, 2, 17:20] == LAD).all()
+  with pytest.raises(ValueError, match="heart_filter_mode"):
+    pp.FPReductionSettings(heart_filter_mode="box")
+
+
+def test_heart_filter_mode_comes_from_the_config_and_old_exports_filter_by_lesion():
+  scoring = ml_collections.ConfigDict(
+    {"min_lesion_mm3": 1.0, "max_lesion_mm3": 500.0, "heart_dilation_mm": 10.0}
+  )
+  assert pp.FPReductionSettings.from_config(scoring).heart_filter_mode == "lesion"
+  scoring.heart_filter = "voxel"
+  assert pp.FPReductionSettings.from_config(scoring).heart_filter_mode == "voxel"
+
+
 def test_heart_filter_without_mask_warns_and_skips():
   cls = np.zeros((3, 3, 3), np.int32)
   cls[1, 1, 1] = LAD

@@ -34,6 +34,9 @@ from cac_jax.labels import NUM_CLASSES
 CONNECTIVITY_6 = ndimage.generate_binary_structure(3, 1)
 
 
+HEART_FILTER_MODES = ("lesion", "voxel")
+
+
 @dataclasses.dataclass(frozen=True)
 class FPReductionSettings:
   """Which false-positive reduction steps to run, and their parameters.
@@ -41,7 +44,11 @@ class FPReductionSettings:
   Attributes:
     region_growing: grow detections to connected above-threshold regions.
     size_limits: drop lesions outside [min_mm3, max_mm3].
-    heart_filter: drop lesions farther than dilation_mm from the heart mask.
+    heart_filter: remove calcium farther than dilation_mm from the heart mask.
+    heart_filter_mode: "lesion" keeps or drops whole lesions by whether any voxel lies in the
+      dilated heart (a lesion on the region's edge keeps its whole volume); "voxel" zeroes
+      every voxel outside it, as the reference's FP reduction does (`mask[heart == 0] = 0`,
+      Post_processing_FPreduction.ipynb, cells 3 and 5), so an edge lesion is cut.
     aorta_threshold: CCTA only: candidates are the voxels at or above the aortic-lumen
       threshold (mean + 3 SD). Off: the NCCT 130 HU, so the contrast lumen is classified
       too. The authors score CCTA this way without FP reduction: their test script thresholds
@@ -62,14 +69,23 @@ class FPReductionSettings:
   min_mm3: float = 1.0
   max_mm3: float = 500.0
   dilation_mm: float = 10.0
+  heart_filter_mode: str = "lesion"
+
+  def __post_init__(self):
+    if self.heart_filter_mode not in HEART_FILTER_MODES:
+      raise ValueError(
+        f"heart_filter_mode {self.heart_filter_mode!r}: expected one of {HEART_FILTER_MODES}"
+      )
 
   @classmethod
   def from_config(cls, scoring, **overrides) -> FPReductionSettings:
-    """From a `config.scoring` ConfigDict (min/max_lesion_mm3, heart_dilation_mm)."""
+    """From a `config.scoring` ConfigDict (min/max_lesion_mm3, heart_dilation_mm,
+    heart_filter; an export written before `heart_filter` existed filters by lesion)."""
     kw = dict(
       min_mm3=float(scoring.min_lesion_mm3),
       max_mm3=float(scoring.max_lesion_mm3),
       dilation_mm=float(scoring.heart_dilation_mm),
+      heart_filter_mode=str(scoring.get("heart_filter", "lesion")),
     )
     kw.update(overrides)
     return cls(**kw)
@@ -246,6 +262,9 @@ def reduce_false_positives(
       if region is None:
         region = heart_region(heart_mask, spacing, settings.dilation_mm)
       region = np.asarray(region)[box]
+      if settings.heart_filter_mode == "voxel":
+        inner[~region] = 0  # `inner` is a view: `out` changes with it
+        region = None
   if not settings.size_limits and region is None:
     return out
   lab, n = label_lesions(inner)

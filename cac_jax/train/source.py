@@ -2,7 +2,8 @@
 (the loop around them is `cac_jax.train.loop.train_source`).
 
 loss = CE(C(G(x))[centre], y[centre]) + w * sum_views mean CE(head_v(G_v(x)), y_v)
-with w = `config.source.deep_supervision_weight`, CE from logits, dropout in C active.
+with w = `config.source.deep_supervision_weight`, CE from logits, dropout in C (and before
+the heads, `config.model.head_dropout`) active.
 Optimiser: Adam with L2 weight decay added to the gradient (`state.source_optimizer`).
 """
 
@@ -50,7 +51,15 @@ def source_loss(params: dict, batch: dict, rng: jax.Array, config: ml_collection
   logits = models.centre_logits(c, params["classifier"], feats, deterministic=False, rng=rng)
   y = centre_labels(batch["labels"])
   centre_ce = optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
-  head_logits = h.apply({"params": params["heads"]}, feats)  # (3, B, o, o, K)
+  if h.dropout > 0:  # its own key; without head dropout C's dropout stream is unchanged
+    head_logits = h.apply(
+      {"params": params["heads"]},
+      feats,
+      deterministic=False,
+      rngs={"dropout": jax.random.fold_in(rng, 1)},
+    )
+  else:
+    head_logits = h.apply({"params": params["heads"]}, feats)  # (3, B, o, o, K)
   per_view = optax.softmax_cross_entropy_with_integer_labels(head_logits, batch["labels"]).mean(
     axis=(1, 2, 3)
   )
