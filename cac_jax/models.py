@@ -236,7 +236,8 @@ def features_no_grad(g: Generator, g_params, views: jax.Array, chunk: int = -1) 
 
   Why: on XLA:CPU a large batch's activations do not stay in the caches, and the bias + ELU
   passes between the convolutions then cost about as much as the convolutions; one patch at a
-  time they do. The outputs are the same bits (each patch's arithmetic is unchanged). Forward
+  time they do. The outputs are the same to float32 rounding (the same bits where XLA picks
+  one conv kernel for both batch sizes; not on every CPU). Forward
   only: differentiating through the rolled loop is many times slower on XLA:CPU, so the steps
   that need G's gradient apply G to the whole batch. docs/performance.md has the measurements.
   """

@@ -88,6 +88,11 @@ def get_config() -> ml_collections.ConfigDict:
   c.adapt.critic_steps_later = 5  # 0: no change; else critic steps from generator step `change_at`
   c.adapt.change_at = 4_950
   c.adapt.num_generator_steps = 10_000  # 200 epochs x 50 generator updates
+  # "blocked": per block, critic_steps x block critic updates, then `block` generator updates
+  # against that critic, as the reference (d_iters x batch_size 10, :203-261); "interleaved":
+  # critic_steps critic updates before every generator update (train.loop.critic_updates_before).
+  c.adapt.schedule = "blocked"
+  c.adapt.block = 10
   # Critic and generator-target patches: "reference" = half >= 130 HU, half uniform, in a random
   # slice of either domain (dataset/CalciumDataset.py:335-387); "scan_threshold" = this project's
   # earlier policy (CCTA bright patches at the aortic-ROI threshold). See cac_jax.data.sampling.
@@ -98,13 +103,16 @@ def get_config() -> ml_collections.ConfigDict:
   c.adapt.unroll_critic_scan = True  # unroll the lax.scan of critic steps (faster on XLA:CPU)
   # Patches per iteration of the critic update's G forward (`models.features_no_grad`): -1 =
   # one at a time on CPU for large batches (activations stay in the caches), else the whole
-  # batch; 0 = the whole batch. Results are the same bits either way.
+  # batch; 0 = the whole batch. Results agree to float32 rounding (models.features_no_grad).
   c.adapt.critic_feature_chunk = -1
   c.adapt.log_every = 10
   c.adapt.checkpoint_every = 500
   # Inference snapshots of G every N generator steps (0: none) for checkpoint selection; the
   # reference saves G every 5 epochs = 250 steps (:285-287) and tests G_15 (TestNet_transf.py:89).
   c.adapt.snapshot_every = 250
+  # The snapshot at this fraction of training is scored as its own column, as the reference
+  # tested G_15 (750 of 10,000 steps, TestNet_transf.py:89); 0: no such column.
+  c.adapt.tested_fraction = 0.075
 
   # Scoring (cac_jax.data.threshold, cac_jax.scoring.postprocess, cac_jax.scoring.infer).
   c.scoring = ml_collections.ConfigDict()
@@ -118,6 +126,13 @@ def get_config() -> ml_collections.ConfigDict:
   # whether they touch it (postprocess.FPReductionSettings.heart_filter_mode).
   c.scoring.heart_filter = "voxel"
   c.scoring.slab_slices = 16  # slices per streamed slab in dense inference
+
+  # Evaluation (cac_jax.evaluation.metrics, the experiment's scoring of every column).
+  c.evaluation = ml_collections.ConfigDict()
+  # Reference components (26-connected) of at most this many voxels are left out before
+  # scoring, as the authors' evaluation reference `annotations_resampled_sl_2`
+  # (Evaluation_senF1_volumeWise.py:50, utils/util.py:237-250); 0: the labels as drawn.
+  c.evaluation.reference_min_voxels = 2
 
   # Phantoms (cac_jax.phantoms).
   c.phantoms = ml_collections.ConfigDict()

@@ -37,6 +37,15 @@ _PAIRED = flags.DEFINE_string(
 flags.mark_flags_as_required(["predictions", "output_dir"])  # and one of --manifest, --paired
 
 
+_REFERENCE_MIN_VOXELS = flags.DEFINE_integer(
+  "reference_min_voxels",
+  0,
+  "Leave reference components (26-connected) of at most this many voxels out before scoring; "
+  "2 is the authors' evaluation reference, 0 the labels as they are.",
+  lower_bound=0,
+)
+
+
 def _paired(out: str) -> None:
   agreement, _ = paired.evaluate_paired(_PREDICTIONS.value, _PAIRED.value, split=_SPLIT.value)
   print(paired.write_report(agreement, out), end="")
@@ -52,7 +61,11 @@ def main(argv):
       _paired(_OUTPUT_DIR.value)
       return
     results = dataset.evaluate_dataset(
-      _PREDICTIONS.value, _MANIFEST.value, split=_SPLIT.value, allow_missing=_ALLOW_MISSING.value
+      _PREDICTIONS.value,
+      _MANIFEST.value,
+      split=_SPLIT.value,
+      allow_missing=_ALLOW_MISSING.value,
+      reference_min_voxels=_REFERENCE_MIN_VOXELS.value,
     )
     print(
       dataset.write_report(results, _OUTPUT_DIR.value, predictions_dir=_PREDICTIONS.value),

@@ -188,6 +188,33 @@ def test_schedule(config):
   assert loop.critic_steps_at(c, 50) == 20
 
 
+def test_blocked_schedule_runs_a_block_of_critic_updates_then_block_generator_updates(config):
+  c = config.copy_and_resolve_references()
+  c.adapt.critic_steps, c.adapt.critic_steps_later, c.adapt.change_at = 2, 1, 6
+  c.adapt.schedule, c.adapt.block = "blocked", 3
+  blocked = [loop.critic_updates_before(c, j) for j in range(9)]
+  assert blocked == [6, 0, 0, 6, 0, 0, 3, 0, 0]
+  c.adapt.schedule = "interleaved"
+  assert sum(blocked) == sum(loop.critic_updates_before(c, j) for j in range(9))
+  c.adapt.schedule = "alternating"
+  with pytest.raises(ValueError, match="adapt.schedule"):
+    loop.critic_updates_before(c, 0)
+
+
+def test_blocked_adaptation_updates_the_critic_only_at_a_block_start(config, tmp_path):
+  source_params = state_lib.init_params(config, 0)
+  pre, k = config.adapt.critic_pretrain_steps, config.adapt.critic_steps
+  for steps, schedule, critic_updates in (
+    (1, "blocked", pre + 2 * k),  # the block's critic updates all come first
+    (2, "blocked", pre + 2 * k),
+    (1, "interleaved", pre + k),
+  ):
+    c = config.copy_and_resolve_references()
+    c.adapt.num_generator_steps, c.adapt.schedule, c.adapt.block = steps, schedule, 2
+    state = loop.adapt(c, str(tmp_path / f"{schedule}{steps}"), source_params)
+    assert (int(state.step), int(state.critic_step)) == (steps, critic_updates)
+
+
 def test_adapt_loop_resumes_exactly_and_exports(config, tmp_path):
   source_params = state_lib.init_params(config, 0)
   one = config.copy_and_resolve_references()

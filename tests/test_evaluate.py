@@ -110,6 +110,33 @@ def test_evaluate_dataset_library(tmp_path):
   assert res.bland_altman is not None and res.bland_altman.n == 3
 
 
+def test_reference_min_voxels_leaves_small_reference_components_out(tmp_path):
+  manifest, preds = _make_dataset(tmp_path)
+  # Case b's RCA reference is 3 voxels: kept with 2 (the authors' reference), dropped with 3.
+  two = dataset.evaluate_dataset(str(preds), str(manifest), split="test", reference_min_voxels=2)
+  three = dataset.evaluate_dataset(str(preds), str(manifest), split="test", reference_min_voxels=3)
+  assert two.cases[1].metrics["RCA"].ref_mm3 == pytest.approx(3 * VOX)
+  assert three.cases[1].metrics["RCA"].ref_mm3 == 0
+  assert three.cases[0].metrics["LAD"].ref_mm3 == pytest.approx(4 * VOX)  # 4 voxels stay
+  assert "at most 3 voxels" in dataset.results_markdown(three)
+  assert "as labelled" in dataset.results_markdown(
+    dataset.evaluate_dataset(str(preds), str(manifest), split="test")
+  )
+
+
+def test_drop_small_components_is_26_connected_over_all_classes():
+  from cac_jax.evaluation import metrics
+
+  ref = np.zeros((4, 6, 6), np.uint8)
+  ref[1, 1, 1], ref[2, 2, 2] = 8, 9  # diagonal neighbours: one 2-voxel component
+  ref[1, 4, 4] = 8  # alone
+  ref[3, 4, 1:4] = 10  # 3 voxels
+  out = metrics.drop_small_components(ref, 2)
+  assert not out[:3].any() and (out[3, 4, 1:4] == 10).all() and out.dtype == ref.dtype
+  np.testing.assert_array_equal(metrics.drop_small_components(ref, 0), ref)
+  assert metrics.drop_small_components(ref, 1)[2, 2, 2] == 9  # the pair has 2 voxels: kept
+
+
 def test_cli_end_to_end(tmp_path):
   manifest, preds = _make_dataset(tmp_path)
   out = tmp_path / "report"

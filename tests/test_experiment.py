@@ -167,6 +167,10 @@ def test_report_prints_gates_table_and_gap_shares(toy):
   print(md)
   for g in ("| G1 |", "| G2 |", "| G3 |", "Table 2", "val-selected", "oracle gap"):
     assert g in md
+  # The authors' averaging, per artery too, with the value the table holds.
+  lcx = res["table"]["CCTA Ladv+Lcls+FP red."]["LCX"]["f1_authors"]
+  assert "| LCX | F1 |" in md and f"{lcx[0]:.2f}" in md.split("| LCX | F1 |")[1].split("\n")[0]
+  assert "Reference: the phantoms' labels as drawn" in md
   assert [g.name for g in res["gates"]] == ["G1", "G2", "G3"]
 
   def calcium_mean(col: str) -> float:
@@ -277,3 +281,17 @@ def test_each_role_draws_its_own_calcium_prevalence():
   assert free_share("ncct_test") == 0.0
   assert 0.2 < free_share("source_train") < 0.45  # the phantoms' own 1/3
   assert experiment.role_config(c, "source_train") is c
+
+
+def test_the_reference_tested_step_is_the_snapshot_nearest_its_fraction_of_training():
+  from configs import paper
+
+  c = paper.get_config()
+  assert experiment.tested_step(c) == 750  # G_15 of the reference's 10,000 steps
+  names = [col.name for col in experiment.columns(c)]
+  assert "CCTA Ladv+Lcls+FP red., tested step" in names
+  c.adapt.num_generator_steps, c.adapt.snapshot_every = 200, 50
+  assert experiment.tested_step(c) == 50  # 15 steps: the first snapshot
+  c.adapt.tested_fraction = 0.0
+  assert experiment.tested_step(c) is None
+  assert not any(col.table == "tested" for col in experiment.columns(c))

@@ -176,9 +176,9 @@ def test_batch_critic_refuses_a_one_pixel_final_map():
     d.init(jax.random.PRNGKey(0), jnp.zeros((2, 15, 15, 24)))
 
 
-@pytest.mark.cpu_bits
-def test_features_no_grad_chunks_give_the_same_bits():
-  """One patch (or two) at a time in a lax.map gives G's whole-batch features exactly, and
+def test_features_no_grad_chunks_give_the_whole_batch_features():
+  """One patch (or two) at a time in a lax.map gives G's whole-batch features (to float32
+  rounding: XLA:CPU may pick another conv kernel for another batch size on some CPUs), and
   no gradient flows through them; a chunk that does not divide the batch falls back to it."""
   c = tiny.get_config()
   g = models.build(c)[0]
@@ -188,7 +188,7 @@ def test_features_no_grad_chunks_give_the_same_bits():
   whole = g.apply({"params": gp}, views)
   for chunk in (0, 1, 2, 3, -1):
     got = jax.jit(lambda v, k=chunk: models.features_no_grad(g, gp, v, k))(views)
-    np.testing.assert_array_equal(np.asarray(got), np.asarray(whole))
+    np.testing.assert_allclose(np.asarray(got), np.asarray(whole), rtol=1e-5, atol=1e-6)
   grads = jax.grad(lambda q: models.features_no_grad(g, q, views, 1).sum())(gp)
   assert all(not np.asarray(x).any() for x in jax.tree.leaves(grads))
 

@@ -80,16 +80,22 @@ class EvaluationResults:
   split: str | None = None
   missing: list[str] = dataclasses.field(default_factory=list)
   unlabelled: list[str] = dataclasses.field(default_factory=list)
+  reference_min_voxels: int = 0
 
 
-def _evaluate_case(row: manifest_lib.ManifestRow, pred_path: str) -> CaseResult:
-  """Metrics and Agatston scores of one case; the prediction must lie on the image's grid."""
+def _evaluate_case(
+  row: manifest_lib.ManifestRow, pred_path: str, reference_min_voxels: int = 0
+) -> CaseResult:
+  """Metrics and Agatston scores of one case; the prediction must lie on the image's grid.
+  Reference components of at most `reference_min_voxels` voxels are left out
+  (`metrics.drop_small_components`)."""
   try:
     scan = volume_io.read_scan(row.image)
     ref, left_main = volume_io.read_reference(row.label, scan, resample=False)
     pred = volume_io.read_labels(pred_path, scan, resample=False)
   except volume_io.ScanReadError as e:
     raise ValueError(f"case {row.id!r}: {e}") from None
+  ref = metrics.drop_small_components(ref, reference_min_voxels)
   result = metrics.scan_metrics(ref, pred, scan.spacing)
   coronary = np.asarray(labels_lib.CORONARY_CLASSES)
   ag_ref = float(scores.agatston(np.isin(ref, coronary), scan.hu, scan.spacing))
@@ -103,9 +109,15 @@ def _evaluate_case(row: manifest_lib.ManifestRow, pred_path: str) -> CaseResult:
 
 
 def evaluate_dataset(
-  predictions_dir: str, manifest_csv: str, split: str | None = None, allow_missing: bool = False
+  predictions_dir: str,
+  manifest_csv: str,
+  split: str | None = None,
+  allow_missing: bool = False,
+  reference_min_voxels: int = 0,
 ) -> EvaluationResults:
-  """Evaluate predictions of every labelled manifest case (of `split`, if given).
+  """Evaluate predictions of every labelled manifest case (of `split`, if given), against
+  references without their components of at most `reference_min_voxels` voxels (0: as
+  labelled; 2: the authors' evaluation reference).
 
   Raises:
     ValueError: a prediction is missing (all missing ids named) and not `allow_missing`, no case
@@ -128,8 +140,10 @@ def evaluate_dataset(
       f"no labelled case with a prediction to evaluate in {manifest_csv}"
       + (f" (split {split!r})" if split else "")
     )
-  cases = [_evaluate_case(r, pred_paths[r.id]) for r in rows]
-  return _summarise(cases, split, missing, unlabelled)
+  cases = [_evaluate_case(r, pred_paths[r.id], reference_min_voxels) for r in rows]
+  return dataclasses.replace(
+    _summarise(cases, split, missing, unlabelled), reference_min_voxels=reference_min_voxels
+  )
 
 
 def _summarise(cases: Sequence[CaseResult], split, missing, unlabelled) -> EvaluationResults:
@@ -198,7 +212,13 @@ def results_markdown(results: EvaluationResults) -> str:
     "",
     f"{n} scans evaluated. Cells are mean (SD) over scans; sensitivity only over "
     "scans with reference calcium of the structure (n ref), F1 over scans where it is defined "
-    "(n given when fewer than all scans).",
+    "(n given when fewer than all scans). "
+    + (
+      f"References without their 26-connected components of at most "
+      f"{results.reference_min_voxels} voxels (--reference_min_voxels)."
+      if results.reference_min_voxels > 0
+      else "References as labelled (--reference_min_voxels 0)."
+    ),
     "",
     "| structure | n ref | volume sensitivity | FP volume (mm³) | F1 | lesion sensitivity | "
     "FP lesions/scan | lesion F1 |",

@@ -81,9 +81,11 @@ class Rate:
 
 
 def mean_metrics(history: list[dict]) -> dict[str, float]:
-  """Mean of each metric over the steps of `history` (on the host)."""
+  """Mean of each metric over the steps of `history` that report it (on the host): with the
+  blocked adaptation schedule only a block's first generator step reports critic metrics."""
   host = jax.device_get(history)
-  return {k: float(sum(float(m[k]) for m in host) / len(host)) for k in host[0]}
+  keys = dict.fromkeys(k for m in host for k in m)
+  return {k: float(np.mean([float(m[k]) for m in host if k in m])) for k in keys}
 
 
 def _streams(data: Any, config: ml_collections.ConfigDict) -> tuple[data_lib.Streams, dict]:
@@ -255,11 +257,35 @@ def eta(remaining: float, rate: float) -> str:
 
 
 def critic_steps_at(config: ml_collections.ConfigDict, generator_step: int) -> int:
-  """Critic updates before generator update number `generator_step` (0-based)."""
+  """Critic updates per generator update at generator update `generator_step` (0-based)."""
   a = config.adapt
   if a.critic_steps_later > 0 and generator_step >= a.change_at:
     return a.critic_steps_later
   return a.critic_steps
+
+
+SCHEDULES = ("interleaved", "blocked")
+
+
+def critic_updates_before(config: ml_collections.ConfigDict, generator_step: int) -> int:
+  """Critic updates run just before generator update `generator_step` (0-based).
+
+  "interleaved": `critic_steps_at` before every generator update. "blocked" (the reference's
+  loop, trainGAN_adv_cls_MMD.py:203-261): blocks of `adapt.block` generator updates, each
+  after `critic_steps_at x block` critic updates, so that G takes `block` steps against a
+  fixed critic (the reference: d_iters 20 x batch_size 10 = 200 critic, then 10 G updates).
+  Both give the same number of critic updates over whole blocks.
+  """
+  a = config.adapt
+  schedule = a.get("schedule", "interleaved")
+  if schedule not in SCHEDULES:
+    raise ValueError(f"adapt.schedule {schedule!r}: expected one of {SCHEDULES}")
+  if schedule == "interleaved":
+    return critic_steps_at(config, generator_step)
+  block = int(a.block)
+  if block < 1:
+    raise ValueError(f"adapt.block must be >= 1 for the blocked schedule; got {block}")
+  return critic_steps_at(config, generator_step) * block if generator_step % block == 0 else 0
 
 
 def snapshot_due(config: ml_collections.ConfigDict, generator_steps_done: int) -> bool:
@@ -385,10 +411,11 @@ def adapt(
     checkpoints.save(mgr, 0, state)
 
   def body(state, j):
-    n = critic_steps_at(config, j)
+    n, per_round = critic_updates_before(config, j), critic_steps_at(config, j)
     metrics = {}
-    if n > 0:
-      state, metrics = critic_round(state, n)
+    while n > 0:  # in rounds of `critic_steps_at`, so that one compiled scan serves both schedules
+      state, metrics = critic_round(state, min(n, per_round))
+      n -= per_round
     src, tgt = streams.source(j), streams.target_generator(j)
     batch = {
       "source_views": src["views"],
