@@ -19,16 +19,24 @@ command-line flag a path came from.
 overrides) that also takes a config's name (`--config demo`), which works from any folder:
 the names are the files of the configs folder beside this package's folder (configs/ in the
 checkout, cac_jax/configs when installed).
+
+The console (`plain_console`): progress and warnings of this project's code print as plain
+lines (`warning: ...` for warnings), without absl's prefixes, and other libraries' INFO lines
+(JAX's backend probing such as "Unable to initialize backend 'tpu'", Orbax's saves) are
+hidden. absl's `--verbosity` (given on the command line) restores absl's own console: every
+line at that level, with prefixes.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 import errno
+import logging
 import os
 import sys
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 DEBUG = flags.DEFINE_bool(
@@ -38,7 +46,10 @@ EXIT_ERROR = 2
 # Flags this module defines from now on (`define_config`) belong to the script that asks for
 # them: its --help lists them.
 flags.disclaim_key_flags()
-CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+_PROJECT_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG_DIR = os.path.join(_PROJECT_DIR, "configs")
+# Where this project's own log calls come from (launch/ and cac_jax/, siblings when installed).
+_OWN_CODE = tuple(os.path.join(_PROJECT_DIR, d) + os.sep for d in ("launch", "cac_jax"))
 _config_flag_defined = False  # whether this program's --config is `define_config`'s
 
 # The project's "you can fix this" errors: bad files (ScanReadError, ManifestError and
@@ -97,6 +108,37 @@ def report_errors(
       raise SystemExit(EXIT_ERROR) from None
 
   return wrapped
+
+
+class _PlainFormatter(logging.Formatter):
+  """The message alone; warnings and errors begin with their level ("warning: ...")."""
+
+  def format(self, record: logging.LogRecord) -> str:
+    text = record.getMessage()
+    if record.levelno >= logging.WARNING:
+      text = f"{record.levelname.lower()}: {text}"
+    return text
+
+
+def _own_or_warning(record: logging.LogRecord) -> bool:
+  """Keep warnings and above, and this project's own lines (its loggers, or absl's logger
+  called from its code); drop other libraries' INFO."""
+  return (
+    record.levelno >= logging.WARNING
+    or record.name.split(".")[0] == "cac_jax"
+    or os.path.abspath(record.pathname).startswith(_OWN_CODE)
+  )
+
+
+def plain_console() -> None:
+  """absl's console handler prints plain lines (see the module docstring), unless the command
+  line gave --verbosity, which keeps absl's prefixed lines at that level."""
+  if flags.FLAGS["verbosity"].present:
+    return
+  handler = absl_logging.get_absl_handler().python_handler
+  handler.setFormatter(_PlainFormatter())
+  handler.addFilter(_own_or_warning)
+  absl_logging.set_verbosity(absl_logging.INFO)
 
 
 def config_names() -> list[str]:
@@ -177,7 +219,12 @@ def run(
       else os.path.basename(sys.argv[0]).removesuffix(".py")
     )
   _help_from(sys.modules[main.__module__])
-  app.run(report_errors(main, prog, flag_paths), flags_parser=parse_flags(prog))
+
+  def plain_main(argv):
+    plain_console()
+    return main(argv)
+
+  app.run(report_errors(plain_main, prog, flag_paths), flags_parser=parse_flags(prog))
 
 
 def _help_from(script) -> None:

@@ -87,8 +87,9 @@ def main(argv):
   del argv
   if bool(FLAGS.image) == bool(FLAGS.manifest):
     raise app.UsageError("give exactly one of --image or --manifest")
-  absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
-  logging.getLogger("jax").setLevel(logging.WARNING)  # and JAX its backend probing
+  if not FLAGS["verbosity"].present:  # --verbosity shows them
+    absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
+    logging.getLogger("jax").setLevel(logging.WARNING)  # and JAX its backend probing
   fp = dict(
     region_growing=FLAGS.region_growing,
     size_limits=FLAGS.size_limits,

@@ -3,6 +3,8 @@ as the NIfTI labels, frame by frame, matched by SOP Instance UID and slice posit
 
 import dataclasses
 import locale
+import subprocess
+import types
 
 import numpy as np
 import pydicom
@@ -14,6 +16,7 @@ import SimpleITK as sitk
 from cac_jax import checkpoints, labels, phantoms
 from cac_jax.data import volume_io
 from cac_jax.scoring import dicom_seg, score_files
+from tests import system_tools
 
 
 @pytest.fixture
@@ -139,3 +142,87 @@ def _sr_measurements(ds):
 
   walk(ds.ContentSequence, None)
   return out
+
+
+def _small_series(tmp_path, drop=()):
+  """A 4-slice CT series (`write_ct_series`) with the attributes `drop` removed from every file."""
+  scan = types.SimpleNamespace(
+    hu=np.full((4, 16, 16), -100.0), origin=(0.0, 0.0, 0.0), spacing=(3.0, 0.7, 0.7)
+  )
+  folder = write_ct_series(scan, tmp_path / "dicom")
+  files = volume_io.dicom_series_files(folder)
+  for f in files:
+    ds = pydicom.dcmread(f)
+    for name in drop:
+      delattr(ds, name)
+    ds.save_as(f, enforce_file_format=True)
+  return files
+
+
+def _scores():
+  """A `scores.compute_scores`-shaped dict (what `build_sr` reads)."""
+  site = {"agatston": 12.0, "volume_mm3": 10.0, "mass": 2.0}
+  return {k: dict(site) for k in ("LAD", "LCX", "RCA", "total", "aortic_valve")} | {
+    "mass_calibrated": False
+  }
+
+
+def _write(tmp_path, files):
+  """`dicom_seg.writers` on `files` with a small calcium label: (paths written, notes)."""
+  classes = np.zeros((len(files), 16, 16), np.int32)
+  classes[1, 4:7, 4:7] = labels.LAD
+  out, notes = dicom_seg.writers(classes, _scores(), files)
+  paths = {}
+  for name, write in out.items():
+    paths[name] = str(tmp_path / name)
+    write(paths[name])
+  return paths, notes
+
+
+def _dciodvfy(path):
+  """dciodvfy's error and warning lines for `path` (dicom3tools)."""
+  tool = system_tools.find(("dciodvfy",), "dicom3tools")
+  proc = subprocess.run([tool, path], capture_output=True, text=True, timeout=120)
+  lines = (proc.stdout + proc.stderr).splitlines()
+  return [line for line in lines if line.startswith(("Error", "Warning"))]
+
+
+ANONYMISED = ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "AccessionNumber")
+
+
+def test_anonymised_series_gets_seg_and_sr_with_empty_type2(tmp_path):
+  files = _small_series(tmp_path, drop=ANONYMISED)
+  paths, notes = _write(tmp_path, files)
+  assert set(paths) == {dicom_seg.SEG_FILE, dicom_seg.SR_FILE}
+  assert len(notes) == 1 and all(name in notes[0] for name in ANONYMISED), notes
+  seg = pydicom.dcmread(paths[dicom_seg.SEG_FILE])
+  sr = pydicom.dcmread(paths[dicom_seg.SR_FILE])
+  for ds in (seg, sr):
+    assert ds.PatientID == "PH7" and "PatientBirthDate" in ds and not ds.PatientBirthDate
+  assert seg.ContentDescription == dicom_seg.FILLED_DESCRIPTION
+
+
+def test_complete_series_has_no_note(tmp_path):
+  paths, notes = _write(tmp_path, _small_series(tmp_path))
+  assert len(paths) == 2 and notes == []
+  assert not pydicom.dcmread(paths[dicom_seg.SEG_FILE]).get("ContentDescription")
+
+
+def test_series_without_uids_gets_a_note_naming_them(tmp_path):
+  files = _small_series(tmp_path, drop=("SeriesInstanceUID", "StudyInstanceUID"))
+  for f in files:  # the SOP Instance UID of the file meta stays; the dataset's goes
+    ds = pydicom.dcmread(f)
+    del ds.SOPInstanceUID
+    ds.save_as(f, enforce_file_format=False)
+  paths, notes = _write(tmp_path, files)
+  assert paths == {} and len(notes) == 1
+  for name in ("SOPInstanceUID", "SeriesInstanceUID", "StudyInstanceUID"):
+    assert name in notes[0], notes
+  assert "FrameOfReferenceUID" not in notes[0] and "('')" not in notes[0]
+
+
+@pytest.mark.parametrize("drop", [(), ANONYMISED], ids=["complete", "anonymised"])
+def test_seg_and_sr_pass_dciodvfy(tmp_path, drop):
+  paths, _ = _write(tmp_path, _small_series(tmp_path, drop=drop))
+  for path in paths.values():
+    assert _dciodvfy(path) == [], path

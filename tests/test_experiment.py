@@ -230,6 +230,10 @@ def test_write_results_writes_what_reproduce_prints(toy, tmp_path):
   assert paths["html_report"].endswith("report.html") and all(
     os.path.exists(p) for p in paths.values()
   )
+  with open(paths["html_report"], encoding="utf-8") as f:
+    page = f.read()
+  assert page.index('id="summary"') < page.index("Full tables")
+  assert "overlay_ccta_side_by_side.png" in page and "f1_per_column.png" in page
   assert experiment.seeds_of(c, ["3", "4"]) == [3, 4] and experiment.seeds_of(c) == [c.seed]
 
 

@@ -1,21 +1,26 @@
-"""Static HTML reports: every <img> resolves from disk, and (when Chromium is installed) a
-headless Chromium render loads every image."""
+"""Static HTML reports: every <img> resolves from disk, and a headless Chromium render loads
+every image and shows the reproduce report's summary first, on one screen (skipped without
+Chromium unless CAC_JAX_REQUIRE_SYSTEM_TOOLS=1)."""
 
 import os
-import shutil
+import pathlib
 import subprocess
+import types
 
 import numpy as np
-import pytest
 
+from cac_jax import labels
 from cac_jax.evaluation import dataset, html_report, plots
+from cac_jax.evaluation import gates as gates_lib
 from cac_jax.scoring import overlay
-from tests import test_evaluate
+from cac_jax.studies import experiment
+from tests import system_tools, test_evaluate
 
-CHROMIUM = next(
-  (shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)),
-  None,
-)
+SCREEN = (1280, 1024)  # the window the browser test renders in (CSS pixels)
+
+
+def _chromium():
+  return system_tools.find(("chromium", "chromium-browser", "google-chrome"), "chromium")
 
 
 def _evaluation_report(tmp_path):
@@ -33,12 +38,13 @@ def _evaluation_report(tmp_path):
   return out / "report.html"
 
 
-def _chromium_broken_images(page):
-  """Number of images that did not load, read from the page's data-broken-images attribute."""
+def _chromium_dom(page):
+  """The DOM of `page` after a headless Chromium render in a `SCREEN`-sized window."""
   proc = subprocess.run(
     [
-      CHROMIUM,
+      _chromium(),
       "--headless",
+      f"--window-size={SCREEN[0]},{SCREEN[1]}",
       "--no-sandbox",
       "--disable-gpu",
       "--allow-file-access-from-files",
@@ -51,10 +57,19 @@ def _chromium_broken_images(page):
     timeout=120,
   )
   assert proc.returncode == 0, proc.stderr[-2000:]
-  dom = proc.stdout
-  marker = 'data-broken-images="'
+  return proc.stdout
+
+
+def _attribute(dom, name):
+  """The integer value of the body attribute `name` the page's script set."""
+  marker = f'{name}="'
   assert marker in dom, dom[-2000:]
   return int(dom.split(marker, 1)[1].split('"', 1)[0])
+
+
+def _chromium_broken_images(page):
+  """Number of images that did not load, read from the page's data-broken-images attribute."""
+  return _attribute(_chromium_dom(page), "data-broken-images")
 
 
 def test_evaluation_report_images_resolve(tmp_path):
@@ -99,10 +114,75 @@ def test_reproduce_report(tmp_path):
   ]
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)")
 def test_report_renders_in_headless_chromium(tmp_path):
   page = _evaluation_report(tmp_path)
   assert _chromium_broken_images(page) == 0
   # The check can fail: a missing image is counted.
   os.remove(page.parent / "bland_altman.png")
   assert _chromium_broken_images(page) == 1
+
+
+def _scan(f1, ref_mm3):
+  """A per-scan entry as `experiment.score_tests` gives it (total coronary metrics only)."""
+  total = types.SimpleNamespace(f1=f1, has_reference=ref_mm3 > 0)
+  return {
+    "id": f"s{ref_mm3:g}",
+    "ref_mm3": ref_mm3,
+    "pred_mm3": ref_mm3 * f1,
+    "metrics": {"total": total},
+  }
+
+
+def _reproduce_report(tmp_path):
+  """A reproduce report with its summary, from made-up per-scan results of every summary column."""
+  out = tmp_path / "results"
+  f1 = {"NCCT test": 0.8, "CCTA no adaptation": 0.3, "CCTA Ladv+Lcls": 0.5, "CCTA oracle": 0.7}
+  f1["CCTA Ladv+Lcls+FP red."] = 0.6
+  per_scan = {c: [_scan(v, 0.0), _scan(v - 0.1, 20.0), _scan(v + 0.1, 50.0)] for c, v in f1.items()}
+  gates = [
+    gates_lib.Gate("G1", "source at home", "F1 0.80 [0.70, 0.90]", "F1 >= 0.60", True),
+    gates_lib.Gate("G2", "domain gap", "drop 0.50 [0.40, 0.60]", "drop >= 0.25", True),
+    gates_lib.Gate("G3", "oracle gain", "gain 0.10 [-0.10, 0.30]", "gain >= 0.25", False),
+  ]
+  results = [{"seed": 0, "gates": gates, "per_scan": per_scan}]
+  shares = {"total": {experiment.SUMMARY_SHARE: gates_lib.GapShare(0.4, 0.1, 0.7, 16)}}
+  hu = np.full((6, 64, 64), -50.0)
+  ref = np.zeros(hu.shape, np.int32)
+  ref[4, 20:24, 30:34] = labels.LAD
+  ref[1, 40:42, 10:12] = labels.RCA
+  assert plots.calcium_slice(ref) == 4
+  figures = {
+    "overlay_side_by_side": plots.overlay_row(
+      hu, {"reference": ref, "no adaptation": 0 * ref, "adapted": ref}, 4, str(out / "row.png")
+    ),
+    "bland_altman_adapted": plots.bland_altman_plot(
+      [1.0, 2.0, 3.0], [1.5, 2.0, 2.5], str(out / "ba.png")
+    ),
+  }
+  path = str(out / "report.html")
+  summary, f1_png = experiment.summary_html(results, {}, shares, figures, path)
+  md = "## Benchmark gates\n\n| gate | value | passed |\n|---|---|---|\n| G1 | 0.7 | yes |\n"
+  page = html_report.reproduce_report(path, md, figures, per_scan, summary=summary)
+  return page, f1_png
+
+
+def test_reproduce_report_opens_with_the_summary(tmp_path):
+  page, f1_png = _reproduce_report(tmp_path)
+  text = open(page, encoding="utf-8").read()
+  assert text.index('id="summary"') < text.index("Full tables") < text.index("<h2>Benchmark gates")
+  summary = text[text.index('id="summary"') : text.index("Full tables")]
+  assert summary.count("✔ PASS") == 2 and summary.count("✘ FAIL") == 1
+  assert "F1 0.80 [0.70, 0.90]" in summary and "<strong>0.40 [0.10, 0.70]</strong>" in summary
+  srcs = [os.path.basename(s) for s in html_report.image_sources(summary)]
+  assert srcs == ["f1_per_column.png", "row.png"] and os.path.getsize(f1_png) > 1000
+  for label, col in experiment.SUMMARY_F1:
+    assert f"{label}: {col}" in summary and label in experiment.summary_f1(
+      [{"per_scan": {c: [_scan(0.5, 1.0)] for _, c in experiment.SUMMARY_F1}}]
+    )
+
+
+def test_reproduce_report_summary_fits_one_screen_in_chromium(tmp_path):
+  page, _ = _reproduce_report(tmp_path)
+  dom = _chromium_dom(pathlib.Path(page))
+  assert _attribute(dom, "data-broken-images") == 0
+  assert 0 < _attribute(dom, "data-summary-bottom") <= SCREEN[1]

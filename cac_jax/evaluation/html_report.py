@@ -1,11 +1,14 @@
 """Static HTML reports that open from disk: an evaluation (`evaluation.write_report`) or a
 reproduce run (`launch.reproduce`): the markdown tables (gates, Table 2, metrics), a per-scan
-table and the figures (Bland-Altman, overlays).
+table and the figures (Bland-Altman, overlays). A reproduce report opens with a one-screen
+summary (`summary_html`): the gates as pass/fail marks, the gap share, a figure of F1 per column
+and the overlays of one CCTA test scan; the full tables follow.
 
 Images are linked by paths relative to the HTML file, so the report folder can be opened,
 zipped or moved as a whole; nothing is fetched from the network. A few lines of inline script
-count images that failed to load into `<body data-broken-images="N">` (what the headless-browser
-test reads; harmless for readers). Nothing here prints.
+count images that failed to load into `<body data-broken-images="N">` and record where the
+summary ends (`data-summary-bottom`, CSS pixels), what the headless-browser test reads (harmless
+for readers). Nothing here prints.
 """
 
 from __future__ import annotations
@@ -24,10 +27,19 @@ table{border-collapse:collapse;margin:1em 0;font-size:0.9em}
 th,td{border:1px solid #ccc;padding:3px 8px;text-align:right}
 th:first-child,td:first-child{text-align:left}thead{background:#f0f0f0}figure{margin:1.5em 0}
 img{max-width:100%;border:1px solid #ddd}figcaption{font-size:0.9em;color:#555}
-.notice{background:#fff3cd;border:1px solid #e0c36b;padding:0.5em 1em}code{background:#f4f4f4;padding:0 3px}"""
+.notice{background:#fff3cd;border:1px solid #e0c36b;padding:0.5em 1em}code{background:#f4f4f4;padding:0 3px}
+td.text{text-align:left}#summary{border:1px solid #ccc;padding:0.5em 1em;margin:1em 0}
+ul.gates{list-style:none;padding:0}ul.gates li{margin:0.3em 0}.mark{font-weight:bold;display:inline-block;width:4.5em}
+.pass .mark{color:#1a7f37}.fail .mark{color:#c62828}.reading .mark{color:#666}
+.side{display:flex;flex-wrap:wrap;gap:1em;align-items:flex-start}.side>div,.side figure{margin:0;flex:1 1 380px}"""
 
 _CHECK_IMAGES = """<script>
 window.addEventListener("load", function () {
+  var summary = document.getElementById("summary");
+  if (summary) {
+    var bottom = summary.getBoundingClientRect().bottom + window.scrollY;
+    document.body.setAttribute("data-summary-bottom", String(Math.round(bottom)));
+  }
   var broken = 0;
   for (var i = 0; i < document.images.length; i++) {
     var img = document.images[i];
@@ -36,6 +48,11 @@ window.addEventListener("load", function () {
   document.body.setAttribute("data-broken-images", String(broken));
 });
 </script>"""
+
+
+# A cell that reads as a number ("0.41", "0.41 (0.05)", "12.5 [3.1, 20]", "n/a"): right-aligned;
+# text cells are left-aligned.
+_NUMBER = re.compile(r"^\s*(-?[\d.]+(e-?\d+)?|n/a)(\s|$)")
 
 
 def _inline(text: str) -> str:
@@ -88,7 +105,7 @@ def table_html(
   header: Sequence, rows: Sequence[Sequence], escape: bool = True, inline: bool = False
 ) -> str:
   """An HTML table (scrolls sideways when wide); floats >= 100 with one decimal, others with 3
-  significant digits."""
+  significant digits; numbers right-aligned, text left-aligned."""
 
   def cell(v) -> str:
     if isinstance(v, float):
@@ -96,8 +113,12 @@ def table_html(
     v = str(v)
     return _inline(v) if inline else (html.escape(v) if escape else v)
 
+  def td(k: int, v) -> str:  # the first column is left-aligned by the style sheet
+    numeric = k == 0 or isinstance(v, (int, float)) or bool(_NUMBER.match(str(v)))
+    return f"<td>{cell(v)}</td>" if numeric else f'<td class="text">{cell(v)}</td>'
+
   head = "".join(f"<th>{cell(h)}</th>" for h in header)
-  body = "".join("<tr>" + "".join(f"<td>{cell(v)}</td>" for v in r) + "</tr>" for r in rows)
+  body = "".join("<tr>" + "".join(td(k, v) for k, v in enumerate(r)) + "</tr>" for r in rows)
   return f'<div style="overflow-x:auto"><table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table></div>'
 
 
@@ -128,18 +149,70 @@ def image_sources(html_text: str) -> list[str]:
   return [html.unescape(s) for s in re.findall(r'<img[^>]*\ssrc="([^"]*)"', html_text)]
 
 
+def gate_items(gates: Sequence) -> str:
+  """Gates (`evaluation.gates.Gate`) as a list of marks: PASS / FAIL (or "reading"), name,
+  what it measures, the measured values with their intervals and the pass rule."""
+  items = []
+  for g in gates:
+    kind = "reading" if g.passed is None else ("pass" if g.passed else "fail")
+    mark = {"pass": "✔ PASS", "fail": "✘ FAIL", "reading": "reading"}[kind]
+    items.append(
+      f'<li class="{kind}"><span class="mark">{mark}</span> <strong>{html.escape(g.name)}</strong> '
+      f"{html.escape(g.what)}: {html.escape(g.value)} <small>(pass if {html.escape(g.rule)})</small></li>"
+    )
+  return '<ul class="gates">' + "".join(items) + "</ul>"
+
+
+def summary_html(
+  path: str,
+  gates: Sequence,
+  gates_caption: str,
+  gap_share: str,
+  f1_figure: tuple[str, str] | None,
+  overlays: dict[str, str],
+) -> str:
+  """The one-screen summary that opens a reproduce report (`<section id="summary">`).
+
+  Args:
+    path: the report's HTML file (images are linked relative to it).
+    gates: the deciding gates (`evaluation.gates.Gate`), shown as pass/fail marks.
+    gates_caption: which gates they are (seed, set).
+    gap_share: the line on the share of the oracle gap closed, with its interval.
+    f1_figure: (PNG, caption) of F1 per column with intervals (`plots.interval_plot`), or None.
+    overlays: {caption: PNG} shown side by side (e.g. reference, no adaptation, adapted).
+  """
+  parts = [
+    '<section id="summary"><h2>Summary</h2><div class="side"><div>',
+    f"<p>{_inline(gates_caption)}</p>",
+    gate_items(gates),
+    f'<p class="gap-share">{_inline(gap_share)}</p></div>',
+  ]
+  if f1_figure:
+    parts.append(figure_html(f1_figure[0], path, f1_figure[1]))
+  parts.append("</div>")
+  if overlays:
+    parts.append(
+      '<div class="side">'
+      + "".join(figure_html(p, path, caption) for caption, p in overlays.items())
+      + "</div>"
+    )
+  return "\n".join(parts + ["</section>"])
+
+
 def reproduce_report(
   path: str,
   markdown: str,
   figures: dict[str, str],
   per_scan: dict[str, list[dict]],
   columns: Sequence[str] | None = None,
+  summary: str = "",
 ) -> str:
-  """The HTML report of a reproduce run: `markdown` (gates, Table 2, ...), a per-scan table of
-  total coronary volume (reference and each column's prediction, mm³, first seed) and the
-  figures ({name: png path})."""
+  """The HTML report of a reproduce run: `summary` (`summary_html`) first, then `markdown`
+  (gates, Table 2, ...), a per-scan table of total coronary volume (reference and each
+  column's prediction, mm³, first seed) and the figures ({name: png path})."""
   columns = list(columns or per_scan)
-  parts = [markdown_to_html(markdown)]
+  parts = [summary, "<h2>Full tables</h2>"] if summary else []
+  parts.append(markdown_to_html(markdown))
   by_role: dict[tuple, list[str]] = {}
   for c in columns:  # columns scored on the same test scans share a table
     by_role.setdefault(tuple(s["id"] for s in per_scan[c]), []).append(c)

@@ -12,6 +12,13 @@ modules from the source images, as the standard requires for a SEG to reference 
 (patient name/ID/birth date/sex, study UID/date/time/ID, accession number, referring
 physician); nothing else (no free-text series or institution fields) is taken over.
 
+Anonymised series: an anonymiser often drops Type 2 attributes of the patient, study and
+series modules (`TYPE2_ATTRIBUTES`, e.g. PatientBirthDate). The standard lets Type 2 attributes
+be present with an empty value, so `fill_type2` adds the absent ones empty before highdicom
+copies them; the SEG's content description and the scan's notes (scores.json) say so. Only a
+series without the UIDs a reference needs (`REFERENCE_UIDS`) gets no SEG and SR, with a note
+naming the missing ones.
+
 Codes: segmented property category "Morphologically Abnormal Structure" (SCT 49755003), type
 "Calcification" (SCT 18115005), with the artery/valve as anatomic region (SCT codes from
 pydicom's code dictionary).
@@ -30,6 +37,51 @@ from cac_jax import labels as labels_lib
 # DICOM inputs need (scoring a NIfTI file never loads them).
 
 SEG_FILE = "calcium_seg.dcm"
+# Type 2 attributes (may be empty, must be present) of the Patient, General Study and General
+# Series modules that highdicom copies from the source into the SEG and SR.
+TYPE2_ATTRIBUTES = (
+  "PatientName",
+  "PatientID",
+  "PatientBirthDate",
+  "PatientSex",
+  "StudyDate",
+  "StudyTime",
+  "ReferringPhysicianName",
+  "StudyID",
+  "AccessionNumber",
+  "SeriesNumber",
+)
+# What a reference to a source image needs: without these no SEG or SR can point at the series.
+REFERENCE_UIDS = (
+  "SOPClassUID",
+  "SOPInstanceUID",
+  "SeriesInstanceUID",
+  "StudyInstanceUID",
+  "FrameOfReferenceUID",
+)
+FILLED_DESCRIPTION = "source lacked Type 2 attributes; written empty"
+
+
+class UnreferenceableSeriesError(ValueError):
+  """The source series lacks the UIDs that a SEG or SR needs to reference it."""
+
+
+def missing_uids(sources: Sequence) -> list[str]:
+  """The `REFERENCE_UIDS` absent or empty in any of the `sources` datasets."""
+  return [k for k in REFERENCE_UIDS if any(not str(ds.get(k, "") or "").strip() for ds in sources)]
+
+
+def fill_type2(sources: Sequence) -> list[str]:
+  """Add each absent `TYPE2_ATTRIBUTES` to the `sources` datasets with an empty value (in
+  place); return the names added (in any dataset)."""
+  added = []
+  for name in TYPE2_ATTRIBUTES:
+    for ds in sources:
+      if name not in ds:
+        setattr(ds, name, None if name == "SeriesNumber" else "")
+        if name not in added:
+          added.append(name)
+  return added
 
 
 def _segment_descriptions():
@@ -62,7 +114,7 @@ def _segment_descriptions():
   ]
 
 
-def build_seg(classes_source: np.ndarray, sources: Sequence):
+def build_seg(classes_source: np.ndarray, sources: Sequence, description: str | None = None):
   """A DICOM SEG dataset (highdicom) of `classes_source` referencing the `sources` datasets.
 
   Args:
@@ -71,6 +123,7 @@ def build_seg(classes_source: np.ndarray, sources: Sequence):
       GDCM sorted the files).
     sources: the series' pydicom datasets (pixel data not needed) in that order
       (`read_sources`).
+    description: the SEG's content description (e.g. `FILLED_DESCRIPTION`), or none.
   Raises ValueError (from highdicom, too) when the series cannot be referenced, e.g. slices
   from different studies or of different sizes.
   """
@@ -98,6 +151,7 @@ def build_seg(classes_source: np.ndarray, sources: Sequence):
     software_versions=cac_jax.__version__,
     device_serial_number="none",
     series_description="CAC research segmentation (not for clinical use)",
+    content_description=description,
   )
 
 
@@ -113,20 +167,35 @@ def writers(
 ) -> tuple[dict, list[str]]:
   """({SEG_FILE: write(path), SR_FILE: write(path)}, notes) for `pipeline.write_outputs`.
 
-  DICOM outputs are a convenience on top of the scan's results: a series highdicom cannot
-  reference (inconsistent study/series attributes, mixed matrix sizes) gives a note and no
-  DICOM files instead of failing the scoring.
+  DICOM outputs are a convenience on top of the scan's results: a series that cannot be
+  referenced (missing UIDs, inconsistent study/series attributes, mixed matrix sizes) gives a
+  note saying why and no DICOM files instead of failing the scoring. Absent Type 2 attributes
+  are written empty, with a note naming them.
   """
-  out, notes = {}, []
   try:
     sources = read_sources(source_files)
-    seg = build_seg(classes_source, sources)
+    missing = missing_uids(sources)
+    if missing:
+      raise UnreferenceableSeriesError(
+        f"the source series lacks {', '.join(missing)}, which a reference to it needs"
+      )
+    filled = fill_type2(sources)
+    seg = build_seg(classes_source, sources, FILLED_DESCRIPTION if filled else None)
     sr = build_sr(scores, sources)
+  except UnreferenceableSeriesError as e:
+    return {}, [
+      f"no DICOM SEG/SR written: {e}; anonymise keeping (or consistently replacing) the UIDs "
+      "to get them (the other outputs are written)"
+    ]
   except Exception as e:  # pylint: disable=broad-except
-    return out, [f"no DICOM SEG/SR written: the source series cannot be referenced ({e})"]
-  out[SEG_FILE] = seg.save_as
-  out[SR_FILE] = sr.save_as
-  return out, notes
+    return {}, [f"no DICOM SEG/SR written: the source series cannot be referenced ({e})"]
+  notes = []
+  if filled:
+    notes.append(
+      f"DICOM SEG/SR: the source series lacks {', '.join(filled)}; written empty in the SEG "
+      "and SR (Type 2: allowed empty)"
+    )
+  return {SEG_FILE: seg.save_as, SR_FILE: sr.save_as}, notes
 
 
 def read_seg_labels(path: str, source_files: Sequence[str]) -> np.ndarray:

@@ -978,15 +978,27 @@ def report_markdown(
   return "\n".join(parts)
 
 
+# The overlays' columns: (column, file tag, caption in the summary).
+OVERLAY_COLUMNS = (
+  ("CCTA no adaptation+FP red.", "no_adaptation", "no adaptation"),
+  ("CCTA Ladv+Lcls+FP red.", "adapted", "adapted"),
+)
+
+
+def showcase_scan(scans: Sequence[dict]) -> int:
+  """Index of the test scan with the most reference coronary calcium (the first without any)."""
+  return int(np.argmax([s["ref_mm3"] for s in scans]))
+
+
 def write_figures(result: dict, config, out_dir: str) -> dict[str, str]:
   """Bland-Altman of total coronary volume (CCTA, adapted + FP reduction, and no adaptation)
-  and an overlay of the first CCTA test case. Returns {name: path}."""
+  and overlays of the CCTA test scan with the most reference coronary calcium: one per column
+  on the slices of its lesions and the reference's, the reference alone, and reference, no
+  adaptation and adapted side by side on the slice with the most reference coronary calcium.
+  Returns {name: path}."""
   os.makedirs(out_dir, exist_ok=True)
   paths = {}
-  for col, tag in (
-    ("CCTA Ladv+Lcls+FP red.", "adapted"),
-    ("CCTA no adaptation+FP red.", "no_adaptation"),
-  ):
+  for col, tag, _ in reversed(OVERLAY_COLUMNS):
     scans = result["per_scan"][col]
     p = os.path.join(out_dir, f"bland_altman_ccta_{tag}.png")
     plots.bland_altman_plot(
@@ -996,18 +1008,19 @@ def write_figures(result: dict, config, out_dir: str) -> dict[str, str]:
       title=f"CCTA total coronary calcium volume: {col}",
     )
     paths[f"bland_altman_{tag}"] = p
-  case = manifest.load_cases(result["manifest"], config, split="ccta_test")[0]
-  for col, tag in (
-    ("CCTA Ladv+Lcls+FP red.", "adapted"),
-    ("CCTA no adaptation+FP red.", "no_adaptation"),
-  ):
+  k = showcase_scan(result["per_scan"][OVERLAY_COLUMNS[1][0]])
+  case = manifest.load_case(
+    manifest.read_manifest(result["manifest"], split="ccta_test")[k], config
+  )
+  for col, tag, _ in reversed(OVERLAY_COLUMNS):
     p = os.path.join(out_dir, f"overlay_ccta_{tag}.png")
     overlay.overlay_png(
       case.scan.hu,
-      result["per_scan"][col][0]["classes"],
+      result["per_scan"][col][k]["classes"],
       p,
       case.scan.spacing,
       title=f"{case.case_id}: {col}",
+      reference=case.labels,
     )
     paths[f"overlay_{tag}"] = p
   p = os.path.join(out_dir, "overlay_ccta_reference.png")
@@ -1015,7 +1028,85 @@ def write_figures(result: dict, config, out_dir: str) -> dict[str, str]:
     case.scan.hu, case.labels, p, case.scan.spacing, title=f"{case.case_id}: reference"
   )
   paths["overlay_reference"] = p
+  panels = {"reference": case.labels} | {
+    caption: result["per_scan"][col][k]["classes"] for col, _, caption in OVERLAY_COLUMNS
+  }
+  z = plots.calcium_slice(case.labels)
+  paths["overlay_side_by_side"] = plots.overlay_row(
+    case.scan.hu,
+    panels,
+    z,
+    os.path.join(out_dir, "overlay_ccta_side_by_side.png"),
+    case.scan.spacing,
+    title=f"{case.case_id}, slice {z} (FP reduction in both)",
+  )
   return paths
+
+
+# The summary figure's columns: (label, column); total coronary F1 with its interval.
+SUMMARY_F1 = (
+  ("NCCT at home", "NCCT test"),
+  ("CCTA, no adaptation", "CCTA no adaptation"),
+  ("CCTA, adapted (Ladv+Lcls)", "CCTA Ladv+Lcls"),
+  ("CCTA, oracle", "CCTA oracle"),
+  ("CCTA, adapted + FP reduction", "CCTA Ladv+Lcls+FP red."),
+)
+SUMMARY_SHARE = "Ladv+Lcls+FP red."  # the gap share the summary shows (the gates' set)
+
+
+def summary_f1(results: list[dict], n_resamples: int = 2000) -> dict[str, gates_lib.Estimate]:
+  """{label: total coronary F1 as the gates read it, mean over seeds with a 95 % bootstrap
+  interval} for the `SUMMARY_F1` columns present."""
+  return {
+    label: gates_lib.bootstrap(
+      gates_lib.seed_mean,
+      [(gates_lib.calcium_f1([s["metrics"] for s in r["per_scan"][col]]),) for r in results],
+      n_resamples=n_resamples,
+    )
+    for label, col in SUMMARY_F1
+    if col in results[0]["per_scan"]
+  }
+
+
+def summary_html(
+  results: list[dict], pooled: dict, shares: dict, figures: dict[str, str], path: str
+) -> tuple[str, str]:
+  """(The report's opening summary (`html_report.summary_html`), the F1 figure's path): the
+  deciding gates (pooled over seeds when there are several), the gap share of `SUMMARY_SHARE`,
+  F1 per `SUMMARY_F1` column and the side-by-side overlay. The figure goes beside `path`."""
+  seeds = [r["seed"] for r in results]
+  gates = pooled.get(DECIDING_GATES) or results[0]["gates"]
+  which = f"seeds {seeds} pooled" if pooled else f"seed {seeds[0]}"
+  caption = (
+    f"Benchmark gates {DECIDING_GATES} (the set that decides), {which}; in brackets the 95 % "
+    "bootstrap interval over the test scans."
+  )
+  share = shares.get("total", {}).get(SUMMARY_SHARE)
+  share_text = (
+    f"Share of the oracle gap that adaptation closes ({SUMMARY_SHARE}, total coronary F1): "
+    f"**{share.format()}** (0: no better than no adaptation; 1: as good as the oracle)."
+    if share
+    else "Share of the oracle gap: not available (no adapted or oracle column)."
+  )
+  f1 = summary_f1(results)
+  fig = os.path.join(os.path.dirname(path), "f1_per_column.png")
+  plots.interval_plot(
+    {k: dataclasses.astuple(v) for k, v in f1.items()},
+    fig,
+    title=f"Total coronary F1, test scans with calcium ({which})",
+  )
+  f1_caption = (
+    "Total coronary F1 per column (dot: mean; bar: 95 % interval); columns: "
+    + "; ".join(f"{label}: {col}" for label, col in SUMMARY_F1 if label in f1)
+  )
+  overlays = (
+    {"CCTA test scan: reference, no adaptation, adapted": figures["overlay_side_by_side"]}
+    if "overlay_side_by_side" in figures
+    else {}
+  )
+  return html_report.summary_html(
+    path, gates, caption, share_text, (fig, f1_caption), overlays
+  ), fig
 
 
 def seeds_of(config: ml_collections.ConfigDict, seeds: list[int] | None = None) -> list[int]:
@@ -1077,7 +1168,9 @@ def write_results(
     )
     + "\n",
   )
+  html_path = os.path.join(out_dir, "report.html")
+  summary, paths["f1_per_column"] = summary_html(results, pooled, shares, figures, html_path)
   paths["html_report"] = html_report.reproduce_report(
-    os.path.join(out_dir, "report.html"), md, figures, results[0]["per_scan"], results[0]["columns"]
+    html_path, md, figures, results[0]["per_scan"], results[0]["columns"], summary=summary
   )
   return md, paths
