@@ -12,7 +12,7 @@ import os
 
 from absl import flags
 
-from cac_jax.studies import experiment
+from cac_jax.studies import experiment, report
 
 from . import _cli, train_flags
 
@@ -37,9 +37,7 @@ def main(argv):
   results = experiment.run_seeds(
     FLAGS.config, FLAGS.workdir, seeds, log=lambda seed, s: log.info("[seed %d] %s", seed, s)
   )
-  md, paths = experiment.write_results(
-    results, FLAGS.config, os.path.join(FLAGS.workdir, "results")
-  )
+  md, paths = report.write_results(results, FLAGS.config, os.path.join(FLAGS.workdir, "results"))
   print()
   print(md)
   print("\nfigures and reports:")

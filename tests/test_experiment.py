@@ -11,7 +11,7 @@ import pytest
 
 from cac_jax import checkpoints
 from cac_jax.evaluation import gates
-from cac_jax.studies import experiment
+from cac_jax.studies import experiment, report
 from configs import tiny
 
 
@@ -45,8 +45,8 @@ def test_table_has_every_column_row_and_measure(toy):
       assert set(row) == {m for m, _ in experiment.MEASURES + experiment.AUTHORS_MEASURES}
       fp_mean, _, n = row["fp_mm3"]
       assert fp_mean >= 0 and n >= 1  # FP volume is defined for every scan
-  md = experiment.table_markdown(res["table"])
-  selected = experiment.table_markdown(res["table"], which="selected")
+  md = report.table_markdown(res["table"])
+  selected = report.table_markdown(res["table"], which="selected")
   for col in experiment.COLUMNS:
     header = f"| {col.name} |"
     assert (header in md.splitlines()[0] + " |") == (col.table == "main")
@@ -76,7 +76,7 @@ def test_rerun_reuses_data_and_models_and_combines_seeds(toy):
   assert (
     os.path.getmtime(os.path.join(again["exports"]["adv_cls"], "cac_jax_inference.json")) == stamp
   )
-  both = experiment.combine_seeds([res, again])
+  both = report.combine_seeds([res, again])
   mean, sd, n = both["CCTA no adaptation"]["total"]["fp_mm3"]
   assert (
     n == 2
@@ -116,7 +116,7 @@ def test_rerun_reuses_the_test_scores_of_the_same_weights_and_settings(toy):
 
 def test_figures_are_written(toy, tmp_path):
   c, _, res = toy
-  paths = experiment.write_figures(res, c, str(tmp_path))
+  paths = report.write_figures(res, c, str(tmp_path))
   assert paths and all(os.path.getsize(p) > 1000 for p in paths.values())
 
 
@@ -163,7 +163,7 @@ def test_validation_selection_is_recorded_and_scored(toy):
 
 def test_report_prints_gates_table_and_gap_shares(toy):
   _, _, res = toy
-  md = experiment.report_markdown([res])
+  md = report.report_markdown([res])
   print(md)
   for g in ("| G1 |", "| G2 |", "| G3 |", "Table 2", "val-selected", "oracle gap"):
     assert g in md
@@ -199,12 +199,12 @@ def test_report_prints_gates_table_and_gap_shares(toy):
         assert not np.isfinite(lo) or lo - 1e-9 <= v <= hi + 1e-9, g
   assert "In brackets: 95 % bootstrap interval" in md
   # Two seeds pooled (here the same seed twice): the same means, printed after the per-seed sets.
-  assert not experiment.pooled_gates([res])
-  pooled = experiment.pooled_gates([res, res])
+  assert not report.pooled_gates([res])
+  pooled = report.pooled_gates([res, res])
   assert [g.passed for g in pooled["after FP reduction"]] == [g.passed for g in res["gates"]]
   for a, b in zip(pooled["without FP reduction"], res["gates_no_fp"]):
     assert a.estimates["F1"][0] == pytest.approx(b.estimates["F1"][0], nan_ok=True)
-  two = experiment.report_markdown([res, res])
+  two = report.report_markdown([res, res])
   assert "pooled, after FP reduction" in two and "seed 0:\n" in two
   assert "without FP reduction (a reading" in md
   # Gap shares per structure, read like the gates; the F1 they read, with intervals.
@@ -220,7 +220,7 @@ def test_report_prints_gates_table_and_gap_shares(toy):
 
 def test_write_results_writes_what_reproduce_prints(toy, tmp_path):
   c, _, res = toy
-  md, paths = experiment.write_results([res], c, str(tmp_path))
+  md, paths = report.write_results([res], c, str(tmp_path))
   with open(paths["table"], encoding="utf-8") as f:
     assert f.read() == md + "\n"
   with open(tmp_path / "table2.json", encoding="utf-8") as f:

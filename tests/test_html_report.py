@@ -13,7 +13,7 @@ from cac_jax import labels
 from cac_jax.evaluation import dataset, html_report, plots
 from cac_jax.evaluation import gates as gates_lib
 from cac_jax.scoring import overlay
-from cac_jax.studies import experiment
+from cac_jax.studies import report
 from tests import system_tools, test_evaluate
 
 SCREEN = (1280, 1024)  # the window the browser test renders in (CSS pixels)
@@ -145,7 +145,7 @@ def _reproduce_report(tmp_path):
     gates_lib.Gate("G3", "oracle gain", "gain 0.10 [-0.10, 0.30]", "gain >= 0.25", False),
   ]
   results = [{"seed": 0, "gates": gates, "per_scan": per_scan}]
-  shares = {"total": {experiment.SUMMARY_SHARE: gates_lib.GapShare(0.4, 0.1, 0.7, 16)}}
+  shares = {"total": {report.SUMMARY_SHARE: gates_lib.GapShare(0.4, 0.1, 0.7, 16)}}
   hu = np.full((6, 64, 64), -50.0)
   ref = np.zeros(hu.shape, np.int32)
   ref[4, 20:24, 30:34] = labels.LAD
@@ -160,7 +160,7 @@ def _reproduce_report(tmp_path):
     ),
   }
   path = str(out / "report.html")
-  summary, f1_png = experiment.summary_html(results, {}, shares, figures, path)
+  summary, f1_png = report.summary_html(results, {}, shares, figures, path)
   md = "## Benchmark gates\n\n| gate | value | passed |\n|---|---|---|\n| G1 | 0.7 | yes |\n"
   page = html_report.reproduce_report(path, md, figures, per_scan, summary=summary)
   return page, f1_png
@@ -175,9 +175,9 @@ def test_reproduce_report_opens_with_the_summary(tmp_path):
   assert "F1 0.80 [0.70, 0.90]" in summary and "<strong>0.40 [0.10, 0.70]</strong>" in summary
   srcs = [os.path.basename(s) for s in html_report.image_sources(summary)]
   assert srcs == ["f1_per_column.png", "row.png"] and os.path.getsize(f1_png) > 1000
-  for label, col in experiment.SUMMARY_F1:
-    assert f"{label}: {col}" in summary and label in experiment.summary_f1(
-      [{"per_scan": {c: [_scan(0.5, 1.0)] for _, c in experiment.SUMMARY_F1}}]
+  for label, col in report.SUMMARY_F1:
+    assert f"{label}: {col}" in summary and label in report.summary_f1(
+      [{"per_scan": {c: [_scan(0.5, 1.0)] for _, c in report.SUMMARY_F1}}]
     )
 
 
