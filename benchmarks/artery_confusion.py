@@ -51,7 +51,7 @@ def main(argv):
   params = {"net": checkpoints.load_inference(_EXPORT.value)[0]}
   raw = experiment.predict_raw(params, config, cases, _FP.value)["net"]
   scans = experiment.evaluate_predictions(config, cases, raw, _FP.value)
-  table = confusion(cases, [s["classes"] for s in scans])
+  table = confusion(cases, [s["classes"].dense() for s in scans])
   print(f"{_ROLE.value}, {len(cases)} scans, FP reduction {'on' if _FP.value else 'off'}")
   print("| reference \\ predicted | voxels | " + " | ".join(NAMES) + " |")
   print("|---|---|" + "---|" * len(NAMES))

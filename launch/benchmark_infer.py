@@ -324,7 +324,6 @@ def _test_sets(config_name: str, tmp: str) -> None:
 
   import jax  # pylint: disable=g-import-not-at-top
   import ml_collections  # pylint: disable=g-import-not-at-top
-  import numpy as np  # pylint: disable=g-import-not-at-top
 
   from cac_jax import models  # pylint: disable=g-import-not-at-top
   from cac_jax.data import manifest  # pylint: disable=g-import-not-at-top
@@ -360,7 +359,7 @@ def _test_sets(config_name: str, tmp: str) -> None:
       print(f"  run {rep + 1} {k}: {times[k][-1]:.1f} s (load {os.getloadavg()[0]:.1f})")
       sys.stdout.flush()
   a, b = results.values()
-  same = all(np.array_equal(x["classes"], y["classes"]) for c in a for x, y in zip(a[c], b[c]))
+  same = all(x["classes"] == y["classes"] for c in a for x, y in zip(a[c], b[c]))
   first = [v[0] for v in times.values()]
   best = [min(v) for v in times.values()]
   print(

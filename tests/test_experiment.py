@@ -101,7 +101,7 @@ def test_rerun_reuses_the_test_scores_of_the_same_weights_and_settings(toy):
   assert len(calls) == 1  # the first call had another key (the toy's models), the second reused
   col = "CCTA Ladv+Lcls+FP red."
   for a, b in zip(again[1][col], res["per_scan"][col]):
-    assert a["id"] == b["id"] and np.array_equal(a["classes"], b["classes"])
+    assert a["id"] == b["id"] and a["classes"] == b["classes"]
   assert json.dumps(again[0], sort_keys=True) == json.dumps(
     res["table"], sort_keys=True
   )  # NaN-safe
@@ -299,3 +299,15 @@ def test_the_reference_tested_step_is_the_snapshot_nearest_its_fraction_of_train
   c.adapt.tested_fraction = 0.0
   assert experiment.tested_step(c) is None
   assert not any(col.table == "tested" for col in experiment.columns(c))
+
+
+def test_sparse_class_maps_give_the_dense_map_back():
+  dense = np.zeros((3, 4, 5), np.uint8)
+  dense[1, 2, 3], dense[2, 0, 0] = 8, 15
+  sparse = experiment.SparseClasses.of(dense)
+  assert sparse.index.size == 2
+  np.testing.assert_array_equal(sparse.dense(), dense)
+  other = dense.copy()
+  other[0, 0, 0] = 9
+  assert sparse == experiment.SparseClasses.of(dense.copy())
+  assert sparse != experiment.SparseClasses.of(other)

@@ -494,6 +494,38 @@ def _restrict(raw: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
   return np.where(keep, raw, 0).astype(raw.dtype)
 
 
+@dataclasses.dataclass(frozen=True)
+class SparseClasses:
+  """A (z, y, x) uint8 class map stored as its nonzero voxels: the experiment keeps every
+  column's map of every test scan, and those are almost all background. `dense()` gives the
+  array back."""
+
+  shape: tuple[int, ...]
+  index: np.ndarray  # flat indices of the nonzero voxels, ascending
+  values: np.ndarray  # their classes, uint8
+
+  @classmethod
+  def of(cls, classes: np.ndarray) -> SparseClasses:
+    flat = np.asarray(classes).reshape(-1)
+    index = np.flatnonzero(flat)
+    return cls(tuple(np.shape(classes)), index, flat[index].astype(np.uint8))
+
+  def dense(self) -> np.ndarray:
+    out = np.zeros(self.shape, np.uint8)
+    out.reshape(-1)[self.index] = self.values
+    return out
+
+  def __eq__(self, other) -> bool:
+    return (
+      isinstance(other, SparseClasses)
+      and self.shape == other.shape
+      and np.array_equal(self.index, other.index)
+      and np.array_equal(self.values, other.values)
+    )
+
+  __hash__ = None
+
+
 def reference_min_voxels(config) -> int:
   """`config.evaluation.reference_min_voxels`: reference components of at most this many
   voxels are left out before scoring (`metrics.drop_small_components`; 0: none)."""
@@ -518,7 +550,7 @@ def evaluate_predictions(
         "metrics": metrics.scan_metrics(ref, classes, case.scan.spacing),
         "ref_mm3": float(np.isin(ref, labels_lib.CORONARY_CLASSES).sum() * vox),
         "pred_mm3": float(np.isin(classes, labels_lib.CORONARY_CLASSES).sum() * vox),
-        "classes": classes.astype(np.uint8),
+        "classes": SparseClasses.of(classes),
       }
     )
   return out
@@ -585,37 +617,31 @@ def score_tests(
   """Table 2's columns `cols` on the test sets `tests` ({role: cases}) with `params` ({model:
   inference params}; `alias` maps a model to one whose predictions it shares).
 
-  Each column is what `launch.score` gives with its settings; the network runs once per test
-  set for all models and both FP-reduction settings (`predict_columns`).
+  Each column is what `launch.score` gives with its settings; per case the network runs once
+  for all models and both FP-reduction settings (`predict_columns`), and the case's columns are
+  evaluated before the next case is scored, so that only one case's raw class maps are held.
   Returns (table {column: {row: {measure: (mean, sd, n)}}}, per_scan {column: [scan dicts]}).
   """
   alias = alias or {}
-  raw, table, per_scan = {}, {}, {}
-  for role in tests:
+  per_scan = {c.name: [] for c in cols}
+  for role, cases in tests.items():
+    mine = [c for c in cols if c.role == role]
     wanted = {}
-    for c in cols:
-      if c.role == role:
-        wanted.setdefault(alias.get(c.model, c.model), set()).add(c.fp_reduction)
-    got = predict_columns(
-      {m: params[m] for m in wanted},
-      config,
-      tests[role],
-      wanted,
-      progress=scoring_progress(log, f"{role}: ", len(wanted)),
-    )
-    raw.update({(m, role, fp): v for (m, fp), v in got.items()})
+    for c in mine:
+      wanted.setdefault(alias.get(c.model, c.model), set()).add(c.fp_reduction)
+    progress = scoring_progress(log, f"{role}: ", len(wanted))
+    for k, case in enumerate(cases):
+      got = predict_columns({m: params[m] for m in wanted}, config, [case], wanted)
+      for c in mine:
+        raw = got[(alias.get(c.model, c.model), c.fp_reduction)]
+        per_scan[c.name] += evaluate_predictions(config, [case], raw, c.fp_reduction)
+      progress(k + 1, len(cases))
+  table = {}
   for c in cols:
-    scans = evaluate_predictions(
-      config,
-      tests[c.role],
-      raw[(alias.get(c.model, c.model), c.role, c.fp_reduction)],
-      c.fp_reduction,
-    )
-    agg = metrics.aggregate([s["metrics"] for s in scans])
+    agg = metrics.aggregate([s["metrics"] for s in per_scan[c.name]])
     table[c.name] = {
       r: {m: _cell(agg[r].per_scan[m]) for m, _ in MEASURES + AUTHORS_MEASURES} for r in ROWS
     }
-    per_scan[c.name] = scans
   return table, per_scan
 
 
@@ -642,18 +668,18 @@ def cached_scores(
 ) -> tuple[dict, dict]:
   """`compute()`'s (table, per_scan), stored at `path` under `key` and reused while the key
   matches, so that a stopped benchmark resumes after its scored seeds (scoring is its longest
-  phase). Class maps are stored sparse (their nonzero voxels): they are mostly background.
+  phase). Class maps are already sparse (`SparseClasses`).
   The file is a pickle of this package's own results, read only from the run's own folder."""
   if os.path.exists(path):
     with open(path, "rb") as f:
       stored = pickle.load(f)
     if stored.get("key") == key:
       log(f"reusing the test scores {path}")
-      return stored["table"], _unpack_classes(stored["per_scan"])
+      return stored["table"], stored["per_scan"]
     log(f"{path}: scored with other settings or weights; scoring again")
   log("scoring the test sets")
   table, per_scan = compute()
-  stored = {"key": key, "table": table, "per_scan": _pack_classes(per_scan)}
+  stored = {"key": key, "table": table, "per_scan": per_scan}
   atomic.write_with(path, lambda tmp: _dump_pickle(tmp, stored))
   return table, per_scan
 
@@ -661,30 +687,6 @@ def cached_scores(
 def _dump_pickle(path: str, obj) -> None:
   with open(path, "wb") as f:
     pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
-
-
-def _pack_classes(per_scan: dict) -> dict:
-  """per_scan with each (z, y, x) uint8 class map as (shape, flat nonzero indices, values)."""
-  out = {}
-  for col, scans in per_scan.items():
-    out[col] = []
-    for s in scans:
-      c = s["classes"]
-      idx = np.flatnonzero(c)
-      out[col].append({**s, "classes": (c.shape, idx, c.reshape(-1)[idx])})
-  return out
-
-
-def _unpack_classes(per_scan: dict) -> dict:
-  out = {}
-  for col, scans in per_scan.items():
-    out[col] = []
-    for s in scans:
-      shape, idx, values = s["classes"]
-      c = np.zeros(shape, np.uint8)
-      c.reshape(-1)[idx] = values
-      out[col].append({**s, "classes": c})
-  return out
 
 
 def _same_params(a: dict, b: dict) -> bool:

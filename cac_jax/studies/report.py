@@ -265,7 +265,7 @@ def write_figures(result: dict, config, out_dir: str) -> dict[str, str]:
     p = os.path.join(out_dir, f"overlay_ccta_{tag}.png")
     overlay.overlay_png(
       case.scan.hu,
-      result["per_scan"][col][k]["classes"],
+      result["per_scan"][col][k]["classes"].dense(),
       p,
       case.scan.spacing,
       title=f"{case.case_id}: {col}",
@@ -278,7 +278,7 @@ def write_figures(result: dict, config, out_dir: str) -> dict[str, str]:
   )
   paths["overlay_reference"] = p
   panels = {"reference": case.labels} | {
-    caption: result["per_scan"][col][k]["classes"] for col, _, caption in OVERLAY_COLUMNS
+    caption: result["per_scan"][col][k]["classes"].dense() for col, _, caption in OVERLAY_COLUMNS
   }
   z = plots.calcium_slice(case.labels)
   paths["overlay_side_by_side"] = plots.overlay_row(
