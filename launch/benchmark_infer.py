@@ -102,10 +102,10 @@ def _phantom_volume(seed, spacing=(1.5, 0.66, 0.66)):
   scan = preprocess.resample(case.scan, spacing, order=1)
   heart = preprocess.resample_labels(case.heart_mask.astype("uint8"), case.scan, scan) > 0
   aorta = preprocess.resample_labels(case.aorta_mask.astype("uint8"), case.scan, scan) > 0
-  thr = threshold.ccta_threshold(scan, aorta).threshold_hu
+  thr = threshold.ccta_threshold(scan, aorta, roi_size_mm=cfg.scoring.roi_size_mm).threshold_hu
   return (
     scan.hu,
-    (scan.hu >= thr) & postprocess.heart_region(heart, scan.spacing, 10.0),
+    (scan.hu >= thr) & postprocess.heart_region(heart, scan.spacing, cfg.scoring.heart_dilation_mm),
     case.scan.shape,
   )
 

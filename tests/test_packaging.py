@@ -153,3 +153,43 @@ def test_stage_rule_catches_an_upward_import():
   assert STAGES[_stage_of("cac_jax.data.scan")] < STAGES[_stage_of("cac_jax.phantoms.generate")]
   assert STAGES[_stage_of("cac_jax.train.loop")] == STAGES[_stage_of("cac_jax.scoring.infer")]
   assert _stage_of("cac_jax.models") == "" and _stage_of("cac_jax.data.scan.Scan") == "data"
+
+
+def test_scoring_settings_have_one_default_in_the_config():
+  """The lesion limits, the heart dilation and the aorta ROI: the config's values are the only
+  defaults; the library takes them as arguments, and the help and README name the config's."""
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  import inspect  # pylint: disable=import-outside-toplevel
+
+  from cac_jax.data import threshold  # pylint: disable=import-outside-toplevel
+  from launch import score  # pylint: disable=import-outside-toplevel
+  from cac_jax.scoring import heart_region, postprocess  # pylint: disable=import-outside-toplevel
+  from configs import paper  # pylint: disable=import-outside-toplevel
+
+  sc = paper.get_config().scoring
+  fields = {f.name: f for f in dataclasses.fields(postprocess.FPReductionSettings)}
+  for name in ("min_mm3", "max_mm3", "dilation_mm"):
+    assert fields[name].default is dataclasses.MISSING, name
+  for fn, names in (
+    (postprocess.size_filter, ("min_mm3", "max_mm3")),
+    (postprocess.heart_region, ("dilation_mm",)),
+    (postprocess.heart_filter, ("dilation_mm",)),
+    (heart_region.find_heart, ("dilation_mm",)),
+    (heart_region.measure, ("dilation_mm",)),
+    (threshold.ccta_threshold, ("roi_size_mm",)),
+  ):
+    params = inspect.signature(fn).parameters
+    assert all(params[n].default is inspect.Parameter.empty for n in names), fn.__name__
+  s = postprocess.FPReductionSettings.from_config(sc)
+  assert (s.min_mm3, s.max_mm3, s.dilation_mm) == (
+    sc.min_lesion_mm3,
+    sc.max_lesion_mm3,
+    sc.heart_dilation_mm,
+  )
+  limits = f"{sc.min_lesion_mm3:g} mm³ or >{sc.max_lesion_mm3:g} mm³"
+  assert limits in score.FLAGS["size_limits"].help
+  for flag in score.OVERRIDES:
+    assert f"the paper's config: {sc[flag]:g})" in score.FLAGS[flag].help
+  readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+  assert f"{sc.min_lesion_mm3:g}–{sc.max_lesion_mm3:g} mm³" in readme
+  assert f"heart dilated by {sc.heart_dilation_mm:g} mm" in readme

@@ -47,7 +47,9 @@ def test_score_scan_ccta_detects_only_candidates(ccta_case, params, config):
   c = ccta_case
 
   def score(heart_filter):
-    fp = postprocess.FPReductionSettings(False, False, heart_filter)
+    fp = postprocess.FPReductionSettings.from_config(
+      config.scoring, region_growing=False, size_limits=False, heart_filter=heart_filter
+    )
     return _score_ccta(c, params, config, fp_settings=fp)
 
   res = score(False)
@@ -76,7 +78,13 @@ def test_aorta_threshold_off_scores_ccta_at_130_hu(ccta_case, params, config):
   """--noaorta_threshold: CCTA candidates are every voxel >= 130 HU (contrast lumen included,
   the authors' scoring without FP reduction); the report keeps the ROI's threshold beside it."""
   c = ccta_case
-  fp = postprocess.FPReductionSettings(False, False, False, aorta_threshold=False)
+  fp = postprocess.FPReductionSettings.from_config(
+    config.scoring,
+    region_growing=False,
+    size_limits=False,
+    heart_filter=False,
+    aorta_threshold=False,
+  )
   res = _score_ccta(c, params, config, fp_settings=fp)
   t = res.report["threshold"]
   assert t["threshold_hu"] == 130.0 and t["aorta_threshold_hu"] > 200.0

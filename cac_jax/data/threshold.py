@@ -429,15 +429,13 @@ def aorta_lumen(
   return find_ascending_aorta_coarse(scan, search), "auto"
 
 
-def ccta_threshold(
-  scan: Scan, aorta_mask: np.ndarray | None = None, roi_size_mm=(18.0, 14.0, 14.0)
-) -> AortaROI:
+def ccta_threshold(scan: Scan, aorta_mask: np.ndarray | None = None, *, roi_size_mm) -> AortaROI:
   """Patient-specific CCTA calcium threshold (mean + 3 SD of the ascending-aorta lumen).
 
   Args:
     scan: the CCTA scan.
     aorta_mask: optional (z, y, x) aorta mask (whole or ascending aorta) on the scan grid.
-    roi_size_mm: ROI box size (z, y, x) in mm.
+    roi_size_mm: ROI box size (z, y, x) in mm (config `scoring.roi_size_mm`).
 
   Returns:
     `AortaROI` with `source` "mask" or "auto".
