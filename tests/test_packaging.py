@@ -162,9 +162,9 @@ def test_scoring_settings_have_one_default_in_the_config():
   import inspect  # pylint: disable=import-outside-toplevel
 
   from cac_jax.data import threshold  # pylint: disable=import-outside-toplevel
-  from launch import score  # pylint: disable=import-outside-toplevel
   from cac_jax.scoring import heart_region, postprocess  # pylint: disable=import-outside-toplevel
   from configs import paper  # pylint: disable=import-outside-toplevel
+  from launch import score  # pylint: disable=import-outside-toplevel
 
   sc = paper.get_config().scoring
   fields = {f.name: f for f in dataclasses.fields(postprocess.FPReductionSettings)}
