@@ -57,10 +57,6 @@ def _phantom(lumen_hu=400.0, lumen_sd=20.0, wall_calcium=False, seed=0):
   return Scan(hu, SPACING), mask
 
 
-def test_ncct_threshold():
-  assert threshold.ncct_threshold() == 130
-
-
 def test_mask_threshold_excludes_wall_calcium_and_picks_ascending():
   scan, mask = _phantom(wall_calcium=True)
   roi = threshold.ccta_threshold(scan, aorta_mask=mask, roi_size_mm=ROI)

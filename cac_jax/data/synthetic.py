@@ -26,8 +26,8 @@ import ml_collections
 import numpy as np
 
 from cac_jax import models
+from cac_jax.labels import NUM_CLASSES
 
-NUM_CLASSES = 7
 # Normalised intensity of a blob of class k (k = 1..6): clearly above background.
 _CLASS_LEVEL = np.array([0.0, 0.35, 0.6, 0.85, 1.1, 1.35, 1.6], np.float32)
 
