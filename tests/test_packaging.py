@@ -193,3 +193,55 @@ def test_scoring_settings_have_one_default_in_the_config():
   readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
   assert f"{sc.min_lesion_mm3:g}–{sc.max_lesion_mm3:g} mm³" in readme
   assert f"heart dilated by {sc.heart_dilation_mm:g} mm" in readme
+
+
+_IMPORT_ONLY = """
+import os, sys
+env, path = dict(os.environ), list(sys.path)
+import cac_jax
+assert dict(os.environ) == env, set(os.environ.items()) ^ set(env.items())
+assert sys.path == path and len(cac_jax.__path__) == 1, cac_jax.__path__
+import jax
+names = [n for n in dir(jax.config) if "cache" in n and n.startswith("jax_")]
+conf = {n: getattr(jax.config, n) for n in names}
+import importlib
+importlib.reload(cac_jax)
+assert {n: getattr(jax.config, n) for n in names} == conf and dict(os.environ) == env
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("where", ["checkout", "elsewhere"])
+def test_import_changes_nothing_global(where, tmp_path):
+  """`import cac_jax` leaves the environment, sys.path and JAX's cache settings alone, with a
+  cache folder that the console scripts would turn on (`CAC_JAX_COMPILATION_CACHE`)."""
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  env.update(CAC_JAX_COMPILATION_CACHE=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
+  r = subprocess.run(
+    [sys.executable, "-c", _IMPORT_ONLY],
+    cwd=REPO if where == "checkout" else tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert r.returncode == 0 and r.stdout.strip() == "OK", r.stderr[-3000:]
+
+
+# A checkout used without an editable install: setuptools' editable finder taken away.
+_NO_EDITABLE = """
+import importlib.util, sys
+sys.meta_path = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+import cac_jax
+assert importlib.util.find_spec("cac_jax.configs") is None
+import {package}
+from cac_jax.configs import demo
+import cac_jax.launch._cli
+print(demo.get_config().name, {package}.__file__.startswith(cac_jax.__path__[1]))
+"""
+
+
+@pytest.mark.parametrize("package", ["launch", "configs"])
+def test_checkout_links_its_launch_and_configs_without_an_install(package):
+  r = _run([sys.executable, "-c", _NO_EDITABLE.format(package=package)], cwd=REPO)
+  assert r.returncode == 0 and r.stdout.split() == ["demo", "True"], r.stderr[-3000:]
