@@ -14,8 +14,11 @@ import os
 
 
 def link(package_file: str) -> None:
-  """Add the checkout holding `package_file` (a top-level package's __init__.py) to
-  `cac_jax.__path__` when `cac_jax.configs` cannot be found otherwise."""
+  """Add the checkout to `cac_jax.__path__` when `cac_jax.configs` is not found otherwise.
+
+  `package_file` is the __init__.py of the checkout's top-level launch/ or configs/ package;
+  nothing changes when the imported cac_jax is not that checkout's.
+  """
   import cac_jax  # pylint: disable=import-outside-toplevel
 
   checkout = os.path.dirname(os.path.dirname(os.path.abspath(package_file)))

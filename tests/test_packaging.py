@@ -156,8 +156,11 @@ def test_stage_rule_catches_an_upward_import():
 
 
 def test_scoring_settings_have_one_default_in_the_config():
-  """The lesion limits, the heart dilation and the aorta ROI: the config's values are the only
-  defaults; the library takes them as arguments, and the help and README name the config's."""
+  """The scoring limits have one default, the config's: the help and README name it.
+
+  The lesion limits, the heart dilation and the aorta ROI are arguments of the library
+  functions, without defaults of their own.
+  """
   import dataclasses  # pylint: disable=import-outside-toplevel
   import inspect  # pylint: disable=import-outside-toplevel
 
@@ -213,8 +216,11 @@ print("OK")
 
 @pytest.mark.parametrize("where", ["checkout", "elsewhere"])
 def test_import_changes_nothing_global(where, tmp_path):
-  """`import cac_jax` leaves the environment, sys.path and JAX's cache settings alone, with a
-  cache folder that the console scripts would turn on (`CAC_JAX_COMPILATION_CACHE`)."""
+  """`import cac_jax` leaves the environment, sys.path and JAX's cache settings alone.
+
+  The subprocess has a cache folder that the console scripts would turn on
+  (`CAC_JAX_COMPILATION_CACHE`) and none of JAX's own settings.
+  """
   env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
   env.update(CAC_JAX_COMPILATION_CACHE=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
   r = subprocess.run(
