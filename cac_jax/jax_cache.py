@@ -2,8 +2,9 @@
 
 A fresh process otherwise recompiles every training step and inference tower shape (a few
 seconds each on CPU); with the cache, the second process on the same machine loads them.
-`enable_default` runs when `cac_jax` is imported, before anything is compiled (JAX decides
-once per process, at its first compile, whether it uses the cache):
+`enable_default` runs when a console script starts (`launch._cli.run`), before anything is
+compiled (JAX decides once per process, at its first compile, whether it uses the cache);
+importing `cac_jax` does not call it, and a notebook or library user may:
 
 * folder: `$CAC_JAX_COMPILATION_CACHE` if set to a path, else
   `$XDG_CACHE_HOME/cac-jax/jax` (default `~/.cache/cac-jax/jax`);
@@ -51,8 +52,8 @@ def enable_default() -> str | None:
   """Point JAX's persistent compilation cache at `cache_dir()` unless JAX is configured
   already or the cache is off; returns the folder in use (None: not set here).
 
-  Before JAX is imported this only sets `JAX_COMPILATION_CACHE_DIR` (so importing cac_jax
-  stays cheap, and subprocesses share the folder); afterwards it updates `jax.config`.
+  Before JAX is imported this only sets `JAX_COMPILATION_CACHE_DIR` (cheap, and subprocesses
+  share the folder); afterwards it updates `jax.config`.
   """
   path = cache_dir()
   if path is None or os.environ.get("JAX_COMPILATION_CACHE_DIR"):

@@ -12,6 +12,7 @@ applied there gives the voxel's 7 class logits. Intensities are normalised HU
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import flax.linen as nn
 import jax
@@ -254,22 +255,33 @@ def features_no_grad(g: Generator, g_params, views: jax.Array, chunk: int = -1) 
   return jax.lax.stop_gradient(out)
 
 
-def build(
-  config: ml_collections.ConfigDict,
-) -> tuple[Generator, Classifier, DeepSupervisionHeads, Critic]:
-  """Construct (G, C, heads, D) from a config's `model` section; G's dilated convs as
-  `tower_conv(config)`."""
+class Networks(NamedTuple):
+  """The four modules of the method, as `build` makes them from one config."""
+
+  generator: Generator
+  classifier: Classifier
+  heads: DeepSupervisionHeads
+  critic: Critic
+
+
+def build(config: ml_collections.ConfigDict) -> Networks:
+  """The networks (G, C, heads, D) of a config's `model` section.
+
+  G's dilated convs are `tower_conv(config)`; the critic's normalisation is chosen by name
+  (`model.critic_norm`, one of `CRITIC_NORMS`).
+  """
   m = config.model
-  g = Generator(m.tower_width, m.tower_features, tuple(m.dilations), tower_conv(config))
-  c = Classifier(m.classifier_hidden, m.num_classes, m.dropout)
-  h = DeepSupervisionHeads(m.num_classes, float(m.get("head_dropout", 0.0)))
-  d = Critic(tuple(m.critic_channels), m.get("critic_norm", "batch"))
-  return g, c, h, d
+  return Networks(
+    generator=Generator(m.tower_width, m.tower_features, tuple(m.dilations), tower_conv(config)),
+    classifier=Classifier(m.classifier_hidden, m.num_classes, m.dropout),
+    heads=DeepSupervisionHeads(m.num_classes, float(m.get("head_dropout", 0.0))),
+    critic=Critic(tuple(m.critic_channels), m.get("critic_norm", "batch")),
+  )
 
 
 def init_params(config: ml_collections.ConfigDict, rng: jax.Array) -> dict:
   """Initialise {'generator', 'classifier', 'heads', 'critic'} params for one patch size."""
-  g, c, h, d = build(config)
+  g, c, h, d = build(config)  # a Networks, in its field order
   p = patch_size(config)
   k_g, k_c, k_h, k_d = jax.random.split(rng, 4)
   views = jnp.zeros((3, 1, p, p, 1), jnp.float32)

@@ -5,3 +5,8 @@ Installed as `cac_jax.launch` (setup.cfg's package_dir; console scripts cac-scor
 relatively (`from . import _cli`): the folder is the package `launch` in one case and
 `cac_jax.launch` in the other, and an absolute name would load `_cli` (and its flags) twice.
 """
+
+if __name__ == "launch":  # the checkout's folder: `cac_jax.launch` may need it (cac_jax._checkout)
+  from cac_jax import _checkout
+
+  _checkout.link(__file__)

@@ -39,6 +39,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
 
+from cac_jax import jax_cache
+
 DEBUG = flags.DEFINE_bool(
   "debug", False, "On an error, show the Python traceback instead of one line."
 )
@@ -209,7 +211,9 @@ def run(
   flag_paths: Callable[[], Mapping[str, str | None]] | None = None,
 ) -> None:
   """`absl.app.run(main)` with `report_errors`; `prog` defaults to the module's short name
-  (`python -m launch.score`: "score") or the console script's name ("cac-score")."""
+  (`python -m launch.score`: "score") or the console script's name ("cac-score"). JAX's
+  persistent compilation cache is turned on first (`jax_cache.enable_default`)."""
+  jax_cache.enable_default()
   if prog is None:
     module = sys.modules.get("__main__")
     spec = getattr(module, "__spec__", None)

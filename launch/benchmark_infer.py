@@ -102,69 +102,12 @@ def _phantom_volume(seed, spacing=(1.5, 0.66, 0.66)):
   scan = preprocess.resample(case.scan, spacing, order=1)
   heart = preprocess.resample_labels(case.heart_mask.astype("uint8"), case.scan, scan) > 0
   aorta = preprocess.resample_labels(case.aorta_mask.astype("uint8"), case.scan, scan) > 0
-  thr = threshold.ccta_threshold(scan, aorta).threshold_hu
+  thr = threshold.ccta_threshold(scan, aorta, roi_size_mm=cfg.scoring.roi_size_mm).threshold_hu
   return (
     scan.hu,
-    (scan.hu >= thr) & postprocess.heart_region(heart, scan.spacing, 10.0),
+    (scan.hu >= thr) & postprocess.heart_region(heart, scan.spacing, cfg.scoring.heart_dilation_mm),
     case.scan.shape,
   )
-
-
-def _ccta_volume(shape, seed, spacing=(1.5, 0.66, 0.66)):
-  """Synthetic CCTA-like (z, y, x) HU volume and its candidate mask (benchmark input only).
-
-  Body ellipse (40 HU) with lungs (-850), spine (700), heart ellipsoid (myocardium 60 HU,
-  left chambers 380, right chambers 250), ascending/descending aorta (420 HU), eight coronary
-  calcifications (600-1000 HU, 1-3 voxels radius) along the atrioventricular groove; noise
-  SD 30 HU. Candidates: HU >= aorta mean + 3 SD inside the heart dilated by 10 mm.
-  """
-  import numpy as np  # pylint: disable=g-import-not-at-top
-
-  rng = np.random.RandomState(seed)
-  nz, ny, nx = shape
-  z, y, x = np.ogrid[:nz, :ny, :nx]
-  mm = lambda a, b, c: (z * spacing[0] - a, y * spacing[1] - b, x * spacing[2] - c)  # noqa: E731
-  cz, cy, cx = nz * spacing[0] / 2, ny * spacing[1] / 2, nx * spacing[2] / 2
-  hu = np.full(shape, -1000.0, np.float32)
-  dz, dy, dx = mm(cz, cy, cx)
-  hu[
-    np.broadcast_to(
-      (dy / (0.42 * ny * spacing[1])) ** 2 + (dx / (0.48 * nx * spacing[2])) ** 2 <= 1, shape
-    )
-  ] = 40
-  for side in (-1, 1):
-    dz, dy, dx = mm(cz, cy - 10, cx + side * 0.24 * nx * spacing[2])
-    hu[np.broadcast_to((dy / 55) ** 2 + (dx / 40) ** 2 <= 1, shape)] = -850
-  dz, dy, dx = mm(cz, cy + 0.33 * ny * spacing[1], cx)
-  hu[np.broadcast_to(dy**2 + dx**2 <= 14**2, shape)] = 700  # vertebra
-  hz, hy, hx = cz + 10, cy - 12, cx - 8
-  dz, dy, dx = mm(hz, hy, hx)
-  rad = (55.0, 50.0, 62.0)
-  r2 = (dz / rad[0]) ** 2 + (dy / rad[1]) ** 2 + (dx / rad[2]) ** 2
-  heart = r2 <= 1
-  hu[heart] = 60
-  dz, dy, dx = mm(hz, hy + 8, hx + 15)
-  hu[heart & ((dz / 40) ** 2 + (dy / 30) ** 2 + (dx / 30) ** 2 <= 1)] = 380  # left chambers
-  dz, dy, dx = mm(hz, hy - 15, hx - 25)
-  hu[heart & ((dz / 40) ** 2 + (dy / 25) ** 2 + (dx / 25) ** 2 <= 1)] = 250  # right chambers
-  aorta = np.zeros(shape, bool)
-  for (ay, ax), zmax in (
-    ((cy - 10, cx + 5), cz + 5),
-    ((cy + 0.22 * ny * spacing[1], cx + 18), nz * spacing[0]),
-  ):
-    dz, dy, dx = mm(0, ay, ax)
-    aorta |= np.broadcast_to((dy**2 + dx**2 <= 14**2) & (dz <= zmax), shape)
-  hu[aorta] = 420
-  for _ in range(8):  # calcifications on the AV groove (an ellipse around the heart's waist)
-    t = rng.uniform(0, 2 * np.pi)
-    p = (hz + rng.uniform(-20, 20), hy + 0.85 * rad[1] * np.sin(t), hx + 0.85 * rad[2] * np.cos(t))
-    dz, dy, dx = mm(*p)
-    hu[(dz**2 + dy**2 + dx**2) <= rng.uniform(0.7, 2.0) ** 2] = rng.uniform(600, 1000)
-  hu += rng.normal(0, 30, shape).astype(np.float32)
-  vals = hu[aorta]
-  threshold = vals.mean() + 3 * vals.std()
-  dil = r2 <= ((1 + 10 / min(rad)) ** 2)  # ~10 mm dilation of the ellipsoid
-  return hu, (hu >= threshold) & dil
 
 
 def _worker():
@@ -174,6 +117,7 @@ def _worker():
   import numpy as np  # pylint: disable=g-import-not-at-top
 
   from cac_jax import models  # pylint: disable=g-import-not-at-top
+  from cac_jax.data import synthetic
   from cac_jax.scoring import infer
 
   config = importlib.import_module(f"cac_jax.configs.{_CONFIG.value}").get_config()
@@ -183,7 +127,7 @@ def _worker():
     shape = hu.shape
   else:
     shape = tuple(int(s) for s in _SHAPE.value)
-    hu, cand = _ccta_volume(shape, seed=_SEED.value)
+    hu, cand = synthetic.ccta_volume(shape, seed=_SEED.value)
     full_shape = None
   params = models.init_params(config, jax.random.PRNGKey(_SEED.value))
   params = {"generator": params["generator"], "classifier": params["classifier"]}

@@ -6,12 +6,10 @@ python -m launch.benchmark_sampling --num_cases=3 --shape=120,300,300 --batches=
 import time
 
 from absl import flags
-import numpy as np
 
 from cac_jax import models
 from cac_jax.configs import paper, tiny
-from cac_jax.data import sampling
-from cac_jax.data.scan import Case, Scan
+from cac_jax.data import sampling, synthetic
 
 from . import _cli
 
@@ -20,30 +18,6 @@ _SHAPE = flags.DEFINE_list("shape", ["120", "300", "300"], "Case shape (z, y, x)
 _BATCHES = flags.DEFINE_integer("batches", 20, "Batches timed per kind and size.")
 _CONFIGS = flags.DEFINE_list("configs", ["tiny", "paper"], "Configs to time (tiny, paper).")
 _PREFETCH = flags.DEFINE_bool("prefetch", True, "Also time the prefetching iterators.")
-
-
-def synthetic_case(case_id: str, shape, seed: int) -> Case:
-  """Soft tissue + noise, a bright 'spine', a heart box and a few labelled calcium blobs."""
-  rng = np.random.default_rng(seed)
-  z, y, x = shape
-  hu = rng.normal(40.0, 25.0, size=shape).astype(np.float32)
-  hu[:, : y // 8] = -1000.0  # air in front of the chest
-  hu[:, int(0.75 * y) : int(0.85 * y), int(0.45 * x) : int(0.55 * x)] = 700.0  # spine
-  heart = np.zeros(shape, bool)
-  heart[z // 5 : 4 * z // 5, y // 4 : 3 * y // 4, x // 4 : 3 * x // 4] = True
-  labels = np.zeros(shape, np.int32)
-  for k in range(40):
-    cz, cy, cx = (
-      rng.integers(z // 5, 4 * z // 5),
-      rng.integers(y // 4, 3 * y // 4),
-      rng.integers(x // 4, 3 * x // 4),
-    )
-    cls = 1 + k % 6
-    sl = (slice(cz, cz + 2), slice(cy, cy + 3), slice(cx, cx + 3))
-    hu[sl] = 300.0 + 40 * cls
-    labels[sl] = cls
-  scan = Scan(hu=hu, spacing=(1.5, 0.66, 0.66))
-  return Case(case_id, scan, "ncct", labels=labels, heart_mask=heart)
 
 
 def _rate(fn, n: int, per_batch: int) -> float:
@@ -58,7 +32,7 @@ def main(argv):
   del argv
   shape = tuple(int(s) for s in _SHAPE.value)
   t = time.perf_counter()
-  cases = [synthetic_case(f"syn{i}", shape, i) for i in range(_NUM_CASES.value)]
+  cases = [synthetic.labelled_case(f"syn{i}", shape, i) for i in range(_NUM_CASES.value)]
   print(f"built {len(cases)} cases of {shape} in {time.perf_counter() - t:.1f} s")
   for name in _CONFIGS.value:
     config = {"tiny": tiny, "paper": paper}[name].get_config()

@@ -17,11 +17,13 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from cac_jax import atomic
+from cac_jax.configs import paper
 from cac_jax.scoring import score_files
 
 from . import _cli
 
 FLAGS = flags.FLAGS
+SCORING = paper.get_config().scoring  # the defaults the help texts name
 flags.DEFINE_string("image", None, "Scan: NIfTI/MHA/NRRD file or DICOM series folder.")
 flags.DEFINE_string(
   "heart_mask",
@@ -58,7 +60,12 @@ flags.DEFINE_bool(
 )
 flags.DEFINE_float("calibration", None, "Mass-score calibration factor (mg HA/cm³ per HU).")
 flags.DEFINE_bool("region_growing", True, "FP reduction: grow detections to 6-connected lesions.")
-flags.DEFINE_bool("size_limits", True, "FP reduction: drop lesions <1 mm³ or >500 mm³.")
+flags.DEFINE_bool(
+  "size_limits",
+  True,
+  f"FP reduction: drop lesions <{SCORING.min_lesion_mm3:g} mm³ or >{SCORING.max_lesion_mm3:g} mm³ "
+  "(the paper's limits; an export's config may set others, --min/max_lesion_mm3 override them).",
+)
 flags.DEFINE_bool(
   "aorta_threshold",
   True,
@@ -82,6 +89,32 @@ flags.DEFINE_bool(
   "--noheart_filter classifies every candidate).",
 )
 
+# Overrides of the export's `config.scoring` limits: {flag: FPReductionSettings field}.
+OVERRIDES = {
+  "min_lesion_mm3": "min_mm3",
+  "max_lesion_mm3": "max_mm3",
+  "heart_dilation_mm": "dilation_mm",
+}
+for _name, _what in (
+  ("min_lesion_mm3", "smallest kept lesion (mm³)"),
+  ("max_lesion_mm3", "largest kept lesion (mm³)"),
+  ("heart_dilation_mm", "heart-region dilation (mm)"),
+):
+  flags.DEFINE_float(
+    _name,
+    None,
+    f"FP reduction: the {_what} instead of the export's config.scoring.{_name} "
+    f"(the paper's config: {SCORING[_name]:g}); recorded in scores.json.",
+  )
+
+
+def fp_options() -> dict:
+  """The FP-reduction switches and the limits given by flag (`score_files`' `fp` argument)."""
+  steps = ("region_growing", "size_limits", "heart_filter", "aorta_threshold")
+  fp = {name: FLAGS[name].value for name in steps}
+  fp.update({k: FLAGS[f].value for f, k in OVERRIDES.items() if FLAGS[f].value is not None})
+  return fp
+
 
 def main(argv):
   del argv
@@ -90,14 +123,8 @@ def main(argv):
   if not FLAGS["verbosity"].present:  # --verbosity shows them
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
     logging.getLogger("jax").setLevel(logging.WARNING)  # and JAX its backend probing
-  fp = dict(
-    region_growing=FLAGS.region_growing,
-    size_limits=FLAGS.size_limits,
-    heart_filter=FLAGS.heart_filter,
-    aorta_threshold=FLAGS.aorta_threshold,
-  )
   with atomic.claim_dir(FLAGS.output_dir):  # checked and locked before any computation
-    _score(fp)
+    _score(fp_options())
 
 
 def _score(fp):

@@ -8,13 +8,16 @@ import tempfile
 
 import pytest
 
+from cac_jax import jax_cache
+
 # JAX's persistent compilation cache (cac_jax.jax_cache) goes to a folder of this test
-# session, never to the user's ~/.cache; set before cac_jax is imported, inherited by the
+# session, never to the user's ~/.cache; set before JAX is imported, inherited by the
 # CLI subprocesses. JAX_COMPILATION_CACHE_DIR would bypass it, so it is dropped.
 _JAX_CACHE = tempfile.mkdtemp(prefix="cac-jax-test-jax-cache-")
 atexit.register(shutil.rmtree, _JAX_CACHE, ignore_errors=True)
 os.environ["CAC_JAX_COMPILATION_CACHE"] = _JAX_CACHE
 os.environ.pop("JAX_COMPILATION_CACHE_DIR", None)
+jax_cache.enable_default()  # as the console scripts do (importing cac_jax does not)
 
 
 # On an accelerator JAX multiplies float32 in TF32 by default (about 1e-3 relative error):

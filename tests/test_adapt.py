@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from cac_jax import checkpoints
+from cac_jax import checkpoints, models
 from cac_jax.data import synthetic
 from cac_jax.train import adversarial, loop, sharding, source
 from cac_jax.train import state as state_lib
@@ -125,7 +125,7 @@ def test_critic_loss_sign_convention(config):
   d = state_lib.init_params(config, 0)["critic"]
   side = config.data.output_size
   feats = jax.random.normal(jax.random.PRNGKey(0), (2, side, side, 24))
-  d_model = __import__("cac_jax.models", fromlist=["build"]).build(config)[3]
+  d_model = models.build(config).critic
   score = lambda f: d_model.apply({"params": d}, f)
   src, tgt = feats, -feats
   loss, m = adversarial.critic_loss(d, src, tgt, config)
@@ -137,7 +137,8 @@ def test_critic_learns_to_score_source_high_and_generator_raises_target_score(
   config, mesh, data, steps
 ):
   critic_fn, generator_fn = steps
-  g_model, _, _, d_model = __import__("cac_jax.models", fromlist=["build"]).build(config)
+  nets = models.build(config)
+  g_model, d_model = nets.generator, nets.critic
   state = fresh_state(config, mesh)
   # Other test modules may have compiled these cached steps for other shapes already.
   traces = generator_fn._cache_size(), critic_fn._cache_size()

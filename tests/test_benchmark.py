@@ -118,3 +118,15 @@ def test_stage_timer_nests_stages_and_the_table_lists_them():
   assert lines[2] == "| outer | 2.00 | 1.00 |"
   assert lines[3] == "|   └ inner | 0.50 |  |"
   assert lines[-2:] == ["| **total s** | 3.0 | 3.0 |", "| **peak RSS MB** | 900 | 900 |"]
+
+
+def test_synthetic_scans_of_the_benchmarks_are_pure_functions_of_the_seed():
+  from cac_jax.data import synthetic  # pylint: disable=import-outside-toplevel
+
+  hu, cand = synthetic.ccta_volume((24, 64, 72), 1)
+  again, cand_again = synthetic.ccta_volume((24, 64, 72), 1)
+  assert hu.shape == (24, 64, 72) and cand.dtype == bool and cand.any()
+  assert np.array_equal(hu, again) and np.array_equal(cand, cand_again)
+  case = synthetic.labelled_case("c", (20, 48, 48), 2)
+  assert case.domain == "ncct" and case.labels.max() <= 6 and (case.labels > 0).any()
+  assert (case.labels > 0)[case.heart_mask].any() and case.heart_mask.shape == case.labels.shape

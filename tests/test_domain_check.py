@@ -45,7 +45,8 @@ def test_statistics_equal_a_direct_computation(tiny_config, all_params):
   views = preprocess.normalize_hu(
     extract_views(hu, coords, models.patch_size(tiny_config), PAD_HU), tiny_config.data
   )
-  g, _, _, d = models.build(tiny_config)
+  nets = models.build(tiny_config)
+  g, d = nets.generator, nets.critic
   maps = np.asarray(g.apply({"params": all_params["generator"]}, views))
   o = maps.shape[1]
   f = maps[:, o // 2, o // 2, :].astype(np.float64)

@@ -45,7 +45,8 @@ def _patchwise_logits(config, params, hu, coords):
       )
     )
   views = np.stack(views, axis=1)[..., None]  # (3, K, P, P, 1)
-  g, c, _, _ = models.build(config)
+  nets = models.build(config)
+  g, c = nets.generator, nets.classifier
   feats = g.apply({"params": params["generator"]}, jnp.asarray(views))
   return np.asarray(models.centre_logits(c, params["classifier"], feats))
 

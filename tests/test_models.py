@@ -23,7 +23,10 @@ def test_receptive_field_and_patch_size(get_config, rf, patch):
 @pytest.mark.parametrize("get_config", [paper.get_config, tiny.get_config])
 def test_shapes(get_config):
   c = get_config()
-  g, cl, h, d = models.build(c)
+  nets = models.build(c)
+  assert nets._fields == ("generator", "classifier", "heads", "critic")
+  g, cl, h, d = nets
+  assert isinstance(d, models.Critic) and isinstance(g, models.Generator)
   p, o, b = models.patch_size(c), c.data.output_size, 2
   params = jax.eval_shape(lambda: models.init_params(c, jax.random.PRNGKey(0)))
   assert set(params) == {"generator", "classifier", "heads", "critic"}
@@ -42,7 +45,7 @@ def test_shapes(get_config):
 
 def test_generator_rejects_bad_layout():
   c = tiny.get_config()
-  g = models.build(c)[0]
+  g = models.build(c).generator
   params = state_lib.init_params(c, 0)["generator"]
   with pytest.raises(ValueError, match="view stacks"):
     g.apply({"params": params}, jnp.zeros((1, 31, 31, 1)))
@@ -51,7 +54,7 @@ def test_generator_rejects_bad_layout():
 def test_tiny_receptive_field_is_what_the_centre_output_sees():
   """The gradient of the centre feature covers exactly a 17x17 window in each view."""
   c = tiny.get_config()
-  g = models.build(c)[0]
+  g = models.build(c).generator
   params = state_lib.init_params(c, 0)["generator"]
   p, rf = models.patch_size(c), 17
 
@@ -73,7 +76,7 @@ def test_centre_window_gives_the_centre_of_the_full_map(name):
   import importlib
 
   c = importlib.import_module(f"configs.{name}").get_config()
-  g = models.build(c)[0]
+  g = models.build(c).generator
   params = state_lib.init_params(c, 0)["generator"]
   p, rf, o = models.patch_size(c), models.receptive_field(c.model.dilations), c.data.output_size
   views = jax.random.normal(jax.random.PRNGKey(2), (3, 2, p, p, 1))
@@ -89,7 +92,7 @@ def test_centre_window_gives_the_centre_of_the_full_map(name):
 
 def test_classifier_dropout_only_when_asked():
   c = tiny.get_config()
-  _, cl, _, _ = models.build(c)
+  cl = models.build(c).classifier
   params = state_lib.init_params(c, 0)["classifier"]
   feats = jnp.ones((4, 3, 3, 3 * c.model.tower_features))
   a = models.centre_logits(cl, params, feats)
@@ -101,7 +104,7 @@ def test_classifier_dropout_only_when_asked():
 def test_head_dropout_only_in_training_and_only_when_configured():
   c = tiny.get_config()
   c.model.head_dropout = 0.35
-  heads = models.build(c)[2]
+  heads = models.build(c).heads
   params = state_lib.init_params(c, 0)["heads"]
   feats = jnp.ones((4, 3, 3, 3 * c.model.tower_features))
   plain = models.DeepSupervisionHeads(c.model.num_classes)  # no dropout, same params
@@ -128,7 +131,7 @@ def test_host_init_matches_flax_structure_and_scale():
 def _critic_and_feats(norm, seed=0):
   c = tiny.get_config()
   c.model.critic_norm = norm
-  d = models.build(c)[3]
+  d = models.build(c).critic
   side = c.data.output_size
   f = 3 * c.model.tower_features
   feats = jax.random.normal(jax.random.PRNGKey(seed), (6, side, side, f))
@@ -171,7 +174,7 @@ def test_batch_critic_normalises_after_all_seven_convs_without_conv_bias():
 
 def test_batch_critic_refuses_a_one_pixel_final_map():
   c = tiny.get_config()
-  d = models.build(c)[3]
+  d = models.build(c).critic
   with pytest.raises(ValueError, match="larger than 1x1"):
     d.init(jax.random.PRNGKey(0), jnp.zeros((2, 15, 15, 24)))
 
@@ -181,7 +184,7 @@ def test_features_no_grad_chunks_give_the_whole_batch_features():
   rounding: XLA:CPU may pick another conv kernel for another batch size on some CPUs), and
   no gradient flows through them; a chunk that does not divide the batch falls back to it."""
   c = tiny.get_config()
-  g = models.build(c)[0]
+  g = models.build(c).generator
   gp = models.init_params(c, jax.random.PRNGKey(0))["generator"]
   p = models.patch_size(c)
   views = jax.random.normal(jax.random.PRNGKey(1), (3, 4, p, p, 1))
@@ -197,7 +200,7 @@ def test_features_no_grad_auto_chunks_only_large_cpu_batches(monkeypatch):
   """Auto (-1) maps over patches on CPU only when the batch's activations exceed
   AUTO_CHUNK_BYTES: the traced function holds a loop then, and not for a small batch."""
   c = tiny.get_config()
-  g = models.build(c)[0]
+  g = models.build(c).generator
   gp = models.init_params(c, jax.random.PRNGKey(0))["generator"]
   p = models.patch_size(c)
   views = jnp.zeros((3, 4, p, p, 1))

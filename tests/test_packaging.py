@@ -153,3 +153,101 @@ def test_stage_rule_catches_an_upward_import():
   assert STAGES[_stage_of("cac_jax.data.scan")] < STAGES[_stage_of("cac_jax.phantoms.generate")]
   assert STAGES[_stage_of("cac_jax.train.loop")] == STAGES[_stage_of("cac_jax.scoring.infer")]
   assert _stage_of("cac_jax.models") == "" and _stage_of("cac_jax.data.scan.Scan") == "data"
+
+
+def test_scoring_settings_have_one_default_in_the_config():
+  """The scoring limits have one default, the config's: the help and README name it.
+
+  The lesion limits, the heart dilation and the aorta ROI are arguments of the library
+  functions, without defaults of their own.
+  """
+  import dataclasses  # pylint: disable=import-outside-toplevel
+  import inspect  # pylint: disable=import-outside-toplevel
+
+  from cac_jax.data import threshold  # pylint: disable=import-outside-toplevel
+  from cac_jax.scoring import heart_region, postprocess  # pylint: disable=import-outside-toplevel
+  from configs import paper  # pylint: disable=import-outside-toplevel
+  from launch import score  # pylint: disable=import-outside-toplevel
+
+  sc = paper.get_config().scoring
+  fields = {f.name: f for f in dataclasses.fields(postprocess.FPReductionSettings)}
+  for name in ("min_mm3", "max_mm3", "dilation_mm", "heart_filter_mode"):
+    assert fields[name].default is dataclasses.MISSING, name
+  for fn, names in (
+    (postprocess.size_filter, ("min_mm3", "max_mm3")),
+    (postprocess.heart_region, ("dilation_mm",)),
+    (postprocess.heart_filter, ("dilation_mm",)),
+    (heart_region.find_heart, ("dilation_mm",)),
+    (heart_region.measure, ("dilation_mm",)),
+    (threshold.ccta_threshold, ("roi_size_mm",)),
+  ):
+    params = inspect.signature(fn).parameters
+    assert all(params[n].default is inspect.Parameter.empty for n in names), fn.__name__
+  s = postprocess.FPReductionSettings.from_config(sc)
+  assert (s.min_mm3, s.max_mm3, s.dilation_mm) == (
+    sc.min_lesion_mm3,
+    sc.max_lesion_mm3,
+    sc.heart_dilation_mm,
+  )
+  limits = f"{sc.min_lesion_mm3:g} mm³ or >{sc.max_lesion_mm3:g} mm³"
+  assert limits in score.FLAGS["size_limits"].help
+  for flag in score.OVERRIDES:
+    assert f"the paper's config: {sc[flag]:g})" in score.FLAGS[flag].help
+  readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
+  assert f"{sc.min_lesion_mm3:g}–{sc.max_lesion_mm3:g} mm³" in readme
+  assert f"heart dilated by {sc.heart_dilation_mm:g} mm" in readme
+
+
+_IMPORT_ONLY = """
+import os, sys
+env, path = dict(os.environ), list(sys.path)
+import cac_jax
+assert dict(os.environ) == env, set(os.environ.items()) ^ set(env.items())
+assert sys.path == path and len(cac_jax.__path__) == 1, cac_jax.__path__
+import jax
+names = [n for n in dir(jax.config) if "cache" in n and n.startswith("jax_")]
+conf = {n: getattr(jax.config, n) for n in names}
+import importlib
+importlib.reload(cac_jax)
+assert {n: getattr(jax.config, n) for n in names} == conf and dict(os.environ) == env
+print("OK")
+"""
+
+
+@pytest.mark.parametrize("where", ["checkout", "elsewhere"])
+def test_import_changes_nothing_global(where, tmp_path):
+  """`import cac_jax` leaves the environment, sys.path and JAX's cache settings alone.
+
+  The subprocess has a cache folder that the console scripts would turn on
+  (`CAC_JAX_COMPILATION_CACHE`) and none of JAX's own settings.
+  """
+  env = {k: v for k, v in os.environ.items() if not k.startswith("JAX_")}
+  env.update(CAC_JAX_COMPILATION_CACHE=str(tmp_path / "cache"), JAX_PLATFORMS="cpu")
+  r = subprocess.run(
+    [sys.executable, "-c", _IMPORT_ONLY],
+    cwd=REPO if where == "checkout" else tmp_path,
+    env=env,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
+  assert r.returncode == 0 and r.stdout.strip() == "OK", r.stderr[-3000:]
+
+
+# A checkout used without an editable install: setuptools' editable finder taken away.
+_NO_EDITABLE = """
+import importlib.util, sys
+sys.meta_path = [f for f in sys.meta_path if not getattr(f, "__module__", "").startswith("__editable__")]
+import cac_jax
+assert importlib.util.find_spec("cac_jax.configs") is None
+import {package}
+from cac_jax.configs import demo
+import cac_jax.launch._cli
+print(demo.get_config().name, {package}.__file__.startswith(cac_jax.__path__[1]))
+"""
+
+
+@pytest.mark.parametrize("package", ["launch", "configs"])
+def test_checkout_links_its_launch_and_configs_without_an_install(package):
+  r = _run([sys.executable, "-c", _NO_EDITABLE.format(package=package)], cwd=REPO)
+  assert r.returncode == 0 and r.stdout.split() == ["demo", "True"], r.stderr[-3000:]

@@ -47,7 +47,9 @@ def test_score_scan_ccta_detects_only_candidates(ccta_case, params, config):
   c = ccta_case
 
   def score(heart_filter):
-    fp = postprocess.FPReductionSettings(False, False, heart_filter)
+    fp = postprocess.FPReductionSettings.from_config(
+      config.scoring, region_growing=False, size_limits=False, heart_filter=heart_filter
+    )
     return _score_ccta(c, params, config, fp_settings=fp)
 
   res = score(False)
@@ -76,7 +78,13 @@ def test_aorta_threshold_off_scores_ccta_at_130_hu(ccta_case, params, config):
   """--noaorta_threshold: CCTA candidates are every voxel >= 130 HU (contrast lumen included,
   the authors' scoring without FP reduction); the report keeps the ROI's threshold beside it."""
   c = ccta_case
-  fp = postprocess.FPReductionSettings(False, False, False, aorta_threshold=False)
+  fp = postprocess.FPReductionSettings.from_config(
+    config.scoring,
+    region_growing=False,
+    size_limits=False,
+    heart_filter=False,
+    aorta_threshold=False,
+  )
   res = _score_ccta(c, params, config, fp_settings=fp)
   t = res.report["threshold"]
   assert t["threshold_hu"] == 130.0 and t["aorta_threshold_hu"] > 200.0
@@ -265,7 +273,7 @@ def test_labels_identical_to_the_whole_volume_steps(ccta_case, params, config):
   res = _score_ccta(c, params, config)
   thr = res.report["threshold"]["threshold_hu"]
   region = postprocess.heart_region(c.heart_mask, c.scan.spacing, settings.dilation_mm)
-  raw = pipeline.detect(c.scan, params, config, thr, region)
+  raw = pipeline.detect_many(c.scan, [params], config, thr, region)[0]
   ref = postprocess.grow_lesions(raw, c.scan.hu, thr)
   ref = postprocess.size_filter(ref, c.scan.spacing, settings.min_mm3, settings.max_mm3)
   ref = postprocess.heart_filter(ref, c.heart_mask, c.scan.spacing, settings.dilation_mm)

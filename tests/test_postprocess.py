@@ -9,8 +9,15 @@ import pytest
 from cac_jax.data.scan import Scan
 from cac_jax.labels import AORTA, LAD, LCX, RCA
 from cac_jax.scoring import postprocess as pp
+from configs import paper
 
 T = 130.0
+SCORING = paper.get_config().scoring
+
+
+def _settings(**kw) -> pp.FPReductionSettings:
+  """The paper's FP reduction with some steps or limits changed."""
+  return pp.FPReductionSettings.from_config(SCORING, **kw)
 
 
 def _vol(shape=(5, 10, 10)):
@@ -130,21 +137,19 @@ def test_voxel_heart_filter_cuts_an_edge_lesion_where_the_lesion_filter_keeps_it
   cls[1, 4, 25:28] = RCA  # wholly outside
   only_heart = dict(region_growing=False, size_limits=False)
   lesion = pp.reduce_false_positives(
-    cls, hu, T, spacing, heart, pp.FPReductionSettings(**only_heart)
+    cls, hu, T, spacing, heart, _settings(**only_heart, heart_filter_mode="lesion")
   )
   voxel = pp.reduce_false_positives(
-    cls, hu, T, spacing, heart, pp.FPReductionSettings(**only_heart, heart_filter_mode="voxel")
+    cls, hu, T, spacing, heart, _settings(**only_heart, heart_filter_mode="voxel")
   )
   assert (lesion[1, 2, 17:23] == LAD).all() and not lesion[1, 4].any()
   assert (voxel[1, 2, 17:20] == LAD).all() and not voxel[1, 2, 20:].any()
   assert not voxel[1, 4].any()
   # The size limits then read the cut lesion: 3 mm³ survives a 1-3 mm³ window, 6 mm³ would not.
-  sized = pp.FPReductionSettings(
-    region_growing=False, heart_filter_mode="voxel", min_mm3=1.0, max_mm3=3.0
-  )
+  sized = _settings(region_growing=False, heart_filter_mode="voxel", min_mm3=1.0, max_mm3=3.0)
   assert (pp.reduce_false_positives(cls, hu, T, spacing, heart, sized)[1, 2, 17:20] == LAD).all()
   with pytest.raises(ValueError, match="heart_filter_mode"):
-    pp.FPReductionSettings(heart_filter_mode="box")
+    _settings(heart_filter_mode="box")
 
 
 def test_heart_filter_mode_comes_from_the_config_and_old_exports_filter_by_lesion():
@@ -160,7 +165,7 @@ def test_heart_filter_without_mask_warns_and_skips():
   cls = np.zeros((3, 3, 3), np.int32)
   cls[1, 1, 1] = LAD
   with pytest.warns(UserWarning, match="heart mask"):
-    out = pp.heart_filter(cls, None, (1, 1, 1))
+    out = pp.heart_filter(cls, None, (1, 1, 1), 10.0)
   np.testing.assert_array_equal(out, cls)
 
 
@@ -173,20 +178,20 @@ def test_reduce_false_positives_switches():
   det[2, 20, 20] = RCA  # 1 voxel = 1 mm³, far from the heart
   heart = np.zeros(hu.shape, bool)
   heart[:, :8, :8] = True
-  out = pp.reduce_false_positives(det, hu, T, scan, heart)
+  out = pp.reduce_false_positives(det, hu, T, scan, heart, _settings())
   assert out[2, 2, 5] == LAD and out[2, 20, 20] == 0
-  s = pp.FPReductionSettings(heart_filter=False)
+  s = _settings(heart_filter=False)
   out = pp.reduce_false_positives(det, hu, T, scan.spacing, heart, s)
   assert out[2, 20, 20] == RCA
-  s = pp.FPReductionSettings(region_growing=False, heart_filter=False, min_mm3=2.0)
+  s = _settings(region_growing=False, heart_filter=False, min_mm3=2.0)
   out = pp.reduce_false_positives(det, hu, T, scan, None, s)
   assert not out.any()  # both single-voxel detections < 2 mm³
-  s = pp.FPReductionSettings(region_growing=False, size_limits=False, heart_filter=False)
+  s = _settings(region_growing=False, size_limits=False, heart_filter=False)
   out = pp.reduce_false_positives(det, hu, T, scan, None, s)
   assert out[2, 2, 2] == LAD and out[2, 2, 3] == 0
   with warnings.catch_warnings():
     warnings.simplefilter("error")
-    pp.reduce_false_positives(det, hu, T, scan, heart)  # mask given: no warning
+    pp.reduce_false_positives(det, hu, T, scan, heart, _settings())  # mask given: no warning
 
 
 def test_settings_from_config():

@@ -8,10 +8,12 @@ from scipy import ndimage
 
 from cac_jax.data import threshold
 from cac_jax.data.scan import Scan
+from configs import paper
 
 REALDATA = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "realdata"
 
 SPACING = (1.5, 1.0, 1.0)
+ROI = tuple(paper.get_config().scoring.roi_size_mm)
 ASC = dict(y=30, x=40, r=13.0, z0=5)  # ascending aorta: anterior (small y), patient right (small x)
 DESC = dict(y=72, x=60, r=10.0, z0=0)  # descending aorta: posterior
 ARCH_Z = 40  # arch slices ARCH_Z..end join both
@@ -55,13 +57,9 @@ def _phantom(lumen_hu=400.0, lumen_sd=20.0, wall_calcium=False, seed=0):
   return Scan(hu, SPACING), mask
 
 
-def test_ncct_threshold():
-  assert threshold.ncct_threshold() == 130
-
-
 def test_mask_threshold_excludes_wall_calcium_and_picks_ascending():
   scan, mask = _phantom(wall_calcium=True)
-  roi = threshold.ccta_threshold(scan, aorta_mask=mask)
+  roi = threshold.ccta_threshold(scan, aorta_mask=mask, roi_size_mm=ROI)
   assert roi.source == "mask"
   # lumen: 400 +- 20 HU -> threshold about 460 HU
   assert abs(roi.mean_hu - 400) < 5
@@ -80,13 +78,13 @@ def test_robust_stats_drop_outliers_surviving_erosion():
   scan, mask = _phantom()
   hu = scan.hu.copy()
   hu[ASC["z0"] + 6, ASC["y"], ASC["x"] - 3 : ASC["x"] + 4] = 2000.0  # a streak inside the lumen
-  roi = threshold.ccta_threshold(scan.with_array(hu), aorta_mask=mask)
+  roi = threshold.ccta_threshold(scan.with_array(hu), aorta_mask=mask, roi_size_mm=ROI)
   assert roi.threshold_hu < 480
 
 
 def test_automatic_roi_on_phantom():
   scan, _ = _phantom()
-  roi = threshold.ccta_threshold(scan)
+  roi = threshold.ccta_threshold(scan, roi_size_mm=ROI)
   assert roi.source == "auto"
   assert abs(roi.centre[1] - ASC["y"]) <= 2 and abs(roi.centre[2] - ASC["x"]) <= 2
   assert 440 < roi.threshold_hu < 480
@@ -95,9 +93,9 @@ def test_automatic_roi_on_phantom():
 def test_no_aorta_raises():
   scan = Scan(np.full((20, 40, 40), 40.0, np.float32), (1.5, 1.0, 1.0))
   with pytest.raises(threshold.NoAortaError):
-    threshold.ccta_threshold(scan)
+    threshold.ccta_threshold(scan, roi_size_mm=ROI)
   with pytest.raises(threshold.NoAortaError):
-    threshold.ccta_threshold(scan, aorta_mask=None)
+    threshold.ccta_threshold(scan, aorta_mask=None, roi_size_mm=ROI)
 
 
 def test_decide_domain():
@@ -124,7 +122,7 @@ def test_automatic_roi_on_real_contrast_ct_lands_in_aortic_lumen():
   sitk, img = _read_real("contrast_chest_ct_1.nii.gz")
   hu = sitk.GetArrayFromImage(img).astype(np.float32)
   scan = Scan(hu, tuple(img.GetSpacing()[::-1]), tuple(img.GetOrigin()), tuple(img.GetDirection()))
-  roi = threshold.ccta_threshold(scan)
+  roi = threshold.ccta_threshold(scan, roi_size_mm=ROI)
   assert roi.source == "auto"
   vals = hu[roi.voxels]
   assert vals.size >= 200
@@ -181,7 +179,7 @@ def test_choose_threshold_searches_the_aorta_once(monkeypatch, tiny_config, doma
   assert len(calls) == 1
   # on the search grid, not the scan's own (1.5 x 1 x 1 mm -> 1.5 mm)
   assert calls[0] == (48, 67, 67)
-  assert thr == threshold.ccta_threshold(scan).threshold_hu
+  assert thr == threshold.ccta_threshold(scan, roi_size_mm=ROI).threshold_hu
 
 
 def _native_search_threshold(scan):
@@ -198,7 +196,7 @@ COARSE_TOLERANCE_HU = 2.0
 def test_coarse_search_threshold_matches_the_native_search_on_phantoms(seed, lumen_hu):
   scan, _ = _phantom(lumen_hu=lumen_hu, lumen_sd=25.0, seed=seed)
   native = _native_search_threshold(scan)
-  coarse = threshold.ccta_threshold(scan).threshold_hu
+  coarse = threshold.ccta_threshold(scan, roi_size_mm=ROI).threshold_hu
   assert native != coarse  # the two searches ran on different grids
   assert abs(native - coarse) <= COARSE_TOLERANCE_HU, (native, coarse)
 
@@ -210,8 +208,10 @@ def test_coarse_search_threshold_matches_the_native_search_on_real_contrast_ct()
   hu = sitk.GetArrayFromImage(img).astype(np.float32)
   scan = Scan(hu, tuple(img.GetSpacing()[::-1]), tuple(img.GetOrigin()), tuple(img.GetDirection()))
   # On its own 1.5 mm grid the search grid is the scan's: the same threshold.
-  assert threshold.ccta_threshold(scan).threshold_hu == _native_search_threshold(scan)
+  assert threshold.ccta_threshold(scan, roi_size_mm=ROI).threshold_hu == _native_search_threshold(
+    scan
+  )
   fine = preprocess.resample(scan, (0.6, 0.6, 0.7), order=1)
   native = _native_search_threshold(fine)
-  coarse = threshold.ccta_threshold(fine).threshold_hu
+  coarse = threshold.ccta_threshold(fine, roi_size_mm=ROI).threshold_hu
   assert abs(native - coarse) <= COARSE_TOLERANCE_HU, (native, coarse)

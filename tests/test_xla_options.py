@@ -74,18 +74,25 @@ def _python(code: str, env: dict) -> str:
   return res.stdout
 
 
+# A program started as the console scripts start (`launch._cli.run`) that compiles one function.
 _COMPILE = """
+    import sys
     import jax, jax.numpy as jnp
-    import cac_jax
-    print("MIN", jax.config.jax_persistent_cache_min_compile_time_secs)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    f = jax.jit(lambda x: jnp.sin(x) @ x.T + 1.0)
-    f(jnp.ones((64, 64))).block_until_ready()
-    print("DIR", jax.config.jax_compilation_cache_dir)
+    from launch import _cli
+
+    def main(argv):
+      print("MIN", jax.config.jax_persistent_cache_min_compile_time_secs)
+      jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+      f = jax.jit(lambda x: jnp.sin(x) @ x.T + 1.0)
+      f(jnp.ones((64, 64))).block_until_ready()
+      print("DIR", jax.config.jax_compilation_cache_dir)
+
+    sys.argv = ["prog"]
+    _cli.run(main, prog="prog")
 """
 
 
-def test_import_turns_the_cache_on_in_the_user_folder(tmp_path):
+def test_console_scripts_turn_the_cache_on_in_the_user_folder(tmp_path):
   env = {
     k: v for k, v in os.environ.items() if k not in (jax_cache.ENV, "JAX_COMPILATION_CACHE_DIR")
   }

@@ -1,4 +1,4 @@
-"""Small in-memory synthetic patches for tests, CI and benchmarks (no files, no scans).
+"""Small in-memory synthetic patches and scans for tests, CI and benchmarks (no files).
 
 Each sample is three orthogonal views through the centre of a small 3D scene: a noisy
 soft-tissue background with up to two spherical "calcifications" (bright blobs), each of a
@@ -15,6 +15,9 @@ background, dimmer blobs), like CCTA against non-contrast CT.
 
 Every batch is a pure function of (seed, stream, step), so a training run that restarts
 at step k sees exactly the batches it would have seen without the interruption.
+
+Two whole-scan generators feed the benchmarks: `ccta_volume` (a CCTA-like volume and its
+candidates, for dense inference) and `labelled_case` (a labelled case, for the patch sampler).
 """
 
 from __future__ import annotations
@@ -26,8 +29,9 @@ import ml_collections
 import numpy as np
 
 from cac_jax import models
+from cac_jax.data.scan import Case, Scan
+from cac_jax.labels import NUM_CLASSES
 
-NUM_CLASSES = 7
 # Normalised intensity of a blob of class k (k = 1..6): clearly above background.
 _CLASS_LEVEL = np.array([0.0, 0.35, 0.6, 0.85, 1.1, 1.35, 1.6], np.float32)
 
@@ -139,3 +143,85 @@ class SyntheticData:
 
   def target_generator(self, step: int) -> dict[str, np.ndarray]:
     return target_batch(self.config, self.seed, step, stream="target_generator")
+
+
+def ccta_volume(shape, seed, spacing=(1.5, 0.66, 0.66)):
+  """A synthetic CCTA-like (z, y, x) HU volume and its candidate mask, for benchmarks.
+
+  Body ellipse (40 HU) with lungs (-850), spine (700), heart ellipsoid (myocardium 60 HU,
+  left chambers 380, right chambers 250), ascending/descending aorta (420 HU), eight coronary
+  calcifications (600-1000 HU, 1-3 voxels radius) along the atrioventricular groove; noise
+  SD 30 HU. Candidates: HU >= aorta mean + 3 SD inside the heart dilated by 10 mm.
+  """
+  rng = np.random.RandomState(seed)
+  nz, ny, nx = shape
+  z, y, x = np.ogrid[:nz, :ny, :nx]
+  mm = lambda a, b, c: (z * spacing[0] - a, y * spacing[1] - b, x * spacing[2] - c)  # noqa: E731
+  cz, cy, cx = nz * spacing[0] / 2, ny * spacing[1] / 2, nx * spacing[2] / 2
+  hu = np.full(shape, -1000.0, np.float32)
+  dz, dy, dx = mm(cz, cy, cx)
+  hu[
+    np.broadcast_to(
+      (dy / (0.42 * ny * spacing[1])) ** 2 + (dx / (0.48 * nx * spacing[2])) ** 2 <= 1, shape
+    )
+  ] = 40
+  for side in (-1, 1):
+    dz, dy, dx = mm(cz, cy - 10, cx + side * 0.24 * nx * spacing[2])
+    hu[np.broadcast_to((dy / 55) ** 2 + (dx / 40) ** 2 <= 1, shape)] = -850
+  dz, dy, dx = mm(cz, cy + 0.33 * ny * spacing[1], cx)
+  hu[np.broadcast_to(dy**2 + dx**2 <= 14**2, shape)] = 700  # vertebra
+  hz, hy, hx = cz + 10, cy - 12, cx - 8
+  dz, dy, dx = mm(hz, hy, hx)
+  rad = (55.0, 50.0, 62.0)
+  r2 = (dz / rad[0]) ** 2 + (dy / rad[1]) ** 2 + (dx / rad[2]) ** 2
+  heart = r2 <= 1
+  hu[heart] = 60
+  dz, dy, dx = mm(hz, hy + 8, hx + 15)
+  hu[heart & ((dz / 40) ** 2 + (dy / 30) ** 2 + (dx / 30) ** 2 <= 1)] = 380  # left chambers
+  dz, dy, dx = mm(hz, hy - 15, hx - 25)
+  hu[heart & ((dz / 40) ** 2 + (dy / 25) ** 2 + (dx / 25) ** 2 <= 1)] = 250  # right chambers
+  aorta = np.zeros(shape, bool)
+  for (ay, ax), zmax in (
+    ((cy - 10, cx + 5), cz + 5),
+    ((cy + 0.22 * ny * spacing[1], cx + 18), nz * spacing[0]),
+  ):
+    dz, dy, dx = mm(0, ay, ax)
+    aorta |= np.broadcast_to((dy**2 + dx**2 <= 14**2) & (dz <= zmax), shape)
+  hu[aorta] = 420
+  for _ in range(8):  # calcifications on the AV groove (an ellipse around the heart's waist)
+    t = rng.uniform(0, 2 * np.pi)
+    p = (hz + rng.uniform(-20, 20), hy + 0.85 * rad[1] * np.sin(t), hx + 0.85 * rad[2] * np.cos(t))
+    dz, dy, dx = mm(*p)
+    hu[(dz**2 + dy**2 + dx**2) <= rng.uniform(0.7, 2.0) ** 2] = rng.uniform(600, 1000)
+  hu += rng.normal(0, 30, shape).astype(np.float32)
+  vals = hu[aorta]
+  threshold = vals.mean() + 3 * vals.std()
+  dil = r2 <= ((1 + 10 / min(rad)) ** 2)  # ~10 mm dilation of the ellipsoid
+  return hu, (hu >= threshold) & dil
+
+
+def labelled_case(case_id: str, shape, seed: int) -> Case:
+  """A labelled NCCT-like case for sampler benchmarks.
+
+  Soft tissue and noise, a bright 'spine', a heart box and 40 labelled calcium blobs.
+  """
+  rng = np.random.default_rng(seed)
+  z, y, x = shape
+  hu = rng.normal(40.0, 25.0, size=shape).astype(np.float32)
+  hu[:, : y // 8] = -1000.0  # air in front of the chest
+  hu[:, int(0.75 * y) : int(0.85 * y), int(0.45 * x) : int(0.55 * x)] = 700.0  # spine
+  heart = np.zeros(shape, bool)
+  heart[z // 5 : 4 * z // 5, y // 4 : 3 * y // 4, x // 4 : 3 * x // 4] = True
+  labels = np.zeros(shape, np.int32)
+  for k in range(40):
+    cz, cy, cx = (
+      rng.integers(z // 5, 4 * z // 5),
+      rng.integers(y // 4, 3 * y // 4),
+      rng.integers(x // 4, 3 * x // 4),
+    )
+    cls = 1 + k % 6
+    sl = (slice(cz, cz + 2), slice(cy, cy + 3), slice(cx, cx + 3))
+    hu[sl] = 300.0 + 40 * cls
+    labels[sl] = cls
+  scan = Scan(hu=hu, spacing=(1.5, 0.66, 0.66))
+  return Case(case_id, scan, "ncct", labels=labels, heart_mask=heart)

@@ -1,9 +1,9 @@
 """Calcium HU thresholds: fixed for NCCT, patient-specific (ascending-aorta lumen) for CCTA.
 
-NCCT uses the standard 130 HU. In CCTA the lumen is contrast-filled, so calcium is defined as
-voxels brighter than the lumen: threshold = mean + 3 SD of the HU in a box of about
-14 x 14 x 18 mm (y, x, z) inside the ascending-aorta lumen at the level of the left coronary
-origin.
+NCCT uses a fixed threshold (`config.scoring.ncct_threshold`, the standard 130 HU). In CCTA
+the lumen is contrast-filled, so calcium is defined as voxels brighter than the lumen:
+threshold = mean + 3 SD of the HU in a box of about 14 x 14 x 18 mm (y, x, z) inside the
+ascending-aorta lumen at the level of the left coronary origin.
 
 Conventions: arrays are (z, y, x), geometry from a `cac_jax.data.scan.Scan` in canonical LPS
 orientation (identity direction): +x = patient left, +y = posterior, +z = superior. For a
@@ -58,7 +58,6 @@ from scipy import ndimage
 
 from cac_jax.data.scan import Scan
 
-NCCT_THRESHOLD_HU = 130.0
 # Mean lumen HU above which a scan is taken as contrast-enhanced.
 CONTRAST_LUMEN_HU = 150.0
 # Finest grid (z, y, x) mm the automatic aorta search runs on (coarser axes are kept): the
@@ -96,11 +95,6 @@ class AortaROI:
   source: str
   num_voxels: int = 0
   voxels: np.ndarray | None = dataclasses.field(default=None, repr=False, compare=False)
-
-
-def ncct_threshold() -> float:
-  """The standard NCCT calcium threshold, 130 HU."""
-  return NCCT_THRESHOLD_HU
 
 
 def _axis_signs(scan: Scan) -> tuple[float, float, float]:
@@ -429,15 +423,13 @@ def aorta_lumen(
   return find_ascending_aorta_coarse(scan, search), "auto"
 
 
-def ccta_threshold(
-  scan: Scan, aorta_mask: np.ndarray | None = None, roi_size_mm=(18.0, 14.0, 14.0)
-) -> AortaROI:
+def ccta_threshold(scan: Scan, aorta_mask: np.ndarray | None = None, *, roi_size_mm) -> AortaROI:
   """Patient-specific CCTA calcium threshold (mean + 3 SD of the ascending-aorta lumen).
 
   Args:
     scan: the CCTA scan.
     aorta_mask: optional (z, y, x) aorta mask (whole or ascending aorta) on the scan grid.
-    roi_size_mm: ROI box size (z, y, x) in mm.
+    roi_size_mm: ROI box size (z, y, x) in mm (config `scoring.roi_size_mm`).
 
   Returns:
     `AortaROI` with `source` "mask" or "auto".

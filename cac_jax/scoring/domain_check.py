@@ -172,7 +172,8 @@ def _feature_fns(config: ml_collections.ConfigDict):
   """Jitted (G features of views) and (critic scores of feature maps), one pair per model config."""
   key = config.model.to_json()
   if key not in _FNS:
-    g, _, _, d = models.build(config)
+    nets = models.build(config)
+    g, d = nets.generator, nets.critic
 
     def maps(g_params, views):
       return models.features_no_grad(g, g_params, views)

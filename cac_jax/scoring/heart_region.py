@@ -155,7 +155,7 @@ def _spine_column(hu: np.ndarray, lungs: np.ndarray, spacing) -> tuple[int, int,
   return int(np.percentile(rows, 5)), int(cols.min()), int(cols.max())
 
 
-def find_heart(scan: Scan, dilation_mm: float = 10.0) -> AutoHeart:
+def find_heart(scan: Scan, dilation_mm: float) -> AutoHeart:
   """The automatic heart region of `scan` (see the module docstring).
 
   Args:
@@ -238,8 +238,8 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
 def measure(
   scan: Scan,
   heart_mask: np.ndarray,
-  coronary: np.ndarray | None = None,
-  dilation_mm: float = 10.0,
+  coronary: np.ndarray | None,
+  dilation_mm: float,
   bone: np.ndarray | None = None,
 ) -> dict:
   """How the automatic region of `scan` compares with a reference heart mask.

@@ -120,16 +120,6 @@ def resolve_conv_impl(
   return impl
 
 
-def enable_compilation_cache(path: str) -> None:
-  """Persistent XLA compilation cache in `path` (process-wide jax config), with every compile
-  cached however short. Importing cac_jax already turns one on in the user's cache folder
-  (`cac_jax.jax_cache`); this picks another folder. JAX decides at its first compile in a
-  process whether it uses a cache, so call this before anything is compiled."""
-  jax.config.update("jax_compilation_cache_dir", path)
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-  jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-
-
 def _tower_apply(config: ml_collections.ConfigDict, impl: str, tp, x: jax.Array) -> jax.Array:
   """One view tower on (B, H, W, 1) -> (B, H - RF + 1, W - RF + 1, F), same maths as ViewTower.
 

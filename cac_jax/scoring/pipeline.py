@@ -125,25 +125,6 @@ def _empty_result(setup: Setup, scan: Scan) -> ScoringResult:
   return ScoringResult(zeros, zeros, report)
 
 
-def detect(
-  scan: Scan,
-  params,
-  config: ml_collections.ConfigDict,
-  threshold_hu: float,
-  region: np.ndarray | None,
-) -> np.ndarray:
-  """Network classes at candidate voxels, on the scan's own grid.
-
-  The network runs at `config.data.working_spacing` (the scan is resampled when its spacing
-  differs); its classes are mapped back to the scan's grid by nearest neighbour and kept at
-  the scan's own candidate voxels (HU >= threshold inside `region`), so volumes and Agatston
-  are measured at the scan's native resolution.
-
-  Returns uint8 (z, y, x) classes 0..6, 0 outside candidates.
-  """
-  return detect_many(scan, [params], config, threshold_hu, region)[0]
-
-
 def detect_many(
   scan: Scan,
   params_list,
@@ -156,8 +137,14 @@ def detect_many(
   native_candidates: np.ndarray | None = None,
   **infer_options,
 ) -> list[np.ndarray]:
-  """`detect` for several models of one architecture: the resampling, candidates and ROI plan
-  are made once (`infer.predict_candidates_many`). `infer_options` go to it (ROI shapes).
+  """Each model's network classes at candidate voxels, on the scan's own grid.
+
+  The networks run at `config.data.working_spacing` (the scan is resampled when its spacing
+  differs); their classes are mapped back to the scan's grid by nearest neighbour and kept at
+  the scan's own candidate voxels (HU >= threshold inside `region`), so volumes and Agatston
+  are measured at the scan's native resolution. The models share one architecture: the
+  resampling, candidates and ROI plan are made once (`infer.predict_candidates_many`).
+  `infer_options` go to it (ROI shapes).
 
   `working` (the scan at `config.data.working_spacing`, `working_scan`), `working_region`
   (`region` on that grid) and `native_candidates` (`candidate_mask(scan.hu, threshold_hu,

@@ -12,6 +12,10 @@ Three switchable steps (see `FPReductionSettings`, used for the ablation):
 Calcium is by definition at or above the threshold, so detections below it are always removed
 (also when region growing is switched off). Steps 2 and 3 act on the same lesions and commute.
 
+The limits and the dilation have no default here: their one default is the config's
+`scoring` block (`min_lesion_mm3`, `max_lesion_mm3`, `heart_dilation_mm`, configs/paper.py),
+read by `FPReductionSettings.from_config`.
+
 Conventions: class maps are int (z, y, x) arrays with classes 0..6 (`cac_jax.labels`), `hu` is a
 float (z, y, x) array in HU, spacing (z, y, x) in mm. Nothing here prints; a missing heart
 mask gives a `UserWarning`.
@@ -57,19 +61,19 @@ class FPReductionSettings:
       utils/GAN_validation.py:19, :121), and the lumen threshold is the first step of their FP
       reduction (Post_processing_FPreduction.ipynb, cell 1: `mask[image < imT] = 0` with
       `imT = get_T(...)` = mean + 3 SD, utils/util.py:85-96). NCCT is unaffected.
-    min_mm3: smallest kept lesion volume (mm³).
-    max_mm3: largest kept lesion volume (mm³).
-    dilation_mm: heart-mask dilation radius (mm).
+    min_mm3: smallest kept lesion volume (mm³; config `scoring.min_lesion_mm3`).
+    max_mm3: largest kept lesion volume (mm³; config `scoring.max_lesion_mm3`).
+    dilation_mm: heart-mask dilation radius (mm; config `scoring.heart_dilation_mm`).
   """
 
   region_growing: bool = True
   size_limits: bool = True
   heart_filter: bool = True
   aorta_threshold: bool = True
-  min_mm3: float = 1.0
-  max_mm3: float = 500.0
-  dilation_mm: float = 10.0
-  heart_filter_mode: str = "lesion"
+  min_mm3: float = dataclasses.field(kw_only=True)
+  max_mm3: float = dataclasses.field(kw_only=True)
+  dilation_mm: float = dataclasses.field(kw_only=True)
+  heart_filter_mode: str = dataclasses.field(kw_only=True)
 
   def __post_init__(self):
     if self.heart_filter_mode not in HEART_FILTER_MODES:
@@ -135,7 +139,7 @@ def _lesion_volumes(lab: np.ndarray, n: int, spacing) -> np.ndarray:
 
 
 def size_filter(
-  classes: np.ndarray, spacing: Sequence[float], min_mm3: float = 1.0, max_mm3: float = 500.0
+  classes: np.ndarray, spacing: Sequence[float], min_mm3: float, max_mm3: float
 ) -> np.ndarray:
   """Drop 6-connected lesions whose volume (voxels x voxel volume, mm³) is < min or > max."""
   classes = np.asarray(classes)
@@ -154,7 +158,7 @@ def _within_size(vol: np.ndarray, min_mm3: float, max_mm3: float) -> np.ndarray:
 
 
 def heart_region(
-  heart_mask: np.ndarray, spacing: Sequence[float], dilation_mm: float = 10.0
+  heart_mask: np.ndarray, spacing: Sequence[float], dilation_mm: float
 ) -> np.ndarray:
   """The heart mask dilated by a `dilation_mm` ball in physical units (bool (z, y, x)).
 
@@ -181,7 +185,7 @@ def heart_filter(
   classes: np.ndarray,
   heart_mask: np.ndarray | None,
   spacing: Sequence[float],
-  dilation_mm: float = 10.0,
+  dilation_mm: float,
   region: np.ndarray | None = None,
 ) -> np.ndarray:
   """Drop lesions with no voxel inside the heart mask dilated by `dilation_mm`.
@@ -224,8 +228,8 @@ def reduce_false_positives(
   hu: np.ndarray,
   threshold_hu: float,
   scan_or_spacing: Scan | Sequence[float],
-  heart_mask: np.ndarray | None = None,
-  settings: FPReductionSettings | None = None,
+  heart_mask: np.ndarray | None,
+  settings: FPReductionSettings,
   heart_region_mask: np.ndarray | None = None,
 ) -> np.ndarray:
   """Run the enabled false-positive reduction steps; returns uint8 classes (z, y, x).
@@ -235,12 +239,11 @@ def reduce_false_positives(
     hu: HU (z, y, x).
     threshold_hu: calcium threshold in HU.
     scan_or_spacing: a `Scan` or a (z, y, x) spacing in mm.
-    heart_mask: optional heart mask on the same grid.
-    settings: which steps to run (default: all, with the paper's limits).
+    heart_mask: heart mask on the same grid, or None.
+    settings: which steps to run, with their limits (`FPReductionSettings.from_config`).
     heart_region_mask: optional `heart_region(heart_mask, spacing, settings.dilation_mm)`,
       computed already (saves the heart filter a distance transform).
   """
-  settings = settings or FPReductionSettings()
   spacing = scan_or_spacing.spacing if isinstance(scan_or_spacing, Scan) else tuple(scan_or_spacing)
   hu = np.asarray(hu)
   if settings.region_growing:

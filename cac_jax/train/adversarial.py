@@ -48,7 +48,7 @@ def critic_loss(
   critic_params, source_feats: jax.Array, target_feats: jax.Array, config: ml_collections.ConfigDict
 ):
   """L_D = mean D(target) - mean D(source) on (B, h, w, F) features -> (loss, metrics)."""
-  d = models.build(config)[3]
+  d = models.build(config).critic
   s = d.apply({"params": critic_params}, source_feats)
   t = d.apply({"params": critic_params}, target_feats)
   loss = t.mean() - s.mean()
@@ -69,7 +69,7 @@ def make_critic_steps(
   Metrics are means over the n updates. Only the critic, its optimiser state and
   `critic_step` change. `tx` defaults to `state.critic_optimizer(config)`.
   """
-  g = models.build(config)[0]
+  g = models.build(config).generator
   tx = tx or state_lib.critic_optimizer(config)
   clip = config.adapt.clip
   chunk = int(config.adapt.get("critic_feature_chunk", -1))
@@ -108,7 +108,8 @@ def adversarial_term(
   generator_params, state: AdaptState, target_views: jax.Array, config
 ) -> jax.Array:
   """L_adv = -mean D(G(x_t)) (the critic's params fixed)."""
-  g, _, _, d = models.build(config)
+  nets = models.build(config)
+  g, d = nets.generator, nets.critic
   return -d.apply(
     {"params": state.critic}, g.apply({"params": generator_params}, target_views)
   ).mean()
@@ -121,7 +122,8 @@ def classification_term(
 
   G runs on the centre window only (`models.centre_window`): C reads the centre of G's map.
   """
-  g, c, _, _ = models.build(config)
+  nets = models.build(config)
+  g, c = nets.generator, nets.classifier
   dropout = bool(config.adapt.get("classifier_dropout", False))
   window = models.centre_window(
     batch["source_views"], models.receptive_field(config.model.dilations)

@@ -46,7 +46,8 @@ def source_loss(params: dict, batch: dict, rng: jax.Array, config: ml_collection
   Returns:
     (loss, {"loss", "centre_ce", "deep_supervision_ce", "accuracy"}).
   """
-  g, c, h, _ = models.build(config)
+  nets = models.build(config)
+  g, c, h = nets.generator, nets.classifier, nets.heads
   feats = g.apply({"params": params["generator"]}, batch["views"])  # (B, o, o, 3F)
   logits = models.centre_logits(c, params["classifier"], feats, deterministic=False, rng=rng)
   y = centre_labels(batch["labels"])
