@@ -16,7 +16,10 @@ computation (a file, not writable, not creatable), takes an exclusive lock on it
 run on the same folder fails at once instead of interleaving files), removes temporary
 leftovers of a killed earlier run, and on failure removes a folder it created if it stayed
 empty. The lock is `flock` on the folder itself: no lock file to leave behind, and the kernel
-releases it when the process dies (also after kill -9).
+releases it when the process dies (also after kill -9). A shard of a sharded job claims the
+folder `shared`: shards run together in one folder, a whole (unsharded) run is refused while
+any shard runs and the other way round. `lock_dir` locks one case folder inside it, and
+`locked_file` serialises a read-modify-write (a summary file rebuilt by every shard).
 """
 
 from __future__ import annotations
@@ -194,13 +197,35 @@ def check_dir(path: str | os.PathLike, flag: str = "--output_dir") -> None:
     )
 
 
+def _lock(fd: int, shared: bool) -> bool:
+  """Take the flock on `fd` without waiting; True when it was also free for an exclusive one.
+
+  A shared claim first tries an exclusive lock: only a run alone in the folder may remove
+  leftovers, since another shard's temporary files are live.
+  """
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    alone = True
+  except BlockingIOError:
+    if not shared:
+      raise
+    alone = False
+  if shared:
+    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)  # raises BlockingIOError if a whole run holds it
+  return alone
+
+
 @contextlib.contextmanager
-def claim_dir(path: str | os.PathLike, flag: str = "--output_dir") -> Iterator[str]:
+def claim_dir(
+  path: str | os.PathLike, flag: str = "--output_dir", shared: bool = False
+) -> Iterator[str]:
   """Create (if needed), lock and clean an output folder for one run; yields its absolute path.
 
   Raises OutputDirError (naming `flag`) before any work when the folder is a file, not
   writable, or locked by another running command. On an exception inside the block a folder
-  this call created is removed if it is empty. Stale `.tmp-*` leftovers are removed.
+  this call created is removed if it is empty. Stale `.tmp-*` leftovers are removed (by a
+  `shared` claim only when no other shard holds the folder). `shared`: one shard of a sharded
+  job; shards share the folder, an exclusive claim excludes them all.
   """
   path = os.path.abspath(os.fspath(path))
   check_dir(path, flag)
@@ -214,11 +239,12 @@ def claim_dir(path: str | os.PathLike, flag: str = "--output_dir") -> Iterator[s
     ) from None
   try:
     try:
-      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+      alone = _lock(fd, shared)
     except BlockingIOError:
+      what = "a whole (unsharded) run" if shared else "another running command"
       raise OutputDirError(
         errno.EBUSY,
-        f"{flag} {path} is in use by another running command "
+        f"{flag} {path} is in use by {what} "
         "(it holds the folder's lock); wait for it to finish or give "
         "another folder",
       ) from None
@@ -228,12 +254,14 @@ def claim_dir(path: str | os.PathLike, flag: str = "--output_dir") -> Iterator[s
       raise OutputDirError(e.errno, f"{flag} {path} is not writable ({e.strerror})") from None
     os.close(probe[0])
     os.remove(probe[1])
-    remove_stale(path)
+    if alone:
+      remove_stale(path)
     try:
       yield path
     except BaseException:
       with contextlib.suppress(OSError):
-        remove_stale(path)
+        if not shared:
+          remove_stale(path)
         if created and not os.listdir(path):
           os.rmdir(path)
       raise
@@ -248,3 +276,37 @@ def write_csv(path: str | os.PathLike, fieldnames, rows) -> None:
   w.writeheader()
   w.writerows(rows)
   write_text(path, buf.getvalue())
+
+
+@contextlib.contextmanager
+def lock_dir(path: str | os.PathLike) -> Iterator[bool]:
+  """Hold an exclusive flock on folder `path` (created if missing); yields False if it is busy.
+
+  For one case folder of a shared output folder: two runs never write one case at once.
+  """
+  os.makedirs(path, exist_ok=True)
+  fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+  try:
+    try:
+      fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+      yield False
+      return
+    yield True
+  finally:
+    os.close(fd)
+
+
+@contextlib.contextmanager
+def locked_file(path: str | os.PathLike) -> Iterator[None]:
+  """Hold an exclusive flock on the (empty) lock file `path`, waiting for it.
+
+  Serialises the rebuilds of a file that several processes read and then replace, so the last
+  rebuild sees every earlier one's inputs. The lock file stays (it holds no data).
+  """
+  fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)

@@ -8,7 +8,9 @@ results.csv, bland_altman.png and report.html into --output_dir and prints the r
 (see `cac_jax.evaluation.dataset`). With --paired (a manifest with a `patient` column linking
 each patient's ncct and ccta rows) it writes paired.md, paired.csv, paired_confusion.png and
 paired_bland_altman.png instead: the CCTA scores against the same patients' NCCT Agatston
-(`cac_jax.evaluation.paired`).
+(`cac_jax.evaluation.paired`). A case whose prediction is missing or unreadable is left out
+of the metrics and named with its reason in results.md and on the console; the exit status is
+then 2 (for missing ones only without --allow_missing).
 
 (From a checkout also `python -m launch.evaluate ...`.)
 """
@@ -29,7 +31,10 @@ _SPLIT = flags.DEFINE_string(
   "split", None, "Only evaluate manifest rows of this split (e.g. test)."
 )
 _ALLOW_MISSING = flags.DEFINE_bool(
-  "allow_missing", False, "Skip (and list) cases without a prediction instead of failing."
+  "allow_missing",
+  False,
+  "Cases without a prediction are left out and listed either way; with this flag they do not "
+  "make the exit status non-zero (unreadable predictions still do).",
 )
 _PAIRED = flags.DEFINE_string(
   "paired", None, "Paired manifest CSV (a `patient` column): CCTA vs the same patient's NCCT."
@@ -71,6 +76,9 @@ def main(argv):
       dataset.write_report(results, _OUTPUT_DIR.value, predictions_dir=_PREDICTIONS.value),
       end="",
     )
+  problems = results.problems()
+  if problems:  # one line, exit status 2; the report covers the others and lists these
+    raise ValueError(f"{problems}; results.md covers the others and lists these")
 
 
 def flag_paths():

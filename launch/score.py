@@ -7,6 +7,8 @@ With a TotalSegmentator output folder (its heart.nii.gz and aorta.nii.gz):
   cac-score --image scan.nii.gz --masks_dir SEG --checkpoint ... --output_dir OUT
 Many scans (one sub-folder per case id, plus scores.csv):
   cac-score --manifest data/manifest.csv [--split test] --checkpoint ... --output_dir OUT
+One of N shards of a manifest (N runs, on N machines or GPUs, fill one OUT together):
+  cac-score --manifest data/manifest.csv --shard K/N --checkpoint ... --output_dir OUT
 
 (From a checkout also `python -m launch.score ...`.)
 """
@@ -57,6 +59,13 @@ flags.DEFINE_bool(
   "fail_fast",
   False,
   "With --manifest: stop at the first case that fails (default: record it and go on).",
+)
+flags.DEFINE_string(
+  "shard",
+  None,
+  "With --manifest: K/N (K from 1 to N) scores only the cases whose id hashes to shard K of N "
+  "(a stable SHA-256 of the id); N runs into one --output_dir share it, and each rebuilds "
+  "scores.csv over every finished case.",
 )
 flags.DEFINE_float("calibration", None, "Mass-score calibration factor (mg HA/cm³ per HU).")
 flags.DEFINE_bool("region_growing", True, "FP reduction: grow detections to 6-connected lesions.")
@@ -120,14 +129,18 @@ def main(argv):
   del argv
   if bool(FLAGS.image) == bool(FLAGS.manifest):
     raise app.UsageError("give exactly one of --image or --manifest")
+  if FLAGS.shard is not None and not FLAGS.manifest:
+    raise app.UsageError("--shard needs --manifest")
+  shard = None if FLAGS.shard is None else score_files.parse_shard(FLAGS.shard)
   if not FLAGS["verbosity"].present:  # --verbosity shows them
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
     logging.getLogger("jax").setLevel(logging.WARNING)  # and JAX its backend probing
-  with atomic.claim_dir(FLAGS.output_dir):  # checked and locked before any computation
-    _score(fp_options())
+  # checked and locked before any computation; shards of one job share the folder
+  with atomic.claim_dir(FLAGS.output_dir, shared=shard is not None):
+    _score(fp_options(), shard)
 
 
-def _score(fp):
+def _score(fp, shard):
   if FLAGS.image:
     report = score_files.score_file(
       FLAGS.image,
@@ -162,6 +175,7 @@ def _score(fp):
       heart_default=FLAGS.heart_mask,
       record_input_path=FLAGS.record_input_path,
       fail_fast=FLAGS.fail_fast,
+      shard=shard,
     )
     print(f"scores of every scan: {batch.csv_path}")
     print(score_files.pipeline.RESEARCH_NOTICE)

@@ -921,6 +921,17 @@ def _evaluate(rows=None, pred=None, raw=None):
   return build
 
 
+def _left_out_in_report(case_id: str) -> Callable:
+  """Check: the report on the other case was written and names `case_id` as left out."""
+
+  def check(d, result, env):
+    del result, env
+    md = (d / "out" / "results.md").read_text(encoding="utf-8")
+    assert "1 scans evaluated (1 left out" in md and f"- {case_id}: " in md, md
+
+  return check
+
+
 EVALUATE_CASES = [
   Case(
     "evaluate_unknown_domain",
@@ -931,13 +942,15 @@ EVALUATE_CASES = [
   Case(
     "evaluate_truncated_prediction",
     _evaluate(pred=lambda p: _truncate(str(p / "a" / "calcium_labels.nii.gz"), 0.5)),
-    ("truncated",),
+    ("1 of 2 case(s) left out", "a: ", "truncated"),
+    check=_left_out_in_report("a"),
     script="launch.evaluate",
   ),
   Case(
     "evaluate_missing_prediction",
     _evaluate(pred=lambda p: os.remove(p / "b" / "calcium_labels.nii.gz")),
-    ("missing prediction", "--allow_missing"),
+    ("b: no prediction file", "--allow_missing"),
+    check=_left_out_in_report("b"),
     script="launch.evaluate",
   ),
   Case(
@@ -945,7 +958,8 @@ EVALUATE_CASES = [
     _evaluate(
       pred=lambda p: _write(p / "a" / "calcium_labels.nii.gz", np.zeros((10, 20, 20), np.uint8))
     ),
-    ("not on the same voxel grid",),
+    ("a: ", "not on the same voxel grid"),
+    check=_left_out_in_report("a"),
     script="launch.evaluate",
   ),
   Case(
@@ -1204,6 +1218,9 @@ def test_case(corpus, case):
       "train_workdir_is_file",
       "train_rerun_without_resume",
       "evaluate_output_is_file",
+      "evaluate_truncated_prediction",  # the report on the other case is written
+      "evaluate_missing_prediction",
+      "evaluate_prediction_other_grid",
       "manifest_second_image_truncated",
     ):
       assert not out.exists(), _files_under(out)  # nothing left behind

@@ -2,6 +2,7 @@
 a different request is refused, and a run killed at any moment completes on the next one."""
 
 import csv
+import json
 import os
 import random
 import shutil
@@ -146,3 +147,97 @@ def test_a_batch_killed_at_random_moments_completes_with_each_case_scored_once(
   assert _rows(os.path.join(out, "scores.csv")) == reference
   for row in reference:  # every case complete, nothing left half-written beside it
     assert sorted(os.listdir(os.path.join(out, row["id"]))) == sorted(pipeline.OUTPUT_FILES)
+
+
+# Case ids that fall into both shards of 2 (score_files.shard_of: 2, 1, 2).
+SHARD_IDS = ("p1", "p2", "p3")
+# The FP-reduction settings cac-score passes by default (its request record names them).
+CLI_FP = dict(region_growing=True, size_limits=True, heart_filter=True, aorta_threshold=True)
+
+
+def _renamed(manifest_csv: str, folder, ids) -> str:
+  """A copy of a manifest whose cases have other ids (the images are read where they are)."""
+  base = os.path.dirname(manifest_csv)
+  rows = _rows(manifest_csv)
+  for row, new in zip(rows, ids, strict=True):
+    row["id"] = new
+    for key in ("image", "label", "heart_mask", "aorta_mask"):
+      if row.get(key):
+        row[key] = os.path.join(base, row[key])
+  path = os.path.join(folder, "manifest.csv")
+  with open(path, "w", encoding="utf-8", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+  return path
+
+
+def _case_files(out: str, case_id: str) -> dict[str, bytes]:
+  folder = os.path.join(out, case_id)
+  return {n: open(os.path.join(folder, n), "rb").read() for n in sorted(os.listdir(folder))}
+
+
+def test_two_shards_fill_one_folder_as_one_unsharded_run(three, tiny_export, tmp_path):
+  assert [score_files.shard_of(i, 2) for i in SHARD_IDS] == [2, 1, 2]
+  manifest_csv = _renamed(three, tmp_path, SHARD_IDS)
+  whole_dir = str(tmp_path / "whole")
+  whole = score_files.score_manifest(manifest_csv, tiny_export, whole_dir, fp=CLI_FP)
+  expected = open(whole.csv_path, encoding="utf-8").read()
+  # One after the other, in this process: shard 1 writes a scores.csv of what is finished.
+  seq = str(tmp_path / "seq")
+  first = score_files.score_manifest(manifest_csv, tiny_export, seq, fp=CLI_FP, shard=(1, 2))
+  assert first.scored == ["p2"] and first.summary().startswith("shard 1/2: 1 scored")
+  assert [r["id"] for r in _rows(first.csv_path)] == ["p2"]
+  second = score_files.score_manifest(manifest_csv, tiny_export, seq, fp=CLI_FP, shard=(2, 2))
+  assert second.scored == ["p1", "p3"] and not second.skipped
+  assert open(second.csv_path, encoding="utf-8").read() == expected
+  # Both at once, as two commands sharing the folder; the last rebuild lists every case.
+  together = str(tmp_path / "together")
+  procs = [
+    subprocess.Popen(
+      [*_score_cmd(manifest_csv, tiny_export, together), "--shard", k],
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for k in ("1/2", "2/2")
+  ]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  assert "shard 2/2: 2 scored" in outs[1]
+  assert open(os.path.join(together, "scores.csv"), encoding="utf-8").read() == expected
+  for case_id in SHARD_IDS:
+    want = _case_files(whole_dir, case_id)
+    assert _case_files(seq, case_id) == want
+    assert _case_files(together, case_id) == want
+
+
+def test_a_bad_shard_is_one_line(tmp_path):
+  cases = {
+    "zero": ["--shard", "0/2"],
+    "above": ["--shard", "3/2"],
+    "word": ["--shard", "half"],
+    "image": ["--image", "x.nii.gz", "--shard", "1/2"],
+  }
+  common = ["--manifest", "m.csv", "--checkpoint", "ck", "--output_dir", str(tmp_path / "o")]
+  cases = {k: (v if k == "image" else [*common, *v]) for k, v in cases.items()}
+  cases["image"] += ["--checkpoint", "ck", "--output_dir", str(tmp_path / "o")]
+  (tmp_path / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
+  subprocess.run(
+    [
+      sys.executable,
+      os.path.join(ROOT, "tests", "cli_batch.py"),
+      "launch.score",
+      str(tmp_path / "cases.json"),
+      str(tmp_path / "results.json"),
+    ],
+    cwd=ROOT,
+    check=True,
+    timeout=600,
+  )
+  results = json.loads((tmp_path / "results.json").read_text(encoding="utf-8"))
+  for case_id, r in results.items():
+    lines = r["stderr"].strip().splitlines()
+    assert r["rc"] != 0 and len(lines) == 1 and "--shard" in lines[0], (case_id, r)
+  assert not (tmp_path / "o").exists()

@@ -156,28 +156,47 @@ def test_cli_end_to_end(tmp_path):
   assert img.shape[0] > 50 and float(img[..., :3].std()) > 0.01
 
 
-def test_cli_missing_prediction(tmp_path):
+def test_cli_missing_and_broken_predictions_are_left_out_and_named(tmp_path):
   manifest, preds = _make_dataset(tmp_path)
   os.remove(preds / "b" / "calcium_labels.nii.gz")
   out = tmp_path / "report"
   proc = _evaluate(preds, manifest, out)
-  assert proc.returncode != 0
-  assert "missing prediction" in proc.stderr and "b" in proc.stderr
-  assert not (out / "results.md").exists()
+  assert proc.returncode == 2, proc.stderr
+  errors = [l for l in proc.stderr.splitlines() if l.strip()]
+  assert len(errors) == 1 and "Traceback" not in proc.stderr, proc.stderr
+  assert "1 of 3 case(s) left out" in errors[0] and "b: no prediction file" in errors[0]
+  assert "--allow_missing" in errors[0]
+  md = (out / "results.md").read_text(encoding="utf-8")
+  assert "2 scans evaluated (1 left out" in md and "- b: no prediction file" in md
+  with open(out / "results.csv", newline="", encoding="utf-8") as f:
+    assert [r["case_id"] for r in csv.DictReader(f)] == ["a", "c"]  # not a row of zeros
   proc = _evaluate(preds, manifest, out, "--allow_missing")
   assert proc.returncode == 0, proc.stderr
-  assert "Missing predictions (skipped): b" in (out / "results.md").read_text(encoding="utf-8")
+  assert "- b: no prediction file" in (out / "results.md").read_text(encoding="utf-8")
   # 2 scans: Bland-Altman needs 3 -> noted in the report, figure still written.
   assert "Not computed: Bland-Altman analysis needs at least 3 scans" in proc.stdout
   assert (out / "bland_altman.png").is_file()
+  # A truncated prediction is left out with its reason, also with --allow_missing.
+  pred = preds / "a" / "calcium_labels.nii.gz"
+  pred.write_bytes(pred.read_bytes()[:60])
+  proc = _evaluate(preds, manifest, out, "--allow_missing")
+  assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+  assert "1 of 3 case(s) left out" in proc.stderr and "a: " in proc.stderr
+  assert "b: no prediction" not in proc.stderr  # allowed
+  md = (out / "results.md").read_text(encoding="utf-8")
+  assert "1 scans evaluated (2 left out" in md and "- a: " in md and "calcium_labels" in md
 
 
-def test_prediction_on_another_grid_is_refused(tmp_path):
+def test_a_prediction_on_another_grid_is_left_out_with_the_reason(tmp_path):
   manifest, preds = _make_dataset(tmp_path)
   shifted = sitk.ReadImage(str(preds / "b" / "calcium_labels.nii.gz"))
   shifted.SetOrigin((0.0, 0.0, 0.0))  # same size and spacing, moved: not the image's grid
   sitk.WriteImage(shifted, str(preds / "b" / "calcium_labels.nii.gz"))
-  with pytest.raises(
-    ValueError, match=r"case 'b': .*calcium_labels.nii.gz: not on the same voxel grid as the scan"
-  ):
+  res = dataset.evaluate_dataset(str(preds), str(manifest), split="test", allow_missing=True)
+  assert [c.case_id for c in res.cases] == ["a", "c"] and list(res.broken) == ["b"]
+  assert "calcium_labels.nii.gz: not on the same voxel grid as the scan" in res.broken["b"]
+  assert "b: " in res.problems() and "- b: " in dataset.results_markdown(res)
+  for cid in ("a", "c"):
+    os.remove(preds / cid / "calcium_labels.nii.gz")
+  with pytest.raises(ValueError, match="no labelled case with a usable prediction.*b: .*grid"):
     dataset.evaluate_dataset(str(preds), str(manifest), split="test")

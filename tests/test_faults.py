@@ -280,3 +280,22 @@ def test_metrics_jsonl_truncated_to_restored_step(tmp_path):
     for l in (tmp_path / "metrics.jsonl").read_text(encoding="utf-8").splitlines()
   ]
   assert steps == [10, 20, 30]
+
+
+def test_claim_dir_shared_by_shards_but_not_with_a_whole_run(tmp_path):
+  out = tmp_path / "out"
+  with (
+    atomic.claim_dir(out, shared=True),
+    atomic.claim_dir(out, shared=True),
+    pytest.raises(atomic.OutputDirError, match="in use by another"),
+    atomic.claim_dir(out),
+  ):
+    pass
+  with (
+    atomic.claim_dir(out),
+    pytest.raises(atomic.OutputDirError, match="in use by a whole"),
+    atomic.claim_dir(out, shared=True),
+  ):
+    pass
+  with atomic.lock_dir(out / "case") as first, atomic.lock_dir(out / "case") as second:
+    assert first and not second

@@ -5,8 +5,10 @@ row (optionally of one split), the reference label map (manifest `label` column,
 encoding 8/9/10/15/53/58, paths relative to the manifest) and the prediction
 `predictions_dir/<id>/calcium_labels.nii.gz` (same encoding, on the input image's grid), and
 computes `cac_jax.evaluation.metrics` per scan and aggregated. Rows without a label are skipped and listed.
-A missing prediction raises ValueError naming every missing case, unless `allow_missing=True`
-(then the cases are skipped and listed in the report).
+A case whose prediction is missing, or cannot be read (truncated, not a label map, another
+grid), is left out of the metrics and listed with its one-line reason (`EvaluationResults.
+left_out`), as a batch of `launch.score` goes past a failing scan; the caller decides whether
+that is an error (`EvaluationResults.problems`: missing ones are allowed with `allow_missing`).
 
 Files are read by `cac_jax.data.volume_io` (the image validated as CT in HU, canonical LPS
 orientation); reference and prediction must lie on the image's voxel grid (checked; no
@@ -67,7 +69,9 @@ class EvaluationResults:
   spearman: {"<structure> volume" | "<structure> lesions" | "total Agatston": SpearmanResult}.
   bland_altman: total coronary volume (mm³), or None with `bland_altman_note` (< 3 scans).
   kappa: Agatston risk-category kappa, or None with `kappa_note`.
-  missing: case ids without prediction (only with allow_missing); unlabelled: ids skipped.
+  missing: case ids without prediction; broken: {case id: why its prediction could not be
+  read}; both left out of every metric. unlabelled: ids skipped. allow_missing: missing
+  predictions are expected (not a problem).
   """
 
   cases: list[CaseResult]
@@ -81,6 +85,31 @@ class EvaluationResults:
   missing: list[str] = dataclasses.field(default_factory=list)
   unlabelled: list[str] = dataclasses.field(default_factory=list)
   reference_min_voxels: int = 0
+  broken: dict[str, str] = dataclasses.field(default_factory=dict)
+  allow_missing: bool = False
+
+  @property
+  def left_out(self) -> dict[str, str]:
+    """{case id: reason} of every labelled case left out of the metrics."""
+    out = {i: f"no prediction file ({PREDICTION_FILE})" for i in self.missing}
+    return {**out, **self.broken}
+
+  def problems(self) -> str | None:
+    """One line naming the left-out cases that make the evaluation incomplete, or None
+    (none, or only missing predictions with `allow_missing`)."""
+    bad = self.broken if self.allow_missing else self.left_out
+    if not bad:
+      return None
+    total = len(self.cases) + len(self.left_out)
+    return (
+      f"{len(bad)} of {total} case(s) left out of the metrics: "
+      + "; ".join(f"{k}: {v}" for k, v in bad.items())
+      + (" (pass --allow_missing to accept missing predictions)" if self.missing else "")
+    )
+
+
+class PredictionError(ValueError):
+  """A case's prediction file cannot be used (unreadable, truncated, another grid)."""
 
 
 def _evaluate_case(
@@ -92,9 +121,13 @@ def _evaluate_case(
   try:
     scan = volume_io.read_scan(row.image)
     ref, left_main = volume_io.read_reference(row.label, scan, resample=False)
-    pred = volume_io.read_labels(pred_path, scan, resample=False)
   except volume_io.ScanReadError as e:
     raise ValueError(f"case {row.id!r}: {e}") from None
+  try:
+    pred = volume_io.read_labels(pred_path, scan, resample=False)
+  except (ValueError, OSError) as e:  # ScanReadError is a ValueError
+    text = " ".join(part.strip() for part in str(e).splitlines() if part.strip())
+    raise PredictionError(f"case {row.id!r}: {text or type(e).__name__}") from None
   ref = metrics.drop_small_components(ref, reference_min_voxels)
   result = metrics.scan_metrics(ref, pred, scan.spacing)
   coronary = np.asarray(labels_lib.CORONARY_CLASSES)
@@ -119,30 +152,39 @@ def evaluate_dataset(
   references without their components of at most `reference_min_voxels` voxels (0: as
   labelled; 2: the authors' evaluation reference).
 
+  A case whose prediction is missing or unusable is left out and listed (`missing`,
+  `broken`); `allow_missing` only records that missing ones are expected.
+
   Raises:
-    ValueError: a prediction is missing (all missing ids named) and not `allow_missing`, no case
-      is left to evaluate, or files are inconsistent (named).
+    ValueError: no case is left to evaluate (every left-out case named), or a manifest image
+      or reference cannot be read (named).
   """
   rows = manifest_lib.read_manifest(manifest_csv, split=split)  # the one validator every CLI uses
   unlabelled = [r.id for r in rows if not r.label]
   rows = [r for r in rows if r.label]
   pred_paths = {r.id: os.path.join(predictions_dir, r.id, PREDICTION_FILE) for r in rows}
   missing = [i for i, p in pred_paths.items() if not os.path.isfile(p)]
-  if missing and not allow_missing:
+  cases, broken = [], {}
+  for row in rows:
+    if row.id in missing:
+      continue
+    try:
+      cases.append(_evaluate_case(row, pred_paths[row.id], reference_min_voxels))
+    except PredictionError as e:
+      broken[row.id] = str(e).removeprefix(f"case {row.id!r}: ")
+  if not cases:
+    left = {i: "no prediction file" for i in missing} | broken
     raise ValueError(
-      f"missing prediction(s) for {len(missing)} case(s): {', '.join(missing)} "
-      f"(expected {os.path.join(predictions_dir, '<id>', PREDICTION_FILE)}; "
-      "pass --allow_missing to skip them)"
-    )
-  rows = [r for r in rows if r.id not in missing]
-  if not rows:
-    raise ValueError(
-      f"no labelled case with a prediction to evaluate in {manifest_csv}"
+      f"no labelled case with a usable prediction to evaluate in {manifest_csv}"
       + (f" (split {split!r})" if split else "")
+      + (": " + "; ".join(f"{k}: {v}" for k, v in left.items()) if left else "")
+      + (f" (expected {os.path.join(predictions_dir, '<id>', PREDICTION_FILE)})" if missing else "")
     )
-  cases = [_evaluate_case(r, pred_paths[r.id], reference_min_voxels) for r in rows]
   return dataclasses.replace(
-    _summarise(cases, split, missing, unlabelled), reference_min_voxels=reference_min_voxels
+    _summarise(cases, split, missing, unlabelled),
+    reference_min_voxels=reference_min_voxels,
+    broken=broken,
+    allow_missing=allow_missing,
   )
 
 
@@ -210,7 +252,9 @@ def results_markdown(results: EvaluationResults) -> str:
   lines = [
     title,
     "",
-    f"{n} scans evaluated. Cells are mean (SD) over scans; sensitivity only over "
+    f"{n} scans evaluated"
+    + (f" ({len(results.left_out)} left out: listed at the end)" if results.left_out else "")
+    + ". Cells are mean (SD) over scans; sensitivity only over "
     "scans with reference calcium of the structure (n ref), F1 over scans where it is defined "
     "(n given when fewer than all scans). "
     + (
@@ -282,8 +326,9 @@ def results_markdown(results: EvaluationResults) -> str:
     ]
     for name, row in zip(metrics.AGATSTON_CATEGORY_NAMES, k.confusion):
       lines.append(f"| {name} | " + " | ".join(str(int(v)) for v in row) + " |")
-  if results.missing:
-    lines += ["", f"Missing predictions (skipped): {', '.join(results.missing)}"]
+  if results.left_out:
+    lines += ["", "## Left out of the metrics", ""]
+    lines += [f"- {k}: {v}" for k, v in results.left_out.items()]
   if results.unlabelled:
     lines += ["", f"Unlabelled cases (skipped): {', '.join(results.unlabelled)}"]
   return "\n".join(lines) + "\n"

@@ -5,7 +5,9 @@ Keeps the launch script thin; everything here returns values and never prints.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 from typing import Any
@@ -41,6 +43,10 @@ CSV_FIELDS = (
   "error",
 )
 AUTO, NONE = "auto", "none"
+# A failed case's one-line reason, in its folder (so any shard's scores.csv lists it).
+ERROR_FILE = "error.txt"
+# Lock file in a batch's output folder: the rebuilds of scores.csv by several shards take turns.
+SCORES_LOCK = ".scores.csv.lock"
 # File names of a TotalSegmentator output folder (`TotalSegmentator -i ct.nii.gz -o DIR`).
 TOTALSEG_HEART, TOTALSEG_AORTA = "heart.nii.gz", "aorta.nii.gz"
 
@@ -248,21 +254,44 @@ def csv_row(case_id: str, report: dict) -> dict[str, Any]:
   return row
 
 
+def parse_shard(text: str) -> tuple[int, int]:
+  """(K, N) of a shard given as "K/N": K counts from 1 to N. Raises ValueError naming the rule."""
+  parts = text.split("/")
+  try:
+    k, n = (int(p) for p in parts) if len(parts) == 2 else (0, 0)
+  except ValueError:
+    k, n = 0, 0
+  if not 1 <= k <= n:
+    raise ValueError(f"--shard {text!r}: give K/N with 1 <= K <= N (e.g. 1/4 ... 4/4)")
+  return k, n
+
+
+def shard_of(case_id: str, n: int) -> int:
+  """The shard (1..n) a case belongs to: a stable hash of its id (SHA-256), so a case keeps its
+  shard whatever the manifest's row order or other rows, on every machine."""
+  digest = hashlib.sha256(case_id.encode("utf-8")).digest()
+  return int.from_bytes(digest[:8], "big") % n + 1
+
+
 @dataclasses.dataclass
 class BatchResult:
   """What a manifest run did: the CSV it wrote, the cases scored now, those skipped (complete
-  outputs with the same request from an earlier run) and those that failed ({id: reason})."""
+  outputs with the same request from an earlier run), those another run was scoring at that
+  moment (`busy`, left to it) and those that failed ({id: reason})."""
 
   csv_path: str
   scored: list[str]
   skipped: list[str]
   failed: dict[str, str]
+  busy: list[str] = dataclasses.field(default_factory=list)
+  shard: str | None = None
 
   def summary(self) -> str:
-    text = (
-      f"{len(self.scored)} scored, {len(self.skipped)} skipped (already scored), "
-      f"{len(self.failed)} failed"
-    )
+    text = f"shard {self.shard}: " if self.shard else ""
+    text += f"{len(self.scored)} scored, {len(self.skipped)} skipped (already scored), "
+    if self.busy:
+      text += f"{len(self.busy)} left to another run scoring them, "
+    text += f"{len(self.failed)} failed"
     if self.failed:
       text += ": " + "; ".join(f"{k}: {v}" for k, v in self.failed.items())
     return text
@@ -303,18 +332,24 @@ def score_manifest(
   heart_default: str | None = AUTO,
   record_input_path: bool = False,
   fail_fast: bool = False,
+  shard: tuple[int, int] | None = None,
 ) -> BatchResult:
   """Score every (selected) row of a manifest into output_dir/<id>/ and write
   output_dir/scores.csv, a row per case.
 
   A batch survives its cases: a case that fails is recorded (status "error" and the one-line
-  reason in scores.csv) and the others are scored; `fail_fast` stops at the first failure
-  instead. A re-run resumes: a case whose complete outputs exist (scores.json, moved into place
-  last) and were made with the same request (`request_record`: checkpoint hash, options) is
-  skipped; a different request is refused before anything is scored, naming the difference
-  (`overwrite` re-scores everything). scores.csv is rebuilt, atomically, from every finished
-  case's scores.json at the end of each run. domain "auto" uses each row's manifest domain;
-  rows without a heart mask use `heart_default` ("auto" or "none").
+  reason in scores.csv and in <id>/error.txt) and the others are scored; `fail_fast` stops at
+  the first failure instead. A re-run resumes: a case whose complete outputs exist
+  (scores.json, moved into place last) and were made with the same request (`request_record`:
+  checkpoint hash, options) is skipped; a different request is refused before anything is
+  scored, naming the difference (`overwrite` re-scores everything). domain "auto" uses each
+  row's manifest domain; rows without a heart mask use `heart_default` ("auto" or "none").
+
+  shard (K, N): score only the rows whose `shard_of` is K; N such runs (claiming the folder
+  with `atomic.claim_dir(shared=True)`) fill one output folder together. Each case folder is
+  locked while it is scored, so overlapping runs never score one case twice at once.
+  scores.csv is rebuilt at the end of each run, atomically and one run at a time, from every
+  selected row's folder, whichever run scored it: the same file whichever shard ends last.
   """
   rows = manifest.read_manifest(manifest_csv, split=split)
   if not rows:
@@ -333,43 +368,90 @@ def score_manifest(
       row.aorta_mask,
     )
 
-  done = {} if overwrite else {r.id: finished_report(os.path.join(output_dir, r.id)) for r in rows}
-  for row in rows:
-    if done.get(row.id) is not None:
-      diff = _differences(done[row.id].get("request"), request(row))
-      if diff:
-        raise pipeline.OutputExistsError(
-          f"{os.path.join(output_dir, row.id)} was scored with other settings ("
-          + "; ".join(diff)
-          + "): pass --overwrite to re-score every case, or use another --output_dir"
-        )
-  result = BatchResult(os.path.join(output_dir, "scores.csv"), [], [], {})
-  it = tqdm(rows, desc="scoring", unit="scan") if progress else rows
+  if not overwrite:
+    _refuse_other_requests(rows, output_dir, request)
+  mine = [r for r in rows if shard is None or shard_of(r.id, shard[1]) == shard[0]]
+  result = BatchResult(
+    os.path.join(output_dir, "scores.csv"),
+    [],
+    [],
+    {},
+    shard=None if shard is None else f"{shard[0]}/{shard[1]}",
+  )
+  it = tqdm(mine, desc="scoring", unit="scan") if progress else mine
   for row in it:
-    if done.get(row.id) is not None:
+    case_dir = os.path.join(output_dir, row.id)
+    if not overwrite and finished_report(case_dir) is not None:
       result.skipped.append(row.id)
       continue
-    try:
-      done[row.id] = score_file(
-        row.image,
-        checkpoint,
-        os.path.join(output_dir, row.id),
-        heart_mask=row.heart_mask or heart_default,
-        aorta_mask=row.aorta_mask,
-        domain=row.domain if domain == "auto" else domain,
-        overwrite=True,  # a folder without scores.json holds no result; --overwrite: all
-        calibration=calibration,
-        fp=fp,
-        loaded=loaded,
-        record_input_path=record_input_path,
-      )
-      result.scored.append(row.id)
-    except Exception as e:  # pylint: disable=broad-except  (one case never stops the batch)
-      if fail_fast:
-        raise
-      result.failed[row.id] = _one_line(e)
-  write_scores_csv(result.csv_path, rows, done, result.failed)
+    with atomic.lock_dir(case_dir) as free:
+      if not free:
+        result.busy.append(row.id)
+      elif not overwrite and finished_report(case_dir) is not None:  # done meanwhile
+        result.skipped.append(row.id)
+      else:
+        options = dict(
+          heart_mask=row.heart_mask or heart_default,
+          aorta_mask=row.aorta_mask,
+          domain=row.domain if domain == "auto" else domain,
+          calibration=calibration,
+          fp=fp,
+          loaded=loaded,
+          record_input_path=record_input_path,
+        )
+        _score_case(row, checkpoint, case_dir, result, fail_fast, options)
+  with atomic.locked_file(os.path.join(output_dir, SCORES_LOCK)):
+    reports, failed = _finished(rows, output_dir, request)
+    for case_id, reason in result.failed.items():  # this run's word beats older outputs
+      reports.pop(case_id, None)
+      failed[case_id] = reason
+    write_scores_csv(result.csv_path, rows, reports, failed)
   return result
+
+
+def _refuse_other_requests(rows, output_dir: str, request) -> None:
+  """Raise OutputExistsError if a finished case of `rows` was scored with another request."""
+  for row in rows:
+    stored = finished_report(os.path.join(output_dir, row.id))
+    diff = [] if stored is None else _differences(stored.get("request"), request(row))
+    if diff:
+      raise pipeline.OutputExistsError(
+        f"{os.path.join(output_dir, row.id)} was scored with other settings ("
+        + "; ".join(diff)
+        + "): pass --overwrite to re-score every case, or use another --output_dir"
+      )
+
+
+def _score_case(row, checkpoint, case_dir, result, fail_fast, options: dict) -> None:
+  """Score one manifest row into its (locked) folder, recording it in `result`."""
+  with contextlib.suppress(FileNotFoundError):
+    os.remove(os.path.join(case_dir, ERROR_FILE))
+  try:
+    # overwrite: a folder without scores.json holds no result; --overwrite: all
+    score_file(row.image, checkpoint, case_dir, overwrite=True, **options)
+    result.scored.append(row.id)
+  except Exception as e:  # pylint: disable=broad-except  (one case never stops the batch)
+    if fail_fast:
+      with contextlib.suppress(OSError):
+        os.rmdir(case_dir)  # only if empty
+      raise
+    result.failed[row.id] = _one_line(e)
+    atomic.write_text(os.path.join(case_dir, ERROR_FILE), result.failed[row.id] + "\n")
+
+
+def _finished(rows, output_dir: str, request) -> tuple[dict, dict[str, str]]:
+  """({id: report}, {id: reason}) of the rows' folders: reports made with this run's request,
+  and the recorded reasons of failed cases without one."""
+  reports, failed = {}, {}
+  for row in rows:
+    case_dir = os.path.join(output_dir, row.id)
+    report = finished_report(case_dir)
+    if report is not None and not _differences(report.get("request"), request(row)):
+      reports[row.id] = report
+    elif os.path.isfile(os.path.join(case_dir, ERROR_FILE)):
+      with open(os.path.join(case_dir, ERROR_FILE), encoding="utf-8") as f:
+        failed[row.id] = f.read().strip()
+  return reports, failed
 
 
 def write_scores_csv(csv_path: str, rows, reports: dict, failed: dict[str, str]) -> None:
