@@ -92,20 +92,24 @@ def table_markdown(table: dict, over: str = "scans", which: str = "main") -> str
   names = [c.name for c in COLUMNS if c.table == which and c.name in table]
   if not names:
     return ""
-  lines = ["| artery | measure | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-  for r in ROWS:
-    for m, label in MEASURES:
-      cells = []
-      for n in names:
-        mean, sd, _ = table[n][r][m]
-        cells.append(_mean_sd(mean, sd, 1 if m == "fp_mm3" else 2))
-      lines.append(f"| {r} | {label} | " + " | ".join(cells) + " |")
+  lines = _measure_rows(table, names, MEASURES)
   lines.append(
     f"\nmean (SD) over {over}; sensitivity over the scans with reference calcium of that artery, F1 "
     "over the scans with reference or predicted calcium (predicted calcium without reference: "
     "F1 0), FP volume over all scans."
   )
   return "\n".join(lines)
+
+
+def _measure_rows(table: dict, names: list[str], measures) -> list[str]:
+  """A markdown table, a row per artery x measure, a column per name: mean (SD), FP volume
+  (mm³) to 1 decimal, the rest to 2."""
+  lines = ["| artery | measure | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+  for r in ROWS:
+    for m, label in measures:
+      cells = [_mean_sd(*table[n][r][m][:2], 1 if m == "fp_mm3" else 2) for n in names]
+      lines.append(f"| {r} | {label} | " + " | ".join(cells) + " |")
+  return lines
 
 
 def reference_note(min_voxels: int) -> str:
@@ -123,11 +127,7 @@ def authors_table_markdown(table: dict, over: str = "scans") -> str:
   evaluation script does (`AUTHORS_MEASURES`, utils/util.py:100-137 per label too): the
   numbers to set beside the paper's Table 2."""
   names = [c.name for c in COLUMNS if c.name in table]
-  lines = ["| | measure | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
-  for r in ROWS:
-    for m, label in AUTHORS_MEASURES:
-      cells = [_mean_sd(*table[n][r][m][:2], 2) for n in names]
-      lines.append(f"| {r} | {label} | " + " | ".join(cells) + " |")
+  lines = _measure_rows(table, names, AUTHORS_MEASURES)
   lines.append(
     f"\nmean (SD) over {over}; every test scan counts, for each artery too: a scan without "
     "reference calcium (of that artery) as sensitivity 1 and as F1 1 (nothing predicted) or 0 "
