@@ -116,8 +116,9 @@ def test_scan_of_n_equals_n_single_steps(config, mesh, data, steps):
   ):
     # The unrolled scan fuses differently from single steps; RMSProp's normalisation turns
     # float reassociation (~1e-7) into ~2e-6 differences on a few of 3456 weights after 3
-    # updates, while one update moves weights by ~1e-3: atol 1e-5 still catches a wrong step.
-    np.testing.assert_allclose(x, y, rtol=1e-5, atol=1e-5)
+    # updates (up to ~1e-4 on some CPUs, e.g. AMD EPYC), while one update moves weights by
+    # ~1e-3: atol 2e-4 still catches a wrong step.
+    np.testing.assert_allclose(x, y, rtol=1e-5, atol=2e-4)
 
 
 def test_critic_loss_sign_convention(config):
