@@ -28,7 +28,7 @@ import pytest
 import SimpleITK as sitk
 
 from cac_jax import checkpoints, labels
-from cac_jax.scoring import pipeline
+from cac_jax.scoring import pipeline, score_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPACING_XYZ = (1.0, 1.0, 1.5)  # the tiny config's working spacing: no resampling
@@ -844,9 +844,13 @@ def _truncated_second_case(d, env):
 
 def _first_case_kept(d, result, env):
   """A bad case does not stop the manifest: the other cases are scored (each written all or
-  nothing), scores.csv lists the bad one with status "error", and the exit status is 2."""
-  assert sorted(os.listdir(d / "out")) == ["a", "scores.csv"]
-  assert sorted(os.listdir(d / "out" / "a")) == sorted(pipeline.OUTPUT_FILES)
+  nothing), scores.csv lists the bad one with status "error" and its folder holds only the
+  one-line reason, and the exit status is 2."""
+  out = d / "out"
+  assert sorted(os.listdir(out)) == sorted(["a", "b", "scores.csv", score_files.SCORES_LOCK])
+  assert sorted(os.listdir(out / "a")) == sorted(pipeline.OUTPUT_FILES)
+  assert os.listdir(out / "b") == [score_files.ERROR_FILE]
+  assert "truncated" in (out / "b" / score_files.ERROR_FILE).read_text(encoding="utf-8")
   with open(d / "out" / "scores.csv", encoding="utf-8") as f:
     rows = {r["id"]: r for r in csv.DictReader(f)}
   assert rows["a"]["status"] == "ok" and rows["b"]["status"] == "error"
