@@ -92,6 +92,13 @@ def restore_latest(
   step = mgr.latest_step()
   if step is None:
     return None
+  return restore_step(mgr, step, like, sharding)
+
+
+def restore_step(
+  mgr: ocp.CheckpointManager, step: int, like: Any, sharding: jax.sharding.Sharding | None = None
+) -> Any:
+  """Restore checkpoint `step` (one of `mgr.all_steps()`) into the structure of `like`."""
   path = os.path.join(os.fspath(mgr.directory), str(step))
   try:
     return mgr.restore(step, args=ocp.args.StandardRestore(_abstract(like, sharding)))

@@ -1,6 +1,10 @@
-r"""The oracle's spread over initialisations, on a design seed (cac_jax.studies.oracle_spread).
+r"""A network's spread over initialisations and training steps, on a design seed.
 
   cac-oracle-spread --config demo --workdir runs/oracle_spread --experiment_seed 9
+  cac-oracle-spread --config demo --workdir runs/oracle_spread --network source --init_seeds 0
+
+(cac_jax.studies.oracle_spread: the oracle scored on the CCTA test scans, or the source network
+on the NCCT test scans, at every kept checkpoint.)
 
 (From a checkout also `python -m launch.oracle_spread ...`.)
 """
@@ -22,6 +26,9 @@ _SEED = flags.DEFINE_integer(
   "experiment_seed", 9, "Experiment seed of the phantoms: a design seed, not a benchmark seed."
 )
 _INITS = flags.DEFINE_list("init_seeds", ["0", "1"], "Parameter initialisation seeds.")
+_NETWORK = flags.DEFINE_enum(
+  "network", "oracle", sorted(oracle_spread.NETWORKS), "Which network to train and score."
+)
 
 
 def main(argv):
@@ -29,7 +36,12 @@ def main(argv):
   train_flags.init_runtime()
   log = logging.getLogger("cac_jax.oracle_spread")
   result = oracle_spread.run(
-    FLAGS.config, _WORKDIR.value, _SEED.value, [int(k) for k in _INITS.value], log.info
+    FLAGS.config,
+    _WORKDIR.value,
+    _SEED.value,
+    [int(k) for k in _INITS.value],
+    log.info,
+    network=_NETWORK.value,
   )
   print(oracle_spread.markdown(result, _SEED.value))
 
