@@ -74,6 +74,7 @@ STAGES = (
   ("cac_jax.scoring.scores", "compute_scores", "scores"),
   ("cac_jax.scoring.pipeline", "plausibility_warnings", "plausibility checks"),
   ("cac_jax.scoring.pipeline", "write_outputs", "write outputs"),
+  ("cac_jax.scoring.outputs", "write_outputs", "write outputs"),
   ("cac_jax.data.volume_io", "write_like", "labels .nii.gz"),
   ("cac_jax.scoring.scores", "lesion_table", "lesions.csv"),
   ("cac_jax.scoring.overlay", "overlay_png", "overlay.png"),
