@@ -98,12 +98,17 @@ def test_a_resume_with_other_settings_is_refused_naming_the_difference(
 def test_a_limit_given_by_flag_overrides_the_export_and_is_recorded(three, tiny_export, tmp_path):
   import json  # pylint: disable=import-outside-toplevel
 
+  from absl import flags  # pylint: disable=import-outside-toplevel
   from absl.testing import flagsaver  # pylint: disable=import-outside-toplevel
 
   from launch import score  # pylint: disable=import-outside-toplevel
 
-  with flagsaver.flagsaver(max_lesion_mm3=300.0, heart_dilation_mm=None):
-    fp = score.fp_options()
+  flags.FLAGS.mark_as_parsed()  # the script's flag holders read only parsed flags
+  try:
+    with flagsaver.flagsaver(max_lesion_mm3=300.0, heart_dilation_mm=None):
+      fp = score.fp_options()
+  finally:
+    flags.FLAGS.unparse_flags()  # back to unparsed defaults, as before the test
   assert fp["max_mm3"] == 300.0 and "dilation_mm" not in fp and "min_mm3" not in fp
   report = score_files.score_file(_image(three, 0), tiny_export, str(tmp_path / "o"), fp=fp)
   saved = json.load(open(tmp_path / "o" / "scores.json", encoding="utf-8"))

@@ -164,6 +164,8 @@ def test_scoring_settings_have_one_default_in_the_config():
   import dataclasses  # pylint: disable=import-outside-toplevel
   import inspect  # pylint: disable=import-outside-toplevel
 
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
   from cac_jax.data import threshold  # pylint: disable=import-outside-toplevel
   from cac_jax.scoring import heart_region, postprocess  # pylint: disable=import-outside-toplevel
   from configs import paper  # pylint: disable=import-outside-toplevel
@@ -190,9 +192,9 @@ def test_scoring_settings_have_one_default_in_the_config():
     sc.heart_dilation_mm,
   )
   limits = f"{sc.min_lesion_mm3:g} mm³ or >{sc.max_lesion_mm3:g} mm³"
-  assert limits in score.FLAGS["size_limits"].help
+  assert limits in flags.FLAGS["size_limits"].help
   for flag in score.OVERRIDES:
-    assert f"the paper's config: {sc[flag]:g})" in score.FLAGS[flag].help
+    assert f"the paper's config: {sc[flag]:g})" in flags.FLAGS[flag].help
   readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
   assert f"{sc.min_lesion_mm3:g}–{sc.max_lesion_mm3:g} mm³" in readme
   assert f"heart dilated by {sc.heart_dilation_mm:g} mm" in readme
