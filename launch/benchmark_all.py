@@ -63,8 +63,10 @@ def commands(
   torch_device: str = "cpu",
   peak_gflops: float = 0.0,
 ) -> list[list[str]]:
-  """The three benchmark command lines (argument lists after `python -m`); `package` is where the
-  launch scripts live (`launch` in a checkout, `cac_jax.launch` installed)."""
+  """The three benchmark command lines (argument lists after `python -m`).
+
+  `package` is where the launch scripts live (`launch` in a checkout, `cac_jax.launch`
+  installed)."""
   config = "tiny" if quick else "paper"
   train = [f"{package}.benchmark", f"--configs={config}", f"--iters={1 if quick else iters}"]
   if torch_anchor:

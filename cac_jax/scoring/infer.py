@@ -94,7 +94,9 @@ def _tower_layers(config: ml_collections.ConfigDict) -> list[tuple[str, int]]:
 def resolve_conv_impl(
   config: ml_collections.ConfigDict, impl: str = "auto", platform: str | None = None
 ) -> str:
-  """ "auto": "xla" (lax conv, as models.ViewTower), except on CPU with XLA's default options
+  """The conv formulation `impl` names; "auto" picks one for the platform.
+
+  "auto": "xla" (lax conv, as models.ViewTower), except on CPU with XLA's default options
   (`CAC_JAX_XLA_DEFAULTS=1`, YNNPACK convs), where "shift3" is faster for towers >= 16 wide.
 
   With `xla_options` (the default on CPU) XLA's own convolution is several times faster than
@@ -501,8 +503,10 @@ def predict_naive(
   feature_dtype=np.float16,
   cache: InferenceCache | None = None,
 ):
-  """Naive full-volume reference: every slice of every orientation, padded whole, through its
-  tower (lax conv, as `models.ViewTower`); features stored in a `feature_dtype` (z, y, x, 96)
+  """Naive full-volume reference: classes of the candidates from every slice's features.
+
+  Every slice of every orientation, padded whole, goes through its tower (lax conv, as
+  `models.ViewTower`); features stored in a `feature_dtype` (z, y, x, 96)
   volume (float16 as the reference implementation; float32 gives labels that match
   `predict_classes` exactly, float16 can flip near-tied argmaxes); C on every voxel; classes
   masked to candidates.

@@ -1,5 +1,7 @@
-"""Writing one scan's outputs: labels on the input's grid, colour tables, lesions.csv,
-overlay.png and scores.json, all or nothing.
+"""Writing one scan's outputs, all or nothing.
+
+The files: labels on the input's grid, their colour tables, lesions.csv, overlay.png and
+scores.json.
 
 `write_outputs` takes a `pipeline.ScoringResult` and the scan it came from; the files are
 checked complete and moved into place together, scores.json last (`atomic.write_set`), so a
@@ -61,8 +63,10 @@ def write_outputs(
   overwrite: bool = False,
   extra: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-  """Write the outputs of one scan's `pipeline.ScoringResult` into output_dir, all or nothing (`atomic.write_set`: each
-  file is checked complete, then moved into place, scores.json last). Returns {name: path}.
+  """Write one scan's `pipeline.ScoringResult` into output_dir; returns {name: path}.
+
+  All or nothing (`atomic.write_set`): each file is checked complete, then moved into place,
+  scores.json last.
 
   calcium_labels.nii.gz: reference-encoded labels on the input's grid; beside it
   calcium_labels.itksnap.txt (ITK-SNAP label descriptions) and calcium_labels.slicer.ctbl

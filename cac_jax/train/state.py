@@ -202,8 +202,11 @@ def init_source_state(
   host_init: bool = True,
   tx: optax.GradientTransformation | None = None,
 ) -> SourceState:
-  """Fresh source state from `config.seed` (or `seed`); see `init_params` for `host_init`.
-  `tx` (default `source_optimizer(config)`): the optimiser the step will run."""
+  """Fresh source state from `config.seed` (or `seed`).
+
+  See `init_params` for `host_init`. `tx` (default `source_optimizer(config)`): the
+  optimiser the step will run.
+  """
   seed = config.seed if seed is None else seed
   k_run = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
   p = init_params(config, seed, host_init)
