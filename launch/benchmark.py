@@ -2,7 +2,7 @@ r"""Throughput of the training steps on this machine, and FLOPs per patch.
 
   python -m launch.benchmark [--configs=tiny,paper] [--iters=3] [--critic_n=2] [--tower_conv=xla]
   python -m launch.benchmark --configs=paper \
-      --torch_anchor=../shared/bench/torch_anchor.py --torch_python=../torch-venv/bin/python
+      --torch_anchor=benchmarks/torch_anchor.py --torch_python=../torch-venv/bin/python
 
 For each config: patches/s of the source step (B source patches), the critic scan (n
 updates of Bc source + Bc target patches each) and the generator step (B source + Bc

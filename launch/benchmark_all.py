@@ -2,7 +2,7 @@ r"""Every figure of `launch.benchmark` and `launch.benchmark_infer` in one go.
 
   cac-benchmark-all                              # paper config (meant for a GPU machine)
   python -m launch.benchmark_all --quick         # tiny config: checks the whole chain on a CPU
-  python -m launch.benchmark_all --anchor=../shared/bench/torch_anchor.py \
+  python -m launch.benchmark_all --anchor=benchmarks/torch_anchor.py \
       --anchor_python=../torch-venv/bin/python   # also the PyTorch ratios (launch.benchmark)
   python -m launch.benchmark_all --step_iters=20 --step_peak_gflops=67000 \
       --anchor=torch_anchor.py --anchor_device=cuda   # a GPU machine with PyTorch beside JAX
