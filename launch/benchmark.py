@@ -61,8 +61,8 @@ _TOWER_CONV = flags.DEFINE_enum(
 _TORCH = flags.DEFINE_string(
   "torch_anchor",
   "",
-  "A PyTorch script timing the reference implementation's steps, run first and compared "
-  "with; empty: no comparison.",
+  "PyTorch anchor script (benchmarks/torch_anchor.py) to run first and compare with; "
+  "empty: no comparison.",
 )
 _TORCH_PYTHON = flags.DEFINE_string(
   "torch_python", "python3", "Interpreter with PyTorch for --torch_anchor."
