@@ -1,9 +1,9 @@
 """Dilated VALID convolution as space-to-batch + dense convolution + batch-to-space.
 
 The view towers' 3x3 convolutions with dilation d > 1 are, on a GPU, fast forward but slow
-to differentiate through XLA's convolution: on an H200 (jax 0.11.2), one paper tower's
-forward + gradient at 16 patches took 13x longer than the same maths written as below, the
-forward alone the same (docs/performance.md, "GPU", with the command). This is what
+to differentiate through XLA's convolution; the same maths written as below differentiates
+many times faster, the forward as fast (docs/performance.md, "GPU", has the figures and the
+command). This is what
 TensorFlow's atrous convolution does: the d x d interleaved sub-grids of the input are moved
 into the batch, each gets an undilated VALID 3x3 convolution, and the outputs are
 interleaved back.
@@ -37,8 +37,11 @@ def resolve(impl: str = "auto", platform: str | None = None) -> str:
 
 
 def _is_tower_case(lhs, rhs, window_strides, padding, lhs_dilation, rhs_dilation, dims, groups):
-  """Whether the call is one this module rewrites: stride 1, VALID, NHWC/HWIO, one group,
-  no input dilation, the same kernel dilation d > 1 on both spatial axes."""
+  """Whether the call is one this module rewrites.
+
+  Stride 1, VALID, NHWC/HWIO, one group, no input dilation, the same kernel dilation d > 1
+  on both spatial axes.
+  """
   if lhs.ndim != 4 or dims is None:
     return False
   valid = padding == "VALID" or (
@@ -69,8 +72,10 @@ def space_to_batch_conv(
   precision=None,
   **kwargs,
 ) -> jax.Array:
-  """`lax.conv_general_dilated` with the same arguments (what `flax.linen.Conv` passes); the
-  tower's case (see `_is_tower_case`) is computed by space-to-batch, anything else by lax.
+  """`lax.conv_general_dilated` with the same arguments, the tower's case by space-to-batch.
+
+  The arguments are what `flax.linen.Conv` passes; the tower's case is `_is_tower_case`,
+  anything else goes to lax.
 
   lhs (N, H, W, C), rhs (kh, kw, C, C') -> (N, H - (kh - 1) d, W - (kw - 1) d, C').
   """

@@ -49,8 +49,9 @@ def cache_dir() -> str | None:
 
 
 def enable_default() -> str | None:
-  """Point JAX's persistent compilation cache at `cache_dir()` unless JAX is configured
-  already or the cache is off; returns the folder in use (None: not set here).
+  """Point JAX's persistent compilation cache at `cache_dir()`; returns the folder in use.
+
+  Nothing is set (None) when JAX is configured already or the cache is off.
 
   Before JAX is imported this only sets `JAX_COMPILATION_CACHE_DIR` (cheap, and subprocesses
   share the folder); afterwards it updates `jax.config`.

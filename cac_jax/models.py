@@ -1,5 +1,7 @@
-"""Networks: feature generator G (three view towers), classifier C, deep-supervision heads,
-and the Wasserstein critic D. All are pure Flax modules: params in, arrays out.
+"""The networks: generator G, classifier C, deep-supervision heads and the critic D.
+
+G is three view towers; D is the Wasserstein critic. All are pure Flax modules: params in,
+arrays out.
 
 Shapes (paper configuration): a sample is three orthogonal 155x155 patches centred on one
 voxel, stacked as (3, B, 155, 155, 1) in view order (axial, coronal, sagittal). Each tower
@@ -178,9 +180,9 @@ class Critic(nn.Module):
     shift of a feature channel, or a common scale of all features, applied to a whole domain
     is invisible to the critic, and L_adv cannot make G chase it. The score of one sample
     depends on the batch it is scored with, so always score one domain per call.
-  * "layer": per-sample LayerNorm over (h, w, channels) + ReLU after all but the last conv
-    (this project's earlier critic). It scores each sample on its own, and so it sees a
-    per-channel shift of a whole domain's features.
+  * "layer": per-sample LayerNorm over (h, w, channels) + ReLU after all but the last conv.
+    It scores each sample on its own, and so it sees a per-channel shift of a whole domain's
+    features.
 
   Every scale and bias is clipped to [-c, c] with the other critic params (the reference
   clamps all of `modelD.parameters()`, BatchNorm weights included).
@@ -218,8 +220,10 @@ class Critic(nn.Module):
 
 
 def tower_conv(config: ml_collections.ConfigDict) -> str:
-  """How G's dilated convs are computed here: `dilated_conv.resolve(model.tower_conv)` on the
-  default backend ("auto" where a config predates the field)."""
+  """How G's dilated convs are computed on the default backend.
+
+  `dilated_conv.resolve(model.tower_conv)`; "auto" where a config has no such field.
+  """
   return dilated_conv.resolve(config.model.get("tower_conv", "auto"))
 
 
@@ -230,8 +234,9 @@ AUTO_CHUNK_BYTES = 32 << 20
 
 
 def features_no_grad(g: Generator, g_params, views: jax.Array, chunk: int = -1) -> jax.Array:
-  """G's features of (3, B, P, P, 1) view stacks -> (B, o, o, 3F), with no gradient, computed
-  `chunk` patches at a time in a `lax.map` when 0 < chunk < B and chunk divides B; 0: the whole
+  """G's features of (3, B, P, P, 1) view stacks -> (B, o, o, 3F), with no gradient.
+
+  Computed `chunk` patches at a time in a `lax.map` when 0 < chunk < B and chunk divides B; 0: the whole
   batch at once; -1 (auto): 1 on CPU when the batch's first-layer activations (3 B P^2 width
   floats) exceed `AUTO_CHUNK_BYTES`, else 0.
 

@@ -1,7 +1,7 @@
 """XLA compiler options for this project's jitted functions (`jit`).
 
-On CPU, recent jaxlib (0.10) hands convolutions and some dots to the YNNPACK library
-("ynn fusions") by default. For this network's convolutions (3x3, 16-32 channels, dilated
+On CPU, jaxlib hands convolutions and some dots to the YNNPACK library ("ynn fusions") by
+default (docs/performance.md names the versions measured). For this network's convolutions (3x3, 16-32 channels, dilated
 or not, NHWC) XLA's own Eigen convolution is several times faster, forward and in both
 gradients, with the same results to float32 rounding (docs/performance.md has the
 measurements). So on CPU every step and tower this project jits is compiled with the ynn
@@ -37,8 +37,10 @@ def _supported() -> bool:
 
 
 def compiler_options(platform: str | None = None) -> dict[str, str] | None:
-  """Options for `jax.jit(..., compiler_options=...)` on `platform` (default: the default
-  backend's): `CPU_OPTIONS` on CPU, else None (XLA's defaults)."""
+  """Options for `jax.jit(..., compiler_options=...)` on `platform`.
+
+  `platform` defaults to the default backend's; `CPU_OPTIONS` on CPU, else None (XLA's
+  defaults)."""
   platform = platform or jax.default_backend()
   if platform != "cpu" or os.environ.get(DEFAULTS_ENV, "") not in ("", "0") or not _supported():
     return None

@@ -94,8 +94,8 @@ def get_config() -> ml_collections.ConfigDict:
   c.adapt.schedule = "blocked"
   c.adapt.block = 10
   # Critic and generator-target patches: "reference" = half >= 130 HU, half uniform, in a random
-  # slice of either domain (dataset/CalciumDataset.py:335-387); "scan_threshold" = this project's
-  # earlier policy (CCTA bright patches at the aortic-ROI threshold). See cac_jax.data.sampling.
+  # slice of either domain (dataset/CalciumDataset.py:335-387); "scan_threshold" = CCTA bright
+  # patches at the aortic-ROI threshold. See cac_jax.data.sampling.
   c.adapt.critic_patches = "reference"
   c.adapt.bright_in_heart = (
     False  # "scan_threshold" only: critic bright patches only in the dilated heart

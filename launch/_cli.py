@@ -123,8 +123,9 @@ class _PlainFormatter(logging.Formatter):
 
 
 def _own_or_warning(record: logging.LogRecord) -> bool:
-  """Keep warnings and above, and this project's own lines (its loggers, or absl's logger
-  called from its code); drop other libraries' INFO."""
+  """Keep warnings and this project's own lines; drop other libraries' INFO.
+
+  Own lines: its loggers, or absl's logger called from its code."""
   return (
     record.levelno >= logging.WARNING
     or record.name.split(".")[0] == "cac_jax"
@@ -133,8 +134,9 @@ def _own_or_warning(record: logging.LogRecord) -> bool:
 
 
 def plain_console() -> None:
-  """absl's console handler prints plain lines (see the module docstring), unless the command
-  line gave --verbosity, which keeps absl's prefixed lines at that level."""
+  """absl's console handler prints plain lines (see the module docstring).
+
+  Unless the command line gave --verbosity, which keeps absl's prefixed lines at that level."""
   if flags.FLAGS["verbosity"].present:
     return
   handler = absl_logging.get_absl_handler().python_handler
@@ -153,8 +155,10 @@ def config_names() -> list[str]:
 
 
 def config_file(value: str) -> str:
-  """`--config`'s value as a file: a name from `config_names()` gives that config's file;
-  anything else is a path as ml_collections reads it (`file.py`, or `file.py:argument`).
+  """`--config`'s value as a file.
+
+  A name from `config_names()` gives that config's file; anything else is a path as
+  ml_collections reads it (`file.py`, or `file.py:argument`).
 
   Raises:
     flags.IllegalFlagValueError: neither a name nor an existing file.
@@ -210,9 +214,12 @@ def run(
   prog: str | None = None,
   flag_paths: Callable[[], Mapping[str, str | None]] | None = None,
 ) -> None:
-  """`absl.app.run(main)` with `report_errors`; `prog` defaults to the module's short name
-  (`python -m launch.score`: "score") or the console script's name ("cac-score"). JAX's
-  persistent compilation cache is turned on first (`jax_cache.enable_default`)."""
+  """`absl.app.run(main)` with `report_errors`.
+
+  `prog` defaults to the module's short name (`python -m launch.score`: "score") or the
+  console script's name ("cac-score"). JAX's persistent compilation cache is turned on first
+  (`jax_cache.enable_default`).
+  """
   jax_cache.enable_default()
   if prog is None:
     module = sys.modules.get("__main__")
@@ -232,8 +239,10 @@ def run(
 
 
 def _help_from(script) -> None:
-  """Make `--help` show `script`'s docstring and flags when it is not `__main__` (a console
-  script's `__main__` is a generated wrapper; absl's help reads `__main__` and argv[0])."""
+  """Make `--help` show `script`'s docstring and flags when it is not `__main__`.
+
+  A console script's `__main__` is a generated wrapper; absl's help reads `__main__` and
+  argv[0]."""
   main_module = sys.modules["__main__"]
   if script is main_module:
     return

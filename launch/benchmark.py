@@ -2,7 +2,7 @@ r"""Throughput of the training steps on this machine, and FLOPs per patch.
 
   python -m launch.benchmark [--configs=tiny,paper] [--iters=3] [--critic_n=2] [--tower_conv=xla]
   python -m launch.benchmark --configs=paper \
-      --torch_anchor=../shared/bench/torch_anchor.py --torch_python=../torch-venv/bin/python
+      --torch_anchor=benchmarks/torch_anchor.py --torch_python=../torch-venv/bin/python
 
 For each config: patches/s of the source step (B source patches), the critic scan (n
 updates of Bc source + Bc target patches each) and the generator step (B source + Bc
@@ -61,8 +61,8 @@ _TOWER_CONV = flags.DEFINE_enum(
 _TORCH = flags.DEFINE_string(
   "torch_anchor",
   "",
-  "PyTorch anchor script (../shared/bench/torch_anchor.py) to run "
-  "first and compare with; empty: no comparison.",
+  "PyTorch anchor script (benchmarks/torch_anchor.py) to run first and compare with; "
+  "empty: no comparison.",
 )
 _TORCH_PYTHON = flags.DEFINE_string(
   "torch_python", "python3", "Interpreter with PyTorch for --torch_anchor."
@@ -167,8 +167,10 @@ def _time(fn, state, batch, iters: int):
 
 
 def matmul_peak_gflops(n: int = 2048, tries: int = 5) -> float:
-  """The best GFLOP/s of `tries` (n, n) x (n, n) float32 matmuls on the default device (jitted
-  with this project's compiler options): the fp32 rate the steps' '% peak' is read against."""
+  """The best GFLOP/s of `tries` (n, n) x (n, n) float32 matmuls on the default device.
+
+  Jitted with this project's compiler options: the fp32 rate the steps' '% peak' is read
+  against."""
   a = jax.numpy.ones((n, n), jax.numpy.float32)
   f = xla_options.jit(lambda x, y: x @ y)
   f(a, a).block_until_ready()
@@ -181,8 +183,9 @@ def matmul_peak_gflops(n: int = 2048, tries: int = 5) -> float:
 
 
 class _Rows(list):
-  """Rows printed as soon as they are appended; analytic counts (FLOPs per patch) and the
-  peak (GFLOP/s) filled in by the caller."""
+  """Rows printed as soon as they are appended.
+
+  The caller fills in the analytic counts (FLOPs per patch) and the peak (GFLOP/s)."""
 
   analytic: dict = {}
   peak: float = float("nan")
@@ -277,8 +280,9 @@ def bench(name: str, config, iters: int, critic_n: int, peak_gflops: float) -> N
 
 
 def parse_torch(text: str) -> dict[str, tuple[int, float]]:
-  """{step: (patches, seconds per call)} from the anchor's lines
-  `<step>  <n> patches  <s> s  <rate> patches/s`."""
+  """{step: (patches, seconds per call)} from the anchor's output.
+
+  Its lines: `<step>  <n> patches  <s> s  <rate> patches/s`."""
   out = {}
   for line in text.splitlines():
     m = re.match(

@@ -2,7 +2,7 @@ r"""Every figure of `launch.benchmark` and `launch.benchmark_infer` in one go.
 
   cac-benchmark-all                              # paper config (meant for a GPU machine)
   python -m launch.benchmark_all --quick         # tiny config: checks the whole chain on a CPU
-  python -m launch.benchmark_all --anchor=../shared/bench/torch_anchor.py \
+  python -m launch.benchmark_all --anchor=benchmarks/torch_anchor.py \
       --anchor_python=../torch-venv/bin/python   # also the PyTorch ratios (launch.benchmark)
   python -m launch.benchmark_all --step_iters=20 --step_peak_gflops=67000 \
       --anchor=torch_anchor.py --anchor_device=cuda   # a GPU machine with PyTorch beside JAX
@@ -63,8 +63,10 @@ def commands(
   torch_device: str = "cpu",
   peak_gflops: float = 0.0,
 ) -> list[list[str]]:
-  """The three benchmark command lines (argument lists after `python -m`); `package` is where the
-  launch scripts live (`launch` in a checkout, `cac_jax.launch` installed)."""
+  """The three benchmark command lines (argument lists after `python -m`).
+
+  `package` is where the launch scripts live (`launch` in a checkout, `cac_jax.launch`
+  installed)."""
   config = "tiny" if quick else "paper"
   train = [f"{package}.benchmark", f"--configs={config}", f"--iters={1 if quick else iters}"]
   if torch_anchor:

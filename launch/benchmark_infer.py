@@ -16,21 +16,20 @@ voxel, and the full float16 feature volume is still allocated, so its memory is 
 --test_sets times the experiment's scoring of Table 2 (`experiment.score_tests`: every column
 of the config's test sets, network and FP reduction and metrics) on phantoms it writes (the
 config's ccta_test and ncct_test roles, as `launch.reproduce` does) with one random network
-per model, against the scoring per column as it was before (each (test set, FP reduction)
-scored on its own, every model on its own ROI plan), alternating the two in one process:
+per model, --repeats times in one process (the first run compiles):
 
   python -m launch.benchmark_infer --test_sets --configs=demo --repeats=2
 """
 
-import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
 from absl import flags
+
+from cac_jax import fresh_process
 
 from . import _cli
 
@@ -54,11 +53,6 @@ _CONV_IMPL = flags.DEFINE_string(
 _SLAB = flags.DEFINE_integer(
   "slab", 0, "Slices per device call for the ROI method (0: library default)."
 )
-_WORKER = flags.DEFINE_string(
-  "worker", "", "Internal: run one method ('roi' or 'naive') and print JSON."
-)
-_CONFIG = flags.DEFINE_string("config", "tiny", "Internal: config of the worker.")
-_OUT = flags.DEFINE_string("out", "", "Internal: .npy path for the worker's labels at candidates.")
 _PHANTOM = flags.DEFINE_bool(
   "phantom",
   True,
@@ -74,12 +68,10 @@ _NAIVE_DTYPE = flags.DEFINE_enum(
   "Feature volume dtype of the naive method (float16: the reference "
   "implementation's memory; float32: labels comparable exactly).",
 )
-_VOLUME = flags.DEFINE_string("volume", "", "Internal: .npz with the worker's input volume.")
 _TEST_SETS = flags.DEFINE_bool(
   "test_sets",
   False,
-  "Instead: time the experiment's scoring of the test sets (Table 2) of each config, now "
-  "vs per column as before.",
+  "Instead: time the experiment's scoring of the test sets (Table 2) of each config.",
 )
 _N_CCTA = flags.DEFINE_integer("n_ccta", -1, "--test_sets: CCTA test cases (-1: the config's).")
 _N_NCCT = flags.DEFINE_integer("n_ncct", -1, "--test_sets: NCCT test cases (-1: the config's).")
@@ -110,7 +102,25 @@ def _phantom_volume(seed, spacing=(1.5, 0.66, 0.66)):
   )
 
 
-def _worker():
+def measure(
+  method: str,
+  config: str,
+  out: str,
+  shape: list,
+  seed: int,
+  volume: str,
+  naive_slices: int,
+  conv_impl: str,
+  slab: int,
+  naive_feature_dtype: str,
+) -> dict:
+  """Time one method ("roi" or "naive") on one config's random network (in a fresh process).
+
+  Returns seconds, work counters and peak memory; `_run` calls it. The labels at the
+  candidates go to `out` (.npy, -1 where the naive run skipped a candidate's slices).
+  `volume`: an .npz made once by the parent (so the phantom's own memory is not in the
+  peak), else the synthetic `shape`.
+  """
   import importlib  # pylint: disable=g-import-not-at-top
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -120,16 +130,16 @@ def _worker():
   from cac_jax.data import synthetic
   from cac_jax.scoring import infer
 
-  config = importlib.import_module(f"cac_jax.configs.{_CONFIG.value}").get_config()
-  if _VOLUME.value:  # made once by the parent, so the phantom's own memory is not in the peak
-    with np.load(_VOLUME.value) as f:
+  config = importlib.import_module(f"cac_jax.configs.{config}").get_config()
+  if volume:
+    with np.load(volume) as f:
       hu, cand, full_shape = f["hu"], f["cand"], tuple(int(v) for v in f["full_shape"])
     shape = hu.shape
   else:
-    shape = tuple(int(s) for s in _SHAPE.value)
-    hu, cand = synthetic.ccta_volume(shape, seed=_SEED.value)
+    shape = tuple(int(s) for s in shape)
+    hu, cand = synthetic.ccta_volume(shape, seed=seed)
     full_shape = None
-  params = models.init_params(config, jax.random.PRNGKey(_SEED.value))
+  params = models.init_params(config, jax.random.PRNGKey(seed))
   params = {"generator": params["generator"], "classifier": params["classifier"]}
   rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   res = {
@@ -139,10 +149,10 @@ def _worker():
     "rss_before_mb": rss0,
   }
   coords = np.argwhere(cand)
-  if _WORKER.value == "roi":
-    kw = {"conv_impl": _CONV_IMPL.value}
-    if _SLAB.value:
-      kw["slab"] = _SLAB.value
+  if method == "roi":
+    kw = {"conv_impl": conv_impl}
+    if slab:
+      kw["slab"] = slab
     t = time.perf_counter()
     pred = infer.predict_candidates(params, config, hu, cand, **kw)
     res["cold_s"] = time.perf_counter() - t
@@ -155,9 +165,9 @@ def _worker():
     valid = np.ones(len(coords), bool)
   else:
     slices = None
-    if _NAIVE_SLICES.value > 0:
-      rng = np.random.RandomState(_SEED.value)
-      pick = coords[rng.choice(len(coords), min(len(coords), _NAIVE_SLICES.value), replace=False)]
+    if naive_slices > 0:
+      rng = np.random.RandomState(seed)
+      pick = coords[rng.choice(len(coords), min(len(coords), naive_slices), replace=False)]
       slices = {v: np.unique(pick[:, a]) for a, v in enumerate(models.VIEWS)}
     t = time.perf_counter()
     vol, st = infer.predict_naive(
@@ -167,7 +177,7 @@ def _worker():
       cand,
       slices=slices,
       return_stats=True,
-      feature_dtype=np.dtype(_NAIVE_DTYPE.value),
+      feature_dtype=np.dtype(naive_feature_dtype),
     )
     res["measured_s"] = time.perf_counter() - t
     towers_full = sum(
@@ -181,15 +191,17 @@ def _worker():
       valid = np.ones(len(coords), bool)
     else:
       valid = np.all([np.isin(coords[:, a], slices[v]) for a, v in enumerate(models.VIEWS)], axis=0)
-  np.save(_OUT.value, np.where(valid, labels, -1).astype(np.int32))
+  np.save(out, np.where(valid, labels, -1).astype(np.int32))
   res["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   res["device_peak_mb"] = _device_peak_mb(jax.devices()[0])
-  print("RESULT " + json.dumps(res, default=str))
+  return res
 
 
 def _device_peak_mb(device) -> float | None:
-  """Peak bytes the accelerator's allocator held in this process (MB); None on CPU, where the
-  peak RSS is the figure, or where the backend keeps no statistics."""
+  """Peak bytes the accelerator's allocator held in this process (MB).
+
+  None on CPU, where the peak RSS is the figure, or where the backend keeps no statistics.
+  """
   if device.platform == "cpu":
     return None
   stats = device.memory_stats() or {}
@@ -197,73 +209,28 @@ def _device_peak_mb(device) -> float | None:
   return None if peak is None else peak / 2**20
 
 
-_VOLUME_PATH = None
-
-
-def _run(method, config, out, jax_cache="off"):
-  """One worker in a fresh process, with its persistent compilation cache in `jax_cache`."""
-  args = [
-    sys.executable,
-    "-m",
-    __spec__.name,
-    f"--worker={method}",
-    f"--config={config}",
-    f"--out={out}",
-    f"--shape={','.join(_SHAPE.value)}",
-    f"--seed={_SEED.value}",
-    f"--volume={_VOLUME_PATH or ''}",
-    f"--naive_slices={_NAIVE_SLICES.value}",
-    f"--conv_impl={_CONV_IMPL.value}",
-    f"--slab={_SLAB.value}",
-    f"--naive_feature_dtype={_NAIVE_DTYPE.value}",
-  ]
+def _run(method, config, out, volume, jax_cache="off"):
+  """`measure` in a fresh process, with its persistent compilation cache in `jax_cache`."""
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  env = dict(
-    os.environ,
-    PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    CAC_JAX_COMPILATION_CACHE=jax_cache,
-  )
+  env = dict(os.environ, CAC_JAX_COMPILATION_CACHE=jax_cache)
   env.pop("JAX_COMPILATION_CACHE_DIR", None)
-  proc = subprocess.run(args, cwd=root, env=env, capture_output=True, text=True)
-  lines = [l for l in proc.stdout.splitlines() if l.startswith("RESULT ")]
-  if proc.returncode != 0 or not lines:
-    raise RuntimeError(f"{method}/{config} failed:\n{proc.stderr[-3000:]}")
-  return json.loads(lines[-1][len("RESULT ") :])
-
-
-def _score_per_column(config, cols, tests, params):
-  """Table 2's per-scan results as the experiment computed them before `predict_columns`: each
-  (test set, FP reduction) scored on its own, the network once per model on each case."""
-  from cac_jax.scoring import pipeline  # pylint: disable=g-import-not-at-top
-  from cac_jax.studies import experiment  # pylint: disable=g-import-not-at-top
-
-  raw = {}
-  for role, cases in tests.items():
-    for fp in (False, True):
-      names = sorted({c.model for c in cols if c.role == role and c.fp_reduction == fp})
-      settings = experiment.column_settings(config, fp)
-      for case in cases:
-        setup = pipeline.prepare(
-          case.scan,
-          config,
-          settings,
-          domain=case.domain,
-          heart_mask=case.heart_mask,
-          aorta_mask=case.aorta_mask,
-        )
-        for m in names:
-          got = pipeline.raw_classes(setup, case.scan, params[m], config)
-          raw.setdefault((m, role, fp), []).append((got, setup))
-  return {
-    c.name: experiment.evaluate_predictions(
-      config, tests[c.role], raw[(c.model, c.role, c.fp_reduction)], c.fp_reduction
-    )
-    for c in cols
-  }
+  kwargs = dict(
+    method=method,
+    config=config,
+    out=out,
+    shape=_SHAPE.value,
+    seed=_SEED.value,
+    volume=volume or "",
+    naive_slices=_NAIVE_SLICES.value,
+    conv_impl=_CONV_IMPL.value,
+    slab=_SLAB.value,
+    naive_feature_dtype=_NAIVE_DTYPE.value,
+  )
+  return fresh_process.call(f"{__spec__.name}:measure", kwargs, cwd=root, env=env)
 
 
 def _test_sets(config_name: str, tmp: str) -> None:
-  """Time the scoring of one config's test sets both ways (`--test_sets`), interleaved."""
+  """Time the scoring of one config's test sets (`--test_sets`), --repeats times."""
   import importlib  # pylint: disable=g-import-not-at-top
 
   import jax  # pylint: disable=g-import-not-at-top
@@ -289,28 +256,14 @@ def _test_sets(config_name: str, tmp: str) -> None:
     f"({time.perf_counter() - t:.0f} s to write and read), {len(names)} random networks, "
     f"{len(cols)} columns; load average {os.getloadavg()[0]:.1f}"
   )
-  ways = {
-    "before (per column)": lambda: _score_per_column(config, cols, tests, params),
-    "now (experiment.score_tests)": lambda: experiment.score_tests(config, cols, tests, params)[1],
-  }
-  times = {k: [] for k in ways}
-  results = {}
+  times = []
   for rep in range(_REPEATS.value):
-    for k, fn in ways.items():
-      t = time.perf_counter()
-      results[k] = fn()
-      times[k].append(time.perf_counter() - t)
-      print(f"  run {rep + 1} {k}: {times[k][-1]:.1f} s (load {os.getloadavg()[0]:.1f})")
-      sys.stdout.flush()
-  a, b = results.values()
-  same = all(x["classes"] == y["classes"] for c in a for x, y in zip(a[c], b[c]))
-  first = [v[0] for v in times.values()]
-  best = [min(v) for v in times.values()]
-  print(
-    f"  first run (compiles) {first[0]:.1f} -> {first[1]:.1f} s, min of {_REPEATS.value} "
-    f"{best[0]:.1f} -> {best[1]:.1f} s ({best[0] / best[1]:.2f}x); labels of every column "
-    f"{'identical' if same else 'DIFFERENT'}"
-  )
+    t = time.perf_counter()
+    experiment.score_tests(config, cols, tests, params)
+    times.append(time.perf_counter() - t)
+    print(f"  run {rep + 1}: {times[-1]:.1f} s (load {os.getloadavg()[0]:.1f})")
+    sys.stdout.flush()
+  print(f"  first run (compiles) {times[0]:.1f} s, min of {len(times)} {min(times):.1f} s")
 
 
 def _device_peak(res: dict) -> str:
@@ -320,9 +273,6 @@ def _device_peak(res: dict) -> str:
 
 def main(argv):
   del argv
-  if _WORKER.value:
-    _worker()
-    return
   if _TEST_SETS.value:
     with tempfile.TemporaryDirectory() as tmp:
       for config in _CONFIGS.value:
@@ -330,13 +280,13 @@ def main(argv):
     return
   import numpy as np  # pylint: disable=g-import-not-at-top
 
-  global _VOLUME_PATH
   with tempfile.TemporaryDirectory() as tmp:
+    volume = None
     if _PHANTOM.value:
       t = time.perf_counter()
       hu, cand, full_shape = _phantom_volume(_SEED.value)
-      _VOLUME_PATH = os.path.join(tmp, "volume.npz")
-      np.savez(_VOLUME_PATH, hu=hu, cand=cand, full_shape=np.asarray(full_shape))
+      volume = os.path.join(tmp, "volume.npz")
+      np.savez(volume, hu=hu, cand=cand, full_shape=np.asarray(full_shape))
       print(
         f"CCTA phantom {full_shape} at full resolution -> {hu.shape} at 1.5x0.66x0.66 mm "
         f"({time.perf_counter() - t:.1f} s to generate and resample)"
@@ -345,11 +295,13 @@ def main(argv):
       jax_cache = os.path.join(
         tmp, f"jax_cache_{config}"
       )  # empty: the first run compiles everything
-      roi = _run("roi", config, os.path.join(tmp, "roi.npy"), jax_cache)
+      roi = _run("roi", config, os.path.join(tmp, "roi.npy"), volume, jax_cache)
       cached = (
-        _run("roi", config, os.path.join(tmp, "roi.npy"), jax_cache) if _CACHED.value else None
+        _run("roi", config, os.path.join(tmp, "roi.npy"), volume, jax_cache)
+        if _CACHED.value
+        else None
       )
-      naive = _run("naive", config, os.path.join(tmp, "naive.npy"))
+      naive = _run("naive", config, os.path.join(tmp, "naive.npy"), volume)
       a, b = np.load(os.path.join(tmp, "roi.npy")), np.load(os.path.join(tmp, "naive.npy"))
       checked = b >= 0
       same = int((a[checked] == b[checked]).sum())

@@ -1,7 +1,7 @@
 r"""Benchmark `cac-score` end to end: a clinical-size scan file in, every output written.
 
-Builds 512 x 512 x N cases from a real CT by the resampling of ../shared/bench/make_ccta_grid.py
-(the CT keeps its physical extent; linear interpolation, int16 HU, -1024 outside), or takes
+Builds 512 x 512 x N cases from a real CT (--e2e_source) by resampling (`build_case`: the CT
+keeps its physical extent; linear interpolation, int16 HU, -1024 outside), or takes
 scan files (--e2e_images). For each config (an export of its architecture with random weights:
 timing only, the labels mean nothing), each case is scored in a fresh process by
 `cac_jax.scoring.score_files.score_file`, the code `cac-score --image` runs, with the default
@@ -10,28 +10,28 @@ reads the persistent compilation cache; later ones show what each further scan o
 costs). Prints each stage's seconds (nested stages indented, inclusive), the peak RSS and the
 total, the I/O floor (the gzip decompression of the input file and the compression of a
 label map of its size) and the written label map rewritten at gzip levels 1, 6 and 9 (write
-seconds, size, read-back seconds). Without the real CT (a lent GPU machine has no
-../shared), the case is a full-resolution CCTA phantom of configs/paper.py.
+seconds, size, read-back seconds). Without the real CT, the case is a full-resolution CCTA
+phantom of configs/paper.py.
 
   python -m launch.benchmark_score --e2e_slices=600,300 --e2e_configs=demo,paper
 
---e2e_code=DIR1,DIR2 runs the workers from other checkouts (each holding this file), the
-cases alternating between them in one command, so before/after ratios are measured under
-the same load.
+--e2e_code=DIR1,DIR2 runs the workers from other checkouts (each holding this file's
+`score_in_a_row`, run by `cac_jax.fresh_process`), the cases alternating between them in one
+command, so before/after ratios are measured under the same load.
 """
 
 import functools
 import gzip
 import importlib
-import json
 import os
 import resource
-import subprocess
 import sys
 import tempfile
 import time
 
 from absl import flags, logging
+
+from cac_jax import fresh_process
 
 from . import _cli
 
@@ -54,9 +54,6 @@ _CODE = flags.DEFINE_list(
   "e2e_code", [], "Checkouts to run the workers from (default: this one), alternating."
 )
 _SEED = flags.DEFINE_integer("e2e_seed", 0, "Seed of the random weights.")
-_WORKER_CASE = flags.DEFINE_string("e2e_worker_case", "", "Internal: the case a worker scores.")
-_WORKER_EXPORT = flags.DEFINE_string("e2e_worker_export", "", "Internal: the worker's export.")
-_WORKER_OUT = flags.DEFINE_string("e2e_worker_out", "", "Internal: the worker's output folder.")
 
 # (module, attribute, stage): the functions timed, found at run time (a checkout lacking one
 # skips it). Nested calls are reported inside their caller.
@@ -74,6 +71,7 @@ STAGES = (
   ("cac_jax.scoring.scores", "compute_scores", "scores"),
   ("cac_jax.scoring.pipeline", "plausibility_warnings", "plausibility checks"),
   ("cac_jax.scoring.pipeline", "write_outputs", "write outputs"),
+  ("cac_jax.scoring.outputs", "write_outputs", "write outputs"),
   ("cac_jax.data.volume_io", "write_like", "labels .nii.gz"),
   ("cac_jax.scoring.scores", "lesion_table", "lesions.csv"),
   ("cac_jax.scoring.overlay", "overlay_png", "overlay.png"),
@@ -119,8 +117,9 @@ class StageTimer:
 
 
 def build_case(source: str, out: str, inplane: int, slices: int) -> str:
-  """`source` resampled to inplane x inplane x `slices` voxels over its own physical extent
-  (linear, int16 HU, -1024 outside), written to `out` (.nii.gz); returns a description."""
+  """Write `source` resampled to inplane x inplane x `slices` voxels to `out` (.nii.gz).
+
+  Over its own physical extent (linear, int16 HU, -1024 outside); returns a description."""
   import SimpleITK as sitk  # pylint: disable=g-import-not-at-top
 
   im = sitk.ReadImage(source)
@@ -157,8 +156,9 @@ def export_random(config_name: str, out: str, seed: int) -> str:
 
 
 def io_floor(path: str) -> dict[str, float]:
-  """Seconds to gunzip `path` and to gzip (SimpleITK's default level) a uint8 label map of its
-  voxel count: the part of scoring no analysis can remove."""
+  """Seconds to gunzip `path` and to gzip a uint8 label map of its voxel count.
+
+  gzip at SimpleITK's default level: the part of scoring no analysis can remove."""
   import numpy as np  # pylint: disable=g-import-not-at-top
   import SimpleITK as sitk  # pylint: disable=g-import-not-at-top
 
@@ -198,8 +198,9 @@ def label_compression(path: str, levels=(1, 6, 9)) -> list[tuple[int, float, flo
 
 
 def phantom_case(out: str, seed: int) -> str:
-  """A full-resolution CCTA phantom of configs/paper.py (`cac_jax.phantoms`) written to `out`,
-  the case when the real CT is absent (e.g. on a lent GPU machine); returns a description."""
+  """Write a full-resolution CCTA phantom of configs/paper.py to `out`; returns a description.
+
+  The case when the real CT is absent (`cac_jax.phantoms`)."""
   from cac_jax import phantoms  # pylint: disable=g-import-not-at-top
   from cac_jax.configs import paper  # pylint: disable=g-import-not-at-top
   from cac_jax.data import volume_io  # pylint: disable=g-import-not-at-top
@@ -213,21 +214,23 @@ def phantom_case(out: str, seed: int) -> str:
   )
 
 
-def _worker() -> None:
+def score_in_a_row(case: str, export: str, out: str, scans: int) -> dict:
+  """Score `case` `scans` times with one loaded export, each stage timed (`STAGES`).
+
+  `_run_worker` runs it in a fresh process.
+  """
   from cac_jax.scoring import score_files  # pylint: disable=g-import-not-at-top
 
   timer = StageTimer()
   timer.install()
-  loaded = score_files.load_model(_WORKER_EXPORT.value)
+  loaded = score_files.load_model(export)
   rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   runs = []
-  for i in range(_SCANS.value):
+  for i in range(scans):
     timer.reset()
-    out = os.path.join(_WORKER_OUT.value, f"scan{i}")
+    out_i = os.path.join(out, f"scan{i}")
     t = time.perf_counter()
-    report = score_files.score_file(
-      _WORKER_CASE.value, _WORKER_EXPORT.value, out, loaded=loaded, overwrite=True
-    )
+    report = score_files.score_file(case, export, out_i, loaded=loaded, overwrite=True)
     total = time.perf_counter() - t
     runs.append(
       {
@@ -238,29 +241,15 @@ def _worker() -> None:
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
       }
     )
-  print("RESULT " + json.dumps({"rss_after_load_mb": rss0, "runs": runs}))
+  return {"rss_after_load_mb": rss0, "runs": runs}
 
 
 def _run_worker(code: str, case: str, export: str, out: str, cache: str) -> dict:
-  args = [
-    sys.executable,
-    "-m",
-    __spec__.name if code == _ROOT else "launch.benchmark_score",
-    f"--e2e_worker_case={case}",
-    f"--e2e_worker_export={export}",
-    f"--e2e_worker_out={out}",
-    f"--e2e_scans={_SCANS.value}",
-  ]
-  env = dict(
-    os.environ,
-    PYTHONPATH=code + os.pathsep + os.environ.get("PYTHONPATH", ""),
-    CAC_JAX_COMPILATION_CACHE=cache,
-  )
-  proc = subprocess.run(args, cwd=code, env=env, capture_output=True, text=True, check=False)
-  lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")]
-  if proc.returncode != 0 or not lines:
-    raise RuntimeError(f"worker failed ({code}, {case}):\n{proc.stderr[-3000:]}")
-  return json.loads(lines[-1][len("RESULT ") :])
+  """`score_in_a_row` in a fresh process of checkout `code`, its compilation cache in `cache`."""
+  module = __spec__.name if code == _ROOT else "launch.benchmark_score"
+  env = dict(os.environ, CAC_JAX_COMPILATION_CACHE=cache)
+  kwargs = dict(case=case, export=export, out=out, scans=_SCANS.value)
+  return fresh_process.call(f"{module}:score_in_a_row", kwargs, cwd=code, env=env)
 
 
 def stage_table(columns: dict[str, dict]) -> str:
@@ -291,9 +280,6 @@ def stage_table(columns: dict[str, dict]) -> str:
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax's export messages
-  if _WORKER_CASE.value:
-    _worker()
-    return
   codes = [os.path.abspath(c) for c in _CODE.value] or [_ROOT]
   with tempfile.TemporaryDirectory() as tmp:
     cases = list(_IMAGES.value)

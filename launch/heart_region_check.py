@@ -1,5 +1,7 @@
-r"""Measure the automatic heart region (`--heart_mask auto` of launch.score) on phantoms and
-real scans with a reference heart mask; prints the markdown table of docs/scoring.md.
+r"""Measure the automatic heart region (`--heart_mask auto` of launch.score) against references.
+
+On phantoms and real scans with a reference heart mask; prints the markdown table of
+docs/scoring.md.
 
   cac-heart-region-check [--n 20] [--config demo] \
       [--real ../shared/realdata/contrast_chest_ct_1.nii.gz:../shared/realdata/contrast_chest_ct_1_heart.nii.gz]

@@ -17,8 +17,7 @@ from cac_jax.studies import oracle_spread
 
 from . import _cli, train_flags
 
-FLAGS = flags.FLAGS
-_cli.define_config("demo", "Experiment config.")
+_CONFIG = _cli.define_config("demo", "Experiment config.")
 _WORKDIR = flags.DEFINE_string(
   "workdir", "runs/oracle_spread", "Data, oracles (reused when complete)."
 )
@@ -36,7 +35,7 @@ def main(argv):
   train_flags.init_runtime()
   log = logging.getLogger("cac_jax.oracle_spread")
   result = oracle_spread.run(
-    FLAGS.config,
+    _CONFIG.value,
     _WORKDIR.value,
     _SEED.value,
     [int(k) for k in _INITS.value],

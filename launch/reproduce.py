@@ -16,12 +16,11 @@ from cac_jax.studies import experiment, report
 
 from . import _cli, train_flags
 
-FLAGS = flags.FLAGS
-_cli.define_config("demo", "Experiment config.")
-flags.DEFINE_string(
+_CONFIG = _cli.define_config("demo", "Experiment config.")
+_WORKDIR = flags.DEFINE_string(
   "workdir", "runs/demo", "Where data, checkpoints and results go (reused when complete)."
 )
-flags.DEFINE_list(
+_SEEDS = flags.DEFINE_list(
   "seeds",
   None,
   "Experiment seeds (default: config.experiment.seeds, else config.seed); "
@@ -33,11 +32,11 @@ def main(argv):
   del argv
   train_flags.init_runtime()
   log = logging.getLogger("cac_jax.reproduce")
-  seeds = experiment.seeds_of(FLAGS.config, FLAGS.seeds)
+  seeds = experiment.seeds_of(_CONFIG.value, _SEEDS.value)
   results = experiment.run_seeds(
-    FLAGS.config, FLAGS.workdir, seeds, log=lambda seed, s: log.info("[seed %d] %s", seed, s)
+    _CONFIG.value, _WORKDIR.value, seeds, log=lambda seed, s: log.info("[seed %d] %s", seed, s)
   )
-  md, paths = report.write_results(results, FLAGS.config, os.path.join(FLAGS.workdir, "results"))
+  md, paths = report.write_results(results, _CONFIG.value, os.path.join(_WORKDIR.value, "results"))
   print()
   print(md)
   print("\nfigures and reports:")

@@ -24,74 +24,83 @@ from cac_jax.scoring import score_files
 
 from . import _cli
 
-FLAGS = flags.FLAGS
 SCORING = paper.get_config().scoring  # the defaults the help texts name
-flags.DEFINE_string("image", None, "Scan: NIfTI/MHA/NRRD file or DICOM series folder.")
-flags.DEFINE_string(
+_IMAGE = flags.DEFINE_string("image", None, "Scan: NIfTI/MHA/NRRD file or DICOM series folder.")
+_HEART_MASK = flags.DEFINE_string(
   "heart_mask",
   "auto",
   "Heart mask file (any grid; resampled by physical coordinates), 'auto' "
   "(find the heart region in the scan; docs/scoring.md) or 'none' (classify every candidate). "
   "With --manifest: for rows without a heart mask ('auto' or 'none').",
 )
-flags.DEFINE_string(
+_MASKS_DIR = flags.DEFINE_string(
   "masks_dir",
   None,
   "TotalSegmentator output folder: its heart.nii.gz (and aorta.nii.gz unless "
   "--aorta_mask is given) are used.",
 )
-flags.DEFINE_string("aorta_mask", None, "Aorta mask, used for the CCTA threshold ROI.")
-flags.DEFINE_string(
+_AORTA_MASK = flags.DEFINE_string(
+  "aorta_mask", None, "Aorta mask, used for the CCTA threshold ROI."
+)
+_MANIFEST = flags.DEFINE_string(
   "manifest", None, "Data-set CSV (id,image,label,heart_mask,aorta_mask,domain,split)."
 )
-flags.DEFINE_string("split", None, "With --manifest: only score rows of this split (e.g. test).")
-flags.DEFINE_string("checkpoint", None, "Exported inference checkpoint folder.", required=True)
-flags.DEFINE_string("output_dir", None, "Where outputs go.", required=True)
-flags.DEFINE_enum(
+_SPLIT = flags.DEFINE_string(
+  "split", None, "With --manifest: only score rows of this split (e.g. test)."
+)
+_CHECKPOINT = flags.DEFINE_string(
+  "checkpoint", None, "Exported inference checkpoint folder.", required=True
+)
+_OUTPUT_DIR = flags.DEFINE_string("output_dir", None, "Where outputs go.", required=True)
+_DOMAIN = flags.DEFINE_enum(
   "domain", "auto", ["auto", "ncct", "ccta"], "Scan domain; auto decides from the aorta's HU."
 )
-flags.DEFINE_bool(
+_OVERWRITE = flags.DEFINE_bool(
   "overwrite",
   False,
   "Replace existing outputs (with --manifest: re-score every case instead of resuming).",
 )
-flags.DEFINE_bool(
+_FAIL_FAST = flags.DEFINE_bool(
   "fail_fast",
   False,
   "With --manifest: stop at the first case that fails (default: record it and go on).",
 )
-flags.DEFINE_string(
+_SHARD = flags.DEFINE_string(
   "shard",
   None,
   "With --manifest: K/N (K from 1 to N) scores only the cases whose id hashes to shard K of N "
   "(a stable SHA-256 of the id); N runs into one --output_dir share it, and each rebuilds "
   "scores.csv over every finished case.",
 )
-flags.DEFINE_float("calibration", None, "Mass-score calibration factor (mg HA/cm³ per HU).")
-flags.DEFINE_bool("region_growing", True, "FP reduction: grow detections to 6-connected lesions.")
-flags.DEFINE_bool(
+_CALIBRATION = flags.DEFINE_float(
+  "calibration", None, "Mass-score calibration factor (mg HA/cm³ per HU)."
+)
+_REGION_GROWING = flags.DEFINE_bool(
+  "region_growing", True, "FP reduction: grow detections to 6-connected lesions."
+)
+_SIZE_LIMITS = flags.DEFINE_bool(
   "size_limits",
   True,
   f"FP reduction: drop lesions <{SCORING.min_lesion_mm3:g} mm³ or >{SCORING.max_lesion_mm3:g} mm³ "
   "(the paper's limits; an export's config may set others, --min/max_lesion_mm3 override them).",
 )
-flags.DEFINE_bool(
+_AORTA_THRESHOLD = flags.DEFINE_bool(
   "aorta_threshold",
   True,
   "FP reduction, CCTA: candidates at or above the aortic-lumen mean + 3 SD "
   "(--noaorta_threshold: 130 HU, contrast lumen included, as the paper without FP reduction).",
 )
-flags.DEFINE_string(
+_SERIES = flags.DEFINE_string(
   "series",
   None,
   "DICOM folder with several series: the SeriesInstanceUID to score (default: the series with the most files).",
 )
-flags.DEFINE_bool(
+_RECORD_INPUT_PATH = flags.DEFINE_bool(
   "record_input_path",
   False,
   "Store the input's full path in scores.json (off: a path can carry a patient's name).",
 )
-flags.DEFINE_bool(
+_HEART_FILTER = flags.DEFINE_bool(
   "heart_filter",
   True,
   "FP reduction: drop lesions outside the dilated heart mask (inference then runs only there; "
@@ -104,77 +113,79 @@ OVERRIDES = {
   "max_lesion_mm3": "max_mm3",
   "heart_dilation_mm": "dilation_mm",
 }
-for _name, _what in (
-  ("min_lesion_mm3", "smallest kept lesion (mm³)"),
-  ("max_lesion_mm3", "largest kept lesion (mm³)"),
-  ("heart_dilation_mm", "heart-region dilation (mm)"),
-):
-  flags.DEFINE_float(
-    _name,
+_LIMITS = {
+  name: flags.DEFINE_float(
+    name,
     None,
-    f"FP reduction: the {_what} instead of the export's config.scoring.{_name} "
-    f"(the paper's config: {SCORING[_name]:g}); recorded in scores.json.",
+    f"FP reduction: the {what} instead of the export's config.scoring.{name} "
+    f"(the paper's config: {SCORING[name]:g}); recorded in scores.json.",
   )
+  for name, what in (
+    ("min_lesion_mm3", "smallest kept lesion (mm³)"),
+    ("max_lesion_mm3", "largest kept lesion (mm³)"),
+    ("heart_dilation_mm", "heart-region dilation (mm)"),
+  )
+}
 
 
 def fp_options() -> dict:
   """The FP-reduction switches and the limits given by flag (`score_files`' `fp` argument)."""
-  steps = ("region_growing", "size_limits", "heart_filter", "aorta_threshold")
-  fp = {name: FLAGS[name].value for name in steps}
-  fp.update({k: FLAGS[f].value for f, k in OVERRIDES.items() if FLAGS[f].value is not None})
+  steps = (_REGION_GROWING, _SIZE_LIMITS, _HEART_FILTER, _AORTA_THRESHOLD)
+  fp = {holder.name: holder.value for holder in steps}
+  fp.update({k: _LIMITS[f].value for f, k in OVERRIDES.items() if _LIMITS[f].value is not None})
   return fp
 
 
 def main(argv):
   del argv
-  if bool(FLAGS.image) == bool(FLAGS.manifest):
+  if bool(_IMAGE.value) == bool(_MANIFEST.value):
     raise app.UsageError("give exactly one of --image or --manifest")
-  if FLAGS.shard is not None and not FLAGS.manifest:
+  if _SHARD.value is not None and not _MANIFEST.value:
     raise app.UsageError("--shard needs --manifest")
-  shard = None if FLAGS.shard is None else score_files.parse_shard(FLAGS.shard)
-  if not FLAGS["verbosity"].present:  # --verbosity shows them
+  shard = None if _SHARD.value is None else score_files.parse_shard(_SHARD.value)
+  if not flags.FLAGS["verbosity"].present:  # --verbosity shows them
     absl_logging.set_verbosity(absl_logging.WARNING)  # Orbax logs every restore at INFO
     logging.getLogger("jax").setLevel(logging.WARNING)  # and JAX its backend probing
   # checked and locked before any computation; shards of one job share the folder
-  with atomic.claim_dir(FLAGS.output_dir, shared=shard is not None):
+  with atomic.claim_dir(_OUTPUT_DIR.value, shared=shard is not None):
     _score(fp_options(), shard)
 
 
 def _score(fp, shard):
-  if FLAGS.image:
+  if _IMAGE.value:
     report = score_files.score_file(
-      FLAGS.image,
-      FLAGS.checkpoint,
-      FLAGS.output_dir,
-      heart_mask=FLAGS.heart_mask,
-      aorta_mask=FLAGS.aorta_mask,
-      masks_dir=FLAGS.masks_dir,
-      domain=FLAGS.domain,
-      overwrite=FLAGS.overwrite,
-      calibration=FLAGS.calibration,
+      _IMAGE.value,
+      _CHECKPOINT.value,
+      _OUTPUT_DIR.value,
+      heart_mask=_HEART_MASK.value,
+      aorta_mask=_AORTA_MASK.value,
+      masks_dir=_MASKS_DIR.value,
+      domain=_DOMAIN.value,
+      overwrite=_OVERWRITE.value,
+      calibration=_CALIBRATION.value,
       fp=fp,
-      series=FLAGS.series,
-      record_input_path=FLAGS.record_input_path,
+      series=_SERIES.value,
+      record_input_path=_RECORD_INPUT_PATH.value,
     )
     for line in report["warnings"]:
       absl_logging.warning(line)
-    print(score_files.summary_line(FLAGS.image, report))
-    print(f"outputs in {FLAGS.output_dir}")
+    print(score_files.summary_line(_IMAGE.value, report))
+    print(f"outputs in {_OUTPUT_DIR.value}")
     print(report["notice"])
   else:
     batch = score_files.score_manifest(
-      FLAGS.manifest,
-      FLAGS.checkpoint,
-      FLAGS.output_dir,
-      split=FLAGS.split,
-      domain=FLAGS.domain,
-      overwrite=FLAGS.overwrite,
-      calibration=FLAGS.calibration,
+      _MANIFEST.value,
+      _CHECKPOINT.value,
+      _OUTPUT_DIR.value,
+      split=_SPLIT.value,
+      domain=_DOMAIN.value,
+      overwrite=_OVERWRITE.value,
+      calibration=_CALIBRATION.value,
       fp=fp,
       progress=True,
-      heart_default=FLAGS.heart_mask,
-      record_input_path=FLAGS.record_input_path,
-      fail_fast=FLAGS.fail_fast,
+      heart_default=_HEART_MASK.value,
+      record_input_path=_RECORD_INPUT_PATH.value,
+      fail_fast=_FAIL_FAST.value,
       shard=shard,
     )
     print(f"scores of every scan: {batch.csv_path}")
@@ -188,18 +199,9 @@ def _score(fp, shard):
 
 
 def flag_paths():
-  return {
-    f"--{name}": FLAGS[name].value
-    for name in (
-      "image",
-      "heart_mask",
-      "aorta_mask",
-      "masks_dir",
-      "manifest",
-      "checkpoint",
-      "output_dir",
-    )
-  }
+  """{"--flag": value} of the flags that name files (`_cli.run` names them in errors)."""
+  paths = (_IMAGE, _HEART_MASK, _AORTA_MASK, _MASKS_DIR, _MANIFEST, _CHECKPOINT, _OUTPUT_DIR)
+  return {f"--{holder.name}": holder.value for holder in paths}
 
 
 def run() -> None:  # console script cac-score

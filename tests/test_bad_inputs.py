@@ -28,7 +28,7 @@ import pytest
 import SimpleITK as sitk
 
 from cac_jax import checkpoints, labels
-from cac_jax.scoring import pipeline, score_files
+from cac_jax.scoring import outputs, score_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SPACING_XYZ = (1.0, 1.0, 1.5)  # the tiny config's working spacing: no resampling
@@ -703,7 +703,7 @@ SCORE_CASES = [
     "stale_tmp_leftovers",
     lambda d, env: (_stale(d / "out"), _score(NII("img.nii.gz"))(d, env))[1],
     check=lambda d, r, e: (
-      sorted(os.listdir(d / "out")) == sorted(pipeline.OUTPUT_FILES)
+      sorted(os.listdir(d / "out")) == sorted(outputs.OUTPUT_FILES)
       or pytest.fail(str(os.listdir(d / "out")))
     ),
   ),
@@ -711,7 +711,7 @@ SCORE_CASES = [
     "interrupted_set_replaced",
     lambda d, env: (_interrupted_set(d / "out"), _score(NII("img.nii.gz"))(d, env))[1],
     check=lambda d, r, e: (
-      sorted(os.listdir(d / "out")) == sorted(pipeline.OUTPUT_FILES) or pytest.fail("not replaced")
+      sorted(os.listdir(d / "out")) == sorted(outputs.OUTPUT_FILES) or pytest.fail("not replaced")
     ),
   ),
 ]
@@ -750,7 +750,7 @@ def _edited_ckpt(env, d, how) -> str:
 
 def _existing_outputs(d):
   os.makedirs(d / "out")
-  for name in pipeline.OUTPUT_FILES:
+  for name in outputs.OUTPUT_FILES:
     (d / "out" / name).write_text("{}")
 
 
@@ -848,7 +848,7 @@ def _first_case_kept(d, result, env):
   one-line reason, and the exit status is 2."""
   out = d / "out"
   assert sorted(os.listdir(out)) == sorted(["a", "b", "scores.csv", score_files.SCORES_LOCK])
-  assert sorted(os.listdir(out / "a")) == sorted(pipeline.OUTPUT_FILES)
+  assert sorted(os.listdir(out / "a")) == sorted(outputs.OUTPUT_FILES)
   assert os.listdir(out / "b") == [score_files.ERROR_FILE]
   assert "truncated" in (out / "b" / score_files.ERROR_FILE).read_text(encoding="utf-8")
   with open(d / "out" / "scores.csv", encoding="utf-8") as f:
@@ -1091,7 +1091,7 @@ def _full_disk(free_pages):
     if pages is None:
       pages = sum(
         -(-os.path.getsize(env["clean_dir"] / n) // 4096)
-        for n in pipeline.OUTPUT_FILES
+        for n in outputs.OUTPUT_FILES
         if n != "scores.json"
       )
     (fs / "filler").write_bytes(b"\0" * ((64 - pages) * 4096))
@@ -1206,7 +1206,7 @@ def test_case(corpus, case):
   if case.error is None:
     assert result["rc"] == 0, result["stderr"][-3000:]
     if case.script == "launch.score" and not case.id.startswith("manifest"):
-      assert sorted(f for f in os.listdir(d / "out")) == sorted(pipeline.OUTPUT_FILES)
+      assert sorted(f for f in os.listdir(d / "out")) == sorted(outputs.OUTPUT_FILES)
   else:
     lines = [l for l in result["stderr"].splitlines() if l.strip()]
     assert result["rc"] == 2, result["stderr"][-3000:]

@@ -15,7 +15,7 @@ import pytest
 
 from cac_jax import phantoms
 from cac_jax.data import volume_io
-from cac_jax.scoring import pipeline, score_files
+from cac_jax.scoring import outputs, score_files
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -86,7 +86,7 @@ def test_a_resume_with_other_settings_is_refused_naming_the_difference(
   out = str(tmp_path / "out")
   score_files.score_manifest(three, tiny_export, out)
   stamp = os.path.getmtime(os.path.join(out, "scores.csv"))
-  with pytest.raises(pipeline.OutputExistsError, match="fp_reduction.*--overwrite"):
+  with pytest.raises(outputs.OutputExistsError, match="fp_reduction.*--overwrite"):
     score_files.score_manifest(three, tiny_export, out, fp={"size_limits": False})
   assert os.path.getmtime(os.path.join(out, "scores.csv")) == stamp  # nothing touched
   res = score_files.score_manifest(
@@ -98,12 +98,17 @@ def test_a_resume_with_other_settings_is_refused_naming_the_difference(
 def test_a_limit_given_by_flag_overrides_the_export_and_is_recorded(three, tiny_export, tmp_path):
   import json  # pylint: disable=import-outside-toplevel
 
+  from absl import flags  # pylint: disable=import-outside-toplevel
   from absl.testing import flagsaver  # pylint: disable=import-outside-toplevel
 
   from launch import score  # pylint: disable=import-outside-toplevel
 
-  with flagsaver.flagsaver(max_lesion_mm3=300.0, heart_dilation_mm=None):
-    fp = score.fp_options()
+  flags.FLAGS.mark_as_parsed()  # the script's flag holders read only parsed flags
+  try:
+    with flagsaver.flagsaver(max_lesion_mm3=300.0, heart_dilation_mm=None):
+      fp = score.fp_options()
+  finally:
+    flags.FLAGS.unparse_flags()  # back to unparsed defaults, as before the test
   assert fp["max_mm3"] == 300.0 and "dilation_mm" not in fp and "min_mm3" not in fp
   report = score_files.score_file(_image(three, 0), tiny_export, str(tmp_path / "o"), fp=fp)
   saved = json.load(open(tmp_path / "o" / "scores.json", encoding="utf-8"))
@@ -146,7 +151,7 @@ def test_a_batch_killed_at_random_moments_completes_with_each_case_scored_once(
   assert "0 failed" in r.stdout
   assert _rows(os.path.join(out, "scores.csv")) == reference
   for row in reference:  # every case complete, nothing left half-written beside it
-    assert sorted(os.listdir(os.path.join(out, row["id"]))) == sorted(pipeline.OUTPUT_FILES)
+    assert sorted(os.listdir(os.path.join(out, row["id"]))) == sorted(outputs.OUTPUT_FILES)
 
 
 # Case ids that fall into both shards of 2 (score_files.shard_of: 2, 1, 2).

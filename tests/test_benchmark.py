@@ -1,6 +1,9 @@
 """The benchmark scripts' pure parts: the PyTorch anchor's output, the ratio table, the command list."""
 
+import os
+
 import numpy as np
+import pytest
 
 from launch import benchmark, benchmark_all
 
@@ -130,3 +133,15 @@ def test_synthetic_scans_of_the_benchmarks_are_pure_functions_of_the_seed():
   case = synthetic.labelled_case("c", (20, 48, 48), 2)
   assert case.domain == "ncct" and case.labels.max() <= 6 and (case.labels > 0).any()
   assert (case.labels > 0)[case.heart_mask].any() and case.heart_mask.shape == case.labels.shape
+
+
+def test_fresh_process_returns_the_result_and_starts_like_a_console_script(tmp_path):
+  from cac_jax import fresh_process  # pylint: disable=import-outside-toplevel
+
+  assert fresh_process.call("os.path:basename", {"p": "/a/b.npz"}) == "b.npz"
+  env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+  env["CAC_JAX_COMPILATION_CACHE"] = str(tmp_path)  # the child turns the cache on first
+  got = fresh_process.call("os:getenv", {"key": "JAX_COMPILATION_CACHE_DIR"}, env=env)
+  assert got == str(tmp_path)
+  with pytest.raises(RuntimeError, match="os.path:nope failed in a fresh process"):
+    fresh_process.call("os.path:nope", {})

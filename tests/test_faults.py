@@ -21,7 +21,7 @@ import SimpleITK as sitk
 
 from cac_jax import atomic
 from cac_jax.data import volume_io
-from cac_jax.scoring import infer, overlay, pipeline
+from cac_jax.scoring import outputs, overlay, roi_plan
 from cac_jax.train import writers
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -108,7 +108,7 @@ def _with_fault(inputs, out, fault, tmp_path):
 
 def _complete_outputs(out):
   names = sorted(n for n in os.listdir(out) if not n.startswith("."))
-  assert names == sorted(pipeline.OUTPUT_FILES)
+  assert names == sorted(outputs.OUTPUT_FILES)
   assert json.loads((out / "scores.json").read_text(encoding="utf-8"))["scores"]
   volume_io.check_complete(out / "calcium_labels.nii.gz")
 
@@ -131,7 +131,7 @@ def test_kill_during_write_and_concurrent_run(inputs, tmp_path):
     first.send_signal(signal.SIGKILL)
     first.wait()
   # No output under its final name; only temporary leftovers.
-  assert not any((out / n).exists() for n in pipeline.OUTPUT_FILES)
+  assert not any((out / n).exists() for n in outputs.OUTPUT_FILES)
   assert any(n.startswith(".tmp-") for n in os.listdir(out))
   # The next run removes the leftovers and writes the complete set.
   rerun = _score(inputs, out)
@@ -258,13 +258,13 @@ def test_claim_dir(tmp_path):
 
 def test_split_boxes_planning_is_bounded():
   rows, cols = np.nonzero(np.random.default_rng(0).random((512, 512)) < 0.3)
-  boxes = infer.split_boxes(rows, cols, margin=66, cell=4)  # 16,384 cells before coarsening
-  assert 1 <= len(boxes) <= infer.MAX_CELLS
+  boxes = roi_plan.split_boxes(rows, cols, margin=66, cell=4)  # 16,384 cells before coarsening
+  assert 1 <= len(boxes) <= roi_plan.MAX_CELLS
   assert np.array_equal(np.sort(np.concatenate(boxes)), np.arange(len(rows)))  # a partition
   # Few clusters are planned as before: two far-apart blobs stay two boxes.
   r = np.array([0, 1, 0, 1, 300, 301, 300, 301])
   c = np.array([0, 0, 1, 1, 300, 300, 301, 301])
-  assert sorted(len(b) for b in infer.split_boxes(r, c, margin=16)) == [4, 4]
+  assert sorted(len(b) for b in roi_plan.split_boxes(r, c, margin=16)) == [4, 4]
 
 
 def test_metrics_jsonl_truncated_to_restored_step(tmp_path):

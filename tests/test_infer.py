@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from cac_jax import models
-from cac_jax.scoring import infer
+from cac_jax.scoring import infer, roi_plan
 from configs import tiny
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,7 +100,7 @@ def test_bad_inputs(setup):
 def test_choose_shapes_cover_and_bound():
   rng = np.random.RandomState(0)
   needs = rng.randint(1, 200, (300, 2))
-  shapes, assign = infer.choose_shapes(needs, 130, bucket=16, max_shapes=4)
+  shapes, assign = roi_plan.choose_shapes(needs, 130, bucket=16, max_shapes=4)
   assert 1 <= len(shapes) <= 4
   assert (shapes[assign] >= needs).all()
   assert (shapes % 16 == 0).all()
@@ -109,10 +109,10 @@ def test_choose_shapes_cover_and_bound():
 def test_split_boxes():
   rows = np.array([0, 1, 2, 200, 201, 5])
   cols = np.array([0, 2, 1, 250, 251, 3])
-  boxes = infer.split_boxes(rows, cols, 130)
+  boxes = roi_plan.split_boxes(rows, cols, 130)
   assert sorted(np.concatenate(boxes).tolist()) == list(range(6))
   assert len(boxes) == 2  # two clusters far apart (> margin): separate boxes are cheaper
-  assert len(infer.split_boxes(rows, cols, 1000)) == 1  # huge margin: one bounding box
+  assert len(roi_plan.split_boxes(rows, cols, 1000)) == 1  # huge margin: one bounding box
 
 
 def _greedy_boxes_by_recomputation(rows, cols, margin):
@@ -120,7 +120,7 @@ def _greedy_boxes_by_recomputation(rows, cols, margin):
   cell = max(4, margin // 4)
   while True:
     uniq, inv = np.unique((rows // cell) * (1 << 20) + cols // cell, return_inverse=True)
-    if len(uniq) <= infer.MAX_CELLS:
+    if len(uniq) <= roi_plan.MAX_CELLS:
       break
     cell *= 2
   inv = inv.reshape(-1)
@@ -159,7 +159,7 @@ def test_split_boxes_merges_as_the_full_recomputation_would():
     pick = centres[rng.randint(0, len(centres), n)] + rng.randint(-25, 26, (n, 2))
     rows, cols = np.clip(pick[:, 0], 0, 299), np.clip(pick[:, 1], 0, 299)
     margin = int(rng.choice([16, 34, 66, 130]))
-    got = sorted(sorted(b.tolist()) for b in infer.split_boxes(rows, cols, margin))
+    got = sorted(sorted(b.tolist()) for b in roi_plan.split_boxes(rows, cols, margin))
     assert got == _greedy_boxes_by_recomputation(rows, cols, margin), trial
 
 

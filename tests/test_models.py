@@ -1,5 +1,6 @@
 """Shapes and receptive fields of the networks (paper shapes via eval_shape: nothing runs)."""
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -126,6 +127,34 @@ def test_host_init_matches_flax_structure_and_scale():
     assert h.shape == f.shape and h.dtype == f.dtype
   k = np.asarray(host["critic"]["conv2"]["kernel"])  # (3, 3, 16, 16): fan_in 144
   assert abs(k.std() - 1 / 12) < 0.01 and np.abs(k).max() <= 2 / 12 / 0.8796 + 1e-6
+
+
+class _Custom(nn.Module):
+  """A default Dense, a Dense with a custom kernel_init and a param of another name."""
+
+  @nn.compact
+  def __call__(self, x):
+    x = nn.Dense(4, name="plain")(x)
+    x = nn.Dense(4, kernel_init=nn.initializers.normal(3.0), name="custom")(x)
+    return x * self.param("gain", nn.initializers.uniform(), (4,))
+
+
+def test_host_init_leaves_unknown_and_custom_initialisers_to_flax():
+  def init_fn(rng):
+    return {"net": _Custom().init(rng, jnp.zeros((1, 8)))["params"]}
+
+  laws = state_lib.host_laws(init_fn)
+  assert laws["['net']['plain']['kernel']"] == "lecun_normal"
+  assert laws["['net']['custom']['bias']"] == "zeros"
+  assert laws["['net']['custom']['kernel']"] is None and laws["['net']['gain']"] is None
+  host, flax_own = state_lib.host_init(init_fn, 5)["net"], init_fn(jax.random.PRNGKey(5))["net"]
+  np.testing.assert_array_equal(host["custom"]["kernel"], flax_own["custom"]["kernel"])
+  np.testing.assert_array_equal(host["gain"], flax_own["gain"])  # Flax's own draws
+  assert not np.array_equal(host["plain"]["kernel"], flax_own["plain"]["kernel"])
+  assert abs(float(np.std(host["custom"]["kernel"])) - 3.0) < 1.5  # not LeCun's 1/sqrt(4)
+  # Every param of the project's networks is drawn on the host: no Flax init compiles.
+  c = tiny.get_config()
+  assert None not in state_lib.host_laws(lambda rng: models.init_params(c, rng)).values()
 
 
 def _critic_and_feats(norm, seed=0):

@@ -4,6 +4,7 @@ The subprocess tests need the package installed from this checkout (`pip install
 .ci/run does): they run the installed program from a folder outside the checkout.
 """
 
+import ast
 import configparser
 import glob
 import os
@@ -164,6 +165,8 @@ def test_scoring_settings_have_one_default_in_the_config():
   import dataclasses  # pylint: disable=import-outside-toplevel
   import inspect  # pylint: disable=import-outside-toplevel
 
+  from absl import flags  # pylint: disable=import-outside-toplevel
+
   from cac_jax.data import threshold  # pylint: disable=import-outside-toplevel
   from cac_jax.scoring import heart_region, postprocess  # pylint: disable=import-outside-toplevel
   from configs import paper  # pylint: disable=import-outside-toplevel
@@ -190,12 +193,73 @@ def test_scoring_settings_have_one_default_in_the_config():
     sc.heart_dilation_mm,
   )
   limits = f"{sc.min_lesion_mm3:g} mm³ or >{sc.max_lesion_mm3:g} mm³"
-  assert limits in score.FLAGS["size_limits"].help
+  assert limits in flags.FLAGS["size_limits"].help
   for flag in score.OVERRIDES:
-    assert f"the paper's config: {sc[flag]:g})" in score.FLAGS[flag].help
+    assert f"the paper's config: {sc[flag]:g})" in flags.FLAGS[flag].help
   readme = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
   assert f"{sc.min_lesion_mm3:g}–{sc.max_lesion_mm3:g} mm³" in readme
   assert f"heart dilated by {sc.heart_dilation_mm:g} mm" in readme
+
+
+_LESION_LIMIT = re.compile(r"^(min|max)_(lesion_)?mm3$")
+
+
+def _lesion_limit_literals(tree: ast.AST) -> list[tuple[str, float, int]]:
+  """(name, value, line) wherever a number is bound to a lesion-limit name: assigned
+  (`c.scoring.max_lesion_mm3 = 500.0`, a dataclass field), a parameter's default or a
+  keyword argument (`size_filter(..., max_mm3=500)`)."""
+  found = []
+
+  def number(node):
+    return isinstance(node, ast.Constant) and type(node.value) in (int, float)
+
+  def name_of(target):
+    return target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", None)
+
+  for node in ast.walk(tree):
+    pairs = []
+    if isinstance(node, (ast.Assign, ast.AnnAssign)) and node.value is not None:
+      targets = node.targets if isinstance(node, ast.Assign) else [node.target]
+      pairs = [(name_of(t), node.value) for t in targets]
+    elif isinstance(node, ast.keyword):
+      pairs = [(node.arg, node.value)]
+    elif isinstance(node, ast.arguments):
+      args = node.posonlyargs + node.args
+      pairs = list(zip([a.arg for a in args[len(args) - len(node.defaults) :]], node.defaults))
+      pairs += [(a.arg, d) for a, d in zip(node.kwonlyargs, node.kw_defaults) if d is not None]
+    for name, value in pairs:
+      if name and _LESION_LIMIT.match(name) and number(value):
+        found.append((name, value.value, value.lineno))
+  return found
+
+
+def test_lesion_limits_have_one_literal_default():
+  """The lesion limits (1 and 500 mm³) are written once, in configs/paper.py; every other
+  default, help text and document reads them from there (the test above)."""
+  found = []
+  for top in ("cac_jax", "configs", "launch", "tools", "benchmarks"):
+    for folder, _, files in os.walk(os.path.join(REPO, top)):
+      for name in sorted(f for f in files if f.endswith(".py")):
+        path = os.path.join(folder, name)
+        tree = ast.parse(open(path, encoding="utf-8").read(), path)
+        rel = os.path.relpath(path, REPO)
+        found += [(rel, *hit) for hit in _lesion_limit_literals(tree)]
+  assert sorted((f, n, v) for f, n, v, _ in found) == [
+    ("configs/paper.py", "max_lesion_mm3", 500.0),
+    ("configs/paper.py", "min_lesion_mm3", 1.0),
+  ], found
+
+
+def test_lesion_limit_scan_sees_each_way_of_writing_a_default():
+  code = (
+    "c.scoring.max_lesion_mm3 = 500.0\n"
+    "def f(x, min_mm3=1.0, *, max_mm3=500): pass\n"
+    "class S:\n  max_mm3: float = 500.0\n"
+    "size_filter(x, max_mm3=400)\n"
+    "max_mm3 = limit  # not a literal\n"
+  )
+  names = [n for n, _, _ in _lesion_limit_literals(ast.parse(code))]
+  assert sorted(names) == ["max_lesion_mm3", "max_mm3", "max_mm3", "max_mm3", "min_mm3"]
 
 
 _IMPORT_ONLY = """

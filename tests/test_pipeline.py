@@ -12,7 +12,7 @@ import SimpleITK as sitk
 
 from cac_jax import checkpoints, labels, phantoms
 from cac_jax.data import volume_io
-from cac_jax.scoring import pipeline, postprocess
+from cac_jax.scoring import outputs, pipeline, postprocess
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -186,7 +186,7 @@ def test_score_cli_single_and_manifest(tmp_path, export_dir, config):
   )
   assert r.returncode == 0, r.stderr[-3000:]
   assert "domain ccta" in r.stdout
-  for f in pipeline.OUTPUT_FILES:
+  for f in outputs.OUTPUT_FILES:
     assert (out / f).exists(), f
   report = json.loads((out / "scores.json").read_text())
   assert report["domain"] == "ccta" and "auto-detected" in " ".join(report["warnings"])

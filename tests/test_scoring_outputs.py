@@ -13,7 +13,7 @@ import pytest
 
 from cac_jax import checkpoints, labels, phantoms
 from cac_jax.data.scan import Scan
-from cac_jax.scoring import pipeline, score_files, scores
+from cac_jax.scoring import outputs, pipeline, score_files, scores
 from cac_jax.train import data as data_lib
 
 
@@ -47,7 +47,7 @@ def _read_csv(path):
 def test_score_file_auto_heart_provenance_and_outputs(tmp_path, phantom_export, case_files):
   out = tmp_path / "out"
   report = score_files.score_file(case_files.image, phantom_export, str(out))
-  for name in pipeline.OUTPUT_FILES:
+  for name in outputs.OUTPUT_FILES:
     assert (out / name).exists(), name
   saved = json.loads((out / "scores.json").read_text(encoding="utf-8"))
   assert saved["notice"] == pipeline.RESEARCH_NOTICE and "not a medical device" in saved["notice"]

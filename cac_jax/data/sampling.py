@@ -32,7 +32,7 @@ Batch policies (`PatchSampler`, counts from config.sampling):
         uniform voxel of that slice (air included). The same fixed 130 HU in CCTA, so bright
         CCTA patches are mostly contrast lumen, blood pool and bone. A slice without a voxel
         >= 130 HU gives a uniform voxel of that slice (the reference would fail there).
-      - "scan_threshold" (this project's earlier policy): `critic_batch // 2` patches at
+      - "scan_threshold": `critic_batch // 2` patches at
         voxels >= the case's scoring threshold (the aortic-ROI threshold in CCTA; 130 HU with
         `fixed_threshold`), over the whole volume or inside the dilated heart with `critic_bright_in_heart` (default
         `bright_in_heart`), the rest uniform in the sampling region; cases drawn uniformly.

@@ -7,8 +7,7 @@ Domains (real-world protocols):
                projection 37.5 HU at routine dose, 46.6 / 60.2 / 80.0 HU at 45 / 60 / 75 % less
                dose; hybrid iterative reconstruction 18-33 HU. Those are thin-slice figures;
                averaging to 3 mm slices divides uncorrelated noise by about sqrt(3) (22-46 HU
-               for low-dose FBP, less with iterative reconstruction). Until issue 13 this range
-               was 30-60 HU, which made NCCT noise the dominant source of false positives.
+               for low-dose FBP, less with iterative reconstruction).
   cardiac_ncct calcium-scoring CT, 120 kVp, 0.3-0.5 mm pixels, 3 mm / 1.5 mm, noise SD 15-30 HU.
   ccta         contrast CT angiography, 70-120 kVp, 0.3-0.5 mm pixels, 0.6 mm slices every 0.4 mm,
                iodine 250-600 HU (brighter at low kVp), noise SD 20-45 HU.

@@ -43,12 +43,11 @@ PHASES = ("dense", "streaming", "flushed")
 PHASE_P = (0.3, 0.35, 0.35)
 DENSE_HU = (800.0, 2000.0)
 STREAK_HU = (50.0, 150.0)
-# Brighter coronary segments (bolus inhomogeneity): none by default. Until issue 13 every artery
-# had 1-3 segments at +15..45 % above the aortic lumen, calibrated to make an NCCT network call
-# paper-like false positives; but such segments are calcium-like to any detector (a network
+# Brighter coronary segments (bolus inhomogeneity): none by default. Such segments (1-3 per
+# artery at +15..45 % above the aortic lumen) are calcium-like to any detector (a network
 # trained with the CCTA labels could not learn them either), and coronary lumen brighter than
 # the aortic root is not what CCTA shows (attenuation falls along the artery: CORONARY_FALLOFF).
-# Kept as a knob for trials (docs/results.md).
+# A knob for trials (docs/results.md).
 CORONARY_BUMPS_P = (1.0, 0.0, 0.0, 0.0)  # P(0, 1, 2, 3 brighter segments) per coronary artery
 CORONARY_GAIN = (0.15, 0.45)  # peak HU of a bright segment: (1 + gain) x aortic lumen HU
 # Transluminal attenuation gradient: the lumen HU falls linearly with the distance from the

@@ -1,6 +1,6 @@
 """DICOM outputs for DICOM input (PACS and DICOM viewers): a Segmentation of the calcium
 labels (`build_seg`) and a Structured Report of the scores (`build_sr`); `writers` gives
-both to `pipeline.write_outputs`, which writes them with the other outputs.
+both to `outputs.write_outputs`, which writes them with the other outputs.
 
 `build_seg` makes one binary DICOM SEG object (highdicom) with one segment per calcium class
 (LAD incl. left main, LCX, RCA, aorta, aortic valve, mitral valve), referencing the source CT
@@ -165,7 +165,7 @@ def read_sources(source_files: Sequence[str]) -> list:
 def writers(
   classes_source: np.ndarray, scores: dict, source_files: Sequence[str]
 ) -> tuple[dict, list[str]]:
-  """({SEG_FILE: write(path), SR_FILE: write(path)}, notes) for `pipeline.write_outputs`.
+  """({SEG_FILE: write(path), SR_FILE: write(path)}, notes) for `outputs.write_outputs`.
 
   DICOM outputs are a convenience on top of the scan's results: a series that cannot be
   referenced (missing UIDs, inconsistent study/series attributes, mixed matrix sizes) gives a

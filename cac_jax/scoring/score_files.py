@@ -16,7 +16,7 @@ from tqdm import tqdm
 
 from cac_jax import atomic, checkpoints
 from cac_jax.data import manifest, volume_io
-from cac_jax.scoring import dicom_seg, domain_check, pipeline, postprocess
+from cac_jax.scoring import dicom_seg, domain_check, outputs, pipeline, postprocess
 
 ARTERIES = ("LAD", "LCX", "RCA")
 CSV_FIELDS = (
@@ -121,7 +121,7 @@ def score_file(
   only with `record_input_path` (a file or folder name can carry a patient's name). `series`
   picks a DICOM series of a folder by UID.
   """
-  pipeline.check_outputs_free(output_dir, overwrite)
+  outputs.check_outputs_free(output_dir, overwrite)
   if (
     loaded is not None and len(loaded) == 2
   ):  # (params, config) as checkpoints.load_inference returns
@@ -163,7 +163,7 @@ def score_file(
       volume_io.dicom_series_files(image, series),
     )
     result.report["warnings"] += notes
-  pipeline.write_outputs(result, scan, output_dir, overwrite=overwrite, extra=extra)
+  outputs.write_outputs(result, scan, output_dir, overwrite=overwrite, extra=extra)
   return result.report
 
 
@@ -415,7 +415,7 @@ def _refuse_other_requests(rows, output_dir: str, request) -> None:
     stored = finished_report(os.path.join(output_dir, row.id))
     diff = [] if stored is None else _differences(stored.get("request"), request(row))
     if diff:
-      raise pipeline.OutputExistsError(
+      raise outputs.OutputExistsError(
         f"{os.path.join(output_dir, row.id)} was scored with other settings ("
         + "; ".join(diff)
         + "): pass --overwrite to re-score every case, or use another --output_dir"

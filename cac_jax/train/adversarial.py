@@ -144,8 +144,9 @@ def generator_loss(
   rng: jax.Array,
   config: ml_collections.ConfigDict,
 ):
-  """L_G = L_adv + alpha * L_cls for one batch {"source_views", "source_labels", "target_views"}
-  -> (loss, metrics)."""
+  """L_G = L_adv + alpha * L_cls for one batch -> (loss, metrics).
+
+  The batch: {"source_views", "source_labels", "target_views"}."""
   adversarial = adversarial_term(generator_params, state, batch["target_views"], config)
   ce, metrics = classification_term(generator_params, state, batch, rng, config)
   return _combine(adversarial, ce, metrics, config.adapt.alpha)

@@ -38,8 +38,9 @@ _COMPILED: dict = {}
 def step_config(
   config: ml_collections.ConfigDict, reads: Sequence[str]
 ) -> ml_collections.ConfigDict:
-  """The part of `config` a step reads: whole sections ("model") or fields ("adapt.alpha");
-  optional fields absent from `config` stay absent (the step's `.get` default applies)."""
+  """The part of `config` a step reads: whole sections ("model") or fields ("adapt.alpha").
+
+  Optional fields absent from `config` stay absent (the step's `.get` default applies)."""
   full, out = config.to_dict(), {}
   for path in reads:
     section, _, field = path.partition(".")
@@ -58,8 +59,11 @@ def cached_step(
   batch_axis: int = 1,
   **optimizers,
 ) -> Callable:
-  """`source.jit_step(make(step_config(config, reads), **optimizers), mesh, batch_axis)`, reused
-  for the same maker, step config, mesh and axis. `optimizers` are built from the same fields."""
+  """A jitted step, reused for the same maker, step config, mesh and axis.
+
+  `source.jit_step(make(step_config(config, reads), **optimizers), mesh, batch_axis)`;
+  `optimizers` are built from the same fields.
+  """
   cfg = step_config(config, reads)
   key = (f"{make.__module__}.{make.__qualname__}", cfg.to_json(), mesh, batch_axis)
   if key not in _COMPILED:
@@ -81,8 +85,10 @@ class Rate:
 
 
 def mean_metrics(history: list[dict]) -> dict[str, float]:
-  """Mean of each metric over the steps of `history` that report it (on the host): with the
-  blocked adaptation schedule only a block's first generator step reports critic metrics."""
+  """Mean of each metric over the steps of `history` that report it (on the host).
+
+  With the blocked adaptation schedule only a block's first generator step reports critic
+  metrics."""
   host = jax.device_get(history)
   keys = dict.fromkeys(k for m in host for k in m)
   return {k: float(np.mean([float(m[k]) for m in host if k in m])) for k in keys}
@@ -126,9 +132,12 @@ def _run(
   on_log: Callable[[int, dict], None],
   after_step: Callable[[int, Any], None] | None = None,
 ):
-  """Steps `steps` of `body(state, step) -> (state, metrics)`: mean metrics and the rate every
-  `section.log_every` steps and at the last (`on_log`), checkpoints every
-  `section.checkpoint_every` and at the last, then `after_step(done, state)`."""
+  """Run `steps` steps of `body(state, step) -> (state, metrics)`.
+
+  Mean metrics and the rate every `section.log_every` steps and at the last (`on_log`),
+  checkpoints every `section.checkpoint_every` and at the last, then
+  `after_step(done, state)`.
+  """
   total = steps.stop
   rate, history = Rate(steps.start), []
   for step in writers.progress(steps, what, total, jax.process_index() == 0):
@@ -160,8 +169,10 @@ def _finish(
 
 
 def init_seed(config: ml_collections.ConfigDict) -> int:
-  """Seed of the source network's initial parameters: config.source.init_seed, or config.seed
-  when it is negative (two trainings on the same batches can differ only in initialisation)."""
+  """Seed of the source network's initial parameters.
+
+  config.source.init_seed, or config.seed when it is negative (two trainings on the same
+  batches can differ only in initialisation)."""
   seed = int(config.source.get("init_seed", -1))
   return int(config.seed) if seed < 0 else seed
 
@@ -248,8 +259,7 @@ def train_source(
 
 
 def eta(remaining: float, rate: float) -> str:
-  """'ETA 3 min 20 s' for `remaining` units at `rate` units per second ('ETA n/a' without a
-  rate)."""
+  """'ETA 3 min 20 s' for `remaining` units at `rate` units per second ('ETA n/a': no rate)."""
   if not (rate > 0 and np.isfinite(rate)):
     return "ETA n/a"
   minutes, seconds = divmod(int(round(remaining / rate)), 60)
@@ -289,8 +299,9 @@ def critic_updates_before(config: ml_collections.ConfigDict, generator_step: int
 
 
 def snapshot_due(config: ml_collections.ConfigDict, generator_steps_done: int) -> bool:
-  """Whether G is exported as a snapshot after this many generator steps: every
-  `adapt.snapshot_every` steps (0: never) and after the last one."""
+  """Whether G is exported as a snapshot after this many generator steps.
+
+  Every `adapt.snapshot_every` steps (0: never) and after the last one."""
   every = int(config.adapt.get("snapshot_every", 0))
   n = int(config.adapt.num_generator_steps)
   return every > 0 and (generator_steps_done % every == 0 or generator_steps_done == n)

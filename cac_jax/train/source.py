@@ -1,5 +1,6 @@
-"""Supervised training of G, C and the deep-supervision heads: the loss and the pure step
-(the loop around them is `cac_jax.train.loop.train_source`).
+"""Supervised training of G, C and the deep-supervision heads: the loss and the pure step.
+
+The loop around them is `cac_jax.train.loop.train_source`.
 
 loss = CE(C(G(x))[centre], y[centre]) + w * sum_views mean CE(head_v(G_v(x)), y_v)
 with w = `config.source.deep_supervision_weight`, CE from logits, dropout in C (and before
@@ -73,8 +74,10 @@ def source_loss(params: dict, batch: dict, rng: jax.Array, config: ml_collection
 def make_source_step(
   config: ml_collections.ConfigDict, tx: optax.GradientTransformation | None = None
 ) -> Callable[[SourceState, dict], tuple[SourceState, dict]]:
-  """Pure `train_step(state, batch) -> (state, metrics)` (not jitted); `tx` defaults to
-  `state.source_optimizer(config)` (the loop passes the one it initialised the state with)."""
+  """Pure `train_step(state, batch) -> (state, metrics)` (not jitted).
+
+  `tx` defaults to `state.source_optimizer(config)` (the loop passes the one it initialised
+  the state with)."""
   tx = tx or state_lib.source_optimizer(config)
 
   def train_step(state: SourceState, batch: dict):

@@ -12,6 +12,7 @@ from __future__ import annotations
 import zlib
 
 from flax import struct
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -96,25 +97,88 @@ def clip_critic(params, clip: float):
 
 
 def host_init_params(config: ml_collections.ConfigDict, seed: int) -> dict:
-  """Params of `models.init_params`' structure, drawn with numpy from Flax's default laws.
+  """Params of `models.init_params`' structure, drawn with NumPy where Flax's laws are known.
+
+  A fresh process compiles the PRNG graph of a Flax init with XLA, far slower than these draws
+  (docs/performance.md has the figures). Same distributions, not the same numbers.
+  """
+  return host_init(lambda rng: models.init_params(config, rng), seed)
+
+
+# (module type, param name) -> (the module's attribute holding the initialiser, or None where
+# the module's code fixes it; the law drawn). Flax's defaults: LeCun normal kernels, zero
+# biases, unit scales.
+_HOST_LAWS = {
+  (nn.Conv, "kernel"): ("kernel_init", "lecun_normal"),
+  (nn.Dense, "kernel"): ("kernel_init", "lecun_normal"),
+  (nn.Conv, "bias"): ("bias_init", "zeros"),
+  (nn.Dense, "bias"): ("bias_init", "zeros"),
+  (nn.LayerNorm, "scale"): ("scale_init", "ones"),
+  (nn.LayerNorm, "bias"): ("bias_init", "zeros"),
+  (models.BatchStatsNorm, "scale"): (None, "ones"),
+  (models.BatchStatsNorm, "bias"): (None, "zeros"),
+}
+
+
+def host_laws(init_fn) -> dict[str, str | None]:
+  """{leaf key string: law} of the params `init_fn(rng)` makes; None: left to Flax.
+
+  `init_fn(rng)` returns {name: a Flax module's params}. A leaf gets a law when the module
+  owning it is of a type in `_HOST_LAWS` with that initialiser left at the type's default
+  (a custom `kernel_init` is Flax's to draw), and no other module sits at the same path.
+  """
+  owners: dict[tuple, set] = {}
+
+  def record(next_fun, args, kwargs, context):
+    m = context.module
+    attrs = tuple(getattr(m, a, None) for a in ("kernel_init", "bias_init", "scale_init"))
+    owners.setdefault(tuple(m.path), set()).add((type(m),) + attrs)
+    return next_fun(*args, **kwargs)
+
+  with nn.intercept_methods(record):  # a fresh function: jax caches the traces of one
+    shapes = jax.eval_shape(lambda r: init_fn(r), jax.random.PRNGKey(0))
+
+  def law(path) -> str | None:
+    found = owners.get(tuple(k.key for k in path[1:-1]), set())
+    if len(found) != 1:
+      return None
+    kind, *inits = next(iter(found))
+    attr, drawn = _HOST_LAWS.get((kind, path[-1].key), (None, None))
+    if attr is not None:
+      value = dict(zip(("kernel_init", "bias_init", "scale_init"), inits))[attr]
+      if value is not kind.__dataclass_fields__[attr].default:
+        return None
+    return drawn
+
+  flat = jax.tree_util.tree_flatten_with_path(shapes)[0]
+  return {jax.tree_util.keystr(p): law(p) for p, _ in flat}
+
+
+def host_init(init_fn, seed: int) -> dict:
+  """`init_fn(PRNGKey(seed))`'s params, the leaves of `host_laws` drawn with NumPy.
 
   Kernels: LeCun normal (truncated at 2 std, variance 1/fan_in, fan_in = all axes but the
-  last); biases 0; LayerNorm scales 1. Same distributions as `models.init_params`, not the
-  same numbers: XLA:CPU spends tens of seconds compiling the PRNG graph of a Flax init,
-  this takes milliseconds. Each leaf is seeded from (seed, its path).
+  last), each leaf seeded from (seed, its path); biases 0; scales 1. Any other leaf is the
+  Flax init's own (`init_fn(PRNGKey(seed))`, run only when some leaf needs it).
   """
-  shapes = jax.eval_shape(lambda: models.init_params(config, jax.random.PRNGKey(0)))
+  laws = host_laws(init_fn)
+  shapes = jax.eval_shape(init_fn, jax.random.PRNGKey(0))
+  flax_leaves = None
 
   def init(path, leaf):
+    nonlocal flax_leaves
     name = jax.tree_util.keystr(path)
-    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
-    kind = path[-1].key
-    if kind == "bias":
+    law = laws[name]
+    if law is None:
+      if flax_leaves is None:
+        flat = jax.tree_util.tree_flatten_with_path(init_fn(jax.random.PRNGKey(seed)))[0]
+        flax_leaves = {jax.tree_util.keystr(p): v for p, v in flat}
+      return flax_leaves[name]
+    if law == "zeros":
       return jnp.zeros(leaf.shape, leaf.dtype)
-    if kind == "scale":
+    if law == "ones":
       return jnp.ones(leaf.shape, leaf.dtype)
-    if kind != "kernel":
-      raise ValueError(f"no host initialiser for param {name}")
+    rng = np.random.default_rng([seed, zlib.crc32(name.encode())])
     fan_in = int(np.prod(leaf.shape[:-1]))
     std = np.sqrt(1.0 / fan_in) / 0.87962566103423978  # std of N(0,1) truncated to [-2, 2]
     x = rng.standard_normal(leaf.shape)
@@ -138,8 +202,11 @@ def init_source_state(
   host_init: bool = True,
   tx: optax.GradientTransformation | None = None,
 ) -> SourceState:
-  """Fresh source state from `config.seed` (or `seed`); see `init_params` for `host_init`.
-  `tx` (default `source_optimizer(config)`): the optimiser the step will run."""
+  """Fresh source state from `config.seed` (or `seed`).
+
+  See `init_params` for `host_init`. `tx` (default `source_optimizer(config)`): the
+  optimiser the step will run.
+  """
   seed = config.seed if seed is None else seed
   k_run = jax.random.fold_in(jax.random.PRNGKey(seed), 0)
   p = init_params(config, seed, host_init)

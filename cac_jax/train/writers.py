@@ -43,8 +43,10 @@ def truncate_jsonl(path: str, keep: Callable[[dict], bool]) -> int:
 
 
 def resumed_adaptation(state) -> Callable[[dict], bool]:
-  """`keep` for adaptation: critic pre-training records up to the state's critic step, the
-  others up to its generator step."""
+  """`keep` for adaptation, by the state's two step counters.
+
+  Critic pre-training records up to the state's critic step, the others up to its generator
+  step."""
   step, critic_step = int(state.step), int(state.critic_step)
 
   def keep(record: dict) -> bool:
@@ -105,9 +107,11 @@ class MetricWriter:
 
 
 def progress(steps: range, desc: str, total: int, enabled: bool = True):
-  """`steps` wrapped in a tqdm bar (count, rate, ETA) over `total` steps, shown from `steps`'
-  first step (so a resumed run shows its true position); on stderr, and only on a terminal
-  (tqdm's `disable=None`), so logs and tests are not flooded."""
+  """`steps` wrapped in a tqdm bar (count, rate, ETA) over `total` steps.
+
+  Shown from `steps`' first step (so a resumed run shows its true position); on stderr, and
+  only on a terminal (tqdm's `disable=None`), so logs and tests are not flooded.
+  """
   return tqdm(
     steps,
     desc=desc,
