@@ -149,6 +149,9 @@ def get_config() -> ml_collections.ConfigDict:
   c.experiment.n_adapt_target = 40  # = n_source_train: the oracle trains on these, labelled
   c.experiment.n_ccta_test = 20
   c.experiment.n_ncct_test = 10
+  # Columns without FP reduction classify every voxel >= 130 HU of a scan, most of the test
+  # scoring's cost: they score the first N scans of each test set (-1: every scan).
+  c.experiment.n_no_fp_scans = -1
   # Labelled CCTA used only to pick an adaptation snapshot (the reference validates every epoch
   # on labelled CCTA, utils/GAN_validation.py:19-47 via trainGAN_adv_cls_MMD.py:283): model
   # selection with target labels, reported as such. 0: no selection.

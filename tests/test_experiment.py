@@ -311,3 +311,24 @@ def test_sparse_class_maps_give_the_dense_map_back():
   other[0, 0, 0] = 9
   assert sparse == experiment.SparseClasses.of(dense.copy())
   assert sparse != experiment.SparseClasses.of(other)
+
+
+def test_columns_without_fp_reduction_score_the_first_scans_only(toy):
+  c, _, res = toy
+  sub = c.copy_and_resolve_references()
+  sub.experiment.n_no_fp_scans = 1
+  cols = [col for col in experiment.columns(c) if col.model in ("no_adaptation", "oracle")]
+  tests = {r: experiment._load(res["manifest"], c, r) for r in ("ccta_test", "ncct_test")}
+  params = {
+    m: checkpoints.load_inference(res["exports"][m])[0] for m in ("no_adaptation", "oracle")
+  }
+  _, per_scan = experiment.score_tests(sub, cols, tests, params)
+  for col in cols:
+    got, full = per_scan[col.name], res["per_scan"][col.name]
+    want = full if col.fp_reduction else full[:1]
+    assert [s["id"] for s in got] == [s["id"] for s in want]
+    assert [s["classes"] for s in got] == [s["classes"] for s in want]
+  assert experiment.no_fp_scans(sub, 3) == 1 and experiment.no_fp_scans(c, 3) == 3
+  note = report.no_fp_note([{"no_fp_scans": {"ccta_test": (1, 3), "ncct_test": (1, 1)}}])
+  assert "the first 1 of 3 CCTA test scans" in note and "NCCT" not in note
+  assert report.no_fp_note([res]) == ""  # the toy scores every scan

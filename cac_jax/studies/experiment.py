@@ -603,6 +603,7 @@ def run(
     "gates_no_fp": benchmark_gates([per_scan], "without FP reduction"),
     "selection": selection,
     "reference_min_voxels": reference_min_voxels(config),
+    "no_fp_scans": {role: (no_fp_scans(config, len(c)), len(c)) for role, c in tests.items()},
   }
 
 
@@ -617,7 +618,8 @@ def score_tests(
   """Table 2's columns `cols` on the test sets `tests` ({role: cases}) with `params` ({model:
   inference params}; `alias` maps a model to one whose predictions it shares).
 
-  Each column is what `launch.score` gives with its settings; per case the network runs once
+  Each column is what `launch.score` gives with its settings; a column without FP reduction
+  scores the first `no_fp_scans` scans of its test set only. Per case the network runs once
   for all models and both FP-reduction settings (`predict_columns`), and the case's columns are
   evaluated before the next case is scored, so that only one case's raw class maps are held.
   Returns (table {column: {row: {measure: (mean, sd, n)}}}, per_scan {column: [scan dicts]}).
@@ -626,13 +628,15 @@ def score_tests(
   per_scan = {c.name: [] for c in cols}
   for role, cases in tests.items():
     mine = [c for c in cols if c.role == role]
-    wanted = {}
-    for c in mine:
-      wanted.setdefault(alias.get(c.model, c.model), set()).add(c.fp_reduction)
-    progress = scoring_progress(log, f"{role}: ", len(wanted))
+    n_no_fp = no_fp_scans(config, len(cases))
+    progress = scoring_progress(log, f"{role}: ", len({alias.get(c.model, c.model) for c in mine}))
     for k, case in enumerate(cases):
+      now = [c for c in mine if c.fp_reduction or k < n_no_fp]
+      wanted = {}
+      for c in now:
+        wanted.setdefault(alias.get(c.model, c.model), set()).add(c.fp_reduction)
       got = predict_columns({m: params[m] for m in wanted}, config, [case], wanted)
-      for c in mine:
+      for c in now:
         raw = got[(alias.get(c.model, c.model), c.fp_reduction)]
         per_scan[c.name] += evaluate_predictions(config, [case], raw, c.fp_reduction)
       progress(k + 1, len(cases))
@@ -643,6 +647,13 @@ def score_tests(
       r: {m: _cell(agg[r].per_scan[m]) for m, _ in MEASURES + AUTHORS_MEASURES} for r in ROWS
     }
   return table, per_scan
+
+
+def no_fp_scans(config: ml_collections.ConfigDict, n_scans: int) -> int:
+  """How many of a test set's `n_scans` scans (the first ones) the columns without FP reduction
+  score: `experiment.n_no_fp_scans`, every scan when negative."""
+  n = int(config.experiment.get("n_no_fp_scans", -1))
+  return n_scans if n < 0 else min(n, n_scans)
 
 
 def scores_key(config: ml_collections.ConfigDict, params: dict[str, Any]) -> str:
