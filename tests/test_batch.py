@@ -80,15 +80,31 @@ def test_a_failing_case_is_recorded_and_the_rest_are_scored_then_resumed(
     score_files.score_manifest(manifest_csv, tiny_export, str(tmp_path / "ff"), fail_fast=True)
 
 
-def test_a_resume_with_other_settings_is_refused_naming_the_difference(
-  three, tiny_export, tmp_path
+def test_a_resume_with_other_settings_or_checkpoint_is_refused_naming_the_difference(
+  three, tiny_export, tiny_config, tiny_params, tmp_path
 ):
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from cac_jax import checkpoints  # pylint: disable=import-outside-toplevel
+
   out = str(tmp_path / "out")
   score_files.score_manifest(three, tiny_export, out)
   stamp = os.path.getmtime(os.path.join(out, "scores.csv"))
+  listing = sorted(os.listdir(out))
   with pytest.raises(pipeline.OutputExistsError, match="fp_reduction.*--overwrite"):
     score_files.score_manifest(three, tiny_export, out, fp={"size_limits": False})
+  # Another checkpoint (the same architecture, other weights): refused, naming both hashes.
+  other = checkpoints.export_inference(
+    tmp_path / "other", jax.tree.map(lambda x: x + 1e-3, tiny_params), tiny_config
+  )
+  hashes = [checkpoints.content_hash(d) for d in (tiny_export, other)]
+  assert hashes[0] != hashes[1]
+  with pytest.raises(pipeline.OutputExistsError) as refused:
+    score_files.score_manifest(three, other, out)
+  assert f"checkpoint_sha256 {hashes[0]!r} -> {hashes[1]!r}" in str(refused.value)
+  assert "--overwrite" in str(refused.value)
   assert os.path.getmtime(os.path.join(out, "scores.csv")) == stamp  # nothing touched
+  assert sorted(os.listdir(out)) == listing
   res = score_files.score_manifest(
     three, tiny_export, out, fp={"size_limits": False}, overwrite=True
   )
@@ -241,3 +257,49 @@ def test_a_bad_shard_is_one_line(tmp_path):
     lines = r["stderr"].strip().splitlines()
     assert r["rc"] != 0 and len(lines) == 1 and "--shard" in lines[0], (case_id, r)
   assert not (tmp_path / "o").exists()
+
+
+def _first_rows(manifest_csv: str, folder, k: int) -> str:
+  """A copy of a manifest with its first k rows (the images are read where they are)."""
+  base = os.path.dirname(manifest_csv)
+  rows = _rows(manifest_csv)[:k]
+  for row in rows:
+    for key in ("image", "label", "heart_mask", "aorta_mask"):
+      if row.get(key):
+        row[key] = os.path.join(base, row[key])
+  path = os.path.join(folder, "first.csv")
+  with open(path, "w", encoding="utf-8", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+  return path
+
+
+def test_a_folder_in_use_is_refused_and_two_batches_on_two_folders_both_complete(
+  three, tiny_export, reference, tmp_path
+):
+  from cac_jax import atomic  # pylint: disable=import-outside-toplevel
+
+  one = _first_rows(three, tmp_path, 1)
+  busy = tmp_path / "busy"
+  with atomic.claim_dir(busy):  # held as a running cac-score holds its --output_dir
+    r = subprocess.run(
+      _score_cmd(one, tiny_export, str(busy)), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+  assert r.returncode == 2 and "in use by another" in r.stderr.strip().splitlines()[-1], r.stderr
+  assert "Traceback" not in r.stderr and not os.listdir(busy)
+  procs = [
+    subprocess.Popen(
+      _score_cmd(one, tiny_export, str(tmp_path / name)),
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for name in ("a", "b")
+  ]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  for name in ("a", "b"):
+    assert _rows(tmp_path / name / "scores.csv") == reference[:1]
+    assert sorted(os.listdir(tmp_path / name / reference[0]["id"])) == sorted(pipeline.OUTPUT_FILES)
