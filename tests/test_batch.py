@@ -47,7 +47,7 @@ def reference(three, tiny_export, tmp_path_factory) -> list[dict]:
 
 
 def test_a_failing_case_is_recorded_and_the_rest_are_scored_then_resumed(
-  three, tiny_export, reference, tmp_path
+  three, tiny_export, reference, tmp_path, capsys
 ):
   data = tmp_path / "data"
   shutil.copytree(os.path.dirname(three), data)
@@ -69,8 +69,10 @@ def test_a_failing_case_is_recorded_and_the_rest_are_scored_then_resumed(
   with open(second, "wb") as f:
     f.write(good)
   before = os.path.getmtime(os.path.join(out, ids[0], "scores.json"))
-  res = score_files.score_manifest(manifest_csv, tiny_export, out)
+  capsys.readouterr()
+  res = score_files.score_manifest(manifest_csv, tiny_export, out, progress=True)
   assert res.scored == [ids[1]] and res.skipped == [ids[0], ids[2]] and not res.failed
+  assert "2 skipped (already scored)" in capsys.readouterr().err  # the progress bar says so
   assert os.path.getmtime(os.path.join(out, ids[0], "scores.json")) == before
   assert _rows(res.csv_path) == reference
   # --fail_fast stops at the first failure, as a batch used to.
