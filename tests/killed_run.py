@@ -1,4 +1,5 @@
-"""Runs a launch script that kills itself with SIGKILL at a named point (tests/test_experiment.py).
+"""Runs a launch script that kills itself with SIGKILL at a named point (tests/test_experiment.py,
+tests/test_batch.py).
 
   CAC_JAX_KILL_AT=POINT python tests/killed_run.py launch.reproduce ARGS...
 
@@ -6,11 +7,16 @@ POINT is one of
   log:TEXT#N    right after the N-th log record of the cac_jax loggers containing TEXT is emitted
   save:N        right after the N-th training checkpoint (`checkpoints.save`) is written
   write:NAME    right after the first atomic write of a file named NAME (`atomic.write_with`)
+  replace:N     right after the N-th `os.replace` of the process: every file of the outputs
+                reaches its name by one (`atomic.write_with`, and each move of `atomic.write_set`),
+                so these points cover each state of the files under their final names
+  count         no kill; at exit, prints "killed_run: K os.replace calls" to stderr
 and without CAC_JAX_KILL_AT the script runs as `python -m MODULE ARGS...` would. The kill is
 synchronous, at exactly that point of the program, so a sequence of runs killed at a list of
 points replays the same way each time.
 """
 
+import atexit
 import logging
 import os
 import runpy
@@ -69,6 +75,18 @@ def _arm(point: str) -> None:
       return out
 
     atomic.write_with = write_with
+  elif kind in ("replace", "count"):
+    real_replace, calls = os.replace, [0]
+
+    def replace(*args, **kwargs):
+      real_replace(*args, **kwargs)
+      calls[0] += 1
+      if kind == "replace" and calls[0] == int(what):
+        _die()
+
+    os.replace = replace
+    if kind == "count":
+      atexit.register(lambda: print(f"killed_run: {calls[0]} os.replace calls", file=sys.stderr))
   else:
     raise SystemExit(f"killed_run: unknown kill point {point!r}")
 

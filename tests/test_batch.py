@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -146,25 +145,37 @@ def _score_cmd(manifest_csv, export, out) -> list[str]:
 def test_a_batch_killed_at_random_moments_completes_with_each_case_scored_once(
   three, tiny_export, reference, tmp_path
 ):
-  out = str(tmp_path / "out")
-  rng = random.Random(7)
-  for delay in sorted(rng.uniform(4.0, 14.0) for _ in range(2)):
-    p = subprocess.Popen(
-      _score_cmd(three, tiny_export, out),
-      cwd=ROOT,
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL,
+  """kill -9 at seeded random points of the batch, then the same command: every output file
+  reaches its name by an `os.replace`, so the runs are killed right after a random one of them
+  (tests/killed_run.py): the points are spread over the whole batch, and each one is reached."""
+  launcher = [sys.executable, os.path.join(ROOT, "tests", "killed_run.py"), "launch.score"]
+  args = _score_cmd(three, tiny_export, str(tmp_path / "whole"))[3:]
+
+  def score(point: str, out: str) -> subprocess.CompletedProcess:
+    args[args.index("--output_dir") + 1] = out
+    env = {**os.environ, "CAC_JAX_KILL_AT": point}
+    return subprocess.run(
+      [*launcher, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
-    time.sleep(delay)
-    if p.poll() is None:
-      p.send_signal(signal.SIGKILL)
-    p.wait()
-  r = subprocess.run(_score_cmd(three, tiny_export, out), cwd=ROOT, capture_output=True, text=True)
+
+  counted = score("count", str(tmp_path / "whole"))  # an uninterrupted run's os.replace calls
+  assert counted.returncode == 0, counted.stderr[-2000:]
+  total = int(counted.stderr.rsplit("killed_run: ", 1)[1].split()[0])
+  assert _rows(tmp_path / "whole" / "scores.csv") == reference
+  # Kill points as cut points of the uninterrupted run's calls: a run killed after n calls has
+  # finished at most n calls' worth of cases, so the next run makes more calls than its point.
+  cuts = sorted(random.Random(7).sample(range(1, total), 3))
+  out = str(tmp_path / "out")
+  for n in (b - a for a, b in zip([0, *cuts], cuts)):
+    r = score(f"replace:{n}", out)
+    assert r.returncode == -signal.SIGKILL, (n, total, r.stderr[-2000:])
+  r = score("", out)
   assert r.returncode == 0, r.stderr[-2000:]
   assert "0 failed" in r.stdout
   assert _rows(os.path.join(out, "scores.csv")) == reference
   for row in reference:  # every case complete, nothing left half-written beside it
     assert sorted(os.listdir(os.path.join(out, row["id"]))) == sorted(pipeline.OUTPUT_FILES)
+    assert _case_files(out, row["id"]) == _case_files(str(tmp_path / "whole"), row["id"])
 
 
 # Case ids that fall into both shards of 2 (score_files.shard_of: 2, 1, 2).
