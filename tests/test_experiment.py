@@ -350,7 +350,8 @@ KILLS = (
 @pytest.mark.slow
 def test_reproduce_killed_in_every_phase_finishes_with_an_uninterrupted_runs_tables(toy, tmp_path):
   """Each run is killed with SIGKILL at the next phase's point; the last one finishes, reusing
-  every finished phase, and its tables equal the uninterrupted toy run's digit for digit."""
+  every finished phase, and its tables equal the uninterrupted toy run's digit for digit. Its
+  folder, as seed 0 of a 2-seed run, is reused, and seed 1's folder resumes the same way."""
   c, ref_wd, res = toy
   wd = str(tmp_path / "wd")
   cmd = [
@@ -366,12 +367,18 @@ def test_reproduce_killed_in_every_phase_finishes_with_an_uninterrupted_runs_tab
     *[f"--config.{k}={v}" for k, v in TOY.items()],
   ]
 
-  def reproduce(point: str) -> subprocess.CompletedProcess:
+  def reproduce(point: str, command: list[str] = cmd) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k != "CAC_JAX_KILL_AT"}
     if point:
       env["CAC_JAX_KILL_AT"] = point
     return subprocess.run(
-      cmd, cwd=ROOT, env=env, capture_output=True, text=True, encoding="utf-8", timeout=600
+      command,
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      encoding="utf-8",
+      timeout=600,
     )
 
   for point, says in KILLS:
@@ -401,3 +408,25 @@ def test_reproduce_killed_in_every_phase_finishes_with_an_uninterrupted_runs_tab
   with open(os.path.join(wd, "results", "table2.json"), encoding="utf-8") as f:
     assert f.read().replace(wd, "WORKDIR") == ref_json
   assert os.path.exists(os.path.join(wd, "results", "report.html"))
+
+  # The same folder as seed 0 of a 2-seed run (the benchmark's layout, W/seed<S>): seed 0 is
+  # reused whole, and seed 1 resumes as a single seed does (its phantoms are reused and its
+  # source training continues from its checkpoint; not run to the end, which would double the
+  # test's cost).
+  bench = str(tmp_path / "bench")
+  os.makedirs(bench)
+  os.rename(wd, os.path.join(bench, "seed0"))
+  two_seeds = list(cmd)
+  two_seeds[cmd.index("--workdir") + 1], two_seeds[cmd.index("--seeds") + 1] = bench, "0,1"
+  r = reproduce("log:source step 4/6#1", two_seeds)
+  assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+  assert "[seed 0] reusing the test scores" in r.stderr and "[seed 1] phantoms: 2" in r.stderr
+  r = reproduce("log:source step 4/6#1", two_seeds)
+  assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+  for line in (
+    "[seed 0] reusing the test scores",
+    "[seed 1] phantoms: reusing",
+    "resumed source training at step 2",
+  ):
+    assert line in r.stderr, (line, r.stderr[-3000:])
+  assert "[seed 0] training" not in r.stderr and "[seed 1] phantoms: 2" not in r.stderr
