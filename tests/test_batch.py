@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
@@ -47,7 +46,7 @@ def reference(three, tiny_export, tmp_path_factory) -> list[dict]:
 
 
 def test_a_failing_case_is_recorded_and_the_rest_are_scored_then_resumed(
-  three, tiny_export, reference, tmp_path
+  three, tiny_export, reference, tmp_path, capsys
 ):
   data = tmp_path / "data"
   shutil.copytree(os.path.dirname(three), data)
@@ -69,8 +68,10 @@ def test_a_failing_case_is_recorded_and_the_rest_are_scored_then_resumed(
   with open(second, "wb") as f:
     f.write(good)
   before = os.path.getmtime(os.path.join(out, ids[0], "scores.json"))
-  res = score_files.score_manifest(manifest_csv, tiny_export, out)
+  capsys.readouterr()
+  res = score_files.score_manifest(manifest_csv, tiny_export, out, progress=True)
   assert res.scored == [ids[1]] and res.skipped == [ids[0], ids[2]] and not res.failed
+  assert "2 skipped (already scored)" in capsys.readouterr().err  # the progress bar says so
   assert os.path.getmtime(os.path.join(out, ids[0], "scores.json")) == before
   assert _rows(res.csv_path) == reference
   # --fail_fast stops at the first failure, as a batch used to.
@@ -80,15 +81,31 @@ def test_a_failing_case_is_recorded_and_the_rest_are_scored_then_resumed(
     score_files.score_manifest(manifest_csv, tiny_export, str(tmp_path / "ff"), fail_fast=True)
 
 
-def test_a_resume_with_other_settings_is_refused_naming_the_difference(
-  three, tiny_export, tmp_path
+def test_a_resume_with_other_settings_or_checkpoint_is_refused_naming_the_difference(
+  three, tiny_export, tiny_config, tiny_params, tmp_path
 ):
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from cac_jax import checkpoints  # pylint: disable=import-outside-toplevel
+
   out = str(tmp_path / "out")
   score_files.score_manifest(three, tiny_export, out)
   stamp = os.path.getmtime(os.path.join(out, "scores.csv"))
+  listing = sorted(os.listdir(out))
   with pytest.raises(outputs.OutputExistsError, match="fp_reduction.*--overwrite"):
     score_files.score_manifest(three, tiny_export, out, fp={"size_limits": False})
+  # Another checkpoint (the same architecture, other weights): refused, naming both hashes.
+  other = checkpoints.export_inference(
+    tmp_path / "other", jax.tree.map(lambda x: x + 1e-3, tiny_params), tiny_config
+  )
+  hashes = [checkpoints.content_hash(d) for d in (tiny_export, other)]
+  assert hashes[0] != hashes[1]
+  with pytest.raises(outputs.OutputExistsError) as refused:
+    score_files.score_manifest(three, other, out)
+  assert f"checkpoint_sha256 {hashes[0]!r} -> {hashes[1]!r}" in str(refused.value)
+  assert "--overwrite" in str(refused.value)
   assert os.path.getmtime(os.path.join(out, "scores.csv")) == stamp  # nothing touched
+  assert sorted(os.listdir(out)) == listing
   res = score_files.score_manifest(
     three, tiny_export, out, fp={"size_limits": False}, overwrite=True
   )
@@ -133,25 +150,37 @@ def _score_cmd(manifest_csv, export, out) -> list[str]:
 def test_a_batch_killed_at_random_moments_completes_with_each_case_scored_once(
   three, tiny_export, reference, tmp_path
 ):
-  out = str(tmp_path / "out")
-  rng = random.Random(7)
-  for delay in sorted(rng.uniform(4.0, 14.0) for _ in range(2)):
-    p = subprocess.Popen(
-      _score_cmd(three, tiny_export, out),
-      cwd=ROOT,
-      stdout=subprocess.DEVNULL,
-      stderr=subprocess.DEVNULL,
+  """kill -9 at seeded random points of the batch, then the same command: every output file
+  reaches its name by an `os.replace`, so the runs are killed right after a random one of them
+  (tests/killed_run.py): the points are spread over the whole batch, and each one is reached."""
+  launcher = [sys.executable, os.path.join(ROOT, "tests", "killed_run.py"), "launch.score"]
+  args = _score_cmd(three, tiny_export, str(tmp_path / "whole"))[3:]
+
+  def score(point: str, out: str) -> subprocess.CompletedProcess:
+    args[args.index("--output_dir") + 1] = out
+    env = {**os.environ, "CAC_JAX_KILL_AT": point}
+    return subprocess.run(
+      [*launcher, *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
     )
-    time.sleep(delay)
-    if p.poll() is None:
-      p.send_signal(signal.SIGKILL)
-    p.wait()
-  r = subprocess.run(_score_cmd(three, tiny_export, out), cwd=ROOT, capture_output=True, text=True)
+
+  counted = score("count", str(tmp_path / "whole"))  # an uninterrupted run's os.replace calls
+  assert counted.returncode == 0, counted.stderr[-2000:]
+  total = int(counted.stderr.rsplit("killed_run: ", 1)[1].split()[0])
+  assert _rows(tmp_path / "whole" / "scores.csv") == reference
+  # Kill points as cut points of the uninterrupted run's calls: a run killed after n calls has
+  # finished at most n calls' worth of cases, so the next run makes more calls than its point.
+  cuts = sorted(random.Random(7).sample(range(1, total), 3))
+  out = str(tmp_path / "out")
+  for n in (b - a for a, b in zip([0, *cuts], cuts)):
+    r = score(f"replace:{n}", out)
+    assert r.returncode == -signal.SIGKILL, (n, total, r.stderr[-2000:])
+  r = score("", out)
   assert r.returncode == 0, r.stderr[-2000:]
   assert "0 failed" in r.stdout
   assert _rows(os.path.join(out, "scores.csv")) == reference
   for row in reference:  # every case complete, nothing left half-written beside it
     assert sorted(os.listdir(os.path.join(out, row["id"]))) == sorted(outputs.OUTPUT_FILES)
+    assert _case_files(out, row["id"]) == _case_files(str(tmp_path / "whole"), row["id"])
 
 
 # Case ids that fall into both shards of 2 (score_files.shard_of: 2, 1, 2).
@@ -246,3 +275,49 @@ def test_a_bad_shard_is_one_line(tmp_path):
     lines = r["stderr"].strip().splitlines()
     assert r["rc"] != 0 and len(lines) == 1 and "--shard" in lines[0], (case_id, r)
   assert not (tmp_path / "o").exists()
+
+
+def _first_rows(manifest_csv: str, folder, k: int) -> str:
+  """A copy of a manifest with its first k rows (the images are read where they are)."""
+  base = os.path.dirname(manifest_csv)
+  rows = _rows(manifest_csv)[:k]
+  for row in rows:
+    for key in ("image", "label", "heart_mask", "aorta_mask"):
+      if row.get(key):
+        row[key] = os.path.join(base, row[key])
+  path = os.path.join(folder, "first.csv")
+  with open(path, "w", encoding="utf-8", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+  return path
+
+
+def test_a_folder_in_use_is_refused_and_two_batches_on_two_folders_both_complete(
+  three, tiny_export, reference, tmp_path
+):
+  from cac_jax import atomic  # pylint: disable=import-outside-toplevel
+
+  one = _first_rows(three, tmp_path, 1)
+  busy = tmp_path / "busy"
+  with atomic.claim_dir(busy):  # held as a running cac-score holds its --output_dir
+    r = subprocess.run(
+      _score_cmd(one, tiny_export, str(busy)), cwd=ROOT, capture_output=True, text=True, timeout=600
+    )
+  assert r.returncode == 2 and "in use by another" in r.stderr.strip().splitlines()[-1], r.stderr
+  assert "Traceback" not in r.stderr and not os.listdir(busy)
+  procs = [
+    subprocess.Popen(
+      _score_cmd(one, tiny_export, str(tmp_path / name)),
+      cwd=ROOT,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
+    for name in ("a", "b")
+  ]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0, 0], outs
+  for name in ("a", "b"):
+    assert _rows(tmp_path / name / "scores.csv") == reference[:1]
+    assert sorted(os.listdir(tmp_path / name / reference[0]["id"])) == sorted(outputs.OUTPUT_FILES)

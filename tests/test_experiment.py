@@ -1,8 +1,12 @@
-"""The phantom Table-2 experiment end to end at toy size: structure, reuse, figures."""
+"""The phantom Table-2 experiment end to end at toy size: structure, reuse, figures, and a
+`cac-reproduce` killed in every phase that finishes with the same tables."""
 
 import json
 import math
 import os
+import signal
+import subprocess
+import sys
 import types
 
 import jax
@@ -14,19 +18,32 @@ from cac_jax.evaluation import gates
 from cac_jax.studies import experiment, report
 from configs import tiny
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The toy experiment: configs/tiny.py with these settings (also `cac-reproduce`'s
+# --config.KEY=VALUE flags in the kill test). Checkpoints every 2 source steps and every
+# generator step, so that a run killed inside a training resumes from a checkpoint.
+TOY = {
+  "experiment.n_source_train": 2,
+  "experiment.n_adapt_source": 1,
+  "experiment.n_adapt_target": 1,
+  "experiment.n_ccta_test": 3,
+  "experiment.n_ncct_test": 1,
+  "experiment.n_ccta_val": 1,
+  "source.num_steps": 6,
+  "source.log_every": 2,
+  "source.checkpoint_every": 2,
+  "adapt.critic_pretrain_steps": 2,
+  "adapt.num_generator_steps": 2,
+  "adapt.checkpoint_every": 1,
+}
+
 
 @pytest.fixture(scope="module")
 def toy(tmp_path_factory):
   c = tiny.get_config()
-  c.experiment.n_source_train = 2
-  c.experiment.n_adapt_source = 1
-  c.experiment.n_adapt_target = 1
-  c.experiment.n_ccta_test = 3
-  c.experiment.n_ncct_test = 1
-  c.experiment.n_ccta_val = 1
-  c.source.num_steps = 6
-  c.adapt.critic_pretrain_steps = 2
-  c.adapt.num_generator_steps = 2
+  for key, value in TOY.items():
+    section, field = key.split(".")
+    c[section][field] = value
   wd = str(tmp_path_factory.mktemp("exp"))
   return c, wd, experiment.run(c, wd, seed=0)
 
@@ -332,3 +349,105 @@ def test_columns_without_fp_reduction_score_the_first_scans_only(toy):
   note = report.no_fp_note([{"no_fp_scans": {"ccta_test": (1, 3), "ncct_test": (1, 1)}}])
   assert "the first 1 of 3 CCTA test scans" in note and "NCCT" not in note
   assert report.no_fp_note([res]) == ""  # the toy scores every scan
+
+
+# `cac-reproduce` of the toy experiment killed at one point of each phase, in this order, each
+# run started again with the same command (tests/killed_run.py's points; each kill is at a fixed
+# point of the program, so the sequence replays the same way), with what that run's log says
+# about the work the runs before it left.
+KILLS = (
+  ("log:phantoms: 1 cardiac_ncct#1", None),  # phantoms: source_train written, the rest not
+  ("log:source step 4/6#1", None),  # source training: checkpoint 2 written, 4 not
+  ("log:source step 4/6#2", "resumed source training at step 2"),  # the oracle, the same
+  ("log:adapt step 1/2#1", "resumed source training at step 2"),  # Ladv+Lcls: critic pre-trained
+  ("save:2", "resumed adaptation at generator step 0"),  # after its last checkpoint, not exported
+  ("log:scoring 1/1 scans#1", "resumed adaptation at generator step 2"),  # selecting its snapshot
+  ("log:adapt step 1/2#1", "reusing the adapted network"),  # Ladv
+  ("log:scoring ncct_test: 1/1#1", "resumed adaptation at generator step 0"),  # the test scores
+  ("write:table2.json", "scoring the test sets"),  # the report: table2.md written, the rest not
+)
+
+
+@pytest.mark.slow
+def test_reproduce_killed_in_every_phase_finishes_with_an_uninterrupted_runs_tables(toy, tmp_path):
+  """Each run is killed with SIGKILL at the next phase's point; the last one finishes, reusing
+  every finished phase, and its tables equal the uninterrupted toy run's digit for digit. Its
+  folder, as seed 0 of a 2-seed run, is reused, and seed 1's folder resumes the same way."""
+  c, ref_wd, res = toy
+  wd = str(tmp_path / "wd")
+  cmd = [
+    sys.executable,
+    os.path.join(ROOT, "tests", "killed_run.py"),
+    "launch.reproduce",
+    "--config",
+    "tiny",
+    "--workdir",
+    wd,
+    "--seeds",
+    "0",
+    *[f"--config.{k}={v}" for k, v in TOY.items()],
+  ]
+
+  def reproduce(point: str, command: list[str] = cmd) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if k != "CAC_JAX_KILL_AT"}
+    if point:
+      env["CAC_JAX_KILL_AT"] = point
+    return subprocess.run(
+      command,
+      cwd=ROOT,
+      env=env,
+      capture_output=True,
+      text=True,
+      encoding="utf-8",
+      timeout=600,
+    )
+
+  for point, says in KILLS:
+    r = reproduce(point)
+    assert r.returncode == -signal.SIGKILL, (point, r.stderr[-3000:])  # the point was reached
+    assert says is None or says in r.stderr, (point, says, r.stderr[-3000:])
+  final = reproduce("")
+  assert final.returncode == 0, final.stderr[-3000:]
+  log = final.stderr
+  for phase in (
+    "phantoms: reusing",
+    "reusing the source network",
+    "reusing the oracle",
+    "reusing the test scores",
+  ):
+    assert phase in log, (phase, log[-3000:])
+  assert log.count("reusing the adapted network") == 2
+  assert "training the" not in log and "adapting to" not in log and "scoring the test" not in log
+
+  # The tables, digit for digit: table2.md as the uninterrupted run writes it, and table2.json
+  # (whose selection records name each run's own work folder).
+  md, _ = report.write_results([res], c, str(tmp_path / "ref"))
+  with open(os.path.join(wd, "results", "table2.md"), encoding="utf-8") as f:
+    assert f.read() == md + "\n"
+  with open(tmp_path / "ref" / "table2.json", encoding="utf-8") as f:
+    ref_json = f.read().replace(ref_wd, "WORKDIR")
+  with open(os.path.join(wd, "results", "table2.json"), encoding="utf-8") as f:
+    assert f.read().replace(wd, "WORKDIR") == ref_json
+  assert os.path.exists(os.path.join(wd, "results", "report.html"))
+
+  # The same folder as seed 0 of a 2-seed run (the benchmark's layout, W/seed<S>): seed 0 is
+  # reused whole, and seed 1 resumes as a single seed does (its phantoms are reused and its
+  # source training continues from its checkpoint; not run to the end, which would double the
+  # test's cost).
+  bench = str(tmp_path / "bench")
+  os.makedirs(bench)
+  os.rename(wd, os.path.join(bench, "seed0"))
+  two_seeds = list(cmd)
+  two_seeds[cmd.index("--workdir") + 1], two_seeds[cmd.index("--seeds") + 1] = bench, "0,1"
+  r = reproduce("log:source step 4/6#1", two_seeds)
+  assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+  assert "[seed 0] reusing the test scores" in r.stderr and "[seed 1] phantoms: 2" in r.stderr
+  r = reproduce("log:source step 4/6#1", two_seeds)
+  assert r.returncode == -signal.SIGKILL, r.stderr[-3000:]
+  for line in (
+    "[seed 0] reusing the test scores",
+    "[seed 1] phantoms: reusing",
+    "resumed source training at step 2",
+  ):
+    assert line in r.stderr, (line, r.stderr[-3000:])
+  assert "[seed 0] training" not in r.stderr and "[seed 1] phantoms: 2" not in r.stderr

@@ -379,16 +379,22 @@ def score_manifest(
     shard=None if shard is None else f"{shard[0]}/{shard[1]}",
   )
   it = tqdm(mine, desc="scoring", unit="scan") if progress else mine
+
+  def skip(case_id: str) -> None:
+    result.skipped.append(case_id)
+    if progress:  # the bar says so too
+      it.set_postfix_str(f"{len(result.skipped)} skipped (already scored)")
+
   for row in it:
     case_dir = os.path.join(output_dir, row.id)
     if not overwrite and finished_report(case_dir) is not None:
-      result.skipped.append(row.id)
+      skip(row.id)
       continue
     with atomic.lock_dir(case_dir) as free:
       if not free:
         result.busy.append(row.id)
       elif not overwrite and finished_report(case_dir) is not None:  # done meanwhile
-        result.skipped.append(row.id)
+        skip(row.id)
       else:
         options = dict(
           heart_mask=row.heart_mask or heart_default,

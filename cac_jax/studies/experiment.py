@@ -574,7 +574,8 @@ def run(
   manifest_csv = make_data(config, os.path.join(workdir, "data"), seed, log)
   exports = train_models(config, manifest_csv, workdir, log)
   cols = columns(config)
-  tests = {role: _load(manifest_csv, config, role) for role in {c.role for c in cols}}
+  # In column order (NCCT first), the same in every process: a resumed run logs as the first did.
+  tests = {role: _load(manifest_csv, config, role) for role in dict.fromkeys(c.role for c in cols)}
   params = {m: checkpoints.load_inference(d)[0] for m, d in exports.items()}
   # A validation-selected snapshot that is the final generator reuses its predictions.
   alias = {

@@ -135,8 +135,9 @@ def _run(
   """Run `steps` steps of `body(state, step) -> (state, metrics)`.
 
   Mean metrics and the rate every `section.log_every` steps and at the last (`on_log`),
-  checkpoints every `section.checkpoint_every` and at the last, then
-  `after_step(done, state)`.
+  checkpoints every `section.checkpoint_every` and at the last, after `after_step(done,
+  state)` (an adaptation snapshot), so that a run killed between the two and resumed from its
+  last checkpoint has every snapshot up to it.
   """
   total = steps.stop
   rate, history = Rate(steps.start), []
@@ -150,10 +151,10 @@ def _run(
       writer.write(done, m)
       history = []
       on_log(done, m)
+    if after_step is not None:  # before the checkpoint: a run resumed from it has done this too
+      after_step(done, state)
     if done % section.checkpoint_every == 0 or done == total:
       checkpoints.save(mgr, done, state)
-    if after_step is not None:
-      after_step(done, state)
   return state
 
 
