@@ -49,6 +49,12 @@ _IMAGES = flags.DEFINE_list("e2e_images", [], "Scan files to score instead of bu
 _CONFIGS = flags.DEFINE_list(
   "e2e_configs", ["demo", "paper"], "Architectures of the random-weight exports (configs/)."
 )
+_EXPORTS = flags.DEFINE_list(
+  "e2e_exports",
+  [],
+  "Trained inference exports to score with as well (e.g. runs/demo/adv_cls/export): a trained "
+  "network's few lesions, where random weights call calcium all over the heart.",
+)
 _SCANS = flags.DEFINE_integer("e2e_scans", 2, "Scans scored in a row in one process.")
 _CODE = flags.DEFINE_list(
   "e2e_code", [], "Checkouts to run the workers from (default: this one), alternating."
@@ -300,18 +306,24 @@ def main(argv):
         f"gzip of a uint8 label map of its size {floor['gzip_labels_s']:.1f} s"
       )
     sys.stdout.flush()
-    for config in _CONFIGS.value:
-      export = export_random(config, os.path.join(tmp, f"export_{config}"), _SEED.value)
+    networks = [
+      (
+        f"{c} architecture, random weights",
+        export_random(c, os.path.join(tmp, f"export_{c}"), _SEED.value),
+      )
+      for c in _CONFIGS.value
+    ] + [(f"trained export {e}", os.path.abspath(e)) for e in _EXPORTS.value]
+    for k, (network, export) in enumerate(networks):
       for case in cases:
         columns = {}
         for code in codes:
-          cache = os.path.join(tmp, f"jax_cache_{config}_{len(columns)}")
+          cache = os.path.join(tmp, f"jax_cache_{k}_{len(columns)}")
           res = _run_worker(code, case, export, os.path.join(tmp, "out"), cache)
           tag = os.path.basename(code) if len(codes) > 1 else ""
           for i, run in enumerate(res["runs"]):
             columns[f"{tag} scan {i + 1}".strip()] = run
         print(
-          f"\n== {config} architecture, random weights; {os.path.basename(case)}; load average "
+          f"\n== {network}; {os.path.basename(case)}; load average "
           f"{os.getloadavg()[0]:.1f}; scan 1 compiles (empty compilation cache), later scans "
           "are warm"
         )

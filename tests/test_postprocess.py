@@ -86,51 +86,6 @@ def test_majority_label_and_tie_to_lowest_class():
   assert np.all(out[2, 2, 0:6] == LCX)
 
 
-def _grow_whole_scan(det, hu, threshold):
-  """Region growing over the whole scan's labelling: the definition `grow_lesions` must equal."""
-  from scipy import ndimage
-
-  above = hu >= threshold
-  lab, n = ndimage.label(above, structure=pp.CONNECTIVITY_6)
-  hit = (det > 0) & above
-  counts = np.zeros((n + 1, 7), np.int64)
-  np.add.at(counts, (lab[hit], det[hit]), 1)
-  lut = np.zeros(n + 1, np.uint8)
-  has = counts[:, 1:].sum(1) > 0
-  lut[has] = 1 + np.argmax(counts[has, 1:], axis=1)
-  lut[0] = 0
-  return lut[lab]
-
-
-@pytest.mark.parametrize("seed", range(4))
-def test_growing_in_a_box_equals_the_whole_scan_labelling(seed):
-  """Components reaching far from the detections (a bar across the scan, a winding chain) are
-  grown whole, as the whole-scan labelling grows them."""
-  from scipy import ndimage
-
-  rng = np.random.default_rng(seed)
-  shape = (40, 90, 70)
-  hu = ndimage.gaussian_filter(rng.normal(0, 1, shape), 1.2).astype(np.float32) * 900
-  hu[20, 45, :] = 400.0  # a bar from one x face to the other
-  hu[5:35, 10, 60] = 400.0  # a long column, joined to the bar only in some seeds
-  if seed % 2:
-    hu[20, 11:46, 60] = 400.0
-  det = np.zeros(shape, np.int32)
-  det[20, 45, 30] = LAD  # on the bar
-  det[tuple(rng.integers(0, s, 30) for s in shape)] = rng.integers(1, 7, 30)
-  want = _grow_whole_scan(det, hu, T)
-  assert (want > 0).sum() > 70  # the bar at least
-  np.testing.assert_array_equal(pp.grow_lesions(det, hu, T), want)
-
-
-def test_growing_a_detection_at_the_scan_edge():
-  hu, det = _vol((6, 12, 12))
-  hu[0, 0, :] = 300.0
-  det[0, 0, 0] = RCA
-  out = pp.grow_lesions(det, hu, T)
-  assert np.all(out[0, 0, :] == RCA) and out.sum() == 12 * RCA
-
-
 def test_size_limits_with_anisotropic_spacing():
   spacing = (3.0, 0.5, 0.5)  # 0.75 mm³ per voxel
   cls = np.zeros((4, 20, 20), np.int32)

@@ -119,61 +119,18 @@ def grow_lesions(detected_classes: np.ndarray, hu: np.ndarray, threshold_hu: flo
   if detected_classes.shape != np.shape(hu):
     raise ValueError(f"classes shape {detected_classes.shape} differs from hu shape {np.shape(hu)}")
   above = np.asarray(hu) >= threshold_hu
-  det = (detected_classes > 0) & above
+  lab, n = ndimage.label(above, structure=CONNECTIVITY_6)
   out = np.zeros(detected_classes.shape, dtype=np.uint8)
-  if not det.any():
+  if n == 0:
     return out
-  box, lab, n = _components_holding(det, above)
+  det = (detected_classes > 0) & above
   counts = np.zeros((n + 1, NUM_CLASSES), dtype=np.int64)
-  inner = det[box]
-  np.add.at(counts, (lab[inner], detected_classes[box][inner].astype(np.int64)), 1)
+  np.add.at(counts, (lab[det], detected_classes[det].astype(np.int64)), 1)
   lut = np.zeros(n + 1, dtype=np.uint8)
   has = counts[:, 1:].sum(axis=1) > 0
   lut[has] = 1 + np.argmax(counts[has, 1:], axis=1)  # argmax: first (lowest class) on ties
   lut[0] = 0
-  out[box] = lut[lab]
-  return out
-
-
-GROW_MARGIN = 8  # voxels first added around the detections' box on each side (then doubled)
-
-
-def _components_holding(
-  det: np.ndarray, above: np.ndarray
-) -> tuple[tuple[slice, ...], np.ndarray, int]:
-  """(box, int32 labels of `above[box]`, count): a box holding every 6-connected component of
-  `above` that holds a `det` voxel, whole.
-
-  Labelling the whole scan (an int32 per voxel, 640 MB at 512 x 512 x 600) is needed only when
-  a detection's component reaches across it. The box starts at the detections' bounding box
-  plus `GROW_MARGIN`; while a component holding a detection has a voxel on a box face inside
-  the scan (so it may go on outside), that face moves out by twice its last step. A component
-  with no voxel on an inner face cannot leave the box, so its voxels are the whole scan's.
-  """
-  first = labels_lib.labelled_box(det)
-  step = [[GROW_MARGIN] * det.ndim, [GROW_MARGIN] * det.ndim]  # [low sides, high sides]
-  lo = [max(s.start - GROW_MARGIN, 0) for s in first]
-  hi = [min(s.stop + GROW_MARGIN, size) for s, size in zip(first, det.shape)]
-  while True:
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
-    lab, n = ndimage.label(above[box], structure=CONNECTIVITY_6)
-    held = np.zeros(n + 1, dtype=bool)
-    held[lab[det[box]]] = True
-    held[0] = False
-    moved = False
-    for axis in range(det.ndim):
-      for side, edge in ((0, 0), (1, -1)):
-        at_scan_edge = lo[axis] == 0 if side == 0 else hi[axis] == det.shape[axis]
-        if at_scan_edge or not held[np.take(lab, edge, axis=axis)].any():
-          continue
-        step[side][axis] *= 2
-        if side == 0:
-          lo[axis] = max(lo[axis] - step[side][axis], 0)
-        else:
-          hi[axis] = min(hi[axis] + step[side][axis], det.shape[axis])
-        moved = True
-    if not moved:
-      return box, lab.astype(np.int32, copy=False), int(n)
+  return lut[lab]
 
 
 def _lesion_volumes(lab: np.ndarray, n: int, spacing) -> np.ndarray:
