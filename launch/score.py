@@ -198,10 +198,19 @@ def _score(fp, shard):
     print(batch.summary())
 
 
+HEART_MASK_WORDS = ("auto", "none")  # --heart_mask values that are not a file
+
+
 def flag_paths():
-  """{"--flag": value} of the flags that name files (`_cli.run` names them in errors)."""
+  """{"--flag": value} of the flags that name files (`_cli.run` names them in errors).
+
+  `--heart_mask auto|none` names no file: left out, so that an error quoting the word "auto"
+  is not blamed on it.
+  """
   paths = (_IMAGE, _HEART_MASK, _AORTA_MASK, _MASKS_DIR, _MANIFEST, _CHECKPOINT, _OUTPUT_DIR)
-  return {f"--{holder.name}": holder.value for holder in paths}
+  return {
+    f"--{holder.name}": holder.value for holder in paths if holder.value not in HEART_MASK_WORDS
+  }
 
 
 def run() -> None:  # console script cac-score

@@ -885,6 +885,12 @@ def _manifest_cases():
       ],
       ("--manifest", "not found"),
     ),
+    _manifest_case(  # the heart-mask default 'auto' names no file: not blamed for the row
+      "manifest_domain_auto",
+      [_A[:5] + ["auto", "test"]],
+      ("--manifest", "unknown domain 'auto'"),
+      check=lambda d, r, e: "--heart_mask" not in r["stderr"] or pytest.fail(r["stderr"]),
+    ),
     _manifest_case(
       "manifest_ok",
       check=lambda d, r, e: (d / "out" / "scores.csv").is_file() or pytest.fail("no csv"),

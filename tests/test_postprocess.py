@@ -86,6 +86,24 @@ def test_majority_label_and_tie_to_lowest_class():
   assert np.all(out[2, 2, 0:6] == LCX)
 
 
+def test_growing_with_more_components_than_uint16_labels_hold():
+  """65,535 components is where uint16 labels end: beyond it region growing still labels every
+  component (int32), and the detected ones grow as with few components."""
+  hu = np.zeros((2, 520, 260), np.float32)
+  hu[0, ::2, ::2] = 300.0  # 260 x 130 = 33,800 isolated bright voxels
+  hu[1, ::2, ::2] = 300.0  # joined across z: still 33,800 components
+  det = np.zeros(hu.shape, np.int32)
+  det[0, 0, 0] = LAD
+  few = pp.grow_lesions(det, hu, T)
+  assert few.sum() == 2 * LAD and few[1, 0, 0] == LAD
+  hu[1] = 0.0
+  hu[1, 1::2, 1::2] = 300.0  # 67,600 components, none touching another
+  many = pp.grow_lesions(det, hu, T)
+  assert many.sum() == LAD and many[0, 0, 0] == LAD
+  lab, n = pp._label_compact(hu >= T)
+  assert n == 67_600 and lab.dtype == np.int32 and lab.max() == n
+
+
 def test_size_limits_with_anisotropic_spacing():
   spacing = (3.0, 0.5, 0.5)  # 0.75 mm³ per voxel
   cls = np.zeros((4, 20, 20), np.int32)
