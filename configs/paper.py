@@ -156,6 +156,10 @@ def get_config() -> ml_collections.ConfigDict:
   # on labelled CCTA, utils/GAN_validation.py:19-47 via trainGAN_adv_cls_MMD.py:283): model
   # selection with target labels, reported as such. 0: no selection.
   c.experiment.n_ccta_val = 5
+  # Patients drawn twice, as cardiac NCCT and as CCTA (`phantoms.variants.paired_cases`), whose
+  # CCTA risk category is compared with the same patient's NCCT one (experiment.score_paired,
+  # the report's "Same patient, NCCT and CCTA"); 0: no paired test set.
+  c.experiment.n_paired_test = 0
   # The oracle: the source architecture and schedule trained on the labelled adapt_target CCTA.
   c.experiment.oracle = True
   # Per data role, the phantoms' probability of no planned coronary calcium (roles not listed:

@@ -1,9 +1,12 @@
 """The phantom Table-2 experiment end to end at toy size: structure, reuse, figures, and a
 `cac-reproduce` killed in every phase that finishes with the same tables."""
 
+import csv
+import filecmp
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +17,8 @@ import numpy as np
 import pytest
 
 from cac_jax import checkpoints
-from cac_jax.evaluation import gates
+from cac_jax.data import manifest
+from cac_jax.evaluation import gates, paired
 from cac_jax.studies import experiment, report
 from configs import tiny
 
@@ -46,6 +50,88 @@ def toy(tmp_path_factory):
     c[section][field] = value
   wd = str(tmp_path_factory.mktemp("exp"))
   return c, wd, experiment.run(c, wd, seed=0)
+
+
+@pytest.fixture(scope="module")
+def toy_paired(toy, tmp_path_factory):
+  """The toy experiment's folder, copied, run again with 2 paired patients: (config, workdir,
+  result, log lines). Its data, networks and Table 2 scores are the toy's, reused."""
+  c, wd, _ = toy
+  cp = c.copy_and_resolve_references()
+  cp.experiment.n_paired_test = 2
+  wd2 = str(tmp_path_factory.mktemp("paired") / "run")
+  shutil.copytree(wd, wd2)
+  logs = []
+  return cp, wd2, experiment.run(cp, wd2, seed=0, log=logs.append), logs
+
+
+def test_paired_test_set_leaves_table2_alone_and_is_scored_by_both_networks(toy, toy_paired):
+  c, wd, res = toy
+  cp, wd2, rp, logs = toy_paired
+  assert res["paired"] is None and "Same patient" not in report.report_markdown([res])
+  assert not os.path.exists(experiment.paired_manifest(os.path.join(wd, "data")))
+  # The other roles' data and Table 2 scores are the toy's: reused, not made again.
+  assert filecmp.cmp(res["manifest"], rp["manifest"], shallow=False)
+  assert any(line.startswith("reusing the test scores") for line in logs), logs
+  assert "scoring the paired test scores" in logs
+  assert json.dumps(rp["table"], sort_keys=True) == json.dumps(res["table"], sort_keys=True)
+  # Two patients, each one cardiac NCCT and one CCTA, case seeds of no other role.
+  pairs = paired.read_pairs(experiment.paired_manifest(os.path.join(wd2, "data")))
+  assert [p.patient for p in pairs] == rp["paired"]["patients"] and len(pairs) == 2
+  with open(rp["manifest"], newline="", encoding="utf-8") as f:
+    others = {r["id"] for r in csv.DictReader(f)}
+  assert not others & {row.id for p in pairs for row in (p.ncct, p.ccta)}
+  assert {p.ncct.split for p in pairs} == {experiment.PAIRED_ROLE}
+  scores = {ref for _, ref, _ in experiment.PAIRED_COMPARISONS}
+  scores |= {other for _, _, other in experiment.PAIRED_COMPARISONS}
+  assert set(rp["paired"]["agatston"]) == set(rp["paired"]["volume_mm3"]) == scores
+  assert all(len(v) == 2 for v in rp["paired"]["agatston"].values())
+  # The label scores are the labels' Agatston on the working grid.
+  case = manifest.load_case(pairs[1].ncct, cp)
+  assert rp["paired"]["agatston"]["ncct_label"][1] == pytest.approx(
+    paired.coronary_scores(case.labels, case.scan)[0]
+  )
+  # The paired scores' key has the paired settings; the Table 2 scores' key does not.
+  params = {"m": {"w": np.ones(3)}}
+  assert experiment.scores_key(cp, params) == experiment.scores_key(c, params)
+  assert experiment.scores_key(cp, params, paired=True) != experiment.scores_key(c, params, True)
+  again = []
+  experiment.run(cp, wd2, seed=0, log=again.append)
+  assert any(line.startswith("reusing the paired test scores") for line in again), again
+
+
+def test_report_prints_the_same_patient_section_for_both_networks(toy_paired, tmp_path):
+  cp, _, rp, _ = toy_paired
+  md, paths = report.write_results([rp], cp, str(tmp_path))
+  section = md[md.index("## Same patient, NCCT and CCTA") :]
+  agreements = experiment.paired_agreements([rp])
+  assert list(agreements) == [title for title, _, _ in experiment.PAIRED_COMPARISONS]
+  for title, ref, other in experiment.PAIRED_COMPARISONS:
+    a = agreements[title]
+    text = section[section.index(f"### {title}") :]
+    assert a.kappa.format(3) in text.split("\n")[2]
+    corner = f"| {report.PAIRED_SIDES[ref]} \\ {report.PAIRED_SIDES[other]} |"
+    assert corner in text and a.confusion.sum() == 2
+    assert "Category moves for" in text and "Spearman" in text
+  with open(tmp_path / "table2.json", encoding="utf-8") as f:
+    saved = json.load(f)["paired"]
+  first = experiment.PAIRED_COMPARISONS[1][0]  # the adapted network against NCCT
+  assert saved[first]["confusion"] == agreements[first].confusion.tolist()
+  assert [r["patient"] for r in saved[first]["patients"]] == rp["paired"]["patients"]
+  for tag in ("no_adaptation", "adapted"):
+    assert os.path.getsize(paths[f"paired_confusion_{tag}"]) > 1000
+  # Two seeds (here the same twice): patients pooled, named by seed.
+  two = experiment.paired_agreements([rp, dict(rp, seed=1)], n_resamples=50)
+  assert two[first].patients[0].startswith("seed0/") and len(two[first].patients) == 4
+
+
+def test_the_benchmark_has_a_paired_test_set_and_the_demo_none():
+  from configs import benchmark, demo
+
+  assert benchmark.get_config().experiment.n_paired_test >= 16
+  assert (
+    demo.get_config().experiment.n_paired_test == 0 == tiny.get_config().experiment.n_paired_test
+  )
 
 
 def test_table_has_every_column_row_and_measure(toy):
@@ -243,6 +329,7 @@ def test_write_results_writes_what_reproduce_prints(toy, tmp_path):
   with open(tmp_path / "table2.json", encoding="utf-8") as f:
     saved = json.load(f)
   assert saved["seeds"] == [0] and [g["name"] for g in saved["gates"][0]] == ["G1", "G2", "G3"]
+  assert "paired" not in saved and not any(name.startswith("paired") for name in paths)
   assert [g["name"] for g in saved["gates_no_fp"][0]] == ["G1", "G2", "G3"]
   assert paths["html_report"].endswith("report.html") and all(
     os.path.exists(p) for p in paths.values()

@@ -177,6 +177,12 @@ def _scores_of(image: str, labels_path: str, reference: bool) -> tuple[float, fl
       classes = volume_io.read_labels(labels_path, scan, resample=False)
   except volume_io.ScanReadError as e:
     raise ValueError(f"{labels_path}: {e}") from None
+  return coronary_scores(classes, scan)
+
+
+def coronary_scores(classes: np.ndarray, scan) -> tuple[float, float]:
+  """(total coronary Agatston, volume mm³) of a (z, y, x) class map on `scan`'s grid (a
+  `cac_jax.data.scan.Scan`: its HU weight the lesions, its spacing sizes them)."""
   coronary = np.isin(classes, np.asarray(labels_lib.CORONARY_CLASSES))
   ag = float(scores.agatston(coronary, scan.hu, scan.spacing))
   return ag, float(coronary.sum() * scan.voxel_volume_mm3)
@@ -227,9 +233,15 @@ def _f(x: float, digits: int = 3) -> str:
   return "nan" if not math.isfinite(x) else f"{x:.{digits}g}"
 
 
-def markdown(a: Agreement, title: str = "CCTA against the same patient's NCCT") -> str:
+def markdown(
+  a: Agreement,
+  title: str = "CCTA against the same patient's NCCT",
+  sides: tuple[str, str] = ("NCCT", "CCTA"),
+) -> str:
   """The paired table: kappa with its interval, the confusion table, Spearman, Bland-Altman,
-  the share of patients whose category moves."""
+  the share of patients whose category moves. `sides`: what the reference (rows) and the
+  compared score (columns) are called."""
+  ref, other = sides
   names = metrics.AGATSTON_CATEGORY_NAMES
   kappa = a.kappa.format(3) + (f" ({a.kappa_note})" if a.kappa_note else "")
   lines = [
@@ -239,7 +251,7 @@ def markdown(a: Agreement, title: str = "CCTA against the same patient's NCCT") 
     f"(95 % bootstrap interval over patients): {kappa}; {KAPPA_CEILING}.",
     f"Category moves for {a.moved:.0%} of patients ({a.moved_up} up, {a.moved_down} down).",
     "",
-    "| NCCT \\ CCTA | " + " | ".join(names) + " |",
+    f"| {ref} \\ {other} | " + " | ".join(names) + " |",
     "|---|" + "---|" * len(names),
   ]
   for i, n in enumerate(names):
@@ -249,7 +261,7 @@ def markdown(a: Agreement, title: str = "CCTA against the same patient's NCCT") 
     "",
     f"Total volume: Spearman ρ {_f(s.rho)} (p {_f(s.pvalue, 2)}{', ' + s.note if s.note else ''}); "
     + (
-      f"Bland-Altman (CCTA − NCCT, mm³) {a.bland_altman.formula()}"
+      f"Bland-Altman ({other} − {ref}, mm³) {a.bland_altman.formula()}"
       + (f" ({a.bland_altman.note})" if a.bland_altman.note else "")
       if a.bland_altman is not None
       else f"no Bland-Altman ({a.bland_altman_note})"

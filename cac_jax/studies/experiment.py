@@ -9,6 +9,8 @@ Data roles mirror the paper:
                                             model selection with target labels, as the reference)
   ccta_test     labelled CCTA            -> test only, never used in training or selection
   ncct_test     labelled chest NCCT      -> held-out source-domain test
+  paired_test   labelled cardiac NCCT and CCTA of the same patients (`experiment.n_paired_test`;
+                its own folder and manifest) -> the CCTA risk category against the NCCT one
 
 Models: "no adaptation" (source network), "Ladv" (adapted with alpha = 0), "Ladv+Lcls"
 (adapted with the configured alpha), the "oracle" (source architecture and schedule trained
@@ -37,7 +39,8 @@ from cac_jax import atomic, checkpoints, phantoms
 from cac_jax import labels as labels_lib
 from cac_jax.data import manifest
 from cac_jax.evaluation import gates as gates_lib
-from cac_jax.evaluation import metrics
+from cac_jax.evaluation import metrics, paired
+from cac_jax.phantoms import variants
 from cac_jax.scoring import pipeline, postprocess
 from cac_jax.train import data as data_lib
 from cac_jax.train import loop
@@ -50,6 +53,10 @@ ROLES = {  # role: (phantom domain, split, config count field, seed offset)
   "ncct_test": ("chest_ncct", "test", "n_ncct_test", 40_000),
   "ccta_val": ("ccta", "val", "n_ccta_val", 50_000),
 }
+# The paired test set: per patient one cardiac NCCT and one CCTA (`variants.paired_cases`), in
+# data/<PAIRED_ROLE>/ with its own manifest (a `patient` column), so that the other roles' data
+# and manifest are the same with it or without it. Patient k has seed seed * 100_000 + offset + k.
+PAIRED_ROLE, PAIRED_FIELD, PAIRED_SEED_OFFSET = "paired_test", "n_paired_test", 60_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -144,9 +151,9 @@ def tested_step(config: ml_collections.ConfigDict) -> int | None:
 
 
 def first_case_seed(role: str, seed: int) -> int:
-  """Phantom seed of the first case of `role` (a key of ROLES) in the experiment with `seed`;
-  case k has seed first + k."""
-  return seed * 100_000 + ROLES[role][3]
+  """Phantom seed of the first case of `role` (a key of ROLES, or PAIRED_ROLE: its first
+  patient) in the experiment with `seed`; case k has seed first + k."""
+  return seed * 100_000 + (PAIRED_SEED_OFFSET if role == PAIRED_ROLE else ROLES[role][3])
 
 
 # The fewest test/validation scans with labelled coronary calcium (visible at the scan's
@@ -196,8 +203,10 @@ def make_data(
   """Write every role's phantoms into data_dir (one manifest, split = role). Returns the manifest.
 
   Case seeds are disjoint across roles and experiment seeds; each role draws its own calcium
-  prevalence (`role_config`). Existing complete data is reused.
+  prevalence (`role_config`). Existing complete data is reused. The paired test set, where the
+  config asks for one, goes to its own folder (`make_paired_data`).
   """
+  make_paired_data(config, data_dir, seed, log)
   manifest_csv = os.path.join(data_dir, "manifest.csv")
   done_marker = os.path.join(data_dir, ".complete.json")
   wanted = {role: int(config.experiment.get(field, 0)) for role, (_, _, field, _) in ROLES.items()}
@@ -229,6 +238,42 @@ def make_data(
     )
   atomic.write_text(done_marker, json.dumps(marker) + "\n")
   return manifest_csv
+
+
+def paired_manifest(data_dir: str) -> str:
+  """The paired test set's manifest in an experiment's data folder (it may not exist)."""
+  return os.path.join(data_dir, PAIRED_ROLE, "manifest.csv")
+
+
+def make_paired_data(
+  config: ml_collections.ConfigDict,
+  data_dir: str,
+  seed: int,
+  log: Callable[[str], None] = lambda s: None,
+) -> str | None:
+  """Write `experiment.n_paired_test` patients, each as cardiac NCCT and as CCTA with their
+  reference labels (`variants.write_paired_dataset`, split PAIRED_ROLE), into
+  data_dir/PAIRED_ROLE; returns its manifest, or None when the config asks for none. Existing
+  complete data is reused."""
+  n = int(config.experiment.get(PAIRED_FIELD, 0))
+  if n <= 0:
+    return None
+  out, first = os.path.join(data_dir, PAIRED_ROLE), first_case_seed(PAIRED_ROLE, seed)
+  cfg = role_config(config, PAIRED_ROLE)
+  prevalence = float(
+    cfg.phantoms.get("p_no_coronary_calcium", phantoms.lesions.P_NO_CORONARY_CALCIUM)
+  )
+  marker = {"first_seed": first, "patients": n, "p_no_coronary_calcium": prevalence}
+  done_marker = os.path.join(out, ".complete.json")
+  if os.path.exists(done_marker):
+    with open(done_marker, encoding="utf-8") as f:
+      if json.load(f) == marker:
+        log(f"phantoms: reusing {paired_manifest(data_dir)}")
+        return paired_manifest(data_dir)
+  log(f"phantoms: {n} patients as cardiac NCCT and as CCTA for {PAIRED_ROLE}")
+  path = variants.write_paired_dataset(out, n, first, cfg, split=PAIRED_ROLE)
+  atomic.write_text(done_marker, json.dumps(marker) + "\n")
+  return path
 
 
 def _load(manifest_csv: str, config, role: str, labels: bool = False):
@@ -587,6 +632,16 @@ def run(
     lambda: score_tests(config, cols, tests, params, alias, log),
     log,
   )
+  paired_csv = paired_manifest(os.path.join(workdir, "data"))
+  paired_scores = None
+  if int(config.experiment.get(PAIRED_FIELD, 0)) > 0:
+    paired_scores = cached(
+      os.path.join(workdir, "paired_scores.pkl"),
+      scores_key(config, params, paired=True),
+      lambda: score_paired(config, paired_csv, params, log),
+      log,
+      "the paired test scores",
+    )
   selection = {}
   for m in ("adv_cls", "adv_only"):
     p = os.path.join(workdir, m, "selection.json")
@@ -605,6 +660,99 @@ def run(
     "selection": selection,
     "reference_min_voxels": reference_min_voxels(config),
     "no_fp_scans": {role: (no_fp_scans(config, len(c)), len(c)) for role, c in tests.items()},
+    "paired": paired_scores,
+  }
+
+
+# The networks that score the paired test set's scans, per domain (`score_paired`), each with
+# FP reduction as `launch.score` scores by default: the NCCT scan by the NCCT network (what a
+# clinician compares with: the same patient's non-contrast score), its CCTA twin by both.
+PAIRED_NETWORKS = {"ncct": ("no_adaptation",), "ccta": ("no_adaptation", "adv_cls")}
+# The agreements the report prints (`paired_agreements`): (title, reference, compared score),
+# each a key of `score_paired`'s scores: "<domain>_label" (the reference labels) or
+# "<domain>_<model>" (that network's prediction after FP reduction). The last two are ceilings:
+# the NCCT network on NCCT (the phantoms' counterpart of published NCCT tools against manual
+# scoring) and the CCTA labels themselves (calcium labelled above the lumen threshold, as the
+# authors labelled CCTA: what a CCTA score that matched its reference would reach).
+PAIRED_COMPARISONS = (
+  ("NCCT network on CCTA, against its NCCT score", "ncct_no_adaptation", "ccta_no_adaptation"),
+  (
+    "adapted network on CCTA, against the NCCT network's NCCT score",
+    "ncct_no_adaptation",
+    "ccta_adv_cls",
+  ),
+  ("NCCT network on CCTA, against the NCCT labels", "ncct_label", "ccta_no_adaptation"),
+  ("adapted network on CCTA, against the NCCT labels", "ncct_label", "ccta_adv_cls"),
+  ("NCCT network on NCCT, against the NCCT labels", "ncct_label", "ncct_no_adaptation"),
+  ("CCTA labels, against the NCCT labels", "ncct_label", "ccta_label"),
+)
+
+
+def score_paired(
+  config, manifest_csv: str, params: dict[str, Any], log: Callable[[str], None] = lambda s: None
+) -> dict:
+  """Total coronary Agatston and volume of each paired patient's scans (`make_paired_data`):
+  the NCCT scan from its labels and from the NCCT network, the CCTA twin from its labels, the
+  NCCT network and the adapted network (adv_cls), each network after FP reduction through the
+  test columns' path (`predict_columns`, `evaluate_predictions`); Agatston on the working grid
+  (`paired.coronary_scores`), labels without components of at most `reference_min_voxels`.
+
+  Returns {"patients": [id], "agatston": {score: [per patient]}, "volume_mm3": {score: [...]}}
+  with the scores of `PAIRED_COMPARISONS` ("ncct_label", "ncct_no_adaptation", "ccta_label",
+  "ccta_no_adaptation", "ccta_adv_cls").
+  """
+  pairs = paired.read_pairs(manifest_csv)
+  out = {"patients": [p.patient for p in pairs], "agatston": {}, "volume_mm3": {}}
+  min_voxels = reference_min_voxels(config)
+  progress = scoring_progress(log, f"{PAIRED_ROLE}: ", len(PAIRED_NETWORKS["ccta"]))
+
+  def add(name: str, classes: np.ndarray, scan) -> None:
+    agatston, volume = paired.coronary_scores(classes, scan)
+    out["agatston"].setdefault(name, []).append(agatston)
+    out["volume_mm3"].setdefault(name, []).append(volume)
+
+  for k, pair in enumerate(pairs):
+    for domain, row in (("ncct", pair.ncct), ("ccta", pair.ccta)):
+      case = manifest.load_case(row, config)
+      add(f"{domain}_label", metrics.drop_small_components(case.labels, min_voxels), case.scan)
+      models = PAIRED_NETWORKS[domain]
+      got = predict_columns(
+        {m: params[m] for m in models}, config, [case], {m: {True} for m in models}
+      )
+      for m in models:
+        (scan,) = evaluate_predictions(config, [case], got[(m, True)], True)
+        add(f"{domain}_{m}", scan["classes"].dense(), case.scan)
+    progress(k + 1, len(pairs))
+  return out
+
+
+def paired_agreements(
+  results: Sequence[dict], n_resamples: int = gates_lib.N_RESAMPLES
+) -> dict[str, paired.Agreement]:
+  """{title: `paired.agreement`} for each of `PAIRED_COMPARISONS`, over the paired patients of
+  every seed of `results` (each scored by its own seed's networks; pooled, the bootstrap
+  resamples patients); {} when no seed has a paired test set."""
+  with_pairs = [r for r in results if r.get("paired")]
+  if not with_pairs:
+    return {}
+  several = len(with_pairs) > 1
+  patients = [
+    f"seed{r['seed']}/{p}" if several else p for r in with_pairs for p in r["paired"]["patients"]
+  ]
+
+  def values(kind: str, score: str) -> list[float]:
+    return [v for r in with_pairs for v in r["paired"][kind][score]]
+
+  return {
+    title: paired.agreement(
+      patients,
+      values("agatston", ref),
+      values("agatston", other),
+      values("volume_mm3", ref),
+      values("volume_mm3", other),
+      n_resamples=n_resamples,
+    )
+    for title, ref, other in PAIRED_COMPARISONS
   }
 
 
@@ -657,13 +805,19 @@ def no_fp_scans(config: ml_collections.ConfigDict, n_scans: int) -> int:
   return n_scans if n < 0 else min(n, n_scans)
 
 
-def scores_key(config: ml_collections.ConfigDict, params: dict[str, Any]) -> str:
+def scores_key(
+  config: ml_collections.ConfigDict, params: dict[str, Any], paired: bool = False
+) -> str:
   """A digest of everything the test scores depend on: the config (less its name and seed
   list, so that a demo folder serves as the benchmark's seed folder) and every model's
-  weights."""
+  weights. The Table 2 test scores' key (`paired` False) leaves out the paired test set's
+  settings too, which they do not read; the paired scores' key (`paired` True) has them."""
   cfg = config.to_dict()
   cfg.pop("name", None)
   cfg.get("experiment", {}).pop("seeds", None)
+  if not paired:
+    cfg.get("experiment", {}).pop(PAIRED_FIELD, None)
+    (cfg.get("experiment", {}).get("p_no_coronary_calcium") or {}).pop(PAIRED_ROLE, None)
   h = hashlib.sha256(json.dumps(cfg, sort_keys=True, default=str).encode())
   for model in sorted(params):
     h.update(model.encode())
@@ -682,18 +836,38 @@ def cached_scores(
   matches, so that a stopped benchmark resumes after its scored seeds (scoring is its longest
   phase). Class maps are already sparse (`SparseClasses`).
   The file is a pickle of this package's own results, read only from the run's own folder."""
+  stored = cached(
+    path,
+    key,
+    lambda: dict(zip(("table", "per_scan"), compute())),
+    log,
+    "the test scores",
+    "the test sets",
+  )
+  return stored["table"], stored["per_scan"]
+
+
+def cached(
+  path: str,
+  key: str,
+  compute: Callable[[], dict],
+  log: Callable[[str], None] = lambda s: None,
+  what: str = "the scores",
+  scoring: str | None = None,
+) -> dict:
+  """`compute()`'s dict, stored at `path` (a pickle, with `key`) and reused while the key
+  matches; `what` and `scoring` (default `what`) name it in the log."""
   if os.path.exists(path):
     with open(path, "rb") as f:
       stored = pickle.load(f)
     if stored.get("key") == key:
-      log(f"reusing the test scores {path}")
-      return stored["table"], stored["per_scan"]
+      log(f"reusing {what} {path}")
+      return {k: v for k, v in stored.items() if k != "key"}
     log(f"{path}: scored with other settings or weights; scoring again")
-  log("scoring the test sets")
-  table, per_scan = compute()
-  stored = {"key": key, "table": table, "per_scan": per_scan}
-  atomic.write_with(path, lambda tmp: _dump_pickle(tmp, stored))
-  return table, per_scan
+  log(f"scoring {scoring or what}")
+  value = compute()
+  atomic.write_with(path, lambda tmp: _dump_pickle(tmp, {"key": key, **value}))
+  return value
 
 
 def _dump_pickle(path: str, obj) -> None:

@@ -1,5 +1,6 @@
 """The phantom experiment's report: the gates, Table 2 (+ oracle), the validation-selected and
-tested-step columns, the gap shares, figures, table2.md / table2.json and report.html.
+tested-step columns, the gap shares, the same patients' CCTA against NCCT risk categories,
+figures, table2.md / table2.json and report.html.
 
 Everything here reads the results of `cac_jax.studies.experiment.run` (one dict per seed);
 nothing here trains or scores.
@@ -18,7 +19,7 @@ import numpy as np
 from cac_jax import atomic
 from cac_jax.data import manifest
 from cac_jax.evaluation import gates as gates_lib
-from cac_jax.evaluation import html_report, plots
+from cac_jax.evaluation import html_report, paired, plots
 from cac_jax.scoring import overlay
 from cac_jax.studies.experiment import (
   AUTHORS_MEASURES,
@@ -26,10 +27,12 @@ from cac_jax.studies.experiment import (
   DECIDING_GATES,
   GATE_SETS,
   MEASURES,
+  PAIRED_COMPARISONS,
   ROWS,
   artery_f1,
   benchmark_gates,
   gap_shares,
+  paired_agreements,
 )
 
 
@@ -163,13 +166,108 @@ def pooled_gates(results: list[dict]) -> dict[str, list[gates_lib.Gate]]:
   return {which: benchmark_gates([r["per_scan"] for r in results], which) for which in GATE_SETS}
 
 
+# What each score of the paired test set is called in its tables (`experiment.score_paired`).
+PAIRED_SIDES = {
+  "ncct_label": "NCCT labels",
+  "ncct_no_adaptation": "NCCT, NCCT network",
+  "ccta_no_adaptation": "CCTA, NCCT network",
+  "ccta_adv_cls": "CCTA, adapted",
+  "ccta_label": "CCTA labels",
+}
+# The confusion figures: (comparison title, file tag), one per network on CCTA against the
+# NCCT network's NCCT score.
+PAIRED_FIGURES = (
+  (PAIRED_COMPARISONS[0][0], "no_adaptation"),
+  (PAIRED_COMPARISONS[1][0], "adapted"),
+)
+
+
+def paired_markdown(results: list[dict], agreements: dict | None = None) -> str:
+  """The section "Same patient, NCCT and CCTA": per comparison (`PAIRED_COMPARISONS`) κ with
+  its interval, the confusion table, Spearman, Bland-Altman and the share of patients whose
+  category moves (`paired.markdown`); '' without a paired test set. `agreements`:
+  `paired_agreements(results)` where the caller has it."""
+  agreements = paired_agreements(results) if agreements is None else agreements
+  if not agreements:
+    return ""
+  seeds = [r["seed"] for r in results if r.get("paired")]
+  over = f"seeds {seeds} pooled, each scored by its own networks" if len(seeds) > 1 else ""
+  n = len(next(iter(agreements.values())).patients)
+  parts = [
+    "## Same patient, NCCT and CCTA\n",
+    f"{n} phantom patients ({over + ', ' if over else ''}experiment.n_paired_test per seed), "
+    "each acquired as cardiac NCCT (120 kVp, 3 mm) and as CCTA: does the CCTA score put the "
+    "patient in the same Agatston risk category as the same patient's NCCT? The NCCT scan is "
+    "scored by the NCCT network (what a clinician compares with) and, as a second reference, "
+    "from its labels; every network with FP reduction, Agatston on the working grid. The last "
+    "two tables are ceilings: the NCCT network on NCCT itself (the phantoms' counterpart of "
+    f"the published one: {paired.KAPPA_CEILING}) and the CCTA labels (calcium above the lumen threshold, as CCTA "
+    "is labelled: what a CCTA score that matched its reference would reach).\n",
+  ]
+  names = {title: (ref, other) for title, ref, other in PAIRED_COMPARISONS}
+  for title, a in agreements.items():
+    ref, other = names[title]
+    parts.append(paired.markdown(a, title, (PAIRED_SIDES[ref], PAIRED_SIDES[other])))
+  return "\n".join(parts)
+
+
+def paired_json(agreements: dict[str, paired.Agreement]) -> dict:
+  """table2.json's "paired": per comparison κ (value, low, high), the confusion table (rows
+  the reference), Spearman, Bland-Altman, the moves and the per-patient scores."""
+  out = {}
+  for title, a in agreements.items():
+    ba = a.bland_altman
+    out[title] = {
+      "kappa": dataclasses.asdict(a.kappa),
+      "kappa_note": a.kappa_note,
+      "confusion": a.confusion.astype(int).tolist(),
+      "spearman": dataclasses.asdict(a.spearman),
+      "bland_altman": (
+        {"bias_mm3": ba.bias, "formula": ba.formula(), "note": ba.note}
+        if ba is not None
+        else {"note": a.bland_altman_note}
+      ),
+      "moved": a.moved,
+      "moved_up": a.moved_up,
+      "moved_down": a.moved_down,
+      "patients": paired.patient_rows(a),
+    }
+  return out
+
+
+def write_paired_figures(agreements: dict[str, paired.Agreement], out_dir: str) -> dict[str, str]:
+  """The confusion table of each network on CCTA against the NCCT network's NCCT risk
+  category (`PAIRED_FIGURES`) as paired_confusion_<tag>.png; {} without a paired test set.
+  Returns {name: path}."""
+  paths = {}
+  sides = {title: (ref, other) for title, ref, other in PAIRED_COMPARISONS}
+  for title, tag in PAIRED_FIGURES:
+    if title not in agreements:
+      continue
+    a, (ref, other) = agreements[title], sides[title]
+    p = os.path.join(out_dir, f"paired_confusion_{tag}.png")
+    plots.confusion_plot(
+      a.confusion,
+      p,
+      title=f"{PAIRED_SIDES[other]}: {len(a.patients)} patients, κ {a.kappa.format(2)}",
+      row_label=PAIRED_SIDES[ref],
+      col_label=PAIRED_SIDES[other],
+    )
+    paths[f"paired_confusion_{tag}"] = p
+  return paths
+
+
 def report_markdown(
-  results: list[dict], pooled: dict | None = None, shares: dict | None = None
+  results: list[dict],
+  pooled: dict | None = None,
+  shares: dict | None = None,
+  agreements: dict | None = None,
 ) -> str:
   """Everything `launch.reproduce` prints: the gates per seed, Table 2 (+ oracle), the
-  validation-selected columns with the chosen steps, and the gap shares. `pooled` and `shares`:
-  `pooled_gates(results)` and {row: `gap_shares(results, row)`} where the caller has them
-  already (each bootstraps every seed's scans)."""
+  validation-selected columns with the chosen steps, the gap shares and, with a paired test
+  set, the same patients' CCTA against NCCT categories (`paired_markdown`). `pooled`, `shares`
+  and `agreements`: `pooled_gates(results)`, {row: `gap_shares(results, row)`} and
+  `paired_agreements(results)` where the caller has them already (each bootstraps)."""
   pooled = pooled_gates(results) if pooled is None else pooled
   seeds = [r["seed"] for r in results]
   if len(results) == 1:
@@ -242,6 +340,9 @@ def report_markdown(
       "\nF1 of the columns the shares read (scans with reference calcium of each structure):\n",
       artery_f1_markdown(artery_f1(results)),
     ]
+  same_patient = paired_markdown(results, agreements)
+  if same_patient:
+    parts += ["", same_patient]
   return "\n".join(parts)
 
 
@@ -387,7 +488,9 @@ def write_results(
   figures = write_figures(results[0], config, out_dir)
   pooled = pooled_gates(results)
   shares = {row: gap_shares(results, row) for row in ROWS}
-  md = report_markdown(results, pooled, shares)
+  agreements = paired_agreements(results)
+  figures.update(write_paired_figures(agreements, out_dir))
+  md = report_markdown(results, pooled, shares, agreements)
   paths = dict(figures, table=os.path.join(out_dir, "table2.md"))
   atomic.write_text(paths["table"], md + "\n")
   atomic.write_text(
@@ -406,7 +509,8 @@ def write_results(
           for row, by_row in shares.items()
         },
         "selection": [r["selection"] for r in results],
-      },
+      }
+      | ({"paired": paired_json(agreements)} if agreements else {}),
       indent=1,
     )
     + "\n",
