@@ -366,7 +366,7 @@ def reference_from_cases(params: dict, config, source_cases, target_cases) -> Re
     out = []
     for case in cases:
       setup = pipeline.prepare_case(case, config, settings)
-      if not setup.empty:
+      if not setup.skip_reason:
         out.append(scan_candidates(case.scan, setup.threshold_hu, setup.region, config))
     return out
 
@@ -496,8 +496,11 @@ def verdict(model: DomainModel, values: dict) -> dict:
 
 def for_setup(model: DomainModel | NoCheck, params: dict, config, scan: Scan, setup) -> dict:
   """`check` of a scan with its `pipeline.Setup` (nothing scored: no check, saying why)."""
-  if setup.empty and not isinstance(model, NoCheck):
-    return {"statistic": model.reference.statistic, "verdict": f"no domain check ({setup.empty})"}
+  if setup.skip_reason and not isinstance(model, NoCheck):
+    return {
+      "statistic": model.reference.statistic,
+      "verdict": f"no domain check ({setup.skip_reason})",
+    }
   return check(model, params["generator"], config, scan, setup.threshold_hu, setup.region)
 
 

@@ -43,7 +43,7 @@ def case_values(model: dc.DomainModel, params: dict, config, case) -> dict[str, 
   """Both statistics of one case scored as CCTA with its own heart and aorta masks."""
   settings = postprocess.FPReductionSettings.from_config(config.scoring)
   setup = pipeline.prepare_case(case, config, settings, domain="ccta")
-  if setup.empty:
+  if setup.skip_reason:
     return {s: float("nan") for s in dc.STATISTICS}
   hu, cand = dc.scan_candidates(case.scan, setup.threshold_hu, setup.region, config)
   ref = model.reference

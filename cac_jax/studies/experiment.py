@@ -469,7 +469,7 @@ def predict_columns(
       inner = setups[True]  # its candidates, once per case for every shared model
       keep = (
         None
-        if inner.empty
+        if inner.skip_reason
         else pipeline.candidate_mask(case.scan.hu, inner.threshold_hu, inner.region)
       )
       for m in shared:
@@ -480,8 +480,8 @@ def predict_columns(
 
 def _nested(inner: pipeline.Setup, outer: pipeline.Setup) -> bool:
   """Whether `inner`'s candidates are among `outer`'s (no region there, a threshold as low)."""
-  return bool(inner.empty) or (
-    not outer.empty and outer.region is None and outer.threshold_hu <= inner.threshold_hu
+  return bool(inner.skip_reason) or (
+    not outer.skip_reason and outer.region is None and outer.threshold_hu <= inner.threshold_hu
   )
 
 
@@ -535,13 +535,15 @@ def reference_min_voxels(config) -> int:
 def evaluate_predictions(
   config, cases, raw: list[tuple[np.ndarray, pipeline.Setup]], fp_reduction: bool
 ) -> list[dict]:
-  """Per-scan metrics of `predict_raw(..., fp_reduction)`'s predictions after `pipeline.reduce`
-  with the same settings (so a column's classes are `launch.score`'s labels)."""
+  """Per-scan metrics of `predict_raw(..., fp_reduction)`'s predictions after FP reduction.
+
+  The reduction is `pipeline.reduced_classes` with the same settings (so a column's classes are
+  `launch.score`'s labels)."""
   settings = column_settings(config, fp_reduction)
   min_voxels = reference_min_voxels(config)
   out = []
   for case, (classes, setup) in zip(cases, raw):
-    classes, _ = pipeline.reduce(setup, case.scan, classes, settings)
+    classes, _ = pipeline.reduced_classes(setup, case.scan, classes, settings)
     vox = case.scan.voxel_volume_mm3
     ref = metrics.drop_small_components(case.labels, min_voxels)
     out.append(
