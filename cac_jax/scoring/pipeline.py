@@ -1,5 +1,7 @@
-"""Scoring one scan end to end: read -> heart region -> threshold -> candidates -> dense
-inference -> false-positive reduction -> scores -> outputs on the input's own grid.
+"""Scoring one scan end to end, from the scan to scores and outputs on the input's own grid.
+
+Read -> heart region -> threshold -> candidates -> dense inference -> false-positive reduction
+-> scores -> outputs on the input's own grid.
 
 `score_scan` is pure computation on arrays (returns a `ScoringResult`), in three stages that
 every scorer uses (the experiment's Table 2 and the tissue breakdown too): `prepare` (domain,
@@ -169,8 +171,9 @@ class Setup:
 
 
 def prepare_case(case, config, settings, domain: str | None = None) -> Setup:
-  """`prepare` of a labelled `Case` with its own heart and aorta masks and domain (or
-  `domain`): how the experiment and the studies set up a phantom or manifest case."""
+  """`prepare` of a labelled `Case` with its own heart and aorta masks and domain (or `domain`).
+
+  This is how the experiment and the studies set up a phantom or manifest case."""
   return prepare(
     case.scan,
     config,
@@ -285,8 +288,10 @@ def prepare(
 
 
 def _without_aorta_threshold(info: dict, config: ml_collections.ConfigDict, notes: list) -> float:
-  """CCTA with `FPReductionSettings.aorta_threshold` off: the fixed NCCT threshold (HU), with the
-  aortic-lumen ROI's threshold (None without an ROI) kept in the report's `info` beside it."""
+  """The fixed NCCT threshold (HU) of a CCTA with `FPReductionSettings.aorta_threshold` off.
+
+  The aortic-lumen ROI's threshold (None without an ROI) is kept in the report's `info` beside
+  it."""
   thr = float(config.scoring.ncct_threshold)
   info.update(
     method=f"fixed {thr:g} HU, aortic-lumen threshold off (ROI: {info['method']})",

@@ -83,8 +83,10 @@ class FPReductionSettings:
 
   @classmethod
   def from_config(cls, scoring, **overrides) -> FPReductionSettings:
-    """From a `config.scoring` ConfigDict (min/max_lesion_mm3, heart_dilation_mm,
-    heart_filter; an export written before `heart_filter` existed filters by lesion)."""
+    """From a `config.scoring` ConfigDict.
+
+    Reads min/max_lesion_mm3, heart_dilation_mm, heart_filter; an export written before
+    `heart_filter` existed filters by lesion."""
     kw = dict(
       min_mm3=float(scoring.min_lesion_mm3),
       max_mm3=float(scoring.max_lesion_mm3),
@@ -141,8 +143,9 @@ GROW_MARGIN = 8  # voxels first added around the detections' box on each side (t
 def _components_holding(
   det: np.ndarray, above: np.ndarray
 ) -> tuple[tuple[slice, ...], np.ndarray, int]:
-  """(box, int32 labels of `above[box]`, count): a box holding every 6-connected component of
-  `above` that holds a `det` voxel, whole.
+  """(box, int32 labels of `above[box]`, count): a box holding each detection's component whole.
+
+  The components are the 6-connected components of `above` that hold a `det` voxel.
 
   Labelling the whole scan (an int32 per voxel, 640 MB at 512 x 512 x 600) is needed only when
   a detection's component reaches across it. The box starts at the detections' bounding box

@@ -62,8 +62,9 @@ def measure(
   seed: int = DEFAULT_SEED,
   log: Callable[[str], None] = lambda s: None,
 ) -> list[SetResult]:
-  """`SetResult` per set (the in-domain set first), `num_cases` cases each at seeds
-  seed..seed+num_cases-1 (the same patients in every set)."""
+  """`SetResult` per set (the in-domain set first), `num_cases` cases each.
+
+  The cases of each set are at seeds seed..seed+num_cases-1 (the same patients in every set)."""
   names = [IN_DOMAIN] + [s for s in sets if s != IN_DOMAIN]
   raw = {}
   for name in names:
