@@ -101,8 +101,9 @@ def _check_png(path: str) -> None:
 
 
 def write_png(path: str | os.PathLike, save: Callable[[str], None]) -> str:
-  """Write a PNG atomically; `save(tmp_path)` writes it (e.g. a matplotlib `Figure.savefig`
-  with format="png"). Checked complete (ends with the IEND chunk). Returns the path."""
+  """Write a PNG atomically, checked complete (ends with the IEND chunk); returns the path.
+
+  `save(tmp_path)` writes it (e.g. a matplotlib `Figure.savefig` with format="png")."""
   write_with(path, save, verify=_check_png)
   return os.fspath(path)
 

@@ -95,8 +95,9 @@ def reference_to_classes(label_map: np.ndarray) -> np.ndarray:
 
 
 def left_main_mask(label_map: np.ndarray) -> np.ndarray | None:
-  """Bool (z, y, x): the voxels a reference label map marks as left main (value 11), or None
-  when the map does not label the left main apart (then the LAD class includes it)."""
+  """Bool (z, y, x): the voxels a reference label map marks as left main (value 11), or None.
+
+  None when the map does not label the left main apart (then the LAD class includes it)."""
   mask = np.asarray(label_map) == LEFT_MAIN_REFERENCE
   return mask if mask.any() else None
 
@@ -124,8 +125,10 @@ def _rgb(hex_colour: str) -> tuple[int, int, int]:
 
 
 def itksnap_label_description() -> str:
-  """ITK-SNAP label description (Segmentation > Import Label Descriptions) for the written
-  reference-encoded label maps: value, RGB, opacity, visibility and name of each class."""
+  """ITK-SNAP label description for the written reference-encoded label maps.
+
+  For Segmentation > Import Label Descriptions: value, RGB, opacity, visibility and name of
+  each class."""
   lines = [
     "################################################",
     "# ITK-SnAP Label Description File",
@@ -140,8 +143,9 @@ def itksnap_label_description() -> str:
 
 
 def slicer_colour_table() -> str:
-  """3D Slicer colour table (.ctbl: `value name R G B A` per line) for the same label maps;
-  load it as a colour node and pick it for the label map's display."""
+  """3D Slicer colour table (.ctbl: `value name R G B A` per line) for the same label maps.
+
+  Load it as a colour node and pick it for the label map's display."""
   lines = ["# cac_jax calcium classes (reference label values)", "0 background 0 0 0 0"]
   for value, name, colour in _viewer_entries():
     r, g, b = _rgb(colour)
@@ -150,9 +154,10 @@ def slicer_colour_table() -> str:
 
 
 def labelled_box(classes: np.ndarray) -> tuple[slice, slice, slice]:
-  """The bounding box (z, y, x slices) of the voxels with a class (> 0); one voxel at the
-  origin when there are none. Every score and lesion of `classes` lies inside it, so scoring
-  the box gives the whole map's results while touching only its voxels."""
+  """The bounding box (z, y, x slices) of the voxels with a class (> 0).
+
+  One voxel at the origin when there are none. Every score and lesion of `classes` lies inside
+  it, so scoring the box gives the whole map's results while touching only its voxels."""
   labelled = np.asarray(classes) > 0
   box = []
   for axis in range(labelled.ndim):

@@ -62,7 +62,8 @@ _CODE = flags.DEFINE_list(
 _SEED = flags.DEFINE_integer("e2e_seed", 0, "Seed of the random weights.")
 
 # (module, attribute, stage): the functions timed, found at run time (a checkout lacking one
-# skips it). Nested calls are reported inside their caller.
+# skips it). Nested calls are reported inside their caller. `detect_many` and `reduce` are the
+# older names of `raw_classes_many` and `reduced_classes` (for `--e2e_code` checkouts).
 STAGES = (
   ("cac_jax.data.volume_io", "read_scan", "read input"),
   ("cac_jax.data.threshold", "choose_threshold", "domain + threshold"),
@@ -70,9 +71,11 @@ STAGES = (
   ("cac_jax.data.threshold", "find_ascending_aorta_coarse", "aorta search"),
   ("cac_jax.scoring.heart_region", "find_heart", "heart region (find)"),
   ("cac_jax.scoring.postprocess", "heart_region", "heart dilation"),
+  ("cac_jax.scoring.pipeline", "raw_classes_many", "detect"),
   ("cac_jax.scoring.pipeline", "detect_many", "detect"),
   ("cac_jax.data.preprocess", "resample", "resample"),
   ("cac_jax.scoring.infer", "predict_candidates_many", "network"),
+  ("cac_jax.scoring.pipeline", "reduced_classes", "FP reduction"),
   ("cac_jax.scoring.pipeline", "reduce", "FP reduction"),
   ("cac_jax.scoring.scores", "compute_scores", "scores"),
   ("cac_jax.scoring.pipeline", "plausibility_warnings", "plausibility checks"),

@@ -262,6 +262,49 @@ def test_lesion_limit_scan_sees_each_way_of_writing_a_default():
   assert sorted(names) == ["max_lesion_mm3", "max_mm3", "max_mm3", "max_mm3", "min_mm3"]
 
 
+def _docstrings_without_a_summary_line(tree: ast.AST) -> list[int]:
+  """Lines of the docstrings (module, class, function) whose first line does not stand alone.
+
+  A docstring's first line is its one-line summary: the end of the docstring or a blank line
+  follows it (PEP 257).
+  """
+  kinds = (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)
+  out = []
+  for node in ast.walk(tree):
+    if isinstance(node, kinds) and ast.get_docstring(node, clean=False) is not None:
+      lines = ast.get_docstring(node, clean=False).split("\n")
+      if len(lines) > 1 and lines[1].strip():
+        out.append(node.body[0].lineno)
+  return sorted(out)
+
+
+def test_every_docstring_has_a_one_line_summary():
+  """Every docstring of the package, the scripts and the configs opens with a one-line summary."""
+  found = []
+  for top in ("cac_jax", "configs", "launch", "tools", "benchmarks"):
+    for folder, _, files in os.walk(os.path.join(REPO, top)):
+      for name in sorted(f for f in files if f.endswith(".py")):
+        path = os.path.join(folder, name)
+        tree = ast.parse(open(path, encoding="utf-8").read(), path)
+        rel = os.path.relpath(path, REPO)
+        found += [f"{rel}:{line}" for line in _docstrings_without_a_summary_line(tree)]
+  assert not found, "first line runs on (add a blank line after a one-line summary): " + ", ".join(
+    found
+  )
+
+
+def test_summary_line_check_sees_each_kind_of_docstring():
+  code = (
+    '"""Module summary that runs\non."""\n'
+    'class C:\n  """Class summary.\n\n  Body."""\n'
+    '  def f(self):\n    """Method summary that runs\n    on."""\n'
+    'async def g():\n  """One line."""\n'
+    'def h():\n  """Summary that runs\n  on.\n\n  Body."""\n'
+    'def k():\n  x = """not a docstring\n  at all"""\n'
+  )
+  assert _docstrings_without_a_summary_line(ast.parse(code)) == [1, 8, 13]
+
+
 _IMPORT_ONLY = """
 import os, sys
 env, path = dict(os.environ), list(sys.path)

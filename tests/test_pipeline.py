@@ -273,7 +273,8 @@ def test_labels_identical_to_the_whole_volume_steps(ccta_case, params, config):
   res = _score_ccta(c, params, config)
   thr = res.report["threshold"]["threshold_hu"]
   region = postprocess.heart_region(c.heart_mask, c.scan.spacing, settings.dilation_mm)
-  raw = pipeline.detect_many(c.scan, [params], config, thr, region)[0]
+  setup = pipeline.Setup("ccta", thr, c.heart_mask, region, None, {}, [])
+  raw = pipeline.raw_classes(setup, c.scan, params, config)
   ref = postprocess.grow_lesions(raw, c.scan.hu, thr)
   ref = postprocess.size_filter(ref, c.scan.spacing, settings.min_mm3, settings.max_mm3)
   ref = postprocess.heart_filter(ref, c.heart_mask, c.scan.spacing, settings.dilation_mm)

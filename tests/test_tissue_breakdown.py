@@ -67,12 +67,12 @@ def test_phantom_breakdown_of_a_perfect_detector(monkeypatch):
   """A detector returning the reference: reference rows are diagonal, tissue rows background."""
   config = tiny.get_config()
 
-  def perfect(scan, params_list, config, threshold_hu, region, **infer_options):
+  def perfect(setup, scan, params_list, config, **infer_options):
     case = generate.generate_case("ccta", 5, config)
     assert np.array_equal(case.scan.hu, scan.hu)
     return [case.labels.astype(np.int32) for _ in params_list]
 
-  monkeypatch.setattr(pipeline, "detect_many", perfect)
+  monkeypatch.setattr(pipeline, "raw_classes_many", perfect)
   b = tb.phantom_breakdown({"perfect": None}, config, "ccta", [5])["perfect"]
   case = generate.generate_case("ccta", 5, config)
   vox = float(np.prod(case.scan.spacing))
@@ -95,11 +95,11 @@ def test_whole_scan_breakdown_classifies_every_voxel_from_130_hu(monkeypatch):
   config = tiny.get_config()
   seen = []
 
-  def spy(scan, params_list, config, threshold_hu, region, **infer_options):
-    seen.append((threshold_hu, region is None))
+  def spy(setup, scan, params_list, config, **infer_options):
+    seen.append((setup.threshold_hu, setup.region is None))
     return [np.zeros(scan.shape, np.int32) for _ in params_list]
 
-  monkeypatch.setattr(pipeline, "detect_many", spy)
+  monkeypatch.setattr(pipeline, "raw_classes_many", spy)
   tb.phantom_breakdown({"m": None}, config, "ccta", [5], whole_scan=True)
   tb.phantom_breakdown({"m": None}, config, "ccta", [5])
   assert seen[0] == (130.0, True)

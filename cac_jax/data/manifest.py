@@ -178,8 +178,9 @@ def _check_headers(where: str, paths: dict) -> list[str]:
 
 
 def load_case(row: ManifestRow, config=None) -> Case:
-  """Loads one row: scan (canonical LPS, HU), classes, bool masks; at working spacing if
-  `config` is given (else on the image's own grid)."""
+  """Loads one row: scan (canonical LPS, HU), classes, bool masks.
+
+  At working spacing if `config` is given (else on the image's own grid)."""
   scan = volume_io.read_scan(row.image)
   scan = dataclasses.replace(
     scan, meta={**scan.meta, "case_id": row.id, "domain": row.domain, "split": row.split}

@@ -172,8 +172,9 @@ class PatchExtractor:
   def views(
     self, volumes: Sequence[np.ndarray], case_idx: np.ndarray, centres: np.ndarray
   ) -> np.ndarray:
-    """(3, B, P, P, 1) float32 normalised views; sample b from `volumes[case_idx[b]]` (HU,
-    (z, y, x)) around `centres[b]` (z, y, x), padded with -1000 HU."""
+    """(3, B, P, P, 1) float32 normalised views, padded with -1000 HU.
+
+    Sample b is from `volumes[case_idx[b]]` (HU, (z, y, x)) around `centres[b]` (z, y, x)."""
     views = np.empty((3, len(case_idx), self.patch, self.patch, 1), np.float32)
     for b, i in enumerate(np.asarray(case_idx).tolist()):
       gather_views_into(views[:, b : b + 1], volumes[i], centres[b : b + 1], self.patch, PAD_HU)

@@ -347,9 +347,11 @@ class PatchSampler:
     bright_in_heart: bool,
     n_bright_in_heart: int = 0,
   ) -> tuple[np.ndarray, np.ndarray]:
-    """Centres of `n_bright` bright (the first `n_bright_in_heart` of them inside the dilated
-    heart, the rest per `bright_in_heart`), `n_uniform` uniform and `n_labelled` labelled
-    patches from the cases in `pool`: (case index (B,), centres (B, 3) z, y, x)."""
+    """Centres of bright, uniform and labelled patches from the cases in `pool`.
+
+    `n_bright` bright (the first `n_bright_in_heart` of them inside the dilated heart, the rest
+    per `bright_in_heart`), `n_uniform` uniform and `n_labelled` labelled patches: (case index
+    (B,), centres (B, 3) z, y, x)."""
     case_idx, flat_idx = [], []
     for k in range(n_bright):
       i = pool[rng.integers(len(pool))]
@@ -372,8 +374,10 @@ class PatchSampler:
   def _draw_reference(
     self, rng: np.random.Generator, n_bright: int, n_uniform: int
   ) -> tuple[np.ndarray, np.ndarray]:
-    """The reference critic draw: per patch a slice uniformly from all cases' slices, then a
-    voxel >= the fixed threshold of that slice (first `n_bright`) or a uniform one."""
+    """The reference critic draw: per patch a slice from all cases' slices, then a voxel in it.
+
+    The slice is drawn uniformly; the voxel is >= the fixed threshold of that slice (first
+    `n_bright`) or a uniform one."""
     case_idx = np.zeros(n_bright + n_uniform, np.int64)
     centres = np.zeros((n_bright + n_uniform, 3), np.int64)
     for k in range(n_bright + n_uniform):

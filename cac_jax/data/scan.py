@@ -21,8 +21,9 @@ import numpy as np
 
 
 def voxel_volume_mm3(spacing: Sequence[float]) -> float:
-  """Volume of one voxel in mm³ from a (z, y, x) spacing in mm; ValueError unless it is three
-  positive finite numbers."""
+  """Volume of one voxel in mm³ from a (z, y, x) spacing in mm.
+
+  ValueError unless it is three positive finite numbers."""
   spacing = tuple(float(s) for s in spacing)
   if len(spacing) != 3 or any(not math.isfinite(s) or s <= 0 for s in spacing):
     raise ValueError(f"spacing must be three positive numbers (z, y, x) in mm; got {spacing}")

@@ -302,8 +302,9 @@ def find_ascending_aorta(
 
 
 def _eroded_lumen(scan: Scan, lumen: np.ndarray) -> np.ndarray:
-  """The chain's lumen eroded by 3 mm (wall and wall calcium out), or whole when that would
-  leave fewer than 20 voxels."""
+  """The chain's lumen eroded by 3 mm (wall and wall calcium out).
+
+  Whole when the erosion would leave fewer than 20 voxels."""
   eroded = _erode_mm(lumen, scan.spacing, 3.0)
   return eroded if eroded.sum() >= 20 else lumen
 
@@ -415,8 +416,9 @@ def find_ascending_aorta_coarse(scan: Scan, search: Scan | None = None) -> np.nd
 def aorta_lumen(
   scan: Scan, aorta_mask: np.ndarray | None = None, search: Scan | None = None
 ) -> tuple[np.ndarray, str]:
-  """The ascending-aorta lumen of a scan, bool (z, y, x), and where it came from: "mask"
-  (`ascending_aorta_from_mask`; an all-zero mask counts as none) or "auto"
+  """The ascending-aorta lumen of a scan, bool (z, y, x), and where it came from.
+
+  "mask" (`ascending_aorta_from_mask`; an all-zero mask counts as none) or "auto"
   (`find_ascending_aorta_coarse`, `search` as there). Raises NoAortaError."""
   if aorta_mask is not None and np.any(aorta_mask):
     return ascending_aorta_from_mask(scan, aorta_mask), "mask"

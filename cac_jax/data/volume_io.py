@@ -384,8 +384,10 @@ def _out_of_range_warnings(hu: np.ndarray) -> list[str]:
 
 
 def _extent_warnings(img: sitk.Image) -> list[str]:
-  """A warning when the in-plane field of view is implausible for a chest CT (a wrong spacing
-  in the header, e.g. 0.1 mm for 1 mm, scores a 5 cm chest as a 5 mm one)."""
+  """A warning when the in-plane field of view is implausible for a chest CT.
+
+  Catches a wrong spacing in the header: e.g. 0.1 mm for 1 mm scores a 5 cm chest as a 5 mm
+  one."""
   lo, hi = CHEST_FOV_MM
   fov = [n * s for n, s in zip(img.GetSize()[:2], img.GetSpacing()[:2])]
   if min(fov) < lo or max(fov) > hi:
@@ -549,9 +551,10 @@ def read_labels(path: PathLike, like: Scan, resample: bool = True) -> np.ndarray
 def read_reference(
   path: PathLike, like: Scan, resample: bool = True
 ) -> tuple[np.ndarray, np.ndarray | None]:
-  """Reads a reference-encoded label map onto `like`'s grid (`resample` as in `read_mask`):
-  (int32 classes 0..6, bool left-main mask or None when the map does not label the left main
-  apart)."""
+  """Reads a reference-encoded label map onto `like`'s grid (`resample` as in `read_mask`).
+
+  Returns (int32 classes 0..6, bool left-main mask or None when the map does not label the left
+  main apart)."""
   ref = read_mask(path, like, resample)
   try:
     return labels_lib.reference_to_classes(ref), labels_lib.left_main_mask(ref)
@@ -572,9 +575,11 @@ def _to_sitk_dtype(array: np.ndarray) -> np.ndarray:
 
 
 def _write_image(img: sitk.Image, path: PathLike) -> None:
-  """Writes `img` to `path` atomically (`atomic.write_with`; also multi-file formats such as
-  .mhd + .raw), checked complete (`check_complete`) before it is moved into place: a full disk
-  can make SimpleITK stop writing early without an error."""
+  """Writes `img` to `path` atomically, checked complete before it is moved into place.
+
+  Atomic by `atomic.write_with` (also multi-file formats such as .mhd + .raw); checked by
+  `check_complete`, because a full disk can make SimpleITK stop writing early without an
+  error."""
   path = os.fspath(path)
 
   def _write(tmp_path: str) -> None:
@@ -612,9 +617,10 @@ def write_like(array_zyx: np.ndarray, like: Scan, path: PathLike) -> None:
 
 
 def source_array(array_zyx: np.ndarray, like: Scan) -> np.ndarray:
-  """`array_zyx` on `like`'s source grid, as `write_like` writes it, indexed in the source
-  file's own (k, j, i) order: for a DICOM series, [k] is the slice of the k-th file in GDCM's
-  order (`dicom_series_files`)."""
+  """`array_zyx` on `like`'s source grid, as `write_like` writes it, in the file's (k, j, i) order.
+
+  Indexed in the source file's own (k, j, i) order: for a DICOM series, [k] is the slice of the
+  k-th file in GDCM's order (`dicom_series_files`)."""
   return sitk.GetArrayFromImage(_source_image(array_zyx, like))
 
 
@@ -675,9 +681,10 @@ def write_scan(scan: Scan, path: PathLike) -> None:
 
 
 def dicom_series_files(path: PathLike, series: str | None = None) -> list[str]:
-  """The files of the DICOM series `read_scan(path, series=series)` reads from folder `path`
-  (by default the series with the most files), in GDCM's slice order: file k is slice k of
-  the image as read, before canonical reorientation (so of a label map written back by
+  """The files of the DICOM series `read_scan(path, series=series)` reads, in GDCM's slice order.
+
+  From folder `path` (by default the series with the most files); file k is slice k of the
+  image as read, before canonical reorientation (so of a label map written back by
   `write_like`)."""
   path = os.fspath(path)
   ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(path)

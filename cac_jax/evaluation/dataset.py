@@ -95,8 +95,9 @@ class EvaluationResults:
     return {**out, **self.broken}
 
   def problems(self) -> str | None:
-    """One line naming the left-out cases that make the evaluation incomplete, or None
-    (none, or only missing predictions with `allow_missing`)."""
+    """One line naming the left-out cases that make the evaluation incomplete, or None.
+
+    None: no case is left out, or only missing predictions with `allow_missing`."""
     bad = self.broken if self.allow_missing else self.left_out
     if not bad:
       return None
@@ -116,6 +117,7 @@ def _evaluate_case(
   row: manifest_lib.ManifestRow, pred_path: str, reference_min_voxels: int = 0
 ) -> CaseResult:
   """Metrics and Agatston scores of one case; the prediction must lie on the image's grid.
+
   Reference components of at most `reference_min_voxels` voxels are left out
   (`metrics.drop_small_components`)."""
   try:
@@ -148,9 +150,10 @@ def evaluate_dataset(
   allow_missing: bool = False,
   reference_min_voxels: int = 0,
 ) -> EvaluationResults:
-  """Evaluate predictions of every labelled manifest case (of `split`, if given), against
-  references without their components of at most `reference_min_voxels` voxels (0: as
-  labelled; 2: the authors' evaluation reference).
+  """Evaluate predictions of every labelled manifest case (of `split`, if given).
+
+  The references are taken without their components of at most `reference_min_voxels` voxels
+  (0: as labelled; 2: the authors' evaluation reference).
 
   A case whose prediction is missing or unusable is left out and listed (`missing`,
   `broken`); `allow_missing` only records that missing ones are expected.
@@ -366,10 +369,11 @@ def results_csv_text(results: EvaluationResults) -> str:
 def write_report(
   results: EvaluationResults, output_dir: str, predictions_dir: str | None = None
 ) -> str:
-  """Write results.md, results.csv, bland_altman.png and report.html into output_dir; return
-  the markdown. report.html (`cac_jax.evaluation.html_report`) holds the tables, a per-scan table, the
-  Bland-Altman plot and, when `predictions_dir` is given, each case's overlay.png from
-  `launch.score` (linked, not copied)."""
+  """Write results.md, results.csv, bland_altman.png and report.html into output_dir.
+
+  Returns the markdown. report.html (`cac_jax.evaluation.html_report`) holds the tables, a
+  per-scan table, the Bland-Altman plot and, when `predictions_dir` is given, each case's
+  overlay.png from `launch.score` (linked, not copied)."""
   os.makedirs(output_dir, exist_ok=True)
   text = results_markdown(results)
   atomic.write_text(os.path.join(output_dir, "results.md"), text)

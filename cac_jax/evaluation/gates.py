@@ -77,8 +77,9 @@ ScanSet = Sequence[tuple[np.ndarray, ...]]
 
 
 def seed_mean(scan_set: ScanSet, k: int = 0) -> float:
-  """Mean over seeds of each seed's mean (NaN scans skipped) of array `k`; NaN if a seed has
-  no finite value."""
+  """Mean over seeds of each seed's mean (NaN scans skipped) of array `k`.
+
+  NaN if a seed has no finite value."""
   means = []
   for arrays in scan_set:
     a = np.asarray(arrays[k], dtype=float)
@@ -127,8 +128,10 @@ def bootstrap(
 def bootstrap_mean(
   groups: Sequence[Sequence[float]], n_resamples: int = N_RESAMPLES, seed: int = 0
 ) -> tuple[float, float, float]:
-  """Mean over groups (seeds) of each group's mean over its scans (NaN entries skipped), with a
-  95 % percentile bootstrap interval: (mean, low, high), all NaN when a group has no finite value."""
+  """Mean over groups (seeds) of each group's mean, with a 95 % percentile bootstrap interval.
+
+  Each group's mean is over its scans (NaN entries skipped). Returns (mean, low, high), all NaN
+  when a group has no finite value."""
   arrs = [np.asarray(g, dtype=float) for g in groups]
   arrs = [(a[np.isfinite(a)],) for a in arrs]
   if not arrs or any(a[0].size == 0 for a in arrs):
@@ -138,8 +141,9 @@ def bootstrap_mean(
 
 
 def calcium_f1(per_scan_metrics: Sequence[Mapping], structure: str = "total") -> np.ndarray:
-  """Per-scan F1 of `structure` where the scan has reference calcium of it, NaN elsewhere: the
-  gates' reading (`metrics.scan_metrics` outputs in, float (n_scans,) out)."""
+  """Per-scan F1 of `structure` where the scan has reference calcium of it, NaN elsewhere.
+
+  The gates' reading: `metrics.scan_metrics` outputs in, float (n_scans,) out."""
   return np.array(
     [m[structure].f1 if m[structure].has_reference else math.nan for m in per_scan_metrics],
     dtype=float,
@@ -148,8 +152,10 @@ def calcium_f1(per_scan_metrics: Sequence[Mapping], structure: str = "total") ->
 
 @dataclasses.dataclass(frozen=True)
 class CalciumFree:
-  """The test scans without reference calcium: how many, the share of them with no predicted
-  voxel, and their mean FP volume (mm³/scan), over every seed's scans."""
+  """The test scans without reference calcium: count, share without prediction, mean FP volume.
+
+  How many there are, the share of them with no predicted voxel, and their mean FP volume
+  (mm³/scan), over every seed's scans."""
 
   n_scans: int
   n_free: int
@@ -200,8 +206,9 @@ def _ge(x: float, bound: float) -> bool:
 
 
 def _difference(k_plus: int = 0, k_minus: int = 1) -> Callable[..., float]:
-  """statistic: seed_mean of array k_plus minus seed_mean of array k_minus (one paired set), or
-  of the first set minus the second (two sets)."""
+  """statistic: seed_mean of array k_plus minus seed_mean of array k_minus.
+
+  That is for one paired set; for two sets, of the first set minus the second."""
 
   def stat(*sets: ScanSet) -> float:
     if len(sets) == 2:
@@ -279,8 +286,9 @@ def evaluate_gates(
 
 
 def gates_markdown(gates: Sequence[Gate]) -> str:
-  """A gate table: measured, rule, result (pass / FAIL, or "reading" for one that decides
-  nothing) and the test set's calcium-free scans."""
+  """A gate table: measured, rule, result and the test set's calcium-free scans.
+
+  The result is pass / FAIL, or "reading" for one that decides nothing."""
   lines = [
     "| gate | what | measured | pass if | result | calcium-free test scans |",
     "|---|---|---|---|---|---|",
@@ -296,8 +304,9 @@ def gates_markdown(gates: Sequence[Gate]) -> str:
 def gap_share(
   f1_adapted: float, f1_source: float, f1_oracle: float, min_gap: float = MIN_ORACLE_GAP
 ) -> float:
-  """(F1_adapted - F1_source) / (F1_oracle - F1_source); NaN when the oracle gap < `min_gap`
-  or any input is NaN."""
+  """(F1_adapted - F1_source) / (F1_oracle - F1_source): the share of the oracle gap closed.
+
+  NaN when the oracle gap < `min_gap` or any input is NaN."""
   gap = f1_oracle - f1_source
   if not (np.isfinite(f1_adapted) and np.isfinite(gap)) or gap < min_gap:
     return math.nan
@@ -326,8 +335,10 @@ class GapShare:
 
 
 def _share_of_seeds(min_gap: float) -> Callable[[ScanSet], float]:
-  """statistic: mean over seeds of each seed's gap share from its (adapted, source, oracle)
-  per-scan F1; NaN if any seed's share is undefined."""
+  """statistic: mean over seeds of each seed's gap share from its per-scan F1.
+
+  Each seed's share is from its (adapted, source, oracle) per-scan F1; NaN if any seed's share
+  is undefined."""
 
   def stat(scan_set: ScanSet) -> float:
     shares = [
@@ -384,7 +395,8 @@ def bootstrap_gap_share(
 def per_scan_values(
   per_scan_metrics: Sequence[Mapping], field: str, structure: str = "total"
 ) -> list[float]:
-  """One measure of `structure` per scan from `cac_jax.evaluation.metrics.scan_metrics`
-  outputs: e.g. `field` "f1" (NaN where the scan has neither reference nor predicted calcium),
+  """One measure of `structure` per scan from `cac_jax.evaluation.metrics.scan_metrics` outputs.
+
+  E.g. `field` "f1" (NaN where the scan has neither reference nor predicted calcium),
   "f1_authors" (defined for every scan, as the authors' evaluation averages it) or "fp_mm3"."""
   return [float(getattr(m[structure], field)) for m in per_scan_metrics]

@@ -1,8 +1,10 @@
-"""Static HTML reports that open from disk: an evaluation (`evaluation.write_report`) or a
-reproduce run (`launch.reproduce`): the markdown tables (gates, Table 2, metrics), a per-scan
-table and the figures (Bland-Altman, overlays). A reproduce report opens with a one-screen
-summary (`summary_html`): the gates as pass/fail marks, the gap share, a figure of F1 per column
-and the overlays of one CCTA test scan; the full tables follow.
+"""Static HTML reports that open from disk: an evaluation's or a reproduce run's.
+
+An evaluation (`evaluation.write_report`) or a reproduce run (`launch.reproduce`): the markdown
+tables (gates, Table 2, metrics), a per-scan table and the figures (Bland-Altman, overlays). A
+reproduce report opens with a one-screen summary (`summary_html`): the gates as pass/fail marks,
+the gap share, a figure of F1 per column and the overlays of one CCTA test scan; the full tables
+follow.
 
 Images are linked by paths relative to the HTML file, so the report folder can be opened,
 zipped or moved as a whole; nothing is fetched from the network. A few lines of inline script
@@ -104,8 +106,10 @@ def markdown_to_html(md: str) -> str:
 def table_html(
   header: Sequence, rows: Sequence[Sequence], escape: bool = True, inline: bool = False
 ) -> str:
-  """An HTML table (scrolls sideways when wide); floats >= 100 with one decimal, others with 3
-  significant digits; numbers right-aligned, text left-aligned."""
+  """An HTML table that scrolls sideways when wide.
+
+  Floats >= 100 with one decimal, others with 3 significant digits; numbers right-aligned, text
+  left-aligned."""
 
   def cell(v) -> str:
     if isinstance(v, float):
@@ -150,8 +154,10 @@ def image_sources(html_text: str) -> list[str]:
 
 
 def gate_items(gates: Sequence) -> str:
-  """Gates (`evaluation.gates.Gate`) as a list of marks: PASS / FAIL (or "reading"), name,
-  what it measures, the measured values with their intervals and the pass rule."""
+  """Gates (`evaluation.gates.Gate`) as a list of marks.
+
+  Each mark: PASS / FAIL (or "reading"), name, what it measures, the measured values with their
+  intervals and the pass rule."""
   items = []
   for g in gates:
     kind = "reading" if g.passed is None else ("pass" if g.passed else "fail")
@@ -207,9 +213,11 @@ def reproduce_report(
   columns: Sequence[str] | None = None,
   summary: str = "",
 ) -> str:
-  """The HTML report of a reproduce run: `summary` (`summary_html`) first, then `markdown`
-  (gates, Table 2, ...), a per-scan table of total coronary volume (reference and each
-  column's prediction, mm³, first seed) and the figures ({name: png path})."""
+  """The HTML report of a reproduce run: summary, markdown tables, per-scan table, figures.
+
+  `summary` (`summary_html`) first, then `markdown` (gates, Table 2, ...), a per-scan table of
+  total coronary volume (reference and each column's prediction, mm³, first seed) and the
+  figures ({name: png path})."""
   columns = list(columns or per_scan)
   parts = [summary, "<h2>Full tables</h2>"] if summary else []
   parts.append(markdown_to_html(markdown))

@@ -117,14 +117,17 @@ class StructureMetrics:
 
   @property
   def sensitivity_authors(self) -> float:
-    """Sensitivity as the authors' evaluation averages it: defined for every scan, 1 when the
-    scan has no reference calcium (see the module docstring)."""
+    """Sensitivity as the authors' evaluation averages it: defined for every scan.
+
+    1 when the scan has no reference calcium (see the module docstring)."""
     return 1.0 if self.tp_mm3 + self.fn_mm3 == 0 else self.sensitivity
 
   @property
   def f1_authors(self) -> float:
-    """F1 as the authors' evaluation averages it: defined for every scan, 1 when neither
-    reference nor prediction holds calcium, 0 for predicted calcium without reference."""
+    """F1 as the authors' evaluation averages it: defined for every scan.
+
+    1 when neither reference nor prediction holds calcium, 0 for predicted calcium without
+    reference."""
     return 1.0 if self.tp_mm3 + self.fn_mm3 + self.fp_mm3 == 0 else self.f1
 
 
@@ -160,8 +163,9 @@ def _structure_metrics(
 
 
 def drop_small_components(label_map: np.ndarray, max_voxels: int) -> np.ndarray:
-  """`label_map` (z, y, x) without its 26-connected components of nonzero voxels (any class
-  together) holding at most `max_voxels` voxels; 0 returns it unchanged.
+  """`label_map` (z, y, x) without its 26-connected components of at most `max_voxels` voxels.
+
+  The components are of nonzero voxels (any class together); 0 returns it unchanged.
 
   The authors' evaluation scores against references cleaned this way with `max_voxels` 2
   (`annotations_resampled_sl_2` in Evaluation_senF1_volumeWise.py:50 and
@@ -178,9 +182,10 @@ def drop_small_components(label_map: np.ndarray, max_voxels: int) -> np.ndarray:
 
 
 def _calcium_box(reference: np.ndarray, prediction: np.ndarray) -> tuple[slice, ...]:
-  """Bounding box (z, y, x slices) of the voxels where either class map is non-zero (one voxel
-  at the origin when none is): the metrics need nothing outside it, and labelling lesions in a
-  box instead of the whole scan is many times faster."""
+  """Bounding box (z, y, x slices) of the voxels where either class map is non-zero.
+
+  One voxel at the origin when none is: the metrics need nothing outside it, and labelling
+  lesions in a box instead of the whole scan is many times faster."""
   nz = (reference != 0) | (prediction != 0)
   box = []
   for axis in range(nz.ndim):

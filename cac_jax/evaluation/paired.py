@@ -91,8 +91,9 @@ def agreement(
   n_resamples: int = gates.N_RESAMPLES,
   seed: int = 0,
 ) -> Agreement:
-  """The `Agreement` of paired per-patient scores (the one computation; `evaluate_paired` and
-  the experiment feed it)."""
+  """The `Agreement` of paired per-patient scores.
+
+  The one computation: `evaluate_paired` and the experiment feed it."""
   a_ref = np.asarray(ncct_agatston, float)
   a_pred = np.asarray(ccta_agatston, float)
   v_ref = np.asarray(ncct_volume_mm3, float)
@@ -191,8 +192,9 @@ def coronary_scores(classes: np.ndarray, scan) -> tuple[float, float]:
 def evaluate_paired(
   predictions_dir: str, manifest_csv: str, split: str | None = None
 ) -> tuple[Agreement, dict[str, str]]:
-  """`agreement` of every patient of a paired manifest; also {patient: "label" | "prediction"},
-  where each NCCT side came from.
+  """`agreement` of every patient of a paired manifest, and where each NCCT side came from.
+
+  Returns (agreement, {patient: "label" | "prediction"}).
 
   Raises ValueError naming every missing CCTA prediction (and NCCT rows with neither a label
   nor a prediction).
@@ -238,9 +240,11 @@ def markdown(
   title: str = "CCTA against the same patient's NCCT",
   sides: tuple[str, str] = ("NCCT", "CCTA"),
 ) -> str:
-  """The paired table: kappa with its interval, the confusion table, Spearman, Bland-Altman,
-  the share of patients whose category moves. `sides`: what the reference (rows) and the
-  compared score (columns) are called."""
+  """The paired table: kappa, confusion table, Spearman, Bland-Altman, category moves.
+
+  Kappa with its interval, the confusion table, Spearman, Bland-Altman, the share of patients
+  whose category moves. `sides`: what the reference (rows) and the compared score (columns)
+  are called."""
   ref, other = sides
   names = metrics.AGATSTON_CATEGORY_NAMES
   kappa = a.kappa.format(3) + (f" ({a.kappa_note})" if a.kappa_note else "")
@@ -300,8 +304,10 @@ def patient_rows(a: Agreement) -> list[dict]:
 
 
 def write_report(a: Agreement, output_dir: str, title: str | None = None) -> str:
-  """paired.md, paired.csv (per patient), paired_confusion.png and paired_bland_altman.png in
-  output_dir, all or nothing; returns the markdown."""
+  """Write paired.md, paired.csv and the two paired figures into output_dir, all or nothing.
+
+  The files: paired.md, paired.csv (per patient), paired_confusion.png and
+  paired_bland_altman.png. Returns the markdown."""
   os.makedirs(output_dir, exist_ok=True)
   text = markdown(a) if title is None else markdown(a, title)
   return (

@@ -1,6 +1,8 @@
-"""Figures for evaluation: the Bland-Altman plot, the risk-category confusion table, values
-with their intervals (`interval_plot`) and one slice under several label maps side by side
-(`overlay_row`) (matplotlib, Agg backend). The lesion overlay written with every scored scan is
+"""Figures for evaluation: Bland-Altman, risk-category confusion, intervals, overlay rows.
+
+The Bland-Altman plot, the risk-category confusion table, values with their intervals
+(`interval_plot`) and one slice under several label maps side by side (`overlay_row`)
+(matplotlib, Agg backend). The lesion overlay written with every scored scan is
 `cac_jax.scoring.overlay`.
 
 The figure is written atomically (`overlay.save_figure`), so a reader never sees a half-written
@@ -28,8 +30,10 @@ from cac_jax.scoring import overlay  # noqa: E402
 def bland_altman_plot(
   ref: Sequence[float], pred: Sequence[float], path: str, title: str = "", units: str = "mm³"
 ) -> str:
-  """Bland-Altman plot: mean vs difference (pred − ref), bias and 95 % limits (heteroskedastic,
-  or constant with a note when `metrics.bland_altman` falls back).
+  """Bland-Altman plot: mean vs difference (pred − ref), bias and 95 % limits.
+
+  The limits are heteroskedastic, or constant with a note when `metrics.bland_altman` falls
+  back.
 
   Args:
     ref, pred: paired per-scan values (e.g. calcium volume in mm³), non-negative.
@@ -93,8 +97,9 @@ def confusion_plot(
   row_label: str = "reference",
   col_label: str = "prediction",
 ) -> str:
-  """A confusion table as a figure: (k, k) counts (rows `row_label`, columns `col_label`),
-  each cell's count written in it, the diagonal outlined. Returns path."""
+  """A confusion table as a figure, each cell's count written in it; returns path.
+
+  (k, k) counts (rows `row_label`, columns `col_label`), the diagonal outlined."""
   cm = np.asarray(confusion)
   k = cm.shape[0]
   fig = mfigure.Figure(figsize=(1.2 * k + 1.6, 1.0 * k + 1.4))
@@ -120,9 +125,10 @@ def interval_plot(
   title: str = "",
   xlabel: str = "F1 (dot: mean; bar: 95 % interval)",
 ) -> str:
-  """One row per entry of `estimates` ({label: (value, low, high)}): the value as a dot and its
-  95 % interval as a bar, top to bottom in the given order, on a 0..1 axis. A NaN value is
-  written as "n/a"; a NaN interval draws the dot alone."""
+  """One row per entry of `estimates` ({label: (value, low, high)}): a dot and its interval bar.
+
+  The value as a dot and its 95 % interval as a bar, top to bottom in the given order, on a
+  0..1 axis. A NaN value is written as "n/a"; a NaN interval draws the dot alone."""
   labels = list(estimates)
   fig = mfigure.Figure(figsize=(6.0, 0.42 * len(labels) + 1.1))
   ax = fig.add_subplot(1, 1, 1)
@@ -148,8 +154,9 @@ def interval_plot(
 def calcium_slice(
   reference: np.ndarray, classes: Sequence[int] = labels_lib.CORONARY_CLASSES
 ) -> int:
-  """The axial slice with the most reference voxels of `classes` (default the coronaries);
-  the middle slice when there are none."""
+  """The axial slice with the most reference voxels of `classes` (default the coronaries).
+
+  The middle slice when there are none."""
   per_slice = np.count_nonzero(np.isin(np.asarray(reference), classes), axis=(1, 2))
   return int(np.argmax(per_slice)) if per_slice.any() else reference.shape[0] // 2
 
@@ -163,9 +170,11 @@ def overlay_row(
   title: str = "",
   margin_mm: float = 25.0,
 ) -> str:
-  """Axial slice `z` of `hu` once per entry of `panels` ({name: int (z, y, x) classes 0..6}),
-  side by side, calcium in `overlay.CLASS_COLOURS`, zoomed on the calcium of every panel on
-  that slice (`margin_mm` around it; the whole slice without any)."""
+  """Axial slice `z` of `hu` once per entry of `panels`, side by side, zoomed on the calcium.
+
+  `panels`: {name: int (z, y, x) classes 0..6}; calcium in `overlay.CLASS_COLOURS`, zoomed on
+  the calcium of every panel on that slice (`margin_mm` around it; the whole slice without
+  any)."""
   hu = np.asarray(hu, dtype=np.float32)
   sy, sx = float(spacing[1]), float(spacing[2])
   ny, nx = hu.shape[1:]

@@ -116,8 +116,10 @@ LM_LENGTH_CLASSES = (((3.0, 6.0), 0.107), ((6.0, 15.0), 0.804), ((15.0, 22.0), 0
 
 @dataclasses.dataclass(frozen=True)
 class CoronaryVariant:
-  """One patient's coronary variant: dominance, LM length (mm), LCX and PDA extent, ostium
-  height offsets (mm) and the jitter of the heart's long axis (unit-vector components)."""
+  """One patient's coronary variant: dominance, LM length, LCX/PDA extent, offsets, axis jitter.
+
+  Dominance, LM length (mm), LCX and PDA extent, ostium height offsets (mm) and the jitter of
+  the heart's long axis (unit-vector components)."""
 
   dominance: str
   lm_length_mm: float

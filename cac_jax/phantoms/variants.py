@@ -53,8 +53,9 @@ def venous_phase(p: acquisition.Protocol, seed: int) -> acquisition.Protocol:
 
 
 def held_apart_case(name: str, seed: int, config) -> Case:
-  """One case of a held-apart set: "ccta", "ccta_<k>kvp", "cardiac_ncct", "chest_ncct",
-  "chest_venous"."""
+  """One case of a held-apart set.
+
+  The sets: "ccta", "ccta_<k>kvp", "cardiac_ncct", "chest_ncct", "chest_venous"."""
   if name in acquisition.DOMAINS:
     return generate.generate_case(name, seed, config)
   if name == "chest_venous":
@@ -91,9 +92,10 @@ PAIRED_COLUMNS = writer.MANIFEST_COLUMNS + ("patient",)
 def write_paired_dataset(
   output_dir: str, num_patients: int, seed: int, config, split: str = "test", progress=None
 ) -> str:
-  """Writes patients seed..seed+num_patients-1, each as cardiac NCCT and CCTA, with a
-  manifest.csv whose `patient` column links the two (`cac-evaluate --paired`); returns its path.
-  An existing manifest.csv in output_dir is replaced."""
+  """Writes paired patients, each as cardiac NCCT and CCTA, with a manifest.csv; returns its path.
+
+  Patients seed..seed+num_patients-1; the manifest's `patient` column links the two
+  (`cac-evaluate --paired`). An existing manifest.csv in output_dir is replaced."""
   os.makedirs(output_dir, exist_ok=True)
   rows = []
   for k in range(int(num_patients)):

@@ -1,6 +1,8 @@
-"""DICOM outputs for DICOM input (PACS and DICOM viewers): a Segmentation of the calcium
-labels (`build_seg`) and a Structured Report of the scores (`build_sr`); `writers` gives
-both to `outputs.write_outputs`, which writes them with the other outputs.
+"""DICOM outputs for DICOM input (PACS and DICOM viewers): a calcium SEG and a scores SR.
+
+A Segmentation of the calcium labels (`build_seg`) and a Structured Report of the scores
+(`build_sr`); `writers` gives both to `outputs.write_outputs`, which writes them with the other
+outputs.
 
 `build_seg` makes one binary DICOM SEG object (highdicom) with one segment per calcium class
 (LAD incl. left main, LCX, RCA, aorta, aortic valve, mitral valve), referencing the source CT
@@ -72,8 +74,9 @@ def missing_uids(sources: Sequence) -> list[str]:
 
 
 def fill_type2(sources: Sequence) -> list[str]:
-  """Add each absent `TYPE2_ATTRIBUTES` to the `sources` datasets with an empty value (in
-  place); return the names added (in any dataset)."""
+  """Add each absent `TYPE2_ATTRIBUTES` to the `sources` datasets with an empty value (in place).
+
+  Returns the names added (in any dataset)."""
   added = []
   for name in TYPE2_ATTRIBUTES:
     for ds in sources:
@@ -199,8 +202,9 @@ def writers(
 
 
 def read_seg_labels(path: str, source_files: Sequence[str]) -> np.ndarray:
-  """Read a SEG built by `build_seg` back as int (n_files, rows, columns) classes 0..6, frame
-  k on `source_files[k]` (matched by SOP Instance UID, not by frame order)."""
+  """Read a SEG built by `build_seg` back as int (n_files, rows, columns) classes 0..6.
+
+  Frame k lies on `source_files[k]` (matched by SOP Instance UID, not by frame order)."""
   import highdicom as hd  # pylint: disable=g-import-not-at-top
   import pydicom  # pylint: disable=g-import-not-at-top
 
@@ -230,8 +234,9 @@ _SR_SITES = (
 
 
 def build_sr(scores: dict, sources: Sequence):
-  """The calcium scores as a DICOM Comprehensive 3D SR dataset (TID 1500 measurement report,
-  procedure "Cardiac CT for calcium scoring") referencing the `sources` datasets.
+  """The calcium scores as a DICOM Comprehensive 3D SR dataset referencing the `sources` datasets.
+
+  A TID 1500 measurement report, procedure "Cardiac CT for calcium scoring".
 
   One measurement group per LAD, LCX, RCA, all coronaries and the aortic valve, each with
   "Calcium score" (DCM 112058, Agatston scoring method, no units), "Calcium Volume" (mm3) and,

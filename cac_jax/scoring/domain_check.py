@@ -150,15 +150,19 @@ def shrunk_precision(covariance: np.ndarray, shrink: float = SHRINK) -> np.ndarr
 
 
 def mahalanobis(features: np.ndarray, mean: np.ndarray, precision: np.ndarray) -> float:
-  """(m - mean)^T precision (m - mean) / C for m the mean of (K, C) features: about 1/K for a
-  scan drawn like the reference, larger when the scan's features are shifted (or scaled)."""
+  """(m - mean)^T precision (m - mean) / C for m the mean of (K, C) features.
+
+  About 1/K for a scan drawn like the reference, larger when the scan's features are shifted
+  (or scaled)."""
   d = np.asarray(features, np.float64).mean(axis=0) - np.asarray(mean, np.float64)
   return float(d @ precision @ d / d.size)
 
 
 def sample_candidates(candidates: np.ndarray, n: int = CANDIDATES_PER_SCAN) -> np.ndarray:
-  """(min(n, N), 3) int voxel indices (z, y, x) spread evenly over the candidates' argwhere
-  order (deterministic: the same scan always gives the same sample)."""
+  """(min(n, N), 3) int voxel indices (z, y, x) spread evenly over the candidates.
+
+  Spread over the candidates' argwhere order (deterministic: the same scan always gives the
+  same sample)."""
   coords = np.argwhere(np.asarray(candidates, bool))
   if len(coords) <= n:
     return coords
@@ -188,8 +192,9 @@ def _feature_fns(config: ml_collections.ConfigDict):
 def candidate_features(
   generator_params, config: ml_collections.ConfigDict, hu: np.ndarray, coords: np.ndarray
 ) -> np.ndarray:
-  """G's feature maps around candidate voxels: (K, o, o, 3F) float32 from (z, y, x) HU at the
-  working spacing and (K, 3) voxel indices."""
+  """G's feature maps around candidate voxels: (K, o, o, 3F) float32.
+
+  From (z, y, x) HU at the working spacing and (K, 3) voxel indices."""
   views = PatchExtractor(config).views([hu], np.zeros(len(coords), int), coords)
   maps_fn, _ = _feature_fns(config)
   return np.asarray(maps_fn(generator_params, jnp.asarray(views)))
@@ -208,8 +213,9 @@ def critic_score(critic_params, config: ml_collections.ConfigDict, maps: np.ndar
 
 
 def scan_candidates(scan: Scan, threshold_hu: float, region: np.ndarray | None, config) -> tuple:
-  """(HU at the working spacing, bool candidate mask on it): HU >= threshold inside `region`
-  (bool on the scan's grid, or None), as scoring selects them."""
+  """(HU at the working spacing, bool candidate mask on it), as scoring selects them.
+
+  Candidates: HU >= threshold inside `region` (bool on the scan's grid, or None)."""
   working = preprocess.resample(scan, tuple(config.data.working_spacing), order=1)
   cand = working.hu >= threshold_hu
   if region is not None:
@@ -229,8 +235,9 @@ def statistics(
   precision: np.ndarray | None,
   n: int = CANDIDATES_PER_SCAN,
 ) -> tuple[dict, np.ndarray]:
-  """({"mahalanobis" (NaN without mean/precision), "critic"}, (K, C) centre features) of one
-  scan's candidates; NaN for both without candidates."""
+  """({"mahalanobis", "critic"}, (K, C) centre features) of one scan's candidates.
+
+  "mahalanobis" is NaN without mean/precision; both are NaN without candidates."""
   coords = sample_candidates(candidates, n)
   if len(coords) == 0:
     return {s: math.nan for s in STATISTICS}, np.zeros((0, 0), np.float32)
@@ -254,8 +261,9 @@ def quantiles(values: Sequence[float]) -> list[float]:
 
 
 def percentile_in(value: float, q: Sequence[float]) -> float:
-  """Percentile (0..100) of `value` within a distribution given by its quantiles at `LEVELS`,
-  linear between the stored quantiles (0 below the minimum, 100 above the maximum)."""
+  """Percentile (0..100) of `value` within a distribution given by its quantiles at `LEVELS`.
+
+  Linear between the stored quantiles (0 below the minimum, 100 above the maximum)."""
   q = np.asarray(q, np.float64)
   if value <= q[0]:
     return 0.0
@@ -269,14 +277,16 @@ ONE_SIDED = ("mahalanobis",)  # distances: only large values are unlike the targ
 
 
 def outside_central(value: float, q: Sequence[float], statistic: str = "critic") -> bool:
-  """True when `value` lies outside the central 98 % of `q` (at `LEVELS`): above the 99 %
-  quantile, or (two-sided statistics) below the 1 % quantile."""
+  """True when `value` lies outside the central 98 % of `q` (at `LEVELS`).
+
+  That is above the 99 % quantile, or (two-sided statistics) below the 1 % quantile."""
   lo, hi = (q[LEVELS.index(p)] for p in CENTRAL)
   return bool(value > hi or (statistic not in ONE_SIDED and value < lo))
 
 
 def outlyingness(value: float, q: Sequence[float], statistic: str = "critic") -> float:
-  """A score for ranking scans by how unlike the target they are, 1 at the warning's edge:
+  """A score for ranking scans by how unlike the target they are, 1 at the warning's edge.
+
   (value - median) / (99 % quantile - median) for a distance, |value - median| / half the
   1..99 % range for a two-sided statistic."""
   med = q[LEVELS.index(50.0)]
@@ -287,8 +297,9 @@ def outlyingness(value: float, q: Sequence[float], statistic: str = "critic") ->
 
 
 def separation_auc(positives: Sequence[float], negatives: Sequence[float]) -> float:
-  """P(positive > negative) + 0.5 P(tie) over all pairs (Mann-Whitney AUC); NaN if a side is
-  empty. Positives: scans that are not in the target domain."""
+  """P(positive > negative) + 0.5 P(tie) over all pairs (Mann-Whitney AUC).
+
+  NaN if a side is empty. Positives: scans that are not in the target domain."""
   p = np.asarray(positives, np.float64)[:, None]
   n = np.asarray(negatives, np.float64)[None, :]
   if p.size == 0 or n.size == 0:
@@ -353,8 +364,10 @@ def build_reference(
 
 
 def reference_from_cases(params: dict, config, source_cases, target_cases) -> Reference:
-  """`build_reference` over `Case`s (at the working spacing) with their candidates chosen as
-  scoring does (`pipeline.prepare` with the case's masks; CCTA cases scored as CCTA).
+  """`build_reference` over `Case`s (at the working spacing), candidates chosen as scoring does.
+
+  The candidates come from `pipeline.prepare` with the case's masks (CCTA cases scored as
+  CCTA).
 
   params: {"generator", "critic"}.
   """
@@ -366,7 +379,7 @@ def reference_from_cases(params: dict, config, source_cases, target_cases) -> Re
     out = []
     for case in cases:
       setup = pipeline.prepare_case(case, config, settings)
-      if not setup.empty:
+      if not setup.skip_reason:
         out.append(scan_candidates(case.scan, setup.threshold_hu, setup.region, config))
     return out
 
@@ -383,8 +396,10 @@ def write_for_manifests(
   target_manifest: str,
   split: str | None = "train",
 ) -> Reference:
-  """Build the reference from the adaptation's manifests (NCCT rows of the source, CCTA rows of
-  the target, of `split`; as `train.data.manifest_streams` reads them) and `write` it.
+  """Build the reference from the adaptation's manifests and `write` it.
+
+  The NCCT rows of the source and CCTA rows of the target, of `split`, as
+  `train.data.manifest_streams` reads them.
 
   params: the adapted {"generator", "critic"}.
   """
@@ -496,8 +511,11 @@ def verdict(model: DomainModel, values: dict) -> dict:
 
 def for_setup(model: DomainModel | NoCheck, params: dict, config, scan: Scan, setup) -> dict:
   """`check` of a scan with its `pipeline.Setup` (nothing scored: no check, saying why)."""
-  if setup.empty and not isinstance(model, NoCheck):
-    return {"statistic": model.reference.statistic, "verdict": f"no domain check ({setup.empty})"}
+  if setup.skip_reason and not isinstance(model, NoCheck):
+    return {
+      "statistic": model.reference.statistic,
+      "verdict": f"no domain check ({setup.skip_reason})",
+    }
   return check(model, params["generator"], config, scan, setup.threshold_hu, setup.region)
 
 
@@ -509,8 +527,9 @@ def check(
   threshold_hu: float,
   region: np.ndarray | None,
 ) -> dict:
-  """The `domain_check` entry of one scan's report (scores.json), from its candidates
-  (HU >= `threshold_hu` in `region`, as scoring selects them)."""
+  """The `domain_check` entry of one scan's report (scores.json), from its candidates.
+
+  Candidates: HU >= `threshold_hu` in `region`, as scoring selects them."""
   if isinstance(model, NoCheck):
     return {"statistic": None, "verdict": model.reason}
   if not np.isfinite(threshold_hu):

@@ -130,8 +130,9 @@ def _lungs(hu: np.ndarray, spacing) -> np.ndarray:
 
 
 def _spine_column(hu: np.ndarray, lungs: np.ndarray, spacing) -> tuple[int, int, int] | None:
-  """(y of the anterior edge, first x, last x), coarse indices, of the spine (most posterior bony
-  column), or None."""
+  """The spine (most posterior bony column) in coarse indices, or None.
+
+  Returns (y of the anterior edge, first x, last x)."""
   slices = lungs.any(axis=(1, 2))
   if not slices.any():
     return None

@@ -1,5 +1,7 @@
-"""The lesion overlay PNG written with every scored scan: one axial slice per lesion, classes in
-fixed colours, optionally the reference and the heart region (matplotlib, Agg backend).
+"""The lesion overlay PNG written with every scored scan: one axial slice per lesion.
+
+Classes in fixed colours, optionally the reference and the heart region (matplotlib, Agg
+backend).
 
 Written atomically (`atomic.write_png`); an overlay without lesions still states why it is
 empty. Used by `scoring.pipeline` (overlay.png of `launch.score`) and the experiment's figures.

@@ -1,10 +1,12 @@
-"""Scoring one scan end to end: read -> heart region -> threshold -> candidates -> dense
-inference -> false-positive reduction -> scores -> outputs on the input's own grid.
+"""Scoring one scan end to end, from the scan to scores and outputs on the input's own grid.
+
+Read -> heart region -> threshold -> candidates -> dense inference -> false-positive reduction
+-> scores -> outputs on the input's own grid.
 
 `score_scan` is pure computation on arrays (returns a `ScoringResult`), in three stages that
 every scorer uses (the experiment's Table 2 and the tissue breakdown too): `prepare` (domain,
 threshold, heart region, candidate checks), `raw_classes` (the network, before FP reduction)
-and `finish` (`reduce`: FP reduction; scores and warnings). `cac_jax.scoring.outputs`
+and `finish` (`reduced_classes`: FP reduction; scores and warnings). `cac_jax.scoring.outputs`
 writes the files of a result.
 
 Grids: `prepare` resamples the scan to the working spacing once (`working_scan`) and keeps it
@@ -105,63 +107,6 @@ def _empty_result(setup: Setup, scan: Scan) -> ScoringResult:
   return ScoringResult(zeros, zeros, report)
 
 
-def detect_many(
-  scan: Scan,
-  params_list,
-  config: ml_collections.ConfigDict,
-  threshold_hu: float,
-  region: np.ndarray | None,
-  *,
-  working: Scan | None = None,
-  working_region: np.ndarray | None = None,
-  native_candidates: np.ndarray | None = None,
-  **infer_options,
-) -> list[np.ndarray]:
-  """Each model's network classes at candidate voxels, on the scan's own grid.
-
-  The networks run at `config.data.working_spacing` (the scan is resampled when its spacing
-  differs); their classes are mapped back to the scan's grid by nearest neighbour and kept at
-  the scan's own candidate voxels (HU >= threshold inside `region`), so volumes and Agatston
-  are measured at the scan's native resolution. The models share one architecture: the
-  resampling, candidates and ROI plan are made once (`infer.predict_candidates_many`).
-  `infer_options` go to it (ROI shapes).
-
-  `working` (the scan at `config.data.working_spacing`, `working_scan`), `working_region`
-  (`region` on that grid) and `native_candidates` (`candidate_mask(scan.hu, threshold_hu,
-  region)`): what `prepare` computed already, so that the scan is resampled once.
-  Returns per model uint8 (z, y, x) classes 0..6, 0 outside candidates.
-  """
-  from cac_jax.data import preprocess  # jax import deferred: numpy-only callers stay light
-  from cac_jax.scoring import infer
-
-  native_cand = native_candidates
-  if native_cand is None:
-    native_cand = candidate_mask(scan.hu, threshold_hu, region)
-  if not native_cand.any():
-    return [np.zeros(scan.shape, np.uint8) for _ in params_list]
-  if working is None:
-    working = working_scan(scan, config)
-  if working is scan:
-    preds = infer.predict_candidates_many(
-      params_list, config, scan.hu, native_cand, **infer_options
-    )
-    return [p.class_volume().astype(np.uint8) for p in preds]
-  w_region = working_region
-  if w_region is None and region is not None:
-    w_region = preprocess.resample_labels(region.astype(np.uint8), scan, working) > 0
-  w_cand = candidate_mask(working.hu, threshold_hu, w_region)
-  # Candidates near the threshold may vanish under interpolation: also keep any working voxel
-  # that is the nearest neighbour of a native candidate.
-  w_cand |= preprocess.resample_labels(native_cand.view(np.uint8), scan, working) > 0
-  preds = infer.predict_candidates_many(params_list, config, working.hu, w_cand, **infer_options)
-  out = []
-  for p in preds:
-    back = preprocess.resample_labels(p.class_volume().astype(np.uint8), working, scan)
-    back[~native_cand] = 0
-    out.append(back)
-  return out
-
-
 def working_scan(scan: Scan, config: ml_collections.ConfigDict) -> Scan:
   """The scan at `config.data.working_spacing` (linear), or `scan` itself when it is on it."""
   from cac_jax.data import preprocess
@@ -203,19 +148,20 @@ class Setup:
     the heart filter on it is the dilated heart: a shortcut for the filter, which later also
     drops grown lesions that reach outside it. With the filter off (the ablation without FP
     reduction) the network sees every candidate, as in the paper.
-  empty: why the result is all zero without inference, or None.
+  skip_reason: why inference is skipped and the result is all zero (no aorta in a CCTA, no
+    heart, no candidate voxels), or None when the network runs.
   report: the report so far; notes: its warnings so far.
   region_dilation_mm: the heart dilation (mm) that made `region`, or None without a region
-    (`reduce` reuses the region for the heart filter when its dilation is the same).
+    (`reduced_classes` reuses the region for the heart filter when its dilation is the same).
   working, working_region, candidates: the scan on the working grid (`working_scan`), `region`
-    there, and the candidate voxels on the scan's grid (`detect_many` uses them).
+    there, and the candidate voxels on the scan's grid (`raw_classes_many` uses them).
   """
 
   domain: str
   threshold_hu: float
   heart: np.ndarray | None
   region: np.ndarray | None
-  empty: str | None
+  skip_reason: str | None
   report: dict[str, Any]
   notes: list[str]
   region_dilation_mm: float | None = None
@@ -225,8 +171,9 @@ class Setup:
 
 
 def prepare_case(case, config, settings, domain: str | None = None) -> Setup:
-  """`prepare` of a labelled `Case` with its own heart and aorta masks and domain (or
-  `domain`): how the experiment and the studies set up a phantom or manifest case."""
+  """`prepare` of a labelled `Case` with its own heart and aorta masks and domain (or `domain`).
+
+  This is how the experiment and the studies set up a phantom or manifest case."""
   return prepare(
     case.scan,
     config,
@@ -264,7 +211,7 @@ def prepare(
     "source": "mask" if heart_mask is not None else "auto" if auto_heart else "none"
   }
 
-  def empty(why: str, dom: str, thr: float = float("inf")) -> Setup:
+  def skip(why: str, dom: str, thr: float = float("inf")) -> Setup:
     return Setup(dom, thr, None, None, why, report, notes + [why])
 
   working = working_scan(scan, config)
@@ -274,7 +221,7 @@ def prepare(
     )
   except threshold.NoAortaError as e:
     if domain != "ccta" or settings.aorta_threshold:
-      return empty(
+      return skip(
         f"no aorta found, so no CCTA threshold; result is all zero ({e})",
         "ccta" if domain == "auto" else domain,
       )
@@ -297,7 +244,7 @@ def prepare(
       )  # a scan that is not CT is refused, not "no heart"
       if n_all == 0:
         notes.append(f"no candidate voxels >= {thr:.1f} HU in the whole scan")
-      return empty(
+      return skip(
         "no heart found in the field of view: no coronary score (all zero); "
         "give --heart_mask if the heart is in view",
         domain,
@@ -312,7 +259,7 @@ def prepare(
   if heart_mask is not None:
     if not heart_mask.any():
       report["coronary_score"] = False
-      return empty("heart mask is empty (no heart in view); result is all zero", domain)
+      return skip("heart mask is empty (no heart in view); result is all zero", domain)
     if settings.heart_filter:
       region, w_region = dilated_heart(heart_mask, scan, working, settings.dilation_mm)
   else:
@@ -324,7 +271,7 @@ def prepare(
     report["num_candidates"], scan.hu.size if region is None else int(region.sum()), thr
   )
   if report["num_candidates"] == 0:
-    return empty(f"no candidate voxels >= {thr:.1f} HU; result is all zero", domain, thr)
+    return skip(f"no candidate voxels >= {thr:.1f} HU; result is all zero", domain, thr)
   return Setup(
     domain,
     thr,
@@ -341,8 +288,10 @@ def prepare(
 
 
 def _without_aorta_threshold(info: dict, config: ml_collections.ConfigDict, notes: list) -> float:
-  """CCTA with `FPReductionSettings.aorta_threshold` off: the fixed NCCT threshold (HU), with the
-  aortic-lumen ROI's threshold (None without an ROI) kept in the report's `info` beside it."""
+  """The fixed NCCT threshold (HU) of a CCTA with `FPReductionSettings.aorta_threshold` off.
+
+  The aortic-lumen ROI's threshold (None without an ROI) is kept in the report's `info` beside
+  it."""
   thr = float(config.scoring.ncct_threshold)
   info.update(
     method=f"fixed {thr:g} HU, aortic-lumen threshold off (ROI: {info['method']})",
@@ -364,28 +313,65 @@ def raw_classes(setup: Setup, scan: Scan, params, config: ml_collections.ConfigD
 def raw_classes_many(
   setup: Setup, scan: Scan, params_list, config: ml_collections.ConfigDict, **infer_options
 ) -> list[np.ndarray]:
-  """`raw_classes` of several models of one architecture (`detect_many`; `infer_options` go to
-  `infer.predict_candidates_many`): per model uint8 (z, y, x) classes 0..6."""
-  if setup.empty:
+  """Each model's network classes at the candidates of `setup`, on the scan's own grid.
+
+  The classes are those before FP reduction. The networks run at `config.data.working_spacing`
+  (the scan is resampled when its spacing differs); their classes are mapped back to the scan's
+  grid by nearest neighbour and kept at the scan's own candidate voxels (HU >= threshold inside
+  `setup.region`), so volumes and Agatston are measured at the scan's native resolution. The
+  models share one architecture: the resampling, candidates and ROI plan are made once
+  (`infer.predict_candidates_many`). `infer_options` go to it (ROI shapes).
+
+  `setup.working`, `setup.working_region` and `setup.candidates` are what `prepare` computed
+  already, so that the scan is resampled once; a `Setup` without them gets them computed here.
+  Returns per model uint8 (z, y, x) classes 0..6, 0 outside candidates (all zero when
+  `setup.skip_reason` says why there is no inference).
+  """
+  from cac_jax.data import preprocess  # jax import deferred: numpy-only callers stay light
+  from cac_jax.scoring import infer
+
+  if setup.skip_reason:
     return [np.zeros(scan.shape, np.uint8) for _ in params_list]
-  return detect_many(
-    scan,
-    params_list,
-    config,
-    setup.threshold_hu,
-    setup.region,
-    working=setup.working,
-    working_region=setup.working_region,
-    native_candidates=setup.candidates,
-    **infer_options,
-  )
+  threshold_hu, region = setup.threshold_hu, setup.region
+  native_cand = setup.candidates
+  if native_cand is None:
+    native_cand = candidate_mask(scan.hu, threshold_hu, region)
+  if not native_cand.any():
+    return [np.zeros(scan.shape, np.uint8) for _ in params_list]
+  working = setup.working
+  if working is None:
+    working = working_scan(scan, config)
+  if working is scan:
+    preds = infer.predict_candidates_many(
+      params_list, config, scan.hu, native_cand, **infer_options
+    )
+    return [p.class_volume().astype(np.uint8) for p in preds]
+  w_region = setup.working_region
+  if w_region is None and region is not None:
+    w_region = preprocess.resample_labels(region.astype(np.uint8), scan, working) > 0
+  w_cand = candidate_mask(working.hu, threshold_hu, w_region)
+  # Candidates near the threshold may vanish under interpolation: also keep any working voxel
+  # that is the nearest neighbour of a native candidate.
+  w_cand |= preprocess.resample_labels(native_cand.view(np.uint8), scan, working) > 0
+  preds = infer.predict_candidates_many(params_list, config, working.hu, w_cand, **infer_options)
+  out = []
+  for p in preds:
+    back = preprocess.resample_labels(p.class_volume().astype(np.uint8), working, scan)
+    back[~native_cand] = 0
+    out.append(back)
+  return out
 
 
-def reduce(
+def reduced_classes(
   setup: Setup, scan: Scan, raw: np.ndarray, settings: postprocess.FPReductionSettings
 ) -> tuple[np.ndarray, list[str]]:
-  """False-positive reduction of `raw_classes` with `settings`: (uint8 (z, y, x) classes, warnings)."""
-  if setup.empty:
+  """`postprocess.reduce_false_positives` of `raw_classes` for one `setup` with `settings`.
+
+  Unlike the postprocess step it takes what `prepare` decided: a skipped setup's classes pass
+  through, the setup's dilated heart region is reused when its dilation is `settings`'s, and
+  the warnings raised come back as notes. Returns (uint8 (z, y, x) classes, warnings).
+  """
+  if setup.skip_reason:
     return raw, []
   region = setup.region if setup.region_dilation_mm == settings.dilation_mm else None
   with warnings.catch_warnings(record=True) as caught:
@@ -404,9 +390,9 @@ def finish(
   calibration: float | None = None,
 ) -> ScoringResult:
   """FP reduction of `raw`, scores and plausibility warnings: the `ScoringResult`."""
-  if setup.empty:
+  if setup.skip_reason:
     return _empty_result(setup, scan)
-  final, notes = reduce(setup, scan, raw, settings)
+  final, notes = reduced_classes(setup, scan, raw, settings)
   notes = setup.notes + notes
   report = dict(setup.report, domain=setup.domain)
   report["scores"] = scores.compute_scores(

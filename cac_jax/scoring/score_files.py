@@ -176,9 +176,10 @@ def request_record(
   aorta_mask: str | None,
   masks_dir: str | None = None,
 ) -> dict[str, Any]:
-  """What a scan was scored with, as scores.json records it under "request": the checkpoint's
-  content hash and the options that change the result (mask files as "file", not their paths).
-  A re-run of a batch skips a case only when this record is the same."""
+  """What a scan was scored with, as scores.json records it under "request".
+
+  The checkpoint's content hash and the options that change the result (mask files as "file",
+  not their paths). A re-run of a batch skips a case only when this record is the same."""
 
   def kind(mask: str | None) -> str | None:
     return mask if mask in (None, AUTO, NONE) else "file"
@@ -267,17 +268,21 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def shard_of(case_id: str, n: int) -> int:
-  """The shard (1..n) a case belongs to: a stable hash of its id (SHA-256), so a case keeps its
-  shard whatever the manifest's row order or other rows, on every machine."""
+  """The shard (1..n) a case belongs to: a stable hash of its id (SHA-256).
+
+  So a case keeps its shard whatever the manifest's row order or other rows, on every
+  machine."""
   digest = hashlib.sha256(case_id.encode("utf-8")).digest()
   return int.from_bytes(digest[:8], "big") % n + 1
 
 
 @dataclasses.dataclass
 class BatchResult:
-  """What a manifest run did: the CSV it wrote, the cases scored now, those skipped (complete
-  outputs with the same request from an earlier run), those another run was scoring at that
-  moment (`busy`, left to it) and those that failed ({id: reason})."""
+  """What a manifest run did: the CSV, and the cases scored, skipped, busy and failed.
+
+  The CSV it wrote, the cases scored now, those skipped (complete outputs with the same
+  request from an earlier run), those another run was scoring at that moment (`busy`, left to
+  it) and those that failed ({id: reason})."""
 
   csv_path: str
   scored: list[str]
@@ -334,8 +339,9 @@ def score_manifest(
   fail_fast: bool = False,
   shard: tuple[int, int] | None = None,
 ) -> BatchResult:
-  """Score every (selected) row of a manifest into output_dir/<id>/ and write
-  output_dir/scores.csv, a row per case.
+  """Score every (selected) row of a manifest into output_dir/<id>/; write output_dir/scores.csv.
+
+  scores.csv has a row per case.
 
   A batch survives its cases: a case that fails is recorded (status "error" and the one-line
   reason in scores.csv and in <id>/error.txt) and the others are scored; `fail_fast` stops at
@@ -446,8 +452,9 @@ def _score_case(row, checkpoint, case_dir, result, fail_fast, options: dict) -> 
 
 
 def _finished(rows, output_dir: str, request) -> tuple[dict, dict[str, str]]:
-  """({id: report}, {id: reason}) of the rows' folders: reports made with this run's request,
-  and the recorded reasons of failed cases without one."""
+  """({id: report}, {id: reason}) of the rows' folders.
+
+  Reports made with this run's request, and the recorded reasons of failed cases without one."""
   reports, failed = {}, {}
   for row in rows:
     case_dir = os.path.join(output_dir, row.id)
@@ -461,8 +468,10 @@ def _finished(rows, output_dir: str, request) -> tuple[dict, dict[str, str]]:
 
 
 def write_scores_csv(csv_path: str, rows, reports: dict, failed: dict[str, str]) -> None:
-  """scores.csv over the manifest's `rows`: a row per finished case (`reports`: {id: report}),
-  status "error" with the reason for a failed one; written atomically."""
+  """scores.csv over the manifest's `rows`, written atomically.
+
+  A row per finished case (`reports`: {id: report}), status "error" with the reason for a
+  failed one."""
   out = []
   for row in rows:
     if reports.get(row.id) is not None:

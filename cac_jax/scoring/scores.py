@@ -85,8 +85,9 @@ def agatston(
 
 
 def _agatston_sums(mask, hu, spacing, slice_increment_mm, groups: np.ndarray) -> np.ndarray:
-  """Agatston score of each group of 2D lesions: `groups` int (z, y, x) gives each voxel of
-  `mask` its group (1..); returns float64 (max group + 1,) with [0] = 0.
+  """Agatston score of each group of 2D lesions: float64 (max group + 1,) with [0] = 0.
+
+  `groups` int (z, y, x) gives each voxel of `mask` its group (1..).
 
   Each 2D lesion lies in one group (e.g. the 3D lesion that holds it); its term is added to
   its group's sum in array order, as a per-slice loop over one group alone adds them.
@@ -187,8 +188,10 @@ def _region_scores(mask, hu, scan: Scan, c_ha: float, with_agatston: bool) -> di
 def _split_left_main(
   classes: np.ndarray, left_main: np.ndarray | None
 ) -> list[tuple[str, np.ndarray]]:
-  """(name, bool mask) of each coronary artery: LM, LAD, LCX, RCA when `left_main` (bool, LAD
-  voxels labelled left main) is given and non-empty, else LAD (incl. left main), LCX, RCA."""
+  """(name, bool mask) of each coronary artery.
+
+  LM, LAD, LCX, RCA when `left_main` (bool, LAD voxels labelled left main) is given and
+  non-empty, else LAD (incl. left main), LCX, RCA."""
   arteries = [(CLASS_NAMES[c], classes == c) for c in CORONARY_CLASSES]
   if left_main is None or not np.any(left_main):
     return arteries
@@ -200,8 +203,9 @@ def _split_left_main(
 
 
 def _cropped(classes, hu, scan: Scan, left_main):
-  """`classes`, `hu` and `left_main` in `labels.labelled_box(classes)`, and the box (views: HU
-  are taken as float64 where they are gathered, not copied as a volume)."""
+  """`classes`, `hu` and `left_main` in `labels.labelled_box(classes)`, and the box.
+
+  Views: HU are taken as float64 where they are gathered, not copied as a volume."""
   classes = np.asarray(classes)
   if classes.shape != np.shape(hu) or classes.shape != scan.shape:
     raise ValueError(
@@ -300,8 +304,9 @@ def lesion_table(
   calibration: float | None = None,
   left_main: np.ndarray | None = None,
 ) -> list[dict]:
-  """One row per lesion: a 6-connected component of one class (the lesions `compute_scores`
-  counts), coronary arteries first (left main on its own when `left_main` is given, as in
+  """One row per lesion: a 6-connected component of one class (the lesions `compute_scores` counts).
+
+  Coronary arteries first (left main on its own when `left_main` is given, as in
   `compute_scores`), then aorta and valves, each in array order.
 
   Row fields (`LESION_FIELDS`): id (1..), artery (class name), voxels, volume_mm3, peak_hu,

@@ -43,7 +43,7 @@ def case_values(model: dc.DomainModel, params: dict, config, case) -> dict[str, 
   """Both statistics of one case scored as CCTA with its own heart and aorta masks."""
   settings = postprocess.FPReductionSettings.from_config(config.scoring)
   setup = pipeline.prepare_case(case, config, settings, domain="ccta")
-  if setup.empty:
+  if setup.skip_reason:
     return {s: float("nan") for s in dc.STATISTICS}
   hu, cand = dc.scan_candidates(case.scan, setup.threshold_hu, setup.region, config)
   ref = model.reference
@@ -62,8 +62,9 @@ def measure(
   seed: int = DEFAULT_SEED,
   log: Callable[[str], None] = lambda s: None,
 ) -> list[SetResult]:
-  """`SetResult` per set (the in-domain set first), `num_cases` cases each at seeds
-  seed..seed+num_cases-1 (the same patients in every set)."""
+  """`SetResult` per set (the in-domain set first), `num_cases` cases each.
+
+  The cases of each set are at seeds seed..seed+num_cases-1 (the same patients in every set)."""
   names = [IN_DOMAIN] + [s for s in sets if s != IN_DOMAIN]
   raw = {}
   for name in names:

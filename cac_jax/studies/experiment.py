@@ -61,9 +61,10 @@ PAIRED_ROLE, PAIRED_FIELD, PAIRED_SEED_OFFSET = "paired_test", "n_paired_test", 
 
 @dataclasses.dataclass(frozen=True)
 class Column:
-  """A Table 2 column: `name`, test `role`, `model`, FP reduction on?, and its `table`
-  ("main": the paper's columns and the oracle; "selected": validation-selected snapshots;
-  "tested": the snapshot at the reference's tested step)."""
+  """A Table 2 column: `name`, test `role`, `model`, FP reduction on?, and its `table`.
+
+  `table`: "main": the paper's columns and the oracle; "selected": validation-selected snapshots;
+  "tested": the snapshot at the reference's tested step."""
 
   name: str
   role: str
@@ -121,9 +122,11 @@ GAP_SHARES = (
 
 
 def columns(config: ml_collections.ConfigDict) -> tuple[Column, ...]:
-  """The columns this config produces: the oracle's with `experiment.oracle`, the
-  validation-selected ones with `experiment.n_ccta_val` > 0 and adaptation snapshots, the
-  tested-step ones with `adapt.tested_fraction` > 0."""
+  """The columns this config produces.
+
+  The oracle's with `experiment.oracle`, the validation-selected ones with
+  `experiment.n_ccta_val` > 0 and adaptation snapshots, the tested-step ones with
+  `adapt.tested_fraction` > 0."""
   e = config.experiment
   oracle = bool(e.get("oracle", False))
   selected = int(e.get("n_ccta_val", 0)) > 0 and int(config.adapt.get("snapshot_every", 0)) > 0
@@ -138,8 +141,9 @@ def columns(config: ml_collections.ConfigDict) -> tuple[Column, ...]:
 
 
 def tested_step(config: ml_collections.ConfigDict) -> int | None:
-  """The generator step of the reference's tested snapshot at this config's length: the
-  snapshot nearest to `adapt.tested_fraction` of training (the reference tests G_15, 750 of
+  """The generator step of the reference's tested snapshot at this config's length, or None.
+
+  The snapshot nearest to `adapt.tested_fraction` of training (the reference tests G_15, 750 of
   10,000 steps: TestNet_transf.py:89, snapshots every 250 steps, trainGAN_adv_cls_MMD.py:285),
   or None (fraction 0, or no snapshots). The authors chose it; it read no target labels."""
   a = config.adapt
@@ -151,8 +155,9 @@ def tested_step(config: ml_collections.ConfigDict) -> int | None:
 
 
 def first_case_seed(role: str, seed: int) -> int:
-  """Phantom seed of the first case of `role` (a key of ROLES, or PAIRED_ROLE: its first
-  patient) in the experiment with `seed`; case k has seed first + k."""
+  """Phantom seed of the first case of `role` in the experiment with `seed`.
+
+  `role` is a key of ROLES, or PAIRED_ROLE (its first patient); case k has seed first + k."""
   return seed * 100_000 + (PAIRED_SEED_OFFSET if role == PAIRED_ROLE else ROLES[role][3])
 
 
@@ -164,8 +169,9 @@ MIN_CALCIUM_SCANS = {"ncct_test": 12, "ccta_test": 18, "ccta_val": 8}
 def calcium_scan_counts(
   config: ml_collections.ConfigDict, seed: int, roles: Sequence[str] = tuple(MIN_CALCIUM_SCANS)
 ) -> dict[str, tuple[int, int]]:
-  """{role: (scans with labelled coronary calcium, scans)} of the phantoms `make_data` writes
-  for experiment `seed` (each case generated in memory)."""
+  """{role: (scans with labelled coronary calcium, scans)} of the phantoms `make_data` writes.
+
+  For experiment `seed` (each case generated in memory)."""
   out = {}
   for role in roles:
     domain, _, field, _ = ROLES[role]
@@ -184,8 +190,9 @@ def calcium_scan_counts(
 
 
 def role_config(config: ml_collections.ConfigDict, role: str) -> ml_collections.ConfigDict:
-  """`config` with the phantoms' coronary-calcium prevalence of `role`
-  (config.experiment.p_no_coronary_calcium[role], else config.phantoms')."""
+  """`config` with the phantoms' coronary-calcium prevalence of `role`.
+
+  From config.experiment.p_no_coronary_calcium[role], else config.phantoms'."""
   shares = config.experiment.get("p_no_coronary_calcium", None) or {}
   if role not in shares:
     return config
@@ -277,8 +284,10 @@ def make_paired_data(
 
 
 def _load(manifest_csv: str, config, role: str, labels: bool = False):
-  """Cases of `role` at working spacing. adapt_target is unlabelled by design (its labels are
-  dropped so adaptation cannot read them) unless `labels` (the oracle trains with them)."""
+  """Cases of `role` at working spacing.
+
+  adapt_target is unlabelled by design (its labels are dropped so adaptation cannot read them)
+  unless `labels` (the oracle trains with them)."""
   cases = manifest.load_cases(manifest_csv, config, split=role)
   if role == "adapt_target" and not labels:
     cases = [dataclasses.replace(c, labels=None) for c in cases]
@@ -291,8 +300,9 @@ def mean_f1(
   cases,
   log: Callable[[str], None] = lambda s: None,
 ) -> dict[str, float]:
-  """Mean total-coronary F1 over `cases` (labelled) after FP reduction, per model (`launch.score`'s
-  labels with config.scoring's settings)."""
+  """Mean total-coronary F1 over `cases` (labelled) after FP reduction, per model.
+
+  The labels are `launch.score`'s with config.scoring's settings."""
   raw = predict_raw(
     params_by_model, config, cases, True, progress=scoring_progress(log, "", len(params_by_model))
   )
@@ -353,8 +363,10 @@ def _provenance(manifest_csv: str, roles: str) -> dict:
 def train_models(
   config, manifest_csv: str, workdir: str, log: Callable[[str], None] = lambda s: None
 ) -> dict[str, str]:
-  """Train the source network, the two adapted variants and, as configured, the oracle and
-  the validation-selected snapshots. Returns {model: export dir}."""
+  """Train the source network, the two adapted variants and the configured extras.
+
+  As configured, also the oracle and the validation-selected snapshots. Returns {model: export
+  dir}."""
   exports = {}
   src_dir = os.path.join(workdir, "source")
   exports["no_adaptation"] = os.path.join(src_dir, "export")
@@ -420,11 +432,12 @@ def train_models(
 
 
 def column_settings(config, fp_reduction: bool) -> postprocess.FPReductionSettings:
-  """The scoring settings of a Table 2 column: config.scoring's false-positive reduction, or
-  every step off (`launch.score --noregion_growing --nosize_limits --noheart_filter
-  --noaorta_threshold`: the network classifies every voxel >= 130 HU of the scan, CCTA contrast
-  lumen included, as the authors' test script does without FP reduction; see
-  `postprocess.FPReductionSettings.aorta_threshold`)."""
+  """The scoring settings of a Table 2 column.
+
+  config.scoring's false-positive reduction, or every step off (`launch.score
+  --noregion_growing --nosize_limits --noheart_filter --noaorta_threshold`: the network
+  classifies every voxel >= 130 HU of the scan, CCTA contrast lumen included, as the authors'
+  test script does without FP reduction; see `postprocess.FPReductionSettings.aorta_threshold`)."""
   off = (
     {}
     if fp_reduction
@@ -436,8 +449,9 @@ def column_settings(config, fp_reduction: bool) -> postprocess.FPReductionSettin
 def scoring_progress(
   log: Callable[[str], None], what: str, n_models: int
 ) -> Callable[[int, int], None]:
-  """A `predict_columns` progress callback that logs 'scoring <what>k/n scans x m networks
-  (s/scan, ETA)', timed from its creation."""
+  """A `predict_columns` progress callback, timed from its creation.
+
+  It logs 'scoring <what>k/n scans x m networks (s/scan, ETA)'."""
   started = time.monotonic()
 
   def progress(done: int, total: int) -> None:
@@ -457,8 +471,9 @@ def predict_raw(
   fp_reduction: bool,
   progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> dict[str, list[tuple[np.ndarray, pipeline.Setup]]]:
-  """Raw network classes (before FP reduction) per model and case, as `launch.score` computes them
-  with the settings of `column_settings(config, fp_reduction)` (`pipeline.prepare` and
+  """Raw network classes (before FP reduction) per model and case, as `launch.score` computes them.
+
+  With the settings of `column_settings(config, fp_reduction)` (`pipeline.prepare` and
   `pipeline.raw_classes`; the case's manifest domain, heart and aorta masks). The setup (threshold,
   heart region) and ROI plan of a case are made once for all models (`predict_columns`).
 
@@ -479,8 +494,10 @@ def predict_columns(
   infer_options: dict[str, Any] | None = None,
   progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> dict[tuple[str, bool], list[tuple[np.ndarray, pipeline.Setup]]]:
-  """`predict_raw` for several FP-reduction settings at once: {(model, fp_reduction): [(uint8
-  (z, y, x) classes, `pipeline.Setup`) per case]} for each model's flags in `wanted`.
+  """`predict_raw` for several FP-reduction settings at once.
+
+  Returns {(model, fp_reduction): [(uint8 (z, y, x) classes, `pipeline.Setup`) per case]} for
+  each model's flags in `wanted`.
 
   Per case, every model runs on one ROI plan (`pipeline.raw_classes_many`). A model wanted
   with and without FP reduction runs once, over the whole scan's candidates: its classes with
@@ -514,7 +531,7 @@ def predict_columns(
       inner = setups[True]  # its candidates, once per case for every shared model
       keep = (
         None
-        if inner.empty
+        if inner.skip_reason
         else pipeline.candidate_mask(case.scan.hu, inner.threshold_hu, inner.region)
       )
       for m in shared:
@@ -525,15 +542,17 @@ def predict_columns(
 
 def _nested(inner: pipeline.Setup, outer: pipeline.Setup) -> bool:
   """Whether `inner`'s candidates are among `outer`'s (no region there, a threshold as low)."""
-  return bool(inner.empty) or (
-    not outer.empty and outer.region is None and outer.threshold_hu <= inner.threshold_hu
+  return bool(inner.skip_reason) or (
+    not outer.skip_reason and outer.region is None and outer.threshold_hu <= inner.threshold_hu
   )
 
 
 def _restrict(raw: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
-  """Whole-scan raw classes kept at `keep`, the candidates (`pipeline.candidate_mask`: region and
-  HU >= threshold) of the FP-reduced setup, e.g. a CCTA column at the aortic-lumen threshold from
-  one classified at 130 HU; None (an empty setup): all zero."""
+  """Whole-scan raw classes kept at `keep`, the candidates of the FP-reduced setup.
+
+  `keep` is `pipeline.candidate_mask` (region and HU >= threshold) of that setup, e.g. a CCTA
+  column at the aortic-lumen threshold from one classified at 130 HU; None (an empty setup):
+  all zero."""
   if keep is None:
     return np.zeros_like(raw)
   return np.where(keep, raw, 0).astype(raw.dtype)
@@ -541,9 +560,10 @@ def _restrict(raw: np.ndarray, keep: np.ndarray | None) -> np.ndarray:
 
 @dataclasses.dataclass(frozen=True)
 class SparseClasses:
-  """A (z, y, x) uint8 class map stored as its nonzero voxels: the experiment keeps every
-  column's map of every test scan, and those are almost all background. `dense()` gives the
-  array back."""
+  """A (z, y, x) uint8 class map stored as its nonzero voxels; `dense()` gives the array back.
+
+  The experiment keeps every column's map of every test scan, and those are almost all
+  background."""
 
   shape: tuple[int, ...]
   index: np.ndarray  # flat indices of the nonzero voxels, ascending
@@ -572,21 +592,25 @@ class SparseClasses:
 
 
 def reference_min_voxels(config) -> int:
-  """`config.evaluation.reference_min_voxels`: reference components of at most this many
-  voxels are left out before scoring (`metrics.drop_small_components`; 0: none)."""
+  """`config.evaluation.reference_min_voxels`: the size of reference specks left out.
+
+  Reference components of at most this many voxels are left out before scoring
+  (`metrics.drop_small_components`; 0: none)."""
   return int(config.get("evaluation", {}).get("reference_min_voxels", 0))
 
 
 def evaluate_predictions(
   config, cases, raw: list[tuple[np.ndarray, pipeline.Setup]], fp_reduction: bool
 ) -> list[dict]:
-  """Per-scan metrics of `predict_raw(..., fp_reduction)`'s predictions after `pipeline.reduce`
-  with the same settings (so a column's classes are `launch.score`'s labels)."""
+  """Per-scan metrics of `predict_raw(..., fp_reduction)`'s predictions after FP reduction.
+
+  The reduction is `pipeline.reduced_classes` with the same settings (so a column's classes are
+  `launch.score`'s labels)."""
   settings = column_settings(config, fp_reduction)
   min_voxels = reference_min_voxels(config)
   out = []
   for case, (classes, setup) in zip(cases, raw):
-    classes, _ = pipeline.reduce(setup, case.scan, classes, settings)
+    classes, _ = pipeline.reduced_classes(setup, case.scan, classes, settings)
     vox = case.scan.voxel_volume_mm3
     ref = metrics.drop_small_components(case.labels, min_voxels)
     out.append(
@@ -764,8 +788,9 @@ def score_tests(
   alias: dict[str, str] | None = None,
   log: Callable[[str], None] = lambda s: None,
 ) -> tuple[dict, dict]:
-  """Table 2's columns `cols` on the test sets `tests` ({role: cases}) with `params` ({model:
-  inference params}; `alias` maps a model to one whose predictions it shares).
+  """Table 2's columns `cols` on the test sets `tests` ({role: cases}) with `params`.
+
+  `params`: {model: inference params}; `alias` maps a model to one whose predictions it shares.
 
   Each column is what `launch.score` gives with its settings; a column without FP reduction
   scores the first `no_fp_scans` scans of its test set only. Per case the network runs once
@@ -799,8 +824,9 @@ def score_tests(
 
 
 def no_fp_scans(config: ml_collections.ConfigDict, n_scans: int) -> int:
-  """How many of a test set's `n_scans` scans (the first ones) the columns without FP reduction
-  score: `experiment.n_no_fp_scans`, every scan when negative."""
+  """How many of a test set's `n_scans` scans the columns without FP reduction score.
+
+  The first `experiment.n_no_fp_scans` ones, every scan when negative."""
   n = int(config.experiment.get("n_no_fp_scans", -1))
   return n_scans if n < 0 else min(n, n_scans)
 
@@ -808,10 +834,12 @@ def no_fp_scans(config: ml_collections.ConfigDict, n_scans: int) -> int:
 def scores_key(
   config: ml_collections.ConfigDict, params: dict[str, Any], paired: bool = False
 ) -> str:
-  """A digest of everything the test scores depend on: the config (less its name and seed
-  list, so that a demo folder serves as the benchmark's seed folder) and every model's
-  weights. The Table 2 test scores' key (`paired` False) leaves out the paired test set's
-  settings too, which they do not read; the paired scores' key (`paired` True) has them."""
+  """A digest of everything the test scores depend on: the config and every model's weights.
+
+  The config is taken less its name and seed list, so that a demo folder serves as the
+  benchmark's seed folder. The Table 2 test scores' key (`paired` False) leaves out the paired
+  test set's settings too, which they do not read; the paired scores' key (`paired` True) has
+  them."""
   cfg = config.to_dict()
   cfg.pop("name", None)
   cfg.get("experiment", {}).pop("seeds", None)
@@ -832,9 +860,10 @@ def cached_scores(
   compute: Callable[[], tuple[dict, dict]],
   log: Callable[[str], None] = lambda s: None,
 ) -> tuple[dict, dict]:
-  """`compute()`'s (table, per_scan), stored at `path` under `key` and reused while the key
-  matches, so that a stopped benchmark resumes after its scored seeds (scoring is its longest
-  phase). Class maps are already sparse (`SparseClasses`).
+  """`compute()`'s (table, per_scan), stored at `path` under `key`, reused while the key matches.
+
+  So a stopped benchmark resumes after its scored seeds (scoring is its longest phase). Class
+  maps are already sparse (`SparseClasses`).
   The file is a pickle of this package's own results, read only from the run's own folder."""
   stored = cached(
     path,
@@ -902,8 +931,9 @@ DECIDING_GATES = "after FP reduction"  # the set whose pass rules decide; the ot
 def benchmark_gates(
   per_scans: Sequence[dict], which: str = "after FP reduction", n_resamples: int = 2000
 ) -> list[gates_lib.Gate]:
-  """G1-G3 (`cac_jax.evaluation.gates`, total coronary calcium) reading the columns of
-  `GATE_SETS[which]`; only the set after FP reduction decides (the other is a reading).
+  """G1-G3 (`cac_jax.evaluation.gates`, total coronary calcium) of `GATE_SETS[which]`'s columns.
+
+  Only the set after FP reduction decides (the other is a reading).
 
   Args:
     per_scans: one or more seeds' per-scan results ({column: [scan dicts]}, `score_tests`).
@@ -929,10 +959,11 @@ def benchmark_gates(
 def gap_shares(
   results: list[dict], structure: str = "total", n_resamples: int = 2000
 ) -> dict[str, gates_lib.GapShare]:
-  """Share of the oracle gap closed by each adapted model (`GAP_SHARES`) for `structure`
-  ("total" or an artery), F1 read as the gates read it (`gates.calcium_f1`: scans with reference
-  calcium of it), mean over the seeds of `results` with a 95 % bootstrap interval over test
-  scans grouped by seed. Only rows whose columns exist."""
+  """Share of the oracle gap closed by each adapted model (`GAP_SHARES`) for `structure`.
+
+  `structure` is "total" or an artery; F1 is read as the gates read it (`gates.calcium_f1`:
+  scans with reference calcium of it), mean over the seeds of `results` with a 95 % bootstrap
+  interval over test scans grouped by seed. Only rows whose columns exist."""
   out = {}
   for label, adapted, src, oracle in GAP_SHARES:
     if not all(c in results[0]["per_scan"] for c in (adapted, src, oracle)):
@@ -952,8 +983,10 @@ def gap_shares(
 def artery_f1(
   results: list[dict], n_resamples: int = 2000
 ) -> dict[str, dict[str, gates_lib.Estimate]]:
-  """{column: {structure: F1 over the scans with its reference calcium, mean over seeds with a
-  95 % bootstrap interval}} for the columns the gap shares read."""
+  """{column: {structure: F1}} for the columns the gap shares read.
+
+  F1 over the scans with its reference calcium, mean over seeds with a 95 % bootstrap
+  interval."""
   cols = dict.fromkeys(c for row in GAP_SHARES for c in row[1:] if c in results[0]["per_scan"])
   out = {}
   for c in cols:

@@ -22,8 +22,9 @@ from cac_jax.scoring import heart_region
 
 
 def run(config, n: int, first_seed: int, real_pairs=()) -> list[dict]:
-  """Rows {"data", "n", "found", "share_pooled", "share_min", "volume_ratio", "dice"} (means
-  over cases for volume_ratio and dice; shares over cases with coronary calcium)."""
+  """Rows {"data", "n", "found", "share_pooled", "share_min", "volume_ratio", "dice"}.
+
+  Means over cases for volume_ratio and dice; shares over cases with coronary calcium."""
   dilation = float(config.scoring.heart_dilation_mm)
   rows = []
   for domain in phantoms.DOMAINS:

@@ -36,8 +36,9 @@ NETWORKS = {"oracle": ("adapt_target", "ccta_test"), "source": ("source_train", 
 def train_network(
   config, manifest_csv: str, workdir: str, init_seed: int, network: str = "oracle"
 ) -> str:
-  """`network` trained with parameter seed `init_seed` in `workdir`; returns its export dir
-  (reused when complete)."""
+  """`network` trained with parameter seed `init_seed` in `workdir`; returns its export dir.
+
+  The export is reused when complete."""
   export = os.path.join(workdir, "export")
   if not checkpoints.is_exported(export):
     cfg = ml_collections.ConfigDict(config.to_dict())
@@ -52,8 +53,9 @@ def train_network(
 
 
 def kept_params(config, workdir: str, init_seed: int) -> dict[int, dict]:
-  """{step: inference params} of every checkpoint kept in `workdir/checkpoints` (the training
-  state of `loop.train_source` with parameter seed `init_seed`)."""
+  """{step: inference params} of every checkpoint kept in `workdir/checkpoints`.
+
+  The training state of `loop.train_source` with parameter seed `init_seed`."""
   like = state_lib.init_source_state(config, int(init_seed))
   mgr = checkpoints.manager(os.path.join(workdir, "checkpoints"))
   try:
@@ -74,8 +76,9 @@ def run(
   log: Callable[[str], None] = lambda s: None,
   network: str = "oracle",
 ) -> dict:
-  """`network`s of experiment `seed` for each of `init_seeds`, every kept checkpoint scored on
-  the network's test scans after FP reduction.
+  """`network`s of experiment `seed` for each of `init_seeds`, every kept checkpoint scored.
+
+  Scored on the network's test scans after FP reduction.
 
   Returns {"f1": {init_seed: {step: gates.Estimate}}, "spread": {step: max - min F1 over
   initialisations}, "stable": spread at the last step <= MAX_SPREAD_F1, "steps":

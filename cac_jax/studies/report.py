@@ -1,6 +1,8 @@
-"""The phantom experiment's report: the gates, Table 2 (+ oracle), the validation-selected and
-tested-step columns, the gap shares, the same patients' CCTA against NCCT risk categories,
-figures, table2.md / table2.json and report.html.
+"""The phantom experiment's report: gates, Table 2, the other columns, figures and files.
+
+The gates, Table 2 (+ oracle), the validation-selected and tested-step columns, the gap
+shares, the same patients' CCTA against NCCT risk categories, figures, table2.md / table2.json
+and report.html.
 
 Everything here reads the results of `cac_jax.studies.experiment.run` (one dict per seed);
 nothing here trains or scores.
@@ -105,8 +107,9 @@ def table_markdown(table: dict, over: str = "scans", which: str = "main") -> str
 
 
 def _measure_rows(table: dict, names: list[str], measures) -> list[str]:
-  """A markdown table, a row per artery x measure, a column per name: mean (SD), FP volume
-  (mm³) to 1 decimal, the rest to 2."""
+  """A markdown table, a row per artery x measure, a column per name: mean (SD).
+
+  FP volume (mm³) to 1 decimal, the rest to 2."""
   lines = ["| artery | measure | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
   for r in ROWS:
     for m, label in measures:
@@ -144,9 +147,10 @@ def no_fp_note(results: list[dict]) -> str:
 
 
 def authors_table_markdown(table: dict, over: str = "scans") -> str:
-  """Sensitivity and F1 of every column, total and per artery, averaged as the authors'
-  evaluation script does (`AUTHORS_MEASURES`, utils/util.py:100-137 per label too): the
-  numbers to set beside the paper's Table 2."""
+  """Sensitivity and F1 of every column, total and per artery, as the authors' script averages.
+
+  Averaged as the authors' evaluation script does (`AUTHORS_MEASURES`, utils/util.py:100-137
+  per label too): the numbers to set beside the paper's Table 2."""
   names = [c.name for c in COLUMNS if c.name in table]
   lines = _measure_rows(table, names, AUTHORS_MEASURES)
   lines.append(
@@ -158,9 +162,10 @@ def authors_table_markdown(table: dict, over: str = "scans") -> str:
 
 
 def pooled_gates(results: list[dict]) -> dict[str, list[gates_lib.Gate]]:
-  """Both gate sets over every seed of a multi-seed run ({} for one seed): a gate on 3 x 8 NCCT
-  and 3 x 16 CCTA test scans instead of one seed's 8 and 16, each seed read with its own
-  networks."""
+  """Both gate sets over every seed of a multi-seed run ({} for one seed).
+
+  A gate on 3 x 8 NCCT and 3 x 16 CCTA test scans instead of one seed's 8 and 16, each seed
+  read with its own networks."""
   if len(results) < 2:
     return {}
   return {which: benchmark_gates([r["per_scan"] for r in results], which) for which in GATE_SETS}
@@ -263,11 +268,13 @@ def report_markdown(
   shares: dict | None = None,
   agreements: dict | None = None,
 ) -> str:
-  """Everything `launch.reproduce` prints: the gates per seed, Table 2 (+ oracle), the
-  validation-selected columns with the chosen steps, the gap shares and, with a paired test
-  set, the same patients' CCTA against NCCT categories (`paired_markdown`). `pooled`, `shares`
-  and `agreements`: `pooled_gates(results)`, {row: `gap_shares(results, row)`} and
-  `paired_agreements(results)` where the caller has them already (each bootstraps)."""
+  """Everything `launch.reproduce` prints.
+
+  The gates per seed, Table 2 (+ oracle), the validation-selected columns with the chosen
+  steps, the gap shares and, with a paired test set, the same patients' CCTA against NCCT
+  categories (`paired_markdown`). `pooled`, `shares` and `agreements`: `pooled_gates(results)`,
+  {row: `gap_shares(results, row)`} and `paired_agreements(results)` where the caller has them
+  already (each bootstraps)."""
   pooled = pooled_gates(results) if pooled is None else pooled
   seeds = [r["seed"] for r in results]
   if len(results) == 1:
@@ -359,7 +366,9 @@ def showcase_scan(scans: Sequence[dict]) -> int:
 
 
 def write_figures(result: dict, config, out_dir: str) -> dict[str, str]:
-  """Bland-Altman of total coronary volume (CCTA, adapted + FP reduction, and no adaptation)
+  """Bland-Altman of total coronary volume and overlays of one CCTA test scan; {name: path}.
+
+  Bland-Altman of total coronary volume (CCTA, adapted + FP reduction, and no adaptation)
   and overlays of the CCTA test scan with the most reference coronary calcium: one per column
   on the slices of its lesions and the reference's, the reference alone, and reference, no
   adaptation and adapted side by side on the slice with the most reference coronary calcium.
@@ -424,8 +433,9 @@ SUMMARY_SHARE = "Ladv+Lcls+FP red."  # the gap share the summary shows (the gate
 
 
 def summary_f1(results: list[dict], n_resamples: int = 2000) -> dict[str, gates_lib.Estimate]:
-  """{label: total coronary F1 as the gates read it, mean over seeds with a 95 % bootstrap
-  interval} for the `SUMMARY_F1` columns present."""
+  """{label: total coronary F1 as the gates read it} for the `SUMMARY_F1` columns present.
+
+  Mean over seeds with a 95 % bootstrap interval."""
   return {
     label: gates_lib.bootstrap(
       gates_lib.seed_mean,
@@ -440,9 +450,11 @@ def summary_f1(results: list[dict], n_resamples: int = 2000) -> dict[str, gates_
 def summary_html(
   results: list[dict], pooled: dict, shares: dict, figures: dict[str, str], path: str
 ) -> tuple[str, str]:
-  """(The report's opening summary (`html_report.summary_html`), the F1 figure's path): the
-  deciding gates (pooled over seeds when there are several), the gap share of `SUMMARY_SHARE`,
-  F1 per `SUMMARY_F1` column and the side-by-side overlay. The figure goes beside `path`."""
+  """(The report's opening summary (`html_report.summary_html`), the F1 figure's path).
+
+  The summary: the deciding gates (pooled over seeds when there are several), the gap share of
+  `SUMMARY_SHARE`, F1 per `SUMMARY_F1` column and the side-by-side overlay. The figure goes
+  beside `path`."""
   seeds = [r["seed"] for r in results]
   gates = pooled.get(DECIDING_GATES) or results[0]["gates"]
   which = f"seeds {seeds} pooled" if pooled else f"seed {seeds[0]}"

@@ -155,7 +155,7 @@ def phantom_breakdown(
     reference = c.labels if c.labels is not None else np.zeros(c.scan.shape, np.int32)
     for m, [(classes, setup)] in raw.items():
       if fp_settings is not None:
-        classes, _ = pipeline.reduce(setup, c.scan, classes, fp_settings)
+        classes, _ = pipeline.reduced_classes(setup, c.scan, classes, fp_settings)
       counted = (classes > 0) | pipeline.candidate_mask(c.scan.hu, setup.threshold_hu, setup.region)
       out[m].add(
         breakdown(sim.tissue, reference, classes, counted, c.scan.spacing, anatomy.TISSUES)

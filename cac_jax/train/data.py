@@ -39,8 +39,9 @@ Stream = Callable[[int], Batch]
 
 @dataclasses.dataclass(frozen=True)
 class Streams:
-  """The loops' streams, plus `provenance`: what the batches come from (written into the
-  export's provenance.json by `describe_training_data`); not a stream."""
+  """The loops' streams, plus `provenance`: what the batches come from; not a stream.
+
+  `provenance` is written into the export's provenance.json by `describe_training_data`."""
 
   source: Stream | None = None
   source_critic: Stream | None = None
@@ -57,8 +58,10 @@ def _members(streams: Any) -> list:
 
 
 def as_stream(x: Any) -> Stream:
-  """`stream(step)` of a step-callable (returned as is) or an iterator (its next batch, whatever
-  the step: a run resumed on it sees other batches than the uninterrupted one)."""
+  """`stream(step)` of a step-callable (returned as is) or an iterator (its next batch).
+
+  An iterator gives its next batch whatever the step: a run resumed on it sees other batches
+  than the uninterrupted one."""
   if isinstance(x, Iterator):
     return lambda step: next(x)
   if callable(x):
@@ -90,7 +93,8 @@ def close(streams: Streams) -> None:
 
 
 def adapt_bright_in_heart(config, target_cases) -> bool | None:
-  """Where adaptation streams (target cases given) draw the critic's bright patches:
+  """Where adaptation streams (target cases given) draw the critic's bright patches.
+
   `config.adapt.bright_in_heart`; None (the sampler's `config.sampling` default) for source-only
   streams. The labelled source batches of adaptation always follow `config.sampling` (as in
   source training), so the network keeps seeing bone as background."""
@@ -173,8 +177,9 @@ def manifest_streams(
 
 
 def manifest_provenance(manifests: list[str], split: str | None = None) -> dict:
-  """Provenance of batches drawn from data-set manifests: their paths and SHA-256, and
-  phantoms_only when every manifest's folder carries the phantom writer's marker."""
+  """Provenance of batches drawn from data-set manifests: their paths and SHA-256.
+
+  Also phantoms_only when every manifest's folder carries the phantom writer's marker."""
   phantoms = all(
     os.path.isfile(os.path.join(os.path.dirname(os.path.abspath(m)), writer.PHANTOM_MARKER))
     for m in manifests
