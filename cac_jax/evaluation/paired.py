@@ -182,8 +182,9 @@ def _scores_of(image: str, labels_path: str, reference: bool) -> tuple[float, fl
 
 
 def coronary_scores(classes: np.ndarray, scan) -> tuple[float, float]:
-  """(total coronary Agatston, volume mm³) of a (z, y, x) class map on `scan`'s grid (a
-  `cac_jax.data.scan.Scan`: its HU weight the lesions, its spacing sizes them)."""
+  """(total coronary Agatston, volume mm³) of a (z, y, x) class map on `scan`'s grid.
+
+  `scan` is a `cac_jax.data.scan.Scan`: its HU weight the lesions, its spacing sizes them."""
   coronary = np.isin(classes, np.asarray(labels_lib.CORONARY_CLASSES))
   ag = float(scores.agatston(coronary, scan.hu, scan.spacing))
   return ag, float(coronary.sum() * scan.voxel_volume_mm3)

@@ -83,8 +83,10 @@ class FPReductionSettings:
 
   @classmethod
   def from_config(cls, scoring, **overrides) -> FPReductionSettings:
-    """From a `config.scoring` ConfigDict (min/max_lesion_mm3, heart_dilation_mm,
-    heart_filter; an export written before `heart_filter` existed filters by lesion)."""
+    """The settings of a `config.scoring` ConfigDict.
+
+    It reads min/max_lesion_mm3, heart_dilation_mm and heart_filter (an export written before
+    `heart_filter` existed filters by lesion)."""
     kw = dict(
       min_mm3=float(scoring.min_lesion_mm3),
       max_mm3=float(scoring.max_lesion_mm3),

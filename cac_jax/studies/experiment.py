@@ -258,7 +258,9 @@ def make_paired_data(
   seed: int,
   log: Callable[[str], None] = lambda s: None,
 ) -> str | None:
-  """Write `experiment.n_paired_test` patients, each as cardiac NCCT and as CCTA with their
+  """Write the paired test set; returns its manifest, or None when the config asks for none.
+
+  `experiment.n_paired_test` patients, each as cardiac NCCT and as CCTA with their
   reference labels (`variants.write_paired_dataset`, split PAIRED_ROLE), into
   data_dir/PAIRED_ROLE; returns its manifest, or None when the config asks for none. Existing
   complete data is reused."""
@@ -715,8 +717,9 @@ PAIRED_COMPARISONS = (
 def score_paired(
   config, manifest_csv: str, params: dict[str, Any], log: Callable[[str], None] = lambda s: None
 ) -> dict:
-  """Total coronary Agatston and volume of each paired patient's scans (`make_paired_data`):
-  the NCCT scan from its labels and from the NCCT network, the CCTA twin from its labels, the
+  """Total coronary Agatston and volume of each paired patient's scans (`make_paired_data`).
+
+  The NCCT scan from its labels and from the NCCT network, the CCTA twin from its labels, the
   NCCT network and the adapted network (adv_cls), each network after FP reduction through the
   test columns' path (`predict_columns`, `evaluate_predictions`); Agatston on the working grid
   (`paired.coronary_scores`), labels without components of at most `reference_min_voxels`.
@@ -753,8 +756,9 @@ def score_paired(
 def paired_agreements(
   results: Sequence[dict], n_resamples: int = gates_lib.N_RESAMPLES
 ) -> dict[str, paired.Agreement]:
-  """{title: `paired.agreement`} for each of `PAIRED_COMPARISONS`, over the paired patients of
-  every seed of `results` (each scored by its own seed's networks; pooled, the bootstrap
+  """{title: `paired.agreement`} for each of `PAIRED_COMPARISONS` over the paired patients.
+
+  The patients of every seed of `results` (each scored by its own seed's networks; pooled, the bootstrap
   resamples patients); {} when no seed has a paired test set."""
   with_pairs = [r for r in results if r.get("paired")]
   if not with_pairs:
@@ -884,8 +888,9 @@ def cached(
   what: str = "the scores",
   scoring: str | None = None,
 ) -> dict:
-  """`compute()`'s dict, stored at `path` (a pickle, with `key`) and reused while the key
-  matches; `what` and `scoring` (default `what`) name it in the log."""
+  """`compute()`'s dict, stored at `path` (a pickle, with `key`), reused while the key matches.
+
+  `what` and `scoring` (default `what`) name it in the log."""
   if os.path.exists(path):
     with open(path, "rb") as f:
       stored = pickle.load(f)

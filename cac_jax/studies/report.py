@@ -188,7 +188,9 @@ PAIRED_FIGURES = (
 
 
 def paired_markdown(results: list[dict], agreements: dict | None = None) -> str:
-  """The section "Same patient, NCCT and CCTA": per comparison (`PAIRED_COMPARISONS`) κ with
+  """The section "Same patient, NCCT and CCTA"; '' without a paired test set.
+
+  Per comparison (`PAIRED_COMPARISONS`) κ with
   its interval, the confusion table, Spearman, Bland-Altman and the share of patients whose
   category moves (`paired.markdown`); '' without a paired test set. `agreements`:
   `paired_agreements(results)` where the caller has it."""
@@ -217,8 +219,10 @@ def paired_markdown(results: list[dict], agreements: dict | None = None) -> str:
 
 
 def paired_json(agreements: dict[str, paired.Agreement]) -> dict:
-  """table2.json's "paired": per comparison κ (value, low, high), the confusion table (rows
-  the reference), Spearman, Bland-Altman, the moves and the per-patient scores."""
+  """table2.json's "paired": per comparison κ, confusion table, agreement and scores.
+
+  κ (value, low, high), the confusion table (rows the reference), Spearman, Bland-Altman, the
+  moves and the per-patient scores."""
   out = {}
   for title, a in agreements.items():
     ba = a.bland_altman
@@ -241,9 +245,10 @@ def paired_json(agreements: dict[str, paired.Agreement]) -> dict:
 
 
 def write_paired_figures(agreements: dict[str, paired.Agreement], out_dir: str) -> dict[str, str]:
-  """The confusion table of each network on CCTA against the NCCT network's NCCT risk
-  category (`PAIRED_FIGURES`) as paired_confusion_<tag>.png; {} without a paired test set.
-  Returns {name: path}."""
+  """The paired confusion figures; {name: path}, {} without a paired test set.
+
+  The confusion table of each network on CCTA against the NCCT network's NCCT risk category
+  (`PAIRED_FIGURES`) as paired_confusion_<tag>.png."""
   paths = {}
   sides = {title: (ref, other) for title, ref, other in PAIRED_COMPARISONS}
   for title, tag in PAIRED_FIGURES:
