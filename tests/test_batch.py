@@ -189,21 +189,26 @@ SHARD_IDS = ("p1", "p2", "p3")
 CLI_FP = dict(region_growing=True, size_limits=True, heart_filter=True, aorta_threshold=True)
 
 
+def _write_manifest(rows: list[dict], base: str, path: str) -> str:
+  """`rows` written to `path` with their file columns made absolute under `base`."""
+  for row in rows:
+    for key in ("image", "label", "heart_mask", "aorta_mask"):
+      if row.get(key):
+        row[key] = os.path.join(base, row[key])
+  with open(path, "w", encoding="utf-8", newline="") as f:
+    w = csv.DictWriter(f, fieldnames=list(rows[0]))
+    w.writeheader()
+    w.writerows(rows)
+  return path
+
+
 def _renamed(manifest_csv: str, folder, ids) -> str:
   """A copy of a manifest whose cases have other ids (the images are read where they are)."""
   base = os.path.dirname(manifest_csv)
   rows = _rows(manifest_csv)
   for row, new in zip(rows, ids, strict=True):
     row["id"] = new
-    for key in ("image", "label", "heart_mask", "aorta_mask"):
-      if row.get(key):
-        row[key] = os.path.join(base, row[key])
-  path = os.path.join(folder, "manifest.csv")
-  with open(path, "w", encoding="utf-8", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-  return path
+  return _write_manifest(rows, base, os.path.join(folder, "manifest.csv"))
 
 
 def _case_files(out: str, case_id: str) -> dict[str, bytes]:
@@ -280,17 +285,7 @@ def test_a_bad_shard_is_one_line(tmp_path):
 def _first_rows(manifest_csv: str, folder, k: int) -> str:
   """A copy of a manifest with its first k rows (the images are read where they are)."""
   base = os.path.dirname(manifest_csv)
-  rows = _rows(manifest_csv)[:k]
-  for row in rows:
-    for key in ("image", "label", "heart_mask", "aorta_mask"):
-      if row.get(key):
-        row[key] = os.path.join(base, row[key])
-  path = os.path.join(folder, "first.csv")
-  with open(path, "w", encoding="utf-8", newline="") as f:
-    w = csv.DictWriter(f, fieldnames=list(rows[0]))
-    w.writeheader()
-    w.writerows(rows)
-  return path
+  return _write_manifest(_rows(manifest_csv)[:k], base, os.path.join(folder, "first.csv"))
 
 
 def test_a_folder_in_use_is_refused_and_two_batches_on_two_folders_both_complete(

@@ -233,17 +233,21 @@ def _lesion_limit_literals(tree: ast.AST) -> list[tuple[str, float, int]]:
   return found
 
 
-def test_lesion_limits_have_one_literal_default():
-  """The lesion limits (1 and 500 mm³) are written once, in configs/paper.py; every other
-  default, help text and document reads them from there (the test above)."""
-  found = []
+def _code_trees():
+  """(path relative to the repository, `ast` module) of every Python file of the package, the
+  configs, the launch scripts, tools and benchmarks."""
   for top in ("cac_jax", "configs", "launch", "tools", "benchmarks"):
     for folder, _, files in os.walk(os.path.join(REPO, top)):
       for name in sorted(f for f in files if f.endswith(".py")):
         path = os.path.join(folder, name)
-        tree = ast.parse(open(path, encoding="utf-8").read(), path)
-        rel = os.path.relpath(path, REPO)
-        found += [(rel, *hit) for hit in _lesion_limit_literals(tree)]
+        with open(path, encoding="utf-8") as f:
+          yield os.path.relpath(path, REPO), ast.parse(f.read(), path)
+
+
+def test_lesion_limits_have_one_literal_default():
+  """The lesion limits (1 and 500 mm³) are written once, in configs/paper.py; every other
+  default, help text and document reads them from there (the test above)."""
+  found = [(rel, *hit) for rel, tree in _code_trees() for hit in _lesion_limit_literals(tree)]
   assert sorted((f, n, v) for f, n, v, _ in found) == [
     ("configs/paper.py", "max_lesion_mm3", 500.0),
     ("configs/paper.py", "min_lesion_mm3", 1.0),
@@ -280,14 +284,11 @@ def _docstrings_without_a_summary_line(tree: ast.AST) -> list[int]:
 
 def test_every_docstring_has_a_one_line_summary():
   """Every docstring of the package, the scripts and the configs opens with a one-line summary."""
-  found = []
-  for top in ("cac_jax", "configs", "launch", "tools", "benchmarks"):
-    for folder, _, files in os.walk(os.path.join(REPO, top)):
-      for name in sorted(f for f in files if f.endswith(".py")):
-        path = os.path.join(folder, name)
-        tree = ast.parse(open(path, encoding="utf-8").read(), path)
-        rel = os.path.relpath(path, REPO)
-        found += [f"{rel}:{line}" for line in _docstrings_without_a_summary_line(tree)]
+  found = [
+    f"{rel}:{line}"
+    for rel, tree in _code_trees()
+    for line in _docstrings_without_a_summary_line(tree)
+  ]
   assert not found, "first line runs on (add a blank line after a one-line summary): " + ", ".join(
     found
   )
