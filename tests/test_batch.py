@@ -133,6 +133,17 @@ def test_a_limit_given_by_flag_overrides_the_export_and_is_recorded(three, tiny_
     assert r["request"]["fp_reduction"]["max_mm3"] == 300.0 and r["settings"]["max_mm3"] == 300.0
 
 
+def _run_together(cmds: list[list[str]]) -> list[str]:
+  """The commands run at once from the repository root; their outputs, each asserted to exit 0."""
+  procs = [
+    subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for cmd in cmds
+  ]
+  outs = [p.communicate(timeout=600)[0] for p in procs]
+  assert [p.returncode for p in procs] == [0] * len(procs), outs
+  return outs
+
+
 def _score_cmd(manifest_csv, export, out) -> list[str]:
   return [
     sys.executable,
@@ -232,18 +243,9 @@ def test_two_shards_fill_one_folder_as_one_unsharded_run(three, tiny_export, tmp
   assert open(second.csv_path, encoding="utf-8").read() == expected
   # Both at once, as two commands sharing the folder; the last rebuild lists every case.
   together = str(tmp_path / "together")
-  procs = [
-    subprocess.Popen(
-      [*_score_cmd(manifest_csv, tiny_export, together), "--shard", k],
-      cwd=ROOT,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
-    for k in ("1/2", "2/2")
-  ]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], outs
+  outs = _run_together(
+    [[*_score_cmd(manifest_csv, tiny_export, together), "--shard", k] for k in ("1/2", "2/2")]
+  )
   assert "shard 2/2: 2 scored" in outs[1]
   assert open(os.path.join(together, "scores.csv"), encoding="utf-8").read() == expected
   for case_id in SHARD_IDS:
@@ -301,18 +303,7 @@ def test_a_folder_in_use_is_refused_and_two_batches_on_two_folders_both_complete
     )
   assert r.returncode == 2 and "in use by another" in r.stderr.strip().splitlines()[-1], r.stderr
   assert "Traceback" not in r.stderr and not os.listdir(busy)
-  procs = [
-    subprocess.Popen(
-      _score_cmd(one, tiny_export, str(tmp_path / name)),
-      cwd=ROOT,
-      stdout=subprocess.PIPE,
-      stderr=subprocess.STDOUT,
-      text=True,
-    )
-    for name in ("a", "b")
-  ]
-  outs = [p.communicate(timeout=600)[0] for p in procs]
-  assert [p.returncode for p in procs] == [0, 0], outs
+  _run_together([_score_cmd(one, tiny_export, str(tmp_path / name)) for name in ("a", "b")])
   for name in ("a", "b"):
     assert _rows(tmp_path / name / "scores.csv") == reference[:1]
     assert sorted(os.listdir(tmp_path / name / reference[0]["id"])) == sorted(outputs.OUTPUT_FILES)
