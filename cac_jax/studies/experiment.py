@@ -260,10 +260,9 @@ def make_paired_data(
 ) -> str | None:
   """Write the paired test set; returns its manifest, or None when the config asks for none.
 
-  `experiment.n_paired_test` patients, each as cardiac NCCT and as CCTA with their
-  reference labels (`variants.write_paired_dataset`, split PAIRED_ROLE), into
-  data_dir/PAIRED_ROLE; returns its manifest, or None when the config asks for none. Existing
-  complete data is reused."""
+  `experiment.n_paired_test` patients, each as cardiac NCCT and as CCTA with their reference
+  labels (`variants.write_paired_dataset`, split PAIRED_ROLE), into data_dir/PAIRED_ROLE.
+  Existing complete data is reused."""
   n = int(config.experiment.get(PAIRED_FIELD, 0))
   if n <= 0:
     return None
@@ -658,9 +657,9 @@ def run(
     lambda: score_tests(config, cols, tests, params, alias, log),
     log,
   )
-  paired_csv = paired_manifest(os.path.join(workdir, "data"))
   paired_scores = None
   if int(config.experiment.get(PAIRED_FIELD, 0)) > 0:
+    paired_csv = paired_manifest(os.path.join(workdir, "data"))
     paired_scores = cached(
       os.path.join(workdir, "paired_scores.pkl"),
       scores_key(config, params, paired=True),
@@ -758,8 +757,8 @@ def paired_agreements(
 ) -> dict[str, paired.Agreement]:
   """{title: `paired.agreement`} for each of `PAIRED_COMPARISONS` over the paired patients.
 
-  The patients of every seed of `results` (each scored by its own seed's networks; pooled, the bootstrap
-  resamples patients); {} when no seed has a paired test set."""
+  The patients of every seed of `results`, each scored by its own seed's networks (pooled, the
+  bootstrap resamples patients); {} when no seed has a paired test set."""
   with_pairs = [r for r in results if r.get("paired")]
   if not with_pairs:
     return {}
